@@ -1,22 +1,29 @@
-"""The ``sonic-receiver`` command: ``serve``, ``sandbox`` and the commands of later issues.
+"""The ``sonic-receiver`` command (also ``python -m receiver``).
 
-Subcommands that live elsewhere (``sandbox`` in :mod:`receiver.sonic.cli`) take the rest of the
-command line as their own, so each module owns its options.
+``serve`` runs the receiver; ``sandbox`` (in :mod:`receiver.sonic.cli`) takes the rest of the
+command line as its own, so that each module owns its options. A bad setting stops start-up
+with one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from receiver.errors import SettingsError
 
 Forwarded = Callable[[list[str]], int]
+EXIT_USAGE = 2
 
 
 def _sandbox(argv: list[str]) -> int:
-    from receiver.sonic.cli import main as sandbox_main
-
-    return sandbox_main(argv)
+    # Imported by name: the sandbox's dependencies load only when it runs.
+    run: Forwarded = importlib.import_module("receiver.sonic.cli").main
+    return run(argv)
 
 
 FORWARDED: dict[str, Forwarded] = {"sandbox": _sandbox}
@@ -25,17 +32,66 @@ FORWARDED: dict[str, Forwarded] = {"sandbox": _sandbox}
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sonic-receiver",
-        description="A verified, durable webhook receiver for the Sonic music API.",
+        description="A verified, durable webhook receiver for the Sonic music API. "
+        "Settings come from the environment (see README), a TOML --config file, and options.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_text in (("sandbox", "run a local server that plays the Sonic API"),):
-        sub.add_parser(name, help=help_text, add_help=False)
+
+    serve = sub.add_parser("serve", help="serve POST /webhooks/sonic and the read API")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("PORT", "8000")),
+        help="port to bind (default $PORT or 8000)",
+    )
+    _add_common(serve)
+    serve.add_argument(
+        "--insecure-no-verify",
+        action="store_true",
+        help="accept webhooks without checking signatures (never in production)",
+    )
+    serve.set_defaults(run=_serve)
+
+    sub.add_parser("sandbox", help="run a local server that plays the Sonic API", add_help=False)
     return parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", type=Path, help="SQLite file (default $RECEIVER_DB)")
+    parser.add_argument("--config", type=Path, help="TOML config file (default $RECEIVER_CONFIG)")
+    parser.add_argument("--media-dir", type=Path, help="media folder ($RECEIVER_MEDIA_DIR)")
+    parser.add_argument(
+        "--log-format", choices=("auto", "json", "console"), help="($RECEIVER_LOG_FORMAT)"
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from receiver import logs, server, settings
+    from receiver.app import create_app
+
+    loaded = settings.load(
+        config_file=args.config,
+        overrides={
+            "db": args.db,
+            "media_dir": args.media_dir,
+            "log_format": args.log_format,
+            "insecure_no_verify": args.insecure_no_verify,
+        },
+    )
+    logs.configure(fmt=loaded.log_format, level=loaded.log_level)
+    server.serve(create_app(loaded), host=args.host, port=args.port)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in FORWARDED:
         return FORWARDED[args[0]](args[1:])
-    build_parser().parse_args(args)
-    return 2
+    parsed = build_parser().parse_args(args)
+    try:
+        code: int = parsed.run(parsed)
+    except SettingsError as exc:
+        print(f"sonic-receiver: error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    return code

@@ -47,3 +47,8 @@ async def running(app: Any, *, host: str = "127.0.0.1", port: int = 0) -> AsyncI
     finally:
         server.should_exit = True
         await task
+
+
+def serve(app: Any, *, host: str, port: int) -> None:
+    """Serve ``app`` until SIGINT/SIGTERM (the CLI's ``serve``)."""
+    uvicorn.Server(config(app, host=host, port=port, timeout_graceful_shutdown=30)).run()

@@ -1,0 +1,1 @@
+"""Built-in handlers, registered exactly as third-party plugins are."""

@@ -1,0 +1,9 @@
+"""sonic-receiver: a verified, durable webhook receiver for the Sonic music API.
+
+The path of an event: :mod:`receiver.webhook` (read, verify, parse) → :mod:`receiver.recording`
+(one transaction through a :class:`receiver.store.Store`) → the answer.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,128 @@
+"""The records an event turns into: what comes in (:class:`Delivery`), what the store answers
+(:class:`RecordResult`), and what it holds (:class:`Task`, :class:`Clip`, :class:`Transition`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from receiver.payloads import Callback
+from receiver.states import Entity, State
+
+
+class Source(StrEnum):
+    """What brought an event in: every source takes the same record path."""
+
+    WEBHOOK = "webhook"
+    POLL = "poll"
+    REPLAY = "replay"
+
+
+class Outcome(StrEnum):
+    RECORDED = "recorded"
+    DUPLICATE = "duplicate"
+    QUARANTINED = "quarantined"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Delivery:
+    """One event as it arrived, verified. ``callback`` is the parsed body, or None with
+    ``error`` saying why the body cannot be used (it is then kept raw as quarantined)."""
+
+    delivery_id: str
+    source: Source
+    scheme: str
+    event: str | None
+    headers: Mapping[str, str]
+    body: bytes = field(repr=False)
+    received_at: float
+    callback: Callback | None
+    error: str | None = None
+    task_id_hint: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.callback is None) == (self.error is None):
+            raise ValueError("a delivery has either a callback or an error")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Transition:
+    """One state change: who moved what, when, from which delivery."""
+
+    task_id: str
+    entity: Entity
+    entity_id: str
+    from_state: State | None
+    to_state: State
+    delivery_id: str
+    source: Source
+    at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordResult:
+    """What recording a delivery did. For a duplicate, ``state`` is the task's state now and
+    ``transitions`` is empty; for a quarantined delivery, ``reason`` says what is wrong."""
+
+    outcome: Outcome
+    delivery_id: str
+    task_id: str | None
+    state: State | None
+    transitions: tuple[Transition, ...] = ()
+    reason: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    task_id: str
+    state: State
+    platform: str | None
+    error: str | None
+    first_seen_at: float
+    updated_at: float
+    last_event_at: float
+    last_delivery_id: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Clip:
+    task_id: str
+    clip_id: str
+    state: State
+    title: str | None
+    tags: str | None
+    lyrics: str | None
+    audio_url: str | None
+    image_url: str | None
+    video_url: str | None
+    duration: float | None
+    mv: str | None
+    created_at: str | None
+    updated_at: float
+    data: Mapping[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredDelivery:
+    """A delivery as the store keeps it (for duplicates, replay and resend)."""
+
+    delivery_id: str
+    source: Source
+    scheme: str
+    event: str | None
+    task_id: str | None
+    outcome: Outcome
+    reason: str | None
+    received_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskView:
+    """A task with its clips and its whole transition history, oldest first."""
+
+    task: Task
+    clips: tuple[Clip, ...]
+    transitions: tuple[Transition, ...]

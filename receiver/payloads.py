@@ -1,0 +1,214 @@
+"""Parsing a verified callback body into a :class:`Callback`.
+
+Tolerant of every variant the upstream is known to send: ``duration`` as a number or a decimal
+string, ``task_id``/``platform``/``event`` present or absent, ``code`` as a number or a string,
+unknown fields (kept in each clip's ``raw``). Strict about structure: a body that is not UTF-8
+JSON, not an object, whose ``data`` is not a list of objects with a ``clip_id``, or that names
+neither a task nor a clip, raises :class:`PayloadError` with the reason (the delivery is then
+kept raw as quarantined).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from receiver.errors import PayloadError
+from receiver.states import EVENT_STATE, State, WebhookEvent
+
+# Spellings of clip states seen across the service's generations, beyond the four documented.
+_STATE_ALIASES = {
+    "queued": State.PENDING,
+    "submitted": State.PENDING,
+    "streaming": State.RUNNING,
+    "processing": State.RUNNING,
+    "complete": State.SUCCEEDED,
+    "completed": State.SUCCEEDED,
+    "success": State.SUCCEEDED,
+    "error": State.FAILED,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClipReport:
+    """A clip as one callback reports it. ``state`` is None when the clip names no state we
+    know; ``raw`` is the whole clip object, unknown fields included."""
+
+    clip_id: str
+    state: State | None
+    title: str | None = None
+    tags: str | None = None
+    lyrics: str | None = None
+    audio_url: str | None = None
+    image_url: str | None = None
+    video_url: str | None = None
+    duration: float | None = None
+    mv: str | None = None
+    created_at: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Callback:
+    """A usable callback body. ``task_id`` is None when neither the body nor the webhook URL
+    named the task: the store then looks it up by clip."""
+
+    task_id: str | None
+    event: WebhookEvent | None
+    platform: str | None
+    code: int | None
+    message: str | None
+    clips: tuple[ClipReport, ...]
+
+    def reported_states(self) -> dict[str, State]:
+        """Each reported clip's state; a clip without one takes the state its event implies,
+        and with neither it is taken as pending."""
+        implied = EVENT_STATE.get(self.event, State.PENDING) if self.event else State.PENDING
+        return {c.clip_id: c.state or implied for c in self.clips}
+
+    @property
+    def failure(self) -> str | None:
+        """Why the task failed, when this callback says it did."""
+        if self.event is WebhookEvent.FAILED or any(c.state is State.FAILED for c in self.clips):
+            reasons = [_text(c.raw.get("error_message")) for c in self.clips]
+            return next((r for r in reasons if r), None) or self.message or "failed"
+        return None
+
+
+def parse_event(value: str | None) -> WebhookEvent | None:
+    """``song.completed`` (or ``completed``) → the event; anything else → None."""
+    if not value:
+        return None
+    name = value.strip().lower()
+    if not name.startswith("song."):
+        name = "song." + name
+    try:
+        return WebhookEvent(name)
+    except ValueError:
+        return None
+
+
+def parse_callback(
+    body: bytes, *, event_header: str | None = None, task_id_hint: str | None = None
+) -> Callback:
+    """Parse ``body``; ``event_header`` (X-Webhook-Event) wins over the body's ``event``,
+    the body's ``task_id`` wins over ``task_id_hint`` (the webhook URL's ``?task_id=``)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PayloadError("body is not UTF-8") from None
+    try:
+        document = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise PayloadError("body is not JSON") from None
+    if not isinstance(document, dict):
+        raise PayloadError(f"body is a JSON {_kind(document)}, not an object")
+
+    data = document.get("data")
+    if data is None:
+        items: list[Any] = []
+    elif isinstance(data, list):
+        items = data
+    elif isinstance(data, dict) and ("clip_id" in data or "id" in data):
+        items = [data]  # a single clip sent bare
+    else:
+        raise PayloadError(f"data is a JSON {_kind(data)}, not a list of clips")
+    clips = tuple(_clip(item, index) for index, item in enumerate(items))
+    if len({c.clip_id for c in clips}) != len(clips):
+        raise PayloadError("data lists the same clip_id twice")
+
+    task_id = _identifier(document.get("task_id")) or _identifier(task_id_hint)
+    if task_id is None and not clips:
+        raise PayloadError("no task_id (in the body or ?task_id=) and no clips")
+    return Callback(
+        task_id=task_id,
+        event=parse_event(event_header) or parse_event(_text(document.get("event"))),
+        platform=_text(document.get("platform")),
+        code=_code(document.get("code")),
+        message=_text(document.get("message")),
+        clips=clips,
+    )
+
+
+def _clip(item: Any, index: int) -> ClipReport:
+    if not isinstance(item, dict):
+        raise PayloadError(f"data[{index}] is a JSON {_kind(item)}, not a clip object")
+    clip_id = _identifier(item.get("clip_id")) or _identifier(item.get("id"))
+    if clip_id is None:
+        raise PayloadError(f"data[{index}] has no clip_id")
+    return ClipReport(
+        clip_id=clip_id,
+        state=parse_state(item.get("state") or item.get("status")),
+        title=_text(item.get("title")),
+        tags=_text(item.get("tags")),
+        lyrics=_text(item.get("lyrics")),
+        audio_url=_text(item.get("audio_url")),
+        image_url=_text(item.get("image_url")),
+        video_url=_text(item.get("video_url")),
+        duration=parse_duration(item.get("duration")),
+        mv=_text(item.get("mv")),
+        created_at=_text(item.get("created_at")),
+        raw=item,
+    )
+
+
+def parse_state(value: Any) -> State | None:
+    if not isinstance(value, str):
+        return None
+    name = value.strip().lower()
+    try:
+        return State(name)
+    except ValueError:
+        return _STATE_ALIASES.get(name)
+
+
+def parse_duration(value: Any) -> float | None:
+    """A number or a decimal string such as ``"104.88"``; anything else (or a non-finite or
+    negative number) is unknown."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _identifier(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value.strip() and len(value) <= 256:
+        return value.strip()
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _code(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
+        type(value), "number"
+    )

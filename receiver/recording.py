@@ -1,0 +1,134 @@
+"""Recording a delivery: the one algorithm every source (webhook, poll, replay) goes through,
+written once against a narrow :class:`Transaction` so that the SQLite store and its in-memory
+twin cannot disagree on idempotency or state rules.
+
+Inside one transaction:
+
+1. a delivery id seen before → ``duplicate`` (or the earlier quarantine), nothing changes;
+2. an unusable body, or a task that cannot be named → the raw delivery is kept as
+   ``quarantined`` with the reason;
+3. else the delivery is kept, the task and the clips it reports are upserted, and each state
+   transition that :func:`receiver.states.plan` allows is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from receiver.models import Delivery, Outcome, RecordResult, StoredDelivery, Transition
+from receiver.payloads import ClipReport
+from receiver.states import Entity, State, plan
+
+UNKNOWN_TASK = "no task_id in the body or ?task_id=, and none of its clips is known"
+
+
+class Transaction(Protocol):
+    """The primitive reads and writes recording needs, all inside one open transaction."""
+
+    async def find_delivery(self, delivery_id: str) -> StoredDelivery | None: ...
+
+    async def insert_delivery(
+        self, delivery: Delivery, *, outcome: Outcome, task_id: str | None, reason: str | None
+    ) -> None: ...
+
+    async def task_for_clips(self, clip_ids: Sequence[str]) -> str | None: ...
+
+    async def task_state(self, task_id: str) -> State | None: ...
+
+    async def clip_states(self, task_id: str) -> Mapping[str, State]: ...
+
+    async def upsert_task(
+        self,
+        task_id: str,
+        *,
+        state: State,
+        platform: str | None,
+        error: str | None,
+        delivery_id: str,
+        at: float,
+    ) -> None: ...
+
+    async def upsert_clips(
+        self, task_id: str, clips: Sequence[tuple[ClipReport, State]], *, at: float
+    ) -> None: ...
+
+    async def insert_transitions(self, transitions: Sequence[Transition]) -> None: ...
+
+
+async def record(tx: Transaction, delivery: Delivery) -> RecordResult:
+    """Record ``delivery`` through ``tx``; see the module docstring for the rules."""
+    earlier = await tx.find_delivery(delivery.delivery_id)
+    if earlier is not None:
+        state = await tx.task_state(earlier.task_id) if earlier.task_id else None
+        outcome = Outcome.DUPLICATE if earlier.outcome is Outcome.RECORDED else earlier.outcome
+        return RecordResult(
+            outcome=outcome,
+            delivery_id=earlier.delivery_id,
+            task_id=earlier.task_id,
+            state=state,
+            reason=earlier.reason,
+        )
+
+    callback = delivery.callback
+    task_id = None
+    reason = delivery.error
+    if callback is not None:
+        task_id = callback.task_id or await tx.task_for_clips([c.clip_id for c in callback.clips])
+        if task_id is None:
+            reason = UNKNOWN_TASK
+    if callback is None or task_id is None:
+        await tx.insert_delivery(
+            delivery, outcome=Outcome.QUARANTINED, task_id=delivery.task_id_hint, reason=reason
+        )
+        return RecordResult(
+            outcome=Outcome.QUARANTINED,
+            delivery_id=delivery.delivery_id,
+            task_id=delivery.task_id_hint,
+            state=None,
+            reason=reason,
+        )
+
+    task_before = await tx.task_state(task_id)
+    reported = callback.reported_states()
+    change = plan(
+        task_id=task_id,
+        task_before=task_before,
+        clips_before=await tx.clip_states(task_id),
+        reported=reported,
+        event=callback.event,
+    )
+    at = delivery.received_at
+    transitions = tuple(
+        Transition(
+            task_id=task_id,
+            entity=move.entity,
+            entity_id=move.entity_id,
+            from_state=move.from_state,
+            to_state=move.to_state,
+            delivery_id=delivery.delivery_id,
+            source=delivery.source,
+            at=at,
+        )
+        for move in change.moves
+    )
+    task_failed = any(t.entity is Entity.TASK and t.to_state is State.FAILED for t in transitions)
+    await tx.insert_delivery(delivery, outcome=Outcome.RECORDED, task_id=task_id, reason=None)
+    await tx.upsert_task(
+        task_id,
+        state=change.task_state,
+        platform=callback.platform,
+        error=callback.failure if task_failed else None,
+        delivery_id=delivery.delivery_id,
+        at=at,
+    )
+    refreshed = [(c, reported[c.clip_id]) for c in callback.clips if c.clip_id in change.refresh]
+    await tx.upsert_clips(task_id, refreshed, at=at)
+    await tx.insert_transitions(transitions)
+    return RecordResult(
+        outcome=Outcome.RECORDED,
+        delivery_id=delivery.delivery_id,
+        task_id=task_id,
+        state=change.task_state,
+        transitions=transitions,
+    )

@@ -1,0 +1,165 @@
+"""Settings: read once at start-up from the environment, an optional TOML file and the command
+line (in rising precedence), validated whole, and frozen.
+
+Every variable is documented in the README. A bad value raises :class:`SettingsError` with one
+line that names the variable and what it expected; the CLI prints it and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from receiver.errors import SettingsError
+from receiver.signatures import Scheme, parse_schemes
+
+MIB = 1024 * 1024
+
+# Environment variable → key in the config file's [receiver] table.
+ENV_KEYS: dict[str, str] = {
+    "SONIC_WEBHOOK_SECRET": "webhook_secret",
+    "RECEIVER_DB": "db",
+    "RECEIVER_DB_SYNCHRONOUS": "db_synchronous",
+    "RECEIVER_MEDIA_DIR": "media_dir",
+    "RECEIVER_MAX_BODY_BYTES": "max_body_bytes",
+    "RECEIVER_SIGNATURE_TOLERANCE_S": "signature_tolerance_s",
+    "RECEIVER_SCHEMES": "schemes",
+    "RECEIVER_ADMIN_TOKEN": "admin_token",
+    "RECEIVER_LOG_FORMAT": "log_format",
+    "RECEIVER_LOG_LEVEL": "log_level",
+}
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """The receiver's whole configuration. Secrets are kept out of ``repr``."""
+
+    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    db_path: Path = Path("data/receiver.db")
+    db_synchronous: str = "normal"
+    media_dir: Path = Path("media")
+    max_body_bytes: int = MIB
+    signature_tolerance_s: int = 300
+    schemes: tuple[Scheme, ...] = (Scheme.MUSICAPI,)
+    admin_token: str | None = field(default=None, repr=False)
+    insecure_no_verify: bool = False
+    log_format: str = "auto"
+    log_level: str = "info"
+    config_file: Path | None = None
+    # The parsed config file (routes and handler options live here in later sections).
+    config: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def validated(self) -> Settings:
+        """``self`` if it can run; else raises :class:`SettingsError`."""
+        if not self.webhook_secrets and not self.insecure_no_verify:
+            raise SettingsError(
+                "SONIC_WEBHOOK_SECRET is not set: refusing to accept unverified webhooks "
+                "(pass --insecure-no-verify to run without verification)"
+            )
+        if self.max_body_bytes <= 0:
+            raise SettingsError("RECEIVER_MAX_BODY_BYTES must be a positive integer")
+        if self.signature_tolerance_s <= 0:
+            raise SettingsError("RECEIVER_SIGNATURE_TOLERANCE_S must be a positive integer")
+        if self.db_synchronous not in ("normal", "full"):
+            raise SettingsError("RECEIVER_DB_SYNCHRONOUS must be normal or full")
+        if self.log_format not in LOG_FORMATS:
+            raise SettingsError(f"RECEIVER_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
+        if self.log_level not in LOG_LEVELS:
+            raise SettingsError(f"RECEIVER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        return self
+
+
+def load(
+    env: Mapping[str, str] | None = None,
+    *,
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Settings from ``env`` (default ``os.environ``), the TOML ``config_file`` (default
+    ``$RECEIVER_CONFIG``) and ``overrides`` (command-line values, keyed like the config file)."""
+    env = os.environ if env is None else env
+    if config_file is None and env.get("RECEIVER_CONFIG"):
+        config_file = Path(env["RECEIVER_CONFIG"])
+    config = _read_config(config_file) if config_file else {}
+    table = config.get("receiver", {})
+    if not isinstance(table, dict):
+        raise SettingsError(f"{config_file}: [receiver] must be a table")
+
+    raw: dict[str, tuple[str, Any]] = {}  # key → (where it came from, value)
+    for key, value in table.items():
+        if key not in ENV_KEYS.values():
+            raise SettingsError(f"{config_file}: unknown setting [receiver].{key}")
+        raw[key] = (f"{config_file}: [receiver].{key}", value)
+    for name, key in ENV_KEYS.items():
+        if env.get(name, "") != "":
+            raw[key] = (name, env[name])
+    flags = dict(overrides or {})
+    insecure = bool(flags.pop("insecure_no_verify", False))
+    for key, value in flags.items():
+        if key not in ENV_KEYS.values():
+            raise SettingsError(f"unknown setting {key}")
+        if value is not None:
+            raw[key] = (f"--{key.replace('_', '-')}", value)
+
+    settings = Settings(config_file=config_file, config=config)
+    changes: dict[str, Any] = {}
+    for key, (origin, value) in raw.items():
+        changes.update(_convert(key, origin, value))
+    if insecure:
+        changes["insecure_no_verify"] = True
+    return replace(settings, **changes).validated()
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"config file {path} cannot be read: {exc}") from exc
+
+
+def _convert(key: str, origin: str, value: Any) -> dict[str, Any]:
+    if key == "webhook_secret":
+        secrets = _secrets(value)
+        if not secrets:
+            raise SettingsError(f"{origin} holds no secret")
+        return {"webhook_secrets": secrets}
+    if key in ("db", "media_dir"):
+        if not isinstance(value, str | Path) or not str(value):
+            raise SettingsError(f"{origin} must be a path")
+        return {"db_path" if key == "db" else key: Path(value)}
+    if key in ("max_body_bytes", "signature_tolerance_s"):
+        return {key: _positive_int(origin, value)}
+    if key == "schemes":
+        text = ",".join(value) if isinstance(value, list) else str(value)
+        try:
+            return {"schemes": parse_schemes(text)}
+        except ValueError as exc:
+            choices = "choose from musicapi, legacy, standard"
+            raise SettingsError(f"{origin}: {exc} ({choices})") from None
+    if key == "admin_token":
+        return {"admin_token": str(value) or None}
+    return {key: str(value).lower()}  # db_synchronous, log_*: checked by validated()
+
+
+def _secrets(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else str(value).split(",")
+    return tuple(s.strip() for s in items if str(s).strip())
+
+
+def _positive_int(origin: str, value: Any) -> int:
+    try:
+        number = int(str(value).strip().replace("_", ""))
+    except ValueError:
+        raise SettingsError(f"{origin} must be a positive integer, got {value!r}") from None
+    if number <= 0:
+        raise SettingsError(f"{origin} must be a positive integer, got {value!r}")
+    return number

@@ -1,0 +1,171 @@
+"""``POST /webhooks/sonic``: the path of a delivery, in order.
+
+read (bounded) → verify (raw bytes) → name it (delivery id) → parse → record (one
+transaction) → answer. Nothing is answered 2xx before the store has committed, and nothing
+unverified is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from receiver.clock import Clock
+from receiver.errors import BodyTooLarge, PayloadError, StoreError, VerificationError
+from receiver.models import Delivery, Outcome, RecordResult, Source
+from receiver.payloads import Callback, parse_callback
+from receiver.signatures import SIGNATURE_HEADERS, Scheme, Verified, Verifier
+from receiver.store import Store
+
+log = structlog.get_logger("receiver.webhook")
+
+ID_HEADERS = ("x-webhook-id", "idempotency-key", "webhook-id")
+EVENT_HEADER = "x-webhook-event"
+# Never kept with a delivery: they prove knowledge of a secret, or are credentials.
+PRIVATE_HEADERS = SIGNATURE_HEADERS | {"authorization", "cookie", "proxy-authorization"}
+_MAX_ID = 200
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, or :class:`BodyTooLarge` as soon as it is known to pass ``limit`` bytes:
+    from ``Content-Length`` before reading anything, else while streaming."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def delivery_id(headers: Mapping[str, str], signed_content: bytes) -> str:
+    """The sender's id for this delivery, else a digest of what was signed (so a resent
+    copy of the same signed bytes is still recognised)."""
+    for name in ID_HEADERS:
+        value = headers.get(name, "").strip()
+        if value and len(value) <= _MAX_ID and value.isprintable():
+            return value
+    return "sha256:" + hashlib.sha256(signed_content).hexdigest()[:32]
+
+
+def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items() if k.lower() not in PRIVATE_HEADERS}
+
+
+def make_delivery(
+    *,
+    body: bytes,
+    headers: Mapping[str, str],
+    verified: Verified,
+    task_id_hint: str | None,
+    received_at: float,
+    source: Source = Source.WEBHOOK,
+) -> Delivery:
+    """A verified request as a :class:`Delivery`, parsed when it can be."""
+    event_header = headers.get(EVENT_HEADER)
+    callback: Callback | None = None
+    error = None
+    try:
+        callback = parse_callback(body, event_header=event_header, task_id_hint=task_id_hint)
+    except PayloadError as exc:
+        error = exc.message
+    return Delivery(
+        delivery_id=delivery_id(headers, verified.signed_content),
+        source=source,
+        scheme=verified.scheme.value,
+        event=callback.event.value if callback and callback.event else event_header,
+        headers=kept_headers(headers),
+        body=body,
+        received_at=received_at,
+        callback=callback,
+        error=error,
+        task_id_hint=task_id_hint,
+    )
+
+
+class WebhookEndpoint:
+    """The ASGI endpoint; ``verifier`` is None only when verification is switched off."""
+
+    def __init__(
+        self, *, store: Store, verifier: Verifier | None, clock: Clock, max_body_bytes: int
+    ) -> None:
+        self.store = store
+        self.verifier = verifier
+        self.clock = clock
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        client = request.client.host if request.client else None
+        with structlog.contextvars.bound_contextvars(path=request.url.path, client=client):
+            try:
+                body = await read_body(request, self.max_body_bytes)
+            except BodyTooLarge as exc:
+                log.warning("delivery_too_large", limit=exc.limit)
+                return JSONResponse({"error": "body_too_large", "limit": exc.limit}, 413)
+            try:
+                verified = self._verify(request, body)
+            except VerificationError as exc:
+                log.warning(
+                    "signature_rejected",
+                    reason=exc.reason,
+                    headers=sorted(h for h in request.headers if h.lower() in SIGNATURE_HEADERS),
+                )
+                return JSONResponse({"error": exc.reason}, 401)
+            delivery = make_delivery(
+                body=body,
+                headers=request.headers,
+                verified=verified,
+                task_id_hint=request.query_params.get("task_id"),
+                received_at=self.clock.now(),
+            )
+            with structlog.contextvars.bound_contextvars(delivery_id=delivery.delivery_id):
+                try:
+                    result = await self.store.record_delivery(delivery)
+                except StoreError as exc:
+                    log.error("delivery_not_recorded", error=exc.message)
+                    return JSONResponse({"error": "store_unavailable"}, 503)
+                return answer(result, event=delivery.event, scheme=delivery.scheme)
+
+    def _verify(self, request: Request, body: bytes) -> Verified:
+        if self.verifier is None:
+            return Verified(scheme=Scheme.NONE, timestamp=None, signed_content=body)
+        return self.verifier.verify(request.headers, body)
+
+
+def answer(result: RecordResult, *, event: str | None, scheme: str) -> JSONResponse:
+    """The HTTP answer for a recorded delivery, logged with its ids."""
+    with structlog.contextvars.bound_contextvars(task_id=result.task_id):
+        if result.outcome is Outcome.QUARANTINED:
+            log.warning("delivery_quarantined", reason=result.reason, webhook_event=event)
+            return JSONResponse(
+                {
+                    "error": "unusable_payload",
+                    "status": result.outcome.value,
+                    "reason": result.reason,
+                    "delivery_id": result.delivery_id,
+                },
+                422,
+            )
+        log.info(
+            "delivery_" + result.outcome.value,
+            webhook_event=event,
+            scheme=scheme,
+            state=result.state.value if result.state else None,
+            transitions=[f"{t.entity}:{t.entity_id}:{t.to_state}" for t in result.transitions],
+        )
+        return JSONResponse(
+            {
+                "status": result.outcome.value,
+                "delivery_id": result.delivery_id,
+                "task_id": result.task_id,
+                "state": result.state.value if result.state else None,
+            }
+        )
