@@ -90,7 +90,9 @@ def create_app(
                 own_http = await stack.enter_async_context(
                     httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
                 )
-            runtime = Runtime(settings=settings, store=own_store, clock=clock, http=own_http)
+            runtime = app.state.runtime = Runtime(
+                settings=settings, store=own_store, clock=clock, http=own_http
+            )
             endpoint = WebhookEndpoint(
                 store=own_store,
                 verifier=verifier,
