@@ -25,6 +25,8 @@ def settings_for(tmp_path: Path, **changes: Any) -> Settings:
         "webhook_secrets": (SECRET,),
         "db_path": tmp_path / "receiver.db",
         "media_dir": tmp_path / "media",
+        # ingest tests route nothing; handler tests configure their routes
+        "config": {"routes": []},
     }
     base.update(changes)
     return Settings(**base).validated()
@@ -85,3 +87,7 @@ async def post_signed(
     if clock is not None and "timestamp" not in header_options:
         header_options["timestamp"] = int(clock.now())
     return await client.post(path, content=body, headers=signed_headers(body, **header_options))
+
+
+EMPTY_COUNTS = {"deliveries": 0, "tasks": 0, "clips": 0, "transitions": 0, "jobs": 0, "files": 0,
+                "children": 0}

@@ -17,6 +17,7 @@ from receiver.clock import FakeClock
 from receiver.signatures import Scheme, sign_legacy, sign_standard
 from receiver.store import SQLiteStore
 from tests.support import (
+    EMPTY_COUNTS,
     SECRET,
     app_client,
     callback,
@@ -90,7 +91,7 @@ async def test_bad_signatures_get_401_and_store_nothing(
         response = await client.post("/webhooks/sonic", content=headers_body, headers=headers)
     assert response.status_code == 401
     assert response.json() == {"error": reason}
-    assert await counts(tmp_path) == {"deliveries": 0, "tasks": 0, "clips": 0, "transitions": 0}
+    assert await counts(tmp_path) == EMPTY_COUNTS
     rejected = [e for e in logs if e["event"] == "signature_rejected"]
     assert [e["reason"] for e in rejected] == [reason]
     signature = headers["X-Webhook-Signature"].removeprefix("sha256=")

@@ -32,7 +32,11 @@ def free_port() -> int:
 
 @contextmanager
 def serve(db: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "SONIC_WEBHOOK_SECRET": SECRET, "RECEIVER_LOG_FORMAT": "json"}
+    config = db.parent / "receiver.toml"
+    if not config.exists():
+        config.write_text("routes = []\n")  # ingest only: these tests run no handler
+    env = {**os.environ, "SONIC_WEBHOOK_SECRET": SECRET, "RECEIVER_LOG_FORMAT": "json",
+           "RECEIVER_CONFIG": str(config)}
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "receiver", "serve", "--port", str(port), "--db", str(db)],

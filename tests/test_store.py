@@ -17,7 +17,7 @@ from receiver.payloads import parse_callback
 from receiver.recording import UNKNOWN_TASK
 from receiver.states import Entity, State
 from receiver.store import SQLiteStore, SQLiteTransaction, Store
-from tests.support import callback, clip
+from tests.support import EMPTY_COUNTS, callback, clip
 
 pytestmark = pytest.mark.anyio
 
@@ -212,7 +212,6 @@ async def test_sqlite_a_failure_mid_transaction_leaves_nothing_behind(
         with pytest.raises(StoreError, match="injected"):
             await store.record_delivery(delivery("d1", COMPLETED, event="song.completed"))
         monkeypatch.undo()
-        assert await store.counts() == {
-            "deliveries": 0, "tasks": 0, "clips": 0, "transitions": 0}
+        assert await store.counts() == EMPTY_COUNTS
         ok = await store.record_delivery(delivery("d1", COMPLETED, event="song.completed"))
         assert ok.outcome is Outcome.RECORDED
