@@ -20,7 +20,10 @@ from receiver.sonic.contract import ClipState, Model, normalise_model
 from receiver.sonic.errors import SonicProtocolError
 
 Json = Mapping[str, Any]
-_EMPTY: Json = MappingProxyType({})
+
+
+def _empty() -> Json:
+    return MappingProxyType({})
 
 
 def _object(value: object, what: str) -> Json:
@@ -95,7 +98,7 @@ class Clip:
     duration: float | None = None  # seconds
     style_weight: float | None = None
     weirdness_constraint: float | None = None
-    raw: Json = field(default=_EMPTY, repr=False, compare=False)
+    raw: Json = field(default_factory=_empty, repr=False, compare=False)
 
     @property
     def model(self) -> Model | None:
@@ -137,7 +140,7 @@ class Music:
     code: int | None
     message: str | None
     clips: tuple[Clip, ...]
-    raw: Json = field(default=_EMPTY, repr=False, compare=False)
+    raw: Json = field(default_factory=_empty, repr=False, compare=False)
 
     @property
     def state(self) -> ClipState:
@@ -250,7 +253,7 @@ class Vox:
     code: int | None
     vocal_url: str | None
     instrumental_url: str | None
-    data: Json = field(default=_EMPTY, repr=False, compare=False)
+    data: Json = field(default_factory=_empty, repr=False, compare=False)
 
     @classmethod
     def from_json(cls, value: object) -> Vox:

@@ -376,7 +376,7 @@ class SandboxState:
 
     def _render_clip(self, task: Task, plan: ClipPlan, state: ClipState) -> dict[str, Any]:
         request = task.request
-        base = self.config.public_base_url or task.base_url
+        base = (self.config.public_base_url or task.base_url).rstrip("/")
         mv = str(task.model) if task.model is not None else request.mv
         # Answers name sonic-v5 "chirp-v5": clients must normalise.
         if task.model is Model.SONIC_V5:
