@@ -135,8 +135,10 @@ class Webhooks:
         if not reorder:
             sent = self._deliver_soon(task, first)
             await self._sleep_until(task.timeline.settled_at)
+            state.settle_due()
         else:
             await self._sleep_until(task.timeline.settled_at)
+            state.settle_due()
             sent = self._deliver_soon(task, first)
         # The second event goes out once the first has had its first attempt, so the order a
         # receiver sees is the order intended (each is then redelivered on its own).
