@@ -4,17 +4,22 @@ Every I/O edge comes in through the factory: what is not passed is built (and cl
 app's lifespan, what is passed belongs to the caller. Nothing happens at import.
 
 Routes: ``POST /webhooks/sonic`` (:mod:`receiver.webhook`), ``GET /tasks/{task_id}``,
-``GET /healthz`` (alive) and ``GET /readyz`` (the database takes a write). When
-``RECEIVER_ADMIN_TOKEN`` is set, ``/tasks`` needs it as a Bearer token; the probes stay open
-so that orchestrators can call them.
+``GET /jobs?state=dead``, ``GET /healthz`` (alive) and ``GET /readyz`` (the database takes a
+write). When ``RECEIVER_ADMIN_TOKEN`` is set, ``/tasks`` and ``/jobs`` need it as a Bearer
+token; the probes stay open so that orchestrators can call them.
+
+Handlers are loaded and routes checked here, in the factory, so that a route naming an unknown
+handler stops start-up before the server binds. With ``RECEIVER_WORKER=inprocess`` (the
+default) the lifespan runs a :class:`receiver.worker.Worker`, woken by every delivery that
+records jobs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -26,23 +31,17 @@ from starlette.routing import Route
 
 from receiver.clock import Clock, SystemClock
 from receiver.errors import StoreError
-from receiver.models import Clip, Task, TaskView, Transition
+from receiver.jobs import Job, JobState
+from receiver.models import ChildTask, Clip, Result, StoredFile, Task, TaskView, Transition
+from receiver.registry import Registry, load_registry
+from receiver.routing import Router, routes_from_config
+from receiver.runtime import Runtime, open_runtime
 from receiver.settings import Settings
 from receiver.signatures import Verifier
-from receiver.store import SQLiteStore, Store
+from receiver.store import Store
 from receiver.webhook import WebhookEndpoint
 
 log = structlog.get_logger("receiver.app")
-
-
-@dataclass
-class Runtime:
-    """What the running app holds; built in the lifespan."""
-
-    settings: Settings
-    store: Store
-    clock: Clock
-    http: httpx.AsyncClient
 
 
 def create_app(
@@ -51,10 +50,15 @@ def create_app(
     store: Store | None = None,
     clock: Clock | None = None,
     http: httpx.AsyncClient | None = None,
+    registry: Registry | None = None,
+    sonic: Any = None,
 ) -> Starlette:
-    """The receiver as an ASGI app. ``store`` and ``http``, when given, must be open and are
-    not closed by the app."""
+    """The receiver as an ASGI app. ``store``, ``http`` and ``sonic``, when given, must be open
+    and are not closed by the app; ``registry`` defaults to every installed handler."""
     clock = clock or SystemClock()
+    router = Router(routes_from_config(settings.config), policy=settings.retry)
+    registry = registry if registry is not None else load_registry(settings.config)
+    registry.check(router.handler_names)
     verifier = (
         None
         if settings.insecure_no_verify
@@ -76,38 +80,42 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         nonlocal runtime, endpoint
-        async with contextlib.AsyncExitStack() as stack:
-            own_store = store
-            if own_store is None:
-                sqlite = SQLiteStore(
-                    settings.db_path, clock=clock, synchronous=settings.db_synchronous
-                )
-                await sqlite.connect()
-                stack.push_async_callback(sqlite.close)
-                own_store = sqlite
-            own_http = http
-            if own_http is None:
-                own_http = await stack.enter_async_context(
-                    httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
-                )
-            runtime = Runtime(settings=settings, store=own_store, clock=clock, http=own_http)
+        async with open_runtime(
+            settings, store=store, clock=clock, http=http, router=router, registry=registry,
+            sonic=sonic,
+        ) as opened:
+            runtime = app.state.runtime = opened
+            worker_task: asyncio.Task[None] | None = None
+            if settings.worker == "inprocess":
+                # In-process the worker is woken by each delivery; the poll only catches jobs
+                # written by others (replay, a second process) and due retries.
+                opened.worker = opened.make_worker(poll_s=max(1.0, settings.worker_poll_s))
+                worker_task = asyncio.create_task(opened.worker.run(), name="worker")
             endpoint = WebhookEndpoint(
-                store=own_store,
+                store=opened.store,
                 verifier=verifier,
                 clock=clock,
                 max_body_bytes=settings.max_body_bytes,
+                router=router,
+                on_jobs=opened.worker.wake if opened.worker else None,
             )
             log.info(
                 "receiver_started",
-                db=str(settings.db_path) if store is None else type(own_store).__name__,
+                db=str(settings.db_path) if store is None else type(opened.store).__name__,
                 schemes=[s.value for s in settings.schemes],
                 verify=verifier is not None,
+                worker=settings.worker,
+                handlers=registry.names,
             )
             try:
                 yield
             finally:
                 log.info("receiver_stopping")
-                runtime = endpoint = None
+                endpoint = None
+                if opened.worker is not None and worker_task is not None:
+                    await opened.worker.stop(deadline_s=settings.worker_drain_s)
+                    await worker_task
+                runtime = None
 
     async def webhook(request: Request) -> JSONResponse:
         if endpoint is None:
@@ -117,10 +125,31 @@ def create_app(
     async def get_task(request: Request) -> JSONResponse:
         if (denied := _check_admin(request, settings)) is not None:
             return denied
-        view = await current().store.get_task(request.path_params["task_id"])
+        store = current().store
+        task_id = request.path_params["task_id"]
+        view = await store.get_task(task_id)
         if view is None:
             return JSONResponse({"error": "task_not_found"}, 404)
-        return JSONResponse(task_view_json(view))
+        body = task_view_json(view)
+        body["jobs"] = [job_json(j) for j in await store.list_jobs(task_id=task_id)]
+        body["files"] = [file_json(f) for f in await store.list_files(task_id)]
+        body["children"] = [child_json(c) for c in await store.list_children(task_id)]
+        body["results"] = [result_json(r) for r in await store.list_results(task_id)]
+        return JSONResponse(body)
+
+    async def list_jobs(request: Request) -> JSONResponse:
+        if (denied := _check_admin(request, settings)) is not None:
+            return denied
+        state_name = request.query_params.get("state")
+        try:
+            state = JobState(state_name) if state_name else None
+        except ValueError:
+            choices = ", ".join(s.value for s in JobState)
+            return JSONResponse({"error": f"state must be one of {choices}"}, 400)
+        jobs = await current().store.list_jobs(
+            state=state, task_id=request.query_params.get("task_id")
+        )
+        return JSONResponse({"jobs": [job_json(j) for j in jobs]})
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -137,6 +166,7 @@ def create_app(
         routes=[
             Route("/webhooks/sonic", webhook, methods=["POST"]),
             Route("/tasks/{task_id:str}", get_task, methods=["GET"]),
+            Route("/jobs", list_jobs, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
         ],
@@ -175,6 +205,8 @@ def task_json(task: Task) -> dict[str, Any]:
         "updated_at": task.updated_at,
         "last_event_at": task.last_event_at,
         "last_delivery_id": task.last_delivery_id,
+        "task_type": task.task_type,
+        "parent_task_id": task.parent_task_id,
     }
 
 
@@ -206,3 +238,50 @@ def transition_json(t: Transition) -> dict[str, Any]:
         "source": t.source.value,
         "at": t.at,
     }
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "key": job.key,
+        "handler": job.handler,
+        "route": job.route,
+        "trigger": job.trigger,
+        "task_id": job.task_id,
+        "state": job.state.value,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "run_after": job.run_after,
+        "last_error": job.last_error,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+    }
+
+
+def file_json(f: StoredFile) -> dict[str, Any]:
+    return {
+        "clip_id": f.clip_id,
+        "kind": f.kind,
+        "path": f.path,
+        "size": f.size,
+        "sha256": f.sha256,
+        "url": f.url,
+        "content_type": f.content_type,
+    }
+
+
+def child_json(c: ChildTask) -> dict[str, Any]:
+    return {
+        "child_task_id": c.child_task_id,
+        "rule": c.rule,
+        "task_type": c.task_type,
+        "depth": c.depth,
+        "credits": c.credits,
+        "state": c.state.value,
+        "error": c.error,
+        "root_task_id": c.root_task_id,
+    }
+
+
+def result_json(r: Result) -> dict[str, Any]:
+    return {"clip_id": r.clip_id, "kind": r.kind, "data": dict(r.data)}

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from receiver.errors import SettingsError
+from receiver.settings import Settings
 
 Forwarded = Callable[[list[str]], int]
 EXIT_USAGE = 2
@@ -53,6 +54,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=_serve)
 
+    worker = sub.add_parser(
+        "worker",
+        help="run handler jobs from the database, as a process of its own",
+        description="Claims due jobs from the SQLite file the web process writes, polling at "
+        "most every 250 ms. SIGTERM/SIGINT stop claiming, wait for running jobs up to the drain "
+        "deadline ([worker] drain_s), then hand the rest back. Run the web process with "
+        "RECEIVER_WORKER=off when this runs.",
+    )
+    _add_common(worker)
+    worker.add_argument(
+        "--concurrency", type=int, help="jobs at once ($RECEIVER_WORKER_CONCURRENCY)"
+    )
+    worker.set_defaults(run=_worker)
+
     sub.add_parser("sandbox", help="run a local server that plays the Sonic API", add_help=False)
     return parser
 
@@ -67,8 +82,16 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from receiver import logs, server, settings
+    from receiver import server
     from receiver.app import create_app
+
+    loaded = _load(args, insecure_no_verify=args.insecure_no_verify)
+    server.serve(create_app(loaded), host=args.host, port=args.port)
+    return 0
+
+
+def _load(args: argparse.Namespace, **extra: object) -> Settings:
+    from receiver import logs, settings
 
     loaded = settings.load(
         config_file=args.config,
@@ -76,12 +99,21 @@ def _serve(args: argparse.Namespace) -> int:
             "db": args.db,
             "media_dir": args.media_dir,
             "log_format": args.log_format,
-            "insecure_no_verify": args.insecure_no_verify,
+            **extra,
         },
     )
     logs.configure(fmt=loaded.log_format, level=loaded.log_level)
-    server.serve(create_app(loaded), host=args.host, port=args.port)
-    return 0
+    return loaded
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from receiver.worker_process import run_worker
+
+    # A worker needs no webhook secret: it never verifies anything.
+    loaded = _load(args, worker_concurrency=args.concurrency, insecure_no_verify=True)
+    return asyncio.run(run_worker(loaded))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

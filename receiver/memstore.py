@@ -14,19 +14,25 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
+from receiver.jobs import CLAIMABLE, Job, JobSpec, JobState
 from receiver.models import (
+    ChildState,
+    ChildTask,
     Clip,
     Delivery,
     Outcome,
     RecordResult,
+    Result,
     StoredDelivery,
+    StoredFile,
     Task,
     TaskView,
     Transition,
 )
 from receiver.payloads import ClipReport
-from receiver.recording import record
-from receiver.states import State
+from receiver.recording import plan_jobs, record
+from receiver.routing import Router, TaskFacts, split_tags
+from receiver.states import Entity, State
 
 
 @dataclass
@@ -35,6 +41,10 @@ class _Tables:
     tasks: dict[str, Task] = field(default_factory=dict)
     clips: dict[tuple[str, str], Clip] = field(default_factory=dict)
     transitions: list[Transition] = field(default_factory=list)
+    jobs: dict[int, Job] = field(default_factory=dict)
+    files: dict[tuple[str, str, str], StoredFile] = field(default_factory=dict)
+    results: dict[tuple[str, str, str], Result] = field(default_factory=dict)
+    children: dict[str, ChildTask] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -52,12 +62,18 @@ class MemoryStore:
             work.tasks = dict(work.tasks)
             work.clips = dict(work.clips)
             work.transitions = list(work.transitions)
+            work.jobs = dict(work.jobs)
+            work.files = dict(work.files)
+            work.results = dict(work.results)
+            work.children = dict(work.children)
             yield MemoryTransaction(work)
             self._tables = work
 
-    async def record_delivery(self, delivery: Delivery) -> RecordResult:
+    async def record_delivery(
+        self, delivery: Delivery, *, router: Router | None = None
+    ) -> RecordResult:
         async with self.transaction() as tx:
-            return await record(tx, delivery)
+            return await record(tx, delivery, router=router)
 
     async def get_task(self, task_id: str) -> TaskView | None:
         tables = self._tables
@@ -81,15 +97,187 @@ class MemoryStore:
             "tasks": len(t.tasks),
             "clips": len(t.clips),
             "transitions": len(t.transitions),
+            "jobs": len(t.jobs),
+            "files": len(t.files),
+            "children": len(t.children),
         }
 
     async def close(self) -> None:
         return None
 
+    # -- jobs
+
+    async def _update_job(self, job_id: int, owner: str, **changes: object) -> bool:
+        async with self.transaction() as tx:
+            job = tx.tables.jobs.get(job_id)
+            if job is None or job.state is not JobState.RUNNING or job.lease_owner != owner:
+                return False
+            if changes.pop("refund", False):
+                changes["attempts"] = job.attempts - 1
+            tx.tables.jobs[job_id] = replace(job, **changes)  # type: ignore[arg-type]
+            return True
+
+    async def claim_jobs(self, *, owner: str, limit: int, now: float, lease_s: float) -> list[Job]:
+        def due(job: Job) -> bool:
+            if job.state in CLAIMABLE:
+                return job.run_after <= now
+            return job.state is JobState.RUNNING and (job.lease_expires_at or 0) <= now
+
+        async with self.transaction() as tx:
+            ready = sorted((j for j in tx.tables.jobs.values() if due(j)),
+                           key=lambda j: (j.run_after, j.id))[:limit]
+            claimed = []
+            for job in ready:
+                taken = replace(job, state=JobState.RUNNING, attempts=job.attempts + 1,
+                                lease_owner=owner, lease_expires_at=now + lease_s,
+                                updated_at=now)
+                tx.tables.jobs[job.id] = taken
+                claimed.append(taken)
+            return claimed
+
+    async def renew_lease(self, job_id: int, *, owner: str, until: float, now: float) -> bool:
+        return await self._update_job(job_id, owner, lease_expires_at=until, updated_at=now)
+
+    async def finish_job(self, job_id: int, *, owner: str, now: float) -> bool:
+        return await self._update_job(job_id, owner, state=JobState.DONE, lease_owner=None,
+                                      lease_expires_at=None, updated_at=now)
+
+    async def retry_job(
+        self, job_id: int, *, owner: str, error: str, run_after: float, now: float,
+        count_attempt: bool = True,
+    ) -> bool:
+        return await self._update_job(job_id, owner, state=JobState.RETRYING, lease_owner=None,
+                                      lease_expires_at=None, last_error=error,
+                                      run_after=run_after, updated_at=now,
+                                      refund=not count_attempt)
+
+    async def kill_job(self, job_id: int, *, owner: str, error: str, now: float) -> bool:
+        return await self._update_job(job_id, owner, state=JobState.DEAD, lease_owner=None,
+                                      lease_expires_at=None, last_error=error, updated_at=now)
+
+    async def release_jobs(self, *, owner: str, now: float) -> int:
+        async with self.transaction() as tx:
+            mine = [j for j in tx.tables.jobs.values()
+                    if j.state is JobState.RUNNING and j.lease_owner == owner]
+            for job in mine:
+                tx.tables.jobs[job.id] = replace(
+                    job, state=JobState.QUEUED, lease_owner=None, lease_expires_at=None,
+                    attempts=max(job.attempts - 1, 0), run_after=now, updated_at=now)
+            return len(mine)
+
+    async def next_due(self) -> float | None:
+        times = [
+            (j.lease_expires_at or 0.0) if j.state is JobState.RUNNING else j.run_after
+            for j in self._tables.jobs.values()
+            if j.state in CLAIMABLE or j.state is JobState.RUNNING
+        ]
+        return min(times) if times else None
+
+    async def list_jobs(
+        self, *, state: JobState | None = None, task_id: str | None = None, limit: int = 500
+    ) -> list[Job]:
+        jobs = [
+            j for _, j in sorted(self._tables.jobs.items())
+            if (state is None or j.state is state) and (task_id is None or j.task_id == task_id)
+        ]
+        return jobs[:limit]
+
+    # -- what handlers leave behind
+
+    async def record_file(self, file: StoredFile) -> None:
+        key = (file.task_id, file.clip_id, file.kind)
+        async with self.transaction() as tx:
+            old = tx.tables.files.get(key)
+            tx.tables.files[key] = replace(file, created_at=old.created_at) if old else file
+
+    async def list_files(self, task_id: str) -> list[StoredFile]:
+        return [f for k, f in sorted(self._tables.files.items()) if k[0] == task_id]
+
+    async def record_result(self, result: Result) -> None:
+        key = (result.task_id, result.clip_id, result.kind)
+        async with self.transaction() as tx:
+            old = tx.tables.results.get(key)
+            tx.tables.results[key] = replace(result, created_at=old.created_at) if old else result
+
+    async def list_results(self, task_id: str) -> list[Result]:
+        return [r for k, r in sorted(self._tables.results.items()) if k[0] == task_id]
+
+    async def claim_child(self, child: ChildTask) -> ChildTask:
+        async with self.transaction() as tx:
+            return tx.tables.children.setdefault(child.trigger_key, child)
+
+    async def update_child(
+        self, trigger_key: str, *, state: ChildState, child_task_id: str | None = None,
+        error: str | None = None, now: float, router: Router | None = None,
+    ) -> ChildTask:
+        async with self.transaction() as tx:
+            old = tx.tables.children[trigger_key]
+            child = replace(old, state=state, child_task_id=child_task_id or old.child_task_id,
+                            error=error, updated_at=now)
+            tx.tables.children[trigger_key] = child
+            if child_task_id is not None:
+                tx.register_task(child_task_id, task_type=child.task_type,
+                                 parent=child.parent_task_id, at=now)
+                earlier = [t for t in tx.tables.transitions
+                           if t.task_id == child_task_id and t.entity is Entity.TASK]
+                await plan_jobs(tx, router, child_task_id, earlier, at=now)
+        return child
+
+    async def child_of(self, task_id: str) -> ChildTask | None:
+        return next((c for c in self._tables.children.values() if c.child_task_id == task_id),
+                    None)
+
+    async def list_children(self, parent_task_id: str) -> list[ChildTask]:
+        found = [c for c in self._tables.children.values() if c.parent_task_id == parent_task_id]
+        return sorted(found, key=lambda c: (c.created_at, c.trigger_key))
+
+    async def credits_under(self, root_task_id: str) -> int:
+        return sum(c.credits for c in self._tables.children.values()
+                   if c.root_task_id == root_task_id and c.state is not ChildState.FAILED)
+
 
 class MemoryTransaction:
     def __init__(self, tables: _Tables) -> None:
         self._t = tables
+
+    @property
+    def tables(self) -> _Tables:
+        return self._t
+
+    def register_task(self, task_id: str, *, task_type: str, parent: str, at: float) -> None:
+        old = self._t.tasks.get(task_id)
+        if old is None:
+            self._t.tasks[task_id] = Task(
+                task_id=task_id, state=State.PENDING, platform=None, error=None,
+                first_seen_at=at, updated_at=at, last_event_at=at, last_delivery_id=None,
+                task_type=task_type, parent_task_id=parent)
+        else:
+            self._t.tasks[task_id] = replace(
+                old, task_type=old.task_type or task_type,
+                parent_task_id=old.parent_task_id or parent)
+
+    async def task_facts(self, task_id: str) -> TaskFacts:
+        task = self._t.tasks.get(task_id)
+        tags = [c.tags for (t, _), c in self._t.clips.items() if t == task_id]
+        return TaskFacts(task_id=task_id, task_type=task.task_type if task else None,
+                         platform=task.platform if task else None, tags=split_tags(tags))
+
+    async def insert_jobs(self, specs: Sequence[JobSpec], *, at: float) -> int:
+        keys = {j.key for j in self._t.jobs.values()}
+        inserted = 0
+        for spec in specs:
+            if spec.key in keys:
+                continue
+            keys.add(spec.key)
+            job_id = max(self._t.jobs, default=0) + 1
+            self._t.jobs[job_id] = Job(
+                id=job_id, key=spec.key, handler=spec.handler, route=spec.route,
+                options=dict(spec.options), task_id=spec.task_id, trigger=spec.trigger,
+                delivery_id=spec.delivery_id, state=JobState.QUEUED, attempts=0,
+                max_attempts=spec.max_attempts, run_after=at, lease_owner=None,
+                lease_expires_at=None, last_error=None, created_at=at, updated_at=at)
+            inserted += 1
+        return inserted
 
     async def find_delivery(self, delivery_id: str) -> StoredDelivery | None:
         found = self._t.deliveries.get(delivery_id)

@@ -73,6 +73,7 @@ class RecordResult:
     state: State | None
     transitions: tuple[Transition, ...] = ()
     reason: str | None = None
+    jobs: int = 0  # jobs created by this delivery
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +86,8 @@ class Task:
     updated_at: float
     last_event_at: float
     last_delivery_id: str | None
+    task_type: str | None = None
+    parent_task_id: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,3 +129,58 @@ class TaskView:
     task: Task
     clips: tuple[Clip, ...]
     transitions: tuple[Transition, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredFile:
+    """A file a handler wrote under the media folder, with what proves its content."""
+
+    task_id: str
+    clip_id: str
+    kind: str  # audio | image | video | sidecar
+    path: str
+    size: int
+    sha256: str
+    url: str | None
+    content_type: str | None
+    job_key: str | None
+    created_at: float
+
+
+class ChildState(StrEnum):
+    """A follow-up task's life on our side: ``requested`` is written before the create call,
+    so a crash in between leaves a trace to reconcile instead of a second create."""
+
+    REQUESTED = "requested"
+    CREATED = "created"
+    FAILED = "failed"  # the service refused it: nothing was created
+    UNKNOWN = "unknown"  # the request may have reached the service: reconcile, never resend
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChildTask:
+    trigger_key: str
+    parent_task_id: str
+    root_task_id: str
+    rule: str
+    depth: int
+    task_type: str
+    credits: int
+    request: Mapping[str, Any] = field(repr=False)
+    child_task_id: str | None
+    state: ChildState
+    error: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Result:
+    """An answer a handler kept (get-bpm, get-vox...)."""
+
+    task_id: str
+    clip_id: str
+    kind: str
+    data: Mapping[str, Any]
+    job_key: str | None
+    created_at: float

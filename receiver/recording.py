@@ -7,8 +7,9 @@ Inside one transaction:
 1. a delivery id seen before → ``duplicate`` (or the earlier quarantine), nothing changes;
 2. an unusable body, or a task that cannot be named → the raw delivery is kept as
    ``quarantined`` with the reason;
-3. else the delivery is kept, the task and the clips it reports are upserted, and each state
-   transition that :func:`receiver.states.plan` allows is written.
+3. else the delivery is kept, the task and the clips it reports are upserted, each state
+   transition that :func:`receiver.states.plan` allows is written, and with a router, one job
+   per handler of every route the task transitions match (a job key seen before is skipped).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from receiver.jobs import JobSpec
 from receiver.models import Delivery, Outcome, RecordResult, StoredDelivery, Transition
 from receiver.payloads import ClipReport
+from receiver.routing import Router, TaskFacts
 from receiver.states import Entity, State, plan
 
 UNKNOWN_TASK = "no task_id in the body or ?task_id=, and none of its clips is known"
@@ -55,8 +58,29 @@ class Transaction(Protocol):
 
     async def insert_transitions(self, transitions: Sequence[Transition]) -> None: ...
 
+    async def task_facts(self, task_id: str) -> TaskFacts:
+        """What routes match on: the task's type, platform and its clips' tags."""
+        ...
 
-async def record(tx: Transaction, delivery: Delivery) -> RecordResult:
+    async def insert_jobs(self, specs: Sequence[JobSpec], *, at: float) -> int:
+        """Insert the jobs whose key is new; returns how many were inserted."""
+        ...
+
+
+async def plan_jobs(
+    tx: Transaction, router: Router | None, task_id: str, transitions: Sequence[Transition],
+    *, at: float,
+) -> int:
+    """Write the jobs ``router`` plans for ``transitions`` of ``task_id``."""
+    if router is None or not any(t.entity is Entity.TASK for t in transitions):
+        return 0
+    specs = router.plan(await tx.task_facts(task_id), transitions)
+    return await tx.insert_jobs(specs, at=at) if specs else 0
+
+
+async def record(
+    tx: Transaction, delivery: Delivery, *, router: Router | None = None
+) -> RecordResult:
     """Record ``delivery`` through ``tx``; see the module docstring for the rules."""
     earlier = await tx.find_delivery(delivery.delivery_id)
     if earlier is not None:
@@ -125,10 +149,12 @@ async def record(tx: Transaction, delivery: Delivery) -> RecordResult:
     refreshed = [(c, reported[c.clip_id]) for c in callback.clips if c.clip_id in change.refresh]
     await tx.upsert_clips(task_id, refreshed, at=at)
     await tx.insert_transitions(transitions)
+    jobs = await plan_jobs(tx, router, task_id, transitions, at=at)
     return RecordResult(
         outcome=Outcome.RECORDED,
         delivery_id=delivery.delivery_id,
         task_id=task_id,
         state=change.task_state,
         transitions=transitions,
+        jobs=jobs,
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from receiver.errors import SettingsError
+from receiver.jobs import RetryPolicy
 from receiver.signatures import Scheme, parse_schemes
 
 MIB = 1024 * 1024
@@ -31,7 +32,12 @@ ENV_KEYS: dict[str, str] = {
     "RECEIVER_ADMIN_TOKEN": "admin_token",
     "RECEIVER_LOG_FORMAT": "log_format",
     "RECEIVER_LOG_LEVEL": "log_level",
+    "RECEIVER_PUBLIC_URL": "public_url",
+    "RECEIVER_WORKER": "worker",
+    "RECEIVER_WORKER_CONCURRENCY": "worker_concurrency",
 }
+WORKER_KEYS = frozenset({"concurrency", "lease_s", "poll_s", "max_attempts", "backoff",
+                         "jitter", "drain_s"})
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -51,8 +57,15 @@ class Settings:
     insecure_no_verify: bool = False
     log_format: str = "auto"
     log_level: str = "info"
+    public_url: str | None = None  # how the Sonic service reaches this receiver
+    worker: str = "inprocess"  # inprocess: jobs run in the web process; off: a worker process
+    worker_concurrency: int = 4
+    worker_lease_s: float = 60.0
+    worker_poll_s: float = 0.25
+    worker_drain_s: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     config_file: Path | None = None
-    # The parsed config file (routes and handler options live here in later sections).
+    # The parsed config file: routes, handlers and their settings live here.
     config: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def validated(self) -> Settings:
@@ -72,6 +85,12 @@ class Settings:
             raise SettingsError(f"RECEIVER_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(f"RECEIVER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        if self.worker not in ("inprocess", "off"):
+            raise SettingsError("RECEIVER_WORKER must be inprocess or off")
+        if self.public_url is not None and not self.public_url.startswith(
+            ("http://", "https://")
+        ):
+            raise SettingsError("RECEIVER_PUBLIC_URL must be an http(s) URL")
         return self
 
 
@@ -108,7 +127,7 @@ def load(
             raw[key] = (f"--{key.replace('_', '-')}", value)
 
     settings = Settings(config_file=config_file, config=config)
-    changes: dict[str, Any] = {}
+    changes: dict[str, Any] = _worker_table(config.get("worker", {}), config_file)
     for key, (origin, value) in raw.items():
         changes.update(_convert(key, origin, value))
     if insecure:
@@ -136,8 +155,10 @@ def _convert(key: str, origin: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, str | Path) or not str(value):
             raise SettingsError(f"{origin} must be a path")
         return {"db_path" if key == "db" else key: Path(value)}
-    if key in ("max_body_bytes", "signature_tolerance_s"):
+    if key in ("max_body_bytes", "signature_tolerance_s", "worker_concurrency"):
         return {key: _positive_int(origin, value)}
+    if key == "public_url":
+        return {"public_url": str(value).rstrip("/") or None}
     if key == "schemes":
         text = ",".join(value) if isinstance(value, list) else str(value)
         try:
@@ -148,6 +169,45 @@ def _convert(key: str, origin: str, value: Any) -> dict[str, Any]:
     if key == "admin_token":
         return {"admin_token": str(value) or None}
     return {key: str(value).lower()}  # db_synchronous, log_*: checked by validated()
+
+
+def _worker_table(table: Any, config_file: Path | None) -> dict[str, Any]:
+    """The ``[worker]`` table: concurrency, lease_s, poll_s, drain_s, and the retry policy
+    (max_attempts, backoff = [seconds...], jitter)."""
+    where = f"{config_file}: [worker]"
+    if not isinstance(table, dict):
+        raise SettingsError(f"{where} must be a table")
+    unknown = set(table) - WORKER_KEYS
+    if unknown:
+        raise SettingsError(f"{where} has unknown keys: {', '.join(sorted(unknown))}")
+    changes: dict[str, Any] = {}
+    if "concurrency" in table:
+        changes["worker_concurrency"] = _positive_int(f"{where}.concurrency", table["concurrency"])
+    for key in ("lease_s", "poll_s", "drain_s"):
+        if key in table:
+            changes[f"worker_{key}"] = _positive_float(f"{where}.{key}", table[key])
+    policy: dict[str, Any] = {}
+    if "max_attempts" in table:
+        policy["max_attempts"] = _positive_int(f"{where}.max_attempts", table["max_attempts"])
+    if "backoff" in table:
+        backoff = table["backoff"]
+        if not isinstance(backoff, list) or not backoff:
+            raise SettingsError(f"{where}.backoff must be a list of seconds")
+        policy["schedule"] = tuple(_positive_float(f"{where}.backoff", b) for b in backoff)
+    if "jitter" in table:
+        jitter = table["jitter"]
+        if not isinstance(jitter, int | float) or not 0 <= jitter < 1:
+            raise SettingsError(f"{where}.jitter must be a number in [0, 1)")
+        policy["jitter"] = float(jitter)
+    if policy:
+        changes["retry"] = RetryPolicy(**policy)
+    return changes
+
+
+def _positive_float(origin: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise SettingsError(f"{origin} must be a positive number, got {value!r}")
+    return float(value)
 
 
 def _secrets(value: Any) -> tuple[str, ...]:

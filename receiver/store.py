@@ -24,19 +24,25 @@ import aiosqlite
 from receiver import sql
 from receiver.clock import Clock, SystemClock
 from receiver.errors import StoreError
+from receiver.jobs import Job, JobSpec, JobState
 from receiver.models import (
+    ChildState,
+    ChildTask,
     Clip,
     Delivery,
     Outcome,
     RecordResult,
+    Result,
     Source,
     StoredDelivery,
+    StoredFile,
     Task,
     TaskView,
     Transition,
 )
 from receiver.payloads import ClipReport
-from receiver.recording import record
+from receiver.recording import plan_jobs, record
+from receiver.routing import Router, TaskFacts, split_tags
 from receiver.states import Entity, State
 
 SYNCHRONOUS = ("normal", "full")
@@ -46,12 +52,79 @@ class Store(Protocol):
     """What the receiver keeps, named by intent. Implementations must make
     :meth:`record_delivery` atomic: all of it is committed when it returns, or none of it."""
 
-    async def record_delivery(self, delivery: Delivery) -> RecordResult:
-        """Record one verified delivery (see :mod:`receiver.recording`)."""
+    async def record_delivery(
+        self, delivery: Delivery, *, router: Router | None = None
+    ) -> RecordResult:
+        """Record one verified delivery and the jobs ``router`` plans for it (see
+        :mod:`receiver.recording`)."""
         ...
 
     async def get_task(self, task_id: str) -> TaskView | None:
         """A task with its clips and transitions, or None."""
+        ...
+
+    # -- jobs: every method that changes a claimed job checks the lease owner, so a worker
+    #    that lost its lease (it was too slow, another took the job over) changes nothing.
+
+    async def claim_jobs(self, *, owner: str, limit: int, now: float, lease_s: float) -> list[Job]:
+        """Take up to ``limit`` due jobs (or jobs whose lease expired) for ``owner``."""
+        ...
+
+    async def renew_lease(self, job_id: int, *, owner: str, until: float, now: float) -> bool: ...
+
+    async def finish_job(self, job_id: int, *, owner: str, now: float) -> bool: ...
+
+    async def retry_job(
+        self, job_id: int, *, owner: str, error: str, run_after: float, now: float,
+        count_attempt: bool = True,
+    ) -> bool: ...
+
+    async def kill_job(self, job_id: int, *, owner: str, error: str, now: float) -> bool: ...
+
+    async def release_jobs(self, *, owner: str, now: float) -> int:
+        """Hand ``owner``'s running jobs back (graceful stop), without charging the attempt."""
+        ...
+
+    async def next_due(self) -> float | None:
+        """When the next job becomes claimable (a run_after or a lease expiry), if any."""
+        ...
+
+    async def list_jobs(
+        self, *, state: JobState | None = None, task_id: str | None = None, limit: int = 500
+    ) -> list[Job]: ...
+
+    # -- what handlers leave behind
+
+    async def record_file(self, file: StoredFile) -> None: ...
+
+    async def list_files(self, task_id: str) -> list[StoredFile]: ...
+
+    async def record_result(self, result: Result) -> None: ...
+
+    async def list_results(self, task_id: str) -> list[Result]: ...
+
+    async def claim_child(self, child: ChildTask) -> ChildTask:
+        """Record a follow-up before it is created; an existing one for the same trigger key
+        is returned instead (never two children for one trigger)."""
+        ...
+
+    async def update_child(
+        self, trigger_key: str, *, state: ChildState, child_task_id: str | None = None,
+        error: str | None = None, now: float, router: Router | None = None,
+    ) -> ChildTask:
+        """Move a child on. With a ``child_task_id``, the task is registered with its type and
+        parent, and the jobs its already-recorded transitions owe are written (its webhook may
+        have arrived before the create call returned)."""
+        ...
+
+    async def child_of(self, task_id: str) -> ChildTask | None:
+        """The child record that created ``task_id``, if this receiver created it."""
+        ...
+
+    async def list_children(self, parent_task_id: str) -> list[ChildTask]: ...
+
+    async def credits_under(self, root_task_id: str) -> int:
+        """Credits of every follow-up under ``root_task_id`` that was not refused."""
         ...
 
     async def check_writable(self) -> None:
@@ -146,9 +219,11 @@ class SQLiteStore:
                     raise StoreError(f"transaction failed: {exc}") from exc
                 raise
 
-    async def record_delivery(self, delivery: Delivery) -> RecordResult:
+    async def record_delivery(
+        self, delivery: Delivery, *, router: Router | None = None
+    ) -> RecordResult:
         async with self.transaction() as tx:
-            return await record(tx, delivery)
+            return await record(tx, delivery, router=router)
 
     async def get_task(self, task_id: str) -> TaskView | None:
         async with self._lock:
@@ -174,6 +249,142 @@ class SQLiteStore:
                 rows = await self.conn.execute_fetchall(statement)
                 result[table] = int(next(iter(rows))[0])
         return result
+
+    async def _fetch(self, statement: str, params: Any = ()) -> list[Any]:
+        async with self._lock:
+            try:
+                return list(await self.conn.execute_fetchall(statement, params))
+            except sqlite3.Error as exc:
+                raise StoreError(f"read failed: {exc}") from exc
+
+    async def _write(self, statement: str, params: Any = ()) -> int:
+        """Run one write in its own transaction; returns the rows it changed."""
+        async with self.transaction() as tx:
+            cursor = await tx.conn.execute(statement, params)
+            return cursor.rowcount
+
+    # -- jobs
+
+    async def claim_jobs(self, *, owner: str, limit: int, now: float, lease_s: float) -> list[Job]:
+        params = {"owner": owner, "until": now + lease_s, "now": now, "limit": limit}
+        async with self.transaction() as tx:
+            rows = await tx.conn.execute_fetchall(sql.CLAIM_JOBS, params)
+        return sorted((_job(r) for r in rows), key=lambda j: (j.run_after, j.id))
+
+    async def renew_lease(self, job_id: int, *, owner: str, until: float, now: float) -> bool:
+        params = {"id": job_id, "owner": owner, "until": until, "now": now}
+        return await self._write(sql.RENEW_LEASE, params) == 1
+
+    async def finish_job(self, job_id: int, *, owner: str, now: float) -> bool:
+        return await self._write(sql.FINISH_JOB, {"id": job_id, "owner": owner, "now": now}) == 1
+
+    async def retry_job(
+        self, job_id: int, *, owner: str, error: str, run_after: float, now: float,
+        count_attempt: bool = True,
+    ) -> bool:
+        params = {"id": job_id, "owner": owner, "error": error, "run_after": run_after,
+                  "now": now, "refund": 0 if count_attempt else 1}
+        return await self._write(sql.RETRY_JOB, params) == 1
+
+    async def kill_job(self, job_id: int, *, owner: str, error: str, now: float) -> bool:
+        params = {"id": job_id, "owner": owner, "error": error, "now": now}
+        return await self._write(sql.KILL_JOB, params) == 1
+
+    async def release_jobs(self, *, owner: str, now: float) -> int:
+        return await self._write(sql.RELEASE_JOBS, {"owner": owner, "now": now})
+
+    async def next_due(self) -> float | None:
+        rows = await self._fetch(sql.NEXT_DUE)
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    async def list_jobs(
+        self, *, state: JobState | None = None, task_id: str | None = None, limit: int = 500
+    ) -> list[Job]:
+        clauses, params = ["1 = 1"], []
+        if state is not None:
+            clauses.append("state = ?")
+            params.append(state.value)
+        if task_id is not None:
+            clauses.append("task_id = ?")
+            params.append(task_id)
+        statement = sql.LIST_JOBS.format(where=" AND ".join(clauses))
+        return [_job(r) for r in await self._fetch(statement, (*params, limit))]
+
+    # -- what handlers leave behind
+
+    async def record_file(self, file: StoredFile) -> None:
+        await self._write(
+            sql.UPSERT_FILE,
+            (file.task_id, file.clip_id, file.kind, file.path, file.size, file.sha256, file.url,
+             file.content_type, file.job_key, file.created_at),
+        )
+
+    async def list_files(self, task_id: str) -> list[StoredFile]:
+        return [
+            StoredFile(task_id=r[0], clip_id=r[1], kind=r[2], path=r[3], size=r[4],
+                       sha256=r[5], url=r[6], content_type=r[7], job_key=r[8], created_at=r[9])
+            for r in await self._fetch(sql.LIST_FILES, (task_id,))
+        ]
+
+    async def record_result(self, result: Result) -> None:
+        await self._write(
+            sql.UPSERT_RESULT,
+            (result.task_id, result.clip_id, result.kind, json.dumps(dict(result.data)),
+             result.job_key, result.created_at),
+        )
+
+    async def list_results(self, task_id: str) -> list[Result]:
+        return [
+            Result(task_id=r[0], clip_id=r[1], kind=r[2], data=json.loads(r[3]), job_key=r[4],
+                   created_at=r[5])
+            for r in await self._fetch(sql.LIST_RESULTS, (task_id,))
+        ]
+
+    async def claim_child(self, child: ChildTask) -> ChildTask:
+        async with self.transaction() as tx:
+            await tx.conn.execute(
+                sql.INSERT_CHILD,
+                (child.trigger_key, child.parent_task_id, child.root_task_id, child.rule,
+                 child.depth, child.task_type, child.credits,
+                 json.dumps(dict(child.request), sort_keys=True), child.child_task_id,
+                 child.state.value, child.error, child.created_at, child.updated_at),
+            )
+            rows = list(await tx.conn.execute_fetchall(sql.GET_CHILD, (child.trigger_key,)))
+        return _child(rows[0])
+
+    async def update_child(
+        self, trigger_key: str, *, state: ChildState, child_task_id: str | None = None,
+        error: str | None = None, now: float, router: Router | None = None,
+    ) -> ChildTask:
+        async with self.transaction() as tx:
+            await tx.conn.execute(
+                sql.UPDATE_CHILD, (state.value, child_task_id, error, now, trigger_key)
+            )
+            rows = list(await tx.conn.execute_fetchall(sql.GET_CHILD, (trigger_key,)))
+            if not rows:
+                raise StoreError(f"no child task for trigger {trigger_key!r}")
+            child = _child(rows[0])
+            if child_task_id is not None:
+                await tx.conn.execute(
+                    sql.REGISTER_TASK,
+                    {"task_id": child_task_id, "at": now, "task_type": child.task_type,
+                     "parent": child.parent_task_id},
+                )
+                earlier = await tx.conn.execute_fetchall(sql.TASK_TRANSITIONS, (child_task_id,))
+                await plan_jobs(tx, router, child_task_id, [_transition(r) for r in earlier],
+                                at=now)
+        return child
+
+    async def child_of(self, task_id: str) -> ChildTask | None:
+        rows = await self._fetch(sql.CHILD_BY_TASK, (task_id,))
+        return _child(rows[0]) if rows else None
+
+    async def list_children(self, parent_task_id: str) -> list[ChildTask]:
+        return [_child(r) for r in await self._fetch(sql.LIST_CHILDREN, (parent_task_id,))]
+
+    async def credits_under(self, root_task_id: str) -> int:
+        rows = await self._fetch(sql.CREDITS_UNDER_ROOT, (root_task_id,))
+        return int(rows[0][0])
 
 
 class SQLiteTransaction:
@@ -282,6 +493,26 @@ class SQLiteTransaction:
             )
 
 
+    async def task_facts(self, task_id: str) -> TaskFacts:
+        rows = list(await self.conn.execute_fetchall(sql.TASK_FACTS, (task_id,)))
+        tags = await self.conn.execute_fetchall(sql.CLIP_TAGS, (task_id,))
+        task_type, platform = (rows[0][0], rows[0][1]) if rows else (None, None)
+        return TaskFacts(task_id=task_id, task_type=task_type, platform=platform,
+                         tags=split_tags(r[0] for r in tags))
+
+    async def insert_jobs(self, specs: Sequence[JobSpec], *, at: float) -> int:
+        before = self.conn.total_changes
+        await self.conn.executemany(
+            sql.INSERT_JOB,
+            [
+                (spec.key, spec.handler, spec.route, json.dumps(dict(spec.options)),
+                 spec.task_id, spec.trigger, spec.delivery_id, spec.max_attempts, at, at, at)
+                for spec in specs
+            ],
+        )
+        return self.conn.total_changes - before
+
+
 async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
     rows = list(await conn.execute_fetchall("PRAGMA user_version"))
     version = int(rows[0][0])
@@ -327,6 +558,26 @@ def _task(row: Any) -> Task:
         updated_at=row[5],
         last_event_at=row[6],
         last_delivery_id=row[7],
+        task_type=row[8],
+        parent_task_id=row[9],
+    )
+
+
+def _job(row: Any) -> Job:
+    return Job(
+        id=row[0], key=row[1], handler=row[2], route=row[3], options=json.loads(row[4]),
+        task_id=row[5], trigger=row[6], delivery_id=row[7], state=JobState(row[8]),
+        attempts=row[9], max_attempts=row[10], run_after=row[11], lease_owner=row[12],
+        lease_expires_at=row[13], last_error=row[14], created_at=row[15], updated_at=row[16],
+    )
+
+
+def _child(row: Any) -> ChildTask:
+    return ChildTask(
+        trigger_key=row[0], parent_task_id=row[1], root_task_id=row[2], rule=row[3],
+        depth=row[4], task_type=row[5], credits=row[6], request=json.loads(row[7]),
+        child_task_id=row[8], state=ChildState(row[9]), error=row[10], created_at=row[11],
+        updated_at=row[12],
     )
 
 

@@ -8,7 +8,7 @@ unverified is stored.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import structlog
 from starlette.requests import Request
@@ -18,6 +18,7 @@ from receiver.clock import Clock
 from receiver.errors import BodyTooLarge, PayloadError, StoreError, VerificationError
 from receiver.models import Delivery, Outcome, RecordResult, Source
 from receiver.payloads import Callback, parse_callback
+from receiver.routing import Router
 from receiver.signatures import SIGNATURE_HEADERS, Scheme, Verified, Verifier
 from receiver.store import Store
 
@@ -95,12 +96,21 @@ class WebhookEndpoint:
     """The ASGI endpoint; ``verifier`` is None only when verification is switched off."""
 
     def __init__(
-        self, *, store: Store, verifier: Verifier | None, clock: Clock, max_body_bytes: int
+        self,
+        *,
+        store: Store,
+        verifier: Verifier | None,
+        clock: Clock,
+        max_body_bytes: int,
+        router: Router | None = None,
+        on_jobs: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.verifier = verifier
         self.clock = clock
         self.max_body_bytes = max_body_bytes
+        self.router = router
+        self.on_jobs = on_jobs
 
     async def __call__(self, request: Request) -> JSONResponse:
         client = request.client.host if request.client else None
@@ -128,10 +138,12 @@ class WebhookEndpoint:
             )
             with structlog.contextvars.bound_contextvars(delivery_id=delivery.delivery_id):
                 try:
-                    result = await self.store.record_delivery(delivery)
+                    result = await self.store.record_delivery(delivery, router=self.router)
                 except StoreError as exc:
                     log.error("delivery_not_recorded", error=exc.message)
                     return JSONResponse({"error": "store_unavailable"}, 503)
+                if result.jobs and self.on_jobs is not None:
+                    self.on_jobs()
                 return answer(result, event=delivery.event, scheme=delivery.scheme)
 
     def _verify(self, request: Request, body: bytes) -> Verified:
@@ -159,6 +171,7 @@ def answer(result: RecordResult, *, event: str | None, scheme: str) -> JSONRespo
             webhook_event=event,
             scheme=scheme,
             state=result.state.value if result.state else None,
+            jobs=result.jobs,
             transitions=[f"{t.entity}:{t.entity_id}:{t.to_state}" for t in result.transitions],
         )
         return JSONResponse(

@@ -1,0 +1,150 @@
+"""What a handler is given: the :class:`Event` it acts on and a :class:`HandlerContext`.
+
+A handler is ``async def handle(event: Event, ctx: HandlerContext) -> None``. It runs at least
+once per job, so it must be idempotent: ``event.key`` is unique per (transition, route,
+handler) and stays the same on every attempt. Raise :class:`receiver.jobs.RetryLater` to be
+run again after a delay, :class:`receiver.jobs.PermanentError` to give up at once; any other
+exception is retried with backoff until the job's attempts run out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+
+from receiver.clock import Clock
+from receiver.jobs import Job, PermanentError
+from receiver.models import ChildState, ChildTask, Result, StoredFile, TaskView
+from receiver.routing import Router
+from receiver.settings import Settings
+from receiver.store import Store
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """The transition a job was created for."""
+
+    trigger: str  # task.streaming | task.succeeded | task.failed
+    task_id: str
+    route: str
+    key: str  # the job's idempotency key: the same on every attempt
+    job_id: int
+    attempt: int  # 1 on the first run
+    delivery_id: str | None
+
+
+@dataclass(kw_only=True)
+class HandlerContext:
+    """Everything a handler may use. ``sonic`` is the Sonic API client, when configured."""
+
+    options: Mapping[str, Any]
+    http: httpx.AsyncClient
+    sonic: Any
+    settings: Settings
+    clock: Clock
+    log: structlog.stdlib.BoundLogger
+    store: Store = field(repr=False)
+    router: Router | None = field(default=None, repr=False)
+    job: Job = field(repr=False)
+
+    @property
+    def media_dir(self) -> Path:
+        return self.settings.media_dir
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        """The whole parsed config file (for handlers with settings of their own)."""
+        return self.settings.config
+
+    async def task(self) -> TaskView:
+        """The task this job is about, with its clips and transitions, as stored now."""
+        view = await self.store.get_task(self.job.task_id)
+        if view is None:
+            raise PermanentError(f"task {self.job.task_id} is not in the store")
+        return view
+
+    async def files(self) -> list[StoredFile]:
+        return await self.store.list_files(self.job.task_id)
+
+    async def record_file(
+        self,
+        *,
+        clip_id: str,
+        kind: str,
+        path: Path,
+        size: int,
+        sha256: str,
+        url: str | None,
+        content_type: str | None,
+    ) -> None:
+        await self.store.record_file(
+            StoredFile(
+                task_id=self.job.task_id, clip_id=clip_id, kind=kind, path=str(path),
+                size=size, sha256=sha256, url=url, content_type=content_type,
+                job_key=self.job.key, created_at=self.clock.now(),
+            )
+        )
+
+    async def record_result(self, *, clip_id: str, kind: str, data: Mapping[str, Any]) -> None:
+        json.dumps(dict(data))  # refuse what the store could not keep, here, not later
+        await self.store.record_result(
+            Result(task_id=self.job.task_id, clip_id=clip_id, kind=kind, data=dict(data),
+                   job_key=self.job.key, created_at=self.clock.now())
+        )
+
+    async def results(self) -> list[Result]:
+        return await self.store.list_results(self.job.task_id)
+
+    async def lineage(self) -> tuple[str, int]:
+        """``(root task id, depth)`` of this job's task: depth 0 for a task this receiver did
+        not create."""
+        child = await self.store.child_of(self.job.task_id)
+        if child is None:
+            return self.job.task_id, 0
+        return child.root_task_id, child.depth
+
+    async def claim_child(
+        self, *, rule: str, task_type: str, credits: int, request: Mapping[str, Any],
+        suffix: str = "",
+    ) -> ChildTask:
+        """Record a follow-up task before creating it. Keyed by this job and ``rule`` (and
+        ``suffix`` for a rule that makes several), so an attempt after a crash finds the
+        record instead of creating a second task."""
+        root, depth = await self.lineage()
+        now = self.clock.now()
+        return await self.store.claim_child(
+            ChildTask(
+                trigger_key=f"{self.job.key}/{rule}{suffix}", parent_task_id=self.job.task_id,
+                root_task_id=root, rule=rule, depth=depth + 1, task_type=task_type,
+                credits=credits, request=dict(request), child_task_id=None,
+                state=ChildState.REQUESTED, error=None, created_at=now, updated_at=now,
+            )
+        )
+
+    async def child_created(self, child: ChildTask, task_id: str) -> ChildTask:
+        """The service accepted ``child`` as ``task_id``: register the task (type, parent) and
+        catch up on any of its events that arrived before this call returned."""
+        return await self.store.update_child(
+            child.trigger_key, state=ChildState.CREATED, child_task_id=task_id,
+            now=self.clock.now(), router=self.router,
+        )
+
+    async def child_failed(self, child: ChildTask, error: str, *, unknown: bool = False) -> None:
+        """The service refused ``child`` (or, ``unknown``, may have created it)."""
+        await self.store.update_child(
+            child.trigger_key, state=ChildState.UNKNOWN if unknown else ChildState.FAILED,
+            error=error, now=self.clock.now(),
+        )
+
+    async def children(self) -> list[ChildTask]:
+        return await self.store.list_children(self.job.task_id)
+
+    async def credits_under_root(self) -> int:
+        root, _ = await self.lineage()
+        return await self.store.credits_under(root)

@@ -1,0 +1,105 @@
+"""Jobs: one handler run owed for one transition, written in the transaction that recorded the
+transition, and worked off by :mod:`receiver.worker`.
+
+States: ``queued → running → done``, or ``running → retrying → running ...`` until the last
+attempt fails (``dead``, kept with its error). A ``running`` job whose lease has expired (its
+worker died) is claimable again. Each job has a unique ``key`` (task, trigger, route,
+handler), so a duplicate delivery never creates a second one; handlers use the key to make
+their effects idempotent.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from receiver.errors import ReceiverError
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    DONE = "done"
+    DEAD = "dead"
+
+
+CLAIMABLE = frozenset({JobState.QUEUED, JobState.RETRYING})
+FINISHED = frozenset({JobState.DONE, JobState.DEAD})
+
+
+class RetryLater(ReceiverError):
+    """The handler asks to run again later; the attempt does not count against the limit."""
+
+    def __init__(self, seconds: float, message: str | None = None) -> None:
+        self.seconds = max(0.0, float(seconds))
+        super().__init__(message or f"retry in {self.seconds:g}s")
+
+
+class PermanentError(ReceiverError):
+    """The handler cannot succeed, whatever the number of attempts: the job dies at once."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    """A job to create, as routing plans it."""
+
+    key: str
+    handler: str
+    route: str
+    options: Mapping[str, Any]
+    task_id: str
+    trigger: str
+    delivery_id: str | None
+    max_attempts: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    id: int
+    key: str
+    handler: str
+    route: str
+    options: Mapping[str, Any] = field(repr=False)
+    task_id: str
+    trigger: str
+    delivery_id: str | None
+    state: JobState
+    attempts: int
+    max_attempts: int
+    run_after: float
+    lease_owner: str | None
+    lease_expires_at: float | None
+    last_error: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """How many attempts a job gets and how long to wait after each failure.
+
+    The wait after attempt *n* is ``schedule[n-1]`` (the last entry repeats), spread by
+    ``± jitter`` (a fraction) so that jobs failing together do not retry together.
+    """
+
+    max_attempts: int = 5
+    schedule: Sequence[float] = (2.0, 10.0, 60.0, 300.0)
+    jitter: float = 0.2
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        base = self.schedule[min(max(attempt, 1), len(self.schedule)) - 1]
+        spread = (rng or random).uniform(-self.jitter, self.jitter)
+        return max(0.0, base * (1.0 + spread))
+
+    def gives_up(self, attempt: int) -> bool:
+        return attempt >= self.max_attempts
+
+
+def job_key(task_id: str, trigger: str, route: str, handler: str, index: int) -> str:
+    """The idempotency key of a job: one per (transition, route, handler position)."""
+    suffix = f"#{index}" if index else ""
+    return f"{task_id}/{trigger}/{route}/{handler}{suffix}"

@@ -1,0 +1,77 @@
+"""The runtime: the open I/O edges (store, HTTP client, Sonic client) with the router and the
+handler registry, shared by the web app's lifespan and the ``worker`` command. What is passed
+in belongs to the caller; what is built here is closed here."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import structlog
+
+from receiver.clock import Clock
+from receiver.context import HandlerContext
+from receiver.jobs import Job
+from receiver.registry import Registry
+from receiver.routing import Router
+from receiver.settings import Settings
+from receiver.store import SQLiteStore, Store
+from receiver.worker import Worker
+
+
+@dataclass
+class Runtime:
+    """What a running receiver holds."""
+
+    settings: Settings
+    store: Store
+    clock: Clock
+    http: httpx.AsyncClient
+    router: Router
+    registry: Registry
+    sonic: Any
+    worker: Worker | None = None
+
+    def context_for(self, job: Job) -> HandlerContext:
+        """The context a job's handler runs with."""
+        return HandlerContext(
+            options=job.options, http=self.http, sonic=self.sonic, settings=self.settings,
+            clock=self.clock, log=structlog.get_logger("receiver.handler"), store=self.store,
+            router=self.router, job=job,
+        )
+
+    def make_worker(self, *, poll_s: float) -> Worker:
+        return Worker(
+            store=self.store, registry=self.registry, contexts=self.context_for,
+            clock=self.clock, policy=self.settings.retry,
+            concurrency=self.settings.worker_concurrency, lease_s=self.settings.worker_lease_s,
+            poll_s=poll_s,
+        )
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(
+    settings: Settings,
+    *,
+    clock: Clock,
+    router: Router,
+    registry: Registry,
+    store: Store | None = None,
+    http: httpx.AsyncClient | None = None,
+    sonic: Any = None,
+) -> AsyncIterator[Runtime]:
+    async with contextlib.AsyncExitStack() as stack:
+        if store is None:
+            sqlite = SQLiteStore(settings.db_path, clock=clock, synchronous=settings.db_synchronous)
+            await sqlite.connect()
+            stack.push_async_callback(sqlite.close)
+            store = sqlite
+        if http is None:
+            http = await stack.enter_async_context(
+                httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
+            )
+        yield Runtime(settings=settings, store=store, clock=clock, http=http, router=router,
+                      registry=registry, sonic=sonic)

@@ -1,0 +1,197 @@
+"""The worker: claims due jobs with a lease, runs their handlers, records the outcome.
+
+It runs inside the web process (started and stopped by the app's lifespan, woken at once when a
+delivery records jobs) or as ``sonic-receiver worker`` on the same SQLite file (polling at most
+every 250 ms). While a handler runs, its lease is renewed; a worker that dies stops renewing, the
+lease expires, and another claim takes the job up again (that attempt counts). Stopping stops
+claiming, waits for running handlers up to a deadline, cancels the rest and hands their jobs
+back without charging the attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import random
+import socket
+import uuid
+from collections.abc import Callable
+
+import structlog
+
+from receiver.clock import Clock
+from receiver.context import Event, HandlerContext
+from receiver.jobs import Job, PermanentError, RetryLater, RetryPolicy
+from receiver.registry import Registry
+from receiver.store import Store
+
+log = structlog.get_logger("receiver.worker")
+
+ContextFactory = Callable[[Job], HandlerContext]
+_MAX_ERROR = 2000
+
+
+class Worker:
+    """Runs jobs from ``store`` with the handlers of ``registry``."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        registry: Registry,
+        contexts: ContextFactory,
+        clock: Clock,
+        policy: RetryPolicy | None = None,
+        concurrency: int = 4,
+        lease_s: float = 60.0,
+        poll_s: float = 0.25,
+        owner: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.contexts = contexts
+        self.clock = clock
+        self.policy = policy or RetryPolicy()
+        self.concurrency = max(1, concurrency)
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._running: dict[int, asyncio.Task[None]] = {}
+
+    def wake(self) -> None:
+        """A job was just recorded: look now instead of at the next poll."""
+        self._wake.set()
+
+    async def run_once(self) -> int:
+        """Claim what is due now and run it to the end; returns how many jobs ran. (Tests drive
+        the worker this way, moving an injected clock between calls.)"""
+        jobs = await self.store.claim_jobs(
+            owner=self.owner, limit=self.concurrency, now=self.clock.now(), lease_s=self.lease_s
+        )
+        await asyncio.gather(*(self._run(job) for job in jobs))
+        return len(jobs)
+
+    async def run(self) -> None:
+        """Work until :meth:`stop`."""
+        log.info("worker_started", owner=self.owner, concurrency=self.concurrency)
+        while not self._stopping:
+            self._wake.clear()
+            free = self.concurrency - len(self._running)
+            claimed: list[Job] = []
+            if free > 0:
+                try:
+                    claimed = await self.store.claim_jobs(
+                        owner=self.owner, limit=free, now=self.clock.now(), lease_s=self.lease_s
+                    )
+                except Exception as exc:  # a locked or broken database: log, wait, try again
+                    log.error("claim_failed", error=str(exc))
+                for job in claimed:
+                    task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+                    self._running[job.id] = task
+                    task.add_done_callback(functools.partial(self._finished, job.id))
+            if claimed and len(claimed) == free:
+                continue  # there may be more: claim again once a slot frees
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=await self._idle_wait())
+
+    def _finished(self, job_id: int, _task: asyncio.Task[None]) -> None:
+        self._running.pop(job_id, None)
+        self._wake.set()  # a free slot
+
+    async def _idle_wait(self) -> float:
+        try:
+            due = await self.store.next_due()
+        except Exception:
+            return self.poll_s
+        if due is None:
+            return self.poll_s
+        return min(self.poll_s, max(0.0, due - self.clock.now()))
+
+    async def stop(self, *, deadline_s: float = 30.0) -> None:
+        """Stop claiming; let running handlers finish within ``deadline_s``; cancel the rest
+        and hand their jobs back."""
+        self._stopping = True
+        self._wake.set()
+        running = list(self._running.values())
+        if running:
+            log.info("worker_draining", jobs=len(running), deadline_s=deadline_s)
+            _, pending = await asyncio.wait(running, timeout=deadline_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        released = await self.store.release_jobs(owner=self.owner, now=self.clock.now())
+        log.info("worker_stopped", owner=self.owner, released=released)
+
+    async def _run(self, job: Job) -> None:
+        bound = log.bind(job_id=job.id, job_key=job.key, task_id=job.task_id,
+                         handler=job.handler, attempt=job.attempts)
+        handler = self.registry.get(job.handler)
+        if handler is None:
+            await self.store.kill_job(job.id, owner=self.owner, now=self.clock.now(),
+                                      error=f"handler {job.handler!r} is not registered")
+            bound.error("job_dead", error="unknown handler")
+            return
+        event = Event(trigger=job.trigger, task_id=job.task_id, route=job.route, key=job.key,
+                      job_id=job.id, attempt=job.attempts, delivery_id=job.delivery_id)
+        ctx = self.contexts(job)
+        ctx.log = bound
+        heartbeat = asyncio.create_task(self._heartbeat(job, asyncio.current_task()))
+        bound.info("job_started")
+        try:
+            await handler(event, ctx)
+        except RetryLater as exc:
+            await self.store.retry_job(job.id, owner=self.owner, error=exc.message,
+                                       run_after=self.clock.now() + exc.seconds,
+                                       now=self.clock.now(), count_attempt=False)
+            bound.info("job_retry_later", seconds=exc.seconds, reason=exc.message)
+        except PermanentError as exc:
+            await self._die(job, bound, f"PermanentError: {exc.message}")
+        except asyncio.CancelledError:
+            bound.warning("job_cancelled")
+            raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"[:_MAX_ERROR]
+            if job.attempts >= job.max_attempts:
+                await self._die(job, bound, error)
+            else:
+                delay = self.policy.delay(job.attempts, self.rng)
+                await self.store.retry_job(job.id, owner=self.owner, error=error,
+                                           run_after=self.clock.now() + delay,
+                                           now=self.clock.now())
+                bound.warning("job_retrying", error=error, delay_s=round(delay, 3))
+        else:
+            if await self.store.finish_job(job.id, owner=self.owner, now=self.clock.now()):
+                bound.info("job_done")
+            else:
+                bound.warning("job_lease_lost")
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _die(self, job: Job, bound: structlog.stdlib.BoundLogger, error: str) -> None:
+        await self.store.kill_job(job.id, owner=self.owner, error=error[:_MAX_ERROR],
+                                  now=self.clock.now())
+        bound.error("job_dead", error=error)
+
+    async def _heartbeat(self, job: Job, runner: asyncio.Task[object] | None) -> None:
+        """Renew the lease every third of its length; if it was lost, stop the handler."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            now = self.clock.now()
+            try:
+                kept = await self.store.renew_lease(job.id, owner=self.owner,
+                                                    until=now + self.lease_s, now=now)
+            except Exception as exc:
+                log.warning("lease_renewal_failed", job_id=job.id, error=str(exc))
+                continue
+            if not kept and runner is not None:
+                log.warning("job_lease_lost", job_id=job.id)
+                runner.cancel()
+                return

@@ -1,0 +1,36 @@
+"""``sonic-receiver worker``: the job runner as a process of its own, on the same database."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+
+from receiver.clock import SystemClock
+from receiver.registry import load_registry
+from receiver.routing import Router, routes_from_config
+from receiver.runtime import open_runtime
+from receiver.settings import Settings
+
+log = structlog.get_logger("receiver.worker")
+
+
+async def run_worker(settings: Settings) -> int:
+    """Run jobs until SIGTERM or SIGINT; returns the exit status."""
+    router = Router(routes_from_config(settings.config), policy=settings.retry)
+    registry = load_registry(settings.config)
+    registry.check(router.handler_names)
+    async with open_runtime(settings, clock=SystemClock(), router=router,
+                            registry=registry) as runtime:
+        worker = runtime.make_worker(poll_s=min(settings.worker_poll_s, 0.25))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        running = asyncio.create_task(worker.run(), name="worker")
+        await stop.wait()
+        log.info("worker_signalled")
+        await worker.stop(deadline_s=settings.worker_drain_s)
+        await running
+    return 0

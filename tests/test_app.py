@@ -1,0 +1,267 @@
+"""The webhook endpoint and the read API over httpx.ASGITransport, on a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from receiver.app import create_app
+from receiver.clock import FakeClock
+from receiver.signatures import Scheme, sign_legacy, sign_standard
+from receiver.store import SQLiteStore
+from tests.support import (
+    EMPTY_COUNTS,
+    SECRET,
+    app_client,
+    callback,
+    clip,
+    post_signed,
+    settings_for,
+    signed_headers,
+)
+
+pytestmark = pytest.mark.anyio
+
+COMPLETED = callback("t-1", [clip("c1", "succeeded", duration="104.88"),
+                             clip("c2", "succeeded", duration=99)], event="song.completed")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(1_800_000_000)
+
+
+@pytest.fixture
+async def client(tmp_path: Path, clock: FakeClock) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(create_app(settings_for(tmp_path), clock=clock)) as c:
+        yield c
+
+
+async def counts(tmp_path: Path) -> dict[str, int]:
+    async with SQLiteStore(tmp_path / "receiver.db") as store:
+        return dict(await store.counts())
+
+
+async def test_signed_delivery_is_recorded_then_duplicate(
+    client: httpx.AsyncClient, clock: FakeClock, tmp_path: Path
+) -> None:
+    first = await post_signed(client, COMPLETED, clock=clock, delivery_id="d-1")
+    assert first.status_code == 200
+    assert first.json() == {
+        "status": "recorded", "delivery_id": "d-1", "task_id": "t-1", "state": "succeeded"}
+    again = await post_signed(client, COMPLETED, clock=clock, delivery_id="d-1")
+    assert again.status_code == 200
+    assert again.json()["status"] == "duplicate"
+    assert (await counts(tmp_path))["deliveries"] == 1
+
+
+async def test_without_an_id_header_the_delivery_id_is_a_digest_of_the_signed_content(
+    client: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    first = await post_signed(client, COMPLETED, clock=clock)
+    again = await post_signed(client, COMPLETED, clock=clock)
+    assert first.json()["delivery_id"].startswith("sha256:")
+    assert again.json() == {**first.json(), "status": "duplicate"}
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        ({"secret": "wrong-secret"}, "signature_mismatch"),
+        ({"timestamp_shift": -301}, "timestamp_expired"),
+        ({"timestamp_shift": 301}, "timestamp_in_future"),
+        ({"body": COMPLETED + b" "}, "signature_mismatch"),
+    ],
+)
+async def test_bad_signatures_get_401_and_store_nothing(
+    client: httpx.AsyncClient, clock: FakeClock, tmp_path: Path, tamper: dict[str, Any],
+    reason: str,
+) -> None:
+    headers_body = tamper.pop("body", COMPLETED)
+    shift = tamper.pop("timestamp_shift", 0)
+    headers = signed_headers(COMPLETED, timestamp=int(clock.now()) + shift, **tamper)
+    with capture_logs() as logs:
+        response = await client.post("/webhooks/sonic", content=headers_body, headers=headers)
+    assert response.status_code == 401
+    assert response.json() == {"error": reason}
+    assert await counts(tmp_path) == EMPTY_COUNTS
+    rejected = [e for e in logs if e["event"] == "signature_rejected"]
+    assert [e["reason"] for e in rejected] == [reason]
+    signature = headers["X-Webhook-Signature"].removeprefix("sha256=")
+    assert SECRET not in repr(logs)
+    assert signature not in repr(logs)
+
+
+async def test_malformed_signature_headers_get_401(client: httpx.AsyncClient) -> None:
+    for headers in (
+        {},
+        {"X-Webhook-Signature": "sha256=zz", "X-Webhook-Timestamp": "1"},
+        {"X-Webhook-Signature": "sha256=" + "0" * 64, "X-Webhook-Timestamp": "soon"},
+    ):
+        response = await client.post("/webhooks/sonic", content=COMPLETED, headers=headers)
+        assert response.status_code == 401, headers
+
+
+async def test_body_over_the_limit_is_413(tmp_path: Path, clock: FakeClock) -> None:
+    app = create_app(settings_for(tmp_path, max_body_bytes=1024), clock=clock)
+    async with app_client(app) as client:
+        big = callback("t-1", [clip("c1", "succeeded", lyrics="x" * 2000)])
+        response = await post_signed(client, big, clock=clock)
+        assert response.status_code == 413
+        assert response.json() == {"error": "body_too_large", "limit": 1024}
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: caught while streaming
+            for _ in range(4):
+                yield b"x" * 512
+
+        streamed = await client.post("/webhooks/sonic", content=chunks())
+        assert streamed.status_code == 413
+    assert (await counts(tmp_path))["deliveries"] == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"\xff\xfe\xfd", "body is not UTF-8"),
+        (b"null", "body is a JSON null, not an object"),
+        (b"[]", "body is a JSON array, not an object"),
+        (b'{"data": "x"}', "data is a JSON string, not a list of clips"),
+    ],
+)
+async def test_verified_but_unusable_bodies_are_kept_raw_and_answered_422(
+    client: httpx.AsyncClient, clock: FakeClock, tmp_path: Path, body: bytes, reason: str
+) -> None:
+    response = await post_signed(client, body, clock=clock, delivery_id="q-1")
+    assert response.status_code == 422
+    assert response.json()["reason"] == reason
+    assert response.json()["status"] == "quarantined"
+    async with SQLiteStore(tmp_path / "receiver.db") as store:
+        rows = list(await store.conn.execute_fetchall(
+            "SELECT outcome, reason, body FROM deliveries WHERE delivery_id = 'q-1'"))
+    assert [tuple(r) for r in rows] == [("quarantined", reason, body)]
+
+
+async def test_task_id_comes_from_the_query_when_the_body_lacks_it(
+    client: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    body = callback(None, [clip("c9", "running")], event="song.streaming")
+    response = await post_signed(client, body, clock=clock, path="/webhooks/sonic?task_id=q-7")
+    assert response.json()["task_id"] == "q-7"
+    assert response.json()["state"] == "running"
+
+
+async def test_succeeded_before_running_ends_succeeded_with_history(
+    client: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    streaming = callback("t-1", [clip("c1", "running"), clip("c2", "running")])
+    await post_signed(client, COMPLETED, clock=clock, delivery_id="d-2", event="song.completed")
+    late = await post_signed(client, streaming, clock=clock, delivery_id="d-1",
+                             event="song.streaming")
+    assert late.json()["state"] == "succeeded"
+    view = (await client.get("/tasks/t-1")).json()
+    assert view["task"]["state"] == "succeeded"
+    assert [c["duration"] for c in view["clips"]] == [104.88, 99.0]
+    assert [(t["entity_id"], t["to"], t["delivery_id"]) for t in view["transitions"]] == [
+        ("c1", "succeeded", "d-2"), ("c2", "succeeded", "d-2"), ("t-1", "succeeded", "d-2")]
+
+
+async def test_read_api_needs_the_admin_token_when_set(tmp_path: Path, clock: FakeClock) -> None:
+    app = create_app(settings_for(tmp_path, admin_token="adm1n"), clock=clock)
+    async with app_client(app) as client:
+        await post_signed(client, COMPLETED, clock=clock)
+        assert (await client.get("/tasks/t-1")).status_code == 401
+        bad = await client.get("/tasks/t-1", headers={"Authorization": "Bearer nope"})
+        assert bad.status_code == 401
+        good = await client.get("/tasks/t-1", headers={"Authorization": "Bearer adm1n"})
+        assert good.status_code == 200
+        missing = await client.get("/tasks/none", headers={"Authorization": "Bearer adm1n"})
+        assert missing.status_code == 404
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        assert (await client.get("/readyz")).json() == {"status": "ready"}
+
+
+async def test_readyz_reports_an_unwritable_database(tmp_path: Path, clock: FakeClock) -> None:
+    app = create_app(settings_for(tmp_path), clock=clock)
+    async with app_client(app) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        app_store = app.state.runtime.store
+        assert isinstance(app_store, SQLiteStore)
+        await app_store.conn.execute("PRAGMA busy_timeout = 50")
+        async with SQLiteStore(tmp_path / "receiver.db") as other:
+            # Another writer holds the write lock past the busy timeout: not ready.
+            await other.conn.execute("BEGIN EXCLUSIVE")
+            assert (await client.get("/readyz")).status_code == 503
+            await other.conn.execute("ROLLBACK")
+        assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_legacy_and_standard_schemes_when_enabled(tmp_path: Path, clock: FakeClock) -> None:
+    app = create_app(
+        settings_for(tmp_path, schemes=(Scheme.LEGACY, Scheme.STANDARD),
+                     webhook_secrets=(SECRET, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")),
+        clock=clock,
+    )
+    async with app_client(app) as client:
+        legacy = await client.post("/webhooks/sonic", content=COMPLETED,
+                                   headers=sign_legacy(SECRET, COMPLETED))
+        assert legacy.status_code == 200
+        body = callback("t-2", [clip("x", "running")])
+        std_headers = sign_standard("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_1", body,
+                                    int(clock.now()))
+        std = await client.post("/webhooks/sonic", content=body, headers=std_headers)
+        assert std.status_code == 200
+        assert std.json()["delivery_id"] == "msg_1"
+
+
+async def test_insecure_mode_accepts_unsigned_deliveries(tmp_path: Path) -> None:
+    app = create_app(settings_for(tmp_path, webhook_secrets=(), insecure_no_verify=True))
+    async with app_client(app) as client:
+        response = await client.post("/webhooks/sonic", content=COMPLETED)
+    assert response.status_code == 200
+    assert response.json()["status"] == "recorded"
+
+
+async def test_every_log_line_of_a_delivery_carries_its_ids(
+    client: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        await post_signed(client, COMPLETED, clock=clock, delivery_id="d-9")
+    recorded = [e for e in logs if e["event"] == "delivery_recorded"]
+    assert recorded == [
+        {**recorded[0], "delivery_id": "d-9", "task_id": "t-1", "state": "succeeded"}]
+    assert json.dumps(recorded[0], default=str)  # serialisable as a JSON line
+
+
+async def test_dead_jobs_are_listed_with_their_error(tmp_path: Path, clock: FakeClock) -> None:
+    from receiver.jobs import PermanentError
+    from receiver.registry import Registry
+
+    async def broken(event: object, ctx: object) -> None:
+        raise PermanentError("cannot")
+
+    registry = Registry()
+    registry.register("broken", broken, origin="test")
+    # no in-process worker: this test runs the job itself, once
+    settings = settings_for(tmp_path, worker="off",
+                            config={"routes": [{"on": "task.succeeded", "handlers": ["broken"]}]})
+    app = create_app(settings, clock=clock, registry=registry)
+    async with app_client(app) as client:
+        await post_signed(client, COMPLETED, clock=clock)
+        assert app.state.runtime.worker is None
+        assert await app.state.runtime.make_worker(poll_s=1.0).run_once() == 1
+        dead = (await client.get("/jobs?state=dead")).json()["jobs"]
+        assert [(j["handler"], j["last_error"]) for j in dead] == [
+            ("broken", "PermanentError: cannot")]
+        assert (await client.get("/jobs?state=done")).json()["jobs"] == []
+        assert (await client.get("/jobs?state=nope")).status_code == 400
+        task = (await client.get("/tasks/t-1")).json()
+        assert [j["state"] for j in task["jobs"]] == ["dead"]
+        assert task["files"] == []
+        assert task["children"] == []

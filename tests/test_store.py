@@ -1,0 +1,217 @@
+"""The store contract, run against the real SQLite file and against the in-memory twin."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from receiver import sql
+from receiver.errors import PayloadError, StoreError
+from receiver.memstore import MemoryStore
+from receiver.models import Delivery, Outcome, Source, Transition
+from receiver.payloads import parse_callback
+from receiver.recording import UNKNOWN_TASK
+from receiver.states import Entity, State
+from receiver.store import SQLiteStore, SQLiteTransaction, Store
+from tests.support import EMPTY_COUNTS, callback, clip
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    async with SQLiteStore(tmp_path / "store.db") as sqlite:
+        yield sqlite
+
+
+def delivery(
+    delivery_id: str,
+    body: bytes,
+    *,
+    event: str | None = None,
+    at: float = 1000.0,
+    task_id_hint: str | None = None,
+) -> Delivery:
+    try:
+        cb = parse_callback(body, event_header=event, task_id_hint=task_id_hint)
+        error = None
+    except PayloadError as exc:
+        cb, error = None, exc.message
+    return Delivery(
+        delivery_id=delivery_id, source=Source.WEBHOOK, scheme="musicapi", event=event,
+        headers={"x-webhook-id": delivery_id}, body=body, received_at=at, callback=cb,
+        error=error, task_id_hint=task_id_hint,
+    )
+
+
+STREAMING = callback("t-1", [clip("a", "running", audio_url="http://stream/a"),
+                             clip("b", "running", audio_url="http://stream/b")])
+PARTIAL = callback("t-1", [clip("a", "succeeded", audio_url="http://cdn/a.mp3"),
+                           clip("b", "running")])
+COMPLETED = callback("t-1", [clip("a", "succeeded", audio_url="http://cdn/a.mp3"),
+                             clip("b", "succeeded", audio_url="http://cdn/b.mp3")])
+
+
+async def test_first_delivery_is_recorded_with_its_transitions(store: Store) -> None:
+    result = await store.record_delivery(delivery("d1", COMPLETED, event="song.completed"))
+    assert result.outcome is Outcome.RECORDED
+    assert (result.task_id, result.state) == ("t-1", State.SUCCEEDED)
+    view = await store.get_task("t-1")
+    assert view is not None
+    assert view.task.state is State.SUCCEEDED
+    assert {c.clip_id: c.audio_url for c in view.clips} == {
+        "a": "http://cdn/a.mp3", "b": "http://cdn/b.mp3"}
+    assert [(t.entity, t.entity_id, t.to_state, t.delivery_id) for t in view.transitions] == [
+        (Entity.CLIP, "a", State.SUCCEEDED, "d1"), (Entity.CLIP, "b", State.SUCCEEDED, "d1"),
+        (Entity.TASK, "t-1", State.SUCCEEDED, "d1")]
+
+
+async def test_a_repeated_delivery_id_is_a_duplicate_and_changes_nothing(store: Store) -> None:
+    await store.record_delivery(delivery("d1", STREAMING, event="song.streaming"))
+    before = await store.counts()
+    again = await store.record_delivery(delivery("d1", COMPLETED, event="song.completed"))
+    assert again.outcome is Outcome.DUPLICATE
+    assert again.state is State.RUNNING
+    assert await store.counts() == before
+
+
+async def test_late_streaming_after_completed_is_kept_but_moves_nothing(store: Store) -> None:
+    await store.record_delivery(delivery("d2", COMPLETED, event="song.completed"))
+    late = await store.record_delivery(delivery("d1", STREAMING, event="song.streaming", at=2e3))
+    assert late.outcome is Outcome.RECORDED
+    assert late.transitions == ()
+    assert late.state is State.SUCCEEDED
+    view = await store.get_task("t-1")
+    assert view is not None
+    # the streaming URL did not overwrite the final one
+    assert {c.audio_url for c in view.clips} == {"http://cdn/a.mp3", "http://cdn/b.mp3"}
+    assert view.task.last_event_at == 2e3
+    assert (await store.counts())["deliveries"] == 2
+
+
+EVENTS = {
+    "streaming": (STREAMING, "song.streaming"),
+    "partial": (PARTIAL, None),
+    "completed": (COMPLETED, "song.completed"),
+}
+
+
+@pytest.mark.parametrize(
+    "order",
+    list(itertools.permutations(["streaming", "partial", "completed", "completed-again"])),
+    ids="-".join,
+)
+async def test_every_order_of_a_two_clip_task_ends_succeeded(
+    order: Sequence[str], tmp_path: Path
+) -> None:
+    async with SQLiteStore(tmp_path / "order.db") as store:
+        for name in order:
+            body, event = EVENTS[name.removesuffix("-again")]
+            # the repeat keeps the delivery id, as the upstream's redeliveries do
+            await store.record_delivery(delivery(name.removesuffix("-again"), body, event=event))
+        view = await store.get_task("t-1")
+    assert view is not None
+    assert view.task.state is State.SUCCEEDED
+    assert {c.clip_id: c.state for c in view.clips} == {"a": State.SUCCEEDED, "b": State.SUCCEEDED}
+    assert all(c.audio_url and c.audio_url.startswith("http://cdn/") for c in view.clips)
+    assert_forward_only(view.transitions)
+
+
+def assert_forward_only(transitions: Sequence[Transition]) -> None:
+    rank = {None: -1, State.PENDING: 0, State.RUNNING: 1, State.SUCCEEDED: 2, State.FAILED: 2}
+    last: dict[tuple[Entity, str], State | None] = {}
+    for t in transitions:
+        key = (t.entity, t.entity_id)
+        assert t.from_state == last.get(key)
+        assert rank[t.to_state] > rank[t.from_state]
+        last[key] = t.to_state
+
+
+async def test_song_failed_fails_the_task_with_the_reason(store: Store) -> None:
+    await store.record_delivery(delivery("d1", STREAMING, event="song.streaming"))
+    failed = callback("t-1", [], message="content policy")
+    result = await store.record_delivery(delivery("d2", failed, event="song.failed"))
+    assert result.state is State.FAILED
+    view = await store.get_task("t-1")
+    assert view is not None
+    assert view.task.error == "content policy"
+
+
+async def test_unusable_body_is_quarantined_raw_with_its_reason(store: Store) -> None:
+    result = await store.record_delivery(delivery("q1", b'{"data": "x"}'))
+    assert result.outcome is Outcome.QUARANTINED
+    assert result.reason == "data is a JSON string, not a list of clips"
+    assert (await store.counts())["deliveries"] == 1
+    assert (await store.counts())["tasks"] == 0
+    again = await store.record_delivery(delivery("q1", b'{"data": "x"}'))
+    assert again.outcome is Outcome.QUARANTINED
+    assert (await store.counts())["deliveries"] == 1
+
+
+async def test_clips_without_a_task_id_find_their_task_or_are_quarantined(store: Store) -> None:
+    await store.record_delivery(delivery("d1", STREAMING, event="song.streaming"))
+    anonymous = callback(None, [clip("a", "succeeded"), clip("b", "succeeded")])
+    found = await store.record_delivery(delivery("d2", anonymous, event="song.completed"))
+    assert (found.outcome, found.task_id, found.state) == (
+        Outcome.RECORDED, "t-1", State.SUCCEEDED)
+    stranger = callback(None, [clip("zzz", "succeeded")])
+    lost = await store.record_delivery(delivery("d3", stranger))
+    assert (lost.outcome, lost.reason) == (Outcome.QUARANTINED, UNKNOWN_TASK)
+
+
+async def test_task_id_hint_from_the_query_names_the_task(store: Store) -> None:
+    body = callback(None, [clip("x", "running")])
+    result = await store.record_delivery(delivery("d1", body, task_id_hint="from-query"))
+    assert (result.task_id, result.state) == ("from-query", State.RUNNING)
+
+
+# ---- SQLite only: the file, the schema, atomicity -------------------------------------------
+
+
+async def test_sqlite_schema_is_versioned_in_wal_mode_and_survives_reopening(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "r.db"
+    async with SQLiteStore(path) as store:
+        await store.record_delivery(delivery("d1", COMPLETED, event="song.completed"))
+    async with SQLiteStore(path) as store:  # migrating again is a no-op
+        assert (await store.counts())["deliveries"] == 1
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(sql.MIGRATIONS)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        headers, body = conn.execute("SELECT headers, body FROM deliveries").fetchone()
+    assert body == COMPLETED
+    assert "signature" not in headers
+
+
+async def test_sqlite_refuses_a_schema_newer_than_the_code(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {len(sql.MIGRATIONS) + 1}")
+    with pytest.raises(StoreError, match="newer than this code"):
+        await SQLiteStore.open(path)
+
+
+async def test_sqlite_a_failure_mid_transaction_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: SQLiteTransaction, transitions: Sequence[Transition]) -> None:
+        raise sqlite3.OperationalError("disk I/O error (injected)")
+
+    async with SQLiteStore(tmp_path / "r.db") as store:
+        # Fault injection: no real disk fails on demand, so the last write of the
+        # transaction is made to raise; everything before it must roll back.
+        monkeypatch.setattr(SQLiteTransaction, "insert_transitions", broken)
+        with pytest.raises(StoreError, match="injected"):
+            await store.record_delivery(delivery("d1", COMPLETED, event="song.completed"))
+        monkeypatch.undo()
+        assert await store.counts() == EMPTY_COUNTS
+        ok = await store.record_delivery(delivery("d1", COMPLETED, event="song.completed"))
+        assert ok.outcome is Outcome.RECORDED
