@@ -429,9 +429,11 @@ class SonicClient:
             data = None
         body: Json = data if isinstance(data, Mapping) else {}
         code = body.get("code")
-        # Some answers say HTTP 200 but carry the failure in the body's code.
+        # Some answers say HTTP 200 but carry a refusal in the body's code ("task not found.").
+        # Only 4xx codes count: a 200 whose body says 500 still carries data (a failed task's
+        # clips, say) and must not be retried as if the service were down.
         if 200 <= status < 300 and isinstance(code, int) and not isinstance(code, bool):
-            status = code if code >= 400 else status
+            status = code if 400 <= code < 500 else status
         if 200 <= status < 300:
             if data is None or not isinstance(data, Mapping):
                 raise SonicProtocolError(f"{path} answered {status} without a JSON object")

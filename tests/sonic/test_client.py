@@ -307,6 +307,13 @@ async def test_refusals_are_mapped_by_status_and_text(
     assert peer.hits == 1  # refusals are final
 
 
+async def test_a_200_whose_body_says_500_is_data_not_an_outage() -> None:
+    answer = (200, {"code": 500, "message": "generation failed", "data": []})
+    async with peer_client(answer) as (client, peer):
+        music = await client.get_music("t-1")
+    assert (music.code, music.message, peer.hits) == (500, "generation failed", 1)
+
+
 async def test_an_answer_that_is_not_json_is_a_protocol_error() -> None:
     async with peer_client("text") as (client, _):
         with pytest.raises(SonicProtocolError):
