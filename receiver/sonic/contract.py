@@ -24,6 +24,15 @@ from typing import Any, Self
 
 from receiver.sonic.errors import SonicValidationError
 
+# Clip states and webhook events are the receiver's own vocabulary: one definition of each.
+# (re-exported under the contract's names)
+from receiver.states import EVENT_STATE as EVENT_STATE
+from receiver.states import TERMINAL as TERMINAL
+from receiver.states import State
+from receiver.states import WebhookEvent as WebhookEvent
+
+ClipState = State
+
 
 class TaskType(StrEnum):
     CREATE_MUSIC = "create_music"
@@ -44,25 +53,9 @@ class Model(StrEnum):
     SONIC_V5 = "sonic-v5"
 
 
-class ClipState(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
-TERMINAL: frozenset[ClipState] = frozenset({ClipState.SUCCEEDED, ClipState.FAILED})
-
-
 class VocalGender(StrEnum):
     FEMALE = "f"
     MALE = "m"
-
-
-class WebhookEvent(StrEnum):
-    STREAMING = "song.streaming"
-    COMPLETED = "song.completed"
-    FAILED = "song.failed"
 
 
 class Message(StrEnum):

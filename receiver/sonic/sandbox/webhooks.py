@@ -36,17 +36,13 @@ import structlog
 
 from receiver.clock import Clock
 from receiver.signatures import sign_legacy, sign_musicapi
-from receiver.sonic.contract import ClipState, WebhookEvent
+from receiver.sonic.contract import EVENT_STATE, WebhookEvent
 from receiver.sonic.sandbox.state import SandboxState, Task
 
 log = structlog.get_logger("receiver.sonic.sandbox")
 
 PLATFORM = "sonic"
-_EVENT_STATE = {
-    WebhookEvent.STREAMING: ClipState.RUNNING,
-    WebhookEvent.COMPLETED: ClipState.SUCCEEDED,
-    WebhookEvent.FAILED: ClipState.FAILED,
-}
+_EVENT_STATE = EVENT_STATE
 
 
 @dataclass(frozen=True, kw_only=True)
