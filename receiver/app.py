@@ -38,6 +38,7 @@ from receiver.routing import Router, routes_from_config
 from receiver.runtime import Runtime, open_runtime
 from receiver.settings import Settings
 from receiver.signatures import Verifier
+from receiver.sonic.client import SonicClient
 from receiver.store import Store
 from receiver.webhook import WebhookEndpoint
 
@@ -51,7 +52,7 @@ def create_app(
     clock: Clock | None = None,
     http: httpx.AsyncClient | None = None,
     registry: Registry | None = None,
-    sonic: Any = None,
+    sonic: SonicClient | None = None,
 ) -> Starlette:
     """The receiver as an ASGI app. ``store``, ``http`` and ``sonic``, when given, must be open
     and are not closed by the app; ``registry`` defaults to every installed handler."""

@@ -23,6 +23,7 @@ from receiver.jobs import Job, PermanentError
 from receiver.models import ChildState, ChildTask, Result, StoredFile, TaskView
 from receiver.routing import Router
 from receiver.settings import Settings
+from receiver.sonic.client import SonicClient
 from receiver.store import Store
 
 
@@ -45,7 +46,7 @@ class HandlerContext:
 
     options: Mapping[str, Any]
     http: httpx.AsyncClient
-    sonic: Any
+    sonic: SonicClient | None
     settings: Settings
     clock: Clock
     log: structlog.stdlib.BoundLogger
@@ -112,10 +113,11 @@ class HandlerContext:
     async def claim_child(
         self, *, rule: str, task_type: str, credits: int, request: Mapping[str, Any],
         suffix: str = "",
-    ) -> ChildTask:
-        """Record a follow-up task before creating it. Keyed by this job and ``rule`` (and
-        ``suffix`` for a rule that makes several), so an attempt after a crash finds the
-        record instead of creating a second task."""
+    ) -> tuple[ChildTask, bool]:
+        """Record a follow-up task before creating it: ``(child, True)`` when this call wrote
+        the record. Keyed by this job and ``rule`` (and ``suffix`` for a rule that makes
+        several), so an attempt after a crash finds the record (``False``) instead of creating
+        a second task."""
         root, depth = await self.lineage()
         now = self.clock.now()
         return await self.store.claim_child(

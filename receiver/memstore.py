@@ -202,9 +202,20 @@ class MemoryStore:
     async def list_results(self, task_id: str) -> list[Result]:
         return [r for k, r in sorted(self._tables.results.items()) if k[0] == task_id]
 
-    async def claim_child(self, child: ChildTask) -> ChildTask:
+    async def claim_child(self, child: ChildTask) -> tuple[ChildTask, bool]:
         async with self.transaction() as tx:
-            return tx.tables.children.setdefault(child.trigger_key, child)
+            existing = tx.tables.children.get(child.trigger_key)
+            if existing is not None:
+                return existing, False
+            tx.tables.children[child.trigger_key] = child
+            return child, True
+
+    async def register_task(
+        self, task_id: str, *, task_type: str, now: float, router: Router | None = None
+    ) -> None:
+        async with self.transaction() as tx:
+            await tx.register_task(task_id, task_type=task_type, parent=None, at=now,
+                                   router=router)
 
     async def update_child(
         self, trigger_key: str, *, state: ChildState, child_task_id: str | None = None,
@@ -216,11 +227,8 @@ class MemoryStore:
                             error=error, updated_at=now)
             tx.tables.children[trigger_key] = child
             if child_task_id is not None:
-                tx.register_task(child_task_id, task_type=child.task_type,
-                                 parent=child.parent_task_id, at=now)
-                earlier = [t for t in tx.tables.transitions
-                           if t.task_id == child_task_id and t.entity is Entity.TASK]
-                await plan_jobs(tx, router, child_task_id, earlier, at=now)
+                await tx.register_task(child_task_id, task_type=child.task_type,
+                                       parent=child.parent_task_id, at=now, router=router)
         return child
 
     async def child_of(self, task_id: str) -> ChildTask | None:
@@ -244,7 +252,16 @@ class MemoryTransaction:
     def tables(self) -> _Tables:
         return self._t
 
-    def register_task(self, task_id: str, *, task_type: str, parent: str, at: float) -> None:
+    async def register_task(
+        self, task_id: str, *, task_type: str, parent: str | None, at: float,
+        router: Router | None,
+    ) -> None:
+        self._register(task_id, task_type=task_type, parent=parent, at=at)
+        earlier = [t for t in self._t.transitions
+                   if t.task_id == task_id and t.entity is Entity.TASK]
+        await plan_jobs(self, router, task_id, earlier, at=at)
+
+    def _register(self, task_id: str, *, task_type: str, parent: str | None, at: float) -> None:
         old = self._t.tasks.get(task_id)
         if old is None:
             self._t.tasks[task_id] = Task(

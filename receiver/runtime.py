@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import structlog
@@ -18,6 +17,7 @@ from receiver.jobs import Job
 from receiver.registry import Registry
 from receiver.routing import Router
 from receiver.settings import Settings
+from receiver.sonic.client import SonicClient
 from receiver.store import SQLiteStore, Store
 from receiver.worker import Worker
 
@@ -32,7 +32,7 @@ class Runtime:
     http: httpx.AsyncClient
     router: Router
     registry: Registry
-    sonic: Any
+    sonic: SonicClient | None
     worker: Worker | None = None
 
     def context_for(self, job: Job) -> HandlerContext:
@@ -61,7 +61,7 @@ async def open_runtime(
     registry: Registry,
     store: Store | None = None,
     http: httpx.AsyncClient | None = None,
-    sonic: Any = None,
+    sonic: SonicClient | None = None,
 ) -> AsyncIterator[Runtime]:
     async with contextlib.AsyncExitStack() as stack:
         if store is None:
@@ -73,5 +73,7 @@ async def open_runtime(
             http = await stack.enter_async_context(
                 httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
             )
+        if sonic is None and settings.sonic_api_base_url and settings.sonic_api_key:
+            sonic = SonicClient(settings.sonic_api_base_url, settings.sonic_api_key, http=http)
         yield Runtime(settings=settings, store=store, clock=clock, http=http, router=router,
                       registry=registry, sonic=sonic)

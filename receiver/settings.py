@@ -35,6 +35,8 @@ ENV_KEYS: dict[str, str] = {
     "RECEIVER_PUBLIC_URL": "public_url",
     "RECEIVER_WORKER": "worker",
     "RECEIVER_WORKER_CONCURRENCY": "worker_concurrency",
+    "SONIC_API_BASE_URL": "sonic_api_base_url",
+    "SONIC_API_KEY": "sonic_api_key",
 }
 WORKER_KEYS = frozenset({"concurrency", "lease_s", "poll_s", "max_attempts", "backoff",
                          "jitter", "drain_s"})
@@ -58,6 +60,8 @@ class Settings:
     log_format: str = "auto"
     log_level: str = "info"
     public_url: str | None = None  # how the Sonic service reaches this receiver
+    sonic_api_base_url: str | None = None
+    sonic_api_key: str | None = field(default=None, repr=False)
     worker: str = "inprocess"  # inprocess: jobs run in the web process; off: a worker process
     worker_concurrency: int = 4
     worker_lease_s: float = 60.0
@@ -87,11 +91,16 @@ class Settings:
             raise SettingsError(f"RECEIVER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         if self.worker not in ("inprocess", "off"):
             raise SettingsError("RECEIVER_WORKER must be inprocess or off")
-        if self.public_url is not None and not self.public_url.startswith(
-            ("http://", "https://")
-        ):
-            raise SettingsError("RECEIVER_PUBLIC_URL must be an http(s) URL")
+        for name, url in (("RECEIVER_PUBLIC_URL", self.public_url),
+                          ("SONIC_API_BASE_URL", self.sonic_api_base_url)):
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise SettingsError(f"{name} must be an http(s) URL")
         return self
+
+    @property
+    def webhook_url(self) -> str | None:
+        """The URL follow-up tasks are created with: this receiver's public webhook."""
+        return f"{self.public_url}/webhooks/sonic" if self.public_url else None
 
 
 def load(
@@ -157,8 +166,10 @@ def _convert(key: str, origin: str, value: Any) -> dict[str, Any]:
         return {"db_path" if key == "db" else key: Path(value)}
     if key in ("max_body_bytes", "signature_tolerance_s", "worker_concurrency"):
         return {key: _positive_int(origin, value)}
-    if key == "public_url":
-        return {"public_url": str(value).rstrip("/") or None}
+    if key in ("public_url", "sonic_api_base_url"):
+        return {key: str(value).rstrip("/") or None}
+    if key == "sonic_api_key":
+        return {key: str(value) or None}
     if key == "schemes":
         text = ",".join(value) if isinstance(value, list) else str(value)
         try:

@@ -103,9 +103,17 @@ class Store(Protocol):
 
     async def list_results(self, task_id: str) -> list[Result]: ...
 
-    async def claim_child(self, child: ChildTask) -> ChildTask:
-        """Record a follow-up before it is created; an existing one for the same trigger key
-        is returned instead (never two children for one trigger)."""
+    async def claim_child(self, child: ChildTask) -> tuple[ChildTask, bool]:
+        """Record a follow-up before it is created: ``(child, True)``. An existing one for the
+        same trigger key is returned instead, ``(existing, False)``: never two children for
+        one trigger."""
+        ...
+
+    async def register_task(
+        self, task_id: str, *, task_type: str, now: float, router: Router | None = None
+    ) -> None:
+        """Record a task this receiver created itself (a root), with its type, and write the
+        jobs its already-recorded transitions owe."""
         ...
 
     async def update_child(
@@ -340,17 +348,25 @@ class SQLiteStore:
             for r in await self._fetch(sql.LIST_RESULTS, (task_id,))
         ]
 
-    async def claim_child(self, child: ChildTask) -> ChildTask:
+    async def claim_child(self, child: ChildTask) -> tuple[ChildTask, bool]:
         async with self.transaction() as tx:
-            await tx.conn.execute(
+            cursor = await tx.conn.execute(
                 sql.INSERT_CHILD,
                 (child.trigger_key, child.parent_task_id, child.root_task_id, child.rule,
                  child.depth, child.task_type, child.credits,
                  json.dumps(dict(child.request), sort_keys=True), child.child_task_id,
                  child.state.value, child.error, child.created_at, child.updated_at),
             )
+            inserted = cursor.rowcount == 1
             rows = list(await tx.conn.execute_fetchall(sql.GET_CHILD, (child.trigger_key,)))
-        return _child(rows[0])
+        return _child(rows[0]), inserted
+
+    async def register_task(
+        self, task_id: str, *, task_type: str, now: float, router: Router | None = None
+    ) -> None:
+        async with self.transaction() as tx:
+            await tx.register_task(task_id, task_type=task_type, parent=None, at=now,
+                                   router=router)
 
     async def update_child(
         self, trigger_key: str, *, state: ChildState, child_task_id: str | None = None,
@@ -365,14 +381,8 @@ class SQLiteStore:
                 raise StoreError(f"no child task for trigger {trigger_key!r}")
             child = _child(rows[0])
             if child_task_id is not None:
-                await tx.conn.execute(
-                    sql.REGISTER_TASK,
-                    {"task_id": child_task_id, "at": now, "task_type": child.task_type,
-                     "parent": child.parent_task_id},
-                )
-                earlier = await tx.conn.execute_fetchall(sql.TASK_TRANSITIONS, (child_task_id,))
-                await plan_jobs(tx, router, child_task_id, [_transition(r) for r in earlier],
-                                at=now)
+                await tx.register_task(child_task_id, task_type=child.task_type,
+                                       parent=child.parent_task_id, at=now, router=router)
         return child
 
     async def child_of(self, task_id: str) -> ChildTask | None:
@@ -492,6 +502,19 @@ class SQLiteTransaction:
                 ],
             )
 
+
+    async def register_task(
+        self, task_id: str, *, task_type: str, parent: str | None, at: float,
+        router: Router | None,
+    ) -> None:
+        """Upsert a task we created (type, parent) and catch up on the jobs its recorded
+        transitions owe: its webhook may have come before the create call returned."""
+        await self.conn.execute(
+            sql.REGISTER_TASK,
+            {"task_id": task_id, "at": at, "task_type": task_type, "parent": parent},
+        )
+        earlier = await self.conn.execute_fetchall(sql.TASK_TRANSITIONS, (task_id,))
+        await plan_jobs(self, router, task_id, [_transition(r) for r in earlier], at=at)
 
     async def task_facts(self, task_id: str) -> TaskFacts:
         rows = list(await self.conn.execute_fetchall(sql.TASK_FACTS, (task_id,)))
