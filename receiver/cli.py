@@ -27,7 +27,12 @@ def _sandbox(argv: list[str]) -> int:
     return run(argv)
 
 
-FORWARDED: dict[str, Forwarded] = {"sandbox": _sandbox}
+def _replay(argv: list[str]) -> int:
+    run: Forwarded = importlib.import_module("receiver.replay").main
+    return run(argv)
+
+
+FORWARDED: dict[str, Forwarded] = {"sandbox": _sandbox, "replay": _replay}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(run=_worker)
 
     sub.add_parser("sandbox", help="run a local server that plays the Sonic API", add_help=False)
+    sub.add_parser("replay", help="recover missed events: reconcile, redispatch, resend",
+                   add_help=False)
     return parser
 
 

@@ -20,7 +20,9 @@ from receiver.models import (
     ChildTask,
     Clip,
     Delivery,
+    JobFilter,
     Outcome,
+    RawDelivery,
     RecordResult,
     Result,
     StoredDelivery,
@@ -32,7 +34,7 @@ from receiver.models import (
 from receiver.payloads import ClipReport
 from receiver.recording import plan_jobs, record
 from receiver.routing import Router, TaskFacts, split_tags
-from receiver.states import Entity, State
+from receiver.states import TERMINAL, Entity, State
 
 
 @dataclass
@@ -242,6 +244,87 @@ class MemoryStore:
     async def credits_under(self, root_task_id: str) -> int:
         return sum(c.credits for c in self._tables.children.values()
                    if c.root_task_id == root_task_id and c.state is not ChildState.FAILED)
+
+
+    # -- replay
+
+    async def tasks_to_reconcile(
+        self, *, stale_before: float | None = None, since: float | None = None,
+        limit: int = 1_000_000,
+    ) -> list[str]:
+        tasks = self._tables.tasks.values()
+        found: list[str] = []
+        if stale_before is not None:
+            stale = [t for t in tasks if t.state not in TERMINAL and t.last_event_at < stale_before]
+            found += [t.task_id for t in sorted(stale, key=lambda t: t.last_event_at)]
+        if since is not None:
+            recent = [t for t in tasks if t.first_seen_at >= since]
+            found += [t.task_id for t in sorted(recent, key=lambda t: t.first_seen_at)]
+        return list(dict.fromkeys(found))[:limit]
+
+    async def preview_delivery(
+        self, delivery: Delivery, *, router: Router | None = None
+    ) -> RecordResult:
+        async with self._lock:
+            work = copy.deepcopy(self._tables)  # thrown away: nothing is written
+            return await record(MemoryTransaction(work), delivery, router=router)
+
+    async def rerecord_quarantined(
+        self, delivery: Delivery, *, router: Router | None = None, preview: bool = False
+    ) -> RecordResult:
+        if preview:
+            async with self._lock:
+                tx = MemoryTransaction(copy.deepcopy(self._tables))  # thrown away
+                return await self._rerecord(tx, delivery, router)
+        async with self.transaction() as tx:
+            return await self._rerecord(tx, delivery, router)
+
+    @staticmethod
+    async def _rerecord(
+        tx: MemoryTransaction, delivery: Delivery, router: Router | None
+    ) -> RecordResult:
+        found = tx.tables.deliveries.get(delivery.delivery_id)
+        if found and found[0].outcome is Outcome.QUARANTINED:
+            del tx.tables.deliveries[delivery.delivery_id]
+        return await record(tx, delivery, router=router)
+
+    async def raw_deliveries(
+        self, *, since: float | None = None, until: float | None = None,
+        task_id: str | None = None, outcome: Outcome | None = None, limit: int = 1_000_000,
+    ) -> list[RawDelivery]:
+        found = [
+            RawDelivery(stored=stored, headers=dict(d.headers), body=d.body)
+            for stored, d in self._tables.deliveries.values()
+            if (since is None or stored.received_at >= since)
+            and (until is None or stored.received_at < until)
+            and (task_id is None or stored.task_id == task_id)
+            and (outcome is None or stored.outcome is outcome)
+        ]
+        return found[:limit]
+
+    async def find_jobs(self, where: JobFilter, *, limit: int = 1_000_000) -> list[Job]:
+        found = [
+            j for _, j in sorted(self._tables.jobs.items())
+            if (where.state is None or j.state is where.state)
+            and (where.handler is None or j.handler == where.handler)
+            and (where.task_id is None or j.task_id == where.task_id)
+            and (where.since is None or j.created_at >= where.since)
+            and (where.until is None or j.created_at < where.until)
+            and (where.delivery_ids is None or j.delivery_id in where.delivery_ids)
+        ]
+        return found[:limit]
+
+    async def requeue_jobs(self, job_ids: Sequence[int], *, now: float) -> int:
+        async with self.transaction() as tx:
+            changed = 0
+            for job_id in job_ids:
+                job = tx.tables.jobs.get(job_id)
+                if job is not None and job.state in (JobState.DONE, JobState.DEAD):
+                    tx.tables.jobs[job_id] = replace(job, state=JobState.QUEUED, attempts=0,
+                                                     run_after=now, last_error=None,
+                                                     updated_at=now)
+                    changed += 1
+            return changed
 
 
 class MemoryTransaction:

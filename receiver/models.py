@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from receiver.jobs import JobState
 from receiver.payloads import Callback
 from receiver.states import Entity, State
 
@@ -120,6 +121,27 @@ class StoredDelivery:
     outcome: Outcome
     reason: str | None
     received_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class RawDelivery:
+    """A stored delivery with what it carried: for resending and re-recording."""
+
+    stored: StoredDelivery
+    headers: Mapping[str, str]
+    body: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobFilter:
+    """Which jobs a replay touches; None matches anything. Times are unix seconds."""
+
+    state: JobState | None = None
+    handler: str | None = None
+    task_id: str | None = None
+    since: float | None = None
+    until: float | None = None
+    delivery_ids: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -133,6 +133,16 @@ def parse_callback(
     )
 
 
+def try_parse(
+    body: bytes, *, event_header: str | None = None, task_id_hint: str | None = None
+) -> tuple[Callback | None, str | None]:
+    """``(callback, None)``, or ``(None, why it cannot be used)``."""
+    try:
+        return parse_callback(body, event_header=event_header, task_id_hint=task_id_hint), None
+    except PayloadError as exc:
+        return None, exc.message
+
+
 def _clip(item: Any, index: int) -> ClipReport:
     if not isinstance(item, dict):
         raise PayloadError(f"data[{index}] is a JSON {_kind(item)}, not a clip object")

@@ -274,8 +274,7 @@ WHERE state IN ('queued', 'retrying', 'running')
 """
 LIST_JOBS = f"SELECT {JOB_COLUMNS} FROM jobs WHERE {{where}} ORDER BY id LIMIT ?"
 REQUEUE_JOBS = """
-UPDATE jobs SET state = 'queued', attempts = 0, run_after = :now, last_error = NULL,
-                updated_at = :now
+UPDATE jobs SET state = 'queued', attempts = 0, run_after = ?, last_error = NULL, updated_at = ?
 WHERE id IN ({marks}) AND state IN ('dead', 'done')
 """
 
@@ -336,3 +335,17 @@ TASK_TRANSITIONS = """
 SELECT task_id, entity, entity_id, from_state, to_state, delivery_id, source, at
 FROM transitions WHERE task_id = ? AND entity = 'task' ORDER BY id
 """
+
+# ---- replay ----------------------------------------------------------------------------------
+
+STALE_TASKS = """
+SELECT task_id FROM tasks
+WHERE state IN ('pending', 'running') AND last_event_at < ?
+ORDER BY last_event_at LIMIT ?
+"""
+TASKS_SINCE = "SELECT task_id FROM tasks WHERE first_seen_at >= ? ORDER BY first_seen_at LIMIT ?"
+RAW_DELIVERIES = """
+SELECT delivery_id, source, scheme, event, task_id, outcome, reason, received_at, headers, body
+FROM deliveries WHERE {where} ORDER BY id LIMIT ?
+"""
+DELETE_QUARANTINED = "DELETE FROM deliveries WHERE delivery_id = ? AND outcome = 'quarantined'"

@@ -30,7 +30,9 @@ from receiver.models import (
     ChildTask,
     Clip,
     Delivery,
+    JobFilter,
     Outcome,
+    RawDelivery,
     RecordResult,
     Result,
     Source,
@@ -133,6 +135,41 @@ class Store(Protocol):
 
     async def credits_under(self, root_task_id: str) -> int:
         """Credits of every follow-up under ``root_task_id`` that was not refused."""
+        ...
+
+    # -- replay
+
+    async def tasks_to_reconcile(
+        self, *, stale_before: float | None = None, since: float | None = None,
+        limit: int = 1_000_000,
+    ) -> list[str]:
+        """Tasks not yet terminal whose last event is older than ``stale_before``, or every
+        task first seen at or after ``since``."""
+        ...
+
+    async def preview_delivery(
+        self, delivery: Delivery, *, router: Router | None = None
+    ) -> RecordResult:
+        """What :meth:`record_delivery` would do, with nothing written (rolled back)."""
+        ...
+
+    async def rerecord_quarantined(
+        self, delivery: Delivery, *, router: Router | None = None, preview: bool = False
+    ) -> RecordResult:
+        """Record a quarantined delivery again (after a fix, or once its task is known): the
+        quarantined row is replaced by whatever recording it now gives, in one transaction
+        (rolled back with ``preview``)."""
+        ...
+
+    async def raw_deliveries(
+        self, *, since: float | None = None, until: float | None = None,
+        task_id: str | None = None, outcome: Outcome | None = None, limit: int = 1_000_000,
+    ) -> list[RawDelivery]: ...
+
+    async def find_jobs(self, where: JobFilter, *, limit: int = 1_000_000) -> list[Job]: ...
+
+    async def requeue_jobs(self, job_ids: Sequence[int], *, now: float) -> int:
+        """Queue finished (done or dead) jobs again, attempts reset; returns how many."""
         ...
 
     async def check_writable(self) -> None:
@@ -395,6 +432,98 @@ class SQLiteStore:
     async def credits_under(self, root_task_id: str) -> int:
         rows = await self._fetch(sql.CREDITS_UNDER_ROOT, (root_task_id,))
         return int(rows[0][0])
+
+
+    # -- replay
+
+    async def tasks_to_reconcile(
+        self, *, stale_before: float | None = None, since: float | None = None,
+        limit: int = 1_000_000,
+    ) -> list[str]:
+        found: list[str] = []
+        if stale_before is not None:
+            found += [r[0] for r in await self._fetch(sql.STALE_TASKS, (stale_before, limit))]
+        if since is not None:
+            found += [r[0] for r in await self._fetch(sql.TASKS_SINCE, (since, limit))]
+        return list(dict.fromkeys(found))[:limit]
+
+    async def preview_delivery(
+        self, delivery: Delivery, *, router: Router | None = None
+    ) -> RecordResult:
+        results: list[RecordResult] = []
+        try:
+            async with self.transaction() as tx:
+                results.append(await record(tx, delivery, router=router))
+                raise _RollBack
+        except _RollBack:
+            pass
+        return results[0]
+
+    async def rerecord_quarantined(
+        self, delivery: Delivery, *, router: Router | None = None, preview: bool = False
+    ) -> RecordResult:
+        results: list[RecordResult] = []
+        try:
+            async with self.transaction() as tx:
+                await tx.conn.execute(sql.DELETE_QUARANTINED, (delivery.delivery_id,))
+                results.append(await record(tx, delivery, router=router))
+                if preview:
+                    raise _RollBack
+        except _RollBack:
+            pass
+        return results[0]
+
+    async def raw_deliveries(
+        self, *, since: float | None = None, until: float | None = None,
+        task_id: str | None = None, outcome: Outcome | None = None, limit: int = 1_000_000,
+    ) -> list[RawDelivery]:
+        clauses, params = ["1 = 1"], []
+        for clause, value in (("received_at >= ?", since), ("received_at < ?", until),
+                              ("task_id = ?", task_id),
+                              ("outcome = ?", outcome.value if outcome else None)):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        rows = await self._fetch(sql.RAW_DELIVERIES.format(where=" AND ".join(clauses)),
+                                 (*params, limit))
+        return [
+            RawDelivery(
+                stored=StoredDelivery(
+                    delivery_id=r[0], source=Source(r[1]), scheme=r[2], event=r[3],
+                    task_id=r[4], outcome=Outcome(r[5]), reason=r[6], received_at=r[7],
+                ),
+                headers=json.loads(r[8]),
+                body=bytes(r[9]),
+            )
+            for r in rows
+        ]
+
+    async def find_jobs(self, where: JobFilter, *, limit: int = 1_000_000) -> list[Job]:
+        clauses, params = ["1 = 1"], []
+        for clause, value in (("state = ?", where.state.value if where.state else None),
+                              ("handler = ?", where.handler), ("task_id = ?", where.task_id),
+                              ("created_at >= ?", where.since), ("created_at < ?", where.until)):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        if where.delivery_ids is not None:
+            ids = sorted(where.delivery_ids)
+            clauses.append(f"delivery_id IN ({','.join('?' * len(ids))})" if ids else "0 = 1")
+            params.extend(ids)
+        statement = sql.LIST_JOBS.format(where=" AND ".join(clauses))
+        return [_job(r) for r in await self._fetch(statement, (*params, limit))]
+
+    async def requeue_jobs(self, job_ids: Sequence[int], *, now: float) -> int:
+        changed = 0
+        for start in range(0, len(job_ids), 500):
+            chunk = list(job_ids[start : start + 500])
+            statement = sql.REQUEUE_JOBS.format(marks=",".join("?" * len(chunk)))
+            changed += await self._write(statement, (now, now, *chunk))
+        return changed
+
+
+class _RollBack(Exception):
+    """Raised inside a transaction to undo it (previews)."""
 
 
 class SQLiteTransaction:

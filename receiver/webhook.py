@@ -15,9 +15,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from receiver.clock import Clock
-from receiver.errors import BodyTooLarge, PayloadError, StoreError, VerificationError
+from receiver.errors import BodyTooLarge, StoreError, VerificationError
 from receiver.models import Delivery, Outcome, RecordResult, Source
-from receiver.payloads import Callback, parse_callback
+from receiver.payloads import try_parse
 from receiver.routing import Router
 from receiver.signatures import SIGNATURE_HEADERS, Scheme, Verified, Verifier
 from receiver.store import Store
@@ -72,12 +72,7 @@ def make_delivery(
 ) -> Delivery:
     """A verified request as a :class:`Delivery`, parsed when it can be."""
     event_header = headers.get(EVENT_HEADER)
-    callback: Callback | None = None
-    error = None
-    try:
-        callback = parse_callback(body, event_header=event_header, task_id_hint=task_id_hint)
-    except PayloadError as exc:
-        error = exc.message
+    callback, error = try_parse(body, event_header=event_header, task_id_hint=task_id_hint)
     return Delivery(
         delivery_id=delivery_id(headers, verified.signed_content),
         source=source,
