@@ -279,8 +279,11 @@ def _string_list(value: Any, where: str) -> list[str]:
 def safe_url(url: httpx.URL | str) -> str:
     """``url`` without its query and fragment (signed CDN links carry tokens there), for
     logs and error messages."""
-    parsed = httpx.URL(url) if isinstance(url, str) else url
-    return str(parsed.copy_with(query=None, fragment=None))
+    try:
+        parsed = httpx.URL(url) if isinstance(url, str) else url
+        return str(parsed.copy_with(query=None, fragment=None))
+    except httpx.InvalidURL:
+        return "(an invalid URL)"
 
 
 # ---- content types ---------------------------------------------------------------------------
@@ -362,10 +365,14 @@ async def download(
     bound = log if log is not None else _log
     part = _part_of(dest)
     try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise FetchRefused(f"not a valid URL: {exc}") from exc
+    try:
         async with asyncio.timeout(timeout_s):
             await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
             response_type, final_url, resumed_from = await _fetch(
-                http, httpx.URL(url), part, policy=policy, max_bytes=max_bytes,
+                http, parsed, part, policy=policy, max_bytes=max_bytes,
                 allowed_types=allowed_types, max_redirects=max_redirects, resolve=resolve,
                 log=bound,
             )

@@ -117,8 +117,10 @@ async def test_an_allowed_host_may_resolve_anywhere() -> None:
         await policy.addresses("other.lan", 80, resolve=resolve)
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/x", "gopher://127.0.0.1/",
-                                 "data:audio/mpeg,abc", "http://user:pw@127.0.0.1/x"])
+@pytest.mark.parametrize("url", [
+    "http://[::1/x", "http:///x", "file:///etc/passwd", "ftp://127.0.0.1/x",
+    "gopher://127.0.0.1/", "data:audio/mpeg,abc", "http://user:pw@127.0.0.1/x",
+])
 async def test_urls_that_are_not_plain_http_are_refused_before_sending(
     tmp_path: Path, url: str
 ) -> None:

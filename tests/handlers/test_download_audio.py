@@ -246,6 +246,7 @@ async def test_a_refused_cover_leaves_the_audio_and_its_sidecar(tmp_path: Path) 
 
 @pytest.mark.parametrize(("media", "audio_url", "options", "reason"), [
     (None, "file:///etc/passwd", {}, "scheme 'file' is not allowed"),
+    (None, "http://[::1/x", {}, "not a valid URL"),
     (Media(body=b"<html/>", content_type="text/html"), None, {}, "is text/html, not one of"),
     (Media(body=MP3), None, {"max_bytes": 1000}, "over the limit of 1000"),
     (Media(body=MP3), None, {"allowed_types": {"audio": ["audio/wav"]}}, "is audio/mpeg"),
