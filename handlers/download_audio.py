@@ -248,14 +248,15 @@ async def _keep_sidecar(ctx: HandlerContext, clip: Clip, files: Mapping[str, Sto
                         folder: Path, stem: str) -> None:
     data = sidecar(clip, files)
     sha256 = hashlib.sha256(data).hexdigest()
-    done = await _recorded(ctx, clip.clip_id, SIDECAR)
-    if done is not None and done.sha256 == sha256:
-        ctx.log.info("file_skipped", clip_id=clip.clip_id, kind=SIDECAR, path=done.path)
-        return
-    path = folder / f"{stem}.json"
-    size, _ = await asyncio.to_thread(write_atomic, path, data)
-    await ctx.record_file(clip_id=clip.clip_id, kind=SIDECAR, path=path, size=size,
-                          sha256=sha256, url=None, content_type="application/json")
+    async with locked(folder / f".{stem}.{SIDECAR}.lock"):
+        done = await _recorded(ctx, clip.clip_id, SIDECAR)
+        if done is not None and done.sha256 == sha256:
+            ctx.log.info("file_skipped", clip_id=clip.clip_id, kind=SIDECAR, path=done.path)
+            return
+        path = folder / f"{stem}.json"
+        size, _ = await asyncio.to_thread(write_atomic, path, data)
+        await ctx.record_file(clip_id=clip.clip_id, kind=SIDECAR, path=path, size=size,
+                              sha256=sha256, url=None, content_type="application/json")
     ctx.log.info("sidecar_written", clip_id=clip.clip_id, path=str(path), sha256=sha256)
 
 

@@ -42,6 +42,7 @@ import json
 import os
 import re
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -654,12 +655,17 @@ def _commit(part: Path, final: Path, prepare: Callable[[Path, str], None] | None
 def write_atomic(path: Path, data: bytes) -> tuple[int, str]:
     """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one:
     a temporary beside it, fsync, ``os.replace``, fsync the directory. ``(size, sha256)``."""
-    temp = path.with_name(path.name + ".tmp")
-    with temp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    # A temporary of its own: two writers of one path never write into each other's file.
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
     return len(data), hashlib.sha256(data).hexdigest()
 
