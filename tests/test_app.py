@@ -237,3 +237,31 @@ async def test_every_log_line_of_a_delivery_carries_its_ids(
     assert recorded == [
         {**recorded[0], "delivery_id": "d-9", "task_id": "t-1", "state": "succeeded"}]
     assert json.dumps(recorded[0], default=str)  # serialisable as a JSON line
+
+
+async def test_dead_jobs_are_listed_with_their_error(tmp_path: Path, clock: FakeClock) -> None:
+    from receiver.jobs import PermanentError
+    from receiver.registry import Registry
+
+    async def broken(event: object, ctx: object) -> None:
+        raise PermanentError("cannot")
+
+    registry = Registry()
+    registry.register("broken", broken, origin="test")
+    # no in-process worker: this test runs the job itself, once
+    settings = settings_for(tmp_path, worker="off",
+                            config={"routes": [{"on": "task.succeeded", "handlers": ["broken"]}]})
+    app = create_app(settings, clock=clock, registry=registry)
+    async with app_client(app) as client:
+        await post_signed(client, COMPLETED, clock=clock)
+        assert app.state.runtime.worker is None
+        assert await app.state.runtime.make_worker(poll_s=1.0).run_once() == 1
+        dead = (await client.get("/jobs?state=dead")).json()["jobs"]
+        assert [(j["handler"], j["last_error"]) for j in dead] == [
+            ("broken", "PermanentError: cannot")]
+        assert (await client.get("/jobs?state=done")).json()["jobs"] == []
+        assert (await client.get("/jobs?state=nope")).status_code == 400
+        task = (await client.get("/tasks/t-1")).json()
+        assert [j["state"] for j in task["jobs"]] == ["dead"]
+        assert task["files"] == []
+        assert task["children"] == []

@@ -31,12 +31,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(db: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def serve(
+    db: Path, port: int, log: Path, *, extra_env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     config = db.parent / "receiver.toml"
     if not config.exists():
         config.write_text("routes = []\n")  # ingest only: these tests run no handler
     env = {**os.environ, "SONIC_WEBHOOK_SECRET": SECRET, "RECEIVER_LOG_FORMAT": "json",
-           "RECEIVER_CONFIG": str(config)}
+           "RECEIVER_CONFIG": str(config), **(extra_env or {})}
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "receiver", "serve", "--port", str(port), "--db", str(db)],
@@ -144,3 +146,48 @@ def test_kill_9_mid_stream_loses_no_acknowledged_delivery(tmp_path: Path) -> Non
             answer = httpx.post(f"http://127.0.0.1:{port}/webhooks/sonic", content=body,
                                 headers=signed_headers(body, delivery_id=delivery_id))
             assert answer.json()["status"] == "duplicate"
+
+
+def test_a_separate_worker_process_runs_the_jobs_the_web_process_records(
+    tmp_path: Path,
+) -> None:
+    runs = tmp_path / "runs.txt"
+    config = tmp_path / "receiver.toml"
+    config.write_text(
+        '[handlers.touch]\npath = "tests.plugins:touch"\n\n'
+        '[[routes]]\non = ["task.succeeded"]\n'
+        f'handlers = [{{ name = "touch", options = {{ path = "{runs}" }} }}]\n'
+    )
+    db, port = tmp_path / "r.db", free_port()
+    env = {**os.environ, "RECEIVER_CONFIG": str(config), "RECEIVER_LOG_FORMAT": "json",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    with serve(db, port, tmp_path / "log", extra_env={"RECEIVER_WORKER": "off", **env}):
+        body = callback("t-w", [clip("c1", "succeeded")])
+        for delivery_id in ("d1", "d1", "d2"):  # a duplicate and a resend: one job
+            answer = httpx.post(f"http://127.0.0.1:{port}/webhooks/sonic", content=body,
+                                headers=signed_headers(body, delivery_id=delivery_id))
+            assert answer.status_code == 200
+        assert not runs.exists()  # RECEIVER_WORKER=off: the web process runs nothing
+        with (tmp_path / "worker.log").open("ab") as out:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "receiver", "worker", "--db", str(db)],
+                env=env, stdout=out, stderr=out,
+            )
+        try:
+            deadline = time.monotonic() + 30
+            while not runs.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            jobs = httpx.get(f"http://127.0.0.1:{port}/jobs").json()["jobs"]
+            deadline = time.monotonic() + 30
+            while jobs[0]["state"] != "done" and time.monotonic() < deadline:
+                time.sleep(0.05)
+                jobs = httpx.get(f"http://127.0.0.1:{port}/jobs").json()["jobs"]
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=30) == 0
+    assert [j["state"] for j in jobs] == ["done"]
+    lines = runs.read_text().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("t-w/task.succeeded/route-0/touch")
+    assert f"pid={worker.pid}" in lines[0]
+    assert "worker_stopped" in (tmp_path / "worker.log").read_text()

@@ -93,3 +93,35 @@ def test_cli_refuses_to_start_without_a_secret_in_one_line(tmp_path: Path) -> No
     assert len(lines) == 1
     assert lines[0].startswith("sonic-receiver: error: SONIC_WEBHOOK_SECRET is not set")
     assert not (tmp_path / "r.db").exists()
+
+
+def test_worker_table_and_public_url(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[worker]\nconcurrency = 2\nlease_s = 30\nmax_attempts = 7\n'
+                      'backoff = [1, 2.5]\njitter = 0\n')
+    s = load({"SONIC_WEBHOOK_SECRET": "x", "RECEIVER_PUBLIC_URL": "https://me.example/",
+              "RECEIVER_WORKER": "off"}, config_file=config)
+    assert (s.worker_concurrency, s.worker_lease_s, s.worker) == (2, 30.0, "off")
+    assert (s.retry.max_attempts, tuple(s.retry.schedule), s.retry.jitter) == (7, (1.0, 2.5), 0.0)
+    assert s.public_url == "https://me.example"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[worker]\nconcurency = 2\n", "unknown keys: concurency"),
+        ("[worker]\nbackoff = []\n", "backoff must be a list of seconds"),
+        ("[worker]\njitter = 1.5\n", "jitter must be a number in"),
+        ("[worker]\nlease_s = -1\n", "lease_s must be a positive number"),
+    ],
+)
+def test_bad_worker_settings(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(text)
+    with pytest.raises(SettingsError, match=message):
+        load({"SONIC_WEBHOOK_SECRET": "x"}, config_file=config)
+
+
+def test_public_url_must_be_http() -> None:
+    with pytest.raises(SettingsError, match="RECEIVER_PUBLIC_URL must be an http"):
+        load({"SONIC_WEBHOOK_SECRET": "x", "RECEIVER_PUBLIC_URL": "me.example"})

@@ -1,0 +1,431 @@
+"""``notify``: tell people that a Sonic task finished, on any service apprise can reach.
+
+On ``task.succeeded`` and ``task.failed`` (other triggers are ignored) a message goes to every
+target: an apprise URL such as ``json://host:port/path``, ``mailto://...``, ``ntfy://...``,
+``slack://...``, ``discord://...`` or ``tgram://...``. Each setting is taken from the route's
+options, else from the config file's ``[notify]`` table, else from the default::
+
+    [notify]
+    targets = ["ntfy://ntfy.example/songs", "mailtos://user:pass@mail.example?to=me@example.com"]
+    title_template = '🎵 "${title}" is ready'
+
+    [[routes]]
+    on = ["task.succeeded", "task.failed"]
+    handlers = [{ name = "notify", options = { targets = ["json://127.0.0.1:9000/hook"] } }]
+
+Settings (options and ``[notify]`` keys alike; anything else is refused as a typo):
+
+==========================  ============================================================
+``targets``                 apprise URLs (a list, or one string); required somewhere
+``title_template``          title of a succeeded task's message
+``body_template``           body of a succeeded task's message
+``failed_title_template``   title of a failed task's message
+``failed_body_template``    body of a failed task's message
+``clip_template``           one clip's block in ``${clips}``
+``format``                  ``text`` (default), ``markdown`` or ``html``: how apprise reads
+                            the body
+``wait_for_files_s``        wait up to this long (default 0) for every clip's audio file
+                            to be recorded (by ``download_audio``) before sending
+==========================  ============================================================
+
+Templates are :class:`string.Template` strings: ``$name`` or ``${name}``, ``$$`` for a dollar.
+They see a flat mapping of strings, never objects, so a template cannot reach attributes. A
+field that does not exist or a malformed placeholder kills the job at once with a
+:class:`PermanentError` naming the setting and the fields it may use. The fields:
+
+- ``task_id``, ``state`` (succeeded | failed), ``trigger``, ``route``, ``task_type``,
+  ``platform`` (empty when unknown), ``error`` (why it failed; empty when it succeeded)
+- ``title``, ``tags``: the clips' distinct titles / tags joined with `` / ``
+  (``untitled``, ``no tags`` when there are none)
+- ``clip_count``, ``durations`` (each clip's ``m:ss``, comma-separated)
+- ``clips``: every clip rendered with ``clip_template``, one block after another
+- ``files``: the paths of the stored audio files, one a line; ``audio_urls`` likewise
+- ``clip_template`` also sees, for its clip: ``clip_id``, ``number`` (1, 2...), ``title``,
+  ``tags``, ``duration`` (``m:ss``), ``clip_state``, ``audio_url``, ``files`` (this clip's
+  audio files) and ``location`` (``file: <paths>``, else ``url: <audio_url>``, else
+  ``no audio``); the task's fields apart from ``clips``.
+
+Idempotence: the job's key is the same on every attempt, and each target that accepted the
+message is recorded as a result (``kind = "notify:<job key>:<target index>"``) right after it
+did; a later attempt skips those targets (when the URL at that index is still the same: a
+digest of it is kept, never the URL). A failure of any other target raises
+:class:`NotificationFailed`, which the worker retries with backoff. What remains is the window
+between a target accepting the message and the record being written (a crash, a lost lease, a
+database error there): that target gets the message again on the next attempt. Delivery to
+each target is therefore at least once, and exactly once when nothing dies in that window.
+
+Target URLs often carry tokens or passwords: logs and errors name a target only by its index
+and scheme (``#1 json``), never by its URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib
+import re
+import sys
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from string import Template
+from typing import Any
+
+import apprise
+
+from receiver.context import Event, HandlerContext
+from receiver.errors import ReceiverError
+from receiver.jobs import PermanentError, RetryLater
+from receiver.models import Clip, StoredFile, TaskView
+
+TRIGGERS = frozenset({"task.succeeded", "task.failed"})
+FORMATS: Mapping[str, apprise.NotifyFormat] = {
+    "text": apprise.NotifyFormat.TEXT,
+    "markdown": apprise.NotifyFormat.MARKDOWN,
+    "html": apprise.NotifyFormat.HTML,
+}
+TEMPLATE_KEYS = ("title_template", "body_template", "failed_title_template",
+                 "failed_body_template", "clip_template")
+KEYS = frozenset({"targets", "format", "wait_for_files_s", *TEMPLATE_KEYS})
+
+DEFAULT_TEMPLATES: Mapping[str, str] = {
+    "title_template": '🎵 "${title}" succeeded',
+    "body_template": "Sonic task ${task_id} succeeded with ${clip_count} clip(s).\n\n${clips}",
+    "failed_title_template": "Sonic task ${task_id} failed",
+    "failed_body_template": "Sonic task ${task_id} failed.\nReason: ${error}",
+    "clip_template": "• ${title} [${tags}] ${duration}\n  ${location}",
+}
+TASK_FIELDS = frozenset({
+    "task_id", "state", "trigger", "route", "task_type", "platform", "error", "title", "tags",
+    "clip_count", "durations", "clips", "files", "audio_urls",
+})
+CLIP_FIELDS = (TASK_FIELDS - {"clips"}) | {
+    "clip_id", "number", "duration", "clip_state", "audio_url", "location",
+}
+_WAIT_STEP_S = 5.0
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]{0,31})://")
+
+
+class NotificationFailed(ReceiverError):
+    """A notification target did not accept the message (the job is retried)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotifySettings:
+    """What one notify job sends, where, and how, once options and config are merged."""
+
+    targets: tuple[str, ...]
+    templates: Mapping[str, Template]
+    body_format: apprise.NotifyFormat
+    wait_for_files_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Message:
+    title: str
+    body: str
+    notify_type: apprise.NotifyType
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """One target URL; ``label`` (index and scheme) is all that may be logged of it."""
+
+    index: int
+    url: str
+
+    @property
+    def label(self) -> str:
+        return f"#{self.index} {scheme_of(self.url)}"
+
+    @property
+    def fingerprint(self) -> str:
+        # Recorded to notice a target list that changed between attempts; a truncated digest,
+        # so the stored record does not carry the URL's secrets.
+        return hashlib.sha256(self.url.encode()).hexdigest()[:16]
+
+
+def scheme_of(url: str) -> str:
+    """The URL's scheme (``json``, ``mailtos``...), or ``?``: the only part safe to log."""
+    match = _SCHEME.match(url.strip())
+    return match.group(1).lower() if match else "?"
+
+
+async def handle(event: Event, ctx: HandlerContext) -> None:
+    """Send the message for ``event`` to each target that has not accepted it yet."""
+    if event.trigger not in TRIGGERS:
+        ctx.log.debug("notify_ignored", trigger=event.trigger)
+        return
+    settings = settings_from(ctx.options, ctx.config)
+    view = await ctx.task()
+    files = [f for f in await ctx.files() if f.kind == "audio"]
+    if event.trigger == "task.succeeded" and settings.wait_for_files_s > 0:
+        _wait_for_files(view, files, settings.wait_for_files_s, ctx)
+    message = compose(event, view, files, settings)
+
+    sent = {
+        r.kind: r.data for r in await ctx.results()
+        if r.job_key == event.key and r.kind.startswith(f"notify:{event.key}:")
+    }
+    targets = [Target(index=i, url=url) for i, url in enumerate(settings.targets)]
+    pending: list[Target] = []
+    for target in targets:
+        record = sent.get(_result_kind(event, target))
+        if record is not None and record.get("fingerprint") == target.fingerprint:
+            ctx.log.debug("notify_already_sent", target=target.label)
+        else:
+            pending.append(target)
+    if not pending:
+        ctx.log.info("notify_nothing_left", targets=len(targets))
+        return
+    _quiet_imghdr()
+    # Parsing URLs is quick, but the first call loads apprise's ~180 plugin modules (a few
+    # tenths of a second): off the event loop.
+    services = await asyncio.to_thread(_services, pending)
+
+    outcomes = await asyncio.gather(
+        *(_deliver(target, services[target.index], message, settings, event, ctx)
+          for target in pending),
+        return_exceptions=True,
+    )
+    failed: list[str] = []
+    for target, outcome in zip(pending, outcomes, strict=True):
+        if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+            raise outcome  # cancelled: let the worker hand the job back
+        if isinstance(outcome, Exception):
+            failed.append(f"{target.label}: {outcome}")
+    if failed:
+        raise NotificationFailed(
+            f"{len(failed)} of {len(targets)} notification targets failed: " + "; ".join(failed)
+        )
+
+
+def settings_from(options: Mapping[str, Any], config: Mapping[str, Any]) -> NotifySettings:
+    """Route options over ``[notify]`` over defaults; a bad value is a :class:`PermanentError`
+    naming where it came from."""
+    table = config.get("notify", {})
+    if not isinstance(table, Mapping):
+        raise PermanentError("notify: [notify] in the config file must be a table")
+    for where, source in (("route options", options), ("[notify]", table)):
+        unknown = set(source) - KEYS
+        if unknown:
+            raise PermanentError(
+                f"notify: unknown setting(s) in {where}: {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(sorted(KEYS))})"
+            )
+
+    def pick(key: str) -> tuple[str, Any]:
+        if options.get(key) not in (None, [], ""):
+            return f"route option {key}", options[key]
+        if table.get(key) not in (None, [], ""):
+            return f"[notify] {key}", table[key]
+        return f"default {key}", None
+
+    where, raw_targets = pick("targets")
+    if raw_targets is None:
+        raise PermanentError(
+            "notify: no targets configured: give the route options.targets or [notify] targets "
+            "(apprise URLs such as json://host/path, mailtos://..., ntfy://...)"
+        )
+    if isinstance(raw_targets, str):
+        raw_targets = [raw_targets]
+    if not isinstance(raw_targets, list) or not all(
+        isinstance(t, str) and t.strip() for t in raw_targets
+    ):
+        raise PermanentError(f"notify: {where} must be a list of apprise URLs")
+
+    templates: dict[str, Template] = {}
+    for key in TEMPLATE_KEYS:
+        where, text = pick(key)
+        if text is None:
+            text = DEFAULT_TEMPLATES[key]
+        allowed = CLIP_FIELDS if key == "clip_template" else TASK_FIELDS
+        templates[key] = _template(text, allowed, where)
+
+    where, fmt = pick("format")
+    fmt = fmt or "text"
+    if fmt not in FORMATS:
+        raise PermanentError(f"notify: {where} must be one of {', '.join(FORMATS)}")
+    where, wait = pick("wait_for_files_s")
+    wait = 0 if wait is None else wait
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or wait < 0:
+        raise PermanentError(f"notify: {where} must be a number of seconds >= 0")
+    return NotifySettings(
+        targets=tuple(t.strip() for t in raw_targets), templates=templates,
+        body_format=FORMATS[fmt], wait_for_files_s=float(wait),
+    )
+
+
+def _template(text: Any, allowed: frozenset[str], where: str) -> Template:
+    if not isinstance(text, str):
+        raise PermanentError(f"notify: {where} must be a string")
+    template = Template(text)
+    if not template.is_valid():
+        raise PermanentError(
+            f"notify: {where} has a malformed placeholder: write $name or ${{name}}, "
+            "and $$ for a dollar sign"
+        )
+    unknown = sorted(set(template.get_identifiers()) - allowed)
+    if unknown:
+        raise PermanentError(
+            f"notify: {where} uses unknown field(s) {', '.join('$' + u for u in unknown)}; "
+            f"fields: {', '.join(sorted(allowed))}"
+        )
+    return template
+
+
+def compose(
+    event: Event, view: TaskView, files: Sequence[StoredFile], settings: NotifySettings
+) -> Message:
+    """The title and body for ``event``, from the templates and a flat mapping of strings."""
+    fields = task_fields(event, view, files)
+    clip_template = settings.templates["clip_template"]
+    blocks = [
+        clip_template.substitute({**fields, **clip_fields(clip, number, files)})
+        for number, clip in enumerate(view.clips, start=1)
+    ]
+    fields["clips"] = "\n".join(blocks)
+    failed = event.trigger == "task.failed"
+    prefix = "failed_" if failed else ""
+    return Message(
+        title=settings.templates[f"{prefix}title_template"].substitute(fields),
+        body=settings.templates[f"{prefix}body_template"].substitute(fields),
+        notify_type=apprise.NotifyType.FAILURE if failed else apprise.NotifyType.SUCCESS,
+    )
+
+
+def task_fields(event: Event, view: TaskView, files: Sequence[StoredFile]) -> dict[str, str]:
+    task = view.task
+    failed = event.trigger == "task.failed"
+    return {
+        "task_id": task.task_id,
+        "state": "failed" if failed else "succeeded",
+        "trigger": event.trigger,
+        "route": event.route,
+        "task_type": task.task_type or "",
+        "platform": task.platform or "",
+        "error": (task.error or "no reason given") if failed else "",
+        "title": _distinct((c.title for c in view.clips), "untitled"),
+        "tags": _distinct((c.tags for c in view.clips), "no tags"),
+        "clip_count": str(len(view.clips)),
+        "durations": ", ".join(duration_text(c.duration) for c in view.clips),
+        "clips": "",
+        "files": "\n".join(f.path for f in files),
+        "audio_urls": "\n".join(c.audio_url for c in view.clips if c.audio_url),
+    }
+
+
+def clip_fields(clip: Clip, number: int, files: Sequence[StoredFile]) -> dict[str, str]:
+    paths = [f.path for f in files if f.clip_id == clip.clip_id]
+    if paths:
+        location = "file: " + ", ".join(paths)
+    elif clip.audio_url:
+        location = f"url: {clip.audio_url}"
+    else:
+        location = "no audio"
+    return {
+        "clip_id": clip.clip_id,
+        "number": str(number),
+        "title": (clip.title or "").strip() or "untitled",
+        "tags": (clip.tags or "").strip() or "no tags",
+        "duration": duration_text(clip.duration),
+        "clip_state": clip.state.value,
+        "audio_url": clip.audio_url or "",
+        "files": "\n".join(paths),
+        "location": location,
+    }
+
+
+def duration_text(seconds: float | None) -> str:
+    """``104.88`` → ``1:45``; ``3725`` → ``1:02:05``; unknown → ``?:??``."""
+    if seconds is None or seconds < 0:
+        return "?:??"
+    total = round(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _distinct(values: Iterable[str | None], empty: str) -> str:
+    seen = dict.fromkeys(v.strip() for v in values if v and v.strip())
+    return " / ".join(seen) or empty
+
+
+def _wait_for_files(
+    view: TaskView, files: Sequence[StoredFile], wait_s: float, ctx: HandlerContext
+) -> None:
+    """Ask to run again while a clip has no audio file yet and the wait is not over."""
+    have = {f.clip_id for f in files}
+    missing = [c.clip_id for c in view.clips if c.clip_id not in have]
+    waited = ctx.clock.now() - ctx.job.created_at
+    if missing and waited < wait_s:
+        ctx.log.info("notify_waiting_for_files", missing=len(missing), waited_s=round(waited, 1))
+        raise RetryLater(min(_WAIT_STEP_S, wait_s - waited), "waiting for audio files")
+
+
+def _result_kind(event: Event, target: Target) -> str:
+    return f"notify:{event.key}:{target.index}"
+
+
+def _quiet_imghdr() -> None:
+    """Import ``imghdr`` once with its DeprecationWarning silenced.
+
+    apprise's e-mail plugin imports it (through PGPy) on Python < 3.13 when plugins first
+    load. That is apprise's business, not a failure of ours, but the warning would be raised
+    in the loading thread, where a filter cannot be scoped (``catch_warnings`` is
+    process-wide); once the module is imported here, that import finds it and stays quiet.
+    """
+    if sys.version_info >= (3, 13) or "imghdr" in sys.modules:
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*'imghdr' is deprecated",
+                                category=DeprecationWarning)
+        importlib.import_module("imghdr")
+
+
+def _services(targets: Sequence[Target]) -> dict[int, apprise.Apprise]:
+    """One apprise instance per target, so each succeeds or fails on its own. Every URL is
+    checked before anything is sent: one unusable URL stops the job before any message."""
+    asset = apprise.AppriseAsset(app_id="sonic-receiver", app_desc="Sonic webhook receiver")
+    services: dict[int, apprise.Apprise] = {}
+    for target in targets:
+        plugin = apprise.Apprise.instantiate(target.url, asset=asset)
+        if plugin is None:
+            raise PermanentError(
+                f"notify: target {target.label} is not a usable apprise URL (unknown scheme, "
+                "missing parts, or a plugin that is not installed)"
+            )
+        service = apprise.Apprise(asset=asset)
+        service.add(plugin)
+        services[target.index] = service
+    return services
+
+
+async def _deliver(
+    target: Target,
+    service: apprise.Apprise,
+    message: Message,
+    settings: NotifySettings,
+    event: Event,
+    ctx: HandlerContext,
+) -> None:
+    try:
+        # async_notify runs blocking plugins in apprise's thread pool, off the event loop
+        result = await service.async_notify(
+            body=message.body, title=message.title, notify_type=message.notify_type,
+            body_format=settings.body_format,
+        )
+    except Exception as exc:
+        ctx.log.warning("notify_failed", target=target.label, error=type(exc).__name__)
+        raise NotificationFailed(f"apprise raised {type(exc).__name__}") from exc
+    if not result:
+        status = getattr(result, "status", None)
+        reason = f"not delivered ({status.name.lower()})" if status is not None else "refused"
+        ctx.log.warning("notify_failed", target=target.label, reason=reason)
+        raise NotificationFailed(reason)
+    await ctx.record_result(
+        clip_id="", kind=_result_kind(event, target),
+        data={"target": target.label, "fingerprint": target.fingerprint,
+              "attempt": event.attempt, "sent_at": ctx.clock.now()},
+    )
+    ctx.log.info("notify_sent", target=target.label, attempt=event.attempt)

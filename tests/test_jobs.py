@@ -1,0 +1,287 @@
+"""Jobs: written with the delivery, claimed with a lease, retried with backoff, and dead after
+the last attempt; on the real SQLite file and on the in-memory twin."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from receiver.clock import FakeClock
+from receiver.context import Event, HandlerContext
+from receiver.jobs import JobState, PermanentError, RetryLater, RetryPolicy
+from receiver.memstore import MemoryStore
+from receiver.registry import Handler, Registry
+from receiver.routing import HandlerRef, Route, Router
+from receiver.runtime import Runtime
+from receiver.signatures import Scheme, Verified
+from receiver.store import SQLiteStore, Store
+from receiver.webhook import make_delivery
+from receiver.worker import Worker
+from tests.handler_support import deliver, handler_runtime
+from tests.support import callback, clip, settings_for
+
+pytestmark = pytest.mark.anyio
+
+DONE = callback("t-1", [clip("a", "succeeded", tags="pop, dreamy"), clip("b", "succeeded")])
+STREAMING = callback("t-1", [clip("a", "running"), clip("b", "running")])
+FAILED = callback("t-1", [], message="policy")
+ROUTES = [
+    {"name": "on-done", "on": ["task.succeeded"], "handlers": ["record"]},
+    {"name": "on-fail", "on": ["task.failed"], "handlers": ["record"]},
+]
+
+
+class Recorder:
+    """A handler that records its calls and behaves as told for the next ones."""
+
+    def __init__(self) -> None:
+        self.calls: list[Event] = []
+        self.plan: list[BaseException | None] = []
+
+    async def __call__(self, event: Event, ctx: HandlerContext) -> None:
+        self.calls.append(event)
+        outcome = self.plan.pop(0) if self.plan else None
+        if outcome is not None:
+            raise outcome
+
+
+def recorder_handler(recorder: Recorder) -> Handler:
+    async def record(event: Event, ctx: HandlerContext) -> None:
+        await recorder(event, ctx)
+
+    return record
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path, recorder: Recorder) -> AsyncIterator[Runtime]:
+    clock = FakeClock(1_000_000.0)
+    async with handler_runtime(
+        tmp_path, handlers={"record": recorder_handler(recorder)}, routes=ROUTES, clock=clock,
+        retry=RetryPolicy(max_attempts=3, schedule=(10, 100), jitter=0.0),
+    ) as rt:
+        yield rt
+
+
+def clock_of(rt: Runtime) -> FakeClock:
+    assert isinstance(rt.clock, FakeClock)
+    return rt.clock
+
+
+def worker_of(rt: Runtime) -> Worker:
+    assert rt.worker is not None
+    return rt.worker
+
+
+async def test_a_transition_matching_a_route_writes_one_job_in_the_same_transaction(
+    runtime: Runtime,
+) -> None:
+    result = await deliver(runtime, DONE, event="song.completed", delivery_id="d1")
+    assert result.jobs == 1
+    [job] = await runtime.store.list_jobs()
+    assert (job.key, job.state, job.trigger, job.delivery_id) == (
+        "t-1/task.succeeded/on-done/record", JobState.QUEUED, "task.succeeded", "d1")
+
+
+async def test_duplicates_and_late_events_create_no_second_job(
+    runtime: Runtime, recorder: Recorder
+) -> None:
+    await deliver(runtime, DONE, event="song.completed", delivery_id="d1")
+    await deliver(runtime, DONE, event="song.completed", delivery_id="d1")  # same id
+    await deliver(runtime, DONE, event="song.completed", delivery_id="d2")  # resent, new id
+    await deliver(runtime, STREAMING, event="song.streaming", delivery_id="d0")  # late
+    assert len(await runtime.store.list_jobs()) == 1
+    assert await worker_of(runtime).run_once() == 1
+    assert await worker_of(runtime).run_once() == 0
+    assert len(recorder.calls) == 1
+
+
+async def test_a_successful_handler_finishes_the_job(runtime: Runtime, recorder: Recorder) -> None:
+    await deliver(runtime, DONE, event="song.completed")
+    await worker_of(runtime).run_once()
+    [job] = await runtime.store.list_jobs()
+    assert (job.state, job.attempts) == (JobState.DONE, 1)
+    assert recorder.calls[0].attempt == 1
+    assert recorder.calls[0].key == job.key
+
+
+async def test_failures_back_off_on_the_schedule_then_the_job_dies(
+    runtime: Runtime, recorder: Recorder
+) -> None:
+    recorder.plan = [RuntimeError("boom 1"), RuntimeError("boom 2"), RuntimeError("boom 3")]
+    await deliver(runtime, DONE, event="song.completed")
+    clock, worker = clock_of(runtime), worker_of(runtime)
+
+    await worker.run_once()
+    [job] = await runtime.store.list_jobs()
+    assert (job.state, job.last_error) == (JobState.RETRYING, "RuntimeError: boom 1")
+    assert job.run_after == clock.now() + 10
+    clock.advance(9.9)
+    assert await worker.run_once() == 0  # not due yet
+    clock.advance(0.1)
+    assert await worker.run_once() == 1
+    [job] = await runtime.store.list_jobs()
+    assert job.run_after == clock.now() + 100
+    clock.advance(100)
+    await worker.run_once()
+    [job] = await runtime.store.list_jobs(state=JobState.DEAD)
+    assert (job.attempts, job.last_error) == (3, "RuntimeError: boom 3")
+    clock.advance(10_000)
+    assert await worker.run_once() == 0  # dead stays dead, and visible
+    assert len(recorder.calls) == 3
+
+
+async def test_jitter_spreads_the_delay_within_its_bounds() -> None:
+    policy = RetryPolicy(schedule=(10.0, 20.0), jitter=0.2)
+    rng = random.Random(7)
+    delays = {round(policy.delay(1, rng), 6) for _ in range(50)}
+    assert len(delays) > 40
+    assert all(8.0 <= d <= 12.0 for d in delays)
+    assert 16.0 <= policy.delay(9, rng) <= 24.0  # the last step repeats
+
+
+async def test_retry_later_waits_as_asked_without_using_an_attempt(
+    runtime: Runtime, recorder: Recorder
+) -> None:
+    recorder.plan = [RetryLater(42, "rate limited")]
+    await deliver(runtime, DONE, event="song.completed")
+    await worker_of(runtime).run_once()
+    [job] = await runtime.store.list_jobs()
+    assert (job.state, job.attempts, job.last_error) == (JobState.RETRYING, 0, "rate limited")
+    assert job.run_after == clock_of(runtime).now() + 42
+
+
+async def test_permanent_error_kills_the_job_at_once(runtime: Runtime, recorder: Recorder) -> None:
+    recorder.plan = [PermanentError("no such clip")]
+    await deliver(runtime, DONE, event="song.completed")
+    await worker_of(runtime).run_once()
+    [job] = await runtime.store.list_jobs()
+    assert (job.state, job.attempts) == (JobState.DEAD, 1)
+    assert job.last_error == "PermanentError: no such clip"
+
+
+async def test_failed_tasks_route_to_their_own_handlers(runtime: Runtime) -> None:
+    await deliver(runtime, STREAMING, event="song.streaming")
+    await deliver(runtime, FAILED, event="song.failed")
+    [job] = await runtime.store.list_jobs()
+    assert job.trigger == "task.failed"
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    async with SQLiteStore(tmp_path / "jobs.db") as sqlite:
+        yield sqlite
+
+
+async def _one_job(store: Store, tmp_path: Path) -> None:
+    router = Router([Route(name="r", on=frozenset({"task.succeeded"}),
+                           handlers=(HandlerRef(name="h"),))])
+    delivery = make_delivery(body=DONE, headers={}, task_id_hint=None, received_at=100.0,
+                             verified=Verified(scheme=Scheme.NONE, timestamp=None,
+                                               signed_content=DONE))
+    assert (await store.record_delivery(delivery, router=router)).jobs == 1
+
+
+async def test_an_expired_lease_makes_a_crashed_job_claimable_again(
+    store: Store, tmp_path: Path
+) -> None:
+    await _one_job(store, tmp_path)
+    [taken] = await store.claim_jobs(owner="w1", limit=5, now=100.0, lease_s=60)
+    # w1 "crashes": it never renews, finishes or releases. Before the lease ends, nobody
+    # else may take the job; after, another worker does, and the attempt counts.
+    assert await store.claim_jobs(owner="w2", limit=5, now=159.0, lease_s=60) == []
+    assert await store.next_due() == 160.0
+    [again] = await store.claim_jobs(owner="w2", limit=5, now=160.0, lease_s=60)
+    assert (again.id, again.attempts, again.lease_owner) == (taken.id, 2, "w2")
+    # the crashed worker's late writes are refused: it lost the lease
+    assert not await store.finish_job(taken.id, owner="w1", now=161.0)
+    assert await store.finish_job(taken.id, owner="w2", now=161.0)
+    [done] = await store.list_jobs(state=JobState.DONE)
+    assert done.id == taken.id
+
+
+async def test_renewing_a_lease_keeps_the_job(store: Store, tmp_path: Path) -> None:
+    await _one_job(store, tmp_path)
+    [job] = await store.claim_jobs(owner="w1", limit=5, now=100.0, lease_s=60)
+    assert await store.renew_lease(job.id, owner="w1", until=220.0, now=150.0)
+    assert await store.claim_jobs(owner="w2", limit=5, now=200.0, lease_s=60) == []
+    assert not await store.renew_lease(job.id, owner="w2", until=300.0, now=150.0)
+
+
+async def test_release_hands_running_jobs_back_without_charging_the_attempt(
+    store: Store, tmp_path: Path
+) -> None:
+    await _one_job(store, tmp_path)
+    await store.claim_jobs(owner="w1", limit=5, now=100.0, lease_s=60)
+    assert await store.release_jobs(owner="w1", now=101.0) == 1
+    [job] = await store.claim_jobs(owner="w2", limit=5, now=101.0, lease_s=60)
+    assert job.attempts == 1
+
+
+async def test_stop_waits_for_running_jobs_then_releases_what_is_left(tmp_path: Path) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(event: Event, ctx: HandlerContext) -> None:
+        started.set()
+        await release.wait()
+
+    async def stuck(event: Event, ctx: HandlerContext) -> None:
+        started.set()
+        await asyncio.Event().wait()  # never returns
+
+    for handler, finishes in ((slow, True), (stuck, False)):
+        async with handler_runtime(
+            tmp_path / handler.__name__, handlers={"h": handler},
+            routes=[{"on": ["task.succeeded"], "handlers": ["h"]}],
+        ) as rt:
+            worker = worker_of(rt)
+            await deliver(rt, DONE, event="song.completed")
+            running = asyncio.create_task(worker.run())
+            await asyncio.wait_for(started.wait(), 5)
+            if finishes:
+                asyncio.get_running_loop().call_later(0.05, release.set)
+            await worker.stop(deadline_s=2.0 if finishes else 0.1)
+            await running
+            [job] = await rt.store.list_jobs()
+            if finishes:
+                assert job.state is JobState.DONE
+            else:  # handed back: queued, the attempt not charged
+                assert (job.state, job.attempts, job.lease_owner) == (JobState.QUEUED, 0, None)
+        started.clear()
+
+
+async def test_the_in_process_worker_is_woken_by_the_delivery(tmp_path: Path) -> None:
+    ran = asyncio.Event()
+
+    async def h(event: Event, ctx: HandlerContext) -> None:
+        ran.set()
+
+    from receiver.app import create_app
+    from tests.support import app_client, post_signed
+
+    registry = Registry()
+    registry.register("h", h, origin="test")
+    # The worker polls once an hour here: only the wake-up can make the handler run.
+    settings = settings_for(tmp_path, worker_poll_s=3600.0,
+                            config={"routes": [{"on": ["task.succeeded"], "handlers": ["h"]}]})
+    app = create_app(settings, registry=registry)
+    async with app_client(app) as client:
+        worker = app.state.runtime.worker
+        assert worker is not None
+        assert worker.poll_s == 3600.0
+        await asyncio.sleep(0.05)  # let the worker settle into its idle wait
+        await post_signed(client, DONE)
+        await asyncio.wait_for(ran.wait(), timeout=30)
+        jobs = (await client.get("/tasks/t-1")).json()["jobs"]
+        assert [j["handler"] for j in jobs] == ["h"]

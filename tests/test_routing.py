@@ -1,0 +1,165 @@
+"""Routes from config, and the handler registry: entry points, config paths, clear errors."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from receiver.context import Event, HandlerContext
+from receiver.errors import SettingsError
+from receiver.models import Source, Transition
+from receiver.registry import ENTRY_POINT_GROUP, Registry, load_registry
+from receiver.routing import DEFAULT_ROUTES, Router, TaskFacts, routes_from_config, split_tags
+from receiver.states import Entity, State
+
+
+def transition(to: State, entity: Entity = Entity.TASK) -> Transition:
+    return Transition(task_id="t", entity=entity, entity_id="t", from_state=None, to_state=to,
+                      delivery_id="d", source=Source.WEBHOOK, at=0.0)
+
+
+FACTS = TaskFacts(task_id="t", task_type="create_music", platform="sonic",
+                  tags=split_tags(["Pop, dreamy", None]))
+
+
+def test_without_routes_succeeded_tasks_are_downloaded() -> None:
+    assert routes_from_config({}) == DEFAULT_ROUTES
+    specs = Router(DEFAULT_ROUTES).plan(FACTS, [transition(State.SUCCEEDED)])
+    assert [(s.handler, s.trigger) for s in specs] == [("download_audio", "task.succeeded")]
+    assert Router(DEFAULT_ROUTES).plan(FACTS, [transition(State.FAILED)]) == []
+
+
+def test_routes_match_on_trigger_task_type_platform_and_tags() -> None:
+    routes = routes_from_config({"routes": [
+        {"name": "pop", "on": "task.succeeded", "tags": ["POP"], "handlers": ["a"]},
+        {"name": "jazz", "on": ["task.succeeded"], "tags": "jazz", "handlers": ["b"]},
+        {"name": "ext", "on": ["task.succeeded"], "task_type": "extend_music",
+         "handlers": ["c"]},
+        {"name": "nuro", "on": ["task.succeeded"], "platform": ["nuro"], "handlers": ["d"]},
+        {"name": "both", "on": ["task.failed", "task.succeeded"],
+         "handlers": ["e", {"name": "e", "options": {"x": 1}, "max_attempts": 2}]},
+        {"name": "stream", "on": ["task.streaming"], "handlers": ["f"]},
+    ]})
+    specs = Router(routes).plan(FACTS, [transition(State.SUCCEEDED),
+                                        transition(State.SUCCEEDED, Entity.CLIP)])
+    assert [(s.route, s.handler, s.key) for s in specs] == [
+        ("pop", "a", "t/task.succeeded/pop/a"),
+        ("both", "e", "t/task.succeeded/both/e"),
+        ("both", "e", "t/task.succeeded/both/e#1"),
+    ]
+    assert specs[2].options == {"x": 1}
+    assert specs[2].max_attempts == 2
+    streaming = Router(routes).plan(FACTS, [transition(State.RUNNING)])
+    assert [s.handler for s in streaming] == ["f"]
+
+
+@pytest.mark.parametrize(
+    ("routes", "message"),
+    [
+        ({"routes": {"x": 1}}, "routes must be an array of tables"),
+        ({"routes": [{"on": ["task.done"], "handlers": ["a"]}]}, "unknown trigger 'task.done'"),
+        ({"routes": [{"on": [], "handlers": ["a"]}]}, "must name at least one trigger"),
+        ({"routes": [{"on": "task.failed"}]}, "handlers must list at least one handler"),
+        ({"routes": [{"on": "task.failed", "handlers": ["a"], "when": 1}]}, "unknown keys: when"),
+        ({"routes": [{"name": "x", "on": "task.failed", "handlers": ["a"]},
+                     {"name": "x", "on": "task.failed", "handlers": ["a"]}]}, "same name"),
+    ],
+)
+def test_bad_routes_stop_start_up_with_the_reason(routes: dict[str, object], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        routes_from_config(routes)
+
+
+async def sample_handler(event: Event, ctx: HandlerContext) -> None:
+    return None
+
+
+async def other_handler(event: Event, ctx: HandlerContext) -> None:
+    return None
+
+
+def test_registry_refuses_duplicates_unknown_names_and_sync_functions() -> None:
+    registry = Registry()
+    registry.register("a", sample_handler, origin="one")
+    registry.register("a", sample_handler, origin="the same function again")  # harmless
+    with pytest.raises(SettingsError, match="registered twice: by one and by two"):
+        registry.register("a", other_handler, origin="two")
+    with pytest.raises(SettingsError, match="not an async function"):
+        registry.register("b", print, origin="x")
+    with pytest.raises(SettingsError, match="names handler 'missing', which is not registered"):
+        registry.check(["a", "missing"])
+
+
+def test_config_paths_register_handlers_by_name() -> None:
+    config = {"handlers": {"mine": {"path": "tests.test_routing:sample_handler"}}}
+    registry = load_registry(config, group="no.such.group")
+    assert registry.get("mine") is sample_handler
+    with pytest.raises(SettingsError, match="cannot be imported"):
+        load_registry({"handlers": {"x": {"path": "tests.nope:handle"}}}, group="none")
+    with pytest.raises(SettingsError, match="needs path"):
+        load_registry({"handlers": {"x": {}}}, group="none")
+
+
+def _wheel(folder: Path) -> Path:
+    """A wheel of a one-module plugin package, written by hand (no build backend needed)."""
+    name, version = "sonic_receiver_test_plugin", "1.0"
+    dist_info = f"{name}-{version}.dist-info"
+    files = {
+        "sonic_test_plugin.py": textwrap.dedent('''
+            CALLS = []
+
+            async def shout(event, ctx):
+                CALLS.append(event.task_id)
+        '''),
+        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                               "Tag: py3-none-any\n",
+        f"{dist_info}/entry_points.txt": (
+            f"[{ENTRY_POINT_GROUP}]\nshout = sonic_test_plugin:shout\n"
+        ),
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
+    record.append(f"{dist_info}/RECORD,,")
+    files[f"{dist_info}/RECORD"] = "\n".join(record) + "\n"
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return wheel
+
+
+@pytest.mark.slow
+def test_a_handler_from_a_separately_installed_package_is_found_by_entry_point(
+    tmp_path: Path,
+) -> None:
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+         "--disable-pip-version-check", "--target", str(site), str(_wheel(tmp_path))],
+        check=True, timeout=120,
+    )
+    probe = textwrap.dedent('''
+        import asyncio, sys
+        from receiver.registry import load_registry
+        registry = load_registry({})
+        handler = registry.get("shout")
+        assert handler is not None, registry.names
+        import sonic_test_plugin
+        asyncio.run(handler(type("E", (), {"task_id": "t-9"})(), None))
+        print(sonic_test_plugin.CALLS)
+    ''')
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['t-9']"
