@@ -17,11 +17,14 @@ import pytest
 from structlog.testing import capture_logs
 
 from handlers.download_audio import SIDECAR, contained, handle, safe_component
+from receiver.app import create_app
 from receiver.clock import FakeClock
 from receiver.context import Event, HandlerContext
 from receiver.jobs import Job, JobState, PermanentError
 from receiver.registry import load_registry
 from receiver.runtime import Runtime
+from receiver.server import running
+from receiver.sonic.sandbox import SandboxConfig, Speed
 from tests.handler_support import deliver, handler_runtime
 from tests.handlers import (
     LOOPBACK_ONLY,
@@ -33,7 +36,8 @@ from tests.handlers import (
     watched_client,
     wav_bytes,
 )
-from tests.support import callback, clip
+from tests.sonic.support import KEY, serve_sandbox, wait_for
+from tests.support import SECRET, callback, clip, settings_for
 
 pytestmark = pytest.mark.anyio
 
@@ -376,3 +380,37 @@ async def test_a_clip_without_audio_url_is_retried(tmp_path: Path) -> None:
 def test_the_handler_is_registered_like_any_plugin() -> None:
     """Through the entry-point group, which the default route relies on."""
     assert load_registry({}).get("download_audio") is handle
+
+
+async def test_a_sandbox_task_is_downloaded_by_the_default_route(tmp_path: Path) -> None:
+    """The whole way: the sandbox creates a task and signs its webhooks, the receiver records
+    them and its in-process worker downloads the sandbox's real WAVs, tagged, through the
+    default route (no [[routes]]: download_audio on task.succeeded)."""
+    app = create_app(settings_for(tmp_path, config=dict(LOOPBACK_ONLY)))
+    sandbox_config = SandboxConfig(api_keys={KEY: 100}, speed=Speed.INSTANT, seed=5)
+    async with serve_sandbox(sandbox_config) as sandbox, running(app) as receiver_url:
+        created = await sandbox.client().create_music(
+            mv="sonic-v4-5", custom_mode=True, title="Starry Night", tags="pop, dreamy",
+            prompt="[Verse]\nStars they shine above me",
+            webhook_url=f"{receiver_url}/webhooks/sonic", webhook_secret=SECRET,
+        )
+        async with httpx.AsyncClient(base_url=receiver_url, timeout=10) as http:
+
+            async def kept() -> bool:
+                view = (await http.get(f"/tasks/{created.task_id}")).json()
+                return bool(view.get("jobs")) and all(
+                    j["state"] in ("done", "dead") for j in view["jobs"])
+
+            await wait_for(kept, within=20, what="the download job to finish")
+            view = (await http.get(f"/tasks/{created.task_id}")).json()
+    assert [j["state"] for j in view["jobs"]] == ["done"], view["jobs"]
+    audio = [f for f in view["files"] if f["kind"] == "audio"]
+    assert len(audio) == 2
+    for record in audio:
+        assert record["content_type"] == "audio/wav"
+        data = read(record["path"])
+        assert (record["size"], record["sha256"]) == (len(data), sha(data))
+        wav = wav_file(Path(record["path"]))
+        assert str(wav.tags["TIT2"]).startswith("Starry Night")
+        assert wav.info.length > 0
+    assert sorted(f["kind"] for f in view["files"]) == ["audio", "audio", "sidecar", "sidecar"]
