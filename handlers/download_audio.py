@@ -1,0 +1,358 @@
+"""``download_audio``: keep a succeeded task's media before its CDN links expire.
+
+For every succeeded clip of the task it writes, under the media folder::
+
+    {media_dir}/{task_id}/{clip_id}.{mp3|wav|m4a|ogg|flac}   the audio (always)
+    {media_dir}/{task_id}/{clip_id}.{png|jpg|webp}           the cover (``image = true``)
+    {media_dir}/{task_id}/{clip_id}.mp4                      the video (``video = true``)
+    {media_dir}/{task_id}/{clip_id}.json                     a sidecar: title, tags, lyrics,
+                                                             duration, model, source URLs and
+                                                             the files' sha256
+
+and records each with its size and sha256 (``ctx.record_file``). The extension comes from the
+response's content type only, never from a title or a server-provided name; ids are reduced
+to safe path components. MP3 and WAV files are tagged (ID3: title, lyrics as USLT, tags as
+genre) before they are hashed and renamed, so the recorded sha256 is that of the final bytes.
+
+It is idempotent: a file already recorded whose bytes on disk still match its size and sha256
+is skipped, a download cut short resumes from its ``.part`` on the next attempt, and a file
+stands under its final name only once complete. Downloads follow :mod:`receiver.fetching`'s
+network policy (the config's ``[network]`` table).
+
+Options (all optional)::
+
+    handlers = [{ name = "download_audio", options = {
+        image = true, video = false,
+        max_bytes = 209715200,              # per file
+        timeout_s = 600,                    # per file, the whole download
+        allowed_types = { audio = ["audio/mpeg", "audio/wav"] },   # per kind, or "audio/*"
+    } }]
+
+A refused URL or address, a file too large and a wrong content type end the job (``dead``,
+with the reason); a 5xx, a connection error, a timeout or a body cut short are retried with
+backoff. One clip's failure does not stop the others from being downloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mutagen.id3
+import mutagen.wave
+from mutagen import MutagenError
+from mutagen.id3 import ID3NoHeaderError
+
+from receiver.context import Event, HandlerContext
+from receiver.errors import ReceiverError, SettingsError
+from receiver.fetching import (
+    FetchError,
+    FetchFailed,
+    NetPolicy,
+    download,
+    file_digest,
+    locked,
+    safe_url,
+    write_atomic,
+)
+from receiver.jobs import PermanentError
+from receiver.models import Clip, StoredFile
+from receiver.states import State
+
+MIB = 1024 * 1024
+KINDS = ("audio", "image", "video")
+SIDECAR = "sidecar"
+# Content type → extension, per kind. The only source of a file's extension.
+EXTENSIONS: Mapping[str, Mapping[str, str]] = {
+    "audio": {
+        "audio/mpeg": ".mp3", "audio/mp3": ".mp3", "audio/mpeg3": ".mp3", "audio/x-mpeg": ".mp3",
+        "audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wav",
+        "audio/vnd.wave": ".wav",
+        "audio/mp4": ".m4a", "audio/x-m4a": ".m4a", "audio/m4a": ".m4a",
+        "audio/ogg": ".ogg",
+        "audio/flac": ".flac", "audio/x-flac": ".flac",
+    },
+    "image": {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"},
+    "video": {"video/mp4": ".mp4"},
+}
+UNKNOWN_EXTENSION = ".bin"  # a type let in by an "audio/*" override that the table lacks
+_OPTION_KEYS = frozenset({"image", "video", "max_bytes", "timeout_s", "allowed_types"})
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_MAX_COMPONENT = 96
+# mutagen ships py.typed but leaves its calls unannotated: use it through Any, here only.
+_id3: Any = mutagen.id3
+_wave: Any = mutagen.wave
+
+
+class DownloadIncomplete(ReceiverError):
+    """Some files of the task could not be downloaded yet."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """The handler's options, checked."""
+
+    image: bool = False
+    video: bool = False
+    max_bytes: int = 200 * MIB
+    timeout_s: float = 600.0
+    allowed_types: Mapping[str, frozenset[str]] = field(
+        default_factory=lambda: {kind: frozenset(types) for kind, types in EXTENSIONS.items()}
+    )
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> Options:
+        """Raises :class:`SettingsError` saying which option is wrong."""
+        unknown = set(raw) - _OPTION_KEYS
+        if unknown:
+            raise SettingsError(f"download_audio: unknown options {', '.join(sorted(unknown))} "
+                                f"(known: {', '.join(sorted(_OPTION_KEYS))})")
+        defaults = cls()
+        for name in ("image", "video"):
+            if not isinstance(raw.get(name, False), bool):
+                raise SettingsError(f"download_audio: option {name} must be true or false")
+        max_bytes = raw.get("max_bytes", defaults.max_bytes)
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+            raise SettingsError("download_audio: option max_bytes must be a positive integer")
+        timeout_s = raw.get("timeout_s", defaults.timeout_s)
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0:
+            raise SettingsError("download_audio: option timeout_s must be a positive number")
+        allowed = dict(defaults.allowed_types)
+        override = raw.get("allowed_types", {})
+        if not isinstance(override, Mapping):
+            raise SettingsError("download_audio: option allowed_types must be a table of kinds")
+        for kind, types in override.items():
+            if kind not in EXTENSIONS:
+                raise SettingsError(f"download_audio: allowed_types.{kind}: unknown kind "
+                                    f"(choose from {', '.join(KINDS)})")
+            if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+                raise SettingsError(f"download_audio: allowed_types.{kind} must be a list of "
+                                    "content types")
+            allowed[kind] = frozenset(t.strip().lower() for t in types)
+        return cls(image=bool(raw.get("image", False)), video=bool(raw.get("video", False)),
+                   max_bytes=max_bytes, timeout_s=float(timeout_s), allowed_types=allowed)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        wanted = {"audio": True, "image": self.image, "video": self.video}
+        return tuple(kind for kind in KINDS if wanted[kind])
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Failure:
+    clip_id: str
+    kind: str
+    error: FetchError
+
+
+async def handle(event: Event, ctx: HandlerContext) -> None:
+    """Download the media of every succeeded clip of ``event``'s task (see the module)."""
+    try:
+        options = Options.parse(ctx.options)
+        policy = NetPolicy.from_config(ctx.config)
+    except SettingsError as exc:
+        raise PermanentError(exc.message) from exc
+    view = await ctx.task()
+    folder = contained(ctx.media_dir, safe_component(view.task.task_id))
+    failures: list[_Failure] = []
+    for clip in view.clips:
+        if clip.state is not State.SUCCEEDED:
+            continue
+        stem = safe_component(clip.clip_id)
+        files: dict[str, StoredFile] = {}
+        for kind in options.kinds:
+            url: str | None = getattr(clip, f"{kind}_url")
+            if not url:
+                if kind == "audio":  # a later event (or a poll) may still bring it
+                    failures.append(_Failure(clip_id=clip.clip_id, kind=kind, error=FetchFailed(
+                        f"clip {clip.clip_id} has no audio_url")))
+                else:
+                    ctx.log.info("file_unavailable", clip_id=clip.clip_id, kind=kind)
+                continue
+            try:
+                files[kind] = await _keep(ctx, clip, kind, url, folder=folder, stem=stem,
+                                          options=options, policy=policy)
+            except FetchError as exc:
+                ctx.log.warning("file_failed", clip_id=clip.clip_id, kind=kind,
+                                url=safe_url(url), error=exc.message, permanent=exc.permanent)
+                failures.append(_Failure(clip_id=clip.clip_id, kind=kind, error=exc))
+        if "audio" in files:  # describes what is kept; rewritten when more is kept later
+            await _keep_sidecar(ctx, clip, files, folder=folder, stem=stem)
+    _raise_for(failures)
+
+
+def _raise_for(failures: list[_Failure]) -> None:
+    """Retry while any failure may pass; die when none can."""
+    if not failures:
+        return
+    summary = "; ".join(f"{f.clip_id}/{f.kind}: {f.error.message}" for f in failures)
+    if all(f.error.permanent for f in failures):
+        raise PermanentError(summary) from failures[0].error
+    retryable = next(f.error for f in failures if not f.error.permanent)
+    raise DownloadIncomplete(summary) from retryable
+
+
+async def _keep(
+    ctx: HandlerContext, clip: Clip, kind: str, url: str, *, folder: Path, stem: str,
+    options: Options, policy: NetPolicy,
+) -> StoredFile:
+    """The recorded file of ``(clip, kind)``: the one already there if its bytes still match,
+    else a new download."""
+    async with locked(folder / f".{stem}.{kind}.lock", wait_s=options.timeout_s):
+        done = await _recorded(ctx, clip.clip_id, kind)
+        if done is not None:
+            ctx.log.info("file_skipped", clip_id=clip.clip_id, kind=kind, path=done.path)
+            return done
+        got = await download(
+            ctx.http, url, folder / f"{stem}.{kind}", policy=policy,
+            max_bytes=options.max_bytes, allowed_types=options.allowed_types[kind],
+            log=ctx.log, timeout_s=options.timeout_s,
+            suffix_for=functools.partial(extension_for, kind),
+            prepare=functools.partial(_tag, clip, ctx.log) if kind == "audio" else None,
+        )
+        await ctx.record_file(clip_id=clip.clip_id, kind=kind, path=got.path, size=got.size,
+                              sha256=got.sha256, url=url, content_type=got.content_type)
+        ctx.log.info("file_downloaded", clip_id=clip.clip_id, kind=kind, path=str(got.path),
+                     size=got.size, sha256=got.sha256, content_type=got.content_type,
+                     resumed_from=got.resumed_from)
+        done = await _recorded(ctx, clip.clip_id, kind, verify=False)
+        if done is None:  # pragma: no cover - the store lost what it just recorded
+            raise FetchFailed(f"{got.path.name} was not recorded")
+        return done
+
+
+async def _recorded(ctx: HandlerContext, clip_id: str, kind: str, *, verify: bool = True,
+                    ) -> StoredFile | None:
+    """The record of ``(clip_id, kind)`` if there is one and (``verify``) the file on disk
+    still has its size and sha256."""
+    found = next((f for f in await ctx.files() if f.clip_id == clip_id and f.kind == kind),
+                 None)
+    if found is None or not verify:
+        return found
+    on_disk = await asyncio.to_thread(file_digest, Path(found.path))
+    if on_disk != (found.size, found.sha256):
+        ctx.log.info("file_changed", clip_id=clip_id, kind=kind, path=found.path,
+                     missing=on_disk is None)
+        return None
+    return found
+
+
+async def _keep_sidecar(ctx: HandlerContext, clip: Clip, files: Mapping[str, StoredFile], *,
+                        folder: Path, stem: str) -> None:
+    data = sidecar(clip, files)
+    sha256 = hashlib.sha256(data).hexdigest()
+    async with locked(folder / f".{stem}.{SIDECAR}.lock"):
+        done = await _recorded(ctx, clip.clip_id, SIDECAR)
+        if done is not None and done.sha256 == sha256:
+            ctx.log.info("file_skipped", clip_id=clip.clip_id, kind=SIDECAR, path=done.path)
+            return
+        path = folder / f"{stem}.json"
+        size, _ = await asyncio.to_thread(write_atomic, path, data)
+        await ctx.record_file(clip_id=clip.clip_id, kind=SIDECAR, path=path, size=size,
+                              sha256=sha256, url=None, content_type="application/json")
+    ctx.log.info("sidecar_written", clip_id=clip.clip_id, path=str(path), sha256=sha256)
+
+
+def sidecar(clip: Clip, files: Mapping[str, StoredFile]) -> bytes:
+    """The sidecar's bytes: the same for the same clip and files (no timestamps), so that a
+    re-run recognises it."""
+    document = {
+        "task_id": clip.task_id,
+        "clip_id": clip.clip_id,
+        "title": clip.title,
+        "tags": clip.tags,
+        "lyrics": clip.lyrics,
+        "duration": clip.duration,
+        "model": clip.mv,
+        "sources": {"audio": clip.audio_url, "image": clip.image_url, "video": clip.video_url},
+        "files": {
+            kind: {"name": Path(f.path).name, "size": f.size, "sha256": f.sha256,
+                   "content_type": f.content_type}
+            for kind, f in sorted(files.items())
+        },
+    }
+    return (json.dumps(document, ensure_ascii=False, indent=2, sort_keys=True) + "\n").encode()
+
+
+def extension_for(kind: str, content_type: str) -> str:
+    return EXTENSIONS[kind].get(content_type, UNKNOWN_EXTENSION)
+
+
+def safe_component(value: str) -> str:
+    """``value`` as one safe path component: letters, digits, ``_`` and ``-`` only. A value
+    that had to be changed gets a short hash of the original, so that two ids never share a
+    name (``a/b`` and ``a_b``)."""
+    cleaned = _UNSAFE.sub("_", value)[:_MAX_COMPONENT]
+    if cleaned == value and cleaned:
+        return cleaned
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{cleaned or 'id'}-{digest}"
+
+
+def contained(root: Path, *parts: str) -> Path:
+    """``root/parts...``, refused unless it stays inside ``root`` (symbolic links included)."""
+    path = root.joinpath(*parts)
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise PermanentError(f"{path} is outside the media folder")
+    return path
+
+
+# ---- tags ------------------------------------------------------------------------------------
+
+
+def _tag(clip: Clip, log: Any, path: Path, content_type: str) -> None:
+    """Tag the complete part before it is hashed. A file mutagen cannot read is kept untagged:
+    the audio matters more than its tags."""
+    kind = extension_for("audio", content_type)
+    try:
+        if kind == ".mp3":
+            tag_mp3(path, clip)
+        elif kind == ".wav":
+            tag_wav(path, clip)
+        else:
+            return  # m4a, ogg, flac: other tag formats, not written (yet)
+    except (MutagenError, OSError, ValueError) as exc:
+        log.warning("tagging_failed", clip_id=clip.clip_id, error=str(exc))
+        return
+    log.info("file_tagged", clip_id=clip.clip_id, format=kind.lstrip("."))
+
+
+def tag_mp3(path: Path, clip: Clip) -> None:
+    """Write ``clip``'s title, lyrics and tags into the ID3 tag of the MP3 at ``path``."""
+    try:
+        tags = _id3.ID3(path)
+    except ID3NoHeaderError:
+        tags = _id3.ID3()
+    _fill(tags, clip)
+    tags.save(path, v2_version=3)  # ID3v2.3: what most players and tag editors read
+
+
+def tag_wav(path: Path, clip: Clip) -> None:
+    """The same, in the ``id3 `` chunk of a WAV file (mutagen's WAVE support)."""
+    audio = _wave.WAVE(path)
+    if audio.tags is None:
+        audio.add_tags()
+    _fill(audio.tags, clip)
+    audio.save(v2_version=3)
+
+
+def _fill(tags: Any, clip: Clip) -> None:
+    """Set the frames ``clip`` has a value for (an ``mutagen.id3.ID3``), replacing any the
+    file came with; encoding 3 is UTF-8."""
+    if clip.title:
+        tags.setall("TIT2", [_id3.TIT2(encoding=3, text=[clip.title])])
+    if clip.lyrics:
+        # "XXX": the ID3 code for an unknown language
+        tags.setall("USLT", [_id3.USLT(encoding=3, lang="XXX", desc="", text=clip.lyrics)])
+    if clip.tags:
+        tags.setall("TCON", [_id3.TCON(encoding=3, text=[clip.tags])])
+    tags.add(_id3.TXXX(encoding=3, desc="SONIC_CLIP_ID", text=[clip.clip_id]))
+    if clip.mv:
+        tags.add(_id3.TXXX(encoding=3, desc="SONIC_MODEL", text=[clip.mv]))
