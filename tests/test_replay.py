@@ -1,0 +1,266 @@
+"""Replay against the sandbox over loopback: reconcile recovers dropped webhooks (and a dry run
+changes nothing, a second run changes nothing), redispatch requeues, resend moves deliveries."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from receiver.app import create_app
+from receiver.clock import SystemClock
+from receiver.context import Event, HandlerContext
+from receiver.jobs import JobState, PermanentError
+from receiver.models import JobFilter, Outcome
+from receiver.registry import Registry
+from receiver.replay import reconcile, redispatch, resend
+from receiver.runtime import Runtime
+from receiver.server import running
+from receiver.signatures import Scheme
+from receiver.sonic.sandbox import SandboxConfig, Speed
+from tests.handler_support import deliver, handler_runtime
+from tests.sonic.support import KEY, SandboxHandle, serve_sandbox, wait_for
+from tests.support import SECRET, app_client, callback, clip, post_signed, settings_for
+
+pytestmark = pytest.mark.anyio
+
+RAN: list[str] = []
+
+
+async def count(event: Event, ctx: HandlerContext) -> None:
+    RAN.append(event.key)
+
+
+ROUTES = [{"on": ["task.succeeded", "task.failed"], "handlers": ["count"]}]
+
+
+@dataclass
+class Setup:
+    sandbox: SandboxHandle
+    runtime: Runtime
+    url: str
+
+    async def create(self, n: int = 1) -> list[str]:
+        ids = []
+        for _ in range(n):
+            created = await self.sandbox.client().create_music(
+                mv="sonic-v4-5", custom_mode=True, prompt="[Verse] la",
+                webhook_url=f"{self.url}/webhooks/sonic", webhook_secret=SECRET)
+            ids.append(created.task_id)
+        return ids
+
+    async def state(self, task_id: str) -> str | None:
+        view = await self.runtime.store.get_task(task_id)
+        return view.task.state.value if view else None
+
+
+@asynccontextmanager
+async def setup(tmp_path: Path, faults: dict[str, Any]) -> AsyncIterator[Setup]:
+    RAN.clear()
+    registry = Registry()
+    registry.register("count", count, origin="test")
+    config = SandboxConfig(api_keys={KEY: 10_000}, speed=Speed.INSTANT, seed=11)
+    async with serve_sandbox(config) as sandbox:
+        await sandbox.set_faults(faults)
+        app = create_app(settings_for(tmp_path, config={"routes": ROUTES}), registry=registry,
+                         sonic=sandbox.client())
+        async with running(app) as url:
+            yield Setup(sandbox=sandbox, runtime=app.state.runtime, url=url)
+
+
+async def settled_at_sandbox(s: Setup, task_ids: list[str]) -> None:
+    async def done() -> bool:
+        for task_id in task_ids:
+            rows = await s.sandbox.deliveries(task_id=task_id)
+            if len({(r["event"]) for r in rows}) < 2:  # both events sent or dropped
+                return False
+        return True
+
+    await wait_for(done, within=20, what="the sandbox to send or drop every webhook")
+
+
+async def test_reconcile_recovers_dropped_webhooks_dry_run_first_then_once(
+    tmp_path: Path,
+) -> None:
+    drops = {"drop_events": [{"task": 1, "event": "song.completed"},
+                             {"task": 2, "event": "song.streaming"},
+                             {"task": 2, "event": "song.completed"}]}
+    async with setup(tmp_path, drops) as s:
+        dropped_one, dropped_all, full = await s.create(3)
+        await settled_at_sandbox(s, [dropped_one, dropped_all, full])
+        assert await s.state(dropped_one) == "running"  # the completion never came
+        assert await s.state(dropped_all) is None  # nothing came
+        assert await s.state(full) == "succeeded"
+        rt = s.runtime
+        assert rt.sonic is not None
+        stale = await rt.store.tasks_to_reconcile(stale_before=time.time() + 1)
+        assert stale == [dropped_one]  # the unknown task must be named by id
+        ids = [dropped_one, dropped_all, full]
+        before = await rt.store.counts()
+
+        dry = await reconcile(ids, store=rt.store, sonic=rt.sonic, router=rt.router,
+                              clock=rt.clock, dry_run=True)
+        assert await rt.store.counts() == before  # a dry run changes nothing
+        assert dry.counts["recorded"] == 3
+        assert dry.counts["jobs"] == 2
+
+        wet = await reconcile(ids, store=rt.store, sonic=rt.sonic, router=rt.router,
+                              clock=rt.clock, on_jobs=rt.worker.wake if rt.worker else None)
+        assert (wet.counts["recorded"], wet.counts["jobs"], wet.exit_code) == (3, 2, 0)
+        assert [await s.state(t) for t in ids] == ["succeeded"] * 3
+        await wait_for(lambda: len(RAN) == 3, within=10, what="handlers to run")
+
+        after = await rt.store.counts()
+        again = await reconcile(ids, store=rt.store, sonic=rt.sonic, router=rt.router,
+                                clock=rt.clock)
+        assert again.counts == {"duplicate": 3, "transitions": 0, "jobs": 0, "polled": 3}
+        assert await rt.store.counts() == after  # the second run changes nothing
+        assert sorted(RAN) == sorted(set(RAN))  # each handler ran once per task
+
+        # the recovered task ends exactly as the fully delivered one did
+        for task_id in (dropped_one, dropped_all):
+            view = await rt.store.get_task(task_id)
+            assert view is not None
+            assert [c.state.value for c in view.clips] == ["succeeded", "succeeded"]
+            assert all(c.audio_url for c in view.clips)
+            assert view.transitions[-1].source.value == "poll"
+
+
+async def test_unknown_task_ids_are_counted_not_fatal(tmp_path: Path) -> None:
+    async with setup(tmp_path, {}) as s:
+        rt = s.runtime
+        assert rt.sonic is not None
+        summary = await reconcile(["no-such-task"], store=rt.store, sonic=rt.sonic,
+                                  router=rt.router, clock=rt.clock)
+    assert summary.counts == {"not_found": 1, "polled": 1}
+
+
+async def test_redispatch_requeues_dead_jobs_and_dry_run_does_not(tmp_path: Path) -> None:
+    fail = True
+
+    async def flaky(event: Event, ctx: HandlerContext) -> None:
+        if fail:
+            raise PermanentError("not yet")
+
+    async with handler_runtime(tmp_path, handlers={"flaky": flaky},
+                               routes=[{"on": "task.succeeded", "handlers": ["flaky"]}]) as rt:
+        assert rt.worker is not None
+        await deliver(rt, callback("t-1", [clip("a", "succeeded")]))
+        await rt.worker.run_once()
+        assert [j.state for j in await rt.store.list_jobs()] == [JobState.DEAD]
+        dry = await redispatch(store=rt.store, router=rt.router, clock=rt.clock,
+                               where=JobFilter(handler="flaky"), dry_run=True)
+        assert (dry.selected, dry.counts) == (1, {"dead_jobs": 1})
+        assert [j.state for j in await rt.store.list_jobs()] == [JobState.DEAD]
+        none = await redispatch(store=rt.store, router=rt.router, clock=rt.clock,
+                                where=JobFilter(handler="other"))
+        assert none.selected == 0
+        fail = False
+        done = await redispatch(store=rt.store, router=rt.router, clock=rt.clock,
+                                where=JobFilter())
+        assert done.counts["requeued"] == 1
+        await rt.worker.run_once()
+        assert [j.state for j in await rt.store.list_jobs()] == [JobState.DONE]
+        # the jobs of a time range of deliveries run again (done ones included)
+        rerun = await redispatch(store=rt.store, router=rt.router, clock=rt.clock,
+                                 where=JobFilter(), deliveries_since=0.0)
+        assert rerun.counts == {"done_jobs": 1, "requeued": 1}
+
+
+async def test_redispatch_quarantined_records_a_delivery_once_its_task_is_known(
+    tmp_path: Path,
+) -> None:
+    async with handler_runtime(tmp_path, handlers={}, routes=[]) as rt:
+        orphan = callback(None, [clip("c1", "succeeded")])
+        first = await deliver(rt, orphan, delivery_id="late")
+        assert first.outcome is Outcome.QUARANTINED
+        still = await redispatch(store=rt.store, router=rt.router, clock=rt.clock,
+                                 where=JobFilter(), quarantined=True)
+        assert still.counts == {"quarantined": 1, "transitions": 0, "jobs": 0}
+        # the task becomes known (another delivery names it with this clip)
+        await deliver(rt, callback("t-9", [clip("c1", "running")]), delivery_id="early")
+        dry = await redispatch(store=rt.store, router=rt.router, clock=rt.clock,
+                               where=JobFilter(), quarantined=True, dry_run=True)
+        assert dry.counts["recorded"] == 1
+        assert (await rt.store.raw_deliveries(outcome=Outcome.QUARANTINED))
+        fixed = await redispatch(store=rt.store, router=rt.router, clock=rt.clock,
+                                 where=JobFilter(), quarantined=True)
+        assert fixed.counts["recorded"] == 1
+        view = await rt.store.get_task("t-9")
+        assert view is not None
+        assert view.task.state.value == "succeeded"
+        assert not await rt.store.raw_deliveries(outcome=Outcome.QUARANTINED)
+
+
+async def test_resend_moves_stored_deliveries_to_another_receiver_once(tmp_path: Path) -> None:
+    source = create_app(settings_for(tmp_path / "a"))
+    target = create_app(settings_for(tmp_path / "b", webhook_secrets=("new-secret",)))
+    async with app_client(source) as client:
+        for n in range(3):
+            body = callback(f"t-{n}", [clip(f"c{n}", "succeeded")])
+            await post_signed(client, body, delivery_id=f"d-{n}", event="song.completed")
+        await post_signed(client, b"[]", delivery_id="q-1")  # quarantined: resent too
+        store = source.state.runtime.store
+        async with running(target) as url, httpx.AsyncClient() as http:
+            kwargs: dict[str, Any] = dict(store=store, http=http, url=f"{url}/webhooks/sonic",
+                                          secret="new-secret", scheme=Scheme.MUSICAPI,
+                                          clock=SystemClock())
+            dry = await resend(**kwargs, dry_run=True)
+            assert dry.counts == {"would_send": 4}
+            first = await resend(**kwargs)
+            again = await resend(**kwargs)
+            view = (await http.get(f"{url}/tasks/t-2")).json()
+    assert first.counts == {"status_200": 3, "status_422": 1}
+    assert again.counts == {"status_200": 3, "status_422": 1}  # duplicates, same answers
+    assert view["task"]["state"] == "succeeded"
+    assert view["transitions"][0]["delivery_id"] == "d-2"  # the original id travelled
+
+
+@pytest.mark.slow
+async def test_replay_command_line_reconciles_with_a_json_summary(tmp_path: Path) -> None:
+    config = SandboxConfig(api_keys={KEY: 100}, speed=Speed.INSTANT, seed=2)
+    async with serve_sandbox(config) as sandbox:
+        await sandbox.set_faults({"drop": 1.0})  # every webhook lost
+        created = await sandbox.client().create_music(
+            mv="sonic-v4-5", custom_mode=True, prompt="x",
+            webhook_url="http://127.0.0.1:9/webhooks/sonic", webhook_secret=SECRET)
+        db = tmp_path / "receiver.db"
+        env = {**os.environ, "RECEIVER_DB": str(db), "SONIC_API_BASE_URL": sandbox.url,
+               "SONIC_API_KEY": KEY, "RECEIVER_LOG_FORMAT": "json",
+               "RECEIVER_CONFIG": str(tmp_path / "c.toml")}
+        (tmp_path / "c.toml").write_text("routes = []\n")
+        app = create_app(settings_for(tmp_path))  # creates the database file
+        async with app_client(app):
+            pass
+
+        def replay(*args: str) -> tuple[int, dict[str, Any]]:
+            done = subprocess.run([sys.executable, "-m", "receiver", "replay", *args],
+                                  env=env, capture_output=True, text=True, timeout=60,
+                                  check=False)
+            return done.returncode, json.loads(done.stdout.strip().splitlines()[-1])
+
+        code, dry = await anyio.to_thread.run_sync(
+            lambda: replay("reconcile", "--dry-run", created.task_id))
+        code2, wet = await anyio.to_thread.run_sync(
+            lambda: replay("reconcile", created.task_id))
+        code3, again = await anyio.to_thread.run_sync(
+            lambda: replay("reconcile", created.task_id))
+        bad = await anyio.to_thread.run_sync(lambda: subprocess.run(
+            [sys.executable, "-m", "receiver", "replay", "reconcile", "--stale", "soon"],
+            env=env, capture_output=True, text=True, timeout=60, check=False))
+    assert (code, dry["dry_run"], dry["counts"]["recorded"]) == (0, True, 1)
+    assert (code2, wet["counts"]["recorded"], wet["counts"]["transitions"]) == (0, 1, 3)
+    assert (code3, again["counts"]["duplicate"]) == (0, 1)
+    assert bad.returncode == 2
+    assert "not a duration" in bad.stderr
