@@ -3,7 +3,8 @@
 Every I/O edge comes in through the factory: what is not passed is built (and closed) by the
 app's lifespan, what is passed belongs to the caller. Nothing happens at import.
 
-Routes: ``POST /webhooks/sonic`` (:mod:`receiver.webhook`), ``GET /tasks/{task_id}``,
+Routes: ``POST /webhooks/sonic`` (:mod:`receiver.webhook`), ``POST /tasks``
+(:mod:`receiver.creation`), ``GET /tasks/{task_id}``,
 ``GET /jobs?state=dead``, ``GET /healthz`` (alive) and ``GET /readyz`` (the database takes a
 write). When ``RECEIVER_ADMIN_TOKEN`` is set, ``/tasks`` and ``/jobs`` need it as a Bearer
 token; the probes stay open so that orchestrators can call them.
@@ -30,17 +31,19 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from receiver.clock import Clock, SystemClock
-from receiver.errors import StoreError
+from receiver.creation import create_task
+from receiver.errors import BodyTooLarge, StoreError
 from receiver.jobs import Job, JobState
 from receiver.models import ChildTask, Clip, Result, StoredFile, Task, TaskView, Transition
 from receiver.registry import Registry, load_registry
+from receiver.replay import reconcile_every
 from receiver.routing import Router, routes_from_config
 from receiver.runtime import Runtime, open_runtime
 from receiver.settings import Settings
 from receiver.signatures import Verifier
 from receiver.sonic.client import SonicClient
 from receiver.store import Store
-from receiver.webhook import WebhookEndpoint
+from receiver.webhook import WebhookEndpoint, read_body
 
 log = structlog.get_logger("receiver.app")
 
@@ -87,11 +90,20 @@ def create_app(
         ) as opened:
             runtime = app.state.runtime = opened
             worker_task: asyncio.Task[None] | None = None
+            background: list[asyncio.Task[None]] = []
             if settings.worker == "inprocess":
                 # In-process the worker is woken by each delivery; the poll only catches jobs
                 # written by others (replay, a second process) and due retries.
                 opened.worker = opened.make_worker(poll_s=max(1.0, settings.worker_poll_s))
                 worker_task = asyncio.create_task(opened.worker.run(), name="worker")
+            if settings.reconcile_every_s is not None and opened.sonic is None:
+                log.warning("reconcile_disabled", reason="no Sonic client configured")
+            if settings.reconcile_every_s is not None and opened.sonic is not None:
+                background.append(asyncio.create_task(reconcile_every(
+                    settings.reconcile_every_s, settings.reconcile_stale_s,
+                    store=opened.store, sonic=opened.sonic, router=router, clock=clock,
+                    on_jobs=opened.worker.wake if opened.worker else None,
+                ), name="reconcile"))
             endpoint = WebhookEndpoint(
                 store=opened.store,
                 verifier=verifier,
@@ -113,6 +125,9 @@ def create_app(
             finally:
                 log.info("receiver_stopping")
                 endpoint = None
+                for task in background:
+                    task.cancel()
+                await asyncio.gather(*background, return_exceptions=True)
                 if opened.worker is not None and worker_task is not None:
                     await opened.worker.stop(deadline_s=settings.worker_drain_s)
                     await worker_task
@@ -137,6 +152,15 @@ def create_app(
         body["children"] = [child_json(c) for c in await store.list_children(task_id)]
         body["results"] = [result_json(r) for r in await store.list_results(task_id)]
         return JSONResponse(body)
+
+    async def post_task(request: Request) -> JSONResponse:
+        if (denied := _check_admin(request, settings)) is not None:
+            return denied
+        try:
+            body = await read_body(request, settings.max_body_bytes)
+        except BodyTooLarge as exc:
+            return JSONResponse({"error": "body_too_large", "limit": exc.limit}, 413)
+        return await create_task(current(), body)
 
     async def list_jobs(request: Request) -> JSONResponse:
         if (denied := _check_admin(request, settings)) is not None:
@@ -166,6 +190,7 @@ def create_app(
     return Starlette(
         routes=[
             Route("/webhooks/sonic", webhook, methods=["POST"]),
+            Route("/tasks", post_task, methods=["POST"]),
             Route("/tasks/{task_id:str}", get_task, methods=["GET"]),
             Route("/jobs", list_jobs, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),

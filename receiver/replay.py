@@ -172,6 +172,31 @@ async def reconcile(
     return summary
 
 
+async def reconcile_every(
+    every_s: float,
+    stale_s: float,
+    *,
+    store: Store,
+    sonic: SonicClient,
+    router: Router | None,
+    clock: Clock,
+    on_jobs: Callable[[], None] | None = None,
+) -> None:
+    """The server's own reconciliation: every ``every_s``, poll the tasks whose last event
+    is older than ``stale_s``. Runs until cancelled; a failed round is logged, not fatal."""
+    while True:
+        await clock.sleep(every_s)
+        try:
+            ids = await store.tasks_to_reconcile(stale_before=clock.now() - stale_s)
+            if not ids:
+                continue
+            summary = await reconcile(ids, store=store, sonic=sonic, router=router,
+                                      clock=clock, on_jobs=on_jobs)
+            log.info("reconcile_round", selected=summary.selected, **summary.counts)
+        except ReceiverError as exc:
+            log.error("reconcile_round_failed", error=exc.message)
+
+
 def _count(summary: Summary, result: RecordResult) -> None:
     summary.add(result.outcome.value)
     summary.add("transitions", len(result.transitions))

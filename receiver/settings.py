@@ -68,6 +68,9 @@ class Settings:
     worker_poll_s: float = 0.25
     worker_drain_s: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # The server polls get-music for stale tasks every reconcile_every_s (None: never).
+    reconcile_every_s: float | None = None
+    reconcile_stale_s: float = 600.0
     config_file: Path | None = None
     # The parsed config file: routes, handlers and their settings live here.
     config: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -137,6 +140,7 @@ def load(
 
     settings = Settings(config_file=config_file, config=config)
     changes: dict[str, Any] = _worker_table(config.get("worker", {}), config_file)
+    changes.update(_reconcile_table(config.get("reconcile", {}), config_file))
     for key, (origin, value) in raw.items():
         changes.update(_convert(key, origin, value))
     if insecure:
@@ -212,6 +216,22 @@ def _worker_table(table: Any, config_file: Path | None) -> dict[str, Any]:
         policy["jitter"] = float(jitter)
     if policy:
         changes["retry"] = RetryPolicy(**policy)
+    return changes
+
+
+def _reconcile_table(table: Any, config_file: Path | None) -> dict[str, Any]:
+    """``[reconcile] every_s = 600, stale_s = 600``: heal missed events without a script."""
+    where = f"{config_file}: [reconcile]"
+    if not isinstance(table, dict):
+        raise SettingsError(f"{where} must be a table")
+    unknown = set(table) - {"every_s", "stale_s"}
+    if unknown:
+        raise SettingsError(f"{where} has unknown keys: {', '.join(sorted(unknown))}")
+    changes: dict[str, Any] = {}
+    if "every_s" in table:
+        changes["reconcile_every_s"] = _positive_float(f"{where}.every_s", table["every_s"])
+    if "stale_s" in table:
+        changes["reconcile_stale_s"] = _positive_float(f"{where}.stale_s", table["stale_s"])
     return changes
 
 

@@ -1,0 +1,75 @@
+"""``POST /tasks``: create a Sonic task through the receiver, so that it is tracked from the
+start with its type (routes and follow-up rules match on it) and comes back to this receiver's
+webhook, signed with its secret.
+
+The body is a create request as the Sonic API takes it, without ``webhook_url`` and
+``webhook_secret`` (the receiver sets both). Answers: 201 ``{task_id, task_type}``; 400 with
+the seed's message for an invalid request (checked before anything is sent); 403 when credits
+are short; 502 when the service refused our key or may have created the task without saying so
+(``outcome_unknown``: check with ``replay reconcile``, do not resend blindly); 503 when the
+service or this receiver's configuration is not available.
+"""
+
+from __future__ import annotations
+
+import json
+
+import structlog
+from starlette.responses import JSONResponse
+
+from receiver.runtime import Runtime
+from receiver.sonic.contract import CreateRequest
+from receiver.sonic.errors import (
+    CreateOutcomeUnknown,
+    InsufficientCredits,
+    SonicAuthError,
+    SonicError,
+    SonicUnavailable,
+    SonicValidationError,
+)
+
+log = structlog.get_logger("receiver.creation")
+
+
+async def create_task(runtime: Runtime, body: bytes) -> JSONResponse:
+    settings = runtime.settings
+    if runtime.sonic is None:
+        return _error(503, "sonic_not_configured", "set SONIC_API_BASE_URL and SONIC_API_KEY")
+    if settings.webhook_url is None:
+        return _error(503, "public_url_not_set", "set RECEIVER_PUBLIC_URL")
+    try:
+        fields = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return _error(400, "invalid_json", "the body is not JSON")
+    if not isinstance(fields, dict):
+        return _error(400, "invalid_json", "the body is not a JSON object")
+    fields.update(webhook_url=settings.webhook_url,
+                  webhook_secret=settings.webhook_secrets[0] if settings.webhook_secrets
+                  else None)
+    try:
+        request = CreateRequest.from_json(fields)
+        created = await runtime.sonic.create(request)
+    except SonicValidationError as exc:
+        return _error(400, "invalid_request", exc.message)
+    except InsufficientCredits as exc:
+        return _error(403, "insufficient_credits", exc.message)
+    except SonicAuthError as exc:
+        return _error(502, "upstream_refused_key", exc.message)
+    except CreateOutcomeUnknown as exc:
+        log.error("create_outcome_unknown", error=exc.message)
+        return _error(502, "outcome_unknown", exc.message)
+    except SonicUnavailable as exc:
+        return _error(503, "upstream_unavailable", exc.message)
+    except SonicError as exc:
+        return _error(502, "upstream_error", exc.message)
+    task_type = str(request.task_type)
+    await runtime.store.register_task(created.task_id, task_type=task_type,
+                                      now=runtime.clock.now(), router=runtime.router)
+    if runtime.worker is not None:
+        runtime.worker.wake()  # its webhook may have come first: catch-up jobs
+    log.info("task_created", task_id=created.task_id, task_type=task_type)
+    return JSONResponse({"task_id": created.task_id, "task_type": task_type}, 201)
+
+
+def _error(status: int, error: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": error, "message": message}, status)
