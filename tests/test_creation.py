@@ -44,7 +44,7 @@ async def test_post_tasks_creates_registers_and_refuses_with_the_seed_messages(
 
             async def succeeded() -> bool:
                 view = (await http.get(f"/tasks/{task_id}")).json()
-                return view.get("task", {}).get("state") == "succeeded"
+                return bool(view.get("task", {}).get("state") == "succeeded")
 
             await wait_for(succeeded, within=20, what="the created task to succeed")
             view = (await http.get(f"/tasks/{task_id}")).json()
@@ -79,7 +79,7 @@ async def test_the_server_reconciles_stale_tasks_on_its_own(tmp_path: Path) -> N
 
             async def healed() -> bool:
                 view = (await http.get(f"/tasks/{task_id}")).json()
-                return view.get("task", {}).get("state") == "succeeded"
+                return bool(view.get("task", {}).get("state") == "succeeded")
 
             await wait_for(healed, within=20, what="reconciliation to recover the drop")
             view = (await http.get(f"/tasks/{task_id}")).json()
