@@ -32,7 +32,12 @@ def _replay(argv: list[str]) -> int:
     return run(argv)
 
 
-FORWARDED: dict[str, Forwarded] = {"sandbox": _sandbox, "replay": _replay}
+def _demo(argv: list[str]) -> int:
+    run: Forwarded = importlib.import_module("receiver.demo").main
+    return run(argv)
+
+
+FORWARDED: dict[str, Forwarded] = {"sandbox": _sandbox, "replay": _replay, "demo": _demo}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sandbox", help="run a local server that plays the Sonic API", add_help=False)
     sub.add_parser("replay", help="recover missed events: reconcile, redispatch, resend",
                    add_help=False)
+    sub.add_parser("demo", help="run sandbox and receiver together, end to end", add_help=False)
     return parser
 
 

@@ -1,0 +1,332 @@
+"""``sonic-receiver demo`` (``scripts/demo``): the whole loop on one machine, in under a minute.
+
+It starts the sandbox (playing the Sonic API) and the receiver on embedded defaults (SQLite and
+a media folder under ``data/demo/``), creates a song through ``POST /tasks`` with follow-up
+rules (extend it, then concat the extension into the full song), and shows each transition as
+it happens. The sandbox drops the song's ``song.completed`` webhook; the receiver's own
+reconciliation (``[reconcile]``) polls get-music and recovers it. Downloads, notifications (to a
+local JSON sink) and follow-ups all run. It ends with a summary and exit status 0, or 1 if the
+loop did not close within the timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from receiver.server import running
+
+API_KEY = "demo-key"
+CREDITS = 100
+SONG = {
+    "task_type": "create_music",
+    "mv": "sonic-v4-5",
+    "custom_mode": True,
+    "title": "Starry Night",
+    "tags": "pop, dreamy",
+    "prompt": "[Verse]\nStars they shine above me\nMoonlight softly glows\n\n"
+    "[Chorus]\nStarry night, starry night\nLet your light ignite",
+}
+CONFIG = """\
+[network]
+allow_networks = ["127.0.0.0/8"]   # the sandbox's media is on loopback
+
+[reconcile]
+every_s = 2
+stale_s = 3
+
+[[routes]]
+name = "keep"
+on = ["task.succeeded"]
+handlers = [{{ name = "download_audio", options = {{ image = true }} }}]
+
+[[routes]]
+name = "chain"
+on = ["task.succeeded", "task.failed"]
+handlers = ["follow_up"]
+
+[[routes]]
+name = "tell"
+on = ["task.succeeded", "task.failed"]
+
+[[routes.handlers]]
+name = "notify"
+options = {{ targets = ["json://127.0.0.1:{sink}/notify"], wait_for_files_s = 15 }}
+
+[follow_up]
+max_depth = 2
+budget_credits = 60
+
+[[follow_up.rules]]
+name = "extend"
+task_type = "create_music"
+action = "extend"
+continue_at = -8
+request = {{ prompt = "[Bridge]\\nFollow the light home\\n[Outro]\\nGoodnight" }}
+
+[[follow_up.rules]]
+name = "concat"
+task_type = "extend_music"
+action = "concat"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def say(start: float, text: str) -> None:
+    print(f"[{time.monotonic() - start:5.1f}s] {text}", flush=True)
+
+
+@dataclass
+class Progress:
+    """What the demo has shown so far."""
+
+    seen: set[tuple[str, str, str]] = field(default_factory=set)
+    jobs: dict[int, str] = field(default_factory=dict)
+    views: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+async def spawn(args: list[str], env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    out = await asyncio.to_thread(log.open, "ab")
+    try:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "receiver", *args, env=env, stdout=out, stderr=out,
+            start_new_session=True,
+        )
+    finally:
+        out.close()
+
+
+async def wait_healthy(http: httpx.AsyncClient, url: str, proc: asyncio.subprocess.Process,
+                       log: Path) -> None:
+    """Wait for ``url`` to answer 200; fail with the tail of ``log`` if it never does."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.returncode is not None:
+            break
+        try:
+            if (await http.get(url, timeout=1)).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.1)
+    tail = await asyncio.to_thread(log.read_text)
+    raise RuntimeError(f"{url} did not come up; see {log}:\n{tail[-2000:]}")
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+@asynccontextmanager
+async def notification_sink(port: int, received: list[dict[str, Any]]) -> AsyncIterator[str]:
+    async def hook(request: Request) -> JSONResponse:
+        received.append(await request.json())
+        return JSONResponse({"ok": True})
+
+    async with running(Starlette(routes=[Route("/notify", hook, methods=["POST"])]),
+                       port=port) as url:
+        yield url
+
+
+def prepare(workdir: Path, sink_port: int) -> None:
+    """An empty working folder with the receiver's config."""
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    (workdir / "receiver.toml").write_text(CONFIG.format(sink=sink_port))
+
+
+async def run(workdir: Path, limit_s: float, sink_port: int) -> int:
+    start = time.monotonic()
+    sandbox_port, receiver_port = free_port(), free_port()
+    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+    receiver_url = f"http://127.0.0.1:{receiver_port}"
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("RECEIVER_", "SONIC_"))}
+    receiver_env = {
+        **base_env,
+        "SONIC_WEBHOOK_SECRET": secrets.token_urlsafe(24),
+        "RECEIVER_DB": str(workdir / "receiver.db"),
+        "RECEIVER_MEDIA_DIR": str(workdir / "media"),
+        "RECEIVER_PUBLIC_URL": receiver_url,
+        "RECEIVER_CONFIG": str(workdir / "receiver.toml"),
+        "RECEIVER_LOG_FORMAT": "json",
+        "SONIC_API_BASE_URL": sandbox_url,
+        "SONIC_API_KEY": API_KEY,
+    }
+    notes: list[dict[str, Any]] = []
+    print(f"sonic-receiver demo: everything lives in {workdir}/ (logs: *.log)", flush=True)
+    sandbox = await spawn(
+        ["sandbox", "--port", str(sandbox_port), "--api-key", API_KEY, "--credits",
+         str(CREDITS), "--speed", "demo", "--seed", "7", "--drop-event", "1:song.completed",
+         "--log-format", "json"],
+        base_env, workdir / "sandbox.log")
+    receiver = await spawn(["serve", "--port", str(receiver_port)], receiver_env,
+                           workdir / "receiver.log")
+    try:
+        async with notification_sink(sink_port, notes), httpx.AsyncClient(timeout=10) as http:
+            await wait_healthy(http, f"{sandbox_url}/_sandbox/health", sandbox,
+                               workdir / "sandbox.log")
+            await wait_healthy(http, f"{receiver_url}/healthz", receiver,
+                               workdir / "receiver.log")
+            say(start, f"sandbox on {sandbox_url} (it will drop the song's song.completed), "
+                       f"receiver on {receiver_url}")
+            created = await http.post(f"{receiver_url}/tasks", json=SONG)
+            if created.status_code != 201:
+                say(start, f"create failed: {created.status_code} {created.text}")
+                return 1
+            root = created.json()["task_id"]
+            say(start, f"created {_short(root)} (create_music) through POST /tasks")
+            progress = Progress()
+            ok = await watch(http, receiver_url, root, progress, start, limit_s)
+            keys = (await http.get(f"{sandbox_url}/_sandbox/keys")).json()["keys"]
+            dropped = (await http.get(f"{sandbox_url}/_sandbox/deliveries",
+                                      params={"outcome": "dropped"})).json()["deliveries"]
+            recovered = _recovered(progress, root)
+            summarise(progress, workdir, CREDITS - int(keys[API_KEY]["credits"]), notes,
+                      dropped, recovered)
+            if ok and recovered and dropped:
+                say(start, "the loop closed: done")
+                return 0
+            say(start, "the loop did not close in time: see the logs")
+            return 1
+    finally:
+        await stop(receiver)
+        await stop(sandbox)
+
+
+async def watch(http: httpx.AsyncClient, url: str, root: str, progress: Progress,
+                start: float, limit_s: float) -> bool:
+    """Print transitions and jobs as they happen until the chain root → extend → concat has
+    succeeded and every job is finished."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        chain = [root]
+        complete = True
+        for depth in range(3):
+            view = (await http.get(f"{url}/tasks/{chain[-1]}")).json()
+            if "task" not in view:
+                complete = False
+                break
+            progress.views[chain[-1]] = view
+            show(view, progress, start)
+            finished = view["task"]["state"] == "succeeded" and all(
+                j["state"] in ("done", "dead") for j in view["jobs"])
+            complete = complete and finished
+            created = [c for c in view["children"] if c["child_task_id"]]
+            if depth < 2:
+                if not created:
+                    complete = False
+                    break
+                chain.append(created[0]["child_task_id"])
+        if complete and len(chain) == 3:
+            return True
+        await asyncio.sleep(0.3)
+    return False
+
+
+def show(view: dict[str, Any], progress: Progress, start: float) -> None:
+    task = view["task"]
+    kind = task.get("task_type") or "?"
+    for t in view["transitions"]:
+        if t["entity"] != "task":
+            continue
+        key = (task["task_id"], t["to"], t["delivery_id"])
+        if key in progress.seen:
+            continue
+        progress.seen.add(key)
+        note = "  <- recovered by reconciliation" if t["source"] == "poll" else ""
+        say(start, f"task {_short(task['task_id'])} {kind:<13} -> {t['to']:<9} "
+                   f"({t['source']}){note}")
+    for job in view["jobs"]:
+        if job["state"] in ("done", "dead") and progress.jobs.get(job["id"]) != job["state"]:
+            progress.jobs[job["id"]] = job["state"]
+            error = f": {job['last_error']}" if job["state"] == "dead" else ""
+            say(start, f"job  {job['handler']:<14} on {_short(task['task_id'])} "
+                       f"{job['state']}{error}")
+
+
+def _recovered(progress: Progress, root: str) -> bool:
+    view = progress.views.get(root, {})
+    return any(t["source"] == "poll" and t["to"] == "succeeded"
+               for t in view.get("transitions", []) if t["entity"] == "task")
+
+
+def summarise(progress: Progress, workdir: Path, spent: int, notes: list[dict[str, Any]],
+              dropped: list[dict[str, Any]], recovered: bool) -> None:
+    print("\nsummary", flush=True)
+    print(f"  {'task':<10} {'type':<13} {'clip':<10} {'kind':<6} {'bytes':>9} {'seconds':>8}")
+    durations: dict[str, float | None] = {}
+    for view in progress.views.values():
+        for c in view["clips"]:
+            durations[c["clip_id"]] = c["duration"]
+        for f in view["files"]:
+            if f["kind"] == "sidecar":
+                continue
+            seconds = durations.get(f["clip_id"])
+            print(f"  {_short(view['task']['task_id']):<10} "
+                  f"{view['task'].get('task_type') or '?':<13} {_short(f['clip_id']):<10} "
+                  f"{f['kind']:<6} {f['size']:>9} "
+                  f"{'' if seconds is None else f'{seconds:.2f}':>8}")
+    print(f"  files are under {workdir / 'media'}/<task id>/<clip id>.<ext>, with a .json "
+          "sidecar each")
+    states: dict[str, int] = {}
+    for state in progress.jobs.values():
+        states[state] = states.get(state, 0) + 1
+    print(f"  credits spent: {spent} (create 15 + extend 15 + concat 2)")
+    by_state = ", ".join(f"{n} {s}" for s, n in states.items())
+    print(f"  jobs run: {sum(states.values())} ({by_state})")
+    print(f"  notifications received by the local sink: {len(notes)}")
+    for d in dropped:
+        print(f"  webhook dropped by the sandbox: {d['event']} of {_short(d['task_id'])}; "
+              f"recovered by reconciliation: {'yes' if recovered else 'NO'}")
+
+
+def _short(task_id: str) -> str:
+    return task_id[:8]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="sonic-receiver demo", description=__doc__)
+    parser.add_argument("--dir", type=Path, default=Path("data/demo"),
+                        help="working folder, emptied first (default data/demo)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    args = parser.parse_args(argv)
+    sink_port = free_port()
+    prepare(args.dir, sink_port)
+    try:
+        return asyncio.run(run(args.dir, args.timeout, sink_port))
+    except RuntimeError as exc:
+        print(f"sonic-receiver demo: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
