@@ -4,6 +4,7 @@ at a time with :meth:`receiver.worker.Worker.run_once`."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ from receiver.registry import Handler, Registry
 from receiver.routing import Router, routes_from_config
 from receiver.runtime import Runtime, open_runtime
 from receiver.signatures import Scheme, Verified
+from receiver.store import Store
 from receiver.webhook import make_delivery
 from tests.support import settings_for
 
@@ -57,6 +59,22 @@ async def deliver(
     task_id_hint: str | None = None,
 ) -> RecordResult:
     """Record ``body`` exactly as the webhook endpoint would after verification."""
+    return await deliver_to(runtime.store, runtime.router, body, event=event,
+                            delivery_id=delivery_id, task_id_hint=task_id_hint,
+                            at=runtime.clock.now())
+
+
+async def deliver_to(
+    store: Store,
+    router: Router | None,
+    body: bytes,
+    *,
+    event: str | None = None,
+    delivery_id: str | None = None,
+    task_id_hint: str | None = None,
+    at: float | None = None,
+) -> RecordResult:
+    """Record ``body`` into ``store`` through the webhook path, jobs planned by ``router``."""
     headers = {}
     if event:
         headers["x-webhook-event"] = event
@@ -67,6 +85,6 @@ async def deliver(
         headers=headers,
         verified=Verified(scheme=Scheme.NONE, timestamp=None, signed_content=body),
         task_id_hint=task_id_hint,
-        received_at=runtime.clock.now(),
+        received_at=time.time() if at is None else at,
     )
-    return await runtime.store.record_delivery(delivery, router=runtime.router)
+    return await store.record_delivery(delivery, router=router)

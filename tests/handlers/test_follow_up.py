@@ -22,6 +22,7 @@ from receiver.models import ChildState, ChildTask
 from receiver.registry import Registry
 from receiver.server import running
 from receiver.sonic.sandbox import SandboxConfig, Speed
+from receiver.sonic.sandbox.config import Schedule
 from receiver.store import Store
 from tests.sonic.support import KEY, SandboxHandle, serve_sandbox, wait_for
 from tests.support import SECRET, settings_for
@@ -102,10 +103,11 @@ class Chain:
 @asynccontextmanager
 async def chain(
     tmp_path: Path, follow: dict[str, Any] = CHAIN, faults: dict[str, Any] | None = None,
-    credits: int = 1000,
+    credits: int = 1000, schedule: Schedule | None = None,
 ) -> AsyncIterator[Chain]:
     port = free_port()
-    config = SandboxConfig(api_keys={KEY: credits}, speed=Speed.INSTANT, seed=5)
+    config = SandboxConfig(api_keys={KEY: credits}, speed=Speed.INSTANT, seed=5,
+                           schedule=schedule)
     async with serve_sandbox(config) as sandbox:
         if faults:
             await sandbox.set_faults(faults)
@@ -221,3 +223,45 @@ def test_bad_rules_stop_with_the_reason() -> None:
     ):
         with pytest.raises(SettingsError, match=message):
             follow_up.load_rules({"follow_up": table})
+
+
+async def test_a_failed_follow_up_is_resubmitted_up_to_times(tmp_path: Path) -> None:
+    rules = {"rules": [
+        {"name": "extend", "task_type": "create_music", "action": "extend", "continue_at": -5},
+        {"name": "again", "action": "resubmit", "times": 1},
+    ]}
+    # The song settles 0.5 s after creation, so the faults set just after creating it (a
+    # task's fate is drawn when it is created) apply to every follow-up and not to the song.
+    slow = Schedule(running_after_s=(0.2, 0.2), settled_after_s=(0.5, 0.5),
+                    webhook_backoff_s=0.1)
+    async with chain(tmp_path, follow=rules, schedule=slow) as c:
+        root = await c.create_root()
+        await c.sandbox.set_faults({"fail_tasks": 1.0})  # every task from now on fails
+        extend: list[dict[str, Any]] = []
+
+        async def settled() -> bool:
+            extend.clear()
+            task_id = root
+            for _ in range(3):
+                view = await c.task(task_id)
+                if "task" not in view or view["task"]["state"] not in ("succeeded", "failed"):
+                    return False
+                if not view["jobs"] or any(
+                        j["state"] not in ("done", "dead") for j in view["jobs"]):
+                    return False
+                extend.append(view)
+                kids = [k for k in view["children"] if k["child_task_id"]]
+                if not kids:
+                    return len(extend) == 3
+                task_id = kids[0]["child_task_id"]
+            return False
+
+        await wait_for(settled, within=30, what="the resubmission to settle")
+        balance = await c.sandbox.balance()
+    _, failed, resubmitted = extend
+    assert failed["task"]["state"] == "failed"
+    assert [k["rule"] for k in failed["children"]] == ["again"]
+    assert resubmitted["task"]["state"] == "failed"
+    assert resubmitted["task"]["task_type"] == "extend_music"
+    assert resubmitted["children"] == []  # times = 1: not sent a second time
+    assert balance == 1000 - 15  # failed tasks are refunded
