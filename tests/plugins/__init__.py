@@ -19,3 +19,22 @@ async def touch(event: Event, ctx: HandlerContext) -> None:
             handle.write(f"{event.key} pid={os.getpid()}\n")
 
     await asyncio.to_thread(append)
+
+
+async def effect_once(event: Event, ctx: HandlerContext) -> None:
+    """An effect per task, written as a file named after it holding the job key. A second
+    job for the same task (a doubled effect) is written down in ``DOUBLED``."""
+    folder = Path(str(ctx.options["dir"]))
+
+    def write() -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / event.task_id
+        try:
+            with target.open("x") as handle:
+                handle.write(event.key)
+        except FileExistsError:
+            if target.read_text() != event.key:
+                with (folder / "DOUBLED").open("a") as handle:
+                    handle.write(f"{event.task_id} {event.key}\n")
+
+    await asyncio.to_thread(write)
