@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -91,3 +92,12 @@ async def post_signed(
 
 EMPTY_COUNTS = {"deliveries": 0, "tasks": 0, "clips": 0, "transitions": 0, "jobs": 0, "files": 0,
                 "children": 0}
+
+
+def free_port() -> int:
+    """A port that was free a moment ago, for servers whose URL must be known before they
+    start (the receiver's public URL)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

@@ -4,7 +4,6 @@ every webhook twice and out of order. Every effect happens once."""
 
 from __future__ import annotations
 
-import socket
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,16 +18,9 @@ from receiver.server import running
 from receiver.sonic.sandbox import SandboxConfig, Speed
 from tests.peers import json_sink, smtp_server
 from tests.sonic.support import KEY, serve_sandbox, wait_for
-from tests.support import settings_for
+from tests.support import free_port, settings_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def config(json_target: str, mail_target: str) -> dict[str, Any]:

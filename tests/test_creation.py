@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +12,12 @@ from receiver.app import create_app
 from receiver.server import running
 from receiver.sonic.sandbox import SandboxConfig, Speed
 from tests.sonic.support import KEY, serve_sandbox, wait_for
-from tests.support import settings_for
+from tests.support import free_port, settings_for
 
 pytestmark = pytest.mark.anyio
 
 SONG = {"task_type": "create_music", "mv": "sonic-v4-5", "custom_mode": True,
         "prompt": "[Verse] hello"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def test_post_tasks_creates_registers_and_refuses_with_the_seed_messages(

@@ -18,16 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import SECRET, callback, clip, signed_headers
+from tests.support import SECRET, callback, clip, free_port, signed_headers
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextmanager

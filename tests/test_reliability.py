@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import callback, clip, signed_headers
-from tests.test_process import free_port, serve
+from tests.support import callback, clip, free_port, signed_headers
+from tests.test_process import serve
 
 pytestmark = pytest.mark.slow
 

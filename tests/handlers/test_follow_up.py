@@ -3,7 +3,6 @@ and an uncertain create is never sent again."""
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,7 +24,7 @@ from receiver.sonic.sandbox import SandboxConfig, Speed
 from receiver.sonic.sandbox.config import Schedule
 from receiver.store import Store
 from tests.sonic.support import KEY, SandboxHandle, serve_sandbox, wait_for
-from tests.support import SECRET, settings_for
+from tests.support import SECRET, free_port, settings_for
 
 pytestmark = pytest.mark.anyio
 
@@ -40,13 +39,6 @@ CHAIN = {
     ],
 }
 ROUTES = [{"on": ["task.succeeded", "task.failed"], "handlers": ["follow_up"]}]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
