@@ -54,3 +54,6 @@ def configure(*, fmt: str = "auto", level: str = "info") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # aiosqlite logs every statement with its parameters at debug level: job options may hold
+    # notification URLs with tokens in them. Never below info, whatever the level asked.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))

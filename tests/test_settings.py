@@ -125,3 +125,23 @@ def test_bad_worker_settings(tmp_path: Path, text: str, message: str) -> None:
 def test_public_url_must_be_http() -> None:
     with pytest.raises(SettingsError, match="RECEIVER_PUBLIC_URL must be an http"):
         load({"SONIC_WEBHOOK_SECRET": "x", "RECEIVER_PUBLIC_URL": "me.example"})
+
+
+def test_debug_logging_never_shows_aiosqlite_parameters() -> None:
+    import logging
+
+    import structlog
+
+    from receiver import logs
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        logs.configure(fmt="json", level="debug")
+        assert root.level == logging.DEBUG
+        assert not logging.getLogger("aiosqlite").isEnabledFor(logging.DEBUG)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        structlog.reset_defaults()  # other tests expect structlog as it comes
+        logging.getLogger("aiosqlite").setLevel(logging.NOTSET)
