@@ -22,7 +22,9 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a child: ours, with the repository importable (``scripts.*``)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    path = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(path)),
+           "PYTHONUNBUFFERED": "1"}
     env.update(extra or {})
     return env
 
