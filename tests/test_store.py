@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
@@ -215,3 +216,35 @@ async def test_sqlite_a_failure_mid_transaction_leaves_nothing_behind(
         assert await store.counts() == EMPTY_COUNTS
         ok = await store.record_delivery(delivery("d1", COMPLETED, event="song.completed"))
         assert ok.outcome is Outcome.RECORDED
+
+
+async def test_a_one_trip_body_that_awaits_real_io_is_refused_and_rolled_back(
+    tmp_path: Path,
+) -> None:
+    async with SQLiteStore(tmp_path / "r.db") as store:
+
+        async def body(tx: SQLiteTransaction) -> None:
+            await tx.insert_delivery(delivery("d1", COMPLETED), outcome=Outcome.RECORDED,
+                                     task_id=None, reason=None)
+            await asyncio.sleep(0)  # suspends: not allowed on the database thread
+
+        with pytest.raises(RuntimeError, match="awaited something other"):
+            await store.in_one_trip(body)
+        assert (await store.counts())["deliveries"] == 0
+
+
+async def test_checkpoints_run_in_the_background_not_in_commits(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    async with SQLiteStore(path) as store:
+        rows = list(await store.conn.execute_fetchall("PRAGMA wal_autocheckpoint"))
+        assert rows[0][0] == 0  # no commit ever runs a checkpoint
+        size = path.stat().st_size
+        for n in range(200):
+            body = callback(f"t-{n}", [clip(f"c-{n}", "succeeded", lyrics="la " * 200)])
+            await store.record_delivery(delivery(f"d-{n}", body))
+        assert path.stat().st_size == size  # everything is still in the WAL
+        for _ in range(100):  # the background checkpoint moves it into the database
+            if path.stat().st_size > size:
+                break
+            await asyncio.sleep(0.05)
+        assert path.stat().st_size > size
