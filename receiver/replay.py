@@ -269,22 +269,18 @@ def replayed(raw: RawDelivery) -> Delivery:
 
 
 async def resend(
+    raws: Sequence[RawDelivery],
     *,
-    store: Store,
     http: httpx.AsyncClient,
     url: str,
     secret: str,
     scheme: Scheme,
     clock: Clock,
-    since: float | None = None,
-    until: float | None = None,
-    task_id: str | None = None,
-    outcome: Outcome | None = None,
     concurrency: int = 4,
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> Summary:
-    raws = await store.raw_deliveries(since=since, until=until, task_id=task_id, outcome=outcome)
+    """POST each of ``raws`` (chosen with :meth:`Store.raw_deliveries`) to ``url``."""
     summary = Summary(command="resend", dry_run=dry_run, selected=len(raws))
     if dry_run:
         summary.add("would_send", len(raws))
@@ -432,14 +428,13 @@ async def _run(args: argparse.Namespace, loaded: Any) -> Summary:
             )
         async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0)) as http:
             if args.command == "resend":
-                raws = await store.raw_deliveries(since=args.since, until=args.until,
-                                                  task_id=args.task_id)
+                raws = await store.raw_deliveries(
+                    since=args.since, until=args.until, task_id=args.task_id,
+                    outcome=Outcome(args.outcome) if args.outcome else None)
                 return await _with_progress(len(raws), lambda progress: resend(
-                    store=store, http=http, url=args.to, secret=args.secret,
-                    scheme=Scheme(args.scheme), clock=clock, since=args.since,
-                    until=args.until, task_id=args.task_id,
-                    outcome=Outcome(args.outcome) if args.outcome else None,
-                    concurrency=args.concurrency, dry_run=args.dry_run, progress=progress))
+                    raws, http=http, url=args.to, secret=args.secret,
+                    scheme=Scheme(args.scheme), clock=clock, concurrency=args.concurrency,
+                    dry_run=args.dry_run, progress=progress))
             if not loaded.sonic_api_base_url or not loaded.sonic_api_key:
                 raise SettingsError("reconcile needs SONIC_API_BASE_URL and SONIC_API_KEY")
             sonic = SonicClient(loaded.sonic_api_base_url, loaded.sonic_api_key, http=http)

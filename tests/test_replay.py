@@ -213,13 +213,14 @@ async def test_resend_moves_stored_deliveries_to_another_receiver_once(tmp_path:
         await post_signed(client, b"[]", delivery_id="q-1")  # quarantined: resent too
         store = source.state.runtime.store
         async with running(target) as url, httpx.AsyncClient() as http:
-            kwargs: dict[str, Any] = dict(store=store, http=http, url=f"{url}/webhooks/sonic",
+            raws = await store.raw_deliveries()
+            kwargs: dict[str, Any] = dict(http=http, url=f"{url}/webhooks/sonic",
                                           secret="new-secret", scheme=Scheme.MUSICAPI,
                                           clock=SystemClock())
-            dry = await resend(**kwargs, dry_run=True)
+            dry = await resend(raws, **kwargs, dry_run=True)
             assert dry.counts == {"would_send": 4}
-            first = await resend(**kwargs)
-            again = await resend(**kwargs)
+            first = await resend(raws, **kwargs)
+            again = await resend(raws, **kwargs)
             view = (await http.get(f"{url}/tasks/t-2")).json()
     assert first.counts == {"status_200": 3, "status_422": 1}
     assert again.counts == {"status_200": 3, "status_422": 1}  # duplicates, same answers
