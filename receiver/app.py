@@ -138,6 +138,8 @@ def create_app(
                 runtime = None
 
     async def webhook(request: Request) -> JSONResponse:
+        if request.method != "POST":
+            return JSONResponse({"error": "method_not_allowed"}, 405, headers={"Allow": "POST"})
         if endpoint is None:
             return JSONResponse({"error": "store_unavailable"}, 503)
         return await endpoint(request)
@@ -192,7 +194,9 @@ def create_app(
     ]
     return Starlette(
         routes=[
-            Route("/webhooks/sonic", webhook, methods=["POST"]),
+            # Every method, so that a GET is told 405 here rather than taken by the admin Mount.
+            Route("/webhooks/sonic", webhook,
+                  methods=["POST", "GET", "PUT", "PATCH", "DELETE", "OPTIONS"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             # Everything else, unknown paths included, is the admin surface.
