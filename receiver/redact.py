@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import threading
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 
@@ -25,6 +25,10 @@ MIN_SECRET_LENGTH = 8
 # scheme://anything-up-to-whitespace-or-a-quote: http(s), json://, ntfy://, mailtos://...
 _URL = re.compile(r"""\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s"'<>`]+""")
 
+# scheme :// authority path ?query #fragment, as RFC 3986 cuts them (never fails to match).
+_PARTS = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)([^?#]*)(?:\?([^#]*))?(?:#(.*))?\Z",
+                    re.DOTALL)
+
 _lock = threading.Lock()
 _secrets: frozenset[str] = frozenset()
 _pattern: re.Pattern[str] | None = None
@@ -32,19 +36,18 @@ _pattern: re.Pattern[str] | None = None
 
 def scrub_url(url: httpx.URL | str) -> str:
     """``url`` with its userinfo, query and fragment replaced by ``***``:
-    ``https://u:p@cdn/a.mp3?sig=1#x`` → ``https://***@cdn/a.mp3?***#***``."""
+    ``https://u:p@cdn/a.mp3?sig=1#x`` → ``https://***@cdn/a.mp3?***#***``. Never fails: a URL
+    that does not parse is cut the same way by its punctuation."""
     text = str(url)
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return "(an invalid URL)"
-    if not parts.scheme or not parts.netloc:
-        return text if "?" not in text and "#" not in text and "@" not in text else MASK
-    _, at, hostport = parts.netloc.rpartition("@")
-    out = f"{parts.scheme}://{MASK + '@' if at else ''}{hostport}{parts.path}"
-    if parts.query or text.split("#", 1)[0].endswith("?"):
+    parts = _PARTS.match(text)
+    if parts is None:
+        return text if not any(c in text for c in "?#@") else MASK
+    scheme, authority, path, query, fragment = parts.groups()
+    _userinfo, at, hostport = authority.rpartition("@")
+    out = f"{scheme}://{MASK + '@' if at else ''}{hostport}{path}"
+    if query is not None:
         out += f"?{MASK}"
-    if parts.fragment:
+    if fragment is not None:
         out += f"#{MASK}"
     return out
 
