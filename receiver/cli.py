@@ -148,11 +148,20 @@ def _load(args: argparse.Namespace, **extra: object) -> Settings:
 def _worker(args: argparse.Namespace) -> int:
     import asyncio
 
+    from receiver.server import settle_failed_connections
     from receiver.worker_process import run_worker
 
     # A worker needs no webhook secret: it never verifies anything.
     loaded = _load(args, worker_concurrency=args.concurrency, insecure_no_verify=True)
-    return asyncio.run(run_worker(loaded))
+
+    async def run() -> int:
+        try:
+            return await run_worker(loaded)
+        except StoreError:
+            await settle_failed_connections()
+            raise
+
+    return asyncio.run(run())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
