@@ -57,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {name}", flush=True)
             folder = work / name
             folder.mkdir()
-            report = found[name].run(options, folder)
-            emit(report, options.out, options=vars(options) | {"out": str(options.out)})
+            reports = found[name].run(options, folder)
+            for report in reports if isinstance(reports, list) else [reports]:
+                emit(report, options.out, options=vars(options) | {"out": str(options.out)})
     finally:
         if options.keep:
             print(f"work folder kept: {work}", file=sys.stderr)

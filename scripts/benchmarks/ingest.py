@@ -1,19 +1,28 @@
-"""ingest: signed deliveries a second, and their latency, at fixed concurrencies.
+"""ingest: signed deliveries a second, their latency, and their CPU and disk cost, at fixed
+concurrencies, on every backend, from one and from two web processes.
 
-Three servers, each in a process of its own under the same uvicorn settings
+Servers, each in processes of their own under the same uvicorn settings
 (:mod:`scripts.benchmarks.serve`), loaded in turn by the same generator processes
 (:mod:`scripts.benchmarks.loadgen`):
 
 ``bare``
     a Starlette endpoint that reads the body and answers 200 (the baseline);
-``receiver``
+``sqlite``
     the real app on a fresh SQLite file, with a route that writes a job for every succeeded
     task (a no-op handler) and no worker (``RECEIVER_WORKER=off``, as beside a worker process);
-``receiver+worker``
-    the same with the in-process worker on, running those no-op jobs as they come.
+``postgresql``
+    the same on a fresh database of a throwaway PostgreSQL cluster
+    (:func:`tests.services.running_postgres`), skipped with a note when none can be started;
+``sqlite+worker``
+    ``sqlite`` with the in-process worker on, running those no-op jobs as they come (one
+    process only: several processes would each run a worker).
 
-Every delivery is a distinct, validly signed body, so each is committed. Afterwards the
-database must hold every delivery that was answered 200.
+Each runs from 1 and from 2 processes sharing one listening socket (``--procs``); ratios are
+to ``bare`` with as many processes. Every delivery is a distinct, validly signed body, so each
+is committed. Afterwards the database must hold every delivery that was answered 200.
+
+Then a sustained run (``--sustain`` seconds of saturating load on ``sqlite`` x1) samples the
+size of the WAL every few seconds: it must stay bounded.
 """
 
 from __future__ import annotations
@@ -21,10 +30,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import sqlite3
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +44,16 @@ from scripts.benchmarks.processes import (
     PYTHON,
     Child,
     HostLoad,
+    Meter,
     child_env,
-    cpu_seconds,
+    children_of,
     started,
 )
 from scripts.benchmarks.report import Report, percentile, ratio
 
 NAME = "ingest"
 SECRET = "bench-secret"  # noqa: S105 -- signs loopback test traffic only
-TARGETS = ("bare", "receiver", "receiver+worker")
+BACKENDS = ("bare", "sqlite", "postgresql", "sqlite+worker")
 ROUTES = """\
 [handlers.bench_noop]
 path = "scripts.benchmarks.probes:noop"
@@ -50,6 +63,7 @@ name = "bench"
 on = ["task.succeeded"]
 handlers = ["bench_noop"]
 """
+WAL_GOAL_MIB = 64.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,28 +79,101 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--rounds", type=int,
                        help="ingest: rounds over every point, medians reported (default 3, "
                        "quick 1)")
-    group.add_argument("--targets", default=",".join(TARGETS),
-                       help=f"ingest: which servers (default {','.join(TARGETS)})")
+    group.add_argument("--targets", default=",".join(BACKENDS),
+                       help=f"ingest: which servers (default {','.join(BACKENDS)}; quick "
+                       "leaves out sqlite+worker)")
+    group.add_argument("--procs", default="1,2",
+                       help="ingest: web processes per server, comma-separated (default 1,2)")
+    group.add_argument("--sustain", type=float,
+                       help="ingest: seconds of saturating load on sqlite x1 sampling the WAL "
+                       "(default 120, quick 4; 0 skips it)")
 
 
-def server_env(work: Path, target: str) -> dict[str, str]:
-    config = work / "routes.toml"
+@dataclass
+class Server:
+    """One measured server: its backend, its process count, and where its data is."""
+
+    backend: str
+    procs: int
+    folder: Path
+    db: str = ""  # a file path or a PostgreSQL URL
+    child: Child | None = None
+    url: str = ""
+    pids: list[int] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend} x{self.procs}"
+
+
+@dataclass
+class Postgres:
+    """The throwaway cluster, and how to find its processes (whose CPU and writes count)."""
+
+    admin_dsn: str
+    dsn: Callable[[str], str]
+    data: Path
+
+    def pids(self) -> list[int]:
+        try:
+            master = int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return []
+        return [master, *children_of(master)]
+
+    def create(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+            # The throwaway cluster runs with fsync=off and synchronous_commit=off (tests);
+            # synchronous_commit=on here makes a commit wait until its WAL is written to the
+            # OS: it survives the database's or the receiver's process being killed, not a
+            # power loss, the same promise as SQLite's synchronous=NORMAL in WAL mode.
+            conn.execute(f"ALTER DATABASE {name} SET synchronous_commit = on")
+        return self.dsn(name)
+
+
+@contextlib.contextmanager
+def postgres_or_none(notes: list[str]) -> Iterator[Postgres | None]:
+    try:
+        from tests.services import ServiceUnavailable, running_postgres
+    except ImportError as exc:  # psycopg missing
+        notes.append(f"postgresql: skipped ({exc})")
+        yield None
+        return
+    try:
+        with running_postgres() as server:
+            yield Postgres(admin_dsn=server.admin_dsn, dsn=server.dsn,
+                           data=server.socket_dir / "data")
+    except ServiceUnavailable as exc:
+        notes.append(f"postgresql: skipped, no server could be started ({exc})")
+        yield None
+
+
+def server_env(server: Server) -> dict[str, str]:
+    config = server.folder / "routes.toml"
     config.write_text(ROUTES)
     return child_env({
         "SONIC_WEBHOOK_SECRET": SECRET,
-        "RECEIVER_DB": str(work / "receiver.db"),
-        "RECEIVER_MEDIA_DIR": str(work / "media"),
+        "RECEIVER_DB": server.db or str(server.folder / "receiver.db"),
+        "RECEIVER_MEDIA_DIR": str(server.folder / "media"),
         "RECEIVER_CONFIG": str(config),
         "RECEIVER_LOG_FORMAT": "json",
-        "RECEIVER_WORKER": "inprocess" if target == "receiver+worker" else "off",
+        "RECEIVER_WORKER": "inprocess" if server.backend == "sqlite+worker" else "off",
+        # every point opens up to 32 connections; the default cap is far above that
     })
 
 
 def load(url: str, *, concurrency: int, clients: int, client: str, warmup: float,
-         duration: float, prefix: str, server_pid: int, work: Path,
-         rate: float = 0.0) -> dict[str, Any]:
-    """Run the generators against ``url``; merged results, with the server's CPU share and
-    the machine's load in the measured window."""
+         duration: float, prefix: str, work: Path, server_pid: int | None = None,
+         pids: Callable[[], list[int]] | None = None,
+         db_pids: Callable[[], list[int]] | None = None,
+         rate: float = 0.0, during: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Run the generators against ``url``; merged results, with the CPU time and the bytes
+    written of the server's processes (``pids``) and of the database's (``db_pids``) in the
+    measured window, and the machine's load. ``during`` is called about every second while
+    the load runs (samples)."""
     clients = max(1, min(clients, concurrency))
     start_at = time.time() + 1.5  # the generators' imports take well under that
     children = []
@@ -97,11 +184,19 @@ def load(url: str, *, concurrency: int, clients: int, client: str, warmup: float
                 "--start-at", repr(start_at), "--warmup", str(warmup),
                 "--duration", str(duration), "--rate", str(rate / clients)]
         children.append(Child(argv, env=child_env(), log=work / "loadgen.log"))
+    server = Meter(pids or (lambda: [server_pid] if server_pid else []))
+    database = Meter(db_pids or list)
     time.sleep(max(0.0, start_at + warmup - time.time()))
-    cpu0 = cpu_seconds(server_pid)
+    server.start()
+    database.start()
     host = HostLoad()
-    time.sleep(max(0.0, start_at + warmup + duration - time.time()))
-    cpu1 = cpu_seconds(server_pid)
+    end = start_at + warmup + duration
+    while (left := end - time.time()) > 0:
+        time.sleep(min(1.0, left))
+        if during is not None and time.time() < end - 0.2:
+            during()
+    cpu, written = server.stop()
+    db_cpu, db_written = database.stop()
     host.stop(duration)
     results = [c.result(timeout_s=warmup + duration + 60) for c in children]
     latencies = [x for r in results for x in r["latencies_s"]]
@@ -110,6 +205,7 @@ def load(url: str, *, concurrency: int, clients: int, client: str, warmup: float
     for r in results:
         statuses.update(r["statuses"])
         errors.update(r["errors"])
+    done = max(1, len(latencies))
     return {
         "completed": len(latencies),
         "rps": len(latencies) / duration,
@@ -117,7 +213,10 @@ def load(url: str, *, concurrency: int, clients: int, client: str, warmup: float
         "p99_ms": percentile(latencies, 99) * 1000,
         "statuses": dict(statuses),
         "errors": dict(errors),
-        "server_cpu_pct": (cpu1 - cpu0) / duration * 100,
+        "server_cpu_pct": cpu / duration * 100,
+        "cpu_ms": cpu / done * 1000,
+        "db_cpu_ms": db_cpu / done * 1000,
+        "disk_kb": (written + db_written) / done / 1000,
         "client_cpu_pct": sum(r["cpu_s"] or 0.0 for r in results) / duration * 100,
         "host_busy_cores": host.busy_cores,
         "host_steal_pct": host.steal_pct,
@@ -125,25 +224,35 @@ def load(url: str, *, concurrency: int, clients: int, client: str, warmup: float
     }
 
 
-def verify(db: Path, acked: list[str]) -> dict[str, int]:
+def verify(server: Server, acked: list[str]) -> dict[str, int]:
     """Count what the database holds of the deliveries that were answered 200."""
-    conn = sqlite3.connect(db)
-    try:
-        stored = {row[0] for row in conn.execute("SELECT delivery_id FROM deliveries")}
-        jobs = conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
-        done = conn.execute("SELECT COUNT(*) FROM jobs WHERE state = 'done'").fetchone()[0]
-    finally:
-        conn.close()
+    if server.backend == "postgresql":
+        import psycopg
+
+        with psycopg.connect(server.db) as pg:
+            stored = {r[0] for r in pg.execute("SELECT delivery_id FROM deliveries")}
+            jobs = pg.execute("SELECT COUNT(*) FROM jobs").fetchone()
+            done = pg.execute("SELECT COUNT(*) FROM jobs WHERE state = 'done'").fetchone()
+    else:
+        conn = sqlite3.connect(server.folder / "receiver.db")
+        try:
+            stored = {row[0] for row in conn.execute("SELECT delivery_id FROM deliveries")}
+            jobs = conn.execute("SELECT COUNT(*) FROM jobs").fetchone()
+            done = conn.execute("SELECT COUNT(*) FROM jobs WHERE state = 'done'").fetchone()
+        finally:
+            conn.close()
     return {"acked": len(acked), "stored": len(stored),
             "acked_missing": sum(1 for a in acked if a not in stored),
-            "jobs": jobs, "jobs_done": done}
+            "jobs": jobs[0] if jobs else 0, "jobs_done": done[0] if done else 0}
+
+
+MEASURES = ("rps", "p50_ms", "p99_ms", "server_cpu_pct", "cpu_ms", "db_cpu_ms", "disk_kb",
+            "client_cpu_pct", "host_busy_cores", "host_steal_pct")
 
 
 def median_point(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """One point from several rounds: the median of each measure, the sum of the counts."""
-    point: dict[str, Any] = {key: statistics.median(r[key] for r in rounds) for key in (
-        "rps", "p50_ms", "p99_ms", "server_cpu_pct", "client_cpu_pct", "host_busy_cores",
-        "host_steal_pct")}
+    point: dict[str, Any] = {key: statistics.median(r[key] for r in rounds) for key in MEASURES}
     statuses: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     for r in rounds:
@@ -153,81 +262,158 @@ def median_point(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return point
 
 
-def run(options: argparse.Namespace, work: Path) -> Report:
+def wal_mib(server: Server) -> float:
+    try:
+        return os.stat(server.folder / "receiver.db-wal").st_size / 2**20
+    except OSError:
+        return 0.0
+
+
+def start(server: Server, stack: contextlib.ExitStack) -> None:
+    server.folder.mkdir(parents=True, exist_ok=True)
+    kind = "bare" if server.backend == "bare" else "receiver"
+    argv = [PYTHON, "-m", "scripts.benchmarks.serve", kind, "--procs", str(server.procs)]
+    server.child = stack.enter_context(
+        started(argv, env=server_env(server), log=server.folder / "server.log"))
+    announced = server.child.announcement(timeout_s=90)
+    server.url = announced["url"] + "/webhooks/sonic"
+    server.pids = announced["pids"]
+
+
+def run(options: argparse.Namespace, work: Path) -> list[Report]:
     concurrencies = [int(c) for c in options.concurrency.split(",") if c.strip()]
-    duration = options.ingest_duration or (2.0 if options.quick else 5.0)
+    duration = options.ingest_duration or (1.5 if options.quick else 4.0)
     warmup = options.ingest_warmup if options.ingest_warmup is not None else (
-        0.5 if options.quick else 1.0)
-    rounds = options.rounds or (1 if options.quick else 3)
-    targets = [t for t in options.targets.split(",") if t]
+        0.3 if options.quick else 1.0)
+    rounds = options.rounds or (1 if options.quick else 2)
+    sustain = options.sustain if options.sustain is not None else (4.0 if options.quick
+                                                                   else 120.0)
+    backends = [t for t in options.targets.split(",") if t]
+    if options.quick and options.targets == ",".join(BACKENDS):
+        backends.remove("sqlite+worker")
+    procs = [int(p) for p in options.procs.split(",") if p.strip()]
+    notes: list[str] = []
     measured: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    acked: dict[str, list[str]] = {t: [] for t in targets}
+    acked: dict[str, list[str]] = {}
+    checks: dict[str, dict[str, int]] = {}
+    wal_samples: list[tuple[float, float]] = []
+    sustained: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
-        servers: dict[str, tuple[Child, str, Path]] = {}
-        for target in targets:  # all up at once: an idle server costs nothing
-            folder = work / target.replace("+", "-")
-            folder.mkdir(parents=True, exist_ok=True)
-            kind = "bare" if target == "bare" else "receiver"
-            argv = [PYTHON, "-m", "scripts.benchmarks.serve", kind]
-            server = stack.enter_context(
-                started(argv, env=server_env(folder, target), log=folder / "server.log"))
-            servers[target] = (server, server.announcement()["url"] + "/webhooks/sonic", folder)
+        pg = stack.enter_context(postgres_or_none(notes)) if "postgresql" in backends else None
+        servers: list[Server] = []
+        for backend in backends:
+            if backend == "postgresql" and pg is None:
+                continue
+            for n in procs:
+                if backend == "sqlite+worker" and n > 1:
+                    continue
+                server = Server(backend=backend, procs=n,
+                                folder=work / f"{backend.replace('+', '-')}-{n}")
+                if pg is not None and backend == "postgresql":
+                    server.db = pg.create(f"bench_{n}")
+                start(server, stack)  # all up at once: an idle server costs nothing
+                servers.append(server)
+                acked[server.label] = []
         # Rounds interleave the servers, so that a slow spell of the machine falls on all.
-        for n in range(rounds):
+        for r in range(rounds):
             for concurrency in concurrencies:
-                for target in targets:
-                    server, url, folder = servers[target]
-                    point = load(url, concurrency=concurrency, clients=options.clients,
+                for server in servers:
+                    db_pids = pg.pids if pg is not None and server.backend == "postgresql" \
+                        else None
+                    point = load(server.url, concurrency=concurrency, clients=options.clients,
                                  client=options.client, warmup=warmup, duration=duration,
-                                 prefix=f"{target}-r{n}-c{concurrency}", server_pid=server.pid,
-                                 work=folder)
-                    acked[target] += point.pop("acked")
-                    measured.setdefault((target, concurrency), []).append(point)
-                    print(f"  round {n + 1}/{rounds} {target:16} c={concurrency:<3} "
+                                 prefix=f"{server.label}-r{r}-c{concurrency}".replace(" ", ""),
+                                 pids=lambda s=server: s.pids, db_pids=db_pids,
+                                 work=server.folder)
+                    acked[server.label] += point.pop("acked")
+                    point["wal_mib"] = wal_mib(server)
+                    measured.setdefault((server.label, concurrency), []).append(point)
+                    print(f"  round {r + 1}/{rounds} {server.label:18} c={concurrency:<3} "
                           f"{point['rps']:7.0f} req/s  p50 {point['p50_ms']:7.2f} ms  "
-                          f"p99 {point['p99_ms']:7.2f} ms  server CPU "
-                          f"{point['server_cpu_pct']:3.0f}%  client CPU "
-                          f"{point['client_cpu_pct']:3.0f}%  host busy "
-                          f"{point['host_busy_cores']:.2f} cores", flush=True)
+                          f"p99 {point['p99_ms']:7.2f} ms  CPU {point['cpu_ms']:.3f}"
+                          f"+{point['db_cpu_ms']:.3f} ms  disk {point['disk_kb']:6.1f} KB  "
+                          f"host busy {point['host_busy_cores']:.2f}", flush=True)
+        sqlite1 = next((s for s in servers if s.backend == "sqlite" and s.procs == 1), None)
+        if sustain > 0 and sqlite1 is not None:
+            began = time.monotonic()
+
+            def sample(server: Server = sqlite1) -> None:
+                wal_samples.append((time.monotonic() - began, wal_mib(server)))
+
+            sustained = load(sqlite1.url, concurrency=32, clients=options.clients,
+                             client=options.client, warmup=0.0, duration=sustain,
+                             prefix="sustain", pids=lambda: sqlite1.pids, work=sqlite1.folder,
+                             during=sample)
+            acked[sqlite1.label] += sustained.pop("acked")
+            print(f"  sustained {sustain:g} s: {sustained['rps']:.0f} req/s, WAL max "
+                  f"{max((w for _, w in wal_samples), default=0):.1f} MiB, disk "
+                  f"{sustained['disk_kb']:.1f} KB/delivery", flush=True)
         time.sleep(1.0)  # the in-process worker finishes the last jobs before the drain
-    checks = {t: verify(servers[t][2] / "receiver.db", acked[t]) for t in targets if t != "bare"}
+        for server in servers:
+            if server.backend != "bare":
+                checks[server.label] = verify(server, acked[server.label])
     points = {key: median_point(rs) for key, rs in measured.items()}
+    for point in points.values():
+        point["wal_mib"] = max(r["wal_mib"] for r in point["rounds"])
 
     rows: list[tuple[Any, ...]] = []
-    for target in targets:
+    for server in servers:
         for concurrency in concurrencies:
-            p = points[(target, concurrency)]
-            base = points.get(("bare", concurrency))
+            p = points[(server.label, concurrency)]
+            base = points.get((f"bare x{server.procs}", concurrency))
             others = sum(n for s, n in p["statuses"].items() if s != "200") + sum(
                 p["errors"].values())
             rows.append((
-                target, concurrency, p["rps"], p["p50_ms"], p["p99_ms"],
+                server.backend, server.procs, concurrency, p["rps"], p["p50_ms"], p["p99_ms"],
                 ratio(p["rps"], base["rps"]) if base else math.nan,
-                ratio(p["p50_ms"], base["p50_ms"]) if base else math.nan,
                 ratio(p["p99_ms"], base["p99_ms"]) if base else math.nan,
-                p["server_cpu_pct"], p["client_cpu_pct"], p["host_busy_cores"], others,
+                p["cpu_ms"], p["db_cpu_ms"] if server.backend == "postgresql" else math.nan,
+                p["disk_kb"], p["host_busy_cores"], others,
             ))
-    notes = [
+    notes[:0] = [
         f"median of {rounds} round(s) of {duration:g} s measured after {warmup:g} s of warm-up "
         f"per point, servers interleaved; {options.clients} generator process(es), client "
-        f"{options.client}. CPU % is of one core (server: all its threads); host busy = cores "
-        "busy machine-wide (server + generator + anything else).",
-        "receiver = the real app on a fresh SQLite file (WAL, synchronous=normal), JSON logs to "
-        "a file, one job written per delivery (a no-op handler's route), worker off; "
-        "receiver+worker = the same with the in-process worker running those jobs.",
+        f"{options.client}. CPU ms = CPU time of the server's processes (all threads) per "
+        "delivery answered; db CPU ms = the PostgreSQL server's processes; disk KB = bytes "
+        "they caused to be written (/proc/PID/io write_bytes: WAL, pages, checkpoints, the "
+        "JSON log) per delivery; host busy = cores busy machine-wide.",
+        "sqlite = the real app on a fresh SQLite file (WAL, synchronous=normal); postgresql = "
+        "the same on a fresh database (synchronous_commit=on on a cluster with fsync=off: the "
+        "same durability promise as SQLite's synchronous=normal); JSON logs to a file; one "
+        "job written per delivery (a no-op handler's route), worker off; sqlite+worker = "
+        "with the in-process worker running those jobs. x2 = two processes accepting on one "
+        "socket; ratios are to bare with as many processes.",
     ]
-    for target, check in checks.items():
+    for label, check in checks.items():
         ok = "OK" if check["acked_missing"] == 0 else "MISSING DELIVERIES"
-        notes.append(f"{target}: {check['acked']} deliveries answered 200, {check['stored']} "
+        notes.append(f"{label}: {check['acked']} deliveries answered 200, {check['stored']} "
                      f"stored, {check['acked_missing']} missing ({ok}); jobs {check['jobs']}, "
                      f"done {check['jobs_done']}.")
-    return Report(
+    reports = [Report(
         name=NAME,
-        title="ingest: signed deliveries/s and latency, receiver vs bare Starlette endpoint",
-        columns=("server", "conc", "req/s", "p50 ms", "p99 ms", "req/s ÷ bare",
-                 "p50 ÷ bare", "p99 ÷ bare", "server CPU %", "client CPU %", "host busy",
-                 "non-200"),
+        title="ingest: signed deliveries/s, latency and cost, receiver vs bare Starlette "
+              "endpoint",
+        columns=("server", "procs", "conc", "req/s", "p50 ms", "p99 ms", "req/s ÷ bare",
+                 "p99 ÷ bare", "CPU ms", "db CPU ms", "disk KB", "host busy", "non-200"),
         rows=rows,
         notes=notes,
         data={"points": {f"{t}@{c}": p for (t, c), p in points.items()}, "checks": checks},
-    )
+    )]
+    if wal_samples:
+        peak = max(w for _, w in wal_samples)
+        every = max(1, len(wal_samples) // 12)
+        shown = ", ".join(f"{t:.0f} s: {w:.1f}" for t, w in wal_samples[::every])
+        reports.append(Report(
+            name="ingest-wal",
+            title=f"sustained ingest: sqlite x1, c=32, {sustain:g} s",
+            columns=("req/s", "p50 ms", "p99 ms", "CPU ms", "disk KB", "WAL max MiB",
+                     "WAL max ÷ goal", "non-200"),
+            rows=[(sustained["rps"], sustained["p50_ms"], sustained["p99_ms"],
+                   sustained["cpu_ms"], sustained["disk_kb"], peak, ratio(peak, WAL_GOAL_MIB),
+                   sum(n for s, n in sustained["statuses"].items() if s != "200")
+                   + sum(sustained["errors"].values()))],
+            notes=[f"WAL size (MiB) sampled about every second, every {every}th shown: "
+                   f"{shown}.", f"goal: WAL under {WAL_GOAL_MIB:g} MiB at saturation."],
+            data={"samples": wal_samples, "sustained": sustained},
+        ))
+    return reports

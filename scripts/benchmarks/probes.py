@@ -13,12 +13,11 @@ import time
 from pathlib import Path
 from typing import IO
 
-from receiver.clock import Clock
 from receiver.context import Event, HandlerContext
 from receiver.models import Delivery, RecordResult
 from receiver.routing import Router
 from receiver.storage import Store
-from receiver.storage.sqlite import SQLiteConnector
+from receiver.storage.connector import Connector
 
 PROBE_FILE = "BENCH_PROBE_FILE"
 
@@ -36,12 +35,11 @@ async def probe(event: Event, ctx: HandlerContext) -> None:
 
 
 class StampingStore(Store):
-    """The real SQLite store, noting the moment each :meth:`record_delivery` returned (the
-    transaction committed)."""
+    """The real store (any backend), noting the moment each :meth:`record_delivery` returned
+    (the transaction committed)."""
 
-    def __init__(self, path: Path, stamps: Path, *, clock: Clock | None = None,
-                 synchronous: str = "normal") -> None:
-        super().__init__(SQLiteConnector(path, synchronous=synchronous), clock=clock)
+    def __init__(self, connector: Connector, stamps: Path) -> None:
+        super().__init__(connector)
         self._stamps: IO[str] = stamps.open("a", buffering=1)
 
     async def record_delivery(

@@ -36,6 +36,61 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def write_bytes(pid: int) -> int:
+    """Bytes process ``pid`` caused to be written to storage (``/proc/PID/io``: WAL, database
+    pages, checkpoints and logs alike, counted when the page is dirtied); 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+class Meter:
+    """CPU seconds and bytes written by a set of processes (a server's, a database's) between
+    two readings. ``pids`` is called at each reading: database backends come and go."""
+
+    def __init__(self, pids: Any) -> None:
+        self._pids = pids
+        self._start: dict[int, tuple[float, int]] = {}
+
+    def _read(self) -> dict[int, tuple[float, int]]:
+        found = {}
+        for pid in self._pids():
+            try:
+                found[pid] = (cpu_seconds(pid), write_bytes(pid))
+            except (OSError, IndexError, ValueError):
+                continue
+        return found
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def stop(self) -> tuple[float, int]:
+        """``(cpu_s, write_bytes)`` since :meth:`start`, over processes alive at both ends
+        (and those that appeared in between, counted from zero)."""
+        now = self._read()
+        cpu = sum(c - self._start.get(p, (0.0, 0))[0] for p, (c, _) in now.items())
+        written = sum(w - self._start.get(p, (0.0, 0))[1] for p, (_, w) in now.items())
+        return cpu, written
+
+
 def host_ticks() -> tuple[int, int, int]:
     """Machine-wide ``(busy, steal, all)`` clock ticks since boot, over every CPU."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
