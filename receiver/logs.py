@@ -4,6 +4,11 @@ JSON lines in production (one object a line, on stderr), a readable console on a
 standard library's loggers (uvicorn's among them) go through the same renderer, and every line
 of a request carries the ids bound with :func:`structlog.contextvars.bound_contextvars`.
 
+In JSON mode our own lines take structlog's short path: a filtering bound logger (a level
+below the threshold costs one method call), the processors, orjson, and one write of bytes to
+stderr; not the standard library's records, handlers and formatter, which cost as much again
+(``scripts/benchmarks/README.md``). Third-party lines keep that path, with the same processors.
+
 Every line, ours and third-party, passes one redaction step (:func:`redact_processor`, last
 before rendering): URLs lose their userinfo, query and fragment, and the process's secrets
 (registered by :func:`configure`) are blanked. Third-party loggers (httpx, apprise, ...) stay at
@@ -18,8 +23,9 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, BinaryIO, TextIO
 
+import orjson
 import structlog
 
 from receiver import redact
@@ -108,12 +114,22 @@ def configure(*, fmt: str = "auto", level: str = "info", third_party_level: str 
         if console
         else structlog.processors.JSONRenderer(sort_keys=False)
     )
-    structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
-    )
+    if console:
+        structlog.configure(
+            processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+            logger_factory=structlog.stdlib.LoggerFactory(),
+            wrapper_class=structlog.stdlib.BoundLogger,
+            cache_logger_on_first_use=True,
+        )
+    else:
+        structlog.configure(
+            processors=[*shared, structlog.processors.format_exc_info, redact_processor,
+                        structlog.processors.JSONRenderer(serializer=_dumps)],
+            logger_factory=_NamedBytesLoggerFactory(sys.stderr),
+            wrapper_class=structlog.make_filtering_bound_logger(
+                _LEVELS.get(level, logging.INFO)),
+            cache_logger_on_first_use=True,
+        )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[
@@ -141,3 +157,29 @@ def configure(*, fmt: str = "auto", level: str = "info", third_party_level: str 
     logging.getLogger("aiosqlite").setLevel(
         max(logging.INFO, _LEVELS.get(third_party_level, logging.WARNING))
     )
+
+
+def _dumps(value: Any, **_: Any) -> bytes:
+    return orjson.dumps(value, default=repr)
+
+
+class _NamedBytesLogger(structlog.BytesLogger):
+    """structlog's bytes logger with the name it was asked for (``add_logger_name`` reads
+    ``logger.name``)."""
+
+    def __init__(self, file: BinaryIO, name: str) -> None:
+        super().__init__(file)
+        self.name = name
+
+
+class _NamedBytesLoggerFactory:
+    """One :class:`_NamedBytesLogger` per name, all writing to ``stream``'s bytes (looked up
+    at each call, so that a replaced ``sys.stderr`` is honoured as the stdlib handler would)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def __call__(self, *args: Any) -> _NamedBytesLogger:
+        name = str(args[0]) if args else "root"
+        self._stream.flush()  # anything the text layer holds goes first
+        return _NamedBytesLogger(self._stream.buffer, name)

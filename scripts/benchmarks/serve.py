@@ -92,7 +92,8 @@ async def receiver_app(stamps: Path | None) -> AsyncIterator[Any]:
     from scripts.benchmarks.probes import StampingStore
 
     loaded = settings.load()
-    logs.configure(fmt=loaded.log_format, level=loaded.log_level)
+    logs.configure(fmt=loaded.log_format, level=loaded.log_level,  # as `serve` does
+                   third_party_level=loaded.log_level_third_party, secrets=loaded.secrets())
     if stamps is None:
         yield create_app(loaded)
         return
