@@ -40,6 +40,12 @@ from receiver.storage.statements import Q
 T = TypeVar("T")
 SYNCHRONOUS = ("normal", "full")
 CHECKPOINT_EVERY_S = 1.0
+# Pages of a new database file. A delivery lands in about ten indexes on random keys (delivery,
+# task and clip ids), and every commit writes each page it touched whole to the WAL, and a
+# checkpoint writes it again: small pages halve the bytes written per delivery (store alone,
+# batches of 8: 104 KB with 4 KiB pages, 79 KB with 2 KiB, 54 KB with 1 KiB) at the same CPU.
+# An existing file keeps its page size.
+PAGE_SIZE = 1024
 WAIT_POLL_S = 0.05
 
 DIALECT = Dialect(
@@ -108,6 +114,8 @@ class SQLiteConnector:
         raw = sqlite3.connect(self.path, isolation_level=None, cached_statements=256)
         try:
             raw.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            # Only a new file takes it (before WAL mode and the first table); see PAGE_SIZE.
+            raw.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             raw.execute("PRAGMA journal_mode = WAL")
             raw.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
             raw.execute("PRAGMA foreign_keys = ON")
