@@ -114,8 +114,10 @@ async def serve_asgi(kind: str, stamps: Path | None, fd: int | None = None) -> N
             receiver_app(stamps))
         sock = socket.socket(fileno=fd) if fd is not None else listening_socket()
         # uvicorn's own Server: SIGTERM makes it shut down (and run the app's lifespan end).
+        # loop "auto" (uvloop when installed) as serve has it; BENCH_UVICORN_LOOP=asyncio to compare
         server = uvicorn.Server(config(app, host=HOST, port=0, timeout_graceful_shutdown=5,
-                                       settings=settings.load()))
+                                       settings=settings.load(),
+                                       loop=os.environ.get("BENCH_UVICORN_LOOP", "auto")))
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:
             if serving.done():
