@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -45,6 +46,8 @@ def build_parser(found: dict[str, ModuleType]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     found = modules()
     options = build_parser(found).parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C: servers and the PostgreSQL cluster are stopped on the way.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     names = options.names or list(NAMES)
     about = machine()
     print(f"sonic-receiver benchmarks: {', '.join(names)}"
