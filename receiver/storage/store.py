@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
 import structlog
 
 from receiver.clock import Clock, SystemClock
@@ -520,7 +521,7 @@ class RecordingTx:
             "delivery_id": delivery.delivery_id, "source": delivery.source.value,
             "scheme": delivery.scheme, "event": delivery.event, "task_id": task_id,
             "outcome": outcome.value, "reason": reason,
-            "headers": json.dumps(dict(delivery.headers), sort_keys=True),
+            "headers": _dumps(dict(delivery.headers), sort=True),
             "body": delivery.body, "received_at": delivery.received_at,
         })
 
@@ -573,7 +574,7 @@ class RecordingTx:
     async def insert_jobs(self, specs: Sequence[JobSpec], *, at: float) -> int:
         inserted = await self.tx.run_many(Q.INSERT_JOB, [
             {"key": s.key, "handler": s.handler, "route": s.route,
-             "options": json.dumps(dict(s.options)), "task_id": s.task_id,
+             "options": _dumps(dict(s.options)), "task_id": s.task_id,
              "trigger": s.trigger, "delivery_id": s.delivery_id,
              "max_attempts": s.max_attempts, "at": at}
             for s in specs
@@ -586,13 +587,22 @@ class RecordingTx:
 # -- rows to records ---------------------------------------------------------------------------
 
 
+def _dumps(value: Any, *, sort: bool = False) -> str:
+    """JSON text of ``value``, by orjson on the ingest path (several times cheaper than
+    ``json.dumps``); what orjson refuses (an integer past 64 bits) goes through ``json``."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort else 0).decode()
+    except TypeError:
+        return json.dumps(value, sort_keys=sort)
+
+
 def _clip_params(task_id: str, clip: ClipReport, state: State, at: float) -> dict[str, Any]:
     return {
         "task_id": task_id, "clip_id": clip.clip_id, "state": state.value, "title": clip.title,
         "tags": clip.tags, "lyrics": clip.lyrics, "audio_url": clip.audio_url,
         "image_url": clip.image_url, "video_url": clip.video_url, "duration": clip.duration,
         "mv": clip.mv, "created_at": clip.created_at,
-        "data": json.dumps(dict(clip.raw), sort_keys=True), "at": at,
+        "data": _dumps(dict(clip.raw), sort=True), "at": at,
     }
 
 
@@ -622,7 +632,7 @@ def _transition(row: Row) -> Transition:
 
 
 def _job(row: Row) -> Job:
-    return Job(id=row[0], key=row[1], handler=row[2], route=row[3], options=json.loads(row[4]),
+    return Job(id=row[0], key=row[1], handler=row[2], route=row[3], options=orjson.loads(row[4]),
                task_id=row[5], trigger=row[6], delivery_id=row[7], state=JobState(row[8]),
                attempts=row[9], max_attempts=row[10], run_after=row[11], lease_owner=row[12],
                lease_expires_at=row[13], last_error=row[14], created_at=row[15],
