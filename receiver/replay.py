@@ -393,7 +393,8 @@ def main(argv: list[str]) -> int:
     except SettingsError as exc:
         print(f"sonic-receiver replay: error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
-    logs.configure(fmt=loaded.log_format, level=loaded.log_level)
+    logs.configure(fmt=loaded.log_format, level=loaded.log_level,
+                   third_party_level=loaded.log_level_third_party, secrets=loaded.secrets())
     try:
         summary = asyncio.run(_run(args, loaded))
     except SettingsError as exc:

@@ -31,7 +31,8 @@ def test_kill_9_under_retrying_load_loses_nothing_and_doubles_nothing(tmp_path: 
         f'handlers = [{{ name = "effect", options = {{ dir = "{effects}" }} }}]\n'
     )
     db, port, log = tmp_path / "r.db", free_port(), tmp_path / "log"
-    env = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+           "RECEIVER_INSECURE_OPEN_ADMIN": "1"}  # the test reads /jobs without a token
     acked: set[str] = set()
     half_way = asyncio.Event()
     url = f"http://127.0.0.1:{port}/webhooks/sonic"
