@@ -38,7 +38,7 @@ from receiver.clock import Clock, SystemClock
 from receiver.errors import ReceiverError, SettingsError
 from receiver.jobs import JobState
 from receiver.models import Delivery, JobFilter, Outcome, RawDelivery, RecordResult, Source
-from receiver.payloads import try_parse
+from receiver.payloads import Callback, try_parse
 from receiver.routing import Router
 from receiver.signatures import Scheme, sign
 from receiver.sonic.client import SonicClient
@@ -110,9 +110,18 @@ class Summary:
 def poll_delivery(task_id: str, answer: dict[str, Any], *, received_at: float) -> Delivery:
     """A get-music answer as a delivery of source ``poll``. Its id is a digest of the answer,
     so polling a task whose state has not changed is a duplicate, not a new delivery."""
-    body = json.dumps({**answer, "task_id": task_id}, sort_keys=True).encode()
+    callback: Callback | None
+    error: str | None
+    try:
+        # ASCII (ensure_ascii): a lone surrogate is escaped here and dropped by the parser
+        body = json.dumps({**answer, "task_id": task_id}, sort_keys=True).encode()
+    except (ValueError, TypeError, RecursionError) as exc:  # nested past the recursion limit
+        body = json.dumps({"task_id": task_id, "unserialisable_answer": type(exc).__name__},
+                          sort_keys=True).encode()
+        callback, error = None, f"get-music answer cannot be kept: {type(exc).__name__}"
+    else:
+        callback, error = try_parse(body, task_id_hint=task_id)
     delivery_id = "poll:" + hashlib.sha256(body).hexdigest()[:32]
-    callback, error = try_parse(body, task_id_hint=task_id)
     return Delivery(
         delivery_id=delivery_id, source=Source.POLL, scheme="poll", event=None, headers={},
         body=body, received_at=received_at, callback=callback, error=error,
@@ -164,6 +173,9 @@ async def reconcile(
             except (SonicError, ReceiverError) as exc:
                 summary.fail(task_id, exc.message)
                 log.warning("reconcile_failed", task_id=task_id, error=exc.message)
+            except Exception as exc:  # one odd answer must not end the run for every task
+                summary.fail(task_id, f"internal error: {type(exc).__name__}")
+                log.exception("reconcile_failed", task_id=task_id, error_type=type(exc).__name__)
             summary.add("polled")
             if progress:
                 progress(1)
