@@ -89,6 +89,7 @@ async def test_bad_signatures_get_401_and_store_nothing(
     client: httpx.AsyncClient, clock: FakeClock, tmp_path: Path, tamper: dict[str, Any],
     reason: str,
 ) -> None:
+    tamper = dict(tamper)  # the parameter is shared by every run of this test in a process
     headers_body = tamper.pop("body", COMPLETED)
     shift = tamper.pop("timestamp_shift", 0)
     headers = signed_headers(COMPLETED, timestamp=int(clock.now()) + shift, **tamper)
