@@ -40,7 +40,7 @@ from receiver.jobs import JobState
 from receiver.models import Delivery, JobFilter, Outcome, RawDelivery, RecordResult, Source
 from receiver.payloads import Callback, try_parse
 from receiver.routing import Router
-from receiver.signatures import Scheme, sign
+from receiver.signatures import Scheme, header_bytes, header_text, sign
 from receiver.sonic.client import SonicClient
 from receiver.sonic.errors import SonicError, TaskNotFound
 from receiver.store import Store
@@ -300,14 +300,21 @@ async def resend(
     semaphore = asyncio.Semaphore(max(1, concurrency))
 
     async def one(delivery_id: str, body: bytes, event: str | None) -> None:
-        headers = sign(scheme, secret, body, timestamp=int(clock.now()), msg_id=delivery_id)
+        # An id (or event) may hold any byte the first sender put in its header: it goes out
+        # as those bytes, and a standard signature covers the text they spell, as the
+        # receiving end reads it (receiver.signatures.header_text).
+        headers = sign(scheme, secret, body, timestamp=int(clock.now()),
+                       msg_id=header_text(delivery_id))
         headers.update({"X-Webhook-Id": delivery_id, "Idempotency-Key": delivery_id,
                         "Content-Type": "application/json"})
+        if scheme is Scheme.STANDARD:
+            headers["webhook-id"] = delivery_id
         if event:
             headers["X-Webhook-Event"] = event
+        raw = [(name.encode(), header_bytes(value)) for name, value in headers.items()]
         async with semaphore:
             try:
-                response = await http.post(url, content=body, headers=headers)
+                response = await http.post(url, content=body, headers=raw)
             except httpx.HTTPError as exc:
                 summary.fail(delivery_id, f"{type(exc).__name__}: {exc}")
                 return

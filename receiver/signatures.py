@@ -221,21 +221,32 @@ class Verifier:
         return timestamp
 
 
-def _signed_id(msg_id: str) -> bytes:
-    """The bytes a Standard Webhooks sender signed for the ``webhook-id`` it sent as
-    ``msg_id``: the libraries sign the id's UTF-8 encoding. A server decodes header bytes as
-    latin-1, so a UTF-8 id arrives as its bytes: those are returned as they came. A value
-    that is not latin-1 bytes of UTF-8 text (a mapping built in Python, a latin-1 sender) is
-    taken as the text itself; one that is not text at all cannot have been signed."""
+def header_text(value: str) -> str:
+    """The text a header ``value`` stands for. A server decodes header bytes as latin-1, so
+    text its sender wrote as UTF-8 arrives as those bytes: they are decoded again. A value
+    that is not latin-1 bytes of UTF-8 (a mapping built in Python, a latin-1 sender) is taken
+    as it is."""
     try:
-        wire = msg_id.encode("latin-1")
-        wire.decode("utf-8")
+        return value.encode("latin-1").decode("utf-8")
     except UnicodeError:
-        pass
-    else:
-        return wire
+        return value
+
+
+def header_bytes(value: str) -> bytes:
+    """``value`` as bytes to send in a header: the bytes it was received as (latin-1), or
+    its UTF-8 when it was never a received header."""
     try:
-        return msg_id.encode("utf-8")
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass")
+
+
+def _signed_id(msg_id: str) -> bytes:
+    """The bytes a Standard Webhooks sender signed for the ``webhook-id`` it sent: the
+    libraries sign the id's UTF-8 encoding, so the id's text (:func:`header_text`) in UTF-8.
+    One that is not text at all (a lone surrogate) cannot have been signed."""
+    try:
+        return header_text(msg_id).encode("utf-8")
     except UnicodeEncodeError:
         raise VerificationError("malformed_signature", "webhook-id is not text") from None
 

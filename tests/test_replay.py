@@ -29,9 +29,18 @@ from receiver.runtime import Runtime
 from receiver.server import running
 from receiver.signatures import Scheme
 from receiver.sonic.sandbox import SandboxConfig, Speed
+from receiver.store import SQLiteStore
 from tests.handler_support import deliver, handler_runtime
 from tests.sonic.support import KEY, SandboxHandle, serve_sandbox, wait_for
-from tests.support import SECRET, app_client, callback, clip, post_signed, settings_for
+from tests.support import (
+    SECRET,
+    app_client,
+    callback,
+    clip,
+    post_signed,
+    settings_for,
+    signed_headers,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -292,7 +301,6 @@ async def test_reconcile_records_or_fails_each_odd_answer_and_never_crashes(
     from starlette.routing import Route
 
     from receiver.sonic.client import SonicClient
-    from receiver.store import SQLiteStore
 
     async def answer(request: Request) -> Response:
         name = next(n for n in ODD_ANSWERS if n in request.url.path)
@@ -360,3 +368,29 @@ async def test_replay_interrupted_exits_130_with_a_json_line(tmp_path: Path) -> 
 def _start(argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+
+
+async def test_resend_keeps_an_id_of_any_bytes_and_signs_it_as_the_target_checks(
+    tmp_path: Path,
+) -> None:
+    source = create_app(settings_for(tmp_path / "a"))
+    target = create_app(settings_for(tmp_path / "b", webhook_secrets=("new-secret",),
+                                     schemes=(Scheme.STANDARD,)))
+    body = callback("t-1", [clip("c1", "succeeded")])
+    ids = {"utf8": "caf\u00e9 a\u00f1o".encode(), "latin1": b"caf\xe9"}
+    async with app_client(source) as client:
+        for name, raw_id in ids.items():
+            headers = [*((k.encode(), v.encode()) for k, v in signed_headers(body).items()),
+                       (b"x-webhook-id", raw_id)]
+            sent = await client.post("/webhooks/sonic", content=body, headers=headers)
+            assert sent.status_code == 200, name
+        raws = await source.state.runtime.store.raw_deliveries()
+        async with running(target) as url, httpx.AsyncClient() as http:
+            summary = await resend(raws, http=http, url=f"{url}/webhooks/sonic",
+                                   secret="new-secret", scheme=Scheme.STANDARD,
+                                   clock=SystemClock())
+    assert summary.counts == {"status_200": 2}, summary
+    async with SQLiteStore(tmp_path / "b" / "receiver.db") as target_store:
+        kept = await target_store.raw_deliveries()
+    # the same ids as the first receiver keeps them: the bytes that came, read as latin-1
+    assert {r.stored.delivery_id for r in kept} == {i.decode("latin-1") for i in ids.values()}
