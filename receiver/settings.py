@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from receiver.errors import SettingsError
 from receiver.jobs import RetryPolicy
@@ -25,6 +26,7 @@ ENV_KEYS: dict[str, str] = {
     "SONIC_WEBHOOK_SECRET": "webhook_secret",
     "RECEIVER_DB": "db",
     "RECEIVER_DB_SYNCHRONOUS": "db_synchronous",
+    "RECEIVER_DB_LOCK_TIMEOUT_S": "db_lock_timeout_s",
     "RECEIVER_MEDIA_DIR": "media_dir",
     "RECEIVER_MAX_BODY_BYTES": "max_body_bytes",
     "RECEIVER_SIGNATURE_TOLERANCE_S": "signature_tolerance_s",
@@ -45,6 +47,7 @@ ENV_KEYS: dict[str, str] = {
     "SONIC_API_BASE_URL": "sonic_api_base_url",
     "SONIC_API_KEY": "sonic_api_key",
 }
+DB_SCHEMES = ("postgresql", "postgres")
 WORKER_KEYS = frozenset({"concurrency", "lease_s", "poll_s", "max_attempts", "backoff",
                          "jitter", "drain_s"})
 LOG_FORMATS = ("auto", "json", "console")
@@ -57,7 +60,15 @@ class Settings:
 
     webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
     db_path: Path = Path("data/receiver.db")
+    # a PostgreSQL URL (RECEIVER_DB=postgresql://..., or DATABASE_URL): db_path is unused then
+    db_url: str | None = field(default=None, repr=False)
     db_synchronous: str = "normal"
+    # how long a write waits for the database's lock before it is answered 503
+    db_lock_timeout_s: float = 5.0
+    # retention: raw bodies and finished jobs older than this go; delivery ids stay keep_ids_s
+    retention_s: float | None = None
+    retention_keep_ids_s: float = 400 * 86400.0
+    retention_every_s: float = 3600.0
     media_dir: Path = Path("media")
     max_body_bytes: int = MIB
     signature_tolerance_s: int = 300
@@ -131,7 +142,8 @@ class Settings:
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value of the configuration, to be blanked in logs and errors."""
-        values = (*self.webhook_secrets, self.admin_token, self.sonic_api_key)
+        values = (*self.webhook_secrets, self.admin_token, self.sonic_api_key,
+                  _password_of(self.db_url))
         return tuple(v for v in values if v)
 
     @property
@@ -164,6 +176,8 @@ def load(
     for name, key in ENV_KEYS.items():
         if env.get(name, "") != "":
             raw[key] = (name, env[name])
+    if "db" not in raw and env.get("DATABASE_URL", "") != "":  # the platforms' convention
+        raw["db"] = ("DATABASE_URL", env["DATABASE_URL"])
     flags = dict(overrides or {})
     insecure = bool(flags.pop("insecure_no_verify", False))
     for key, value in flags.items():
@@ -175,6 +189,7 @@ def load(
     settings = Settings(config_file=config_file, config=config)
     changes: dict[str, Any] = _worker_table(config.get("worker", {}), config_file)
     changes.update(_reconcile_table(config.get("reconcile", {}), config_file))
+    changes.update(_retention_table(config.get("retention", {}), config_file))
     if "admin_token" in raw and "admin_token_file" in raw:
         raise SettingsError(
             f"{raw['admin_token'][0]} and {raw['admin_token_file'][0]} are both set: "
@@ -203,10 +218,14 @@ def _convert(key: str, origin: str, value: Any) -> dict[str, Any]:
         if not secrets:
             raise SettingsError(f"{origin} holds no secret")
         return {"webhook_secrets": secrets}
-    if key in ("db", "media_dir"):
+    if key == "db":
+        return _database(origin, value)
+    if key == "media_dir":
         if not isinstance(value, str | Path) or not str(value):
             raise SettingsError(f"{origin} must be a path")
-        return {"db_path" if key == "db" else key: Path(value)}
+        return {key: Path(value)}
+    if key == "db_lock_timeout_s":
+        return {key: _positive_float(origin, _number(origin, value))}
     if key in ("max_body_bytes", "signature_tolerance_s", "worker_concurrency"):
         return {key: _positive_int(origin, value)}
     if key in ("public_url", "sonic_api_base_url"):
@@ -231,6 +250,69 @@ def _convert(key: str, origin: str, value: Any) -> dict[str, Any]:
     if key == "max_connections":
         return {key: _positive_int(origin, value)}
     return {key: str(value).lower()}  # db_synchronous, log_*: checked by validated()
+
+
+def _database(origin: str, value: Any) -> dict[str, Any]:
+    """A path or ``sqlite:///path`` for SQLite, ``postgresql://...`` for PostgreSQL; any other
+    scheme is refused (it would otherwise become a folder named after it)."""
+    if not isinstance(value, str | Path) or not str(value):
+        raise SettingsError(f"{origin} must be a path or a postgresql:// URL")
+    text = str(value)
+    scheme, sep, rest = text.partition("://")
+    if not sep or "/" in scheme or "\\" in scheme:
+        return {"db_path": Path(text), "db_url": None}
+    if scheme.lower() in DB_SCHEMES:
+        return {"db_url": text}
+    if scheme.lower() == "sqlite" and rest:
+        return {"db_path": Path(rest[1:] if rest.startswith("/") else rest), "db_url": None}
+    raise SettingsError(
+        f"{origin}: unknown database scheme {scheme!r} (use a file path, sqlite:///path or "
+        "postgresql://user:password@host/db)"
+    )
+
+
+def _number(origin: str, value: Any) -> float:
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        raise SettingsError(f"{origin} must be a number, got {value!r}") from None
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(origin: str, value: Any) -> float:
+    """``90d``, ``12h``, ``30m``, ``45s`` or a number of seconds."""
+    text = str(value).strip().lower()
+    unit = DURATION_UNITS.get(text[-1:])
+    try:
+        number = float(text[:-1] if unit else text)
+    except ValueError:
+        raise SettingsError(f"{origin} must be a duration like 90d, 12h or 30m") from None
+    seconds = number * (unit or 1)
+    if not seconds > 0:
+        raise SettingsError(f"{origin} must be a positive duration, got {value!r}")
+    return seconds
+
+
+def _retention_table(table: Any, config_file: Path | None) -> dict[str, Any]:
+    """``[retention] older_than = "90d", keep_ids = "400d", every = "1h"``."""
+    where = f"{config_file}: [retention]"
+    if not isinstance(table, dict):
+        raise SettingsError(f"{where} must be a table")
+    unknown = set(table) - {"older_than", "keep_ids", "every"}
+    if unknown:
+        raise SettingsError(f"{where} has unknown keys: {', '.join(sorted(unknown))}")
+    changes: dict[str, Any] = {}
+    if "older_than" in table:
+        changes["retention_s"] = parse_duration(f"{where}.older_than", table["older_than"])
+    if "keep_ids" in table:
+        changes["retention_keep_ids_s"] = parse_duration(f"{where}.keep_ids", table["keep_ids"])
+    if "every" in table:
+        changes["retention_every_s"] = parse_duration(f"{where}.every", table["every"])
+    if changes.get("retention_s", 0) > changes.get("retention_keep_ids_s", 400 * 86400.0):
+        raise SettingsError(f"{where}.keep_ids must be at least older_than")
+    return changes
 
 
 def _worker_table(table: Any, config_file: Path | None) -> dict[str, Any]:
@@ -286,6 +368,15 @@ def _positive_float(origin: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise SettingsError(f"{origin} must be a positive number, got {value!r}")
     return float(value)
+
+
+def _password_of(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
 
 
 def _token_file(origin: str, value: Any) -> dict[str, Any]:
