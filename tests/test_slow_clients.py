@@ -200,13 +200,18 @@ def test_the_limits_are_settings_with_defaults() -> None:
             load({**base, name: value})
 
 
+FEW_FILES = """
+import resource, runpy, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
+sys.argv[0] = "sonic-receiver"
+runpy.run_module("receiver", run_name="__main__")
+"""
+
+
 @pytest.mark.slow
 def test_running_out_of_file_descriptors_does_not_flood_the_log(tmp_path: Path) -> None:
     """A server with 100 file descriptors, 300 connections held for 5 s: asyncio reports every
     failed accept() (tens of thousands of lines without the filter); the log gets it once."""
-    def few_files() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
-
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RECEIVER_", "SONIC_"))}
     env |= {"SONIC_WEBHOOK_SECRET": "s3cret-1", "RECEIVER_LOG_FORMAT": "json",
@@ -215,8 +220,9 @@ def test_running_out_of_file_descriptors_does_not_flood_the_log(tmp_path: Path) 
     env["RECEIVER_CONFIG"] = str(tmp_path / "routes.toml")
     log = tmp_path / "log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "receiver", "serve", "--port", str(port)],
-                                env=env, stdout=out, stderr=out, preexec_fn=few_files)
+        # The limit is set by the child itself (no preexec_fn: fork in a threaded test runner).
+        proc = subprocess.Popen([sys.executable, "-c", FEW_FILES, "serve", "--port", str(port)],
+                                env=env, stdout=out, stderr=out)
     held: list[socket.socket] = []
     try:
         for _ in range(600):
