@@ -4,10 +4,11 @@ Every I/O edge comes in through the factory: what is not passed is built (and cl
 app's lifespan, what is passed belongs to the caller. Nothing happens at import.
 
 Routes: ``POST /webhooks/sonic`` (:mod:`receiver.webhook`), ``POST /tasks``
-(:mod:`receiver.creation`), ``GET /tasks/{task_id}``,
-``GET /jobs?state=dead``, ``GET /healthz`` (alive) and ``GET /readyz`` (the database takes a
-write). When ``RECEIVER_ADMIN_TOKEN`` is set, ``/tasks`` and ``/jobs`` need it as a Bearer
-token; the probes stay open so that orchestrators can call them.
+(:mod:`receiver.creation`), ``GET /healthz`` (alive) and ``GET /readyz`` (the database takes a
+write), and the operator's console (:mod:`receiver.console`: the read API, its actions,
+``/metrics``, ``/openapi.json`` and the dashboard at ``/ui``). When ``RECEIVER_ADMIN_TOKEN`` is
+set, everything but the webhook and the probes needs it (a Bearer token, or the dashboard's
+session); the probes stay open so that orchestrators can call them.
 
 Handlers are loaded and routes checked here, in the factory, so that a route naming an unknown
 handler stops start-up before the server binds. With ``RECEIVER_WORKER=inprocess`` (the
@@ -20,20 +21,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import structlog
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
+from receiver import metrics
 from receiver.clock import Clock, SystemClock
+from receiver.console import console_routes
+from receiver.console.session import AdminAuth, Sessions
 from receiver.creation import create_task
 from receiver.errors import BodyTooLarge, StoreError
-from receiver.jobs import Job, JobState
+from receiver.jobs import Job
 from receiver.models import ChildTask, Clip, Result, StoredFile, Task, TaskView, Transition
 from receiver.registry import Registry, load_registry
 from receiver.replay import reconcile_every
@@ -136,22 +142,10 @@ def create_app(
     async def webhook(request: Request) -> JSONResponse:
         if endpoint is None:
             return JSONResponse({"error": "store_unavailable"}, 503)
-        return await endpoint(request)
-
-    async def get_task(request: Request) -> JSONResponse:
-        if (denied := _check_admin(request, settings)) is not None:
-            return denied
-        store = current().store
-        task_id = request.path_params["task_id"]
-        view = await store.get_task(task_id)
-        if view is None:
-            return JSONResponse({"error": "task_not_found"}, 404)
-        body = task_view_json(view)
-        body["jobs"] = [job_json(j) for j in await store.list_jobs(task_id=task_id)]
-        body["files"] = [file_json(f) for f in await store.list_files(task_id)]
-        body["children"] = [child_json(c) for c in await store.list_children(task_id)]
-        body["results"] = [result_json(r) for r in await store.list_results(task_id)]
-        return JSONResponse(body)
+        started = time.perf_counter()
+        response = await endpoint(request)
+        metrics.observe_ingest(time.perf_counter() - started, response.status_code)
+        return response
 
     async def post_task(request: Request) -> JSONResponse:
         if (denied := _check_admin(request, settings)) is not None:
@@ -161,20 +155,6 @@ def create_app(
         except BodyTooLarge as exc:
             return JSONResponse({"error": "body_too_large", "limit": exc.limit}, 413)
         return await create_task(current(), body)
-
-    async def list_jobs(request: Request) -> JSONResponse:
-        if (denied := _check_admin(request, settings)) is not None:
-            return denied
-        state_name = request.query_params.get("state")
-        try:
-            state = JobState(state_name) if state_name else None
-        except ValueError:
-            choices = ", ".join(s.value for s in JobState)
-            return JSONResponse({"error": f"state must be one of {choices}"}, 400)
-        jobs = await current().store.list_jobs(
-            state=state, task_id=request.query_params.get("task_id")
-        )
-        return JSONResponse({"jobs": [job_json(j) for j in jobs]})
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -187,17 +167,21 @@ def create_app(
             return JSONResponse({"status": "unavailable", "error": "store_unavailable"}, 503)
         return JSONResponse({"status": "ready"})
 
-    return Starlette(
+    sessions = Sessions(settings.admin_token)
+    app = Starlette(
         routes=[
-            Route("/webhooks/sonic", webhook, methods=["POST"]),
+            Route("/webhooks/sonic", webhook, methods=["POST"], name="webhook"),
             Route("/tasks", post_task, methods=["POST"]),
-            Route("/tasks/{task_id:str}", get_task, methods=["GET"]),
-            Route("/jobs", list_jobs, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            # the operator's console: read API, actions, /metrics, /openapi.json and /ui
+            Mount("", routes=console_routes(),
+                  middleware=[Middleware(AdminAuth, sessions=sessions)]),
         ],
         lifespan=lifespan,
     )
+    app.state.console_sessions = sessions
+    return app
 
 
 def _check_admin(request: Request, settings: Settings) -> JSONResponse | None:
