@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -104,6 +104,13 @@ def done(to: str, title: str, result: Mapping[str, Any], *, ok: bool = True) -> 
     return response
 
 
+async def form_of(request: Request) -> dict[str, str]:
+    """The fields of an urlencoded form (the only kind these pages send), first value each."""
+    fields = parse_qs((await request.body()).decode("utf-8", errors="replace"),
+                      keep_blank_values=True)
+    return {name: values[0] for name, values in fields.items()}
+
+
 def _back(form: Mapping[str, Any], default: str) -> str:
     to = form.get("back")
     return to if isinstance(to, str) and to.startswith("/ui") and "//" not in to else default
@@ -132,7 +139,7 @@ async def login(request: Request) -> Response:
         return render(request, "login.html", {"next": target,
                                               "error": "Log in from this site's own form."},
                       status=403)
-    form = await request.form()
+    form = await form_of(request)
     token = form.get("token")
     if sessions.admin_token is None:
         return RedirectResponse(target, 303)
@@ -253,7 +260,7 @@ async def audit(request: Request) -> Response:
 
 
 async def act_retry_job(request: Request) -> Response:
-    form = await request.form()
+    form = await form_of(request)
     raw = str(form.get("job_id", ""))
     result = None
     if raw.isdigit():
@@ -268,7 +275,7 @@ async def act_retry_job(request: Request) -> Response:
 
 async def act_retry_jobs(request: Request) -> Response:
     """Step one (``confirm`` absent): count the matches and ask. Step two: retry them all."""
-    form = await request.form()
+    form = await form_of(request)
     fields = {k: str(form.get(k, "")) for k in ("state", "handler", "task_id", "since", "until")}
     fields["state"] = fields["state"] or "dead"
     try:
@@ -291,7 +298,7 @@ async def act_retry_jobs(request: Request) -> Response:
 
 
 async def act_record_again(request: Request) -> Response:
-    form = await request.form()
+    form = await form_of(request)
     delivery_id = str(form.get("delivery_id", ""))
     result = await api.actions_of(request).record_again(delivery_id,
                                                         actor=api.actor_of(request))
@@ -304,7 +311,7 @@ async def act_record_again(request: Request) -> Response:
 
 
 async def act_resend(request: Request) -> Response:
-    form = await request.form()
+    form = await form_of(request)
     delivery_id = str(form.get("delivery_id", ""))
     result = await api.actions_of(request).resend(delivery_id, url=api.webhook_url(request),
                                                   actor=api.actor_of(request))
@@ -315,7 +322,7 @@ async def act_resend(request: Request) -> Response:
 
 
 async def act_reconcile(request: Request) -> Response:
-    form = await request.form()
+    form = await form_of(request)
     task_id = str(form.get("task_id", ""))
     back = _back(form, f"/ui/tasks/{task_id}")
     try:

@@ -1,0 +1,68 @@
+"""/metrics parses with prometheus_client's parser and its counters match the database after a
+run of known deliveries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from receiver.app import create_app
+from receiver.clock import FakeClock
+from receiver.store import SQLiteStore
+from tests.console.test_api import AUTH, TOKEN, dead_jobs
+from tests.support import app_client, callback, clip, post_signed, settings_for
+
+pytestmark = pytest.mark.anyio
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            found[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return found
+
+
+async def test_counters_match_the_database(tmp_path: Path) -> None:
+    """5 recorded deliveries (one sent twice), 2 quarantined, 2 dead jobs: the scrape says so,
+    and every count equals the database's."""
+    clock = FakeClock(1_800_000_000)
+    settings = settings_for(tmp_path, admin_token=TOKEN, worker="off")
+    async with app_client(create_app(settings, clock=clock)) as client:
+        for i in range(5):
+            body = callback(f"t-{i}", [clip(f"c-{i}", "succeeded")], event="song.completed")
+            assert (await post_signed(client, body, clock=clock,
+                                      delivery_id=f"d-{i}")).status_code == 200
+        again = callback("t-0", [clip("c-0", "succeeded")], event="song.completed")
+        assert (await post_signed(client, again, clock=clock,
+                                  delivery_id="d-0")).json()["status"] == "duplicate"
+        for i in range(2):
+            assert (await post_signed(client, b'{"data": 1}', clock=clock,
+                                      delivery_id=f"q-{i}")).status_code == 422
+        await dead_jobs(tmp_path, clock, 2, "download_audio")
+        clock.advance(30)
+        answer = await client.get("/metrics", headers=AUTH)
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/plain")
+        got = samples(answer.text)
+        assert (await client.get("/metrics")).status_code == 401
+    assert got[("receiver_deliveries_total", (("outcome", "recorded"),
+                                              ("scheme", "musicapi")))] == 5
+    assert got[("receiver_deliveries_total", (("outcome", "quarantined"),
+                                              ("scheme", "musicapi")))] == 2
+    assert got[("receiver_transitions_total", (("entity", "task"),
+                                               ("state", "succeeded")))] == 5
+    assert got[("receiver_jobs", (("handler", "download_audio"), ("state", "dead")))] == 2
+    assert got[("receiver_dead_jobs", ())] == 2
+    ingest = got[("receiver_ingest_seconds_count", (("outcome", "recorded"),))]
+    assert ingest >= 6  # process-wide: other tests in this process add to it
+    async with SQLiteStore(tmp_path / "receiver.db") as store:
+        rows = await store._fetch("SELECT COUNT(*) FROM transitions WHERE entity = 'task' "
+                                  "AND to_state = 'succeeded'")
+        deliveries = await store._fetch("SELECT COUNT(*) FROM deliveries")
+    assert got[("receiver_transitions_total", (("entity", "task"),
+                                               ("state", "succeeded")))] == rows[0][0]
+    assert sum(v for (name, _), v in got.items() if name == "receiver_deliveries_total") == \
+        deliveries[0][0]
