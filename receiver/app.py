@@ -6,9 +6,12 @@ app's lifespan, what is passed belongs to the caller. Nothing happens at import.
 Routes: ``POST /webhooks/sonic`` (:mod:`receiver.webhook`), ``POST /tasks``
 (:mod:`receiver.creation`), ``GET /healthz`` (alive) and ``GET /readyz`` (the database takes a
 write), and the operator's console (:mod:`receiver.console`: the read API, its actions,
-``/metrics``, ``/openapi.json`` and the dashboard at ``/ui``). When ``RECEIVER_ADMIN_TOKEN`` is
-set, everything but the webhook and the probes needs it (a Bearer token, or the dashboard's
-session); the probes stay open so that orchestrators can call them.
+``/metrics``, ``/openapi.json`` and the dashboard at ``/ui``). Everything but the webhook and
+the probes is the admin surface: one ``Mount`` behind
+:class:`receiver.console.session.ConsoleAuth` (:class:`receiver.auth.AdminAuth` extended with
+the dashboard's session: a Bearer token, the session cookie, or an explicit opt-out); the
+probes stay open so that orchestrators can call them. Request bodies are read under
+:class:`receiver.connections.BodyTimeout`.
 
 Handlers are loaded and routes checked here, in the factory, so that a route naming an unknown
 handler stops start-up before the server binds. With ``RECEIVER_WORKER=inprocess`` (the
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -35,8 +37,9 @@ from starlette.routing import Mount, Route
 
 from receiver import metrics
 from receiver.clock import Clock, SystemClock
+from receiver.connections import BodyTimeout
 from receiver.console import console_routes
-from receiver.console.session import AdminAuth, Sessions
+from receiver.console.session import ConsoleAuth, Sessions
 from receiver.creation import create_task
 from receiver.errors import BodyTooLarge, StoreError
 from receiver.jobs import Job
@@ -140,6 +143,8 @@ def create_app(
                 runtime = None
 
     async def webhook(request: Request) -> JSONResponse:
+        if request.method != "POST":
+            return JSONResponse({"error": "method_not_allowed"}, 405, headers={"Allow": "POST"})
         if endpoint is None:
             return JSONResponse({"error": "store_unavailable"}, 503)
         started = time.perf_counter()
@@ -148,8 +153,6 @@ def create_app(
         return response
 
     async def post_task(request: Request) -> JSONResponse:
-        if (denied := _check_admin(request, settings)) is not None:
-            return denied
         try:
             body = await read_body(request, settings.max_body_bytes)
         except BodyTooLarge as exc:
@@ -167,34 +170,28 @@ def create_app(
             return JSONResponse({"status": "unavailable", "error": "store_unavailable"}, 503)
         return JSONResponse({"status": "ready"})
 
+    admin = [
+        Route("/tasks", post_task, methods=["POST"]),
+        # the operator's console: read API, actions, /metrics, /openapi.json and /ui
+        *console_routes(),
+    ]
     sessions = Sessions(settings.admin_token)
     app = Starlette(
         routes=[
-            Route("/webhooks/sonic", webhook, methods=["POST"], name="webhook"),
-            Route("/tasks", post_task, methods=["POST"]),
+            # Every method, so that a GET is told 405 here rather than taken by the admin Mount.
+            Route("/webhooks/sonic", webhook, name="webhook",
+                  methods=["POST", "GET", "PUT", "PATCH", "DELETE", "OPTIONS"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
-            # the operator's console: read API, actions, /metrics, /openapi.json and /ui
-            Mount("", routes=console_routes(),
-                  middleware=[Middleware(AdminAuth, sessions=sessions)]),
+            # Everything else, unknown paths included, is the admin surface.
+            Mount("", routes=admin, middleware=[
+                Middleware(ConsoleAuth, settings=settings, sessions=sessions)]),
         ],
+        middleware=[Middleware(BodyTimeout, timeout_s=settings.body_timeout_s)],
         lifespan=lifespan,
     )
     app.state.console_sessions = sessions
     return app
-
-
-def _check_admin(request: Request, settings: Settings) -> JSONResponse | None:
-    if settings.admin_token is None:
-        return None
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(
-        token.strip().encode(), settings.admin_token.encode()
-    ):
-        return None
-    return JSONResponse(
-        {"error": "unauthorized"}, 401, headers={"WWW-Authenticate": 'Bearer realm="receiver"'}
-    )
 
 
 def task_view_json(view: TaskView) -> dict[str, Any]:

@@ -10,8 +10,9 @@
   carry the session's form token (field ``csrf`` or header ``X-CSRF-Token``): SameSite alone
   is not trusted against sibling subdomains or old browsers.
 
-With no admin token configured the admin surface is open (the app decides whether that is
-allowed); the origin check still applies to the dashboard's forms.
+With no admin token configured the admin surface is refused (:mod:`receiver.auth`) unless the
+operator opened it explicitly; the origin and form-token checks still apply to the dashboard's
+forms then.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from receiver.auth import AdminAuth, bearer_token, token_matches
+from receiver.settings import Settings
 
 COOKIE = "receiver_console"
 MAX_AGE_S = 12 * 3600
@@ -44,13 +47,10 @@ class Sessions:
         self._serializer = URLSafeTimedSerializer(self._key, salt="console-session")
 
     def token_matches(self, presented: str) -> bool:
+        """The login form's token is the admin token (constant time)."""
         if self.admin_token is None:
             return False
-        return hmac.compare_digest(presented.strip().encode(), self.admin_token.encode())
-
-    def bearer_ok(self, request: Request) -> bool:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and self.token_matches(token)
+        return token_matches(presented.strip(), self.admin_token)
 
     def new_cookie(self) -> str:
         return self._serializer.dumps({"sid": secrets.token_urlsafe(16)})
@@ -118,60 +118,66 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replayed
 
 
-class AdminAuth:
-    """ASGI middleware for the admin routes: Bearer token or the dashboard's session (with the
-    cross-site checks for changes). Pages get a redirect to the login form; JSON gets 401.
+class ConsoleAuth(AdminAuth):
+    """:class:`receiver.auth.AdminAuth` extended with the dashboard's session: the one
+    middleware on the admin ``Mount``.
+
+    Let in: a valid Bearer token; the session cookie (changes also need the same origin and
+    the form token); or anyone when the operator opened the admin surface explicitly (changes
+    from a browser still need the same origin and the form token). The login form and the
+    static files are public. Otherwise a page redirects to the login form, and anything else
+    gets AdminAuth's own answer (401, or 403 when no token is configured).
     ``scope["console_auth"]`` says how the request was let in (for the audit log)."""
 
-    def __init__(self, app: ASGIApp, *, sessions: Sessions,
+    def __init__(self, app: ASGIApp, *, settings: Settings, sessions: Sessions,
                  login_path: str = "/ui/login") -> None:
-        self.app = app
+        super().__init__(app, settings=settings)
         self.sessions = sessions
         self.login_path = login_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await super().__call__(scope, receive, send)
             return
         request = Request(scope, receive)
         body = b""
-        if scope.get("method", "GET") not in SAFE_METHODS:
+        if request.method not in SAFE_METHODS:
             body = await request.body()  # read once here, replayed to the endpoint
-        denied = await self.check(request, body)
-        if denied is not None:
-            await denied(scope, receive, send)
-            return
-        await self.app(scope, _replay(body, receive) if body else receive, send)
+        replay = _replay(body, receive) if body else receive
+        verdict = self.check(request, body)
+        if verdict == "deny":
+            await super().__call__(scope, replay, send)  # AdminAuth's own refusal
+        elif isinstance(verdict, Response):
+            await verdict(scope, receive, send)
+        else:
+            scope["console_auth"] = verdict
+            await self.app(scope, replay, send)
 
-    async def check(self, request: Request, body: bytes) -> Response | None:
+    def check(self, request: Request, body: bytes) -> Response | str:
+        """How the request is let in (a label), a response refusing it, or ``"deny"``."""
         sessions = self.sessions
         path = request.url.path
-        if path in (self.login_path, "/ui/static") or path.startswith("/ui/static/"):
-            return None
-        if sessions.admin_token is not None and sessions.bearer_ok(request):
-            request.scope["console_auth"] = "token"
-            return None
-        sid = sessions.session_id(request)
-        if sessions.admin_token is not None and sid is None:
-            if path.startswith("/ui") and request.method in SAFE_METHODS:
-                return RedirectResponse(f"{self.login_path}?next={_safe_next(path)}", 303)
-            return JSONResponse({"error": "unauthorized"}, 401,
-                                headers={"WWW-Authenticate": 'Bearer realm="receiver"'})
-        request.scope["console_auth"] = "session" if sid else "open"
-        request.scope["console_sid"] = sid
+        if path == self.login_path or path.startswith("/ui/static/"):
+            return "public"
         changes = request.method not in SAFE_METHODS
-        if changes and (sid is not None or path.startswith("/ui")) and not csrf_ok(
-            request, body, sessions, sid
-        ):
+        token = self.settings.admin_token
+        if token is not None and token_matches(bearer_token(request), token):
+            return "token"
+        sid = sessions.session_id(request) if token is not None else None
+        open_admin = token is None and self.settings.insecure_open_admin
+        if sid is None and not open_admin:
+            if token is not None and path.startswith("/ui") and not changes:
+                return RedirectResponse(f"{self.login_path}?next={_safe_next(path)}", 303)
+            return "deny"
+        request.scope["console_sid"] = sid
+        browser = sid is not None or path.startswith("/ui") or "origin" in request.headers
+        if changes and browser and not csrf_ok(request, body, sessions, sid):
             return JSONResponse({"error": "cross_site_request_refused"}, 403)
-        return None
+        return "session" if sid is not None else "open"
 
 
 def _safe_next(path: str) -> str:
     return path if path.startswith("/ui") and "//" not in path else "/ui"
-
-
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 def sessions_of(request: Request) -> Sessions:
