@@ -4,7 +4,8 @@ Every I/O edge comes in through the factory: what is not passed is built (and cl
 app's lifespan, what is passed belongs to the caller. Nothing happens at import.
 
 Routes: ``POST /webhooks/sonic`` (:mod:`receiver.webhook`), ``POST /tasks``
-(:mod:`receiver.creation`), ``GET /tasks/{task_id}``,
+(:mod:`receiver.creation`), ``GET /tasks/{task_id}``, ``GET /files/{task_id}/{clip_id}/{kind}``
+(a kept file: Range from a local folder, a presigned redirect from an object store),
 ``GET /jobs?state=dead``, ``GET /healthz`` (alive) and ``GET /readyz`` (the database takes a
 write). When ``RECEIVER_ADMIN_TOKEN`` is set, ``/tasks`` and ``/jobs`` need it as a Bearer
 token; the probes stay open so that orchestrators can call them.
@@ -27,13 +28,14 @@ import httpx
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver.clock import Clock, SystemClock
 from receiver.creation import create_task
 from receiver.errors import BodyTooLarge, StoreError
 from receiver.jobs import Job, JobState
+from receiver.media import file_response, open_media
 from receiver.models import ChildTask, Clip, Result, StoredFile, Task, TaskView, Transition
 from receiver.registry import Registry, load_registry
 from receiver.replay import reconcile_every
@@ -153,6 +155,16 @@ def create_app(
         body["results"] = [result_json(r) for r in await store.list_results(task_id)]
         return JSONResponse(body)
 
+    async def get_file(request: Request) -> Response:
+        if (denied := _check_admin(request, settings)) is not None:
+            return denied
+        p = request.path_params
+        found = next((f for f in await current().store.list_files(p["task_id"])
+                      if f.clip_id == p["clip_id"] and f.kind == p["kind"]), None)
+        if found is None:
+            return JSONResponse({"error": "file_not_found"}, 404)
+        return await file_response(open_media(settings), found, request)
+
     async def post_task(request: Request) -> JSONResponse:
         if (denied := _check_admin(request, settings)) is not None:
             return denied
@@ -192,6 +204,7 @@ def create_app(
             Route("/webhooks/sonic", webhook, methods=["POST"]),
             Route("/tasks", post_task, methods=["POST"]),
             Route("/tasks/{task_id:str}", get_task, methods=["GET"]),
+            Route("/files/{task_id:str}/{clip_id:str}/{kind:str}", get_file, methods=["GET"]),
             Route("/jobs", list_jobs, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
