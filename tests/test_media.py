@@ -3,9 +3,12 @@ the tests (``s3_server``); download_audio keeping files there; the admin file ro
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
+import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -49,6 +52,7 @@ from tests.support import SECRET, app_client, callback, clip, settings_for
 pytestmark = pytest.mark.anyio
 
 MP3 = mp3_bytes()
+ROOT = Path(__file__).resolve().parent.parent
 WAV = wav_bytes()
 
 
@@ -349,3 +353,90 @@ def test_one_object_store_is_shared_per_place(aws_env: S3Server, tmp_path: Path)
     settings = settings_for(tmp_path, media_url="s3://songs/x")
     assert open_media(settings) is open_media(settings)
     assert isinstance(open_media(settings_for(tmp_path)), LocalMedia)
+
+
+# ---- SIGKILL in the middle of an upload ----------------------------------------------------
+
+CHILD = """
+import asyncio, sys
+from pathlib import Path
+
+import receiver.media as media
+from handlers.download_audio import handle
+from receiver.clock import FakeClock
+from tests.handler_support import deliver, handler_runtime
+from tests.handlers import LOOPBACK_ONLY
+from tests.test_media import route, big_song
+
+slow_chunks = media.file_chunks
+
+async def throttled(*args, **kwargs):
+    # Slowed down so that the parent can kill us while parts are in flight.
+    async for chunk in slow_chunks(*args, **kwargs):
+        await asyncio.sleep(0.1)
+        yield chunk
+
+media.file_chunks = throttled
+
+async def main(tmp: str, media_url: str, audio_url: str) -> None:
+    async with handler_runtime(Path(tmp), handlers={"download_audio": handle}, routes=[route()],
+                               config=LOOPBACK_ONLY, clock=FakeClock(),
+                               media_url=media_url) as runtime:
+        await deliver(runtime, big_song(audio_url))
+        print("delivered", flush=True)
+        await runtime.worker.run_once()
+        print("finished", flush=True)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def big_song(audio_url: str) -> bytes:
+    return callback("t-big", [clip("c1", "succeeded", title="Long", audio_url=audio_url)],
+                    event="song.completed")
+
+
+@pytest.mark.slow
+async def test_a_download_killed_mid_upload_leaves_no_object_and_a_restart_keeps_the_right_one(
+    aws_env: S3Server, s3_bucket: str, tmp_path: Path,
+) -> None:
+    media_url = f"s3://{s3_bucket}/demo"
+    body = big(40 * 1024 * 1024)
+    async with media_server() as server:
+        server.files["/long.mp3"] = Media(body=body, chunk=1024 * 1024)
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CHILD, str(tmp_path), media_url, server.url("/long.mp3"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        try:
+            for _ in range(600):  # until the child's multipart upload is under way
+                if await asyncio.to_thread(pending_uploads, aws_env, s3_bucket):
+                    break
+                assert child.returncode is None, await child.stdout.read()  # type: ignore[union-attr]
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("the upload never started")
+            child.send_signal(signal.SIGKILL)
+        finally:
+            await child.wait()
+        assert child.returncode == -signal.SIGKILL
+        assert "finished" not in (await child.stdout.read()).decode()  # type: ignore[union-attr]
+        # the part-way upload is invisible: no object under the final key, nothing recorded
+        assert await objects(aws_env, s3_bucket) == {}
+        assert pending_uploads(aws_env, s3_bucket) == ["demo/t-big/c1.mp3"]
+
+        clock = FakeClock()
+        async with watched_client() as (client, _), handler_runtime(
+            tmp_path, handlers={"download_audio": handle}, routes=[route()],
+            config=LOOPBACK_ONLY, http=client, clock=clock, media_url=media_url,
+        ) as runtime:
+            assert await runtime.store.list_files("t-big") == []
+            clock.advance(3600)  # the dead child's lease runs out
+            assert await runtime.worker.run_once() == 1  # type: ignore[union-attr]
+            (job,) = await runtime.store.list_jobs()
+            (kept,) = [f for f in await runtime.store.list_files("t-big") if f.kind == "audio"]
+    assert job.state is JobState.DONE, job.last_error
+    stored = await object_bytes(aws_env, s3_bucket, "demo/t-big/c1.mp3")
+    assert (len(stored), sha(stored)) == (kept.size, kept.sha256)
+    assert stored.endswith(body)  # the whole download, with its ID3 tag in front
