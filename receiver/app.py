@@ -4,14 +4,15 @@ Every I/O edge comes in through the factory: what is not passed is built (and cl
 app's lifespan, what is passed belongs to the caller. Nothing happens at import.
 
 Routes: ``POST /webhooks/sonic`` (:mod:`receiver.webhook`), ``POST /tasks``
-(:mod:`receiver.creation`), ``GET /healthz`` (alive) and ``GET /readyz`` (the database takes a
-write), and the operator's console (:mod:`receiver.console`: the read API, its actions,
-``/metrics``, ``/openapi.json`` and the dashboard at ``/ui``). Everything but the webhook and
-the probes is the admin surface: one ``Mount`` behind
-:class:`receiver.console.session.ConsoleAuth` (:class:`receiver.auth.AdminAuth` extended with
-the dashboard's session: a Bearer token, the session cookie, or an explicit opt-out); the
-probes stay open so that orchestrators can call them. Request bodies are read under
-:class:`receiver.connections.BodyTimeout`.
+(:mod:`receiver.creation`), ``GET /files/{task_id}/{clip_id}/{kind}`` (a kept file: Range from
+a local folder, a presigned redirect from an object store), ``GET /healthz`` (alive) and
+``GET /readyz`` (the database takes a write), and the operator's console
+(:mod:`receiver.console`: the read API, its actions, ``/metrics``, ``/openapi.json`` and the
+dashboard at ``/ui``). Everything but the webhook and the probes is the admin surface: one
+``Mount`` behind :class:`receiver.console.session.ConsoleAuth` (:class:`receiver.auth.AdminAuth`
+extended with the dashboard's session: a Bearer token, the session cookie, or an explicit
+opt-out); the probes stay open so that orchestrators can call them. Request bodies are read
+under :class:`receiver.connections.BodyTimeout`.
 
 Handlers are loaded and routes checked here, in the factory, so that a route naming an unknown
 handler stops start-up before the server binds. With ``RECEIVER_WORKER=inprocess`` (the
@@ -32,7 +33,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from receiver import metrics
@@ -43,6 +44,7 @@ from receiver.console.session import ConsoleAuth, Sessions
 from receiver.creation import create_task
 from receiver.errors import BodyTooLarge, StoreError
 from receiver.jobs import Job
+from receiver.media import file_response, open_media
 from receiver.models import ChildTask, Clip, Result, StoredFile, Task, TaskView, Transition
 from receiver.registry import Registry, load_registry
 from receiver.replay import reconcile_every
@@ -152,6 +154,14 @@ def create_app(
         metrics.observe_ingest(time.perf_counter() - started, response.status_code)
         return response
 
+    async def get_file(request: Request) -> Response:
+        p = request.path_params
+        found = next((f for f in await current().store.list_files(p["task_id"])
+                      if f.clip_id == p["clip_id"] and f.kind == p["kind"]), None)
+        if found is None:
+            return JSONResponse({"error": "file_not_found"}, 404)
+        return await file_response(open_media(settings), found, request)
+
     async def post_task(request: Request) -> JSONResponse:
         try:
             body = await read_body(request, settings.max_body_bytes)
@@ -172,6 +182,7 @@ def create_app(
 
     admin = [
         Route("/tasks", post_task, methods=["POST"]),
+        Route("/files/{task_id:str}/{clip_id:str}/{kind:str}", get_file, methods=["GET"]),
         # the operator's console: read API, actions, /metrics, /openapi.json and /ui
         *console_routes(),
     ]

@@ -26,6 +26,7 @@ ENV_KEYS: dict[str, str] = {
     "RECEIVER_DB": "db",
     "RECEIVER_DB_SYNCHRONOUS": "db_synchronous",
     "RECEIVER_MEDIA_DIR": "media_dir",
+    "RECEIVER_MEDIA": "media",
     "RECEIVER_MAX_BODY_BYTES": "max_body_bytes",
     "RECEIVER_SIGNATURE_TOLERANCE_S": "signature_tolerance_s",
     "RECEIVER_SCHEMES": "schemes",
@@ -47,6 +48,7 @@ ENV_KEYS: dict[str, str] = {
 }
 WORKER_KEYS = frozenset({"concurrency", "lease_s", "poll_s", "max_attempts", "backoff",
                          "jitter", "drain_s"})
+OBJECT_STORE_SCHEMES = ("s3", "gs", "az")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -59,6 +61,9 @@ class Settings:
     db_path: Path = Path("data/receiver.db")
     db_synchronous: str = "normal"
     media_dir: Path = Path("media")
+    # RECEIVER_MEDIA as an object-store URL (s3://bucket/prefix, gs://, az://); None: the
+    # local folder media_dir (receiver.media).
+    media_url: str | None = None
     max_body_bytes: int = MIB
     signature_tolerance_s: int = 300
     schemes: tuple[Scheme, ...] = (Scheme.MUSICAPI,)
@@ -122,6 +127,12 @@ class Settings:
                           ("SONIC_API_BASE_URL", self.sonic_api_base_url)):
             if url is not None and not url.startswith(("http://", "https://")):
                 raise SettingsError(f"{name} must be an http(s) URL")
+        if self.media_url is not None:
+            scheme = self.media_url.partition("://")[0].lower()
+            if scheme not in OBJECT_STORE_SCHEMES:
+                stores = ", ".join(f"{s}://" for s in OBJECT_STORE_SCHEMES)
+                raise SettingsError(f"RECEIVER_MEDIA: {scheme!r} is not a media store "
+                                    f"(a path, file://, or {stores})")
         return self
 
     @property
@@ -133,6 +144,11 @@ class Settings:
         """Every secret value of the configuration, to be blanked in logs and errors."""
         values = (*self.webhook_secrets, self.admin_token, self.sonic_api_key)
         return tuple(v for v in values if v)
+
+    @property
+    def media_location(self) -> str:
+        """Where media live: the object-store URL, or the local folder's path."""
+        return self.media_url or str(self.media_dir)
 
     @property
     def webhook_url(self) -> str | None:
@@ -180,7 +196,8 @@ def load(
             f"{raw['admin_token'][0]} and {raw['admin_token_file'][0]} are both set: "
             "give the admin token one way"
         )
-    for key, (origin, value) in raw.items():
+    # RECEIVER_MEDIA is applied after its alias RECEIVER_MEDIA_DIR, so that it wins.
+    for key, (origin, value) in sorted(raw.items(), key=lambda item: item[0] == "media"):
         changes.update(_convert(key, origin, value))
     if insecure:
         changes["insecure_no_verify"] = True
@@ -207,6 +224,8 @@ def _convert(key: str, origin: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, str | Path) or not str(value):
             raise SettingsError(f"{origin} must be a path")
         return {"db_path" if key == "db" else key: Path(value)}
+    if key == "media":
+        return _media(origin, value)
     if key in ("max_body_bytes", "signature_tolerance_s", "worker_concurrency"):
         return {key: _positive_int(origin, value)}
     if key in ("public_url", "sonic_api_base_url"):
@@ -231,6 +250,21 @@ def _convert(key: str, origin: str, value: Any) -> dict[str, Any]:
     if key == "max_connections":
         return {key: _positive_int(origin, value)}
     return {key: str(value).lower()}  # db_synchronous, log_*: checked by validated()
+
+
+def _media(origin: str, value: Any) -> dict[str, Any]:
+    """A path or ``file://`` URL is the local folder; ``scheme://...`` an object store."""
+    text = str(value).strip() if isinstance(value, str | Path) else ""
+    if not text:
+        raise SettingsError(f"{origin} must be a path or a URL")
+    if text.startswith("file://"):
+        path = text.removeprefix("file://")
+        if not path.startswith("/"):
+            raise SettingsError(f"{origin}: a file:// URL needs an absolute path (file:///...)")
+        return {"media_dir": Path(path), "media_url": None}
+    if "://" in text:
+        return {"media_url": text.rstrip("/")}
+    return {"media_dir": Path(text), "media_url": None}
 
 
 def _worker_table(table: Any, config_file: Path | None) -> dict[str, Any]:
