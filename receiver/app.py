@@ -53,7 +53,7 @@ from receiver.runtime import Runtime, open_runtime
 from receiver.settings import Settings
 from receiver.signatures import Verifier
 from receiver.sonic.client import SonicClient
-from receiver.store import Store
+from receiver.storage import Store
 from receiver.webhook import WebhookEndpoint, read_body
 
 log = structlog.get_logger("receiver.app")
@@ -115,6 +115,12 @@ def create_app(
                     store=opened.store, sonic=opened.sonic, router=router, clock=clock,
                     on_jobs=opened.worker.wake if opened.worker else None,
                 ), name="reconcile"))
+            if settings.retention_s is not None:
+                background.append(asyncio.create_task(prune_every(
+                    settings.retention_every_s, store=opened.store, clock=clock,
+                    older_than_s=settings.retention_s,
+                    keep_ids_s=settings.retention_keep_ids_s,
+                ), name="retention"))
             endpoint = WebhookEndpoint(
                 store=opened.store,
                 verifier=verifier,
@@ -125,7 +131,7 @@ def create_app(
             )
             log.info(
                 "receiver_started",
-                db=str(settings.db_path) if store is None else type(opened.store).__name__,
+                db=opened.store.describe(),
                 schemes=[s.value for s in settings.schemes],
                 verify=verifier is not None,
                 worker=settings.worker,
@@ -203,6 +209,18 @@ def create_app(
     )
     app.state.console_sessions = sessions
     return app
+
+
+async def prune_every(
+    every_s: float, *, store: Store, clock: Clock, older_than_s: float, keep_ids_s: float
+) -> None:
+    """The retention policy on a schedule (``[retention]``); a failed round is logged."""
+    while True:
+        await clock.sleep(every_s)
+        try:
+            await store.prune(older_than_s=older_than_s, keep_ids_s=keep_ids_s)
+        except StoreError as exc:
+            log.error("prune_failed", error=exc.message)
 
 
 def task_view_json(view: TaskView) -> dict[str, Any]:

@@ -84,6 +84,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(run=_worker)
 
+    migrate = sub.add_parser(
+        "migrate", help="bring the database's schema up to date, and exit",
+        description="Applies the numbered migrations the database lacks (each once, even when "
+        "several processes start together), for a Procfile release: phase. serve and worker "
+        "also migrate at start.")
+    _add_common(migrate)
+    migrate.set_defaults(run=_migrate)
+
+    prune = sub.add_parser(
+        "prune", help="apply the retention policy: drop old raw bodies and finished jobs",
+        description="Raw bodies of deliveries whose task is finished, and finished jobs (with "
+        "their attempts), older than --older-than go; the delivery rows themselves (their ids "
+        "deduplicate resent deliveries) stay until --keep-ids. Tasks, clips, transitions, "
+        "files, results and quarantined deliveries stay.")
+    _add_common(prune)
+    prune.add_argument("--older-than", required=True, help="e.g. 90d, 12h")
+    prune.add_argument("--keep-ids", default="400d",
+                       help="how long delivery ids are kept (default 400d)")
+    prune.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    prune.set_defaults(run=_prune)
+
     sub.add_parser("sandbox", help="run a local server that plays the Sonic API", add_help=False)
     sub.add_parser("replay", help="recover missed events: reconcile, redispatch, resend",
                    add_help=False)
@@ -92,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", type=Path, help="SQLite file (default $RECEIVER_DB)")
+    parser.add_argument(
+        "--db", help="SQLite file or postgresql:// URL (default $RECEIVER_DB, $DATABASE_URL)")
     parser.add_argument("--config", type=Path, help="TOML config file (default $RECEIVER_CONFIG)")
     parser.add_argument("--media-dir", type=Path, help="media folder ($RECEIVER_MEDIA_DIR)")
     parser.add_argument(
@@ -153,6 +175,45 @@ def _worker(args: argparse.Namespace) -> int:
     # A worker needs no webhook secret: it never verifies anything.
     loaded = _load(args, worker_concurrency=args.concurrency, insecure_no_verify=True)
     return asyncio.run(run_worker(loaded))
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from receiver.storage import store_for
+
+    loaded = _load(args, insecure_no_verify=True)
+
+    async def run() -> str:
+        async with store_for(loaded) as store:
+            return store.describe()
+
+    print(f"sonic-receiver: schema up to date: {asyncio.run(run())}")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    import asyncio
+    import dataclasses
+    import json
+
+    from receiver.settings import parse_duration
+    from receiver.storage import store_for
+
+    loaded = _load(args, insecure_no_verify=True)
+    older = parse_duration("--older-than", args.older_than)
+    keep = parse_duration("--keep-ids", args.keep_ids)
+    if keep < older:
+        raise SettingsError("--keep-ids must be at least --older-than")
+
+    async def run() -> dict[str, object]:
+        async with store_for(loaded) as store:
+            report = await store.prune(older_than_s=older, keep_ids_s=keep,
+                                       dry_run=args.dry_run)
+            return dataclasses.asdict(report)
+
+    print(json.dumps(asyncio.run(run())))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

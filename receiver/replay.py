@@ -43,7 +43,7 @@ from receiver.routing import Router
 from receiver.signatures import Scheme, sign
 from receiver.sonic.client import SonicClient
 from receiver.sonic.errors import SonicError, TaskNotFound
-from receiver.store import Store
+from receiver.storage.roles import Admin, Ingest
 
 log = structlog.get_logger("receiver.replay")
 
@@ -123,7 +123,7 @@ def poll_delivery(task_id: str, answer: dict[str, Any], *, received_at: float) -
 async def reconcile(
     task_ids: Sequence[str],
     *,
-    store: Store,
+    store: Ingest,
     sonic: SonicClient,
     router: Router | None,
     clock: Clock,
@@ -176,7 +176,7 @@ async def reconcile_every(
     every_s: float,
     stale_s: float,
     *,
-    store: Store,
+    store: Admin,
     sonic: SonicClient,
     router: Router | None,
     clock: Clock,
@@ -216,7 +216,7 @@ def read_task_ids(args: Iterable[str], files: Iterable[Path]) -> list[str]:
 
 async def redispatch(
     *,
-    store: Store,
+    store: Admin,
     router: Router | None,
     clock: Clock,
     where: JobFilter,
@@ -280,7 +280,8 @@ async def resend(
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> Summary:
-    """POST each of ``raws`` (chosen with :meth:`Store.raw_deliveries`) to ``url``."""
+    """POST each of ``raws`` (chosen with :meth:`~receiver.storage.roles.Admin.raw_deliveries`)
+    to ``url``."""
     summary = Summary(command="resend", dry_run=dry_run, selected=len(raws))
     if dry_run:
         summary.add("would_send", len(raws))
@@ -408,14 +409,14 @@ def main(argv: list[str]) -> int:
 async def _run(args: argparse.Namespace, loaded: Any) -> Summary:
     from receiver.registry import load_registry
     from receiver.routing import routes_from_config
-    from receiver.store import SQLiteStore
+    from receiver.storage import store_for
 
     clock = SystemClock()
     router = Router(routes_from_config(loaded.config), policy=loaded.retry)
     load_registry(loaded.config).check(router.handler_names)
-    if not loaded.db_path.exists():
+    if loaded.db_url is None and not loaded.db_path.exists():
         raise SettingsError(f"database {loaded.db_path} does not exist")
-    async with SQLiteStore(loaded.db_path, clock=clock) as store:
+    async with store_for(loaded, clock=clock) as store:
         if args.command == "redispatch":
             return await redispatch(
                 store=store, router=router, clock=clock, dry_run=args.dry_run,

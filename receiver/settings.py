@@ -25,6 +25,7 @@ ENV_KEYS: dict[str, str] = {
     "SONIC_WEBHOOK_SECRET": "webhook_secret",
     "RECEIVER_DB": "db",
     "RECEIVER_DB_SYNCHRONOUS": "db_synchronous",
+    "RECEIVER_DB_LOCK_TIMEOUT_S": "db_lock_timeout_s",
     "RECEIVER_MEDIA_DIR": "media_dir",
     "RECEIVER_MEDIA": "media",
     "RECEIVER_MAX_BODY_BYTES": "max_body_bytes",
@@ -46,6 +47,7 @@ ENV_KEYS: dict[str, str] = {
     "SONIC_API_BASE_URL": "sonic_api_base_url",
     "SONIC_API_KEY": "sonic_api_key",
 }
+DB_SCHEMES = ("postgresql", "postgres")
 WORKER_KEYS = frozenset({"concurrency", "lease_s", "poll_s", "max_attempts", "backoff",
                          "jitter", "drain_s"})
 OBJECT_STORE_SCHEMES = ("s3", "gs", "az")
@@ -59,7 +61,15 @@ class Settings:
 
     webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
     db_path: Path = Path("data/receiver.db")
+    # a PostgreSQL URL (RECEIVER_DB=postgresql://..., or DATABASE_URL): db_path is unused then
+    db_url: str | None = field(default=None, repr=False)
     db_synchronous: str = "normal"
+    # how long a write waits for the database's lock before it is answered 503
+    db_lock_timeout_s: float = 5.0
+    # retention: raw bodies and finished jobs older than this go; delivery ids stay keep_ids_s
+    retention_s: float | None = None
+    retention_keep_ids_s: float = 400 * 86400.0
+    retention_every_s: float = 3600.0
     media_dir: Path = Path("media")
     # RECEIVER_MEDIA as an object-store URL (s3://bucket/prefix, gs://, az://); None: the
     # local folder media_dir (receiver.media).
@@ -180,6 +190,8 @@ def load(
     for name, key in ENV_KEYS.items():
         if env.get(name, "") != "":
             raw[key] = (name, env[name])
+    if "db" not in raw and env.get("DATABASE_URL", "") != "":  # the platforms' convention
+        raw["db"] = ("DATABASE_URL", env["DATABASE_URL"])
     flags = dict(overrides or {})
     insecure = bool(flags.pop("insecure_no_verify", False))
     for key, value in flags.items():
@@ -196,6 +208,7 @@ def load(
             f"{raw['admin_token'][0]} and {raw['admin_token_file'][0]} are both set: "
             "give the admin token one way"
         )
+    changes.update(_retention_table(config.get("retention", {}), config_file))
     # RECEIVER_MEDIA is applied after its alias RECEIVER_MEDIA_DIR, so that it wins.
     for key, (origin, value) in sorted(raw.items(), key=lambda item: item[0] == "media"):
         changes.update(_convert(key, origin, value))
@@ -220,12 +233,16 @@ def _convert(key: str, origin: str, value: Any) -> dict[str, Any]:
         if not secrets:
             raise SettingsError(f"{origin} holds no secret")
         return {"webhook_secrets": secrets}
-    if key in ("db", "media_dir"):
+    if key == "db":
+        return _database(origin, value)
+    if key == "media_dir":
         if not isinstance(value, str | Path) or not str(value):
             raise SettingsError(f"{origin} must be a path")
-        return {"db_path" if key == "db" else key: Path(value)}
+        return {key: Path(value)}
     if key == "media":
         return _media(origin, value)
+    if key == "db_lock_timeout_s":
+        return {key: _positive_float(origin, _number(origin, value))}
     if key in ("max_body_bytes", "signature_tolerance_s", "worker_concurrency"):
         return {key: _positive_int(origin, value)}
     if key in ("public_url", "sonic_api_base_url"):
@@ -265,6 +282,69 @@ def _media(origin: str, value: Any) -> dict[str, Any]:
     if "://" in text:
         return {"media_url": text.rstrip("/")}
     return {"media_dir": Path(text), "media_url": None}
+
+
+def _database(origin: str, value: Any) -> dict[str, Any]:
+    """A path or ``sqlite:///path`` for SQLite, ``postgresql://...`` for PostgreSQL; any other
+    scheme is refused (it would otherwise become a folder named after it)."""
+    if not isinstance(value, str | Path) or not str(value):
+        raise SettingsError(f"{origin} must be a path or a postgresql:// URL")
+    text = str(value)
+    scheme, sep, rest = text.partition("://")
+    if not sep or "/" in scheme or "\\" in scheme:
+        return {"db_path": Path(text), "db_url": None}
+    if scheme.lower() in DB_SCHEMES:
+        return {"db_url": text}
+    if scheme.lower() == "sqlite" and rest:
+        return {"db_path": Path(rest[1:] if rest.startswith("/") else rest), "db_url": None}
+    raise SettingsError(
+        f"{origin}: unknown database scheme {scheme!r} (use a file path, sqlite:///path or "
+        "postgresql://user:password@host/db)"
+    )
+
+
+def _number(origin: str, value: Any) -> float:
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        raise SettingsError(f"{origin} must be a number, got {value!r}") from None
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(origin: str, value: Any) -> float:
+    """``90d``, ``12h``, ``30m``, ``45s`` or a number of seconds."""
+    text = str(value).strip().lower()
+    unit = DURATION_UNITS.get(text[-1:])
+    try:
+        number = float(text[:-1] if unit else text)
+    except ValueError:
+        raise SettingsError(f"{origin} must be a duration like 90d, 12h or 30m") from None
+    seconds = number * (unit or 1)
+    if not seconds > 0:
+        raise SettingsError(f"{origin} must be a positive duration, got {value!r}")
+    return seconds
+
+
+def _retention_table(table: Any, config_file: Path | None) -> dict[str, Any]:
+    """``[retention] older_than = "90d", keep_ids = "400d", every = "1h"``."""
+    where = f"{config_file}: [retention]"
+    if not isinstance(table, dict):
+        raise SettingsError(f"{where} must be a table")
+    unknown = set(table) - {"older_than", "keep_ids", "every"}
+    if unknown:
+        raise SettingsError(f"{where} has unknown keys: {', '.join(sorted(unknown))}")
+    changes: dict[str, Any] = {}
+    if "older_than" in table:
+        changes["retention_s"] = parse_duration(f"{where}.older_than", table["older_than"])
+    if "keep_ids" in table:
+        changes["retention_keep_ids_s"] = parse_duration(f"{where}.keep_ids", table["keep_ids"])
+    if "every" in table:
+        changes["retention_every_s"] = parse_duration(f"{where}.every", table["every"])
+    if changes.get("retention_s", 0) > changes.get("retention_keep_ids_s", 400 * 86400.0):
+        raise SettingsError(f"{where}.keep_ids must be at least older_than")
+    return changes
 
 
 def _worker_table(table: Any, config_file: Path | None) -> dict[str, Any]:

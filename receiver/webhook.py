@@ -20,7 +20,7 @@ from receiver.models import Delivery, Outcome, RecordResult, Source
 from receiver.payloads import try_parse
 from receiver.routing import Router
 from receiver.signatures import SIGNATURE_HEADERS, Scheme, Verified, Verifier
-from receiver.store import Store
+from receiver.storage.roles import Ingest
 
 log = structlog.get_logger("receiver.webhook")
 
@@ -93,7 +93,7 @@ class WebhookEndpoint:
     def __init__(
         self,
         *,
-        store: Store,
+        store: Ingest,
         verifier: Verifier | None,
         clock: Clock,
         max_body_bytes: int,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,7 @@ from structlog.testing import capture_logs
 from receiver.app import create_app
 from receiver.clock import FakeClock
 from receiver.signatures import Scheme, sign_legacy, sign_standard
-from receiver.store import SQLiteStore
+from receiver.storage import sqlite_store
 from tests.support import (
     EMPTY_COUNTS,
     SECRET,
@@ -45,7 +48,7 @@ async def client(tmp_path: Path, clock: FakeClock) -> AsyncIterator[httpx.AsyncC
 
 
 async def counts(tmp_path: Path) -> dict[str, int]:
-    async with SQLiteStore(tmp_path / "receiver.db") as store:
+    async with sqlite_store(tmp_path / "receiver.db") as store:
         return dict(await store.counts())
 
 
@@ -142,10 +145,10 @@ async def test_verified_but_unusable_bodies_are_kept_raw_and_answered_422(
     assert response.status_code == 422
     assert response.json()["reason"] == reason
     assert response.json()["status"] == "quarantined"
-    async with SQLiteStore(tmp_path / "receiver.db") as store:
-        rows = list(await store.conn.execute_fetchall(
-            "SELECT outcome, reason, body FROM deliveries WHERE delivery_id = 'q-1'"))
-    assert [tuple(r) for r in rows] == [("quarantined", reason, body)]
+    with contextlib.closing(sqlite3.connect(tmp_path / "receiver.db")) as db:
+        rows = db.execute(
+            "SELECT outcome, reason, body FROM deliveries WHERE delivery_id = 'q-1'").fetchall()
+    assert rows == [("quarantined", reason, body)]
 
 
 async def test_task_id_comes_from_the_query_when_the_body_lacks_it(
@@ -188,17 +191,14 @@ async def test_read_api_needs_the_admin_token_when_set(tmp_path: Path, clock: Fa
 
 
 async def test_readyz_reports_an_unwritable_database(tmp_path: Path, clock: FakeClock) -> None:
-    app = create_app(settings_for(tmp_path), clock=clock)
+    app = create_app(replace(settings_for(tmp_path), db_lock_timeout_s=0.05), clock=clock)
     async with app_client(app) as client:
         assert (await client.get("/readyz")).status_code == 200
-        app_store = app.state.runtime.store
-        assert isinstance(app_store, SQLiteStore)
-        await app_store.conn.execute("PRAGMA busy_timeout = 50")
-        async with SQLiteStore(tmp_path / "receiver.db") as other:
-            # Another writer holds the write lock past the busy timeout: not ready.
-            await other.conn.execute("BEGIN EXCLUSIVE")
+        with contextlib.closing(sqlite3.connect(tmp_path / "receiver.db")) as other:
+            # Another process holds the write lock past the lock timeout: not ready.
+            other.execute("BEGIN EXCLUSIVE")
             assert (await client.get("/readyz")).status_code == 503
-            await other.conn.execute("ROLLBACK")
+            other.execute("ROLLBACK")
         assert (await client.get("/readyz")).status_code == 200
 
 

@@ -23,9 +23,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from receiver.console.reads import (
+from receiver.errors import ReceiverError
+from receiver.jobs import Job, JobState
+from receiver.models import JobFilter, Outcome, Source
+from receiver.replay import reconcile, replayed, resend
+from receiver.runtime import Runtime
+from receiver.signatures import Scheme
+from receiver.states import State
+from receiver.storage.admin import (
     MAX_LIMIT,
-    AdminReads,
     AuditEntry,
     BadCursor,
     DeliveryDetail,
@@ -35,13 +41,7 @@ from receiver.console.reads import (
     TaskFilter,
     TaskRow,
 )
-from receiver.errors import ReceiverError
-from receiver.jobs import Job, JobState
-from receiver.models import JobFilter, Outcome, Source
-from receiver.replay import reconcile, replayed, resend
-from receiver.runtime import Runtime
-from receiver.signatures import Scheme
-from receiver.states import State
+from receiver.storage.roles import Admin
 
 DEFAULT_LIMIT = 50
 
@@ -87,12 +87,14 @@ def delivery_detail_json(detail: DeliveryDetail) -> dict[str, Any]:
         "headers": dict(detail.raw.headers),
         "body": text,
         "body_json": parsed,
+        "pruned_at": detail.pruned_at,
         "transitions": [transition_json(t) for t in detail.transitions],
     }
 
 
 def attempt_json(a: JobAttempt) -> dict[str, Any]:
-    return {"attempt": a.attempt, "outcome": a.outcome, "error": a.error, "at": a.at}
+    return {"attempt": a.attempt, "owner": a.owner, "started_at": a.started_at,
+            "finished_at": a.finished_at, "outcome": a.outcome, "error": a.error}
 
 
 def audit_json(a: AuditEntry) -> dict[str, Any]:
@@ -185,18 +187,9 @@ def runtime_of(request: Request) -> Runtime:
     return runtime
 
 
-def reads_of(request: Request) -> AdminReads:
-    """The administration reads over the runtime's store (made once per app)."""
-    reads: AdminReads | None = getattr(request.app.state, "admin_reads", None)
-    if reads is None:
-        from receiver.console.sqlreads import SQLiteAdminReads
-        from receiver.store import SQLiteStore
-
-        store = runtime_of(request).store
-        if not isinstance(store, SQLiteStore):
-            raise RuntimeError("the console needs the SQL store")
-        reads = request.app.state.admin_reads = SQLiteAdminReads(store)
-    return reads
+def reads_of(request: Request) -> Admin:
+    """The store, in its administration role."""
+    return runtime_of(request).store
 
 
 def actor_of(request: Request) -> str:
@@ -216,11 +209,10 @@ class Actions:
     audited; each returns what it did, as JSON."""
 
     runtime: Runtime
-    reads: AdminReads
+    reads: Admin
 
     async def _audit(self, actor: str, action: str, target: str, detail: dict[str, Any]) -> None:
-        await self.reads.write_audit(at=self.runtime.clock.now(), actor=actor, action=action,
-                                     target=target, detail=detail)
+        await self.reads.audit(actor=actor, action=action, target=target, detail=detail)
 
     def _wake(self) -> None:
         if self.runtime.worker is not None:
@@ -338,7 +330,7 @@ async def list_tasks(request: Request) -> Response:
                          "next_cursor": page.next_cursor})
 
 
-async def task_detail(runtime: Runtime, reads: AdminReads, task_id: str) -> dict[str, Any] | None:
+async def task_detail(runtime: Runtime, reads: Admin, task_id: str) -> dict[str, Any] | None:
     """A task as ``GET /tasks/{id}`` shows it: clips, transitions, jobs, files, results,
     its children, and its chain (the parents up to the root, oldest first)."""
     from receiver.app import child_json, file_json, result_json, task_view_json

@@ -18,9 +18,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from receiver.console.api import reads_of, runtime_of
-from receiver.console.reads import JOB_STATES, Totals
 from receiver.errors import StoreError
 from receiver.metrics import store_error
+from receiver.storage.admin import JOB_STATES, Totals
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -9,10 +9,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from receiver.console.reads import MAX_LIMIT
 from receiver.jobs import JobState
 from receiver.models import ChildState, Outcome, Source
 from receiver.states import State
+from receiver.storage.admin import MAX_LIMIT
 
 S = dict[str, Any]
 
@@ -65,7 +65,8 @@ SCHEMAS: dict[str, S] = {
         "state": _enum(JobState), "attempts": INT, "max_attempts": INT, "run_after": NUM,
         "last_error": _n(STR), "created_at": NUM, "updated_at": NUM,
     }),
-    "Attempt": _obj({"attempt": INT, "outcome": STR, "error": _n(STR), "at": NUM}),
+    "Attempt": _obj({"attempt": INT, "owner": STR, "started_at": NUM, "finished_at": _n(NUM),
+                     "outcome": _n(STR), "error": _n(STR)}),
     "File": _obj({
         "clip_id": STR, "kind": STR, "path": STR, "size": INT, "sha256": STR, "url": _n(STR),
         "content_type": _n(STR),
@@ -82,7 +83,7 @@ SCHEMAS: dict[str, S] = {
         "task_id": _n(STR), "outcome": _enum(Outcome), "reason": _n(STR), "received_at": NUM,
         "duplicates": INT, "last_duplicate_at": _n(NUM),
     }),
-    "Audit": _obj({"id": INT, "at": NUM, "actor": STR, "action": STR, "target": STR,
+    "Audit": _obj({"id": INT, "at": NUM, "actor": STR, "action": STR, "target": _n(STR),
                    "detail": ANY_OBJECT}),
 }
 SCHEMAS["TaskRow"] = {"allOf": [_ref("Task"), _obj({"title": _n(STR), "clips": INT})]}
@@ -99,7 +100,7 @@ SCHEMAS["TaskDetail"] = _obj({
 })
 SCHEMAS["DeliveryDetail"] = {"allOf": [_ref("Delivery"), _obj({
     "headers": {"type": "object", "additionalProperties": STR}, "body": STR,
-    "body_json": {"nullable": True},
+    "body_json": {"nullable": True}, "pruned_at": _n(NUM),
     "transitions": {"type": "array", "items": _ref("Transition")},
 })]}
 SCHEMAS["JobDetail"] = {"allOf": [_ref("Job"), _obj({

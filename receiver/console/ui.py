@@ -24,11 +24,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from receiver.console import api
-from receiver.console.reads import BadCursor
 from receiver.console.session import SAFE_METHODS, Sessions, same_origin, sessions_of
 from receiver.jobs import JobState
 from receiver.models import Outcome, Source
 from receiver.states import State
+from receiver.storage.admin import BadCursor
 
 HERE = Path(__file__).parent
 DASH = "\N{EN DASH}"

@@ -12,9 +12,10 @@ import pytest
 
 from receiver.app import create_app
 from receiver.clock import FakeClock
-from receiver.jobs import JobState
+from receiver.jobs import JobSpec, JobState
 from receiver.models import JobFilter
-from receiver.store import SQLiteStore
+from receiver.storage import sqlite_store
+from receiver.storage.store import RecordingTx
 from tests.support import app_client, callback, clip, post_signed, settings_for
 
 pytestmark = pytest.mark.anyio
@@ -154,21 +155,15 @@ async def test_record_again_is_idempotent_and_audited(
     assert task["task"]["state"] == "succeeded"
 
 
-async def dead_jobs(tmp_path: Path, clock: FakeClock, n: int, handler: str) -> list[int]:
-    """``n`` jobs of ``handler``, claimed and killed, as a worker that gave up leaves them."""
-    from receiver.jobs import JobSpec
-    from receiver.store import SQLiteTransaction
-
-    async with SQLiteStore(tmp_path / "receiver.db") as store:
-        async with store.transaction() as tx:
-            await tx.conn.execute(
-                "INSERT OR IGNORE INTO tasks (task_id, state, first_seen_at, updated_at, "
-                "last_event_at) VALUES ('t-jobs', 'succeeded', ?, ?, ?)",
-                (clock.now(), clock.now(), clock.now()))
-            await SQLiteTransaction(tx.conn).insert_jobs([
-                JobSpec(key=f"t-jobs/{handler}/{i}", handler=handler, route="r", options={},
-                        task_id="t-jobs", trigger="task.succeeded", delivery_id=None,
-                        max_attempts=1) for i in range(n)], at=clock.now())
+async def dead_jobs(tmp_path: Path, clock: FakeClock, n: int, handler: str,
+                    prefix: str = "old") -> list[int]:
+    """``n`` jobs of ``handler`` made now, claimed and killed, as a worker that gave up leaves
+    them (on the same database file the app has open)."""
+    specs = [JobSpec(key=f"t-jobs/{prefix}/{handler}/{i}", handler=handler, route="r",
+                     options={}, task_id="t-jobs", trigger="task.succeeded", delivery_id=None,
+                     max_attempts=1) for i in range(n)]
+    async with sqlite_store(tmp_path / "receiver.db", clock=clock) as store:
+        await store.write(lambda tx: RecordingTx(tx).insert_jobs(specs, at=clock.now()))
         claimed = await store.claim_jobs(owner="w", limit=n, now=clock.now(), lease_s=60)
         for job in claimed:
             await store.kill_job(job.id, owner="w", error=f"boom {job.id}", now=clock.now())
@@ -183,20 +178,8 @@ async def test_bulk_retry_retries_every_match_not_a_page(
     await dead_jobs(tmp_path, clock, 3, "download_audio")
     clock.advance(60)
     since = clock.now()
-    await dead_jobs(tmp_path, clock, 0, "download_audio")
-    newer = await dead_jobs(tmp_path, clock, 0, "x")
-    async with SQLiteStore(tmp_path / "receiver.db") as store:
-        from receiver.jobs import JobSpec
-        from receiver.store import SQLiteTransaction
-
-        async with store.transaction() as tx:
-            await SQLiteTransaction(tx.conn).insert_jobs([
-                JobSpec(key=f"t-jobs/new/{i}", handler="download_audio" if i < 60 else "notify",
-                        route="r", options={}, task_id="t-jobs", trigger="task.succeeded",
-                        delivery_id=None, max_attempts=1) for i in range(65)], at=clock.now())
-        for job in await store.claim_jobs(owner="w", limit=100, now=clock.now(), lease_s=60):
-            await store.kill_job(job.id, owner="w", error="boom", now=clock.now())
-    assert newer == []
+    await dead_jobs(tmp_path, clock, 60, "download_audio", prefix="new")
+    await dead_jobs(tmp_path, clock, 5, "notify", prefix="new")
     where = {"state": "dead", "handler": "download_audio", "since": since}
     counted = (await client.post("/jobs/retry", json={**where, "dry_run": True})).json()
     assert counted["matched"] == 60
@@ -206,7 +189,7 @@ async def test_bulk_retry_retries_every_match_not_a_page(
     assert len(page["items"]) == 10
     done = (await client.post("/jobs/retry", json=where)).json()
     assert done["requeued"] == 60
-    async with SQLiteStore(tmp_path / "receiver.db") as store:
+    async with sqlite_store(tmp_path / "receiver.db") as store:
         left = await store.find_jobs(JobFilter(state=JobState.DEAD))
         queued = await store.find_jobs(JobFilter(state=JobState.QUEUED))
     assert sorted(j.handler for j in left) == ["download_audio"] * 3 + ["notify"] * 5
@@ -224,7 +207,8 @@ async def test_job_detail_and_single_retry(
     [job_id] = await dead_jobs(tmp_path, clock, 1, "download_audio")
     detail = (await client.get(f"/jobs/{job_id}")).json()
     assert detail["state"] == "dead"
-    assert detail["attempt_log"][-1]["error"] == f"boom {job_id}"
+    assert [(a["attempt"], a["outcome"], a["error"]) for a in detail["attempt_log"]] == [
+        (1, "dead", f"boom {job_id}")]
     first = (await client.post(f"/jobs/{job_id}/retry")).json()
     assert first == {"job_id": job_id, "was": "dead", "requeued": True}
     second = (await client.post(f"/jobs/{job_id}/retry")).json()

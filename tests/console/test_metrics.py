@@ -10,7 +10,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from receiver.app import create_app
 from receiver.clock import FakeClock
-from receiver.store import SQLiteStore
+from receiver.states import State
+from receiver.storage import sqlite_store
+from receiver.storage.admin import TaskFilter
+from receiver.storage.statements import Q
 from tests.console.test_api import AUTH, TOKEN, dead_jobs
 from tests.support import app_client, callback, clip, post_signed, settings_for
 
@@ -58,11 +61,15 @@ async def test_counters_match_the_database(tmp_path: Path) -> None:
     assert got[("receiver_dead_jobs", ())] == 2
     ingest = got[("receiver_ingest_seconds_count", (("outcome", "recorded"),))]
     assert ingest >= 6  # process-wide: other tests in this process add to it
-    async with SQLiteStore(tmp_path / "receiver.db") as store:
-        rows = await store._fetch("SELECT COUNT(*) FROM transitions WHERE entity = 'task' "
-                                  "AND to_state = 'succeeded'")
-        deliveries = await store._fetch("SELECT COUNT(*) FROM deliveries")
+    async with sqlite_store(tmp_path / "receiver.db") as store:
+        counts = await store.counts()
+        repeats = await store.read(lambda tx: tx.one(Q.DUPLICATES_OF, {"delivery_id": "d-0"}))
+        succeeded = await store.list_tasks(TaskFilter(state=State.SUCCEEDED), limit=100)
+    assert repeats is not None
+    assert got[("receiver_deliveries_total", (("outcome", "duplicate"),
+                                              ("scheme", "musicapi")))] == repeats[0] == 1
     assert got[("receiver_transitions_total", (("entity", "task"),
-                                               ("state", "succeeded")))] == rows[0][0]
-    assert sum(v for (name, _), v in got.items() if name == "receiver_deliveries_total") == \
-        deliveries[0][0]
+                                               ("state", "succeeded")))] == len(succeeded.items)
+    stored = sum(v for (name, labels), v in got.items()
+                 if name == "receiver_deliveries_total" and ("outcome", "duplicate") not in labels)
+    assert stored == counts["deliveries"]
