@@ -18,6 +18,9 @@ in its registry (or, in multiprocess mode, in files under the folder).
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from prometheus_client import Counter, Histogram
 
 INGEST_SECONDS = Histogram(
@@ -28,7 +31,7 @@ INGEST_SECONDS = Histogram(
 )
 JOB_SECONDS = Histogram(
     "receiver_job_duration_seconds",
-    "Time a handler ran, by handler and result (done, retrying, dead).",
+    "Time a handler ran, by handler and result (done, later, permanent, failed, cancelled).",
     ["handler", "result"],
     buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0),
 )
@@ -48,9 +51,31 @@ def observe_ingest(seconds: float, status: int) -> None:
         STORE_ERRORS.labels(where="ingest").inc()
 
 
-def observe_job(handler: str, result: str, seconds: float) -> None:
-    """A handler run ended with ``result`` (done, retrying, dead)."""
-    JOB_SECONDS.labels(handler=handler, result=result).observe(seconds)
+class job_timer:
+    """Times one handler run; the result label comes from how it ended."""
+
+    def __init__(self, handler: str) -> None:
+        self.handler = handler
+        self.started = 0.0
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        from receiver.jobs import PermanentError, RetryLater
+
+        if kind is None:
+            result = "done"
+        elif issubclass(kind, RetryLater):
+            result = "later"
+        elif issubclass(kind, PermanentError):
+            result = "permanent"
+        elif issubclass(kind, asyncio.CancelledError):
+            result = "cancelled"
+        else:
+            result = "failed"
+        JOB_SECONDS.labels(handler=self.handler, result=result).observe(
+            time.perf_counter() - self.started)
 
 
 def store_error(where: str) -> None:

@@ -73,3 +73,25 @@ async def test_counters_match_the_database(tmp_path: Path) -> None:
     stored = sum(v for (name, labels), v in got.items()
                  if name == "receiver_deliveries_total" and ("outcome", "duplicate") not in labels)
     assert stored == counts["deliveries"]
+
+
+def test_job_timer_labels_how_the_handler_ended() -> None:
+    """The job histogram counts one run per result: done, later, permanent, failed."""
+    from prometheus_client import REGISTRY
+
+    from receiver import metrics
+    from receiver.jobs import PermanentError, RetryLater
+
+    def count(result: str) -> float:
+        value = REGISTRY.get_sample_value("receiver_job_duration_seconds_count",
+                                          {"handler": "timer-test", "result": result})
+        return value or 0.0
+
+    before = {r: count(r) for r in ("done", "later", "permanent", "failed")}
+    with metrics.job_timer("timer-test"):
+        pass
+    for error in (RetryLater(1), PermanentError("no"), ValueError("x")):
+        with pytest.raises(type(error)), metrics.job_timer("timer-test"):
+            raise error
+    assert {r: count(r) - before[r] for r in before} == {
+        "done": 1, "later": 1, "permanent": 1, "failed": 1}
