@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import structlog
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -205,6 +206,7 @@ def create_app(
                 Middleware(ConsoleAuth, settings=settings, sessions=sessions)]),
         ],
         middleware=[Middleware(BodyTimeout, timeout_s=settings.body_timeout_s)],
+        exception_handlers={404: _http_error, 405: _http_error},
         lifespan=lifespan,
     )
     app.state.console_sessions = sessions
@@ -221,6 +223,14 @@ async def prune_every(
             await store.prune(older_than_s=older_than_s, keep_ids_s=keep_ids_s)
         except StoreError as exc:
             log.error("prune_failed", error=exc.message)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods answer JSON, like every other error of the API."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    name = {404: "not_found", 405: "method_not_allowed"}.get(status, "error")
+    headers = getattr(exc, "headers", None)
+    return JSONResponse({"error": name}, status, headers=headers)
 
 
 def task_view_json(view: TaskView) -> dict[str, Any]:

@@ -141,9 +141,10 @@ class ConsoleAuth(AdminAuth):
             return
         request = Request(scope, receive)
         body = b""
+        replay = receive
         if request.method not in SAFE_METHODS:
             body = await request.body()  # read once here, replayed to the endpoint
-        replay = _replay(body, receive) if body else receive
+            replay = _replay(body, receive)
         verdict = self.check(request, body)
         if verdict == "deny":
             await super().__call__(scope, replay, send)  # AdminAuth's own refusal
