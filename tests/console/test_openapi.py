@@ -23,10 +23,9 @@ from receiver.console.openapi import document
 from tests.support import SECRET, settings_for, signed_headers
 
 TOKEN = "schema-token"
-schema = schemathesis.openapi.from_dict(document())
 # POST /tasks creates a task at the Sonic API: without one configured it answers 503 by design
 # (tests/test_creation.py covers it against the sandbox).
-schema = schema.exclude(path="/tasks", method="POST")
+schema = schemathesis.openapi.from_dict(document()).exclude(path="/tasks", method="POST")
 CHECKS = [checks.not_a_server_error, checks.status_code_conformance,
           checks.content_type_conformance, checks.response_schema_conformance]
 
@@ -63,7 +62,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @schema.parametrize()
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-def test_every_route_keeps_to_the_document(case: schemathesis.Case, base_url: str) -> None:
+def test_every_route_keeps_to_the_document(case: schemathesis.Case[Any], base_url: str) -> None:
     kwargs: dict[str, Any] = case.as_transport_kwargs(
         base_url=base_url, headers={"Authorization": f"Bearer {TOKEN}"})
     if case.path == "/webhooks/sonic":
@@ -71,6 +70,6 @@ def test_every_route_keeps_to_the_document(case: schemathesis.Case, base_url: st
         kwargs["data"] = body
         kwargs["headers"].update(signed_headers(body, secret=SECRET))
         kwargs["headers"]["Content-Type"] = "application/json"
-    kwargs.setdefault("timeout", 30)
-    response = requests.request(**kwargs)
+    kwargs.pop("timeout", None)
+    response = requests.request(**kwargs, timeout=30)
     case.validate_response(response, checks=CHECKS)
