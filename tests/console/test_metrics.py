@@ -95,3 +95,25 @@ def test_job_timer_labels_how_the_handler_ended() -> None:
             raise error
     assert {r: count(r) - before[r] for r in before} == {
         "done": 1, "later": 1, "permanent": 1, "failed": 1}
+
+
+def test_process_metrics_are_summed_across_processes(tmp_path: Path) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR, what two web processes observed is summed by a scrape
+    in a third (prometheus_client's multiprocess mode, chosen when it is imported)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    observe = ("from receiver import metrics\n"
+               "metrics.observe_ingest(0.01, 200)\nmetrics.observe_ingest(0.02, 503)\n")
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", observe], env=env, check=True, timeout=60)
+    scrape = ("from prometheus_client import generate_latest\n"
+              "from receiver.console.metrics import process_registry\n"
+              "print(generate_latest(process_registry()).decode())\n")
+    text = subprocess.run([sys.executable, "-c", scrape], env=env, check=True, timeout=60,
+                          capture_output=True, text=True).stdout
+    got = samples(text)
+    assert got[("receiver_ingest_seconds_count", (("outcome", "recorded"),))] == 2
+    assert got[("receiver_store_errors_total", (("where", "ingest"),))] == 2
