@@ -193,7 +193,7 @@ def create_app(
         # the operator's console: read API, actions, /metrics, /openapi.json and /ui
         *console_routes(),
     ]
-    sessions = Sessions(settings.admin_token)
+    sessions = Sessions(settings.admin_token, open_key=next(iter(settings.webhook_secrets), None))
     app = Starlette(
         routes=[
             # Every method, so that a GET is told 405 here rather than taken by the admin Mount.

@@ -39,9 +39,12 @@ _OPEN_KEY = secrets.token_bytes(32)  # no token: sessions last as long as the pr
 class Sessions:
     """Signing and checking the dashboard's cookie and form tokens."""
 
-    def __init__(self, admin_token: str | None) -> None:
+    def __init__(self, admin_token: str | None, *, open_key: str | None = None) -> None:
+        """``open_key``: the key's material when no admin token is configured (a secret that
+        every process shares, e.g. the webhook secret), so that a form rendered by one
+        process is accepted by another."""
         self.admin_token = admin_token
-        material = admin_token.encode() if admin_token else _OPEN_KEY
+        material = (admin_token or open_key or "").encode() or _OPEN_KEY
         self._key = hmac.new(material, b"sonic-receiver console session v1",
                              hashlib.sha256).digest()
         self._serializer = URLSafeTimedSerializer(self._key, salt="console-session")

@@ -137,3 +137,24 @@ async def test_quarantined_delivery_recorded_again_from_its_page(
     after = await browser.get(done.headers["location"])
     assert "Recorded again: recorded" in after.text
     assert "Record again</button>" not in after.text
+
+
+async def test_open_admin_still_guards_the_forms(tmp_path: Path, clock: FakeClock) -> None:
+    """Opened explicitly (no token), the pages need no login, but an action still needs this
+    origin and the form token; with neither token nor opt-out the console is refused."""
+    opened = settings_for(tmp_path, worker="off")  # tests' settings opt out explicitly
+    async with app_client(create_app(opened, clock=clock)) as client:
+        page = await client.get("/ui/jobs")
+        assert page.status_code == 200
+        found = re.search(r'name="csrf-token" content="([0-9a-f]+)"', page.text)
+        assert found
+        [job_id] = await dead_jobs(tmp_path, clock, 1, "download_audio")
+        form = {"job_id": str(job_id), "csrf": found.group(1)}
+        assert (await client.post("/ui/actions/retry-job", data=form)).status_code == 403
+        ok = await client.post("/ui/actions/retry-job", data=form, headers={"Origin": BASE})
+        assert ok.status_code == 303
+    closed = settings_for(tmp_path / "closed", worker="off", insecure_open_admin=False)
+    async with app_client(create_app(closed, clock=clock)) as client:
+        refused = await client.get("/ui")
+        assert refused.status_code == 403
+        assert refused.json()["error"] == "admin_not_configured"
