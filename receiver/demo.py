@@ -175,7 +175,29 @@ def prepare(workdir: Path, sink_port: int) -> None:
     (workdir / "receiver.toml").write_text(CONFIG.format(sink=sink_port))
 
 
-async def run(workdir: Path, limit_s: float, sink_port: int) -> int:
+def console_hint(receiver_url: str, token_file: Path, task_id: str) -> str:
+    """How to open the operator's console on what the demo made."""
+    return (
+        f"\nconsole: {receiver_url}/ui/tasks/{task_id}  (the last song of the chain)\n"
+        f"  log in with the admin token: cat {token_file}\n"
+        f"  overview {receiver_url}/ui · API {receiver_url}/openapi.json · "
+        f"metrics {receiver_url}/metrics (Bearer token)"
+    )
+
+
+async def serve_until_stopped() -> None:
+    """``--stay``: keep the receiver and the sandbox up until Ctrl-C or SIGTERM."""
+    print("serving until Ctrl-C (--stay)", flush=True)
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stopped.set)
+    try:
+        await stopped.wait()
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def run(workdir: Path, limit_s: float, sink_port: int, *, stay: bool = False) -> int:
     start = time.monotonic()
     sandbox_port, receiver_port = free_port(), free_port()
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
@@ -226,11 +248,14 @@ async def run(workdir: Path, limit_s: float, sink_port: int) -> int:
             recovered = _recovered(progress, root)
             summarise(progress, workdir, CREDITS - int(keys[API_KEY]["credits"]), notes,
                       dropped, recovered)
-            if ok and recovered and dropped:
-                say(start, "the loop closed: done")
-                return 0
-            say(start, "the loop did not close in time: see the logs")
-            return 1
+            closed = bool(ok and recovered and dropped)
+            say(start, "the loop closed: done" if closed
+                else "the loop did not close in time: see the logs")
+            last = list(progress.views)[-1] if progress.views else root
+            print(console_hint(receiver_url, token_file, last), flush=True)
+            if stay:
+                await serve_until_stopped()
+            return 0 if closed else 1
     finally:
         await stop(receiver)
         await stop(sandbox)
@@ -332,11 +357,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dir", type=Path, default=Path("data/demo"),
                         help="working folder, emptied first (default data/demo)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    parser.add_argument("--stay", action="store_true",
+                        help="keep serving after the loop closes, to look around in the "
+                             "console (/ui), until Ctrl-C")
     args = parser.parse_args(argv)
     sink_port = free_port()
     prepare(args.dir, sink_port)
     try:
-        return asyncio.run(run(args.dir, args.timeout, sink_port))
+        return asyncio.run(run(args.dir, args.timeout, sink_port, stay=args.stay))
     except RuntimeError as exc:
         print(f"sonic-receiver demo: {exc}", file=sys.stderr)
         return 1
