@@ -440,3 +440,37 @@ async def test_a_download_killed_mid_upload_leaves_no_object_and_a_restart_keeps
     stored = await object_bytes(aws_env, s3_bucket, "demo/t-big/c1.mp3")
     assert (len(stored), sha(stored)) == (kept.size, kept.sha256)
     assert stored.endswith(body)  # the whole download, with its ID3 tag in front
+
+
+# ---- the demo, with its songs in a bucket --------------------------------------------------
+
+
+def full_song(out: str) -> tuple[float, float]:
+    """``(the concat's measured seconds, source up to continue_at + extension)`` from the
+    demo's summary line."""
+    found = re.search(r"full song: ([\d.]+) s = .* \(([\d.]+) s\)", out)
+    assert found is not None, out[-3000:]
+    return float(found.group(1)), float(found.group(2))
+
+
+@pytest.mark.slow
+async def test_the_demo_keeps_its_songs_in_s3_and_lists_the_objects(
+    aws_env: S3Server, s3_bucket: str, tmp_path: Path,
+) -> None:
+    env = {**os.environ, "RECEIVER_MEDIA": f"s3://{s3_bucket}/demo"}
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "receiver", "demo", "--dir", str(tmp_path / "demo"),
+        "--timeout", "90", env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    output, _ = await asyncio.wait_for(demo.communicate(), 180)
+    out = output.decode()
+    assert demo.returncode == 0, out[-3000:]
+    listed = await objects(aws_env, s3_bucket)
+    wavs = {key: size for key, size in listed.items() if key.endswith(".wav")}
+    assert len(wavs) == 5  # two clips of the song, two of the extension, one full song
+    assert len([k for k in listed if k.endswith(".json")]) == 5
+    for key, size in listed.items():  # each object is listed with its size
+        assert re.search(rf"^\s+{size}\s+s3://{s3_bucket}/{re.escape(key)}$", out, re.M), key
+    assert not list((tmp_path / "demo" / "media").rglob("*.wav"))  # nothing kept locally
+    heard, parts = full_song(out)
+    assert abs(heard - parts) <= 1.0
