@@ -75,18 +75,24 @@ def bucket_store(server: S3Server, bucket: str) -> S3Store:
                    client_options={"allow_http": True})
 
 
+# obstore's blocking calls, in a thread, as receiver.media uses them (its *_async calls can
+# abort the process at exit on Python < 3.13: see receiver.media).
+
+
 async def objects(server: S3Server, bucket: str) -> dict[str, int]:
     """Every object in ``bucket`` with its size."""
-    found: dict[str, int] = {}
-    async for batch in obstore.list(bucket_store(server, bucket)):
-        for meta in batch:
-            found[meta["path"]] = meta["size"]
-    return found
+    def listed() -> dict[str, int]:
+        return {meta["path"]: meta["size"]
+                for batch in obstore.list(bucket_store(server, bucket)) for meta in batch}
+
+    return await asyncio.to_thread(listed)
 
 
 async def object_bytes(server: S3Server, bucket: str, key: str) -> bytes:
-    got = await obstore.get_async(bucket_store(server, bucket), key)
-    return bytes(await got.bytes_async())
+    def read() -> bytes:
+        return bytes(obstore.get(bucket_store(server, bucket), key).bytes())
+
+    return await asyncio.to_thread(read)
 
 
 def pending_uploads(server: S3Server, bucket: str) -> list[str]:
@@ -242,7 +248,8 @@ async def test_a_rerun_skips_objects_that_match_and_refetches_one_that_does_not(
         await runtime.worker.run_once()  # type: ignore[union-attr]
         hits = server.hits("/c1.mp3"), server.hits("/c2.wav")
         # someone replaces the WAV object behind the receiver's back
-        await obstore.put_async(bucket_store(aws_env, s3_bucket), "demo/t-1/c2.wav", b"junk")
+        await asyncio.to_thread(obstore.put, bucket_store(aws_env, s3_bucket),
+                                "demo/t-1/c2.wav", b"junk")
         with capture_logs() as logs:
             await handle_again(runtime)
         files = {f.clip_id + f.kind: f for f in await runtime.store.list_files("t-1")}
