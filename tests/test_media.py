@@ -7,10 +7,12 @@ import asyncio
 import hashlib
 import os
 import re
+import shutil
 import signal
+import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -281,12 +283,29 @@ async def test_a_bucket_that_does_not_exist_kills_the_job_saying_so(
     assert "no-such-bucket" in job.last_error
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through any permission")
-async def test_a_media_folder_without_write_permission_kills_the_job(tmp_path: Path) -> None:
-    locked = tmp_path / "media"
-    locked.mkdir()
-    locked.chmod(0o500)
+@contextmanager
+def unwritable(folder: Path) -> Iterator[None]:
+    """``folder`` refuses new entries: mode 0500, or for root (who writes through modes) the
+    immutable attribute, which root's writes also respect."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        try:
+            yield
+        finally:
+            folder.chmod(0o700)
+        return
+    if shutil.which("chattr") is None or subprocess.run(
+            ["chattr", "+i", str(folder)], capture_output=True, check=False).returncode:
+        pytest.skip("root, and no immutable attribute on this filesystem")
     try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+async def test_a_media_folder_without_write_permission_kills_the_job(tmp_path: Path) -> None:
+    with unwritable(tmp_path / "media"):
         async with media_server() as server, watched_client() as (client, _), handler_runtime(
             tmp_path, handlers={"download_audio": handle}, routes=[route()],
             config=LOOPBACK_ONLY, http=client, clock=FakeClock(),
@@ -294,10 +313,11 @@ async def test_a_media_folder_without_write_permission_kills_the_job(tmp_path: P
             await deliver(runtime, song(server))
             await runtime.worker.run_once()  # type: ignore[union-attr]
             (job,) = await runtime.store.list_jobs()
-    finally:
-        locked.chmod(0o700)
     assert job.state is JobState.DEAD
-    assert "cannot write in" in (job.last_error or "")
+    assert job.last_error is not None
+    assert job.last_error.startswith("PermanentError:")
+    assert f"cannot write in {tmp_path / 'media' / 't-1'}" in job.last_error
+    assert server.hits("/c1.mp3") == 0  # refused before anything was fetched
 
 
 # ---- the admin route -----------------------------------------------------------------------
