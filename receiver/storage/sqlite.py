@@ -14,8 +14,9 @@ rules are in :mod:`receiver.storage.store`.
   file (a separate worker, a second web process) waits at most ``lock_timeout_s`` and then
   the batch fails with :class:`StoreError` (503) instead of queueing for ever.
 - Checkpoints: a PASSIVE one every second on a connection of its own (no commit waits for its
-  fsync), and, when the WAL passes ``wal_limit_bytes`` anyway (continuous load), a RESTART by
-  the writer between two batches, so that the WAL starts over and stays bounded.
+  fsync), and, when the WAL passes ``wal_limit_bytes`` anyway (continuous load), one by the
+  writer between two batches, which copies every frame, so that the WAL starts over and stays
+  bounded (``journal_size_limit`` then trims the file).
 
 With ``synchronous=NORMAL`` (the default) a commit survives the process being killed at any
 point; ``full`` also survives power loss, at the price of an fsync per commit.
@@ -257,18 +258,17 @@ class SQLiteConnector:
             return 0
 
     def _bound_wal(self, raw: sqlite3.Connection) -> None:
-        """Under continuous load the passive checkpoints never find a moment when the WAL can
-        start over, and it grows without bound; past the limit, make that moment here, between
-        two batches (the passive checkpoints have already copied most of it)."""
+        """Under continuous load the passive checkpoints of the side connection never catch up
+        (frames keep coming while they copy), so the WAL never starts over and grows without
+        bound. Past the limit, the writer itself checkpoints between two batches: no frame
+        arrives meanwhile, so it copies every one (most were copied already) and the next
+        transaction writes the WAL from its start again (SQLite resets it once every frame is
+        in the database and no reader still uses them). PASSIVE, not RESTART: RESTART also
+        waits for readers and for the side checkpoint, and stalled ingest longer (store alone,
+        batches of 8: batch p99 75 vs 16 ms, WAL peak 58 vs 32 MiB)."""
         if self._wal_size() > self.wal_limit_bytes:
-            # RESTART waits (busy handler) for readers on older snapshots and for another
-            # process's write; briefly: if it cannot finish now, the next batch tries again.
-            raw.execute("PRAGMA busy_timeout = 100")
-            try:
-                with contextlib.suppress(sqlite3.Error):
-                    raw.execute("PRAGMA wal_checkpoint(RESTART)")
-            finally:
-                raw.execute("PRAGMA busy_timeout = 0")
+            with contextlib.suppress(sqlite3.Error):
+                raw.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # -- reading -----------------------------------------------------------------------------
 

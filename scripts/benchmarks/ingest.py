@@ -42,6 +42,7 @@ from typing import Any
 
 from scripts.benchmarks.processes import (
     PYTHON,
+    ROOT,
     Child,
     HostLoad,
     Meter,
@@ -64,6 +65,7 @@ on = ["task.succeeded"]
 handlers = ["bench_noop"]
 """
 WAL_GOAL_MIB = 64.0
+HALF_P99_GOAL_MS = 25.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "leaves out sqlite+worker)")
     group.add_argument("--procs", default="1,2",
                        help="ingest: web processes per server, comma-separated (default 1,2)")
+    group.add_argument("--before", type=Path, metavar="CHECKOUT",
+                       help="ingest: also serve the receiver of another checkout (e.g. `git "
+                       "worktree add /tmp/before main`) as sqlite-before, in the same rounds")
     group.add_argument("--sustain", type=float,
                        help="ingest: seconds of saturating load on sqlite x1 sampling the WAL "
                        "(default 120, quick 4; 0 skips it)")
@@ -97,6 +102,8 @@ class Server:
     procs: int
     folder: Path
     db: str = ""  # a file path or a PostgreSQL URL
+    root: Path = ROOT  # where the server runs: its `receiver` and `scripts` come from here
+    path: str = ""  # PYTHONPATH, if not root
     child: Child | None = None
     url: str = ""
     pids: list[int] = field(default_factory=list)
@@ -155,6 +162,7 @@ def server_env(server: Server) -> dict[str, str]:
     config = server.folder / "routes.toml"
     config.write_text(ROUTES)
     return child_env({
+        "PYTHONPATH": server.path or str(server.root),
         "SONIC_WEBHOOK_SECRET": SECRET,
         "RECEIVER_DB": server.db or str(server.folder / "receiver.db"),
         "RECEIVER_MEDIA_DIR": str(server.folder / "media"),
@@ -274,7 +282,8 @@ def start(server: Server, stack: contextlib.ExitStack) -> None:
     kind = "bare" if server.backend == "bare" else "receiver"
     argv = [PYTHON, "-m", "scripts.benchmarks.serve", kind, "--procs", str(server.procs)]
     server.child = stack.enter_context(
-        started(argv, env=server_env(server), log=server.folder / "server.log"))
+        started(argv, env=server_env(server), log=server.folder / "server.log",
+                cwd=server.root))
     announced = server.child.announcement(timeout_s=90)
     server.url = announced["url"] + "/webhooks/sonic"
     server.pids = announced["pids"]
@@ -291,6 +300,9 @@ def run(options: argparse.Namespace, work: Path) -> list[Report]:
     backends = [t for t in options.targets.split(",") if t]
     if options.quick and options.targets == ",".join(BACKENDS):
         backends.remove("sqlite+worker")
+    if options.before is not None:
+        backends.insert(backends.index("sqlite") + 1 if "sqlite" in backends else 0,
+                        "sqlite-before")
     procs = [int(p) for p in options.procs.split(",") if p.strip()]
     notes: list[str] = []
     measured: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -298,6 +310,7 @@ def run(options: argparse.Namespace, work: Path) -> list[Report]:
     checks: dict[str, dict[str, int]] = {}
     wal_samples: list[tuple[float, float]] = []
     sustained: dict[str, Any] = {}
+    half: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
         pg = stack.enter_context(postgres_or_none(notes)) if "postgresql" in backends else None
         servers: list[Server] = []
@@ -309,6 +322,14 @@ def run(options: argparse.Namespace, work: Path) -> list[Report]:
                     continue
                 server = Server(backend=backend, procs=n,
                                 folder=work / f"{backend.replace('+', '-')}-{n}")
+                if backend == "sqlite-before":
+                    # this benchmark's serve and probes modules, with that checkout's receiver
+                    shim = work / "before-shim"
+                    if not shim.exists():
+                        shim.mkdir()
+                        (shim / "scripts").symlink_to(ROOT / "scripts")
+                    server.root = shim
+                    server.path = f"{shim}{os.pathsep}{options.before.resolve()}"
                 if pg is not None and backend == "postgresql":
                     server.db = pg.create(f"bench_{n}")
                 start(server, stack)  # all up at once: an idle server costs nothing
@@ -333,6 +354,20 @@ def run(options: argparse.Namespace, work: Path) -> list[Report]:
                           f"p99 {point['p99_ms']:7.2f} ms  CPU {point['cpu_ms']:.3f}"
                           f"+{point['db_cpu_ms']:.3f} ms  disk {point['disk_kb']:6.1f} KB  "
                           f"host busy {point['host_busy_cores']:.2f}", flush=True)
+        # Half load: each receiver paced (open loop, 32 connections) at half its best rate.
+        for server in servers:
+            if server.backend == "bare":
+                continue
+            best = max(statistics.median(r["rps"] for r in measured[(server.label, c)])
+                       for c in concurrencies)
+            point = load(server.url, concurrency=32, clients=options.clients,
+                         client=options.client, warmup=warmup, duration=duration,
+                         rate=best / 2, prefix=f"{server.label}-half".replace(" ", ""),
+                         pids=lambda s=server: s.pids, work=server.folder)
+            acked[server.label] += point.pop("acked")
+            half[server.label] = point
+            print(f"  half load {server.label:18} {point['rps']:7.0f} req/s  p50 "
+                  f"{point['p50_ms']:7.2f} ms  p99 {point['p99_ms']:7.2f} ms", flush=True)
         sqlite1 = next((s for s in servers if s.backend == "sqlite" and s.procs == 1), None)
         if sustain > 0 and sqlite1 is not None:
             began = time.monotonic()
@@ -399,6 +434,23 @@ def run(options: argparse.Namespace, work: Path) -> list[Report]:
         notes=notes,
         data={"points": {f"{t}@{c}": p for (t, c), p in points.items()}, "checks": checks},
     )]
+    if half:
+        reports.append(Report(
+            name="ingest-half",
+            title="ingest at half load: each receiver paced at half its best rate, 32 "
+                  "connections",
+            columns=("server", "procs", "req/s", "p50 ms", "p99 ms", "p99 ÷ goal", "CPU ms",
+                     "non-200"),
+            rows=[(s.backend, s.procs, half[s.label]["rps"], half[s.label]["p50_ms"],
+                   half[s.label]["p99_ms"], ratio(half[s.label]["p99_ms"], HALF_P99_GOAL_MS),
+                   half[s.label]["cpu_ms"],
+                   sum(n for k, n in half[s.label]["statuses"].items() if k != "200")
+                   + sum(half[s.label]["errors"].values()))
+                  for s in servers if s.label in half],
+            notes=[f"open loop: requests are sent at the rate whatever the answers; goal: p99 "
+                   f"under {HALF_P99_GOAL_MS:g} ms."],
+            data={"points": half},
+        ))
     if wal_samples:
         peak = max(w for _, w in wal_samples)
         every = max(1, len(wal_samples) // 12)

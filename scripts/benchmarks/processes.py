@@ -130,12 +130,13 @@ def rss_kib(pid: int) -> int:
 class Child:
     """A process started by a benchmark; its stderr goes to ``log``."""
 
-    def __init__(self, argv: Sequence[str], *, env: Mapping[str, str], log: Path) -> None:
+    def __init__(self, argv: Sequence[str], *, env: Mapping[str, str], log: Path,
+                 cwd: Path = ROOT) -> None:
         self.argv = list(argv)
         self.log = log
         with log.open("ab") as err:
             self.proc = subprocess.Popen(
-                self.argv, cwd=ROOT, env=dict(env), stdin=subprocess.DEVNULL,
+                self.argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=err,
             )
 
@@ -190,9 +191,10 @@ class Child:
 
 
 @contextlib.contextmanager
-def started(argv: Sequence[str], *, env: Mapping[str, str], log: Path) -> Iterator[Child]:
+def started(argv: Sequence[str], *, env: Mapping[str, str], log: Path,
+            cwd: Path = ROOT) -> Iterator[Child]:
     """A child for the length of the block, stopped however the block ends."""
-    child = Child(argv, env=env, log=log)
+    child = Child(argv, env=env, log=log, cwd=cwd)
     try:
         yield child
     finally:
