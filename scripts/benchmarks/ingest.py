@@ -91,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "worktree add /tmp/before main`) as sqlite-before, in the same rounds")
     group.add_argument("--sustain", type=float,
                        help="ingest: seconds of saturating load on sqlite x1 sampling the WAL "
-                       "(default 120, quick 4; 0 skips it)")
+                       "(default 120, quick 3; 0 skips it)")
 
 
 @dataclass
@@ -183,7 +183,7 @@ def load(url: str, *, concurrency: int, clients: int, client: str, warmup: float
     measured window, and the machine's load. ``during`` is called about every second while
     the load runs (samples)."""
     clients = max(1, min(clients, concurrency))
-    start_at = time.time() + 1.5  # the generators' imports take well under that
+    start_at = time.time() + 1.0  # the generators' imports take well under that
     children = []
     for n in range(clients):
         share = concurrency // clients + (1 if n < concurrency % clients else 0)
@@ -291,11 +291,11 @@ def start(server: Server, stack: contextlib.ExitStack) -> None:
 
 def run(options: argparse.Namespace, work: Path) -> list[Report]:
     concurrencies = [int(c) for c in options.concurrency.split(",") if c.strip()]
-    duration = options.ingest_duration or (1.5 if options.quick else 4.0)
+    duration = options.ingest_duration or (1.0 if options.quick else 4.0)
     warmup = options.ingest_warmup if options.ingest_warmup is not None else (
-        0.3 if options.quick else 1.0)
+        0.2 if options.quick else 1.0)
     rounds = options.rounds or (1 if options.quick else 2)
-    sustain = options.sustain if options.sustain is not None else (4.0 if options.quick
+    sustain = options.sustain if options.sustain is not None else (3.0 if options.quick
                                                                    else 120.0)
     backends = [t for t in options.targets.split(",") if t]
     if options.quick and options.targets == ",".join(BACKENDS):
