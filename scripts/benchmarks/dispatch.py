@@ -13,7 +13,7 @@ ingest load generator, paced (open loop) or back to back (under load). Variants:
     paced at 80% of the arrival rate the saturated run reached;
 ``worker process``
     ``RECEIVER_WORKER=off`` and ``sonic-receiver worker`` on the same database (on SQLite it
-    polls at most every 250 ms; on PostgreSQL it is woken by LISTEN/NOTIFY).
+    watches `data_version` every 50 ms; on PostgreSQL it is woken by LISTEN/NOTIFY).
 
 Each runs on a fresh SQLite file and on a fresh database of a throwaway PostgreSQL cluster
 (:func:`scripts.benchmarks.ingest.postgres_or_none`).
@@ -171,8 +171,8 @@ def run(options: argparse.Namespace, work: Path) -> Report:
         "time.time() on one machine; record = commit - received_at (the delivery's "
         "verification-to-commit time, for scale).",
         f"goals: in-process p50 < {GOAL_MS:g} ms paced, < 50 ms at 80% of the maximum ingest "
-        "rate. The worker process polls SQLite every 250 ms at most; on PostgreSQL it is "
-        "woken by NOTIFY from the web process's commit.",
+        "rate. The worker process watches SQLite's data_version every 50 ms; on "
+        "PostgreSQL it is woken by NOTIFY from the web process's commit.",
     ]
     for r in results:
         r.pop("delays_s")
