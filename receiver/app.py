@@ -7,8 +7,10 @@ Routes: ``POST /webhooks/sonic`` (:mod:`receiver.webhook`), ``POST /tasks``
 (:mod:`receiver.creation`), ``GET /tasks/{task_id}``, ``GET /files/{task_id}/{clip_id}/{kind}``
 (a kept file: Range from a local folder, a presigned redirect from an object store),
 ``GET /jobs?state=dead``, ``GET /healthz`` (alive) and ``GET /readyz`` (the database takes a
-write). When ``RECEIVER_ADMIN_TOKEN`` is set, ``/tasks`` and ``/jobs`` need it as a Bearer
-token; the probes stay open so that orchestrators can call them.
+write). Everything but the webhook and the probes is the admin surface: one ``Mount`` behind
+:class:`receiver.auth.AdminAuth` (a Bearer token, or an explicit opt-out); the probes stay open
+so that orchestrators can call them. Request bodies are read under
+:class:`receiver.connections.BodyTimeout`.
 
 Handlers are loaded and routes checked here, in the factory, so that a route naming an unknown
 handler stops start-up before the server binds. With ``RECEIVER_WORKER=inprocess`` (the
@@ -20,18 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import structlog
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
+from receiver.auth import AdminAuth
 from receiver.clock import Clock, SystemClock
+from receiver.connections import BodyTimeout
 from receiver.creation import create_task
 from receiver.errors import BodyTooLarge, StoreError
 from receiver.jobs import Job, JobState
@@ -44,7 +48,7 @@ from receiver.runtime import Runtime, open_runtime
 from receiver.settings import Settings
 from receiver.signatures import Verifier
 from receiver.sonic.client import SonicClient
-from receiver.store import Store
+from receiver.storage import Store
 from receiver.webhook import WebhookEndpoint, read_body
 
 log = structlog.get_logger("receiver.app")
@@ -106,6 +110,12 @@ def create_app(
                     store=opened.store, sonic=opened.sonic, router=router, clock=clock,
                     on_jobs=opened.worker.wake if opened.worker else None,
                 ), name="reconcile"))
+            if settings.retention_s is not None:
+                background.append(asyncio.create_task(prune_every(
+                    settings.retention_every_s, store=opened.store, clock=clock,
+                    older_than_s=settings.retention_s,
+                    keep_ids_s=settings.retention_keep_ids_s,
+                ), name="retention"))
             endpoint = WebhookEndpoint(
                 store=opened.store,
                 verifier=verifier,
@@ -116,7 +126,7 @@ def create_app(
             )
             log.info(
                 "receiver_started",
-                db=str(settings.db_path) if store is None else type(opened.store).__name__,
+                db=opened.store.describe(),
                 schemes=[s.value for s in settings.schemes],
                 verify=verifier is not None,
                 worker=settings.worker,
@@ -136,13 +146,13 @@ def create_app(
                 runtime = None
 
     async def webhook(request: Request) -> JSONResponse:
+        if request.method != "POST":
+            return JSONResponse({"error": "method_not_allowed"}, 405, headers={"Allow": "POST"})
         if endpoint is None:
             return JSONResponse({"error": "store_unavailable"}, 503)
         return await endpoint(request)
 
     async def get_task(request: Request) -> JSONResponse:
-        if (denied := _check_admin(request, settings)) is not None:
-            return denied
         store = current().store
         task_id = request.path_params["task_id"]
         view = await store.get_task(task_id)
@@ -156,8 +166,6 @@ def create_app(
         return JSONResponse(body)
 
     async def get_file(request: Request) -> Response:
-        if (denied := _check_admin(request, settings)) is not None:
-            return denied
         p = request.path_params
         found = next((f for f in await current().store.list_files(p["task_id"])
                       if f.clip_id == p["clip_id"] and f.kind == p["kind"]), None)
@@ -166,8 +174,6 @@ def create_app(
         return await file_response(open_media(settings), found, request)
 
     async def post_task(request: Request) -> JSONResponse:
-        if (denied := _check_admin(request, settings)) is not None:
-            return denied
         try:
             body = await read_body(request, settings.max_body_bytes)
         except BodyTooLarge as exc:
@@ -175,8 +181,6 @@ def create_app(
         return await create_task(current(), body)
 
     async def list_jobs(request: Request) -> JSONResponse:
-        if (denied := _check_admin(request, settings)) is not None:
-            return denied
         state_name = request.query_params.get("state")
         try:
             state = JobState(state_name) if state_name else None
@@ -199,31 +203,37 @@ def create_app(
             return JSONResponse({"status": "unavailable", "error": "store_unavailable"}, 503)
         return JSONResponse({"status": "ready"})
 
+    admin = [
+        Route("/tasks", post_task, methods=["POST"]),
+        Route("/tasks/{task_id:str}", get_task, methods=["GET"]),
+        Route("/files/{task_id:str}/{clip_id:str}/{kind:str}", get_file, methods=["GET"]),
+        Route("/jobs", list_jobs, methods=["GET"]),
+    ]
     return Starlette(
         routes=[
-            Route("/webhooks/sonic", webhook, methods=["POST"]),
-            Route("/tasks", post_task, methods=["POST"]),
-            Route("/tasks/{task_id:str}", get_task, methods=["GET"]),
-            Route("/files/{task_id:str}/{clip_id:str}/{kind:str}", get_file, methods=["GET"]),
-            Route("/jobs", list_jobs, methods=["GET"]),
+            # Every method, so that a GET is told 405 here rather than taken by the admin Mount.
+            Route("/webhooks/sonic", webhook,
+                  methods=["POST", "GET", "PUT", "PATCH", "DELETE", "OPTIONS"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            # Everything else, unknown paths included, is the admin surface.
+            Mount("", routes=admin, middleware=[Middleware(AdminAuth, settings=settings)]),
         ],
+        middleware=[Middleware(BodyTimeout, timeout_s=settings.body_timeout_s)],
         lifespan=lifespan,
     )
 
 
-def _check_admin(request: Request, settings: Settings) -> JSONResponse | None:
-    if settings.admin_token is None:
-        return None
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(
-        token.strip().encode(), settings.admin_token.encode()
-    ):
-        return None
-    return JSONResponse(
-        {"error": "unauthorized"}, 401, headers={"WWW-Authenticate": 'Bearer realm="receiver"'}
-    )
+async def prune_every(
+    every_s: float, *, store: Store, clock: Clock, older_than_s: float, keep_ids_s: float
+) -> None:
+    """The retention policy on a schedule (``[retention]``); a failed round is logged."""
+    while True:
+        await clock.sleep(every_s)
+        try:
+            await store.prune(older_than_s=older_than_s, keep_ids_s=keep_ids_s)
+        except StoreError as exc:
+            log.error("prune_failed", error=exc.message)
 
 
 def task_view_json(view: TaskView) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 ``serve`` runs the receiver; ``sandbox`` (in :mod:`receiver.sonic.cli`) takes the rest of the
 command line as its own, so that each module owns its options. A bad setting stops start-up
-with one line on stderr and exit status 2.
+with one line on stderr and exit status 2, and so does a database that cannot be opened.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from receiver.errors import SettingsError
+from receiver.errors import SettingsError, StoreError
 from receiver.settings import Settings
 
 Forwarded = Callable[[list[str]], int]
@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept webhooks without checking signatures (never in production)",
     )
+    serve.add_argument(
+        "--insecure-open-admin",
+        action="store_true",
+        help="serve the admin API (/tasks, /jobs) without a token to anyone who reaches the "
+        "port ($RECEIVER_INSECURE_OPEN_ADMIN=1); set RECEIVER_ADMIN_TOKEN instead",
+    )
     serve.set_defaults(run=_serve)
 
     worker = sub.add_parser(
@@ -78,6 +84,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(run=_worker)
 
+    migrate = sub.add_parser(
+        "migrate", help="bring the database's schema up to date, and exit",
+        description="Applies the numbered migrations the database lacks (each once, even when "
+        "several processes start together), for a Procfile release: phase. serve and worker "
+        "also migrate at start.")
+    _add_common(migrate)
+    migrate.set_defaults(run=_migrate)
+
+    prune = sub.add_parser(
+        "prune", help="apply the retention policy: drop old raw bodies and finished jobs",
+        description="Raw bodies of deliveries whose task is finished, and finished jobs (with "
+        "their attempts), older than --older-than go; the delivery rows themselves (their ids "
+        "deduplicate resent deliveries) stay until --keep-ids. Tasks, clips, transitions, "
+        "files, results and quarantined deliveries stay.")
+    _add_common(prune)
+    prune.add_argument("--older-than", required=True, help="e.g. 90d, 12h")
+    prune.add_argument("--keep-ids", default="400d",
+                       help="how long delivery ids are kept (default 400d)")
+    prune.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    prune.set_defaults(run=_prune)
+
     sub.add_parser("sandbox", help="run a local server that plays the Sonic API", add_help=False)
     sub.add_parser("replay", help="recover missed events: reconcile, redispatch, resend",
                    add_help=False)
@@ -86,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", type=Path, help="SQLite file (default $RECEIVER_DB)")
+    parser.add_argument(
+        "--db", help="SQLite file or postgresql:// URL (default $RECEIVER_DB, $DATABASE_URL)")
     parser.add_argument("--config", type=Path, help="TOML config file (default $RECEIVER_CONFIG)")
     parser.add_argument("--media-dir", type=Path, help="media folder ($RECEIVER_MEDIA_DIR)")
     parser.add_argument(
@@ -98,9 +126,29 @@ def _serve(args: argparse.Namespace) -> int:
     from receiver import server
     from receiver.app import create_app
 
-    loaded = _load(args, insecure_no_verify=args.insecure_no_verify)
-    server.serve(create_app(loaded), host=args.host, port=args.port)
+    loaded = _load(args, insecure_no_verify=args.insecure_no_verify,
+                   insecure_open_admin=True if args.insecure_open_admin else None)
+    _announce_admin(loaded, args.host, args.port)
+    server.serve(create_app(loaded), host=args.host, port=args.port, settings=loaded)
     return 0
+
+
+def _announce_admin(loaded: Settings, host: str, port: int) -> None:
+    """Say where the admin API is and how to call it: where the token is kept, never the
+    token (a log line, and a plain line for a person at a terminal)."""
+    import structlog
+
+    from receiver.auth import how_to_use
+
+    shown = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    line = how_to_use(loaded, f"http://{f'[{shown}]' if ':' in shown else shown}:{port}")
+    log = structlog.get_logger("receiver.cli")
+    (log.warning if loaded.admin_open else log.info)(
+        "admin_api", token=loaded.admin_token_source if loaded.admin_token else None,
+        open=loaded.admin_open, how=line,
+    )
+    if sys.stderr.isatty():
+        print(line, file=sys.stderr, flush=True)
 
 
 def _load(args: argparse.Namespace, **extra: object) -> Settings:
@@ -115,18 +163,67 @@ def _load(args: argparse.Namespace, **extra: object) -> Settings:
             **extra,
         },
     )
-    logs.configure(fmt=loaded.log_format, level=loaded.log_level)
+    logs.configure(fmt=loaded.log_format, level=loaded.log_level,
+                   third_party_level=loaded.log_level_third_party, secrets=loaded.secrets())
     return loaded
 
 
 def _worker(args: argparse.Namespace) -> int:
     import asyncio
 
+    from receiver.server import settle_failed_connections
     from receiver.worker_process import run_worker
 
     # A worker needs no webhook secret: it never verifies anything.
     loaded = _load(args, worker_concurrency=args.concurrency, insecure_no_verify=True)
-    return asyncio.run(run_worker(loaded))
+
+    async def run() -> int:
+        try:
+            return await run_worker(loaded)
+        except StoreError:
+            await settle_failed_connections()
+            raise
+
+    return asyncio.run(run())
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from receiver.storage import store_for
+
+    loaded = _load(args, insecure_no_verify=True)
+
+    async def run() -> str:
+        async with store_for(loaded) as store:
+            return store.describe()
+
+    print(f"sonic-receiver: schema up to date: {asyncio.run(run())}")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    import asyncio
+    import dataclasses
+    import json
+
+    from receiver.settings import parse_duration
+    from receiver.storage import store_for
+
+    loaded = _load(args, insecure_no_verify=True)
+    older = parse_duration("--older-than", args.older_than)
+    keep = parse_duration("--keep-ids", args.keep_ids)
+    if keep < older:
+        raise SettingsError("--keep-ids must be at least --older-than")
+
+    async def run() -> dict[str, object]:
+        async with store_for(loaded) as store:
+            report = await store.prune(older_than_s=older, keep_ids_s=keep,
+                                       dry_run=args.dry_run)
+            return dataclasses.asdict(report)
+
+    print(json.dumps(asyncio.run(run())))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -136,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parsed = build_parser().parse_args(args)
     try:
         code: int = parsed.run(parsed)
-    except SettingsError as exc:
+    except (SettingsError, StoreError) as exc:
         print(f"sonic-receiver: error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     return code

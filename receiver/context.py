@@ -25,7 +25,7 @@ from receiver.models import ChildState, ChildTask, Result, StoredFile, TaskView
 from receiver.routing import Router
 from receiver.settings import Settings
 from receiver.sonic.client import SonicClient
-from receiver.store import Store
+from receiver.storage.roles import HandlerOutput
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,7 +51,7 @@ class HandlerContext:
     settings: Settings
     clock: Clock
     log: structlog.stdlib.BoundLogger
-    store: Store = field(repr=False)
+    store: HandlerOutput = field(repr=False)
     router: Router | None = field(default=None, repr=False)
     job: Job = field(repr=False)
 

@@ -162,6 +162,15 @@ async def notification_sink(port: int, received: list[dict[str, Any]]) -> AsyncI
         yield url
 
 
+def make_admin_token(workdir: Path) -> Path:
+    """The receiver's admin token, made for this run in a file only its owner can read: the
+    demo calls the admin API (POST /tasks, GET /tasks/...) with it."""
+    path = workdir / "admin-token"
+    path.touch(mode=0o600)
+    path.write_text(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
 def prepare(workdir: Path, sink_port: int) -> None:
     """An empty working folder with the receiver's config."""
     if workdir.exists():
@@ -177,6 +186,8 @@ async def run(workdir: Path, limit_s: float, sink_port: int) -> int:
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
     receiver_url = f"http://127.0.0.1:{receiver_port}"
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("RECEIVER_", "SONIC_"))}
+    token_file = make_admin_token(workdir)
+    admin = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
     receiver_env = {
         **base_env,
         "SONIC_WEBHOOK_SECRET": secrets.token_urlsafe(24),
@@ -187,6 +198,7 @@ async def run(workdir: Path, limit_s: float, sink_port: int) -> int:
            if os.environ.get("RECEIVER_MEDIA") else {}),
         "RECEIVER_PUBLIC_URL": receiver_url,
         "RECEIVER_CONFIG": str(workdir / "receiver.toml"),
+        "RECEIVER_ADMIN_TOKEN_FILE": str(token_file),
         "RECEIVER_LOG_FORMAT": "json",
         "SONIC_API_BASE_URL": sandbox_url,
         "SONIC_API_KEY": API_KEY,
@@ -208,19 +220,19 @@ async def run(workdir: Path, limit_s: float, sink_port: int) -> int:
                                workdir / "receiver.log")
             say(start, f"sandbox on {sandbox_url} (it will drop the song's song.completed), "
                        f"receiver on {receiver_url}")
-            created = await http.post(f"{receiver_url}/tasks", json=SONG)
+            created = await http.post(f"{receiver_url}/tasks", json=SONG, headers=admin)
             if created.status_code != 201:
                 say(start, f"create failed: {created.status_code} {created.text}")
                 return 1
             root = created.json()["task_id"]
             say(start, f"created {_short(root)} (create_music) through POST /tasks")
             progress = Progress()
-            ok = await watch(http, receiver_url, root, progress, start, limit_s)
+            ok = await watch(http, receiver_url, root, progress, start, limit_s, admin)
             keys = (await http.get(f"{sandbox_url}/_sandbox/keys")).json()["keys"]
             dropped = (await http.get(f"{sandbox_url}/_sandbox/deliveries",
                                       params={"outcome": "dropped"})).json()["deliveries"]
             recovered = _recovered(progress, root)
-            heard = await measure(http, receiver_url, progress)
+            heard = await measure(http, receiver_url, progress, admin)
             summarise(progress, workdir, CREDITS - int(keys[API_KEY]["credits"]), notes,
                       dropped, recovered, heard)
             if ok and recovered and dropped:
@@ -234,7 +246,7 @@ async def run(workdir: Path, limit_s: float, sink_port: int) -> int:
 
 
 async def watch(http: httpx.AsyncClient, url: str, root: str, progress: Progress,
-                start: float, limit_s: float) -> bool:
+                start: float, limit_s: float, admin: dict[str, str]) -> bool:
     """Print transitions and jobs as they happen until the chain root → extend → concat has
     succeeded and every job is finished."""
     deadline = time.monotonic() + limit_s
@@ -242,7 +254,7 @@ async def watch(http: httpx.AsyncClient, url: str, root: str, progress: Progress
         chain = [root]
         complete = True
         for depth in range(3):
-            view = (await http.get(f"{url}/tasks/{chain[-1]}")).json()
+            view = (await http.get(f"{url}/tasks/{chain[-1]}", headers=admin)).json()
             if "task" not in view:
                 complete = False
                 break
@@ -290,7 +302,8 @@ def _recovered(progress: Progress, root: str) -> bool:
                for t in view.get("transitions", []) if t["entity"] == "task")
 
 
-async def measure(http: httpx.AsyncClient, url: str, progress: Progress) -> dict[str, float]:
+async def measure(http: httpx.AsyncClient, url: str, progress: Progress,
+                  admin: dict[str, str]) -> dict[str, float]:
     """How long each kept audio file really plays, by clip id: read back through the
     receiver's own file route (a local file, or a presigned redirect to the object store)."""
     heard: dict[str, float] = {}
@@ -298,8 +311,9 @@ async def measure(http: httpx.AsyncClient, url: str, progress: Progress) -> dict
         for f in view["files"]:
             if f["kind"] != "audio" or f["content_type"] != "audio/wav":
                 continue
+            # httpx drops the Authorization header on a redirect to another host (the store)
             got = await http.get(f"{url}/files/{view['task']['task_id']}/{f['clip_id']}/audio",
-                                 follow_redirects=True)
+                                 headers=admin, follow_redirects=True)
             if got.status_code == 200:
                 with contextlib.suppress(wave.Error, EOFError), wave.open(
                         io.BytesIO(got.content)) as audio:
@@ -355,8 +369,11 @@ def _full_song(progress: Progress, durations: dict[str, float | None],
         return
     source, extension, whole = (v["clips"][0]["clip_id"] for v in chain)
     source_s, extension_s = durations.get(source), durations.get(extension)
-    song_s = heard.get(whole, durations.get(whole))
-    if source_s is None or extension_s is None or song_s is None:
+    song_s = heard.get(whole)
+    if source_s is None or extension_s is None:
+        return
+    if song_s is None:
+        print("  full song: its audio could not be read back through GET /files")
         return
     up_to = source_s + CONTINUE_AT if CONTINUE_AT < 0 else CONTINUE_AT
     print(f"  full song: {song_s:.2f} s = the song up to continue_at {up_to:.2f} s "

@@ -18,7 +18,7 @@ from receiver.registry import Registry
 from receiver.routing import Router
 from receiver.settings import Settings
 from receiver.sonic.client import SonicClient
-from receiver.store import SQLiteStore, Store
+from receiver.storage import Store, store_for
 from receiver.worker import Worker
 
 
@@ -43,12 +43,12 @@ class Runtime:
             router=self.router, job=job,
         )
 
-    def make_worker(self, *, poll_s: float) -> Worker:
+    def make_worker(self, *, poll_s: float, listen: bool = False) -> Worker:
         return Worker(
             store=self.store, registry=self.registry, contexts=self.context_for,
             clock=self.clock, policy=self.settings.retry,
             concurrency=self.settings.worker_concurrency, lease_s=self.settings.worker_lease_s,
-            poll_s=poll_s,
+            poll_s=poll_s, listen=listen,
         )
 
 
@@ -65,10 +65,7 @@ async def open_runtime(
 ) -> AsyncIterator[Runtime]:
     async with contextlib.AsyncExitStack() as stack:
         if store is None:
-            sqlite = SQLiteStore(settings.db_path, clock=clock, synchronous=settings.db_synchronous)
-            await sqlite.connect()
-            stack.push_async_callback(sqlite.close)
-            store = sqlite
+            store = await stack.enter_async_context(store_for(settings, clock=clock))
         if http is None:
             http = await stack.enter_async_context(
                 httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))

@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from receiver.errors import SettingsError
 from receiver.jobs import RetryPolicy
+from receiver.redact import url_secrets
 from receiver.signatures import Scheme, parse_schemes
 
 MIB = 1024 * 1024
@@ -25,20 +27,29 @@ ENV_KEYS: dict[str, str] = {
     "SONIC_WEBHOOK_SECRET": "webhook_secret",
     "RECEIVER_DB": "db",
     "RECEIVER_DB_SYNCHRONOUS": "db_synchronous",
+    "RECEIVER_DB_LOCK_TIMEOUT_S": "db_lock_timeout_s",
     "RECEIVER_MEDIA_DIR": "media_dir",
     "RECEIVER_MEDIA": "media",
     "RECEIVER_MAX_BODY_BYTES": "max_body_bytes",
     "RECEIVER_SIGNATURE_TOLERANCE_S": "signature_tolerance_s",
     "RECEIVER_SCHEMES": "schemes",
     "RECEIVER_ADMIN_TOKEN": "admin_token",
+    "RECEIVER_ADMIN_TOKEN_FILE": "admin_token_file",
+    "RECEIVER_INSECURE_OPEN_ADMIN": "insecure_open_admin",
     "RECEIVER_LOG_FORMAT": "log_format",
     "RECEIVER_LOG_LEVEL": "log_level",
+    "RECEIVER_LOG_LEVEL_THIRD_PARTY": "log_level_third_party",
+    "RECEIVER_HEADER_TIMEOUT_S": "header_timeout_s",
+    "RECEIVER_BODY_TIMEOUT_S": "body_timeout_s",
+    "RECEIVER_KEEPALIVE_TIMEOUT_S": "keepalive_timeout_s",
+    "RECEIVER_MAX_CONNECTIONS": "max_connections",
     "RECEIVER_PUBLIC_URL": "public_url",
     "RECEIVER_WORKER": "worker",
     "RECEIVER_WORKER_CONCURRENCY": "worker_concurrency",
     "SONIC_API_BASE_URL": "sonic_api_base_url",
     "SONIC_API_KEY": "sonic_api_key",
 }
+DB_SCHEMES = ("postgresql", "postgres")
 WORKER_KEYS = frozenset({"concurrency", "lease_s", "poll_s", "max_attempts", "backoff",
                          "jitter", "drain_s"})
 OBJECT_STORE_SCHEMES = ("s3", "gs", "az")
@@ -52,7 +63,15 @@ class Settings:
 
     webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
     db_path: Path = Path("data/receiver.db")
+    # a PostgreSQL URL (RECEIVER_DB=postgresql://..., or DATABASE_URL): db_path is unused then
+    db_url: str | None = field(default=None, repr=False)
     db_synchronous: str = "normal"
+    # how long a write waits for the database's lock before it is answered 503
+    db_lock_timeout_s: float = 5.0
+    # retention: raw bodies and finished jobs older than this go; delivery ids stay keep_ids_s
+    retention_s: float | None = None
+    retention_keep_ids_s: float = 400 * 86400.0
+    retention_every_s: float = 3600.0
     media_dir: Path = Path("media")
     # RECEIVER_MEDIA as an object-store URL (s3://bucket/prefix, gs://, az://); None: the
     # local folder media_dir (receiver.media).
@@ -61,9 +80,22 @@ class Settings:
     signature_tolerance_s: int = 300
     schemes: tuple[Scheme, ...] = (Scheme.MUSICAPI,)
     admin_token: str | None = field(default=None, repr=False)
+    # Where the admin token came from, for the start-up line (never the token itself).
+    admin_token_source: str | None = None
+    # Serve the admin API (/tasks, /jobs) to anyone: an explicit choice, never a default.
+    insecure_open_admin: bool = False
     insecure_no_verify: bool = False
     log_format: str = "auto"
     log_level: str = "info"
+    log_level_third_party: str = "warning"  # httpx, apprise, ...: see receiver.logs
+    # Slow and abusive clients (receiver.connections): the request head must be complete
+    # within header_timeout_s of the connection or the previous response, the body within
+    # body_timeout_s; an idle keep-alive connection is closed after keepalive_timeout_s; more
+    # than max_connections open connections and new ones are closed at once.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 20.0
+    keepalive_timeout_s: float = 5.0
+    max_connections: int = 1000
     public_url: str | None = None  # how the Sonic service reaches this receiver
     sonic_api_base_url: str | None = None
     sonic_api_key: str | None = field(default=None, repr=False)
@@ -97,6 +129,10 @@ class Settings:
             raise SettingsError(f"RECEIVER_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(f"RECEIVER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        if self.log_level_third_party not in LOG_LEVELS:
+            raise SettingsError(
+                f"RECEIVER_LOG_LEVEL_THIRD_PARTY must be one of {', '.join(LOG_LEVELS)}"
+            )
         if self.worker not in ("inprocess", "off"):
             raise SettingsError("RECEIVER_WORKER must be inprocess or off")
         for name, url in (("RECEIVER_PUBLIC_URL", self.public_url),
@@ -115,6 +151,19 @@ class Settings:
     def media_location(self) -> str:
         """Where media live: the object-store URL, or the local folder's path."""
         return self.media_url or str(self.media_dir)
+
+    @property
+    def admin_open(self) -> bool:
+        """Whether the admin API is served without a token (the operator opted out)."""
+        return self.admin_token is None and self.insecure_open_admin
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value of the configuration, to be blanked in logs and errors."""
+        values = [*self.webhook_secrets, self.admin_token, self.sonic_api_key,
+                  _password_of(self.db_url)]
+        # Notification targets and any other URL in the config file (handler options).
+        values += [piece for url in _config_urls(self.config) for piece in url_secrets(url)]
+        return tuple(dict.fromkeys(v for v in values if v))
 
     @property
     def webhook_url(self) -> str | None:
@@ -146,6 +195,8 @@ def load(
     for name, key in ENV_KEYS.items():
         if env.get(name, "") != "":
             raw[key] = (name, env[name])
+    if "db" not in raw and env.get("DATABASE_URL", "") != "":  # the platforms' convention
+        raw["db"] = ("DATABASE_URL", env["DATABASE_URL"])
     flags = dict(overrides or {})
     insecure = bool(flags.pop("insecure_no_verify", False))
     for key, value in flags.items():
@@ -157,6 +208,12 @@ def load(
     settings = Settings(config_file=config_file, config=config)
     changes: dict[str, Any] = _worker_table(config.get("worker", {}), config_file)
     changes.update(_reconcile_table(config.get("reconcile", {}), config_file))
+    changes.update(_retention_table(config.get("retention", {}), config_file))
+    if "admin_token" in raw and "admin_token_file" in raw:
+        raise SettingsError(
+            f"{raw['admin_token'][0]} and {raw['admin_token_file'][0]} are both set: "
+            "give the admin token one way"
+        )
     # RECEIVER_MEDIA is applied after its alias RECEIVER_MEDIA_DIR, so that it wins.
     for key, (origin, value) in sorted(raw.items(), key=lambda item: item[0] == "media"):
         changes.update(_convert(key, origin, value))
@@ -181,12 +238,16 @@ def _convert(key: str, origin: str, value: Any) -> dict[str, Any]:
         if not secrets:
             raise SettingsError(f"{origin} holds no secret")
         return {"webhook_secrets": secrets}
-    if key in ("db", "media_dir"):
+    if key == "db":
+        return _database(origin, value)
+    if key == "media_dir":
         if not isinstance(value, str | Path) or not str(value):
             raise SettingsError(f"{origin} must be a path")
-        return {"db_path" if key == "db" else key: Path(value)}
+        return {key: Path(value)}
     if key == "media":
         return _media(origin, value)
+    if key == "db_lock_timeout_s":
+        return {key: _positive_float(origin, _number(origin, value))}
     if key in ("max_body_bytes", "signature_tolerance_s", "worker_concurrency"):
         return {key: _positive_int(origin, value)}
     if key in ("public_url", "sonic_api_base_url"):
@@ -201,7 +262,15 @@ def _convert(key: str, origin: str, value: Any) -> dict[str, Any]:
             choices = "choose from musicapi, legacy, standard"
             raise SettingsError(f"{origin}: {exc} ({choices})") from None
     if key == "admin_token":
-        return {"admin_token": str(value) or None}
+        return {"admin_token": str(value) or None, "admin_token_source": origin}
+    if key == "admin_token_file":
+        return _token_file(origin, value)
+    if key == "insecure_open_admin":
+        return {key: _flag(origin, value)}
+    if key in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s"):
+        return {key: _positive_number(origin, value)}
+    if key == "max_connections":
+        return {key: _positive_int(origin, value)}
     return {key: str(value).lower()}  # db_synchronous, log_*: checked by validated()
 
 
@@ -218,6 +287,69 @@ def _media(origin: str, value: Any) -> dict[str, Any]:
     if "://" in text:
         return {"media_url": text.rstrip("/")}
     return {"media_dir": Path(text), "media_url": None}
+
+
+def _database(origin: str, value: Any) -> dict[str, Any]:
+    """A path or ``sqlite:///path`` for SQLite, ``postgresql://...`` for PostgreSQL; any other
+    scheme is refused (it would otherwise become a folder named after it)."""
+    if not isinstance(value, str | Path) or not str(value):
+        raise SettingsError(f"{origin} must be a path or a postgresql:// URL")
+    text = str(value)
+    scheme, sep, rest = text.partition("://")
+    if not sep or "/" in scheme or "\\" in scheme:
+        return {"db_path": Path(text), "db_url": None}
+    if scheme.lower() in DB_SCHEMES:
+        return {"db_url": text}
+    if scheme.lower() == "sqlite" and rest:
+        return {"db_path": Path(rest[1:] if rest.startswith("/") else rest), "db_url": None}
+    raise SettingsError(
+        f"{origin}: unknown database scheme {scheme!r} (use a file path, sqlite:///path or "
+        "postgresql://user:password@host/db)"
+    )
+
+
+def _number(origin: str, value: Any) -> float:
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        raise SettingsError(f"{origin} must be a number, got {value!r}") from None
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(origin: str, value: Any) -> float:
+    """``90d``, ``12h``, ``30m``, ``45s`` or a number of seconds."""
+    text = str(value).strip().lower()
+    unit = DURATION_UNITS.get(text[-1:])
+    try:
+        number = float(text[:-1] if unit else text)
+    except ValueError:
+        raise SettingsError(f"{origin} must be a duration like 90d, 12h or 30m") from None
+    seconds = number * (unit or 1)
+    if not seconds > 0:
+        raise SettingsError(f"{origin} must be a positive duration, got {value!r}")
+    return seconds
+
+
+def _retention_table(table: Any, config_file: Path | None) -> dict[str, Any]:
+    """``[retention] older_than = "90d", keep_ids = "400d", every = "1h"``."""
+    where = f"{config_file}: [retention]"
+    if not isinstance(table, dict):
+        raise SettingsError(f"{where} must be a table")
+    unknown = set(table) - {"older_than", "keep_ids", "every"}
+    if unknown:
+        raise SettingsError(f"{where} has unknown keys: {', '.join(sorted(unknown))}")
+    changes: dict[str, Any] = {}
+    if "older_than" in table:
+        changes["retention_s"] = parse_duration(f"{where}.older_than", table["older_than"])
+    if "keep_ids" in table:
+        changes["retention_keep_ids_s"] = parse_duration(f"{where}.keep_ids", table["keep_ids"])
+    if "every" in table:
+        changes["retention_every_s"] = parse_duration(f"{where}.every", table["every"])
+    if changes.get("retention_s", 0) > changes.get("retention_keep_ids_s", 400 * 86400.0):
+        raise SettingsError(f"{where}.keep_ids must be at least older_than")
+    return changes
 
 
 def _worker_table(table: Any, config_file: Path | None) -> dict[str, Any]:
@@ -273,6 +405,57 @@ def _positive_float(origin: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise SettingsError(f"{origin} must be a positive number, got {value!r}")
     return float(value)
+
+
+def _config_urls(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value] if "://" in value else []
+    if isinstance(value, Mapping):
+        return [u for v in value.values() for u in _config_urls(v)]
+    if isinstance(value, list | tuple):
+        return [u for v in value for u in _config_urls(v)]
+    return []
+
+
+def _password_of(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def _token_file(origin: str, value: Any) -> dict[str, Any]:
+    path = Path(str(value))
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"{origin}: cannot read {path}: {exc.strerror or exc}") from None
+    if not token:
+        raise SettingsError(f"{origin}: {path} is empty")
+    return {"admin_token": token, "admin_token_source": str(path)}
+
+
+def _flag(origin: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{origin} must be 1 or 0 (true or false), got {value!r}")
+
+
+def _positive_number(origin: str, value: Any) -> float:
+    try:
+        number = float(str(value).strip()) if not isinstance(value, bool) else -1.0
+    except ValueError:
+        raise SettingsError(f"{origin} must be a positive number, got {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise SettingsError(f"{origin} must be a positive number, got {value!r}")
+    return number
 
 
 def _secrets(value: Any) -> tuple[str, ...]:

@@ -18,14 +18,16 @@ import random
 import socket
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
 from receiver.clock import Clock
 from receiver.context import Event, HandlerContext
 from receiver.jobs import Job, PermanentError, RetryLater, RetryPolicy
+from receiver.redact import scrub_text
 from receiver.registry import Registry
-from receiver.store import Store
+from receiver.storage.roles import JobQueue
 
 log = structlog.get_logger("receiver.worker")
 
@@ -39,7 +41,7 @@ class Worker:
     def __init__(
         self,
         *,
-        store: Store,
+        store: JobQueue,
         registry: Registry,
         contexts: ContextFactory,
         clock: Clock,
@@ -48,6 +50,7 @@ class Worker:
         lease_s: float = 60.0,
         poll_s: float = 0.25,
         owner: str | None = None,
+        listen: bool = False,
         rng: random.Random | None = None,
     ) -> None:
         self.store = store
@@ -58,6 +61,8 @@ class Worker:
         self.concurrency = max(1, concurrency)
         self.lease_s = lease_s
         self.poll_s = poll_s
+        # a worker in a process of its own also wakes when another process queues jobs
+        self.listen = listen
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.rng = rng or random.Random()
         self._wake = asyncio.Event()
@@ -97,12 +102,27 @@ class Worker:
                     task.add_done_callback(functools.partial(self._finished, job.id))
             if claimed and len(claimed) == free:
                 continue  # there may be more: claim again once a slot frees
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=await self._idle_wait())
+            await self._sleep(await self._idle_wait())
 
     def _finished(self, job_id: int, _task: asyncio.Task[None]) -> None:
         self._running.pop(job_id, None)
         self._wake.set()  # a free slot
+
+    async def _sleep(self, wait_s: float) -> None:
+        """Until :meth:`wake`, a commit elsewhere (when listening), or ``wait_s``."""
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
+        if self.listen:
+            waits.append(asyncio.ensure_future(self.store.wait_for_jobs(wait_s)))
+        try:
+            done, _ = await asyncio.wait(waits, timeout=wait_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("wait_failed", error=str(task.exception()))
+        finally:
+            for task in waits:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
     async def _idle_wait(self) -> float:
         try:
@@ -146,17 +166,17 @@ class Worker:
         try:
             await handler(event, ctx)
         except RetryLater as exc:
-            await self.store.retry_job(job.id, owner=self.owner, error=exc.message,
+            await self.store.retry_job(job.id, owner=self.owner, error=scrub_text(exc.message),
                                        run_after=self.clock.now() + exc.seconds,
                                        now=self.clock.now(), count_attempt=False)
-            bound.info("job_retry_later", seconds=exc.seconds, reason=exc.message)
+            bound.info("job_retry_later", seconds=exc.seconds, reason=scrub_text(exc.message))
         except PermanentError as exc:
-            await self._die(job, bound, f"PermanentError: {exc.message}")
+            await self._die(job, bound, scrub_text(f"PermanentError: {exc.message}"))
         except asyncio.CancelledError:
             bound.warning("job_cancelled")
             raise
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"[:_MAX_ERROR]
+            error = scrub_text(f"{type(exc).__name__}: {exc}")[:_MAX_ERROR]
             if job.attempts >= job.max_attempts:
                 await self._die(job, bound, error)
             else:

@@ -23,7 +23,7 @@ async def run_worker(settings: Settings) -> int:
     registry.check(router.handler_names)
     async with open_runtime(settings, clock=SystemClock(), router=router,
                             registry=registry) as runtime:
-        worker = runtime.make_worker(poll_s=min(settings.worker_poll_s, 0.25))
+        worker = runtime.make_worker(poll_s=min(settings.worker_poll_s, 0.25), listen=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

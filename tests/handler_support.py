@@ -18,7 +18,7 @@ from receiver.registry import Handler, Registry
 from receiver.routing import Router, routes_from_config
 from receiver.runtime import Runtime, open_runtime
 from receiver.signatures import Scheme, Verified
-from receiver.store import Store
+from receiver.storage import Store
 from receiver.webhook import make_delivery
 from tests.support import settings_for
 

@@ -13,14 +13,14 @@ import pytest
 from receiver.clock import FakeClock
 from receiver.context import Event, HandlerContext
 from receiver.jobs import JobState, PermanentError, RetryLater, RetryPolicy
-from receiver.memstore import MemoryStore
 from receiver.registry import Handler, Registry
 from receiver.routing import HandlerRef, Route, Router
 from receiver.runtime import Runtime
 from receiver.signatures import Scheme, Verified
-from receiver.store import SQLiteStore, Store
+from receiver.storage import Store
 from receiver.webhook import make_delivery
 from receiver.worker import Worker
+from tests.backends import store
 from tests.handler_support import deliver, handler_runtime
 from tests.support import callback, clip, settings_for
 
@@ -175,13 +175,7 @@ async def test_failed_tasks_route_to_their_own_handlers(runtime: Runtime) -> Non
     assert job.trigger == "task.failed"
 
 
-@pytest.fixture(params=["sqlite", "memory"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    async with SQLiteStore(tmp_path / "jobs.db") as sqlite:
-        yield sqlite
+__all__ = ["store"]  # the contract fixture, once per backend
 
 
 async def _one_job(store: Store, tmp_path: Path) -> None:

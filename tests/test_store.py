@@ -1,35 +1,32 @@
-"""The store contract, run against the real SQLite file and against the in-memory twin."""
+"""The store contract, run against every backend (SQLite and PostgreSQL), and SQLite's own
+rules (the file, WAL, checkpoints)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from receiver import sql
 from receiver.errors import PayloadError, StoreError
-from receiver.memstore import MemoryStore
 from receiver.models import Delivery, Outcome, Source, Transition
 from receiver.payloads import parse_callback
 from receiver.recording import UNKNOWN_TASK
 from receiver.states import Entity, State
-from receiver.store import SQLiteStore, SQLiteTransaction, Store
+from receiver.storage import Store, sqlite_store
+from receiver.storage.connector import Tx
+from receiver.storage.statements import MIGRATIONS
+from receiver.storage.store import RecordingTx
+from tests.backends import store
 from tests.support import EMPTY_COUNTS, callback, clip
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["sqlite", "memory"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    async with SQLiteStore(tmp_path / "store.db") as sqlite:
-        yield sqlite
+__all__ = ["store"]  # the contract fixture, once per backend
 
 
 def delivery(
@@ -112,7 +109,7 @@ EVENTS = {
 async def test_every_order_of_a_two_clip_task_ends_succeeded(
     order: Sequence[str], tmp_path: Path
 ) -> None:
-    async with SQLiteStore(tmp_path / "order.db") as store:
+    async with sqlite_store(tmp_path / "order.db") as store:
         for name in order:
             body, event = EVENTS[name.removesuffix("-again")]
             # the repeat keeps the delivery id, as the upstream's redeliveries do
@@ -180,12 +177,12 @@ async def test_sqlite_schema_is_versioned_in_wal_mode_and_survives_reopening(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "r.db"
-    async with SQLiteStore(path) as store:
+    async with sqlite_store(path) as store:
         await store.record_delivery(delivery("d1", COMPLETED, event="song.completed"))
-    async with SQLiteStore(path) as store:  # migrating again is a no-op
+    async with sqlite_store(path) as store:  # migrating again is a no-op
         assert (await store.counts())["deliveries"] == 1
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(sql.MIGRATIONS)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         headers, body = conn.execute("SELECT headers, body FROM deliveries").fetchone()
     assert body == COMPLETED
@@ -195,52 +192,49 @@ async def test_sqlite_schema_is_versioned_in_wal_mode_and_survives_reopening(
 async def test_sqlite_refuses_a_schema_newer_than_the_code(tmp_path: Path) -> None:
     path = tmp_path / "r.db"
     with sqlite3.connect(path) as conn:
-        conn.execute(f"PRAGMA user_version = {len(sql.MIGRATIONS) + 1}")
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     with pytest.raises(StoreError, match="newer than this code"):
-        await SQLiteStore.open(path)
+        await sqlite_store(path).open()
 
 
-async def test_sqlite_a_failure_mid_transaction_leaves_nothing_behind(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_a_failure_mid_transaction_leaves_nothing_behind(
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(self: SQLiteTransaction, transitions: Sequence[Transition]) -> None:
-        raise sqlite3.OperationalError("disk I/O error (injected)")
+    async def broken(self: RecordingTx, transitions: Sequence[Transition]) -> None:
+        raise OSError("disk I/O error (injected)")
 
-    async with SQLiteStore(tmp_path / "r.db") as store:
-        # Fault injection: no real disk fails on demand, so the last write of the
-        # transaction is made to raise; everything before it must roll back.
-        monkeypatch.setattr(SQLiteTransaction, "insert_transitions", broken)
-        with pytest.raises(StoreError, match="injected"):
-            await store.record_delivery(delivery("d1", COMPLETED, event="song.completed"))
-        monkeypatch.undo()
-        assert await store.counts() == EMPTY_COUNTS
-        ok = await store.record_delivery(delivery("d1", COMPLETED, event="song.completed"))
-        assert ok.outcome is Outcome.RECORDED
+    # Fault injection: no real disk fails on demand, so the last write of the
+    # transaction is made to raise; everything before it must roll back.
+    monkeypatch.setattr(RecordingTx, "insert_transitions", broken)
+    with pytest.raises(OSError, match="injected"):
+        await store.record_delivery(delivery("d1", COMPLETED, event="song.completed"))
+    monkeypatch.undo()
+    assert await store.counts() == EMPTY_COUNTS
+    ok = await store.record_delivery(delivery("d1", COMPLETED, event="song.completed"))
+    assert ok.outcome is Outcome.RECORDED
 
 
-async def test_a_one_trip_body_that_awaits_real_io_is_refused_and_rolled_back(
+async def test_sqlite_a_unit_that_awaits_real_io_is_refused_and_rolled_back(
     tmp_path: Path,
 ) -> None:
-    async with SQLiteStore(tmp_path / "r.db") as store:
+    async with sqlite_store(tmp_path / "r.db") as store:
 
-        async def body(tx: SQLiteTransaction) -> None:
-            await tx.insert_delivery(delivery("d1", COMPLETED), outcome=Outcome.RECORDED,
-                                     task_id=None, reason=None)
+        async def body(tx: Tx) -> None:
+            await RecordingTx(tx).insert_delivery(
+                delivery("d1", COMPLETED), outcome=Outcome.RECORDED, task_id=None, reason=None)
             await asyncio.sleep(0)  # suspends: not allowed on the database thread
 
         with pytest.raises(RuntimeError, match="awaited something other"):
-            await store.in_one_trip(body)
+            await store.write(body)
         assert (await store.counts())["deliveries"] == 0
 
 
 async def test_checkpoints_run_in_the_background_not_in_commits(tmp_path: Path) -> None:
     path = tmp_path / "r.db"
-    async with SQLiteStore(path) as store:
-        rows = list(await store.conn.execute_fetchall("PRAGMA wal_autocheckpoint"))
-        assert rows[0][0] == 0  # no commit ever runs a checkpoint
+    async with sqlite_store(path) as store:
         size = path.stat().st_size
-        for n in range(200):
-            body = callback(f"t-{n}", [clip(f"c-{n}", "succeeded", lyrics="la " * 200)])
+        for n in range(300):  # well past the automatic checkpoint's 1,000 pages
+            body = callback(f"t-{n}", [clip(f"c-{n}", "succeeded", lyrics="la " * 2000)])
             await store.record_delivery(delivery(f"d-{n}", body))
         assert path.stat().st_size == size  # everything is still in the WAL
         for _ in range(100):  # the background checkpoint moves it into the database

@@ -23,7 +23,7 @@ from receiver.registry import load_registry
 from receiver.routing import Router, routes_from_config
 from receiver.server import running
 from receiver.settings import load
-from receiver.store import SQLiteStore
+from receiver.storage import sqlite_store
 from tests.handler_support import deliver_to
 from tests.support import callback, clip
 
@@ -86,7 +86,7 @@ async def test_a_download_killed_mid_stream_finishes_after_restart(tmp_path: Pat
     async with running(slow_media(body, ranges)) as url:
         router = Router(routes_from_config(settings.config), policy=settings.retry)
         load_registry(settings.config).check(router.handler_names)
-        async with SQLiteStore(settings.db_path) as store:
+        async with sqlite_store(settings.db_path) as store:
             done = callback("t-crash", [clip("c1", "succeeded", audio_url=f"{url}/a.wav")])
             result = await deliver_to(store, router, done)
             assert result.jobs == 1  # the default route: download_audio

@@ -17,7 +17,8 @@ from receiver.clock import Clock
 from receiver.context import Event, HandlerContext
 from receiver.models import Delivery, RecordResult
 from receiver.routing import Router
-from receiver.store import SQLiteStore
+from receiver.storage import Store
+from receiver.storage.sqlite import SQLiteConnector
 
 PROBE_FILE = "BENCH_PROBE_FILE"
 
@@ -34,13 +35,13 @@ async def probe(event: Event, ctx: HandlerContext) -> None:
         out.write(f"{event.delivery_id} {started!r}\n")
 
 
-class StampingStore(SQLiteStore):
+class StampingStore(Store):
     """The real SQLite store, noting the moment each :meth:`record_delivery` returned (the
     transaction committed)."""
 
     def __init__(self, path: Path, stamps: Path, *, clock: Clock | None = None,
                  synchronous: str = "normal") -> None:
-        super().__init__(path, clock=clock, synchronous=synchronous)
+        super().__init__(SQLiteConnector(path, synchronous=synchronous), clock=clock)
         self._stamps: IO[str] = stamps.open("a", buffering=1)
 
     async def record_delivery(

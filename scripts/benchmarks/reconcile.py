@@ -29,7 +29,7 @@ from receiver.clock import SystemClock
 from receiver.replay import reconcile
 from receiver.routing import Router, routes_from_config
 from receiver.sonic.client import SonicClient
-from receiver.store import SQLiteStore
+from receiver.storage import sqlite_store
 from scripts.benchmarks.processes import PYTHON, Child, child_env, cpu_seconds
 from scripts.benchmarks.report import Report, ratio
 
@@ -87,7 +87,7 @@ async def phases(url: str, ids: list[str], concurrency: int, work: Path,
             extra: dict[str, Any] = {}
             if phase == "reconcile":
                 clock = SystemClock()
-                async with SQLiteStore(work / "reconciled.db", clock=clock) as store:
+                async with sqlite_store(work / "reconciled.db", clock=clock) as store:
                     summary = await reconcile(
                         ids, store=store, sonic=sonic, router=Router(routes_from_config({})),
                         clock=clock, concurrency=concurrency, rate_per_s=RATE_PER_S)

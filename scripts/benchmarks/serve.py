@@ -71,7 +71,7 @@ async def receiver_app(stamps: Path | None) -> AsyncIterator[Any]:
         yield create_app(loaded)
         return
     store = StampingStore(loaded.db_path, stamps, synchronous=loaded.db_synchronous)
-    await store.connect()
+    await store.open()
     try:
         yield create_app(loaded, store=store)
     finally:

@@ -22,7 +22,7 @@ from receiver.registry import Registry
 from receiver.server import running
 from receiver.sonic.sandbox import SandboxConfig, Speed
 from receiver.sonic.sandbox.config import Schedule
-from receiver.store import Store
+from receiver.storage import Store
 from tests.sonic.support import KEY, SandboxHandle, serve_sandbox, wait_for
 from tests.support import SECRET, free_port, settings_for
 

@@ -1,0 +1,130 @@
+"""The seam between the storage logic and a database engine.
+
+A backend supplies two things, nothing more (procrastinate's connector split):
+
+- a :class:`Connector`: connection handling, a way to run one *unit of work* inside one
+  transaction (or several units in one transaction, each in its own savepoint: group commit),
+  read-only work, migrations, and a wake-up for job workers;
+- a :class:`Dialect`: its compiled named statements (:class:`receiver.storage.statements.Q`)
+  and migrations.
+
+A unit of work is an async function of a :class:`Tx`. It must await nothing but its ``Tx``: the
+SQLite connector runs a whole batch of units on its database thread in one trip, where a
+``Tx`` never suspends.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from receiver.storage.statements import MIGRATIONS, PORTABLE, Q
+
+T = TypeVar("T")
+Row = tuple[Any, ...]
+Params = Mapping[str, Any]
+
+
+class Tx(Protocol):
+    """Named statements inside one open transaction."""
+
+    async def rows(self, q: Q, params: Params | None = None) -> list[Row]: ...
+
+    async def one(self, q: Q, params: Params | None = None) -> Row | None: ...
+
+    async def run(self, q: Q, params: Params | None = None) -> int:
+        """Run a write; the number of rows it changed."""
+        ...
+
+    async def run_many(self, q: Q, params: Sequence[Params]) -> int:
+        """Run a write once per parameter set; the number of rows changed in all."""
+        ...
+
+    def jobs_written(self) -> None:
+        """Say that this transaction queued jobs: workers in other processes are woken when
+        it commits (PostgreSQL's NOTIFY; a no-op where workers poll)."""
+        ...
+
+
+Work = Callable[[Tx], Coroutine[Any, Any, T]]
+
+
+@dataclass
+class Unit:
+    """One unit of work in a batch, with what became of it."""
+
+    work: Work[Any]
+    keep: bool = True  # False: run, then roll back its savepoint (a preview)
+    result: Any = None
+    error: BaseException | None = None
+
+
+class Connector(Protocol):
+    """What a backend gives the storage logic."""
+
+    dialect: Dialect
+
+    async def open(self) -> None:
+        """Connect and migrate. Raises :class:`receiver.errors.StoreError` with one line."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def write(self, units: Sequence[Unit]) -> None:
+        """Run ``units`` in one transaction, each in its own savepoint when there are several,
+        and commit. A unit that raises is rolled back alone and its error kept on it; an error
+        of the transaction itself (begin, commit) is raised for all of them."""
+        ...
+
+    async def read(self, work: Work[T]) -> T:
+        """Run read-only ``work``; it may run beside writes."""
+        ...
+
+    async def wait_for_jobs(self, wait_s: float) -> None:
+        """Return when another process may have queued jobs, or after ``wait_s`` seconds."""
+        ...
+
+    async def check_space(self) -> None:
+        """Raise :class:`receiver.errors.StoreError` when a delivery could not be committed
+        for lack of room (beyond what a probe write shows)."""
+        ...
+
+    def describe(self) -> str:
+        """Where the data lives, with no secret in it (for logs)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """A backend's SQL: the portable statements with its overrides, compiled to its
+    parameter style, and the migrations with its types."""
+
+    name: str
+    types: Mapping[str, str]
+    overrides: Mapping[Q, str] = field(default_factory=dict)
+    paramstyle: str = "named"  # named: ``:name`` as is; pyformat: ``%(name)s``
+
+    def statements(self) -> dict[Q, str]:
+        merged = {**PORTABLE, **self.overrides}
+        missing = set(Q) - set(merged)
+        if missing:
+            raise RuntimeError(f"{self.name}: no SQL for {sorted(missing)}")
+        return {q: compile_sql(text, self.paramstyle) for q, text in merged.items()}
+
+    def migrations(self) -> tuple[str, ...]:
+        return tuple(m.format(**self.types) for m in MIGRATIONS)
+
+
+_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+def compile_sql(text: str, paramstyle: str) -> str:
+    """``text`` with its ``:name`` parameters in ``paramstyle``."""
+    text = " ".join(text.split())
+    if paramstyle == "named":
+        return text
+    if paramstyle == "pyformat":
+        return _PARAM.sub(r"%(\1)s", text.replace("%", "%%"))
+    raise ValueError(f"unknown paramstyle {paramstyle!r}")

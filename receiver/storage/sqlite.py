@@ -1,0 +1,380 @@
+"""The embedded backend: one SQLite file in WAL mode. Connection handling and SQL only; the
+rules are in :mod:`receiver.storage.store`.
+
+- Writes run on one connection owned by one thread of our own (a one-thread executor): a
+  whole batch of units of work (group commit, a savepoint each) goes there in one trip and
+  commits once. aiosqlite has no public way to run a function on its thread, so the writer
+  does not use it.
+- Reads run on an aiosqlite connection of their own: in WAL mode they see every commit and
+  never wait for the writer.
+- ``BEGIN IMMEDIATE`` takes the file's write lock up front, so a second process on the same
+  file (a separate worker, a second web process) waits at most ``lock_timeout_s`` and then
+  the batch fails with :class:`StoreError` (503) instead of queueing for ever.
+- Checkpoints: a PASSIVE one every second on a connection of its own (no commit waits for its
+  fsync), and, when the WAL passes ``wal_limit_bytes`` anyway (continuous load), a RESTART by
+  the writer between two batches, so that the WAL starts over and stays bounded.
+
+With ``synchronous=NORMAL`` (the default) a commit survives the process being killed at any
+point; ``full`` also survives power loss, at the price of an fsync per commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import shutil
+import sqlite3
+import threading
+from collections.abc import Coroutine, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from receiver.errors import StoreError
+from receiver.storage.connector import Dialect, Params, Row, Unit, Work
+from receiver.storage.statements import Q
+
+T = TypeVar("T")
+SYNCHRONOUS = ("normal", "full")
+CHECKPOINT_EVERY_S = 1.0
+WAIT_POLL_S = 0.05
+
+DIALECT = Dialect(
+    name="sqlite",
+    types={"id": "INTEGER PRIMARY KEY", "real": "REAL", "blob": "BLOB"},
+)
+
+
+class SQLiteConnector:
+    """The SQLite file at ``path``."""
+
+    dialect = DIALECT
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str = "normal",
+        lock_timeout_s: float = 5.0,
+        min_free_bytes: int = 64 * 1024 * 1024,
+        wal_limit_bytes: int = 32 * 1024 * 1024,
+    ) -> None:
+        if synchronous not in SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS}")
+        self.path = path
+        self.synchronous = synchronous
+        self.lock_timeout_s = lock_timeout_s
+        self.min_free_bytes = min_free_bytes
+        self.wal_limit_bytes = wal_limit_bytes
+        self._sql = DIALECT.statements()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._raw: sqlite3.Connection | None = None  # the writer's, used on its thread only
+        self._reader: aiosqlite.Connection | None = None
+        self._read_lock = asyncio.Lock()
+        self._checkpointer: asyncio.Task[None] | None = None
+
+    def describe(self) -> str:
+        return f"sqlite:{self.path}"
+
+    # -- opening and closing -----------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from exc
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="sqlite-writer")
+        try:
+            await self._on_writer(self._connect_writer)
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._reader.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        except (OSError, sqlite3.Error) as exc:
+            await self.close()
+            raise StoreError(f"cannot open database {self.path}: {exc}") from exc
+        except BaseException:
+            await self.close()
+            raise
+        self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="checkpoint")
+
+    @property
+    def _busy_ms(self) -> int:
+        return max(1, int(self.lock_timeout_s * 1000))
+
+    def _connect_writer(self) -> None:
+        raw = sqlite3.connect(self.path, isolation_level=None, cached_statements=256)
+        try:
+            raw.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            raw.execute("PRAGMA journal_mode = WAL")
+            raw.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+            raw.execute("PRAGMA foreign_keys = ON")
+            raw.execute("PRAGMA wal_autocheckpoint = 0")  # see _checkpoint_loop
+            raw.execute(f"PRAGMA journal_size_limit = {self.wal_limit_bytes}")
+            _migrate(raw, self.path, DIALECT.migrations())
+        except BaseException:
+            raw.close()
+            raise
+        self._raw = raw
+
+    async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
+            self._checkpointer = None
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await reader.close()
+        if self._executor is not None:
+            if self._raw is not None:
+                await self._on_writer(self._close_writer)
+            executor, self._executor = self._executor, None
+            executor.shutdown(wait=True)
+
+    def _close_writer(self) -> None:
+        if self._raw is not None:
+            raw, self._raw = self._raw, None
+            with contextlib.suppress(sqlite3.Error):
+                raw.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            raw.close()
+
+    async def _on_writer(self, fn: Any, *args: Any) -> Any:
+        if self._executor is None:
+            raise StoreError("the store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def writer_pragma(self, name: str) -> object:
+        """A PRAGMA's value on the writer's connection (they are per connection)."""
+        if not name.isidentifier():
+            raise ValueError(f"not a pragma name: {name!r}")
+
+        def read() -> object:
+            if self._raw is None:
+                raise StoreError("the store is not open")
+            value: object = self._raw.execute(f"PRAGMA {name}").fetchone()[0]
+            return value
+
+        return await self._on_writer(read)
+
+    # -- writing: a batch of units in one trip to the writer's thread ------------------------
+
+    async def write(self, units: Sequence[Unit]) -> None:
+        try:
+            await self._on_writer(self._write_batch, units)
+        except sqlite3.Error as exc:
+            raise StoreError(f"transaction failed: {exc}") from exc
+
+    def _write_batch(self, units: Sequence[Unit]) -> None:
+        raw = self._raw
+        if raw is None:
+            raise StoreError("the store is not open")
+        raw.execute("BEGIN IMMEDIATE")
+        try:
+            tx = _ThreadTx(raw, self._sql)
+            if len(units) == 1:
+                unit = units[0]
+                try:
+                    unit.result = _drive(unit.work(tx))
+                except Exception as exc:  # this unit alone: roll it back, keep its error
+                    raw.execute("ROLLBACK")
+                    unit.error = _translate(exc)
+                    return
+                raw.execute("COMMIT" if unit.keep else "ROLLBACK")
+            else:
+                for unit in units:
+                    raw.execute("SAVEPOINT unit")
+                    try:
+                        unit.result = _drive(unit.work(tx))
+                    except Exception as exc:
+                        raw.execute("ROLLBACK TO unit")
+                        unit.error = _translate(exc)
+                    else:
+                        if not unit.keep:
+                            raw.execute("ROLLBACK TO unit")
+                    raw.execute("RELEASE unit")
+                raw.execute("COMMIT")
+        except BaseException:
+            if raw.in_transaction:
+                raw.execute("ROLLBACK")
+            raise
+        self._bound_wal(raw)
+
+    def _bound_wal(self, raw: sqlite3.Connection) -> None:
+        """Under continuous load the passive checkpoints never find a moment when the WAL can
+        start over, and it grows without bound; past the limit, make that moment here, between
+        two batches (the passive checkpoints have already copied most of it)."""
+        try:
+            size = os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return
+        if size > self.wal_limit_bytes:
+            with contextlib.suppress(sqlite3.Error):
+                raw.execute("PRAGMA wal_checkpoint(RESTART)")
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def read(self, work: Work[T]) -> T:
+        reader = self._reader
+        if reader is None:
+            raise StoreError("the store is not open")
+        async with self._read_lock:  # one snapshot at a time on the one reader
+            try:
+                await reader.execute("BEGIN")
+                try:
+                    return await work(_ReaderTx(reader, self._sql))
+                finally:
+                    await reader.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"read failed: {exc}") from exc
+
+    async def wait_for_jobs(self, wait_s: float) -> None:
+        """SQLite has no notifications: watch ``PRAGMA data_version``, which changes when any
+        other connection (another process, or this one's writer) commits."""
+        reader = self._reader
+        if reader is None:
+            raise StoreError("the store is not open")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        first = await self._data_version(reader)
+        while (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(WAIT_POLL_S, left))
+            if await self._data_version(reader) != first:
+                return
+
+    async def _data_version(self, reader: aiosqlite.Connection) -> int:
+        async with self._read_lock:
+            rows = list(await reader.execute_fetchall("PRAGMA data_version"))
+        return int(rows[0][0])
+
+    async def check_space(self) -> None:
+        """A probe write can succeed on a full disk (the WAL reuses its space), while a
+        delivery's body cannot: demand room for deliveries as well."""
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError as exc:
+            raise StoreError(f"cannot read free space of {self.path.parent}: {exc}") from exc
+        if free < self.min_free_bytes:
+            raise StoreError(
+                f"only {free} bytes free beside {self.path} (need {self.min_free_bytes})")
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    async def _checkpoint_loop(self) -> None:
+        """Move the WAL back into the database every second, on a connection of its own, so
+        that no commit waits for a checkpoint's fsync. PASSIVE never blocks a writer."""
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await conn.execute("PRAGMA busy_timeout = 100")
+            while True:
+                await asyncio.sleep(CHECKPOINT_EVERY_S)
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            await asyncio.shield(conn.close())
+
+
+class _ThreadTx:
+    """:class:`receiver.storage.connector.Tx` on the writer's thread: it never suspends."""
+
+    def __init__(self, raw: sqlite3.Connection, sql: Mapping[Q, str]) -> None:
+        self._raw = raw
+        self._sql = sql
+
+    async def rows(self, q: Q, params: Params | None = None) -> list[Row]:
+        return self._raw.execute(self._sql[q], params or {}).fetchall()
+
+    async def one(self, q: Q, params: Params | None = None) -> Row | None:
+        row: Row | None = self._raw.execute(self._sql[q], params or {}).fetchone()
+        return row
+
+    async def run(self, q: Q, params: Params | None = None) -> int:
+        return self._raw.execute(self._sql[q], params or {}).rowcount
+
+    async def run_many(self, q: Q, params: Sequence[Params]) -> int:
+        if not params:
+            return 0
+        before = self._raw.total_changes
+        self._raw.executemany(self._sql[q], params)
+        return self._raw.total_changes - before
+
+    def jobs_written(self) -> None:
+        """Workers elsewhere notice the commit through ``PRAGMA data_version``."""
+
+
+class _ReaderTx:
+    """:class:`receiver.storage.connector.Tx` for reads, on the aiosqlite connection."""
+
+    def __init__(self, conn: aiosqlite.Connection, sql: Mapping[Q, str]) -> None:
+        self._conn = conn
+        self._sql = sql
+
+    async def rows(self, q: Q, params: Params | None = None) -> list[Row]:
+        return [tuple(r) for r in await self._conn.execute_fetchall(self._sql[q], params or {})]
+
+    async def one(self, q: Q, params: Params | None = None) -> Row | None:
+        rows = await self.rows(q, params)
+        return rows[0] if rows else None
+
+    async def run(self, q: Q, params: Params | None = None) -> int:
+        raise StoreError("a read cannot write")
+
+    async def run_many(self, q: Q, params: Sequence[Params]) -> int:
+        raise StoreError("a read cannot write")
+
+    def jobs_written(self) -> None:
+        raise StoreError("a read cannot write")
+
+
+def _drive(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends to its end, here and now."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    coroutine.close()
+    raise RuntimeError("a unit of work awaited something other than its transaction")
+
+
+def _translate(exc: Exception) -> Exception:
+    if isinstance(exc, sqlite3.Error):
+        return StoreError(f"transaction failed: {exc}")
+    return exc
+
+
+_MIGRATION_LOCK = threading.Lock()
+
+
+def _migrate(raw: sqlite3.Connection, path: Path, migrations: Sequence[str]) -> None:
+    """Apply the migrations this file lacks, each in one transaction with its version bump;
+    ``BEGIN IMMEDIATE`` makes processes starting together apply each one once."""
+    latest = len(migrations)
+    with _MIGRATION_LOCK:
+        while True:
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                version = int(raw.execute("PRAGMA user_version").fetchone()[0])
+                if version > latest:
+                    raise StoreError(
+                        f"database {path} has schema version {version}, newer than this "
+                        f"code's {latest}: upgrade sonic-receiver")
+                if version == latest:
+                    raw.execute("COMMIT")
+                    return
+                for statement in _split(migrations[version]):
+                    raw.execute(statement)
+                raw.execute(f"PRAGMA user_version = {version + 1}")
+                raw.execute("COMMIT")
+            except BaseException:
+                if raw.in_transaction:
+                    raw.execute("ROLLBACK")
+                raise
+
+
+def _split(script: str) -> list[str]:
+    """A migration script's statements (they hold no ``;`` inside literals)."""
+    lines = [line.split("--", 1)[0] for line in script.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -1,0 +1,570 @@
+"""Every SQL statement of the store, by name, written once in a portable subset of SQL, and the
+schema migrations, written once with a few type placeholders.
+
+The storage logic (:mod:`receiver.storage.store`, :mod:`receiver.storage.recording_tx`) names
+statements with :class:`Q`; a backend compiles them into its dialect
+(:func:`receiver.storage.connector.compile_statements`) and may override the few that cannot be
+portable (:data:`Dialect.overrides`): claiming jobs with ``SKIP LOCKED``, lists bound as JSON.
+
+Portable means: ``:name`` parameters bound from a mapping; ``CAST(:x AS DOUBLE PRECISION)``
+(SQLite gives it REAL affinity) where a NULL parameter needs a type; ``CASE`` instead of the
+scalar ``MAX(a, b)`` (PostgreSQL's is ``GREATEST``); no ``::`` casts and no literal ``%``.
+
+Migration *n* (1-based) takes the schema from version *n-1* to *n*. Append migrations; never
+edit one that has shipped. Placeholders: ``{id}`` an auto-increment primary key, ``{real}`` a
+double, ``{blob}`` bytes.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: deliveries, tasks, clips, transitions
+    """
+    CREATE TABLE deliveries (
+        id           {id},
+        delivery_id  TEXT NOT NULL UNIQUE,
+        source       TEXT NOT NULL,
+        scheme       TEXT NOT NULL,
+        event        TEXT,
+        task_id      TEXT,
+        outcome      TEXT NOT NULL,
+        reason       TEXT,
+        headers      TEXT NOT NULL,
+        body         {blob} NOT NULL,
+        received_at  {real} NOT NULL
+    );
+    CREATE INDEX deliveries_task ON deliveries (task_id);
+    CREATE INDEX deliveries_received ON deliveries (received_at);
+
+    CREATE TABLE tasks (
+        task_id           TEXT PRIMARY KEY,
+        state             TEXT NOT NULL,
+        platform          TEXT,
+        error             TEXT,
+        first_seen_at     {real} NOT NULL,
+        updated_at        {real} NOT NULL,
+        last_event_at     {real} NOT NULL,
+        last_delivery_id  TEXT
+    );
+    CREATE INDEX tasks_state ON tasks (state, last_event_at);
+
+    CREATE TABLE clips (
+        task_id     TEXT NOT NULL REFERENCES tasks (task_id),
+        clip_id     TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        title       TEXT,
+        tags        TEXT,
+        lyrics      TEXT,
+        audio_url   TEXT,
+        image_url   TEXT,
+        video_url   TEXT,
+        duration    {real},
+        mv          TEXT,
+        created_at  TEXT,
+        data        TEXT NOT NULL,
+        updated_at  {real} NOT NULL,
+        PRIMARY KEY (task_id, clip_id)
+    );
+    CREATE INDEX clips_clip ON clips (clip_id);
+
+    CREATE TABLE transitions (
+        id           {id},
+        task_id      TEXT NOT NULL REFERENCES tasks (task_id),
+        entity       TEXT NOT NULL,
+        entity_id    TEXT NOT NULL,
+        from_state   TEXT,
+        to_state     TEXT NOT NULL,
+        delivery_id  TEXT NOT NULL,
+        source       TEXT NOT NULL,
+        at           {real} NOT NULL,
+        -- states only move forward, so each state is entered at most once
+        UNIQUE (task_id, entity, entity_id, to_state)
+    );
+    CREATE INDEX transitions_task ON transitions (task_id, id);
+
+    CREATE TABLE probes (name TEXT PRIMARY KEY, at {real} NOT NULL);
+    """,
+    # 2: jobs, and what handlers leave behind: files, child tasks, results
+    """
+    ALTER TABLE tasks ADD COLUMN task_type TEXT;
+    ALTER TABLE tasks ADD COLUMN parent_task_id TEXT;
+
+    CREATE TABLE jobs (
+        id                {id},
+        key               TEXT NOT NULL UNIQUE,
+        handler           TEXT NOT NULL,
+        route             TEXT NOT NULL,
+        options           TEXT NOT NULL,
+        task_id           TEXT NOT NULL,
+        trigger           TEXT NOT NULL,
+        delivery_id       TEXT,
+        state             TEXT NOT NULL,
+        attempts          INTEGER NOT NULL DEFAULT 0,
+        max_attempts      INTEGER NOT NULL,
+        run_after         {real} NOT NULL,
+        lease_owner       TEXT,
+        lease_expires_at  {real},
+        last_error        TEXT,
+        created_at        {real} NOT NULL,
+        updated_at        {real} NOT NULL
+    );
+    CREATE INDEX jobs_due ON jobs (state, run_after);
+    CREATE INDEX jobs_task ON jobs (task_id);
+
+    CREATE TABLE files (
+        task_id       TEXT NOT NULL,
+        clip_id       TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        path          TEXT NOT NULL,
+        size          INTEGER NOT NULL,
+        sha256        TEXT NOT NULL,
+        url           TEXT,
+        content_type  TEXT,
+        job_key       TEXT,
+        created_at    {real} NOT NULL,
+        PRIMARY KEY (task_id, clip_id, kind)
+    );
+
+    CREATE TABLE children (
+        trigger_key     TEXT PRIMARY KEY,
+        parent_task_id  TEXT NOT NULL,
+        root_task_id    TEXT NOT NULL,
+        rule            TEXT NOT NULL,
+        depth           INTEGER NOT NULL,
+        task_type       TEXT NOT NULL,
+        credits         INTEGER NOT NULL,
+        request         TEXT NOT NULL,
+        child_task_id   TEXT UNIQUE,
+        state           TEXT NOT NULL,
+        error           TEXT,
+        created_at      {real} NOT NULL,
+        updated_at      {real} NOT NULL
+    );
+    CREATE INDEX children_parent ON children (parent_task_id);
+    CREATE INDEX children_root ON children (root_task_id);
+
+    CREATE TABLE results (
+        task_id     TEXT NOT NULL,
+        clip_id     TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        data        TEXT NOT NULL,
+        job_key     TEXT,
+        created_at  {real} NOT NULL,
+        PRIMARY KEY (task_id, clip_id, kind)
+    );
+    """,
+    # 3: repeats of a delivery, pruned bodies, every attempt of a job, the audit log
+    """
+    ALTER TABLE deliveries ADD COLUMN duplicates INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deliveries ADD COLUMN last_duplicate_at {real};
+    ALTER TABLE deliveries ADD COLUMN pruned_at {real};
+    CREATE INDEX deliveries_outcome ON deliveries (outcome, id);
+    CREATE INDEX tasks_first_seen ON tasks (first_seen_at);
+    CREATE INDEX tasks_parent ON tasks (parent_task_id);
+    CREATE INDEX jobs_handler ON jobs (handler, state);
+    CREATE INDEX jobs_finished ON jobs (state, updated_at);
+
+    CREATE TABLE job_attempts (
+        job_id       BIGINT NOT NULL,
+        attempt      INTEGER NOT NULL,
+        owner        TEXT NOT NULL,
+        started_at   {real} NOT NULL,
+        finished_at  {real},
+        outcome      TEXT,
+        error        TEXT,
+        PRIMARY KEY (job_id, attempt)
+    );
+
+    CREATE TABLE audit (
+        id      {id},
+        at      {real} NOT NULL,
+        actor   TEXT NOT NULL,
+        action  TEXT NOT NULL,
+        target  TEXT,
+        detail  TEXT NOT NULL
+    );
+    """,
+)
+
+
+class Q(StrEnum):
+    """The names of the store's statements. Every backend compiles all of them."""
+
+    # -- recording
+    FIND_DELIVERY = "find_delivery"
+    COUNT_DUPLICATE = "count_duplicate"
+    INSERT_DELIVERY = "insert_delivery"
+    DELETE_QUARANTINED = "delete_quarantined"
+    TASK_FOR_CLIPS = "task_for_clips"
+    TASK_STATE = "task_state"
+    CLIP_STATES = "clip_states"
+    UPSERT_TASK = "upsert_task"
+    UPSERT_CLIP = "upsert_clip"
+    INSERT_TRANSITION = "insert_transition"
+    TASK_FACTS = "task_facts"
+    CLIP_TAGS = "clip_tags"
+    INSERT_JOB = "insert_job"
+    REGISTER_TASK = "register_task"
+    TASK_TRANSITIONS = "task_transitions"
+    # -- reading a task
+    GET_TASK = "get_task"
+    GET_CLIPS = "get_clips"
+    GET_TRANSITIONS = "get_transitions"
+    PROBE_WRITE = "probe_write"
+    # -- jobs
+    CLAIM_JOBS = "claim_jobs"
+    START_ATTEMPT = "start_attempt"
+    END_ATTEMPT = "end_attempt"
+    RENEW_LEASE = "renew_lease"
+    FINISH_JOB = "finish_job"
+    RETRY_JOB = "retry_job"
+    KILL_JOB = "kill_job"
+    RELEASE_JOBS = "release_jobs"
+    NEXT_DUE = "next_due"
+    FIND_JOBS = "find_jobs"
+    FIND_JOBS_OF_DELIVERIES = "find_jobs_of_deliveries"
+    REQUEUE_JOBS = "requeue_jobs"
+    # -- what handlers leave behind
+    UPSERT_FILE = "upsert_file"
+    LIST_FILES = "list_files"
+    UPSERT_RESULT = "upsert_result"
+    LIST_RESULTS = "list_results"
+    INSERT_CHILD = "insert_child"
+    GET_CHILD = "get_child"
+    CHILD_BY_TASK = "child_by_task"
+    LIST_CHILDREN = "list_children"
+    UPDATE_CHILD = "update_child"
+    CREDITS_UNDER_ROOT = "credits_under_root"
+    # -- replay and administration
+    STALE_TASKS = "stale_tasks"
+    TASKS_SINCE = "tasks_since"
+    RAW_DELIVERIES = "raw_deliveries"
+    INSERT_AUDIT = "insert_audit"
+    DUPLICATES_OF = "duplicates_of"
+    JOB_ATTEMPTS = "job_attempts"
+    # -- retention
+    PRUNE_BODIES = "prune_bodies"
+    COUNT_PRUNABLE_BODIES = "count_prunable_bodies"
+    PRUNE_ATTEMPTS = "prune_attempts"
+    PRUNE_JOBS = "prune_jobs"
+    COUNT_PRUNABLE_JOBS = "count_prunable_jobs"
+    PRUNE_IDS = "prune_ids"
+    COUNT_PRUNABLE_IDS = "count_prunable_ids"
+    # -- operations
+    COUNT_DELIVERIES = "count_deliveries"
+    COUNT_TASKS = "count_tasks"
+    COUNT_CLIPS = "count_clips"
+    COUNT_TRANSITIONS = "count_transitions"
+    COUNT_JOBS = "count_jobs"
+    COUNT_FILES = "count_files"
+    COUNT_CHILDREN = "count_children"
+
+
+TABLES = ("deliveries", "tasks", "clips", "transitions", "jobs", "files", "children")
+COUNTS = {
+    "deliveries": Q.COUNT_DELIVERIES, "tasks": Q.COUNT_TASKS, "clips": Q.COUNT_CLIPS,
+    "transitions": Q.COUNT_TRANSITIONS, "jobs": Q.COUNT_JOBS, "files": Q.COUNT_FILES,
+    "children": Q.COUNT_CHILDREN,
+}
+
+DELIVERY_COLUMNS = "delivery_id, source, scheme, event, task_id, outcome, reason, received_at"
+TASK_COLUMNS = """task_id, state, platform, error, first_seen_at, updated_at, last_event_at,
+last_delivery_id, task_type, parent_task_id"""
+CLIP_COLUMNS = """task_id, clip_id, state, title, tags, lyrics, audio_url, image_url, video_url,
+duration, mv, created_at, updated_at, data"""
+TRANSITION_COLUMNS = "task_id, entity, entity_id, from_state, to_state, delivery_id, source, at"
+JOB_COLUMNS = """id, key, handler, route, options, task_id, trigger, delivery_id, state, attempts,
+max_attempts, run_after, lease_owner, lease_expires_at, last_error, created_at, updated_at"""
+CHILD_COLUMNS = """trigger_key, parent_task_id, root_task_id, rule, depth, task_type, credits,
+request, child_task_id, state, error, created_at, updated_at"""
+FILE_COLUMNS = "task_id, clip_id, kind, path, size, sha256, url, content_type, job_key, created_at"
+
+# A filter parameter that may be NULL ("any"): typed, so that PostgreSQL can bind a NULL.
+_TEXT = "CAST(:{0} AS TEXT)"
+_TIME = "CAST(:{0} AS DOUBLE PRECISION)"
+
+
+def _any(column: str, param: str, cast: str = _TEXT, op: str = "=") -> str:
+    return f"({cast.format(param)} IS NULL OR {column} {op} :{param})"
+
+
+_JOB_FILTER = " AND ".join((
+    _any("state", "state"), _any("handler", "handler"), _any("task_id", "task_id"),
+    _any("created_at", "since", _TIME, ">="), _any("created_at", "until", _TIME, "<"),
+))
+
+PORTABLE: dict[Q, str] = {
+    Q.FIND_DELIVERY: f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE delivery_id = :delivery_id",
+    Q.COUNT_DUPLICATE: """
+        UPDATE deliveries SET duplicates = duplicates + 1, last_duplicate_at = :at
+        WHERE delivery_id = :delivery_id
+    """,
+    Q.INSERT_DELIVERY: """
+        INSERT INTO deliveries (delivery_id, source, scheme, event, task_id, outcome, reason,
+                                headers, body, received_at)
+        VALUES (:delivery_id, :source, :scheme, :event, :task_id, :outcome, :reason, :headers,
+                :body, :received_at)
+    """,
+    Q.DELETE_QUARANTINED: """
+        DELETE FROM deliveries WHERE delivery_id = :delivery_id AND outcome = 'quarantined'
+    """,
+    # :clip_ids is a JSON array (see the dialects' overrides)
+    Q.TASK_FOR_CLIPS: """
+        SELECT task_id FROM clips
+        WHERE clip_id IN (SELECT value FROM json_each(:clip_ids)) LIMIT 1
+    """,
+    Q.TASK_STATE: "SELECT state FROM tasks WHERE task_id = :task_id",
+    Q.CLIP_STATES: "SELECT clip_id, state FROM clips WHERE task_id = :task_id",
+    Q.UPSERT_TASK: """
+        INSERT INTO tasks (task_id, state, platform, error, first_seen_at, updated_at,
+                           last_event_at, last_delivery_id)
+        VALUES (:task_id, :state, :platform, :error, :at, :at, :at, :delivery_id)
+        ON CONFLICT (task_id) DO UPDATE SET
+            updated_at = CASE WHEN tasks.state = excluded.state THEN tasks.updated_at
+                              ELSE excluded.updated_at END,
+            state = excluded.state,
+            platform = COALESCE(excluded.platform, tasks.platform),
+            error = COALESCE(excluded.error, tasks.error),
+            last_event_at = CASE WHEN tasks.last_event_at > excluded.last_event_at
+                                 THEN tasks.last_event_at ELSE excluded.last_event_at END,
+            last_delivery_id = excluded.last_delivery_id
+    """,
+    Q.UPSERT_CLIP: """
+        INSERT INTO clips (task_id, clip_id, state, title, tags, lyrics, audio_url, image_url,
+                           video_url, duration, mv, created_at, data, updated_at)
+        VALUES (:task_id, :clip_id, :state, :title, :tags, :lyrics, :audio_url, :image_url,
+                :video_url, :duration, :mv, :created_at, :data, :at)
+        ON CONFLICT (task_id, clip_id) DO UPDATE SET
+            state = excluded.state,
+            title = COALESCE(excluded.title, clips.title),
+            tags = COALESCE(excluded.tags, clips.tags),
+            lyrics = COALESCE(excluded.lyrics, clips.lyrics),
+            audio_url = COALESCE(excluded.audio_url, clips.audio_url),
+            image_url = COALESCE(excluded.image_url, clips.image_url),
+            video_url = COALESCE(excluded.video_url, clips.video_url),
+            duration = COALESCE(excluded.duration, clips.duration),
+            mv = COALESCE(excluded.mv, clips.mv),
+            created_at = COALESCE(excluded.created_at, clips.created_at),
+            data = excluded.data,
+            updated_at = excluded.updated_at
+    """,
+    Q.INSERT_TRANSITION: """
+        INSERT INTO transitions (task_id, entity, entity_id, from_state, to_state, delivery_id,
+                                 source, at)
+        VALUES (:task_id, :entity, :entity_id, :from_state, :to_state, :delivery_id, :source,
+                :at)
+    """,
+    Q.TASK_FACTS: "SELECT task_type, platform FROM tasks WHERE task_id = :task_id",
+    Q.CLIP_TAGS: "SELECT tags FROM clips WHERE task_id = :task_id",
+    Q.INSERT_JOB: """
+        INSERT INTO jobs (key, handler, route, options, task_id, trigger, delivery_id, state,
+                          max_attempts, run_after, created_at, updated_at)
+        VALUES (:key, :handler, :route, :options, :task_id, :trigger, :delivery_id, 'queued',
+                :max_attempts, :at, :at, :at)
+        ON CONFLICT (key) DO NOTHING
+    """,
+    Q.REGISTER_TASK: """
+        INSERT INTO tasks (task_id, state, first_seen_at, updated_at, last_event_at, task_type,
+                           parent_task_id)
+        VALUES (:task_id, 'pending', :at, :at, :at, :task_type, :parent)
+        ON CONFLICT (task_id) DO UPDATE SET
+            task_type = COALESCE(tasks.task_type, excluded.task_type),
+            parent_task_id = COALESCE(tasks.parent_task_id, excluded.parent_task_id)
+    """,
+    Q.TASK_TRANSITIONS: f"""
+        SELECT {TRANSITION_COLUMNS} FROM transitions
+        WHERE task_id = :task_id AND entity = 'task' ORDER BY id
+    """,
+    Q.GET_TASK: f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = :task_id",
+    Q.GET_CLIPS: f"""
+        SELECT {CLIP_COLUMNS} FROM clips WHERE task_id = :task_id ORDER BY created_at, clip_id
+    """,
+    Q.GET_TRANSITIONS: f"""
+        SELECT {TRANSITION_COLUMNS} FROM transitions WHERE task_id = :task_id ORDER BY id
+    """,
+    Q.PROBE_WRITE: """
+        INSERT INTO probes (name, at) VALUES (:name, :at)
+        ON CONFLICT (name) DO UPDATE SET at = excluded.at
+    """,
+    # Due jobs, and running ones whose lease ran out (their worker died), oldest due first.
+    Q.CLAIM_JOBS: f"""
+        UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = :owner,
+                        lease_expires_at = :until, updated_at = :now
+        WHERE id IN (
+            SELECT id FROM jobs
+            WHERE (state IN ('queued', 'retrying') AND run_after <= :now)
+               OR (state = 'running' AND lease_expires_at <= :now)
+            ORDER BY run_after, id LIMIT :limit
+        )
+        RETURNING {JOB_COLUMNS}
+    """,
+    # An attempt taken over after a lease expiry replaces the row of the lost one.
+    Q.START_ATTEMPT: """
+        INSERT INTO job_attempts (job_id, attempt, owner, started_at)
+        VALUES (:job_id, :attempt, :owner, :now)
+        ON CONFLICT (job_id, attempt) DO UPDATE SET
+            owner = excluded.owner, started_at = excluded.started_at,
+            finished_at = NULL, outcome = NULL, error = NULL
+    """,
+    Q.END_ATTEMPT: """
+        UPDATE job_attempts SET finished_at = :now, outcome = :outcome, error = :error
+        WHERE job_id = :job_id AND owner = :owner AND finished_at IS NULL
+    """,
+    Q.RENEW_LEASE: """
+        UPDATE jobs SET lease_expires_at = :until, updated_at = :now
+        WHERE id = :id AND state = 'running' AND lease_owner = :owner
+    """,
+    Q.FINISH_JOB: """
+        UPDATE jobs SET state = 'done', lease_owner = NULL, lease_expires_at = NULL,
+                        updated_at = :now
+        WHERE id = :id AND state = 'running' AND lease_owner = :owner
+    """,
+    Q.RETRY_JOB: """
+        UPDATE jobs SET state = 'retrying', lease_owner = NULL, lease_expires_at = NULL,
+                        last_error = :error, run_after = :run_after, updated_at = :now,
+                        attempts = attempts - :refund
+        WHERE id = :id AND state = 'running' AND lease_owner = :owner
+    """,
+    Q.KILL_JOB: """
+        UPDATE jobs SET state = 'dead', lease_owner = NULL, lease_expires_at = NULL,
+                        last_error = :error, updated_at = :now
+        WHERE id = :id AND state = 'running' AND lease_owner = :owner
+    """,
+    # A graceful stop hands running jobs back without charging the attempt.
+    Q.RELEASE_JOBS: """
+        UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+                        attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,
+                        run_after = :now, updated_at = :now
+        WHERE state = 'running' AND lease_owner = :owner
+        RETURNING id
+    """,
+    Q.NEXT_DUE: """
+        SELECT MIN(CASE WHEN state = 'running' THEN lease_expires_at ELSE run_after END)
+        FROM jobs WHERE state IN ('queued', 'retrying', 'running')
+    """,
+    Q.FIND_JOBS: f"""
+        SELECT {JOB_COLUMNS} FROM jobs WHERE {_JOB_FILTER} ORDER BY id LIMIT :limit
+    """,
+    # :delivery_ids is a JSON array (see the dialects' overrides)
+    Q.FIND_JOBS_OF_DELIVERIES: f"""
+        SELECT {JOB_COLUMNS} FROM jobs
+        WHERE {_JOB_FILTER} AND delivery_id IN (SELECT value FROM json_each(:delivery_ids))
+        ORDER BY id LIMIT :limit
+    """,
+    # :ids is a JSON array of job ids
+    Q.REQUEUE_JOBS: """
+        UPDATE jobs SET state = 'queued', attempts = 0, run_after = :now, last_error = NULL,
+                        updated_at = :now
+        WHERE id IN (SELECT value FROM json_each(:ids)) AND state IN ('dead', 'done')
+    """,
+    Q.UPSERT_FILE: """
+        INSERT INTO files (task_id, clip_id, kind, path, size, sha256, url, content_type,
+                           job_key, created_at)
+        VALUES (:task_id, :clip_id, :kind, :path, :size, :sha256, :url, :content_type,
+                :job_key, :created_at)
+        ON CONFLICT (task_id, clip_id, kind) DO UPDATE SET
+            path = excluded.path, size = excluded.size, sha256 = excluded.sha256,
+            url = excluded.url, content_type = excluded.content_type, job_key = excluded.job_key
+    """,
+    Q.LIST_FILES: f"""
+        SELECT {FILE_COLUMNS} FROM files WHERE task_id = :task_id ORDER BY clip_id, kind
+    """,
+    Q.UPSERT_RESULT: """
+        INSERT INTO results (task_id, clip_id, kind, data, job_key, created_at)
+        VALUES (:task_id, :clip_id, :kind, :data, :job_key, :created_at)
+        ON CONFLICT (task_id, clip_id, kind) DO UPDATE SET data = excluded.data,
+            job_key = excluded.job_key
+    """,
+    Q.LIST_RESULTS: """
+        SELECT task_id, clip_id, kind, data, job_key, created_at FROM results
+        WHERE task_id = :task_id ORDER BY clip_id, kind
+    """,
+    Q.INSERT_CHILD: """
+        INSERT INTO children (trigger_key, parent_task_id, root_task_id, rule, depth, task_type,
+                              credits, request, child_task_id, state, error, created_at,
+                              updated_at)
+        VALUES (:trigger_key, :parent_task_id, :root_task_id, :rule, :depth, :task_type,
+                :credits, :request, :child_task_id, :state, :error, :created_at, :updated_at)
+        ON CONFLICT (trigger_key) DO NOTHING
+    """,
+    Q.GET_CHILD: f"SELECT {CHILD_COLUMNS} FROM children WHERE trigger_key = :trigger_key",
+    Q.CHILD_BY_TASK: f"SELECT {CHILD_COLUMNS} FROM children WHERE child_task_id = :task_id",
+    Q.LIST_CHILDREN: f"""
+        SELECT {CHILD_COLUMNS} FROM children WHERE parent_task_id = :task_id
+        ORDER BY created_at, trigger_key
+    """,
+    Q.UPDATE_CHILD: """
+        UPDATE children SET state = :state, child_task_id = COALESCE(:child_task_id,
+                            child_task_id), error = :error, updated_at = :now
+        WHERE trigger_key = :trigger_key
+    """,
+    Q.CREDITS_UNDER_ROOT: """
+        SELECT COALESCE(SUM(credits), 0) FROM children
+        WHERE root_task_id = :task_id AND state != 'failed'
+    """,
+    Q.STALE_TASKS: """
+        SELECT task_id FROM tasks
+        WHERE state IN ('pending', 'running') AND last_event_at < :before
+        ORDER BY last_event_at LIMIT :limit
+    """,
+    Q.TASKS_SINCE: """
+        SELECT task_id FROM tasks WHERE first_seen_at >= :since ORDER BY first_seen_at
+        LIMIT :limit
+    """,
+    Q.RAW_DELIVERIES: f"""
+        SELECT {DELIVERY_COLUMNS}, headers, body FROM deliveries
+        WHERE {_any("received_at", "since", _TIME, ">=")}
+          AND {_any("received_at", "until", _TIME, "<")}
+          AND {_any("task_id", "task_id")} AND {_any("outcome", "outcome")}
+          AND pruned_at IS NULL
+        ORDER BY id LIMIT :limit
+    """,
+    Q.DUPLICATES_OF: """
+        SELECT duplicates, last_duplicate_at FROM deliveries WHERE delivery_id = :delivery_id
+    """,
+    Q.JOB_ATTEMPTS: """
+        SELECT attempt, owner, started_at, outcome, error, finished_at FROM job_attempts
+        WHERE job_id = :job_id ORDER BY attempt
+    """,
+    Q.INSERT_AUDIT: """
+        INSERT INTO audit (at, actor, action, target, detail)
+        VALUES (:at, :actor, :action, :target, :detail)
+    """,
+    # Retention: raw bodies of deliveries whose task is finished, received before :before.
+    # Quarantined deliveries keep their bodies: they are what a replay after a fix needs.
+    Q.PRUNE_BODIES: """
+        UPDATE deliveries SET body = :empty, headers = '{}', pruned_at = :now
+        WHERE received_at < :before AND pruned_at IS NULL AND outcome = 'recorded'
+          AND task_id IN (SELECT task_id FROM tasks WHERE state IN ('succeeded', 'failed'))
+    """,
+    Q.COUNT_PRUNABLE_BODIES: """
+        SELECT COUNT(*) FROM deliveries
+        WHERE received_at < :before AND pruned_at IS NULL AND outcome = 'recorded'
+          AND task_id IN (SELECT task_id FROM tasks WHERE state IN ('succeeded', 'failed'))
+    """,
+    Q.PRUNE_ATTEMPTS: """
+        DELETE FROM job_attempts WHERE job_id IN (
+            SELECT id FROM jobs WHERE state IN ('done', 'dead') AND updated_at < :before)
+    """,
+    Q.PRUNE_JOBS: "DELETE FROM jobs WHERE state IN ('done', 'dead') AND updated_at < :before",
+    Q.COUNT_PRUNABLE_JOBS: """
+        SELECT COUNT(*) FROM jobs WHERE state IN ('done', 'dead') AND updated_at < :before
+    """,
+    # Delivery rows (the ids deduplication needs) go only after the longer id horizon, and
+    # only once their body went; transitions keep their delivery_id as a plain text.
+    Q.PRUNE_IDS: """
+        DELETE FROM deliveries WHERE received_at < :before AND pruned_at IS NOT NULL
+    """,
+    Q.COUNT_PRUNABLE_IDS: """
+        SELECT COUNT(*) FROM deliveries WHERE received_at < :before AND pruned_at IS NOT NULL
+    """,
+    Q.COUNT_DELIVERIES: "SELECT COUNT(*) FROM deliveries",
+    Q.COUNT_TASKS: "SELECT COUNT(*) FROM tasks",
+    Q.COUNT_CLIPS: "SELECT COUNT(*) FROM clips",
+    Q.COUNT_TRANSITIONS: "SELECT COUNT(*) FROM transitions",
+    Q.COUNT_JOBS: "SELECT COUNT(*) FROM jobs",
+    Q.COUNT_FILES: "SELECT COUNT(*) FROM files",
+    Q.COUNT_CHILDREN: "SELECT COUNT(*) FROM children",
+}

@@ -1,0 +1,243 @@
+"""The storage contract, once per backend (the ``store`` fixture of :mod:`tests.backends`):
+group commit, leases and takeovers, attempts, child claims, files and results, the reconcile
+selection, requeueing, retention and migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from receiver.clock import FakeClock
+from receiver.errors import StoreError
+from receiver.jobs import JobState
+from receiver.models import ChildState, ChildTask, JobFilter, Outcome, Result, StoredFile
+from receiver.routing import HandlerRef, Route, Router
+from receiver.states import State
+from receiver.storage import Store, sqlite_store
+from receiver.storage.connector import Tx
+from receiver.storage.statements import MIGRATIONS, Q
+from tests.backends import backend_store, store
+from tests.support import callback, clip
+from tests.test_store import COMPLETED, STREAMING, delivery
+
+pytestmark = pytest.mark.anyio
+__all__ = ["store"]
+
+ROUTER = Router([Route(name="r", on=frozenset({"task.succeeded"}),
+                       handlers=(HandlerRef(name="h"),))])
+
+
+def done(task_id: str) -> bytes:
+    return callback(task_id, [clip(f"{task_id}-c", "succeeded", audio_url="http://cdn/x.mp3")])
+
+
+async def test_writes_that_arrive_together_commit_together_each_on_its_own(store: Store) -> None:
+    async def boom(tx: Tx) -> None:
+        await tx.run(Q.PROBE_WRITE, {"name": "boom", "at": 1.0})
+        raise ValueError("this unit fails alone")
+
+    results = await asyncio.gather(
+        *(store.record_delivery(delivery(f"d{n}", done(f"t{n}")), router=ROUTER)
+          for n in range(20)),
+        store.write(boom),
+        return_exceptions=True,
+    )
+    *recorded, failed = results
+    assert isinstance(failed, ValueError)
+    assert [getattr(r, "outcome", r) for r in recorded] == [Outcome.RECORDED] * 20
+    counts = await store.counts()
+    assert (counts["deliveries"], counts["tasks"], counts["jobs"]) == (20, 20, 20)
+
+
+async def test_a_preview_changes_nothing_even_beside_real_writes(store: Store) -> None:
+    preview, real = await asyncio.gather(
+        store.preview_delivery(delivery("p1", done("tp")), router=ROUTER),
+        store.record_delivery(delivery("r1", done("tr")), router=ROUTER),
+    )
+    assert (preview.outcome, preview.jobs) == (Outcome.RECORDED, 1)
+    assert real.outcome is Outcome.RECORDED
+    assert await store.get_task("tp") is None
+    assert await store.get_task("tr") is not None
+
+
+async def test_duplicates_are_counted_on_the_first_delivery(store: Store) -> None:
+    await store.record_delivery(delivery("d1", STREAMING, event="song.streaming"))
+    for _ in range(3):
+        again = await store.record_delivery(delivery("d1", STREAMING, event="song.streaming"))
+        assert again.outcome is Outcome.DUPLICATE
+    row = await store.read(lambda tx: tx.one(Q.DUPLICATES_OF, {"delivery_id": "d1"}))
+    assert row is not None
+    assert row[0] == 3
+
+
+async def test_two_workers_never_claim_the_same_job(store: Store) -> None:
+    for n in range(30):
+        await store.record_delivery(delivery(f"d{n}", done(f"t{n}")), router=ROUTER)
+    claims = await asyncio.gather(*(
+        store.claim_jobs(owner=f"w{n}", limit=4, now=2000.0, lease_s=60) for n in range(10)))
+    ids = [job.id for jobs in claims for job in jobs]
+    assert len(ids) == len(set(ids)) == 30
+
+
+async def test_every_attempt_is_kept_with_its_outcome(store: Store) -> None:
+    await store.record_delivery(delivery("d1", done("t1")), router=ROUTER)
+    [job] = await store.claim_jobs(owner="w1", limit=1, now=2000.0, lease_s=60)
+    assert await store.retry_job(job.id, owner="w1", error="boom", run_after=2010.0, now=2001.0)
+    [again] = await store.claim_jobs(owner="w2", limit=1, now=2010.0, lease_s=60)
+    assert await store.kill_job(again.id, owner="w2", error="still boom", now=2011.0)
+    attempts = await store.read(lambda tx: tx.rows(Q.JOB_ATTEMPTS, {"job_id": job.id}))
+    assert [(a[0], a[1], a[3], a[4]) for a in attempts] == [
+        (1, "w1", "retry", "boom"), (2, "w2", "dead", "still boom")]
+    [dead] = await store.list_jobs(state=JobState.DEAD)
+    assert (dead.attempts, dead.last_error) == (2, "still boom")
+
+
+async def test_requeue_takes_only_finished_jobs_and_resets_attempts(store: Store) -> None:
+    for n in range(3):
+        await store.record_delivery(delivery(f"d{n}", done(f"t{n}")), router=ROUTER)
+    jobs = await store.claim_jobs(owner="w", limit=3, now=2000.0, lease_s=60)
+    await store.kill_job(jobs[0].id, owner="w", error="x", now=2001.0)
+    await store.finish_job(jobs[1].id, owner="w", now=2001.0)
+    assert await store.requeue_jobs([j.id for j in jobs], now=2002.0) == 2  # not the running
+    queued = await store.find_jobs(JobFilter(state=JobState.QUEUED))
+    assert sorted(j.id for j in queued) == sorted([jobs[0].id, jobs[1].id])
+    assert all(j.attempts == 0 and j.last_error is None for j in queued)
+    by_delivery = await store.find_jobs(JobFilter(delivery_ids=frozenset({"d2"})))
+    assert [j.id for j in by_delivery] == [jobs[2].id]
+
+
+async def test_a_child_is_claimed_once_and_registers_its_task(store: Store) -> None:
+    await store.record_delivery(delivery("d1", done("parent")), router=ROUTER)
+    child = ChildTask(trigger_key="job/extend", parent_task_id="parent", root_task_id="parent",
+                      rule="extend", depth=1, task_type="extend_music", credits=15,
+                      request={"b": 1, "a": 2}, child_task_id=None,
+                      state=ChildState.REQUESTED, error=None, created_at=1.0, updated_at=1.0)
+    first, second = await asyncio.gather(store.claim_child(child), store.claim_child(child))
+    assert sorted([first[1], second[1]]) == [False, True]
+    # the child's webhook came before the create call returned
+    await store.record_delivery(delivery("d2", done("kid")), router=ROUTER)
+    moved = await store.update_child("job/extend", state=ChildState.CREATED,
+                                     child_task_id="kid", now=5.0, router=ROUTER)
+    assert (moved.state, moved.child_task_id) == (ChildState.CREATED, "kid")
+    view = await store.get_task("kid")
+    assert view is not None
+    assert (view.task.task_type, view.task.parent_task_id) == ("extend_music", "parent")
+    assert await store.child_of("kid") == moved
+    assert [c.trigger_key for c in await store.list_children("parent")] == ["job/extend"]
+    assert await store.credits_under("parent") == 15
+    await store.update_child("job/extend", state=ChildState.FAILED, error="no", now=6.0)
+    assert await store.credits_under("parent") == 0
+    with pytest.raises(StoreError, match="no child task"):
+        await store.update_child("nope", state=ChildState.FAILED, now=7.0)
+
+
+async def test_files_and_results_are_upserted(store: Store) -> None:
+    for size in (1, 2):
+        await store.record_file(StoredFile(
+            task_id="t", clip_id="c", kind="audio", path="/m/t/c.mp3", size=size,
+            sha256=f"{size:064x}", url="file:///m/t/c.mp3", content_type="audio/mpeg",
+            job_key="k", created_at=1.0))
+        await store.record_result(Result(task_id="t", clip_id="c", kind="bpm",
+                                         data={"bpm": size}, job_key="k", created_at=1.0))
+    [f] = await store.list_files("t")
+    assert (f.size, f.url) == (2, "file:///m/t/c.mp3")
+    [r] = await store.list_results("t")
+    assert r.data == {"bpm": 2}
+
+
+async def test_reconcile_selects_stale_unfinished_tasks_and_recent_ones(store: Store) -> None:
+    await store.record_delivery(delivery("a", callback("old", [clip("o", "running")]), at=100.0))
+    await store.record_delivery(delivery("b", callback("new", [clip("n", "running")]), at=900.0))
+    await store.record_delivery(delivery("c", done("fin"), at=50.0))
+    assert await store.tasks_to_reconcile(stale_before=500.0) == ["old"]
+    assert await store.tasks_to_reconcile(since=800.0) == ["new"]
+    assert await store.tasks_to_reconcile(stale_before=1000.0, since=0.0, limit=2) == [
+        "old", "new"]
+
+
+async def test_prune_dry_run_counts_and_keeps_everything(tmp_path: Path,
+                                                         request: pytest.FixtureRequest) -> None:
+    for kind in ("sqlite", "postgresql"):
+        clock = FakeClock(10_000.0)
+        async with backend_store(kind, request, tmp_path / kind, clock=clock) as store:
+            await _prune_scenario(store, clock)
+
+
+async def _prune_scenario(store: Store, clock: FakeClock) -> None:
+    day = 86400.0
+    await store.record_delivery(delivery("old", done("t-old"), at=clock.now()), router=ROUTER)
+    await store.record_delivery(delivery("open", callback("t-open", [clip("x", "running")]),
+                                         at=clock.now()))
+    await store.record_delivery(delivery("q", b"[]", at=clock.now()))
+    [job] = await store.claim_jobs(owner="w", limit=1, now=clock.now(), lease_s=60)
+    await store.finish_job(job.id, owner="w", now=clock.now())
+    clock.advance(100 * day)
+    before = await store.counts()
+    report = await store.prune(older_than_s=90 * day, keep_ids_s=400 * day, dry_run=True)
+    assert (report.bodies, report.jobs, report.delivery_ids) == (1, 1, 0)
+    assert await store.counts() == before
+    report = await store.prune(older_than_s=90 * day, keep_ids_s=400 * day)
+    assert (report.bodies, report.jobs, report.delivery_ids) == (1, 1, 0)
+    after = await store.counts()
+    assert (after["jobs"], after["deliveries"], after["tasks"]) == (0, 3, 2)
+    # the pruned delivery's id still deduplicates; its body is gone from replay
+    again = await store.record_delivery(delivery("old", done("t-old"), at=clock.now()))
+    assert again.outcome is Outcome.DUPLICATE
+    kept = {r.stored.delivery_id for r in await store.raw_deliveries()}
+    assert kept == {"open", "q"}
+    clock.advance(400 * day)
+    report = await store.prune(older_than_s=90 * day, keep_ids_s=400 * day)
+    # "open"'s task never ended and "q" is quarantined: both kept; "old"'s id goes now
+    assert (report.bodies, report.delivery_ids) == (0, 1)
+    assert {r.stored.delivery_id for r in await store.raw_deliveries()} == {"open", "q"}
+    view = await store.get_task("t-old")
+    assert view is not None
+    assert view.task.state is State.SUCCEEDED
+
+
+async def test_an_old_sqlite_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # a database as the previous release left it
+        for number, script in enumerate(MIGRATIONS[:2], start=1):
+            conn.executescript(script.format(id="INTEGER PRIMARY KEY", real="REAL",
+                                             blob="BLOB"))
+            conn.execute(f"PRAGMA user_version = {number}")
+        conn.execute(
+            "INSERT INTO deliveries (delivery_id, source, scheme, event, task_id, outcome, "
+            "reason, headers, body, received_at) VALUES "
+            "('d1', 'webhook', 'musicapi', NULL, 't-1', 'recorded', NULL, '{}', x'00', 1.0)")
+    async with sqlite_store(path) as store:
+        again = await store.record_delivery(delivery("d1", COMPLETED))
+        assert again.outcome is Outcome.DUPLICATE
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert conn.execute("SELECT duplicates FROM deliveries").fetchone()[0] == 1
+
+
+async def test_a_postgresql_database_newer_than_the_code_is_refused(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    import psycopg
+
+    async with backend_store("postgresql", request, tmp_path) as opened:
+        url = opened.connector.url  # type: ignore[attr-defined]
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute("UPDATE schema_version SET version = %s", (len(MIGRATIONS) + 1,))
+    with pytest.raises(StoreError, match="newer than this code"):
+        async with backend_store("postgresql", request, tmp_path):
+            pass
+
+
+async def test_a_database_that_cannot_be_reached_is_one_line(tmp_path: Path) -> None:
+    from receiver.storage.postgres import PostgresConnector
+    from tests.support import free_port
+
+    store = Store(PostgresConnector(f"postgresql://u:secret@127.0.0.1:{free_port()}/db"))
+    with pytest.raises(StoreError) as caught:
+        await store.open()
+    assert "cannot open database postgresql://127.0.0.1:" in caught.value.message
+    assert "secret" not in caught.value.message
+    assert "\n" not in caught.value.message
