@@ -180,7 +180,29 @@ def prepare(workdir: Path, sink_port: int) -> None:
                                                           continue_at=CONTINUE_AT))
 
 
-async def run(workdir: Path, limit_s: float, sink_port: int) -> int:
+def console_hint(receiver_url: str, token_file: Path, task_id: str) -> str:
+    """How to open the operator's console on what the demo made."""
+    return (
+        f"\nconsole: {receiver_url}/ui/tasks/{task_id}  (the last song of the chain)\n"
+        f"  log in with the admin token: cat {token_file}\n"
+        f"  overview {receiver_url}/ui · API {receiver_url}/openapi.json · "
+        f"metrics {receiver_url}/metrics (Bearer token)"
+    )
+
+
+async def serve_until_stopped() -> None:
+    """``--stay``: keep the receiver and the sandbox up until Ctrl-C or SIGTERM."""
+    print("serving until Ctrl-C (--stay)", flush=True)
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stopped.set)
+    try:
+        await stopped.wait()
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def run(workdir: Path, limit_s: float, sink_port: int, *, stay: bool = False) -> int:
     start = time.monotonic()
     sandbox_port, receiver_port = free_port(), free_port()
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
@@ -235,11 +257,14 @@ async def run(workdir: Path, limit_s: float, sink_port: int) -> int:
             heard = await measure(http, receiver_url, progress, admin)
             summarise(progress, workdir, CREDITS - int(keys[API_KEY]["credits"]), notes,
                       dropped, recovered, heard)
-            if ok and recovered and dropped:
-                say(start, "the loop closed: done")
-                return 0
-            say(start, "the loop did not close in time: see the logs")
-            return 1
+            closed = bool(ok and recovered and dropped)
+            say(start, "the loop closed: done" if closed
+                else "the loop did not close in time: see the logs")
+            last = list(progress.views)[-1] if progress.views else root
+            print(console_hint(receiver_url, token_file, last), flush=True)
+            if stay:
+                await serve_until_stopped()
+            return 0 if closed else 1
     finally:
         await stop(receiver)
         await stop(sandbox)
@@ -302,19 +327,22 @@ def _recovered(progress: Progress, root: str) -> bool:
                for t in view.get("transitions", []) if t["entity"] == "task")
 
 
-async def measure(http: httpx.AsyncClient, url: str, progress: Progress,
-                  admin: dict[str, str]) -> dict[str, float]:
+async def measure(
+    http: httpx.AsyncClient, url: str, progress: Progress, admin: dict[str, str]
+) -> dict[str, float]:
     """How long each kept audio file really plays, by clip id: read back through the
-    receiver's own file route (a local file, or a presigned redirect to the object store)."""
+    receiver's own file route (a local file, or a presigned redirect to the object store;
+    httpx drops the admin token when a redirect leaves the receiver)."""
     heard: dict[str, float] = {}
     for view in progress.views.values():
         for f in view["files"]:
             if f["kind"] != "audio" or f["content_type"] != "audio/wav":
                 continue
-            # httpx drops the Authorization header on a redirect to another host (the store)
             got = await http.get(f"{url}/files/{view['task']['task_id']}/{f['clip_id']}/audio",
-                                 headers=admin, follow_redirects=True)
-            if got.status_code == 200:
+                                 follow_redirects=True, headers=admin)
+            if got.status_code != 200:
+                print(f"  cannot read back {f['clip_id']}: {got.status_code}", flush=True)
+            else:
                 with contextlib.suppress(wave.Error, EOFError), wave.open(
                         io.BytesIO(got.content)) as audio:
                     heard[f["clip_id"]] = audio.getnframes() / audio.getframerate()
@@ -369,7 +397,7 @@ def _full_song(progress: Progress, durations: dict[str, float | None],
         return
     source, extension, whole = (v["clips"][0]["clip_id"] for v in chain)
     source_s, extension_s = durations.get(source), durations.get(extension)
-    song_s = heard.get(whole)
+    song_s = heard.get(whole)  # measured from the kept bytes, never the API's claim
     if source_s is None or extension_s is None:
         return
     if song_s is None:
@@ -396,11 +424,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dir", type=Path, default=Path("data/demo"),
                         help="working folder, emptied first (default data/demo)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    parser.add_argument("--stay", action="store_true",
+                        help="keep serving after the loop closes, to look around in the "
+                             "console (/ui), until Ctrl-C")
     args = parser.parse_args(argv)
     sink_port = free_port()
     prepare(args.dir, sink_port)
     try:
-        return asyncio.run(run(args.dir, args.timeout, sink_port))
+        return asyncio.run(run(args.dir, args.timeout, sink_port, stay=args.stay))
     except RuntimeError as exc:
         print(f"sonic-receiver demo: {exc}", file=sys.stderr)
         return 1

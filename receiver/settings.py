@@ -148,11 +148,6 @@ class Settings:
         return self
 
     @property
-    def media_location(self) -> str:
-        """Where media live: the object-store URL, or the local folder's path."""
-        return self.media_url or str(self.media_dir)
-
-    @property
     def admin_open(self) -> bool:
         """Whether the admin API is served without a token (the operator opted out)."""
         return self.admin_token is None and self.insecure_open_admin
@@ -164,6 +159,11 @@ class Settings:
         # Notification targets and any other URL in the config file (handler options).
         values += [piece for url in _config_urls(self.config) for piece in url_secrets(url)]
         return tuple(dict.fromkeys(v for v in values if v))
+
+    @property
+    def media_location(self) -> str:
+        """Where media live: the object-store URL, or the local folder's path."""
+        return self.media_url or str(self.media_dir)
 
     @property
     def webhook_url(self) -> str | None:
@@ -208,12 +208,12 @@ def load(
     settings = Settings(config_file=config_file, config=config)
     changes: dict[str, Any] = _worker_table(config.get("worker", {}), config_file)
     changes.update(_reconcile_table(config.get("reconcile", {}), config_file))
-    changes.update(_retention_table(config.get("retention", {}), config_file))
     if "admin_token" in raw and "admin_token_file" in raw:
         raise SettingsError(
             f"{raw['admin_token'][0]} and {raw['admin_token_file'][0]} are both set: "
             "give the admin token one way"
         )
+    changes.update(_retention_table(config.get("retention", {}), config_file))
     # RECEIVER_MEDIA is applied after its alias RECEIVER_MEDIA_DIR, so that it wins.
     for key, (origin, value) in sorted(raw.items(), key=lambda item: item[0] == "media"):
         changes.update(_convert(key, origin, value))

@@ -264,10 +264,10 @@ async def test_dead_jobs_are_listed_with_their_error(tmp_path: Path, clock: Fake
         await post_signed(client, COMPLETED, clock=clock)
         assert app.state.runtime.worker is None
         assert await app.state.runtime.make_worker(poll_s=1.0).run_once() == 1
-        dead = (await client.get("/jobs?state=dead")).json()["jobs"]
+        dead = (await client.get("/jobs?state=dead")).json()["items"]
         assert [(j["handler"], j["last_error"]) for j in dead] == [
             ("broken", "PermanentError: cannot")]
-        assert (await client.get("/jobs?state=done")).json()["jobs"] == []
+        assert (await client.get("/jobs?state=done")).json()["items"] == []
         assert (await client.get("/jobs?state=nope")).status_code == 400
         task = (await client.get("/tasks/t-1")).json()
         assert [j["state"] for j in task["jobs"]] == ["dead"]

@@ -78,7 +78,7 @@ def test_kill_9_under_retrying_load_loses_nothing_and_doubles_nothing(tmp_path: 
             await traffic
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
                 for _ in range(1200):  # until every job has run
-                    jobs = (await client.get("/jobs")).json()["jobs"]
+                    jobs = (await client.get("/jobs?limit=500")).json()["items"]
                     if len(jobs) == SENDERS * TASKS_EACH and all(
                             j["state"] == "done" for j in jobs):
                         break
