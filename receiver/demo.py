@@ -397,8 +397,11 @@ def _full_song(progress: Progress, durations: dict[str, float | None],
         return
     source, extension, whole = (v["clips"][0]["clip_id"] for v in chain)
     source_s, extension_s = durations.get(source), durations.get(extension)
-    song_s = heard.get(whole, durations.get(whole))
-    if source_s is None or extension_s is None or song_s is None:
+    song_s = heard.get(whole)  # measured from the kept bytes, never the API's claim
+    if source_s is None or extension_s is None:
+        return
+    if song_s is None:
+        print("  full song: its audio could not be read back through GET /files")
         return
     up_to = source_s + CONTINUE_AT if CONTINUE_AT < 0 else CONTINUE_AT
     print(f"  full song: {song_s:.2f} s = the song up to continue_at {up_to:.2f} s "
