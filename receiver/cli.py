@@ -142,7 +142,8 @@ def _announce_admin(loaded: Settings, host: str, port: int) -> None:
 
     shown = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
     line = how_to_use(loaded, f"http://{f'[{shown}]' if ':' in shown else shown}:{port}")
-    structlog.get_logger("receiver.cli").info(
+    log = structlog.get_logger("receiver.cli")
+    (log.warning if loaded.admin_open else log.info)(
         "admin_api", token=loaded.admin_token_source if loaded.admin_token else None,
         open=loaded.admin_open, how=line,
     )
@@ -170,11 +171,20 @@ def _load(args: argparse.Namespace, **extra: object) -> Settings:
 def _worker(args: argparse.Namespace) -> int:
     import asyncio
 
+    from receiver.server import settle_failed_connections
     from receiver.worker_process import run_worker
 
     # A worker needs no webhook secret: it never verifies anything.
     loaded = _load(args, worker_concurrency=args.concurrency, insecure_no_verify=True)
-    return asyncio.run(run_worker(loaded))
+
+    async def run() -> int:
+        try:
+            return await run_worker(loaded)
+        except StoreError:
+            await settle_failed_connections()
+            raise
+
+    return asyncio.run(run())
 
 
 def _migrate(args: argparse.Namespace) -> int:

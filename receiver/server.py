@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -63,6 +64,7 @@ class StartupGuard:
             if message["type"] == "lifespan.startup.failed" and isinstance(current, ReceiverError):
                 self.error = current
                 message = {**message, "message": current.message}
+                await settle_failed_connections()
             await send(message)
 
         try:
@@ -70,6 +72,15 @@ class StartupGuard:
         except ReceiverError as exc:
             if exc is not self.error:
                 raise
+
+
+async def settle_failed_connections() -> None:
+    """Let aiosqlite's threads of connections that failed to open finish while the loop still
+    runs. (aiosqlite 0.22 stops such a thread without waiting for it; when the loop closes
+    first, as it does when start-up fails, the thread prints a traceback on its way out.)"""
+    for thread in threading.enumerate():
+        if thread.name.endswith("(_connection_worker_thread)"):
+            await asyncio.to_thread(thread.join, 1.0)
 
 
 @contextlib.asynccontextmanager
@@ -105,7 +116,12 @@ def serve(app: Any, *, host: str, port: int, settings: Settings | None = None) -
             log.warning("open_files_limit_low", soft=soft, hard=hard,
                         max_connections=settings.max_connections)
     guard = StartupGuard(app)
-    uvicorn.Server(config(guard, host=host, port=port, settings=settings,
-                          timeout_graceful_shutdown=30)).run()
+    try:
+        uvicorn.Server(config(guard, host=host, port=port, settings=settings,
+                              timeout_graceful_shutdown=30)).run()
+    except SystemExit:  # uvicorn exits with status 3 when the lifespan fails to start
+        if guard.error is not None:
+            raise guard.error from None
+        raise
     if guard.error is not None:
         raise guard.error

@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from receiver.errors import SettingsError
 from receiver.jobs import RetryPolicy
+from receiver.redact import url_secrets
 from receiver.signatures import Scheme, parse_schemes
 
 MIB = 1024 * 1024
@@ -152,8 +154,11 @@ class Settings:
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value of the configuration, to be blanked in logs and errors."""
-        values = (*self.webhook_secrets, self.admin_token, self.sonic_api_key)
-        return tuple(v for v in values if v)
+        values = [*self.webhook_secrets, self.admin_token, self.sonic_api_key,
+                  _password_of(self.db_url)]
+        # Notification targets and any other URL in the config file (handler options).
+        values += [piece for url in _config_urls(self.config) for piece in url_secrets(url)]
+        return tuple(dict.fromkeys(v for v in values if v))
 
     @property
     def media_location(self) -> str:
@@ -203,12 +208,12 @@ def load(
     settings = Settings(config_file=config_file, config=config)
     changes: dict[str, Any] = _worker_table(config.get("worker", {}), config_file)
     changes.update(_reconcile_table(config.get("reconcile", {}), config_file))
+    changes.update(_retention_table(config.get("retention", {}), config_file))
     if "admin_token" in raw and "admin_token_file" in raw:
         raise SettingsError(
             f"{raw['admin_token'][0]} and {raw['admin_token_file'][0]} are both set: "
             "give the admin token one way"
         )
-    changes.update(_retention_table(config.get("retention", {}), config_file))
     # RECEIVER_MEDIA is applied after its alias RECEIVER_MEDIA_DIR, so that it wins.
     for key, (origin, value) in sorted(raw.items(), key=lambda item: item[0] == "media"):
         changes.update(_convert(key, origin, value))
@@ -400,6 +405,25 @@ def _positive_float(origin: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise SettingsError(f"{origin} must be a positive number, got {value!r}")
     return float(value)
+
+
+def _config_urls(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value] if "://" in value else []
+    if isinstance(value, Mapping):
+        return [u for v in value.values() for u in _config_urls(v)]
+    if isinstance(value, list | tuple):
+        return [u for v in value for u in _config_urls(v)]
+    return []
+
+
+def _password_of(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
 
 
 def _token_file(origin: str, value: Any) -> dict[str, Any]:
