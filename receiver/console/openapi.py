@@ -95,6 +95,7 @@ SCHEMAS["TaskDetail"] = _obj({
     "children": {"type": "array", "items": _ref("Child")},
     "results": {"type": "array", "items": _ref("Result")},
     "parents": {"type": "array", "items": _ref("ChainLink")},
+    "descendants": {"type": "array", "items": {"allOf": [_ref("Child"), _obj({"level": INT})]}},
     "created_by": {"allOf": [_ref("Child")], "nullable": True},
     "root_task_id": STR, "credits_under_root": INT,
 })
