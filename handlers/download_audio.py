@@ -1,6 +1,7 @@
 """``download_audio``: keep a succeeded task's media before its CDN links expire.
 
-For every succeeded clip of the task it writes, under the media folder::
+For every succeeded clip of the task it keeps, in the media store (``RECEIVER_MEDIA``: the
+local folder, or an object store; :mod:`receiver.media`)::
 
     {media_dir}/{task_id}/{clip_id}.{mp3|wav|m4a|ogg|flac}   the audio (always)
     {media_dir}/{task_id}/{clip_id}.{png|jpg|webp}           the cover (``image = true``)
@@ -14,9 +15,16 @@ response's content type only, never from a title or a server-provided name; ids 
 to safe path components. MP3 and WAV files are tagged (ID3: title, lyrics as USLT, tags as
 genre) before they are hashed and renamed, so the recorded sha256 is that of the final bytes.
 
-It is idempotent: a file already recorded whose bytes on disk still match its size and sha256
-is skipped, a download cut short resumes from its ``.part`` on the next attempt, and a file
-stands under its final name only once complete. Downloads follow :mod:`receiver.fetching`'s
+It is idempotent: a file already recorded whose kept bytes still match its size and sha256 is
+skipped (an object store's sha256 is its metadata, written by the upload that verified it), a
+download cut short resumes from its ``.part`` on the next attempt, and a file stands under its
+final name only once complete. Files are put together in the store's staging folder (the
+media folder itself when it is local, so the ``.part`` and the rename are today's), then kept:
+in place locally; by a multipart upload, checked against the sha256, to an object store.
+``files.path`` records the local path or the object's URL. Leftover temporaries of a process
+killed while writing (``.<clip>.<kind>.part.meta.*.tmp``, ``.<clip>.json.*.tmp``) are removed
+under the clip's lock, which every writer of them holds. A media folder or bucket that refuses
+writes ends the job at once. Downloads follow :mod:`receiver.fetching`'s
 network policy (the config's ``[network]`` table).
 
 Options (all optional)::

@@ -5,7 +5,11 @@
 standard ``AWS_*`` variables, ``AWS_ENDPOINT_URL`` for MinIO or R2), ``gs://bucket/prefix``
 or ``az://container/prefix``. Object stores go through obstore (the Rust ``object_store``
 crate that DataFusion and others ship): it parses those URLs, reads the standard variables,
-uploads in parts, and signs URLs.
+uploads in parts, and signs URLs. Its blocking calls are used, in worker threads
+(``asyncio.to_thread``), not its ``*_async`` ones: on Python < 3.13 a process that awaited
+those aborts at exit now and then (SIGABRT, in 4 to 24 of 40 runs here, even for one plain
+``put_async``), when a runtime thread of the extension attaches to the interpreter while it
+finalizes; the blocking calls never touch the event loop, and 0 of 40 runs aborted.
 
 A :class:`MediaStore` keeps objects under keys (``<task>/<clip>.<ext>``) and promises:
 
@@ -38,7 +42,7 @@ import os
 import tempfile
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -55,6 +59,7 @@ from receiver.fetching import file_digest
 from receiver.models import StoredFile
 
 if TYPE_CHECKING:
+    from obstore import GetOptions
     from obstore.store import ClientConfig, ObjectStore, RetryConfig, S3Config
 
     from receiver.settings import Settings
@@ -65,6 +70,7 @@ PART = 8 * MIB  # an object store's multipart part (S3's minimum is 5 MiB)
 PART_CONCURRENCY = 2  # parts in flight: memory stays under ~(2 + 1) x PART per upload
 PRESIGN_S = 300  # how long a presigned GET handed to an admin stays valid
 SHA256_META = "sha256"  # the object's metadata entry holding its sha256 (hex)
+STALL_S = 300.0  # an upload whose source gives no chunk for this long is aborted
 
 
 class MediaError(ReceiverError):
@@ -343,15 +349,45 @@ class ObjectMedia(MediaStore):
 
     async def put_stream(self, key: str, chunks: AsyncIterable[bytes], *,
                          content_type: str | None, sha256: str | None = None) -> StoredObject:
-        hashing = _Hashing(chunks, sha256)
+        loop = asyncio.get_running_loop()
+        source = aiter(chunks)
+
+        async def following() -> bytes:
+            return await anext(source)
+
+        def pulled() -> Iterator[bytes]:
+            # Runs in the upload's thread: each chunk is asked of this loop in turn.
+            while True:
+                try:
+                    yield asyncio.run_coroutine_threadsafe(
+                        following(), loop).result(timeout=STALL_S)
+                except StopAsyncIteration:
+                    return
+
+        return await self._put(key, pulled(), content_type=content_type, sha256=sha256)
+
+    async def put_file(self, key: str, source: Path, *, content_type: str | None,
+                       sha256: str | None = None) -> StoredObject:
+        def read() -> Iterator[bytes]:
+            with source.open("rb") as handle:
+                while block := handle.read(CHUNK):
+                    yield block
+
+        return await self._put(key, read(), content_type=content_type, sha256=sha256)
+
+    async def _put(self, key: str, chunks: Iterator[bytes], *, content_type: str | None,
+                   sha256: str | None) -> StoredObject:
+        """One multipart upload of ``chunks``, hashed on the way, aborted on a mismatch."""
+        hashing = _HashingIterator(chunks, sha256)
         attributes: dict[str, str] = {}
         if content_type:
             attributes["Content-Type"] = content_type
         if sha256:  # known before the upload starts: it goes with the object
             attributes[SHA256_META] = sha256
         try:
-            await obstore.put_async(self.store, key, aiter(hashing), attributes=attributes,
-                                    chunk_size=PART, max_concurrency=PART_CONCURRENCY)
+            await asyncio.to_thread(obstore.put, self.store, key, hashing,
+                                    attributes=attributes, chunk_size=PART,
+                                    max_concurrency=PART_CONCURRENCY)
         except MediaError:
             raise
         except Exception as exc:
@@ -361,7 +397,7 @@ class ObjectMedia(MediaStore):
 
     async def head(self, key: str, *, verify: bool = True) -> StoredObject | None:
         try:
-            got = await obstore.get_async(self.store, key, options={"head": True})
+            got = await asyncio.to_thread(obstore.get, self.store, key, options={"head": True})
         except FileNotFoundError:
             return None
         except Exception as exc:
@@ -376,32 +412,60 @@ class ObjectMedia(MediaStore):
 
     async def read(self, key: str, start: int = 0, end: int | None = None,
                    ) -> AsyncIterator[bytes]:
+        options: GetOptions = {"range": {"offset": start} if end is None else (start, end)}
         try:
-            if end is None:
-                got = await obstore.get_async(self.store, key, options={"range": {"offset": start}})
-            else:
-                got = await obstore.get_async(self.store, key, options={"range": (start, end)})
+            got = await asyncio.to_thread(obstore.get, self.store, key, options=options)
         except Exception as exc:
             raise _translate(exc, f"cannot read {self.location(key)}") from exc
-        async for chunk in got.stream(min_chunk_size=CHUNK):
+        stream = got.stream(min_chunk_size=CHUNK)
+        while (chunk := await asyncio.to_thread(next, stream, None)) is not None:
             yield bytes(chunk)
 
     async def presigned_url(self, key: str, *, expires_s: int = PRESIGN_S) -> str | None:
         if not isinstance(self.store, S3Store | GCSStore | AzureStore):
             return None
         try:
-            return await obstore.sign_async(self.store, "GET", key,
-                                            timedelta(seconds=expires_s))
+            return await asyncio.to_thread(obstore.sign, self.store, "GET", key,
+                                           timedelta(seconds=expires_s))
         except Exception as exc:
             raise _translate(exc, f"cannot sign a URL for {self.location(key)}") from exc
 
     async def delete(self, key: str) -> None:
         try:
-            await obstore.delete_async(self.store, key)
+            await asyncio.to_thread(obstore.delete, self.store, key)
         except FileNotFoundError:
             return
         except Exception as exc:
             raise _translate(exc, f"cannot delete {self.location(key)}") from exc
+
+
+class _HashingIterator:
+    """:class:`_Hashing` for a plain iterator, consumed by obstore's upload thread."""
+
+    def __init__(self, chunks: Iterator[bytes], expected: str | None) -> None:
+        self.chunks = chunks
+        self.expected = expected
+        self.size = 0
+        self.digest = hashlib.sha256()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            chunk = next(self.chunks)
+        except StopIteration:
+            if self.expected is not None and self.sha256 != self.expected:
+                raise MediaMismatch(f"the bytes have sha256 {self.sha256[:12]}..., not the "
+                                    f"expected {self.expected[:12]}...: nothing kept") from None
+            raise
+        self.size += len(chunk)
+        self.digest.update(chunk)
+        return chunk
+
+    @property
+    def sha256(self) -> str:
+        return self.digest.hexdigest()
 
 
 def _open_store(url: str, env: Mapping[str, str]) -> ObjectStore:

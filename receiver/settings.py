@@ -208,12 +208,12 @@ def load(
     settings = Settings(config_file=config_file, config=config)
     changes: dict[str, Any] = _worker_table(config.get("worker", {}), config_file)
     changes.update(_reconcile_table(config.get("reconcile", {}), config_file))
-    changes.update(_retention_table(config.get("retention", {}), config_file))
     if "admin_token" in raw and "admin_token_file" in raw:
         raise SettingsError(
             f"{raw['admin_token'][0]} and {raw['admin_token_file'][0]} are both set: "
             "give the admin token one way"
         )
+    changes.update(_retention_table(config.get("retention", {}), config_file))
     # RECEIVER_MEDIA is applied after its alias RECEIVER_MEDIA_DIR, so that it wins.
     for key, (origin, value) in sorted(raw.items(), key=lambda item: item[0] == "media"):
         changes.update(_convert(key, origin, value))

@@ -148,7 +148,7 @@ class ConsoleAuth(AdminAuth):
         if request.method not in SAFE_METHODS:
             body = await request.body()  # read once here, replayed to the endpoint
             replay = _replay(body, receive)
-        verdict = self.admit(request, body)
+        verdict = self.verdict(request, body)
         if verdict == "deny":
             await super().__call__(scope, replay, send)  # AdminAuth's own refusal
         elif isinstance(verdict, Response):
@@ -157,7 +157,7 @@ class ConsoleAuth(AdminAuth):
             scope["console_auth"] = verdict
             await self.app(scope, replay, send)
 
-    def admit(self, request: Request, body: bytes) -> Response | str:
+    def verdict(self, request: Request, body: bytes) -> Response | str:
         """How the request is let in (a label), a response refusing it, or ``"deny"``."""
         sessions = self.sessions
         path = request.url.path
