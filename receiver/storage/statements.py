@@ -656,7 +656,11 @@ PORTABLE: dict[Q, str] = {
     """,
     Q.TASKS_BY_STATE: "SELECT state, COUNT(*) FROM tasks GROUP BY state",
     Q.JOBS_BY_STATE_HANDLER: "SELECT state, handler, COUNT(*) FROM jobs GROUP BY state, handler",
-    Q.OLDEST_QUEUED: "SELECT MIN(created_at) FROM jobs WHERE state IN ('queued', 'retrying')",
+    # Since when the longest-waiting due job has been due (a retry in its backoff is not waiting)
+    Q.OLDEST_QUEUED: """
+        SELECT MIN(run_after) FROM jobs
+        WHERE state IN ('queued', 'retrying') AND run_after <= :now
+    """,
     Q.PENDING_DOWNLOADS: """
         SELECT COUNT(*), COALESCE(SUM(CASE WHEN created_at < :warn_before THEN 1 ELSE 0 END), 0)
         FROM jobs WHERE handler = 'download_audio' AND state IN ('queued', 'running', 'retrying')
