@@ -6,8 +6,10 @@ app's lifespan, what is passed belongs to the caller. Nothing happens at import.
 Routes: ``POST /webhooks/sonic`` (:mod:`receiver.webhook`), ``POST /tasks``
 (:mod:`receiver.creation`), ``GET /tasks/{task_id}``,
 ``GET /jobs?state=dead``, ``GET /healthz`` (alive) and ``GET /readyz`` (the database takes a
-write). When ``RECEIVER_ADMIN_TOKEN`` is set, ``/tasks`` and ``/jobs`` need it as a Bearer
-token; the probes stay open so that orchestrators can call them.
+write). Everything but the webhook and the probes is the admin surface: one ``Mount`` behind
+:class:`receiver.auth.AdminAuth` (a Bearer token, or an explicit opt-out); the probes stay open
+so that orchestrators can call them. Request bodies are read under
+:class:`receiver.connections.BodyTimeout`.
 
 Handlers are loaded and routes checked here, in the factory, so that a route naming an unknown
 handler stops start-up before the server binds. With ``RECEIVER_WORKER=inprocess`` (the
@@ -19,18 +21,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import structlog
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
+from receiver.auth import AdminAuth
 from receiver.clock import Clock, SystemClock
+from receiver.connections import BodyTimeout
 from receiver.creation import create_task
 from receiver.errors import BodyTooLarge, StoreError
 from receiver.jobs import Job, JobState
@@ -140,13 +144,13 @@ def create_app(
                 runtime = None
 
     async def webhook(request: Request) -> JSONResponse:
+        if request.method != "POST":
+            return JSONResponse({"error": "method_not_allowed"}, 405, headers={"Allow": "POST"})
         if endpoint is None:
             return JSONResponse({"error": "store_unavailable"}, 503)
         return await endpoint(request)
 
     async def get_task(request: Request) -> JSONResponse:
-        if (denied := _check_admin(request, settings)) is not None:
-            return denied
         store = current().store
         task_id = request.path_params["task_id"]
         view = await store.get_task(task_id)
@@ -160,8 +164,6 @@ def create_app(
         return JSONResponse(body)
 
     async def post_task(request: Request) -> JSONResponse:
-        if (denied := _check_admin(request, settings)) is not None:
-            return denied
         try:
             body = await read_body(request, settings.max_body_bytes)
         except BodyTooLarge as exc:
@@ -169,8 +171,6 @@ def create_app(
         return await create_task(current(), body)
 
     async def list_jobs(request: Request) -> JSONResponse:
-        if (denied := _check_admin(request, settings)) is not None:
-            return denied
         state_name = request.query_params.get("state")
         try:
             state = JobState(state_name) if state_name else None
@@ -193,15 +193,22 @@ def create_app(
             return JSONResponse({"status": "unavailable", "error": "store_unavailable"}, 503)
         return JSONResponse({"status": "ready"})
 
+    admin = [
+        Route("/tasks", post_task, methods=["POST"]),
+        Route("/tasks/{task_id:str}", get_task, methods=["GET"]),
+        Route("/jobs", list_jobs, methods=["GET"]),
+    ]
     return Starlette(
         routes=[
-            Route("/webhooks/sonic", webhook, methods=["POST"]),
-            Route("/tasks", post_task, methods=["POST"]),
-            Route("/tasks/{task_id:str}", get_task, methods=["GET"]),
-            Route("/jobs", list_jobs, methods=["GET"]),
+            # Every method, so that a GET is told 405 here rather than taken by the admin Mount.
+            Route("/webhooks/sonic", webhook,
+                  methods=["POST", "GET", "PUT", "PATCH", "DELETE", "OPTIONS"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            # Everything else, unknown paths included, is the admin surface.
+            Mount("", routes=admin, middleware=[Middleware(AdminAuth, settings=settings)]),
         ],
+        middleware=[Middleware(BodyTimeout, timeout_s=settings.body_timeout_s)],
         lifespan=lifespan,
     )
 
@@ -216,19 +223,6 @@ async def prune_every(
             await store.prune(older_than_s=older_than_s, keep_ids_s=keep_ids_s)
         except StoreError as exc:
             log.error("prune_failed", error=exc.message)
-
-
-def _check_admin(request: Request, settings: Settings) -> JSONResponse | None:
-    if settings.admin_token is None:
-        return None
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(
-        token.strip().encode(), settings.admin_token.encode()
-    ):
-        return None
-    return JSONResponse(
-        {"error": "unauthorized"}, 401, headers={"WWW-Authenticate": 'Bearer realm="receiver"'}
-    )
 
 
 def task_view_json(view: TaskView) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 ``serve`` runs the receiver; ``sandbox`` (in :mod:`receiver.sonic.cli`) takes the rest of the
 command line as its own, so that each module owns its options. A bad setting stops start-up
-with one line on stderr and exit status 2.
+with one line on stderr and exit status 2, and so does a database that cannot be opened.
 """
 
 from __future__ import annotations
@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept webhooks without checking signatures (never in production)",
     )
+    serve.add_argument(
+        "--insecure-open-admin",
+        action="store_true",
+        help="serve the admin API (/tasks, /jobs) without a token to anyone who reaches the "
+        "port ($RECEIVER_INSECURE_OPEN_ADMIN=1); set RECEIVER_ADMIN_TOKEN instead",
+    )
     serve.set_defaults(run=_serve)
 
     worker = sub.add_parser(
@@ -120,9 +126,28 @@ def _serve(args: argparse.Namespace) -> int:
     from receiver import server
     from receiver.app import create_app
 
-    loaded = _load(args, insecure_no_verify=args.insecure_no_verify)
-    server.serve(create_app(loaded), host=args.host, port=args.port)
+    loaded = _load(args, insecure_no_verify=args.insecure_no_verify,
+                   insecure_open_admin=True if args.insecure_open_admin else None)
+    _announce_admin(loaded, args.host, args.port)
+    server.serve(create_app(loaded), host=args.host, port=args.port, settings=loaded)
     return 0
+
+
+def _announce_admin(loaded: Settings, host: str, port: int) -> None:
+    """Say where the admin API is and how to call it: where the token is kept, never the
+    token (a log line, and a plain line for a person at a terminal)."""
+    import structlog
+
+    from receiver.auth import how_to_use
+
+    shown = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    line = how_to_use(loaded, f"http://{f'[{shown}]' if ':' in shown else shown}:{port}")
+    structlog.get_logger("receiver.cli").info(
+        "admin_api", token=loaded.admin_token_source if loaded.admin_token else None,
+        open=loaded.admin_open, how=line,
+    )
+    if sys.stderr.isatty():
+        print(line, file=sys.stderr, flush=True)
 
 
 def _load(args: argparse.Namespace, **extra: object) -> Settings:
@@ -137,18 +162,28 @@ def _load(args: argparse.Namespace, **extra: object) -> Settings:
             **extra,
         },
     )
-    logs.configure(fmt=loaded.log_format, level=loaded.log_level)
+    logs.configure(fmt=loaded.log_format, level=loaded.log_level,
+                   third_party_level=loaded.log_level_third_party, secrets=loaded.secrets())
     return loaded
 
 
 def _worker(args: argparse.Namespace) -> int:
     import asyncio
 
+    from receiver.server import settle_failed_connections
     from receiver.worker_process import run_worker
 
     # A worker needs no webhook secret: it never verifies anything.
     loaded = _load(args, worker_concurrency=args.concurrency, insecure_no_verify=True)
-    return asyncio.run(run_worker(loaded))
+
+    async def run() -> int:
+        try:
+            return await run_worker(loaded)
+        except StoreError:
+            await settle_failed_connections()
+            raise
+
+    return asyncio.run(run())
 
 
 def _migrate(args: argparse.Namespace) -> int:

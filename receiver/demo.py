@@ -158,6 +158,15 @@ async def notification_sink(port: int, received: list[dict[str, Any]]) -> AsyncI
         yield url
 
 
+def make_admin_token(workdir: Path) -> Path:
+    """The receiver's admin token, made for this run in a file only its owner can read: the
+    demo calls the admin API (POST /tasks, GET /tasks/...) with it."""
+    path = workdir / "admin-token"
+    path.touch(mode=0o600)
+    path.write_text(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
 def prepare(workdir: Path, sink_port: int) -> None:
     """An empty working folder with the receiver's config."""
     if workdir.exists():
@@ -172,6 +181,8 @@ async def run(workdir: Path, limit_s: float, sink_port: int) -> int:
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
     receiver_url = f"http://127.0.0.1:{receiver_port}"
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("RECEIVER_", "SONIC_"))}
+    token_file = make_admin_token(workdir)
+    admin = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
     receiver_env = {
         **base_env,
         "SONIC_WEBHOOK_SECRET": secrets.token_urlsafe(24),
@@ -179,6 +190,7 @@ async def run(workdir: Path, limit_s: float, sink_port: int) -> int:
         "RECEIVER_MEDIA_DIR": str(workdir / "media"),
         "RECEIVER_PUBLIC_URL": receiver_url,
         "RECEIVER_CONFIG": str(workdir / "receiver.toml"),
+        "RECEIVER_ADMIN_TOKEN_FILE": str(token_file),
         "RECEIVER_LOG_FORMAT": "json",
         "SONIC_API_BASE_URL": sandbox_url,
         "SONIC_API_KEY": API_KEY,
@@ -200,14 +212,14 @@ async def run(workdir: Path, limit_s: float, sink_port: int) -> int:
                                workdir / "receiver.log")
             say(start, f"sandbox on {sandbox_url} (it will drop the song's song.completed), "
                        f"receiver on {receiver_url}")
-            created = await http.post(f"{receiver_url}/tasks", json=SONG)
+            created = await http.post(f"{receiver_url}/tasks", json=SONG, headers=admin)
             if created.status_code != 201:
                 say(start, f"create failed: {created.status_code} {created.text}")
                 return 1
             root = created.json()["task_id"]
             say(start, f"created {_short(root)} (create_music) through POST /tasks")
             progress = Progress()
-            ok = await watch(http, receiver_url, root, progress, start, limit_s)
+            ok = await watch(http, receiver_url, root, progress, start, limit_s, admin)
             keys = (await http.get(f"{sandbox_url}/_sandbox/keys")).json()["keys"]
             dropped = (await http.get(f"{sandbox_url}/_sandbox/deliveries",
                                       params={"outcome": "dropped"})).json()["deliveries"]
@@ -225,7 +237,7 @@ async def run(workdir: Path, limit_s: float, sink_port: int) -> int:
 
 
 async def watch(http: httpx.AsyncClient, url: str, root: str, progress: Progress,
-                start: float, limit_s: float) -> bool:
+                start: float, limit_s: float, admin: dict[str, str]) -> bool:
     """Print transitions and jobs as they happen until the chain root → extend → concat has
     succeeded and every job is finished."""
     deadline = time.monotonic() + limit_s
@@ -233,7 +245,7 @@ async def watch(http: httpx.AsyncClient, url: str, root: str, progress: Progress
         chain = [root]
         complete = True
         for depth in range(3):
-            view = (await http.get(f"{url}/tasks/{chain[-1]}")).json()
+            view = (await http.get(f"{url}/tasks/{chain[-1]}", headers=admin)).json()
             if "task" not in view:
                 complete = False
                 break

@@ -52,6 +52,7 @@ import httpx
 import structlog
 
 from receiver.errors import ReceiverError, SettingsError
+from receiver.redact import scrub_url
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -277,14 +278,9 @@ def _string_list(value: Any, where: str) -> list[str]:
     raise SettingsError(f"config: {where} must be a list of strings")
 
 
-def safe_url(url: httpx.URL | str) -> str:
-    """``url`` without its query and fragment (signed CDN links carry tokens there), for
-    logs and error messages."""
-    try:
-        parsed = httpx.URL(url) if isinstance(url, str) else url
-        return str(parsed.copy_with(query=None, fragment=None))
-    except httpx.InvalidURL:
-        return "(an invalid URL)"
+# ``url`` as logs and error messages may show it: no userinfo, query or fragment (signed CDN
+# links carry tokens there). The one scrubber, shared with the log redaction.
+safe_url = scrub_url
 
 
 # ---- content types ---------------------------------------------------------------------------

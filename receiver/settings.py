@@ -31,8 +31,15 @@ ENV_KEYS: dict[str, str] = {
     "RECEIVER_SIGNATURE_TOLERANCE_S": "signature_tolerance_s",
     "RECEIVER_SCHEMES": "schemes",
     "RECEIVER_ADMIN_TOKEN": "admin_token",
+    "RECEIVER_ADMIN_TOKEN_FILE": "admin_token_file",
+    "RECEIVER_INSECURE_OPEN_ADMIN": "insecure_open_admin",
     "RECEIVER_LOG_FORMAT": "log_format",
     "RECEIVER_LOG_LEVEL": "log_level",
+    "RECEIVER_LOG_LEVEL_THIRD_PARTY": "log_level_third_party",
+    "RECEIVER_HEADER_TIMEOUT_S": "header_timeout_s",
+    "RECEIVER_BODY_TIMEOUT_S": "body_timeout_s",
+    "RECEIVER_KEEPALIVE_TIMEOUT_S": "keepalive_timeout_s",
+    "RECEIVER_MAX_CONNECTIONS": "max_connections",
     "RECEIVER_PUBLIC_URL": "public_url",
     "RECEIVER_WORKER": "worker",
     "RECEIVER_WORKER_CONCURRENCY": "worker_concurrency",
@@ -66,9 +73,22 @@ class Settings:
     signature_tolerance_s: int = 300
     schemes: tuple[Scheme, ...] = (Scheme.MUSICAPI,)
     admin_token: str | None = field(default=None, repr=False)
+    # Where the admin token came from, for the start-up line (never the token itself).
+    admin_token_source: str | None = None
+    # Serve the admin API (/tasks, /jobs) to anyone: an explicit choice, never a default.
+    insecure_open_admin: bool = False
     insecure_no_verify: bool = False
     log_format: str = "auto"
     log_level: str = "info"
+    log_level_third_party: str = "warning"  # httpx, apprise, ...: see receiver.logs
+    # Slow and abusive clients (receiver.connections): the request head must be complete
+    # within header_timeout_s of the connection or the previous response, the body within
+    # body_timeout_s; an idle keep-alive connection is closed after keepalive_timeout_s; more
+    # than max_connections open connections and new ones are closed at once.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 20.0
+    keepalive_timeout_s: float = 5.0
+    max_connections: int = 1000
     public_url: str | None = None  # how the Sonic service reaches this receiver
     sonic_api_base_url: str | None = None
     sonic_api_key: str | None = field(default=None, repr=False)
@@ -102,6 +122,10 @@ class Settings:
             raise SettingsError(f"RECEIVER_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(f"RECEIVER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        if self.log_level_third_party not in LOG_LEVELS:
+            raise SettingsError(
+                f"RECEIVER_LOG_LEVEL_THIRD_PARTY must be one of {', '.join(LOG_LEVELS)}"
+            )
         if self.worker not in ("inprocess", "off"):
             raise SettingsError("RECEIVER_WORKER must be inprocess or off")
         for name, url in (("RECEIVER_PUBLIC_URL", self.public_url),
@@ -109,6 +133,16 @@ class Settings:
             if url is not None and not url.startswith(("http://", "https://")):
                 raise SettingsError(f"{name} must be an http(s) URL")
         return self
+
+    @property
+    def admin_open(self) -> bool:
+        """Whether the admin API is served without a token (the operator opted out)."""
+        return self.admin_token is None and self.insecure_open_admin
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value of the configuration, to be blanked in logs and errors."""
+        values = (*self.webhook_secrets, self.admin_token, self.sonic_api_key)
+        return tuple(v for v in values if v)
 
     @property
     def webhook_url(self) -> str | None:
@@ -154,6 +188,11 @@ def load(
     changes: dict[str, Any] = _worker_table(config.get("worker", {}), config_file)
     changes.update(_reconcile_table(config.get("reconcile", {}), config_file))
     changes.update(_retention_table(config.get("retention", {}), config_file))
+    if "admin_token" in raw and "admin_token_file" in raw:
+        raise SettingsError(
+            f"{raw['admin_token'][0]} and {raw['admin_token_file'][0]} are both set: "
+            "give the admin token one way"
+        )
     for key, (origin, value) in raw.items():
         changes.update(_convert(key, origin, value))
     if insecure:
@@ -199,7 +238,15 @@ def _convert(key: str, origin: str, value: Any) -> dict[str, Any]:
             choices = "choose from musicapi, legacy, standard"
             raise SettingsError(f"{origin}: {exc} ({choices})") from None
     if key == "admin_token":
-        return {"admin_token": str(value) or None}
+        return {"admin_token": str(value) or None, "admin_token_source": origin}
+    if key == "admin_token_file":
+        return _token_file(origin, value)
+    if key == "insecure_open_admin":
+        return {key: _flag(origin, value)}
+    if key in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s"):
+        return {key: _positive_number(origin, value)}
+    if key == "max_connections":
+        return {key: _positive_int(origin, value)}
     return {key: str(value).lower()}  # db_synchronous, log_*: checked by validated()
 
 
@@ -319,6 +366,38 @@ def _positive_float(origin: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise SettingsError(f"{origin} must be a positive number, got {value!r}")
     return float(value)
+
+
+def _token_file(origin: str, value: Any) -> dict[str, Any]:
+    path = Path(str(value))
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"{origin}: cannot read {path}: {exc.strerror or exc}") from None
+    if not token:
+        raise SettingsError(f"{origin}: {path} is empty")
+    return {"admin_token": token, "admin_token_source": str(path)}
+
+
+def _flag(origin: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{origin} must be 1 or 0 (true or false), got {value!r}")
+
+
+def _positive_number(origin: str, value: Any) -> float:
+    try:
+        number = float(str(value).strip()) if not isinstance(value, bool) else -1.0
+    except ValueError:
+        raise SettingsError(f"{origin} must be a positive number, got {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise SettingsError(f"{origin} must be a positive number, got {value!r}")
+    return number
 
 
 def _secrets(value: Any) -> tuple[str, ...]:

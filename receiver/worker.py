@@ -25,6 +25,7 @@ import structlog
 from receiver.clock import Clock
 from receiver.context import Event, HandlerContext
 from receiver.jobs import Job, PermanentError, RetryLater, RetryPolicy
+from receiver.redact import scrub_text
 from receiver.registry import Registry
 from receiver.storage.roles import JobQueue
 
@@ -165,17 +166,17 @@ class Worker:
         try:
             await handler(event, ctx)
         except RetryLater as exc:
-            await self.store.retry_job(job.id, owner=self.owner, error=exc.message,
+            await self.store.retry_job(job.id, owner=self.owner, error=scrub_text(exc.message),
                                        run_after=self.clock.now() + exc.seconds,
                                        now=self.clock.now(), count_attempt=False)
-            bound.info("job_retry_later", seconds=exc.seconds, reason=exc.message)
+            bound.info("job_retry_later", seconds=exc.seconds, reason=scrub_text(exc.message))
         except PermanentError as exc:
-            await self._die(job, bound, f"PermanentError: {exc.message}")
+            await self._die(job, bound, scrub_text(f"PermanentError: {exc.message}"))
         except asyncio.CancelledError:
             bound.warning("job_cancelled")
             raise
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"[:_MAX_ERROR]
+            error = scrub_text(f"{type(exc).__name__}: {exc}")[:_MAX_ERROR]
             if job.attempts >= job.max_attempts:
                 await self._die(job, bound, error)
             else:

@@ -28,6 +28,9 @@ def settings_for(tmp_path: Path, **changes: Any) -> Settings:
         "media_dir": tmp_path / "media",
         # ingest tests route nothing; handler tests configure their routes
         "config": {"routes": []},
+        # Tests of other things read the admin API without a token; tests/test_auth.py
+        # checks that this is an explicit opt-out and that the default refuses.
+        "insecure_open_admin": True,
     }
     base.update(changes)
     return Settings(**base).validated()

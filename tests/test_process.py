@@ -154,7 +154,8 @@ def test_a_separate_worker_process_runs_the_jobs_the_web_process_records(
     db, port = tmp_path / "r.db", free_port()
     env = {**os.environ, "RECEIVER_CONFIG": str(config), "RECEIVER_LOG_FORMAT": "json",
            "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    with serve(db, port, tmp_path / "log", extra_env={"RECEIVER_WORKER": "off", **env}):
+    with serve(db, port, tmp_path / "log", extra_env={"RECEIVER_WORKER": "off", **env,
+                                                      "RECEIVER_INSECURE_OPEN_ADMIN": "1"}):
         body = callback("t-w", [clip("c1", "succeeded")])
         for delivery_id in ("d1", "d1", "d2"):  # a duplicate and a resend: one job
             answer = httpx.post(f"http://127.0.0.1:{port}/webhooks/sonic", content=body,

@@ -1,0 +1,196 @@
+"""Slow and abusive clients against a real uvicorn on loopback, with real sockets: slow
+headers, slow bodies and idle connections are cut off after the configured timeouts, too many
+connections are refused, and a normal signed sender's deliveries keep succeeding meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from receiver.app import create_app
+from receiver.connections import raise_open_files_limit
+from receiver.server import running
+from tests.support import callback, clip, settings_for, signed_headers
+
+pytestmark = pytest.mark.anyio
+
+# Short limits, so that the test does not wait long; the assertions are about what happens,
+# not how fast (a connection that is never cut off fails the test at GIVE_UP_S).
+LIMITS: dict[str, Any] = {"header_timeout_s": 0.5, "body_timeout_s": 0.5,
+                          "keepalive_timeout_s": 0.5}
+GIVE_UP_S = 20.0
+
+
+@asynccontextmanager
+async def receiver(tmp_path: Path, **limits: Any) -> AsyncIterator[tuple[str, int]]:
+    settings = settings_for(tmp_path, **{**LIMITS, **limits})
+    async with running(create_app(settings), settings=settings) as url:
+        yield url, int(url.rsplit(":", 1)[1])
+
+
+async def until_closed(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
+    """Everything the server sends until it closes the connection; ``(data, True)`` once it
+    has, ``(data, False)`` if it still holds the connection after GIVE_UP_S."""
+    data = b""
+    try:
+        async with asyncio.timeout(GIVE_UP_S):
+            while chunk := await reader.read(65536):
+                data += chunk
+    except TimeoutError:
+        return data, False
+    except ConnectionResetError:
+        pass
+    return data, True
+
+
+async def slow_header(port: int) -> tuple[bytes, bool]:
+    """Slowloris: a request head that grows by a byte every 100 ms and never ends."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /webhooks/sonic HTTP/1.1\r\nHost: receiver\r\nX-Slow: ")
+
+    async def trickle() -> None:
+        with contextlib.suppress(ConnectionError):
+            while True:
+                await writer.drain()
+                await asyncio.sleep(0.1)
+                writer.write(b"z")
+
+    feeding = asyncio.create_task(trickle())
+    try:
+        return await until_closed(reader)
+    finally:
+        feeding.cancel()
+        writer.close()
+
+
+async def slow_body(port: int, *, trickle: bool) -> tuple[bytes, bool]:
+    """A complete head announcing 1,000 bytes, then 10 bytes, then a stall (or a byte every
+    100 ms)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /webhooks/sonic HTTP/1.1\r\nHost: receiver\r\nContent-Length: 1000\r\n"
+                 b"Content-Type: application/json\r\n\r\n" + b"{" * 10)
+
+    async def feed() -> None:
+        with contextlib.suppress(ConnectionError):
+            while trickle:
+                await writer.drain()
+                await asyncio.sleep(0.1)
+                writer.write(b" ")
+
+    feeding = asyncio.create_task(feed())
+    try:
+        return await until_closed(reader)
+    finally:
+        feeding.cancel()
+        writer.close()
+
+
+async def idle(port: int, *, after_a_request: bool) -> tuple[bytes, bool]:
+    """A connection that sends nothing (at all, or after one answered request)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    if after_a_request:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: receiver\r\n\r\n")
+    try:
+        return await until_closed(reader)
+    finally:
+        writer.close()
+
+
+async def normal_sender(url: str, count: int) -> list[int]:
+    statuses = []
+    async with httpx.AsyncClient(timeout=GIVE_UP_S) as http:
+        for n in range(count):
+            body = callback(f"t-{n}", [clip(f"c-{n}", "succeeded")])
+            answer = await http.post(f"{url}/webhooks/sonic", content=body,
+                                     headers=signed_headers(body, delivery_id=f"d-{n}"))
+            statuses.append(answer.status_code)
+            await asyncio.sleep(0.02)
+    return statuses
+
+
+async def test_slow_and_idle_clients_are_cut_off_while_deliveries_keep_succeeding(
+    tmp_path: Path,
+) -> None:
+    async with receiver(tmp_path) as (url, port):
+        abusers = [
+            *(slow_header(port) for _ in range(20)),
+            *(slow_body(port, trickle=False) for _ in range(10)),
+            *(slow_body(port, trickle=True) for _ in range(10)),
+            *(idle(port, after_a_request=False) for _ in range(10)),
+            *(idle(port, after_a_request=True) for _ in range(10)),
+        ]
+        abused = asyncio.gather(*abusers)
+        statuses = await normal_sender(url, 40)
+        results = await abused
+    assert statuses == [200] * 40
+    closed = [was_closed for _, was_closed in results]
+    assert closed == [True] * len(results)
+    heads, stalled, trickled, fresh, kept = (results[0:20], results[20:30], results[30:40],
+                                             results[40:50], results[50:60])
+    assert all(data == b"" for data, _ in heads)  # cut off: nothing to answer
+    assert all(data.startswith(b"HTTP/1.1 408 ") for data, _ in stalled)
+    assert all(data == b"" or data.startswith(b"HTTP/1.1 408 ") for data, _ in trickled)
+    assert all(data == b"" for data, _ in fresh)
+    assert all(data.startswith(b"HTTP/1.1 200 ") for data, _ in kept)
+
+
+async def test_past_the_connection_cap_new_connections_get_503_and_are_closed(
+    tmp_path: Path,
+) -> None:
+    async with receiver(tmp_path, max_connections=3, header_timeout_s=60,
+                        keepalive_timeout_s=60) as (url, port):
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        data, closed = await until_closed(reader)
+        writer.close()
+        assert closed
+        assert data.startswith(b"HTTP/1.1 503 ")
+        for _, w in held:
+            w.close()
+            await w.wait_closed()
+        # Once the held connections are gone, the server takes requests again.
+        async with httpx.AsyncClient(timeout=GIVE_UP_S) as http:
+            for _ in range(200):
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get(f"{url}/healthz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the server never took a request again")
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        if soft == hard and hard > 64:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard // 2, hard))
+        assert raise_open_files_limit() == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_the_limits_are_settings_with_defaults() -> None:
+    from receiver.errors import SettingsError
+    from receiver.settings import load
+
+    base = {"SONIC_WEBHOOK_SECRET": "s3cret-1"}
+    defaults = load(base)
+    assert (defaults.header_timeout_s, defaults.body_timeout_s, defaults.keepalive_timeout_s,
+            defaults.max_connections) == (10.0, 20.0, 5.0, 1000)
+    tuned = load({**base, "RECEIVER_HEADER_TIMEOUT_S": "2.5", "RECEIVER_BODY_TIMEOUT_S": "7",
+                  "RECEIVER_KEEPALIVE_TIMEOUT_S": "1", "RECEIVER_MAX_CONNECTIONS": "50"})
+    assert (tuned.header_timeout_s, tuned.body_timeout_s, tuned.keepalive_timeout_s,
+            tuned.max_connections) == (2.5, 7.0, 1.0, 50)
+    for name, value in (("RECEIVER_HEADER_TIMEOUT_S", "0"), ("RECEIVER_BODY_TIMEOUT_S", "x"),
+                        ("RECEIVER_KEEPALIVE_TIMEOUT_S", "-1"),
+                        ("RECEIVER_MAX_CONNECTIONS", "0"), ("RECEIVER_BODY_TIMEOUT_S", "inf")):
+        with pytest.raises(SettingsError, match=name):
+            load({**base, name: value})
