@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from receiver.errors import SettingsError, StoreError
+from receiver.errors import ReceiverError, SettingsError, StoreError
 from receiver.settings import Settings
 
 Forwarded = Callable[[list[str]], int]
@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure-no-verify",
         action="store_true",
         help="accept webhooks without checking signatures (never in production)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=_positive(os.environ.get("WEB_CONCURRENCY", "1")),
+        metavar="N",
+        help="web processes sharing the port (default $WEB_CONCURRENCY or 1); handler jobs "
+        "run in `sonic-receiver worker` or in each web process (RECEIVER_WORKER)",
     )
     serve.add_argument(
         "--insecure-open-admin",
@@ -129,8 +137,35 @@ def _serve(args: argparse.Namespace) -> int:
     loaded = _load(args, insecure_no_verify=args.insecure_no_verify,
                    insecure_open_admin=True if args.insecure_open_admin else None)
     _announce_admin(loaded, args.host, args.port)
+    if args.workers < 1:
+        raise SettingsError("--workers must be at least 1")
+    if args.workers > 1:
+        _check_database(loaded)
+        return server.serve_processes(loaded, create_app, host=args.host, port=args.port,
+                                      processes=args.workers, configure=configure_logs)
     server.serve(create_app(loaded), host=args.host, port=args.port, settings=loaded)
     return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        return max(1, int(text))
+    except ValueError:
+        return 1
+
+
+def _check_database(loaded: Settings) -> None:
+    """Open the database once (and migrate it) before starting several processes: one that
+    cannot be opened stops start-up with one line, not once per child."""
+    import asyncio
+
+    from receiver.storage import store_for
+
+    async def run() -> None:
+        async with store_for(loaded):
+            pass
+
+    asyncio.run(run())
 
 
 def _announce_admin(loaded: Settings, host: str, port: int) -> None:
@@ -151,7 +186,7 @@ def _announce_admin(loaded: Settings, host: str, port: int) -> None:
 
 
 def _load(args: argparse.Namespace, **extra: object) -> Settings:
-    from receiver import logs, settings
+    from receiver import settings
 
     loaded = settings.load(
         config_file=args.config,
@@ -162,9 +197,16 @@ def _load(args: argparse.Namespace, **extra: object) -> Settings:
             **extra,
         },
     )
+    configure_logs(loaded)
+    return loaded
+
+
+def configure_logs(loaded: Settings) -> None:
+    """The process's logging, as the settings say (also run first in each web process)."""
+    from receiver import logs
+
     logs.configure(fmt=loaded.log_format, level=loaded.log_level,
                    third_party_level=loaded.log_level_third_party, secrets=loaded.secrets())
-    return loaded
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -232,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parsed = build_parser().parse_args(args)
     try:
         code: int = parsed.run(parsed)
-    except (SettingsError, StoreError) as exc:
+    except ReceiverError as exc:
         print(f"sonic-receiver: error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     return code
