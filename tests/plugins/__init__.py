@@ -23,8 +23,12 @@ async def touch(event: Event, ctx: HandlerContext) -> None:
 
 async def effect_once(event: Event, ctx: HandlerContext) -> None:
     """An effect per task, written as a file named after it holding the job key. A second
-    job for the same task (a doubled effect) is written down in ``DOUBLED``."""
+    job for the same task (a doubled effect) is written down in ``DOUBLED``. With
+    ``options.hold_s``, the job takes that long first (a kill can land while it runs)."""
     folder = Path(str(ctx.options["dir"]))
+    hold_s = float(str(ctx.options.get("hold_s", 0)))
+    if hold_s > 0:
+        await asyncio.sleep(hold_s)
 
     def write() -> None:
         folder.mkdir(parents=True, exist_ok=True)
