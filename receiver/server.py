@@ -126,14 +126,16 @@ async def settle_failed_connections() -> None:
 
 @contextlib.asynccontextmanager
 async def running(app: Any, *, host: str = "127.0.0.1", port: int = 0,
-                  settings: Settings | None = None) -> AsyncIterator[str]:
+                  settings: Settings | None = None,
+                  sock: socket.socket | None = None) -> AsyncIterator[str]:
     """Serve ``app`` on loopback inside the running loop; yields its base URL.
 
-    ``port=0`` lets the OS pick a free port. The server (and the app's lifespan) is shut down
-    when the block exits. With ``settings``, its connection limits apply (see :func:`config`).
+    ``port=0`` lets the OS pick a free port; ``sock``, a listening socket made elsewhere, is
+    served instead of binding one. The server (and the app's lifespan) is shut down when the
+    block exits. With ``settings``, its connection limits apply (see :func:`config`).
     """
     server = _EmbeddedServer(config(app, host=host, port=port, settings=settings))
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=None if sock is None else [sock]))
     try:
         while not server.started:
             if task.done():

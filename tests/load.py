@@ -43,7 +43,8 @@ class Senders:
     """``count`` senders of ``tasks_each`` tasks each to ``url``, retrying every delivery until
     it is answered 200 (or ``deadline_s`` passes). With ``shuffle``, a task's deliveries come in
     either order; ``duplicates`` is the chance that a delivery is sent again once answered,
-    under its own id (a duplicate) or a new one (a provider's redelivery)."""
+    under its own id (a duplicate) or a new one (a provider's redelivery). Each sender pauses
+    ``pace_s`` after each answer, so that the load lasts long enough for things to happen."""
 
     url: str
     count: int
@@ -51,9 +52,12 @@ class Senders:
     shuffle: bool = False
     duplicates: float = 0.0
     deadline_s: float = 90.0
+    pace_s: float = 0.0
     seed: int = 0
     acked: set[str] = field(default_factory=set)  # delivery ids answered 200
     half_way: asyncio.Event = field(default_factory=asyncio.Event)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _finished: bool = False
 
     @property
     def tasks(self) -> list[str]:
@@ -66,8 +70,19 @@ class Senders:
 
     async def run(self) -> None:
         deadline = time.monotonic() + self.deadline_s
-        async with httpx.AsyncClient(timeout=5) as client:
-            await asyncio.gather(*(self._sender(client, s, deadline) for s in range(self.count)))
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                await asyncio.gather(
+                    *(self._sender(client, s, deadline) for s in range(self.count)))
+        finally:
+            self._finished = True
+            self._changed.set()
+
+    async def until_acked(self, count: int) -> None:
+        """Until ``count`` deliveries are acknowledged, or the senders are finished."""
+        while len(self.acked) < count and not self._finished:
+            self._changed.clear()
+            await self._changed.wait()
 
     async def _sender(self, client: httpx.AsyncClient, sender: int, deadline: float) -> None:
         rng = random.Random(self.seed * 1000 + sender)
@@ -78,12 +93,16 @@ class Senders:
             for delivery_id, body in batch:
                 if await self._deliver(client, delivery_id, body, deadline):
                     self.acked.add(delivery_id)
+                    self._changed.set()
+                if self.pace_s:
+                    await asyncio.sleep(self.pace_s)
                 if len(self.acked) >= self.expected // 2:
                     self.half_way.set()
                 if rng.random() < self.duplicates:
                     again = delivery_id if rng.random() < 0.5 else f"{delivery_id}-again"
                     if await self._deliver(client, again, body, deadline):
                         self.acked.add(again)
+                        self._changed.set()
 
     async def _deliver(self, client: httpx.AsyncClient, delivery_id: str, body: bytes,
                        deadline: float) -> bool:

@@ -117,3 +117,14 @@ def done_twice(logs: Iterable[Path]) -> list[str]:
     """Job keys logged ``job_done`` more than once across ``logs``: jobs run twice to done."""
     counts = Counter(str(e.get("job_key")) for e in log_events(logs, "job_done"))
     return sorted(key for key, n in counts.items() if n > 1)
+
+
+def wait_logged(log: Path, event: str, proc: subprocess.Popen[bytes],
+                timeout_s: float = 60) -> None:
+    """Until ``log`` holds a line of ``event`` (a worker's ``worker_started``: its signal
+    handlers are in place); fails with the log when the process exits first."""
+    deadline = time.monotonic() + timeout_s
+    while not log_events([log], event):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"no {event} in {log}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)

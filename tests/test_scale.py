@@ -1,0 +1,227 @@
+"""Several processes on one database: ``serve --workers N`` web processes and separate
+``worker`` processes, on PostgreSQL and on one SQLite file, killed with SIGKILL at random and
+restarted under retrying senders; and no delayed-ACK stall in whatever serves several
+processes (``TCP_NODELAY`` on every accepted connection, read back from the server's socket)."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import os
+import random
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from receiver.server import running
+from tests.load import Senders, Stored, check_effects, deliveries, effect_config, until_jobs_done
+from tests.processes import children, done_twice, serve, start_worker, wait_logged
+from tests.support import free_port, settings_for
+
+pytestmark = pytest.mark.slow
+
+SYS_PIDFD_GETFD = 438  # the same number on every architecture (new syscalls are unified)
+
+
+def _socket_inode(server_port: int, client_port: int) -> int | None:
+    """The inode of the server's end of the TCP connection ``client_port`` → ``server_port``."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], int(fields[9])
+            if (int(local.rsplit(":", 1)[1], 16) == server_port
+                    and int(remote.rsplit(":", 1)[1], 16) == client_port and inode):
+                return inode
+    return None
+
+
+def _fd_of(pid: int, inode: int) -> int | None:
+    for link in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(link) == f"socket:[{inode}]":
+                return int(link.name)
+        except OSError:
+            continue
+    return None
+
+
+def server_nodelay(pids: list[int], server_port: int, client_port: int) -> tuple[int, int]:
+    """``(pid, TCP_NODELAY)`` of the server's end of the connection from ``client_port``,
+    in whichever of ``pids`` holds it: its socket is duplicated into this process
+    (``pidfd_getfd``, or ``dup`` for our own) and asked."""
+    inode = _socket_inode(server_port, client_port)
+    assert inode is not None, "the connection is not in /proc/net/tcp"
+    for pid in pids:
+        fd = _fd_of(pid, inode)
+        if fd is None:
+            continue
+        if pid == os.getpid():
+            copy = os.dup(fd)
+        else:
+            libc = ctypes.CDLL(None, use_errno=True)
+            pidfd = os.pidfd_open(pid)
+            try:
+                copy = libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+            finally:
+                os.close(pidfd)
+            if copy < 0:
+                code = ctypes.get_errno()
+                if code in (errno.EPERM, errno.ENOSYS):
+                    pytest.skip(f"pidfd_getfd not allowed here: {os.strerror(code)}")
+                raise OSError(code, os.strerror(code))
+        with socket.socket(fileno=copy) as sock:
+            return pid, sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    raise AssertionError(f"no process of {pids} holds the connection from port {client_port}")
+
+
+def _request(sock: socket.socket, path: str = "/healthz") -> bytes:
+    """One request on a kept-alive connection; the whole answer (a small JSON body)."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data or not data.endswith(b"}"):
+        chunk = sock.recv(4096)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+@pytest.mark.anyio
+async def test_a_connection_accepted_from_a_socket_made_elsewhere_has_tcp_nodelay(
+    tmp_path: Path,
+) -> None:
+    """uvicorn --workers and gunicorn hand the server a socket made with socket.socket()
+    (protocol 0), for which asyncio leaves Nagle on: the receiver's protocol turns it off."""
+    from receiver.app import create_app
+
+    listener = socket.socket()  # as uvicorn's Config.bind_socket makes it: proto 0
+    listener.bind(("127.0.0.1", 0))
+    assert listener.proto == 0
+    settings = settings_for(tmp_path)
+    async with running(create_app(settings), settings=settings, sock=listener) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            answers = [await asyncio.to_thread(_request, client) for _ in range(3)]
+            assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers)
+            _, nodelay = server_nodelay([os.getpid()], port, client.getsockname()[1])
+    assert nodelay != 0
+
+
+def test_every_web_process_of_serve_workers_sets_tcp_nodelay(tmp_path: Path) -> None:
+    """Kept-alive connections to `serve --workers 2`, whichever process accepted them, have
+    TCP_NODELAY (else each answer waits ~40 ms for the client's delayed ACK)."""
+    port = free_port()
+    with serve(tmp_path / "r.db", port, tmp_path / "log", args=["--workers", "2"]) as web:
+        pids = children(web.pid)
+        assert len(pids) == 2
+        seen: dict[int, int] = {}
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
+        try:
+            for client in clients:
+                assert _request(client).startswith(b"HTTP/1.1 200 ")
+                assert _request(client).startswith(b"HTTP/1.1 200 ")  # kept alive
+                _, nodelay = server_nodelay(pids, port, client.getsockname()[1])
+                seen[client.getsockname()[1]] = nodelay
+        finally:
+            for client in clients:
+                client.close()
+    assert len(seen) == 8
+    assert set(seen.values()) == {1}
+
+
+# -- several web and worker processes, killed at random ----------------------------------------
+
+
+def _chaos(db: Path | str, tmp_path: Path, *, workers: int, senders: int, tasks_each: int,
+           kills: int, seed: int) -> None:
+    """``serve --workers 2`` (RECEIVER_WORKER=off) and ``workers`` worker processes on ``db``
+    under retrying senders with duplicates and reordering; ``kills`` times, once a further
+    share of the deliveries is acknowledged, one web or worker process picked at random is
+    killed with SIGKILL (the web ones are started again by serve, the workers by us). Then
+    every acknowledged delivery is stored, every task and clip succeeded, and every task's
+    job ran once to done, its effect written once."""
+    rng = random.Random(seed)
+    effects = tmp_path / "effects"
+    config = effect_config(tmp_path / "receiver.toml", effects, lease_s=2, hold_s=0.2)
+    port = free_port()
+    logs = [tmp_path / "web.log"]
+    pool: list[subprocess.Popen[bytes]] = []
+
+    log_of: dict[int, Path] = {}
+
+    def new_worker() -> subprocess.Popen[bytes]:
+        logs.append(tmp_path / f"worker-{len(logs)}.log")
+        proc = start_worker(db, logs[-1], config)
+        log_of[proc.pid] = logs[-1]
+        return proc
+
+    load = Senders(f"http://127.0.0.1:{port}/webhooks/sonic", senders, tasks_each,
+                   shuffle=True, duplicates=0.3, seed=seed, pace_s=0.03)
+    killed: list[str] = []
+
+    async def drive(web: subprocess.Popen[bytes]) -> Stored:
+        traffic = asyncio.create_task(load.run())
+        for k in range(1, kills + 1):
+            await load.until_acked(load.expected * k // (kills + 1))
+            if rng.random() < 0.5:
+                victim = rng.choice(children(web.pid))
+                os.kill(victim, signal.SIGKILL)
+                killed.append(f"web {victim}")
+            else:
+                index = rng.randrange(len(pool))
+                pool[index].kill()
+                await asyncio.to_thread(pool[index].wait)
+                killed.append(f"worker {pool[index].pid}")
+                pool[index] = new_worker()
+        await traffic
+        return await until_jobs_done(db, len(load.tasks), timeout_s=60)
+
+    with serve(db, port, logs[0], config=config, args=["--workers", "2"],
+               extra_env={"RECEIVER_WORKER": "off"}) as web:
+        started = children(web.pid)
+        pool.extend(new_worker() for _ in range(workers))
+        try:
+            final = asyncio.run(drive(web))
+            now = children(web.pid)
+            for proc in pool:  # a worker killed during its start-up has no SIGTERM handler yet
+                wait_logged(log_of[proc.pid], "worker_started", proc)
+        finally:
+            for proc in pool:
+                proc.terminate()
+            codes = [proc.wait(timeout=60) for proc in pool]
+
+    context = f"killed: {killed}; logs in {tmp_path}"
+    assert len(killed) == kills
+    assert codes == [0] * workers, context  # the live workers stopped cleanly
+    assert len(now) == 2, context
+    if any(k.startswith("web") for k in killed):
+        assert now != started, context  # the killed web processes were replaced
+    every = {d for task in load.tasks for d, _ in deliveries(task)}
+    assert every <= load.acked, f"not acknowledged in time: {sorted(every - load.acked)[:5]}"
+    assert load.acked <= final.deliveries, sorted(load.acked - final.deliveries)[:5]
+    assert final.tasks == dict.fromkeys(load.tasks, "succeeded"), context
+    assert set(final.clips.values()) == {"succeeded"}
+    assert len(final.clips) == 2 * len(load.tasks)
+    assert sorted(task for task, *_ in final.jobs) == sorted(load.tasks), context
+    assert {state for *_, state in final.jobs} == {"done"}, context
+    assert done_twice(logs) == [], context
+    check_effects(effects, load.tasks)
+
+
+def test_two_web_and_two_worker_processes_on_postgresql_killed_at_random(
+    pg_dsn: str, tmp_path: Path,
+) -> None:
+    _chaos(pg_dsn, tmp_path, workers=2, senders=6, tasks_each=8, kills=4, seed=9)
+
+
+def test_two_web_and_one_worker_process_on_one_sqlite_file_killed_at_random(
+    tmp_path: Path,
+) -> None:
+    _chaos(tmp_path / "r.db", tmp_path, workers=1, senders=4, tasks_each=5, kills=2, seed=12)
