@@ -37,6 +37,12 @@ class Transaction(Protocol):
 
     async def task_for_clips(self, clip_ids: Sequence[str]) -> str | None: ...
 
+    async def lock_task(self, task_id: str) -> None:
+        """Hold ``task_id`` until the transaction ends: another transaction recording the same
+        task (another web process) waits until this one commits, so that the task and clip
+        states read next are the latest, never a state a concurrent commit has moved on from."""
+        ...
+
     async def task_state(self, task_id: str) -> State | None: ...
 
     async def clip_states(self, task_id: str) -> Mapping[str, State]: ...
@@ -113,6 +119,7 @@ async def record(
             reason=reason,
         )
 
+    await tx.lock_task(task_id)
     task_before = await tx.task_state(task_id)
     reported = callback.reported_states()
     change = plan(

@@ -241,3 +241,59 @@ async def test_a_database_that_cannot_be_reached_is_one_line(tmp_path: Path) -> 
     assert "cannot open database postgresql://127.0.0.1:" in caught.value.message
     assert "secret" not in caught.value.message
     assert "\n" not in caught.value.message
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_two_processes_recording_one_task_at_once_never_move_it_back(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path,
+) -> None:
+    """Two stores on one database (two web processes): a task's streaming and completed
+    deliveries recorded side by side end with the task and its clips succeeded, one job."""
+    tasks = [f"race-{n}" for n in range(40)]
+
+    def streaming(task: str) -> bytes:
+        return callback(task, [clip(f"{task}-a", "running"), clip(f"{task}-b", "running")])
+
+    def completed(task: str) -> bytes:
+        return callback(task, [clip(f"{task}-a", "succeeded"), clip(f"{task}-b", "succeeded")])
+
+    async with backend_store(kind, request, tmp_path) as one, \
+            backend_store(kind, request, tmp_path) as two:
+        for task in tasks:
+            results = await asyncio.gather(
+                one.record_delivery(delivery(f"{task}-s", streaming(task)), router=ROUTER),
+                two.record_delivery(delivery(f"{task}-c", completed(task)), router=ROUTER),
+                return_exceptions=True)
+            for failed in (r for r in results if isinstance(r, BaseException)):
+                assert isinstance(failed, StoreError), failed  # a conflict: the sender retries
+        for task in tasks:  # what a retrying sender would resend after a conflict
+            await one.record_delivery(delivery(f"{task}-s", streaming(task)), router=ROUTER)
+            await two.record_delivery(delivery(f"{task}-c", completed(task)), router=ROUTER)
+        views = [await one.get_task(task) for task in tasks]
+        jobs = await one.list_jobs()
+    backwards = [(v.task.task_id, v.task.state) for v in views
+                 if v is not None and v.task.state is not State.SUCCEEDED]
+    assert backwards == []
+    clips = {c.state for v in views if v is not None for c in v.clips}
+    assert clips == {State.SUCCEEDED}
+    assert sorted(j.task_id for j in jobs) == sorted(tasks)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_a_task_registered_while_its_webhook_is_recorded_elsewhere_gets_its_job(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path,
+) -> None:
+    """POST /tasks in one web process registers the task's type while its webhook is recorded
+    in another: a route on that type plans the job either way, once."""
+    typed = Router([Route(name="r", on=frozenset({"task.succeeded"}),
+                          handlers=(HandlerRef(name="h"),),
+                          task_types=frozenset({"create_music"}))])
+    tasks = [f"reg-{n}" for n in range(40)]
+    async with backend_store(kind, request, tmp_path) as one, \
+            backend_store(kind, request, tmp_path) as two:
+        for task in tasks:
+            await asyncio.gather(
+                one.register_task(task, task_type="create_music", now=1000.0, router=typed),
+                two.record_delivery(delivery(f"{task}-c", done(task)), router=typed))
+        jobs = await one.list_jobs()
+    assert sorted(j.task_id for j in jobs) == sorted(tasks)

@@ -495,7 +495,9 @@ async def _register(
     router: Router | None,
 ) -> None:
     """Upsert a task we created (type, parent) and catch up on the jobs its recorded
-    transitions owe: its webhook may have come before the create call returned."""
+    transitions owe: its webhook may have come before the create call returned. (When it is
+    being recorded right now in another process, the two upserts of the task row make one
+    transaction wait for the other's commit, so one of them sees the other's writes.)"""
     await tx.run(Q.REGISTER_TASK, {"task_id": task_id, "at": at, "task_type": task_type,
                                    "parent": parent})
     earlier = await tx.rows(Q.TASK_TRANSITIONS, {"task_id": task_id})
@@ -529,6 +531,9 @@ class RecordingTx:
             return None
         row = await self.tx.one(Q.TASK_FOR_CLIPS, {"clip_ids": json.dumps(list(clip_ids))})
         return str(row[0]) if row is not None else None
+
+    async def lock_task(self, task_id: str) -> None:
+        await self.tx.one(Q.LOCK_TASK, {"task_id": task_id})
 
     async def task_state(self, task_id: str) -> State | None:
         row = await self.tx.one(Q.TASK_STATE, {"task_id": task_id})
