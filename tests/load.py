@@ -43,7 +43,9 @@ class Senders:
     """``count`` senders of ``tasks_each`` tasks each to ``url``, retrying every delivery until
     it is answered 200 (or ``deadline_s`` passes). With ``shuffle``, a task's deliveries come in
     either order; ``duplicates`` is the chance that a delivery is sent again once answered,
-    under its own id (a duplicate) or a new one (a provider's redelivery). Each sender pauses
+    under its own id (a duplicate) or a new one (a provider's redelivery); ``overlap`` is the
+    chance that all of a task's deliveries are sent at once, as a provider's retries and next
+    event overlap (on several web processes they are recorded side by side). Each sender pauses
     ``pace_s`` after each answer, so that the load lasts long enough for things to happen."""
 
     url: str
@@ -51,6 +53,7 @@ class Senders:
     tasks_each: int
     shuffle: bool = False
     duplicates: float = 0.0
+    overlap: float = 0.0
     deadline_s: float = 90.0
     pace_s: float = 0.0
     seed: int = 0
@@ -90,19 +93,25 @@ class Senders:
             batch = deliveries(f"task-{sender}-{n}")
             if self.shuffle:
                 rng.shuffle(batch)
-            for delivery_id, body in batch:
-                if await self._deliver(client, delivery_id, body, deadline):
-                    self.acked.add(delivery_id)
-                    self._changed.set()
-                if self.pace_s:
-                    await asyncio.sleep(self.pace_s)
-                if len(self.acked) >= self.expected // 2:
-                    self.half_way.set()
+            for delivery_id, body in list(batch):
                 if rng.random() < self.duplicates:
                     again = delivery_id if rng.random() < 0.5 else f"{delivery_id}-again"
-                    if await self._deliver(client, again, body, deadline):
-                        self.acked.add(again)
-                        self._changed.set()
+                    batch.append((again, body))
+            if rng.random() < self.overlap:
+                await asyncio.gather(*(self._send(client, d, b, deadline) for d, b in batch))
+            else:
+                for delivery_id, body in batch:
+                    await self._send(client, delivery_id, body, deadline)
+
+    async def _send(self, client: httpx.AsyncClient, delivery_id: str, body: bytes,
+                    deadline: float) -> None:
+        if await self._deliver(client, delivery_id, body, deadline):
+            self.acked.add(delivery_id)
+            self._changed.set()
+            if len(self.acked) >= self.expected // 2:
+                self.half_way.set()
+        if self.pace_s:
+            await asyncio.sleep(self.pace_s)
 
     async def _deliver(self, client: httpx.AsyncClient, delivery_id: str, body: bytes,
                        deadline: float) -> bool:

@@ -163,7 +163,7 @@ def _chaos(db: Path | str, tmp_path: Path, *, workers: int, senders: int, tasks_
         return proc
 
     load = Senders(f"http://127.0.0.1:{port}/webhooks/sonic", senders, tasks_each,
-                   shuffle=True, duplicates=0.3, seed=seed, pace_s=0.03)
+                   shuffle=True, duplicates=0.3, overlap=0.6, seed=seed, pace_s=0.03)
     killed: list[str] = []
 
     async def drive(web: subprocess.Popen[bytes]) -> Stored:
