@@ -297,3 +297,23 @@ async def test_a_task_registered_while_its_webhook_is_recorded_elsewhere_gets_it
                 two.record_delivery(delivery(f"{task}-c", done(task)), router=typed))
         jobs = await one.list_jobs()
     assert sorted(j.task_id for j in jobs) == sorted(tasks)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_a_worker_elsewhere_is_woken_by_jobs_written_not_by_its_poll(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path,
+) -> None:
+    """wait_for_jobs in one process returns when another commits jobs (PostgreSQL's NOTIFY,
+    SQLite's data_version), long before the wait it was given runs out."""
+    async with backend_store(kind, request, tmp_path) as worker, \
+            backend_store(kind, request, tmp_path) as web:
+        await worker.wait_for_jobs(0)  # listening from here on
+        waiting = asyncio.create_task(worker.wait_for_jobs(600))
+        for n in range(100):  # a write each 0.1 s until it wakes: none can be missed for long
+            await web.record_delivery(delivery(f"wake-{n}", done(f"wake-{n}")), router=ROUTER)
+            done_now, _ = await asyncio.wait([waiting], timeout=0.1)
+            if done_now:
+                break
+        woken = waiting.done()
+        waiting.cancel()
+    assert woken, "still waiting after 100 commits of new jobs"
