@@ -1,6 +1,7 @@
 """``download_audio``: keep a succeeded task's media before its CDN links expire.
 
-For every succeeded clip of the task it writes, under the media folder::
+For every succeeded clip of the task it keeps, in the media store (``RECEIVER_MEDIA``: the
+local folder, or an object store; :mod:`receiver.media`)::
 
     {media_dir}/{task_id}/{clip_id}.{mp3|wav|m4a|ogg|flac}   the audio (always)
     {media_dir}/{task_id}/{clip_id}.{png|jpg|webp}           the cover (``image = true``)
@@ -14,9 +15,16 @@ response's content type only, never from a title or a server-provided name; ids 
 to safe path components. MP3 and WAV files are tagged (ID3: title, lyrics as USLT, tags as
 genre) before they are hashed and renamed, so the recorded sha256 is that of the final bytes.
 
-It is idempotent: a file already recorded whose bytes on disk still match its size and sha256
-is skipped, a download cut short resumes from its ``.part`` on the next attempt, and a file
-stands under its final name only once complete. Downloads follow :mod:`receiver.fetching`'s
+It is idempotent: a file already recorded whose kept bytes still match its size and sha256 is
+skipped (an object store's sha256 is its metadata, written by the upload that verified it), a
+download cut short resumes from its ``.part`` on the next attempt, and a file stands under its
+final name only once complete. Files are put together in the store's staging folder (the
+media folder itself when it is local, so the ``.part`` and the rename are today's), then kept:
+in place locally; by a multipart upload, checked against the sha256, to an object store.
+``files.path`` records the local path or the object's URL. Leftover temporaries of a process
+killed while writing (``.<clip>.<kind>.part.meta.*.tmp``, ``.<clip>.json.*.tmp``) are removed
+under the clip's lock, which every writer of them holds. A media folder or bucket that refuses
+writes ends the job at once. Downloads follow :mod:`receiver.fetching`'s
 network policy (the config's ``[network]`` table).
 
 Options (all optional)::
@@ -36,11 +44,12 @@ backoff. One clip's failure does not stop the others from being downloaded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,12 +66,11 @@ from receiver.fetching import (
     FetchFailed,
     NetPolicy,
     download,
-    file_digest,
     locked,
     safe_url,
-    write_atomic,
 )
 from receiver.jobs import PermanentError
+from receiver.media import MediaError, MediaRefused, MediaStore
 from receiver.models import Clip, StoredFile
 from receiver.states import State
 
@@ -149,7 +157,7 @@ class Options:
 class _Failure:
     clip_id: str
     kind: str
-    error: FetchError
+    error: FetchError | MediaError
 
 
 async def handle(event: Event, ctx: HandlerContext) -> None:
@@ -159,8 +167,13 @@ async def handle(event: Event, ctx: HandlerContext) -> None:
         policy = NetPolicy.from_config(ctx.config)
     except SettingsError as exc:
         raise PermanentError(exc.message) from exc
+    try:
+        store = ctx.media
+    except MediaError as exc:
+        raise PermanentError(exc.message) from exc
     view = await ctx.task()
-    folder = contained(ctx.media_dir, safe_component(view.task.task_id))
+    prefix = safe_component(view.task.task_id)
+    folder = contained(store.staging, prefix)
     failures: list[_Failure] = []
     for clip in view.clips:
         if clip.state is not State.SUCCEEDED:
@@ -177,14 +190,21 @@ async def handle(event: Event, ctx: HandlerContext) -> None:
                     ctx.log.info("file_unavailable", clip_id=clip.clip_id, kind=kind)
                 continue
             try:
-                files[kind] = await _keep(ctx, clip, kind, url, folder=folder, stem=stem,
-                                          options=options, policy=policy)
-            except FetchError as exc:
+                files[kind] = await _keep(ctx, store, clip, kind, url, folder=folder,
+                                          prefix=prefix, stem=stem, options=options,
+                                          policy=policy)
+            except (FetchError, MediaError) as exc:
                 ctx.log.warning("file_failed", clip_id=clip.clip_id, kind=kind,
                                 url=safe_url(url), error=exc.message, permanent=exc.permanent)
                 failures.append(_Failure(clip_id=clip.clip_id, kind=kind, error=exc))
         if "audio" in files:  # describes what is kept; rewritten when more is kept later
-            await _keep_sidecar(ctx, clip, files, folder=folder, stem=stem)
+            try:
+                await _keep_sidecar(ctx, store, clip, files, folder=folder, prefix=prefix,
+                                    stem=stem)
+            except MediaError as exc:
+                ctx.log.warning("file_failed", clip_id=clip.clip_id, kind=SIDECAR,
+                                error=exc.message, permanent=exc.permanent)
+                failures.append(_Failure(clip_id=clip.clip_id, kind=SIDECAR, error=exc))
     _raise_for(failures)
 
 
@@ -199,14 +219,27 @@ def _raise_for(failures: list[_Failure]) -> None:
     raise DownloadIncomplete(summary) from retryable
 
 
+@contextlib.asynccontextmanager
+async def _writing(folder: Path) -> AsyncIterator[None]:
+    """A folder the receiver may not write in is a setting to fix, not a fault to retry."""
+    try:
+        yield
+    except PermissionError as exc:
+        raise MediaRefused(f"cannot write in {folder}: {exc.strerror}") from exc
+
+
 async def _keep(
-    ctx: HandlerContext, clip: Clip, kind: str, url: str, *, folder: Path, stem: str,
-    options: Options, policy: NetPolicy,
+    ctx: HandlerContext, store: MediaStore, clip: Clip, kind: str, url: str, *, folder: Path,
+    prefix: str, stem: str, options: Options, policy: NetPolicy,
 ) -> StoredFile:
-    """The recorded file of ``(clip, kind)``: the one already there if its bytes still match,
-    else a new download."""
-    async with locked(folder / f".{stem}.{kind}.lock", wait_s=options.timeout_s):
-        done = await _recorded(ctx, clip.clip_id, kind)
+    """The recorded file of ``(clip, kind)``: the one already kept if its bytes still match,
+    else a new download, staged in ``folder`` and kept under ``prefix/<stem>.<ext>``."""
+    async with _writing(folder), locked(folder / f".{stem}.{kind}.lock",
+                                        wait_s=options.timeout_s):
+        # What a process killed while writing the part's metadata left (only this lock's
+        # holder writes these, so none of them is in use).
+        await asyncio.to_thread(sweep, folder, f".{stem}.{kind}.part.meta.*.tmp")
+        done = await _recorded(ctx, store, clip.clip_id, kind)
         if done is not None:
             ctx.log.info("file_skipped", clip_id=clip.clip_id, kind=kind, path=done.path)
             return done
@@ -217,47 +250,66 @@ async def _keep(
             suffix_for=functools.partial(extension_for, kind),
             prepare=functools.partial(_tag, clip, ctx.log) if kind == "audio" else None,
         )
-        await ctx.record_file(clip_id=clip.clip_id, kind=kind, path=got.path, size=got.size,
-                              sha256=got.sha256, url=url, content_type=got.content_type)
-        ctx.log.info("file_downloaded", clip_id=clip.clip_id, kind=kind, path=str(got.path),
+        stored = await store.keep(f"{prefix}/{got.path.name}", got.path,
+                                  content_type=got.content_type, sha256=got.sha256)
+        await ctx.record_file(clip_id=clip.clip_id, kind=kind, path=stored.recorded,
+                              size=got.size, sha256=got.sha256, url=url,
+                              content_type=got.content_type)
+        ctx.log.info("file_downloaded", clip_id=clip.clip_id, kind=kind, path=stored.recorded,
                      size=got.size, sha256=got.sha256, content_type=got.content_type,
                      resumed_from=got.resumed_from)
-        done = await _recorded(ctx, clip.clip_id, kind, verify=False)
+        done = await _recorded(ctx, store, clip.clip_id, kind, verify=False)
         if done is None:  # pragma: no cover - the store lost what it just recorded
             raise FetchFailed(f"{got.path.name} was not recorded")
         return done
 
 
-async def _recorded(ctx: HandlerContext, clip_id: str, kind: str, *, verify: bool = True,
-                    ) -> StoredFile | None:
-    """The record of ``(clip_id, kind)`` if there is one and (``verify``) the file on disk
-    still has its size and sha256."""
+async def _recorded(ctx: HandlerContext, store: MediaStore, clip_id: str, kind: str, *,
+                    verify: bool = True) -> StoredFile | None:
+    """The record of ``(clip_id, kind)`` if there is one and (``verify``) the media store
+    still holds it with its size and sha256."""
     found = next((f for f in await ctx.files() if f.clip_id == clip_id and f.kind == kind),
                  None)
     if found is None or not verify:
         return found
-    on_disk = await asyncio.to_thread(file_digest, Path(found.path))
-    if on_disk != (found.size, found.sha256):
+    key = store.key_of(found.path)
+    if key is None:  # kept in another store before RECEIVER_MEDIA changed: keep it here too
+        ctx.log.info("file_elsewhere", clip_id=clip_id, kind=kind, path=found.path)
+        return None
+    held = await store.head(key)
+    if held is None or (held.size, held.sha256) != (found.size, found.sha256):
         ctx.log.info("file_changed", clip_id=clip_id, kind=kind, path=found.path,
-                     missing=on_disk is None)
+                     missing=held is None)
         return None
     return found
 
 
-async def _keep_sidecar(ctx: HandlerContext, clip: Clip, files: Mapping[str, StoredFile], *,
-                        folder: Path, stem: str) -> None:
+async def _keep_sidecar(ctx: HandlerContext, store: MediaStore, clip: Clip,
+                        files: Mapping[str, StoredFile], *, folder: Path, prefix: str,
+                        stem: str) -> None:
     data = sidecar(clip, files)
     sha256 = hashlib.sha256(data).hexdigest()
-    async with locked(folder / f".{stem}.{SIDECAR}.lock"):
-        done = await _recorded(ctx, clip.clip_id, SIDECAR)
+    async with _writing(folder), locked(folder / f".{stem}.{SIDECAR}.lock"):
+        await asyncio.to_thread(sweep, folder, f".{stem}.json.*.tmp")
+        done = await _recorded(ctx, store, clip.clip_id, SIDECAR)
         if done is not None and done.sha256 == sha256:
             ctx.log.info("file_skipped", clip_id=clip.clip_id, kind=SIDECAR, path=done.path)
             return
-        path = folder / f"{stem}.json"
-        size, _ = await asyncio.to_thread(write_atomic, path, data)
-        await ctx.record_file(clip_id=clip.clip_id, kind=SIDECAR, path=path, size=size,
-                              sha256=sha256, url=None, content_type="application/json")
-    ctx.log.info("sidecar_written", clip_id=clip.clip_id, path=str(path), sha256=sha256)
+        stored = await store.put_bytes(f"{prefix}/{stem}.json", data,
+                                       content_type="application/json")
+        await ctx.record_file(clip_id=clip.clip_id, kind=SIDECAR, path=stored.recorded,
+                              size=stored.size, sha256=sha256, url=None,
+                              content_type="application/json")
+    ctx.log.info("sidecar_written", clip_id=clip.clip_id, path=stored.recorded, sha256=sha256)
+
+
+def sweep(folder: Path, pattern: str) -> int:
+    """Remove the leftovers matching ``pattern`` in ``folder``; how many there were."""
+    removed = 0
+    for leftover in folder.glob(pattern):
+        leftover.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def sidecar(clip: Clip, files: Mapping[str, StoredFile]) -> bytes:

@@ -4,12 +4,15 @@ Every I/O edge comes in through the factory: what is not passed is built (and cl
 app's lifespan, what is passed belongs to the caller. Nothing happens at import.
 
 Routes: ``POST /webhooks/sonic`` (:mod:`receiver.webhook`), ``POST /tasks``
-(:mod:`receiver.creation`), ``GET /tasks/{task_id}``,
-``GET /jobs?state=dead``, ``GET /healthz`` (alive) and ``GET /readyz`` (the database takes a
-write). Everything but the webhook and the probes is the admin surface: one ``Mount`` behind
-:class:`receiver.auth.AdminAuth` (a Bearer token, or an explicit opt-out); the probes stay open
-so that orchestrators can call them. Request bodies are read under
-:class:`receiver.connections.BodyTimeout`.
+(:mod:`receiver.creation`), ``GET /files/{task_id}/{clip_id}/{kind}`` (a kept file: Range from
+a local folder, a presigned redirect from an object store), ``GET /healthz`` (alive) and
+``GET /readyz`` (the database takes a write), and the operator's console
+(:mod:`receiver.console`: the read API, its actions, ``/metrics``, ``/openapi.json`` and the
+dashboard at ``/ui``). Everything but the webhook and the probes is the admin surface: one
+``Mount`` behind :class:`receiver.console.session.ConsoleAuth` (:class:`receiver.auth.AdminAuth`
+extended with the dashboard's session: a Bearer token, the session cookie, or an explicit
+opt-out); the probes stay open so that orchestrators can call them. Request bodies are read
+under :class:`receiver.connections.BodyTimeout`.
 
 Handlers are loaded and routes checked here, in the factory, so that a route naming an unknown
 handler stops start-up before the server binds. With ``RECEIVER_WORKER=inprocess`` (the
@@ -21,23 +24,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import structlog
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from receiver.auth import AdminAuth
+from receiver import metrics
 from receiver.clock import Clock, SystemClock
 from receiver.connections import BodyTimeout
+from receiver.console import console_routes
+from receiver.console.session import ConsoleAuth, Sessions
 from receiver.creation import create_task
 from receiver.errors import BodyTooLarge, StoreError
-from receiver.jobs import Job, JobState
+from receiver.jobs import Job
+from receiver.media import file_response, open_media
 from receiver.models import ChildTask, Clip, Result, StoredFile, Task, TaskView, Transition
 from receiver.registry import Registry, load_registry
 from receiver.replay import reconcile_every
@@ -148,20 +156,18 @@ def create_app(
             return JSONResponse({"error": "method_not_allowed"}, 405, headers={"Allow": "POST"})
         if endpoint is None:
             return JSONResponse({"error": "store_unavailable"}, 503)
-        return await endpoint(request)
+        started = time.perf_counter()
+        response = await endpoint(request)
+        metrics.observe_ingest(time.perf_counter() - started, response.status_code)
+        return response
 
-    async def get_task(request: Request) -> JSONResponse:
-        store = current().store
-        task_id = request.path_params["task_id"]
-        view = await store.get_task(task_id)
-        if view is None:
-            return JSONResponse({"error": "task_not_found"}, 404)
-        body = task_view_json(view)
-        body["jobs"] = [job_json(j) for j in await store.list_jobs(task_id=task_id)]
-        body["files"] = [file_json(f) for f in await store.list_files(task_id)]
-        body["children"] = [child_json(c) for c in await store.list_children(task_id)]
-        body["results"] = [result_json(r) for r in await store.list_results(task_id)]
-        return JSONResponse(body)
+    async def get_file(request: Request) -> Response:
+        p = request.path_params
+        found = next((f for f in await current().store.list_files(p["task_id"])
+                      if f.clip_id == p["clip_id"] and f.kind == p["kind"]), None)
+        if found is None:
+            return JSONResponse({"error": "file_not_found"}, 404)
+        return await file_response(open_media(settings), found, request)
 
     async def post_task(request: Request) -> JSONResponse:
         try:
@@ -169,18 +175,6 @@ def create_app(
         except BodyTooLarge as exc:
             return JSONResponse({"error": "body_too_large", "limit": exc.limit}, 413)
         return await create_task(current(), body)
-
-    async def list_jobs(request: Request) -> JSONResponse:
-        state_name = request.query_params.get("state")
-        try:
-            state = JobState(state_name) if state_name else None
-        except ValueError:
-            choices = ", ".join(s.value for s in JobState)
-            return JSONResponse({"error": f"state must be one of {choices}"}, 400)
-        jobs = await current().store.list_jobs(
-            state=state, task_id=request.query_params.get("task_id")
-        )
-        return JSONResponse({"jobs": [job_json(j) for j in jobs]})
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -195,22 +189,28 @@ def create_app(
 
     admin = [
         Route("/tasks", post_task, methods=["POST"]),
-        Route("/tasks/{task_id:str}", get_task, methods=["GET"]),
-        Route("/jobs", list_jobs, methods=["GET"]),
+        Route("/files/{task_id:str}/{clip_id:str}/{kind:str}", get_file, methods=["GET"]),
+        # the operator's console: read API, actions, /metrics, /openapi.json and /ui
+        *console_routes(),
     ]
-    return Starlette(
+    sessions = Sessions(settings.admin_token, open_key=next(iter(settings.webhook_secrets), None))
+    app = Starlette(
         routes=[
             # Every method, so that a GET is told 405 here rather than taken by the admin Mount.
-            Route("/webhooks/sonic", webhook,
+            Route("/webhooks/sonic", webhook, name="webhook",
                   methods=["POST", "GET", "PUT", "PATCH", "DELETE", "OPTIONS"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             # Everything else, unknown paths included, is the admin surface.
-            Mount("", routes=admin, middleware=[Middleware(AdminAuth, settings=settings)]),
+            Mount("", routes=admin, middleware=[
+                Middleware(ConsoleAuth, settings=settings, sessions=sessions)]),
         ],
         middleware=[Middleware(BodyTimeout, timeout_s=settings.body_timeout_s)],
+        exception_handlers={404: _http_error, 405: _http_error},
         lifespan=lifespan,
     )
+    app.state.console_sessions = sessions
+    return app
 
 
 async def prune_every(
@@ -223,6 +223,14 @@ async def prune_every(
             await store.prune(older_than_s=older_than_s, keep_ids_s=keep_ids_s)
         except StoreError as exc:
             log.error("prune_failed", error=exc.message)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods answer JSON, like every other error of the API."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    name = {404: "not_found", 405: "method_not_allowed"}.get(status, "error")
+    headers = getattr(exc, "headers", None)
+    return JSONResponse({"error": name}, status, headers=headers)
 
 
 def task_view_json(view: TaskView) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 The rule lives in :func:`authorized`; :class:`AdminAuth` is the one ASGI middleware that applies
 it, on the ``Mount`` of the admin routes (see :mod:`receiver.app`), so no endpoint repeats a
-check. A console (a dashboard with a cookie login) extends :func:`authorized` with its own
-credential and mounts its routes behind the same middleware.
+check. A console (a dashboard with a cookie login) passes its own ``check`` (one that accepts
+its session cookie, then falls back to :func:`authorized`) and mounts its routes behind the
+same middleware.
 
 Secure by default: with no ``RECEIVER_ADMIN_TOKEN``, the admin surface answers 403 with how to
 configure it, unless the operator opted out with ``--insecure-open-admin``
@@ -14,6 +15,7 @@ configure it, unless the operator opted out with ``--insecure-open-admin``
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
@@ -27,6 +29,8 @@ NOT_CONFIGURED = (
     "(RECEIVER_INSECURE_OPEN_ADMIN=1) to open it to anyone who reaches the port"
 )
 UNAUTHORIZED = "this route needs 'Authorization: Bearer <admin token>'"
+
+Check = Callable[[HTTPConnection, Settings], bool]
 
 
 def bearer_token(conn: HTTPConnection) -> str | None:
@@ -53,19 +57,20 @@ def authorized(conn: HTTPConnection, settings: Settings) -> bool:
 
 
 class AdminAuth:
-    """ASGI middleware: pass authorized requests on, answer the rest with a JSON error
-    (403 when no token is configured at all, 401 otherwise)."""
+    """ASGI middleware: pass the requests ``check`` accepts on, answer the rest with a JSON
+    error (403 when no token is configured at all, 401 otherwise)."""
 
-    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, *, settings: Settings, check: Check = authorized) -> None:
         self.app = app
         self.settings = settings
+        self.check = check
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         conn = HTTPConnection(scope)
-        if authorized(conn, self.settings):
+        if self.check(conn, self.settings):
             await self.app(scope, receive, send)
             return
         if self.settings.admin_token is None:

@@ -177,7 +177,8 @@ def _announce_admin(loaded: Settings, host: str, port: int) -> None:
 
     shown = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
     line = how_to_use(loaded, f"http://{f'[{shown}]' if ':' in shown else shown}:{port}")
-    structlog.get_logger("receiver.cli").info(
+    log = structlog.get_logger("receiver.cli")
+    (log.warning if loaded.admin_open else log.info)(
         "admin_api", token=loaded.admin_token_source if loaded.admin_token else None,
         open=loaded.admin_open, how=line,
     )

@@ -20,6 +20,7 @@ import structlog
 
 from receiver.clock import Clock
 from receiver.jobs import Job, PermanentError
+from receiver.media import MediaStore, open_media
 from receiver.models import ChildState, ChildTask, Result, StoredFile, TaskView
 from receiver.routing import Router
 from receiver.settings import Settings
@@ -59,6 +60,11 @@ class HandlerContext:
         return self.settings.media_dir
 
     @property
+    def media(self) -> MediaStore:
+        """Where files are kept: the local folder or the object store of ``RECEIVER_MEDIA``."""
+        return open_media(self.settings)
+
+    @property
     def config(self) -> Mapping[str, Any]:
         """The whole parsed config file (for handlers with settings of their own)."""
         return self.settings.config
@@ -78,7 +84,7 @@ class HandlerContext:
         *,
         clip_id: str,
         kind: str,
-        path: Path,
+        path: Path | str,
         size: int,
         sha256: str,
         url: str | None,

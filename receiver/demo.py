@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import os
 import secrets
 import shutil
@@ -24,6 +26,7 @@ import signal
 import socket
 import sys
 import time
+import wave
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -39,6 +42,7 @@ from starlette.routing import Route
 from receiver.server import running
 
 API_KEY = "demo-key"
+CONTINUE_AT = -8  # the extension continues the song 8 s before its end
 CREDITS = 100
 SONG = {
     "task_type": "create_music",
@@ -83,7 +87,7 @@ budget_credits = 60
 name = "extend"
 task_type = "create_music"
 action = "extend"
-continue_at = -8
+continue_at = {continue_at}
 request = {{ prompt = "[Bridge]\\nFollow the light home\\n[Outro]\\nGoodnight" }}
 
 [[follow_up.rules]]
@@ -176,7 +180,8 @@ def prepare(workdir: Path, sink_port: int) -> None:
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    (workdir / "receiver.toml").write_text(CONFIG.format(sink=sink_port))
+    (workdir / "receiver.toml").write_text(CONFIG.format(sink=sink_port,
+                                                          continue_at=CONTINUE_AT))
 
 
 @dataclass(frozen=True)
@@ -189,7 +194,29 @@ class Deployment:
     separate_worker: bool = False
 
 
-async def run(workdir: Path, limit_s: float, sink_port: int,
+def console_hint(receiver_url: str, token_file: Path, task_id: str) -> str:
+    """How to open the operator's console on what the demo made."""
+    return (
+        f"\nconsole: {receiver_url}/ui/tasks/{task_id}  (the last song of the chain)\n"
+        f"  log in with the admin token: cat {token_file}\n"
+        f"  overview {receiver_url}/ui · API {receiver_url}/openapi.json · "
+        f"metrics {receiver_url}/metrics (Bearer token)"
+    )
+
+
+async def serve_until_stopped() -> None:
+    """``--stay``: keep the receiver and the sandbox up until Ctrl-C or SIGTERM."""
+    print("serving until Ctrl-C (--stay)", flush=True)
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stopped.set)
+    try:
+        await stopped.wait()
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def run(workdir: Path, limit_s: float, sink_port: int, *, stay: bool = False,
               deployment: Deployment = Deployment()) -> int:
     start = time.monotonic()
     sandbox_port, receiver_port = free_port(), free_port()
@@ -203,6 +230,9 @@ async def run(workdir: Path, limit_s: float, sink_port: int,
         "SONIC_WEBHOOK_SECRET": secrets.token_urlsafe(24),
         "RECEIVER_DB": deployment.db or str(workdir / "receiver.db"),
         "RECEIVER_MEDIA_DIR": str(workdir / "media"),
+        # RECEIVER_MEDIA=s3://bucket/prefix (with the AWS_* variables) keeps the songs there
+        **({"RECEIVER_MEDIA": os.environ["RECEIVER_MEDIA"]}
+           if os.environ.get("RECEIVER_MEDIA") else {}),
         "RECEIVER_PUBLIC_URL": receiver_url,
         "RECEIVER_CONFIG": str(workdir / "receiver.toml"),
         "RECEIVER_ADMIN_TOKEN_FILE": str(token_file),
@@ -248,13 +278,17 @@ async def run(workdir: Path, limit_s: float, sink_port: int,
             dropped = (await http.get(f"{sandbox_url}/_sandbox/deliveries",
                                       params={"outcome": "dropped"})).json()["deliveries"]
             recovered = _recovered(progress, root)
+            heard = await measure(http, receiver_url, progress)
             summarise(progress, workdir, CREDITS - int(keys[API_KEY]["credits"]), notes,
-                      dropped, recovered)
-            if ok and recovered and dropped:
-                say(start, "the loop closed: done")
-                return 0
-            say(start, "the loop did not close in time: see the logs")
-            return 1
+                      dropped, recovered, heard)
+            closed = bool(ok and recovered and dropped)
+            say(start, "the loop closed: done" if closed
+                else "the loop did not close in time: see the logs")
+            last = list(progress.views)[-1] if progress.views else root
+            print(console_hint(receiver_url, token_file, last), flush=True)
+            if stay:
+                await serve_until_stopped()
+            return 0 if closed else 1
     finally:
         if worker is not None:
             await stop(worker)
@@ -319,24 +353,51 @@ def _recovered(progress: Progress, root: str) -> bool:
                for t in view.get("transitions", []) if t["entity"] == "task")
 
 
+async def measure(http: httpx.AsyncClient, url: str, progress: Progress) -> dict[str, float]:
+    """How long each kept audio file really plays, by clip id: read back through the
+    receiver's own file route (a local file, or a presigned redirect to the object store)."""
+    heard: dict[str, float] = {}
+    for view in progress.views.values():
+        for f in view["files"]:
+            if f["kind"] != "audio" or f["content_type"] != "audio/wav":
+                continue
+            got = await http.get(f"{url}/files/{view['task']['task_id']}/{f['clip_id']}/audio",
+                                 follow_redirects=True)
+            if got.status_code == 200:
+                with contextlib.suppress(wave.Error, EOFError), wave.open(
+                        io.BytesIO(got.content)) as audio:
+                    heard[f["clip_id"]] = audio.getnframes() / audio.getframerate()
+    return heard
+
+
 def summarise(progress: Progress, workdir: Path, spent: int, notes: list[dict[str, Any]],
-              dropped: list[dict[str, Any]], recovered: bool) -> None:
+              dropped: list[dict[str, Any]], recovered: bool,
+              heard: dict[str, float] | None = None) -> None:
+    heard = heard or {}
     print("\nsummary", flush=True)
-    print(f"  {'task':<10} {'type':<13} {'clip':<10} {'kind':<6} {'bytes':>9} {'seconds':>8}")
+    print(f"  {'task':<10} {'type':<13} {'clip':<10} {'kind':<6} {'bytes':>9} {'seconds':>8} "
+          f"{'heard':>8}")
     durations: dict[str, float | None] = {}
+    kept: list[tuple[str, int]] = []
     for view in progress.views.values():
         for c in view["clips"]:
-            durations[c["clip_id"]] = c["duration"]
+            durations[c["clip_id"]] = _seconds(c["duration"])
         for f in view["files"]:
+            kept.append((f["path"], f["size"]))
             if f["kind"] == "sidecar":
                 continue
             seconds = durations.get(f["clip_id"])
+            played = heard.get(f["clip_id"]) if f["kind"] == "audio" else None
             print(f"  {_short(view['task']['task_id']):<10} "
                   f"{view['task'].get('task_type') or '?':<13} {_short(f['clip_id']):<10} "
                   f"{f['kind']:<6} {f['size']:>9} "
-                  f"{'' if seconds is None else f'{seconds:.2f}':>8}")
-    print(f"  files are under {workdir / 'media'}/<task id>/<clip id>.<ext>, with a .json "
-          "sidecar each")
+                  f"{'' if seconds is None else f'{seconds:.2f}':>8} "
+                  f"{'' if played is None else f'{played:.2f}':>8}")
+    _full_song(progress, durations, heard)
+    media = os.environ.get("RECEIVER_MEDIA") or str(workdir / "media")
+    print(f"  kept in {media} (<task id>/<clip id>.<ext>, with a .json sidecar each):")
+    for where, size in kept:
+        print(f"    {size:>9}  {where}")
     states: dict[str, int] = {}
     for state in progress.jobs.values():
         states[state] = states.get(state, 0) + 1
@@ -347,6 +408,29 @@ def summarise(progress: Progress, workdir: Path, spent: int, notes: list[dict[st
     for d in dropped:
         print(f"  webhook dropped by the sandbox: {d['event']} of {_short(d['task_id'])}; "
               f"recovered by reconciliation: {'yes' if recovered else 'NO'}")
+
+
+def _full_song(progress: Progress, durations: dict[str, float | None],
+               heard: dict[str, float]) -> None:
+    """The concat against its parts: the song up to continue_at, then the extension."""
+    chain = list(progress.views.values())
+    if len(chain) != 3 or not all(v["clips"] for v in chain):
+        return
+    source, extension, whole = (v["clips"][0]["clip_id"] for v in chain)
+    source_s, extension_s = durations.get(source), durations.get(extension)
+    song_s = heard.get(whole, durations.get(whole))
+    if source_s is None or extension_s is None or song_s is None:
+        return
+    up_to = source_s + CONTINUE_AT if CONTINUE_AT < 0 else CONTINUE_AT
+    print(f"  full song: {song_s:.2f} s = the song up to continue_at {up_to:.2f} s "
+          f"+ the extension {extension_s:.2f} s ({up_to + extension_s:.2f} s)")
+
+
+def _seconds(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _short(task_id: str) -> str:
@@ -367,13 +451,17 @@ def main(argv: list[str]) -> int:
                         help="serve --workers N (default 1)")
     parser.add_argument("--separate-worker", action="store_true",
                         help="run the jobs in a `sonic-receiver worker` process of their own")
+    parser.add_argument("--stay", action="store_true",
+                        help="keep serving after the loop closes, to look around in the "
+                             "console (/ui), until Ctrl-C")
     args = parser.parse_args(argv)
     deployment = Deployment(db=args.db, web_processes=args.web_processes,
                             separate_worker=args.separate_worker)
     sink_port = free_port()
     prepare(args.dir, sink_port)
     try:
-        return asyncio.run(run(args.dir, args.timeout, sink_port, deployment))
+        return asyncio.run(run(args.dir, args.timeout, sink_port, stay=args.stay,
+                               deployment=deployment))
     except RuntimeError as exc:
         print(f"sonic-receiver demo: {exc}", file=sys.stderr)
         return 1

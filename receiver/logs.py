@@ -32,7 +32,7 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 THIRD_PARTY = ("httpx", "httpcore", "apprise", "urllib3", "aiosqlite", "hpack", "asyncio",
                "multipart", "charset_normalizer", "mutagen", "aiosmtpd", "mail.log")
 # Loggers whose repeated identical lines are rate-limited (see FloodFilter).
-FLOODABLE = ("asyncio", "uvicorn", "uvicorn.error")
+FLOODABLE = ("asyncio", "uvicorn", "uvicorn.error", "receiver.connections")
 
 
 def redact_value(value: Any) -> Any:

@@ -6,18 +6,45 @@ unknown fields (kept in each clip's ``raw``). Strict about structure: a body tha
 JSON, not an object, whose ``data`` is not a list of objects with a ``clip_id``, or that names
 neither a task nor a clip, raises :class:`PayloadError` with the reason (the delivery is then
 kept raw as quarantined).
+
+Whatever the bytes, parsing ends in a :class:`Callback` or a :class:`PayloadError`, never in
+another exception, and nothing it returns can fail later when stored or served as JSON:
+
+- values JSON cannot carry faithfully are read as ``null`` (the field is dropped): ``NaN`` and
+  ``Infinity``, a number too large for a float (``1e400``), an integer of more than
+  :data:`MAX_INT_DIGITS` digits (Python's own limit would raise while parsing);
+- a string holding a lone surrogate (``"\\ud800"``: not Unicode text, refused by SQLite and by
+  UTF-8) is read as ``null``, and an object key holding one drops its entry;
+- a body nested deeper than :data:`MAX_DEPTH` levels is not usable.
+
+The raw body is always kept as it came: only the parsed view is cleaned.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from receiver.errors import PayloadError
 from receiver.states import EVENT_STATE, State, WebhookEvent
+
+log = structlog.get_logger("receiver.payloads")
+
+# CPython's default limit on int <-> str conversions: a longer integer would raise (or, with the
+# limit lifted, make every later json.dumps slow), so it is read as null whatever the setting.
+MAX_INT_DIGITS = 4300
+# Deeper bodies are not callbacks; the limit keeps json.dumps of a clip's data, and every
+# walk over it, far from the recursion limit.
+MAX_DEPTH = 64
+_MAX_ID = 256
+_MAX_CODE = 10**9
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
 # Spellings of clip states seen across the service's generations, beyond the four documented.
 _STATE_ALIASES = {
@@ -100,10 +127,7 @@ def parse_callback(
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise PayloadError("body is not UTF-8") from None
-    try:
-        document = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        raise PayloadError("body is not JSON") from None
+    document = _load(text)
     if not isinstance(document, dict):
         raise PayloadError(f"body is a JSON {_kind(document)}, not an object")
 
@@ -136,11 +160,73 @@ def parse_callback(
 def try_parse(
     body: bytes, *, event_header: str | None = None, task_id_hint: str | None = None
 ) -> tuple[Callback | None, str | None]:
-    """``(callback, None)``, or ``(None, why it cannot be used)``."""
+    """``(callback, None)``, or ``(None, why it cannot be used)``; never raises, so that a
+    verified body is always kept (an unforeseen error is logged and the body quarantined)."""
     try:
         return parse_callback(body, event_header=event_header, task_id_hint=task_id_hint), None
     except PayloadError as exc:
         return None, exc.message
+    except Exception as exc:  # a bug here must not lose a verified delivery
+        log.exception("payload_parser_failed", error_type=type(exc).__name__)
+        return None, f"internal error while parsing: {type(exc).__name__}"
+
+
+def _load(text: str) -> Any:
+    """``text`` as JSON, cleaned as the module docstring says."""
+    try:
+        document = json.loads(
+            text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int
+        )
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        raise PayloadError("body is not JSON") from None
+    # Only a \uD8xx-\uDFxx escape can put a surrogate in a string decoded from strict UTF-8.
+    surrogates = _SURROGATE_ESCAPE.search(text) is not None
+    return _clean(document, 0, surrogates)
+
+
+def _no_constant(name: str) -> None:
+    return None  # NaN, Infinity, -Infinity: not JSON numbers
+
+
+def _finite_float(text: str) -> float | None:
+    number = float(text)
+    return number if math.isfinite(number) else None
+
+
+def _bounded_int(text: str) -> int | None:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        return None
+    try:
+        return int(text)
+    except ValueError:  # the interpreter's limit was set lower than ours
+        return None
+
+
+def _clean(value: Any, depth: int, surrogates: bool) -> Any:
+    if isinstance(value, str):
+        return value if not surrogates or is_text(value) else None
+    if isinstance(value, list | dict):
+        if depth >= MAX_DEPTH:
+            raise PayloadError(f"body nests deeper than {MAX_DEPTH} levels")
+        if isinstance(value, list):
+            return [_clean(v, depth + 1, surrogates) for v in value]
+        return {
+            k: _clean(v, depth + 1, surrogates)
+            for k, v in value.items()
+            if not surrogates or is_text(k)
+        }
+    return value
+
+
+def is_text(value: str) -> bool:
+    """Whether ``value`` is Unicode text (no lone surrogate), so that it can be encoded."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _clip(item: Any, index: int) -> ClipReport:
@@ -181,7 +267,10 @@ def parse_duration(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond the float range, 10**400 say
+            return None
     elif isinstance(value, str):
         try:
             number = float(value.strip())
@@ -196,8 +285,9 @@ def _identifier(value: Any) -> str | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str) and value.strip() and len(value) <= 256:
+        text = str(value)  # at most MAX_INT_DIGITS digits: see _bounded_int
+        return text if len(text) <= _MAX_ID else None
+    if isinstance(value, str) and value.strip() and len(value) <= _MAX_ID and is_text(value):
         return value.strip()
     return None
 
@@ -210,9 +300,12 @@ def _code(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
+        return value if -_MAX_CODE < value < _MAX_CODE else None
+    if isinstance(value, str):
+        text = value.strip()
+        # isdigit() alone accepts "²" and other digits int() refuses
+        if text.isascii() and text.isdigit() and len(text) <= 9:
+            return int(text)
     return None
 
 

@@ -63,6 +63,30 @@ def scrub_text(text: str) -> str:
     return text
 
 
+def url_secrets(url: str) -> list[str]:
+    """The parts of a configured URL that are credentials even where :func:`scrub_url` keeps
+    them: apprise-style notification URLs carry tokens in the host (``tgram://<bot token>/...``)
+    and the path (``discord://<id>/<token>``, Slack webhooks). Returned: the URL itself, its
+    userinfo and query values, and each host or path segment that looks like a token (12 or
+    more characters, letters and digits mixed)."""
+    parts = _PARTS.match(url)
+    if parts is None:
+        return []
+    _, authority, path, query, fragment = parts.groups()
+    userinfo, _, host = authority.rpartition("@")
+    found = [url, *userinfo.split(":")]
+    found += [v for pair in (query or "").split("&") for v in pair.split("=")[1:]]
+    found += [fragment or ""]
+    pieces = (host, *host.split(":"), *path.split("/"))
+    found += [piece for piece in pieces if _looks_like_token(piece)]
+    return [f for f in found if f]
+
+
+def _looks_like_token(piece: str) -> bool:
+    return (len(piece) >= 12 and any(c.isdigit() for c in piece)
+            and any(c.isalpha() for c in piece))
+
+
 def register_secret(*values: str | None) -> None:
     """Blank ``values`` (and their URL-encoded forms) in everything :func:`scrub_text` sees from
     now on. Empty values and values shorter than :data:`MIN_SECRET_LENGTH` are ignored."""

@@ -38,9 +38,9 @@ from receiver.clock import Clock, SystemClock
 from receiver.errors import ReceiverError, SettingsError
 from receiver.jobs import JobState
 from receiver.models import Delivery, JobFilter, Outcome, RawDelivery, RecordResult, Source
-from receiver.payloads import try_parse
+from receiver.payloads import Callback, try_parse
 from receiver.routing import Router
-from receiver.signatures import Scheme, sign
+from receiver.signatures import Scheme, header_bytes, header_text, sign
 from receiver.sonic.client import SonicClient
 from receiver.sonic.errors import SonicError, TaskNotFound
 from receiver.storage.roles import Admin, Ingest
@@ -110,9 +110,18 @@ class Summary:
 def poll_delivery(task_id: str, answer: dict[str, Any], *, received_at: float) -> Delivery:
     """A get-music answer as a delivery of source ``poll``. Its id is a digest of the answer,
     so polling a task whose state has not changed is a duplicate, not a new delivery."""
-    body = json.dumps({**answer, "task_id": task_id}, sort_keys=True).encode()
+    callback: Callback | None
+    error: str | None
+    try:
+        # ASCII (ensure_ascii): a lone surrogate is escaped here and dropped by the parser
+        body = json.dumps({**answer, "task_id": task_id}, sort_keys=True).encode()
+    except (ValueError, TypeError, RecursionError) as exc:  # nested past the recursion limit
+        body = json.dumps({"task_id": task_id, "unserialisable_answer": type(exc).__name__},
+                          sort_keys=True).encode()
+        callback, error = None, f"get-music answer cannot be kept: {type(exc).__name__}"
+    else:
+        callback, error = try_parse(body, task_id_hint=task_id)
     delivery_id = "poll:" + hashlib.sha256(body).hexdigest()[:32]
-    callback, error = try_parse(body, task_id_hint=task_id)
     return Delivery(
         delivery_id=delivery_id, source=Source.POLL, scheme="poll", event=None, headers={},
         body=body, received_at=received_at, callback=callback, error=error,
@@ -164,6 +173,9 @@ async def reconcile(
             except (SonicError, ReceiverError) as exc:
                 summary.fail(task_id, exc.message)
                 log.warning("reconcile_failed", task_id=task_id, error=exc.message)
+            except Exception as exc:  # one odd answer must not end the run for every task
+                summary.fail(task_id, f"internal error: {type(exc).__name__}")
+                log.exception("reconcile_failed", task_id=task_id, error_type=type(exc).__name__)
             summary.add("polled")
             if progress:
                 progress(1)
@@ -289,14 +301,21 @@ async def resend(
     semaphore = asyncio.Semaphore(max(1, concurrency))
 
     async def one(delivery_id: str, body: bytes, event: str | None) -> None:
-        headers = sign(scheme, secret, body, timestamp=int(clock.now()), msg_id=delivery_id)
+        # An id (or event) may hold any byte the first sender put in its header: it goes out
+        # as those bytes, and a standard signature covers the text they spell, as the
+        # receiving end reads it (receiver.signatures.header_text).
+        headers = sign(scheme, secret, body, timestamp=int(clock.now()),
+                       msg_id=header_text(delivery_id))
         headers.update({"X-Webhook-Id": delivery_id, "Idempotency-Key": delivery_id,
                         "Content-Type": "application/json"})
+        if scheme is Scheme.STANDARD:
+            headers["webhook-id"] = delivery_id
         if event:
             headers["X-Webhook-Event"] = event
+        raw = [(name.encode(), header_bytes(value)) for name, value in headers.items()]
         async with semaphore:
             try:
-                response = await http.post(url, content=body, headers=headers)
+                response = await http.post(url, content=body, headers=raw)
             except httpx.HTTPError as exc:
                 summary.fail(delivery_id, f"{type(exc).__name__}: {exc}")
                 return
@@ -393,7 +412,8 @@ def main(argv: list[str]) -> int:
     except SettingsError as exc:
         print(f"sonic-receiver replay: error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
-    logs.configure(fmt=loaded.log_format, level=loaded.log_level)
+    logs.configure(fmt=loaded.log_format, level=loaded.log_level,
+                   third_party_level=loaded.log_level_third_party, secrets=loaded.secrets())
     try:
         summary = asyncio.run(_run(args, loaded))
     except SettingsError as exc:

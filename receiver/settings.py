@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from receiver.errors import SettingsError
 from receiver.jobs import RetryPolicy
+from receiver.redact import url_secrets
 from receiver.signatures import Scheme, parse_schemes
 
 MIB = 1024 * 1024
@@ -27,6 +29,7 @@ ENV_KEYS: dict[str, str] = {
     "RECEIVER_DB_SYNCHRONOUS": "db_synchronous",
     "RECEIVER_DB_LOCK_TIMEOUT_S": "db_lock_timeout_s",
     "RECEIVER_MEDIA_DIR": "media_dir",
+    "RECEIVER_MEDIA": "media",
     "RECEIVER_MAX_BODY_BYTES": "max_body_bytes",
     "RECEIVER_SIGNATURE_TOLERANCE_S": "signature_tolerance_s",
     "RECEIVER_SCHEMES": "schemes",
@@ -49,6 +52,7 @@ ENV_KEYS: dict[str, str] = {
 DB_SCHEMES = ("postgresql", "postgres")
 WORKER_KEYS = frozenset({"concurrency", "lease_s", "poll_s", "max_attempts", "backoff",
                          "jitter", "drain_s"})
+OBJECT_STORE_SCHEMES = ("s3", "gs", "az")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -69,6 +73,9 @@ class Settings:
     retention_keep_ids_s: float = 400 * 86400.0
     retention_every_s: float = 3600.0
     media_dir: Path = Path("media")
+    # RECEIVER_MEDIA as an object-store URL (s3://bucket/prefix, gs://, az://); None: the
+    # local folder media_dir (receiver.media).
+    media_url: str | None = None
     max_body_bytes: int = MIB
     signature_tolerance_s: int = 300
     schemes: tuple[Scheme, ...] = (Scheme.MUSICAPI,)
@@ -132,6 +139,12 @@ class Settings:
                           ("SONIC_API_BASE_URL", self.sonic_api_base_url)):
             if url is not None and not url.startswith(("http://", "https://")):
                 raise SettingsError(f"{name} must be an http(s) URL")
+        if self.media_url is not None:
+            scheme = self.media_url.partition("://")[0].lower()
+            if scheme not in OBJECT_STORE_SCHEMES:
+                stores = ", ".join(f"{s}://" for s in OBJECT_STORE_SCHEMES)
+                raise SettingsError(f"RECEIVER_MEDIA: {scheme!r} is not a media store "
+                                    f"(a path, file://, or {stores})")
         return self
 
     @property
@@ -141,8 +154,16 @@ class Settings:
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value of the configuration, to be blanked in logs and errors."""
-        values = (*self.webhook_secrets, self.admin_token, self.sonic_api_key)
-        return tuple(v for v in values if v)
+        values = [*self.webhook_secrets, self.admin_token, self.sonic_api_key,
+                  _password_of(self.db_url)]
+        # Notification targets and any other URL in the config file (handler options).
+        values += [piece for url in _config_urls(self.config) for piece in url_secrets(url)]
+        return tuple(dict.fromkeys(v for v in values if v))
+
+    @property
+    def media_location(self) -> str:
+        """Where media live: the object-store URL, or the local folder's path."""
+        return self.media_url or str(self.media_dir)
 
     @property
     def webhook_url(self) -> str | None:
@@ -187,13 +208,14 @@ def load(
     settings = Settings(config_file=config_file, config=config)
     changes: dict[str, Any] = _worker_table(config.get("worker", {}), config_file)
     changes.update(_reconcile_table(config.get("reconcile", {}), config_file))
-    changes.update(_retention_table(config.get("retention", {}), config_file))
     if "admin_token" in raw and "admin_token_file" in raw:
         raise SettingsError(
             f"{raw['admin_token'][0]} and {raw['admin_token_file'][0]} are both set: "
             "give the admin token one way"
         )
-    for key, (origin, value) in raw.items():
+    changes.update(_retention_table(config.get("retention", {}), config_file))
+    # RECEIVER_MEDIA is applied after its alias RECEIVER_MEDIA_DIR, so that it wins.
+    for key, (origin, value) in sorted(raw.items(), key=lambda item: item[0] == "media"):
         changes.update(_convert(key, origin, value))
     if insecure:
         changes["insecure_no_verify"] = True
@@ -222,6 +244,8 @@ def _convert(key: str, origin: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, str | Path) or not str(value):
             raise SettingsError(f"{origin} must be a path")
         return {key: Path(value)}
+    if key == "media":
+        return _media(origin, value)
     if key == "db_lock_timeout_s":
         return {key: _positive_float(origin, _number(origin, value))}
     if key in ("max_body_bytes", "signature_tolerance_s", "worker_concurrency"):
@@ -248,6 +272,21 @@ def _convert(key: str, origin: str, value: Any) -> dict[str, Any]:
     if key == "max_connections":
         return {key: _positive_int(origin, value)}
     return {key: str(value).lower()}  # db_synchronous, log_*: checked by validated()
+
+
+def _media(origin: str, value: Any) -> dict[str, Any]:
+    """A path or ``file://`` URL is the local folder; ``scheme://...`` an object store."""
+    text = str(value).strip() if isinstance(value, str | Path) else ""
+    if not text:
+        raise SettingsError(f"{origin} must be a path or a URL")
+    if text.startswith("file://"):
+        path = text.removeprefix("file://")
+        if not path.startswith("/"):
+            raise SettingsError(f"{origin}: a file:// URL needs an absolute path (file:///...)")
+        return {"media_dir": Path(path), "media_url": None}
+    if "://" in text:
+        return {"media_url": text.rstrip("/")}
+    return {"media_dir": Path(text), "media_url": None}
 
 
 def _database(origin: str, value: Any) -> dict[str, Any]:
@@ -366,6 +405,25 @@ def _positive_float(origin: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise SettingsError(f"{origin} must be a positive number, got {value!r}")
     return float(value)
+
+
+def _config_urls(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value] if "://" in value else []
+    if isinstance(value, Mapping):
+        return [u for v in value.values() for u in _config_urls(v)]
+    if isinstance(value, list | tuple):
+        return [u for v in value for u in _config_urls(v)]
+    return []
+
+
+def _password_of(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
 
 
 def _token_file(origin: str, value: Any) -> dict[str, Any]:

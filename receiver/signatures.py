@@ -13,7 +13,10 @@ Three schemes, chosen by configuration:
 ``standard``
     Standard Webhooks: ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` (space
     separated ``v1,<base64>`` entries) over ``{id}.{timestamp}.{raw body}``; secrets written
-    ``whsec_<base64>`` are decoded, any other secret is used as its UTF-8 bytes.
+    ``whsec_<base64>`` are decoded (padding optional, as the reference library reads them),
+    any other secret is used as its UTF-8 bytes. The id is signed as UTF-8 text, as the
+    Standard Webhooks libraries do: a non-ASCII id arrives as the bytes the sender wrote
+    (which HTTP servers hand over decoded as latin-1), and those bytes are what is checked.
 
 A request is checked by the first enabled scheme whose signature header it carries, in the
 order musicapi, standard, legacy; that scheme's answer is final (no falling back to a weaker
@@ -76,8 +79,9 @@ class Verified:
 def secret_key(secret: str, scheme: Scheme) -> bytes:
     """The HMAC key for ``secret`` under ``scheme``."""
     if scheme is Scheme.STANDARD and secret.startswith("whsec_"):
+        encoded = secret.removeprefix("whsec_")
         try:
-            return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+            return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
         except (binascii.Error, ValueError):
             return secret.encode()
     return secret.encode()
@@ -161,15 +165,22 @@ class Verifier:
         self._clock = clock
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> Verified:
-        lowered = {k.lower(): v for k, v in headers.items()}
-        for scheme in self._schemes:
-            if _SIGNATURE_HEADER[scheme] in lowered:
-                return self._verify(scheme, lowered, body)
+        """What the signature of ``body`` establishes; any failure, whatever ``headers``
+        hold, is a :class:`VerificationError`."""
+        try:
+            lowered = {k.lower(): v for k, v in headers.items() if isinstance(k, str)}
+            for scheme in self._schemes:
+                if _SIGNATURE_HEADER[scheme] in lowered:
+                    return self._verify(scheme, lowered, body)
+        except VerificationError:
+            raise
+        except Exception as exc:  # a header map no check foresaw: refuse, never crash
+            raise VerificationError("malformed_signature", type(exc).__name__) from None
         raise VerificationError("missing_signature", "no signature header for an enabled scheme")
 
     def _verify(self, scheme: Scheme, headers: Mapping[str, str], body: bytes) -> Verified:
         signature = headers[_SIGNATURE_HEADER[scheme]]
-        if len(signature) > _MAX_HEADER:
+        if not isinstance(signature, str) or len(signature) > _MAX_HEADER:
             raise VerificationError("malformed_signature")
         if scheme is Scheme.MUSICAPI:
             timestamp = self._timestamp(headers.get(MUSICAPI_TIMESTAMP))
@@ -181,10 +192,10 @@ class Verifier:
             candidates = [_hex_digest(signature.strip(), prefix="sha256=", required=False)]
         else:
             msg_id = headers.get(STANDARD_ID, "")
-            if not msg_id or len(msg_id) > _MAX_HEADER:
+            if not isinstance(msg_id, str) or not msg_id or len(msg_id) > _MAX_HEADER:
                 raise VerificationError("malformed_signature", "webhook-id is missing")
             timestamp = self._timestamp(headers.get(STANDARD_TIMESTAMP))
-            content = f"{msg_id}.{timestamp}.".encode() + body
+            content = b"%s.%d." % (_signed_id(msg_id), timestamp) + body
             candidates = _standard_signatures(signature)
         for key in self._keys[scheme]:
             expected = _mac(key, content)
@@ -196,6 +207,8 @@ class Verifier:
     def _timestamp(self, value: str | None) -> int:
         if value is None:
             raise VerificationError("missing_timestamp")
+        if not isinstance(value, str):
+            raise VerificationError("malformed_timestamp", "timestamp is not integer seconds")
         text = value.strip()
         if not text.isascii() or not text.isdigit() or len(text) > 12:
             raise VerificationError("malformed_timestamp", "timestamp is not integer seconds")
@@ -206,6 +219,36 @@ class Verifier:
         if -age > self._tolerance_s:
             raise VerificationError("timestamp_in_future")
         return timestamp
+
+
+def header_text(value: str) -> str:
+    """The text a header ``value`` stands for. A server decodes header bytes as latin-1, so
+    text its sender wrote as UTF-8 arrives as those bytes: they are decoded again. A value
+    that is not latin-1 bytes of UTF-8 (a mapping built in Python, a latin-1 sender) is taken
+    as it is."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
+def header_bytes(value: str) -> bytes:
+    """``value`` as bytes to send in a header: the bytes it was received as (latin-1), or
+    its UTF-8 when it was never a received header."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass")
+
+
+def _signed_id(msg_id: str) -> bytes:
+    """The bytes a Standard Webhooks sender signed for the ``webhook-id`` it sent: the
+    libraries sign the id's UTF-8 encoding, so the id's text (:func:`header_text`) in UTF-8.
+    One that is not text at all (a lone surrogate) cannot have been signed."""
+    try:
+        return header_text(msg_id).encode("utf-8")
+    except UnicodeEncodeError:
+        raise VerificationError("malformed_signature", "webhook-id is not text") from None
 
 
 def _hex_digest(value: str, *, prefix: str, required: bool = True) -> bytes:

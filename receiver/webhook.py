@@ -3,10 +3,16 @@
 read (bounded) → verify (raw bytes) → name it (delivery id) → parse → record (one
 transaction) → answer. Nothing is answered 2xx before the store has committed, and nothing
 unverified is stored.
+
+A verified delivery is never lost: a body that cannot be used is kept raw and answered 422;
+a store that cannot commit is answered 503 (retryable); and an unforeseen error while
+recording is rolled back, the body kept aside as quarantined if the store still takes it
+(replayable after a fix: ``replay redispatch --quarantined``), and answered 503.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping
 
@@ -137,9 +143,31 @@ class WebhookEndpoint:
                 except StoreError as exc:
                     log.error("delivery_not_recorded", error=exc.message)
                     return JSONResponse({"error": "store_unavailable"}, 503)
+                except Exception as exc:  # a bug must cost a retry, never the delivery
+                    return await self._keep_aside(delivery, exc)
                 if result.jobs and self.on_jobs is not None:
                     self.on_jobs()
                 return answer(result, event=delivery.event, scheme=delivery.scheme)
+
+    async def _keep_aside(self, delivery: Delivery, exc: Exception) -> JSONResponse:
+        """After an unforeseen error (the transaction was rolled back), try once more to keep
+        the raw delivery, as quarantined with the error's type as the reason; answer 503."""
+        reason = f"internal error while recording: {type(exc).__name__}"
+        log.error("delivery_recording_failed", error_type=type(exc).__name__, exc_info=exc)
+        aside = dataclasses.replace(delivery, callback=None, error=reason)
+        try:
+            await self.store.record_delivery(aside)
+        except Exception as second:
+            log.error("delivery_not_kept", error_type=type(second).__name__, exc_info=second)
+            kept = False
+        else:
+            log.warning("delivery_kept_aside", reason=reason)
+            kept = True
+        return JSONResponse(
+            {"error": "store_unavailable", "reason": reason, "kept": kept,
+             "delivery_id": delivery.delivery_id},
+            503,
+        )
 
     def _verify(self, request: Request, body: bytes) -> Verified:
         if self.verifier is None:

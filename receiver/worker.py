@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from receiver import metrics
 from receiver.clock import Clock
 from receiver.context import Event, HandlerContext
 from receiver.jobs import Job, PermanentError, RetryLater, RetryPolicy
@@ -96,6 +97,7 @@ class Worker:
                     )
                 except Exception as exc:  # a locked or broken database: log, wait, try again
                     log.error("claim_failed", error=str(exc))
+                    metrics.store_error("claim")
                 for job in claimed:
                     task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
                     self._running[job.id] = task
@@ -164,7 +166,8 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat(job, asyncio.current_task()))
         bound.info("job_started")
         try:
-            await handler(event, ctx)
+            with metrics.job_timer(job.handler):
+                await handler(event, ctx)
         except RetryLater as exc:
             await self.store.retry_job(job.id, owner=self.owner, error=scrub_text(exc.message),
                                        run_after=self.clock.now() + exc.seconds,

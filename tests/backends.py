@@ -15,7 +15,7 @@ from receiver.storage import Store
 from receiver.storage.connector import Connector
 from receiver.storage.sqlite import SQLiteConnector
 
-BACKENDS = ["sqlite", "postgresql"]
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
 def connector_of(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Connector:

@@ -47,16 +47,6 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-def _wait_until(ready: Iterator[bool], *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    for ok in ready:
-        if ok:
-            return
-        if time.monotonic() > deadline:
-            raise ServiceUnavailable(f"{what} not ready after {timeout:.0f} s")
-        time.sleep(0.05)
-
-
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -225,45 +215,43 @@ class S3Server:
 
 @contextlib.contextmanager
 def running_s3() -> Iterator[S3Server]:
-    """Run ``python -m moto.server`` on a free loopback port until the block exits."""
+    """Run ``python -m moto.server`` on loopback until the block exits. It binds port 0 and
+    the port it got is read from its log, so no other server can take it first."""
     folder = Path(tempfile.mkdtemp(prefix="sonic-moto-"))
     log = folder / "server.log"
-    process: subprocess.Popen[bytes] | None = None
     try:
-        for _ in range(3):  # the port can be taken between free_port() and moto's bind
-            port = free_port()
-            endpoint = f"http://127.0.0.1:{port}"
-            with log.open("wb") as out:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                )
-            _wait_until(_moto_ready(endpoint, process), timeout=60, what="moto server")
-            if process.poll() is None:
-                break
-        if process is None or process.poll() is not None:
-            raise ServiceUnavailable(f"moto server exited at start:\n{_tail(log)}")
-        yield S3Server(endpoint_url=endpoint)
-    finally:
-        if process is not None and process.poll() is None:
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        try:
+            yield S3Server(endpoint_url=_moto_endpoint(process, log, timeout=60))
+        finally:
             process.terminate()
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+    finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _moto_ready(endpoint: str, process: subprocess.Popen[bytes]) -> Iterator[bool]:
-    while True:
+def _moto_endpoint(process: subprocess.Popen[bytes], log: Path, *, timeout: float) -> str:
+    """The URL moto's server says it runs on (werkzeug logs `Running on http://HOST:PORT`),
+    once it answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         if process.poll() is not None:
-            yield True  # the caller sees it has exited
-            return
-        try:
-            yield httpx.get(f"{endpoint}/moto-api/", timeout=2).status_code == 200
-        except httpx.TransportError:
-            yield False
+            raise ServiceUnavailable(f"moto server exited at start:\n{_tail(log)}")
+        found = re.search(r"Running on (http://127\.0\.0\.1:\d+)", log.read_text(errors="replace"))
+        if found:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{found[1]}/moto-api/", timeout=2).status_code == 200:
+                    return found[1]
+        time.sleep(0.05)
+    raise ServiceUnavailable(f"moto server not ready after {timeout:.0f} s:\n{_tail(log)}")
 
 
 # --- Chromium -----------------------------------------------------------------------------

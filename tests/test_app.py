@@ -17,8 +17,15 @@ from structlog.testing import capture_logs
 
 from receiver.app import create_app
 from receiver.clock import FakeClock
+from receiver.models import Delivery, Outcome, RecordResult
+from receiver.recording import record
+from receiver.routing import Router
+from receiver.settings import load
 from receiver.signatures import Scheme, sign_legacy, sign_standard
-from receiver.storage import sqlite_store
+from receiver.storage import Store, sqlite_store
+from receiver.storage.connector import Tx
+from receiver.storage.sqlite import SQLiteConnector
+from receiver.storage.store import RecordingTx
 from tests.support import (
     EMPTY_COUNTS,
     SECRET,
@@ -87,6 +94,7 @@ async def test_bad_signatures_get_401_and_store_nothing(
     client: httpx.AsyncClient, clock: FakeClock, tmp_path: Path, tamper: dict[str, Any],
     reason: str,
 ) -> None:
+    tamper = dict(tamper)  # the parameter is shared by every run of this test in a process
     headers_body = tamper.pop("body", COMPLETED)
     shift = tamper.pop("timestamp_shift", 0)
     headers = signed_headers(COMPLETED, timestamp=int(clock.now()) + shift, **tamper)
@@ -256,12 +264,216 @@ async def test_dead_jobs_are_listed_with_their_error(tmp_path: Path, clock: Fake
         await post_signed(client, COMPLETED, clock=clock)
         assert app.state.runtime.worker is None
         assert await app.state.runtime.make_worker(poll_s=1.0).run_once() == 1
-        dead = (await client.get("/jobs?state=dead")).json()["jobs"]
+        dead = (await client.get("/jobs?state=dead")).json()["items"]
         assert [(j["handler"], j["last_error"]) for j in dead] == [
             ("broken", "PermanentError: cannot")]
-        assert (await client.get("/jobs?state=done")).json()["jobs"] == []
+        assert (await client.get("/jobs?state=done")).json()["items"] == []
         assert (await client.get("/jobs?state=nope")).status_code == 400
         task = (await client.get("/tasks/t-1")).json()
         assert [j["state"] for j in task["jobs"]] == ["dead"]
         assert task["files"] == []
         assert task["children"] == []
+
+
+# ---- validly signed garbage is kept, never a 5xx (issue 8, item 1) ------------------------------
+
+HUGE = "7" * 5000
+GARBAGE = {
+    "huge_task_id": (f'{{"task_id": {HUGE}, "data": []}}'.encode(), 200),  # ?task_id= named it
+    "huge_clip_id": (f'{{"data": [{{"clip_id": {HUGE}}}]}}'.encode(), 422),
+    "huge_unknown_field": (f'{{"task_id": "g", "n": {HUGE}, "data": []}}'.encode(), 200),
+    "surrogate_task_id": (b'{"task_id": "\\ud800", "data": [{"clip_id": "c"}]}', 200),
+    "surrogate_clip_id": (b'{"task_id": "g", "data": [{"clip_id": "\\udfff"}]}', 422),
+    "surrogate_fields": (b'{"task_id": "g", "platform": "\\ud800", "message": "\\ud800", '
+                         b'"data": [{"clip_id": "c", "state": "failed", "title": "\\ud800", '
+                         b'"tags": "\\udc00", "lyrics": "\\udbff", "audio_url": "\\ud800", '
+                         b'"error_message": "\\ud800", "\\ud800": {"\\udfff": "\\ud800"}}]}', 200),
+    "code_superscript": (b'{"task_id": "g", "code": "\\u00b2", "data": []}', 200),
+    "code_5000_digits": (f'{{"task_id": "g", "code": "{HUGE}", "data": []}}'.encode(), 200),
+    "duration_10e400": (b'{"task_id": "g", "data": [{"clip_id": "c", "duration": 1'
+                        + b"0" * 400 + b"}]}", 200),
+    "nan_and_infinity": (b'{"task_id": "g", "data": [{"clip_id": "c", "duration": NaN, '
+                         b'"x": [Infinity, -Infinity, 1e999]}]}', 200),
+    "deep_nesting": (b'{"task_id": "g", "x": ' + b"[" * 900 + b"]" * 900 + b"}", 422),
+    "deeper_than_the_parser": (b'{"task_id": "g", "x": ' + b"[" * 100_000, 422),
+}
+
+
+@pytest.mark.parametrize("name", list(GARBAGE))
+async def test_signed_garbage_is_recorded_or_quarantined_and_reads_back(
+    client: httpx.AsyncClient, clock: FakeClock, tmp_path: Path, name: str
+) -> None:
+    body, status = GARBAGE[name]
+    response = await post_signed(client, body, clock=clock, delivery_id="g-1",
+                                 path="/webhooks/sonic?task_id=hint")
+    assert response.status_code == status, response.text
+    with contextlib.closing(sqlite3.connect(tmp_path / "receiver.db")) as db:
+        rows = db.execute(
+            "SELECT outcome, body FROM deliveries WHERE delivery_id = 'g-1'").fetchall()
+    assert [tuple(r) for r in rows] == [
+        ("recorded" if status == 200 else "quarantined", body)]  # kept raw, byte for byte
+    if status == 200:
+        view = await client.get("/tasks/" + response.json()["task_id"])
+        assert view.status_code == 200  # what was stored can be served as strict JSON
+        assert view.json()["task"]["state"] in ("pending", "failed")
+    again = await post_signed(client, body, clock=clock, delivery_id="g-1")
+    assert again.status_code == status
+
+
+class BrokenInsideTheTransaction(Store):
+    """Fault injection (no input reaches a bug in recording any more, so one is planted): the
+    first try of a usable delivery fails after writing, inside its transaction."""
+
+    async def record_delivery(
+        self, delivery: Delivery, *, router: Router | None = None
+    ) -> RecordResult:
+        if delivery.callback is None:
+            return await super().record_delivery(delivery, router=router)
+
+        async def broken(tx: Tx) -> RecordResult:
+            result = await record(RecordingTx(tx), delivery, router=router)
+            if result.outcome is Outcome.RECORDED:
+                raise LookupError("a bug")
+            return result
+
+        return await self.write(broken)
+
+
+class BrokenEveryTime(Store):
+    async def record_delivery(
+        self, delivery: Delivery, *, router: Router | None = None
+    ) -> RecordResult:
+        raise RuntimeError("a bug that also breaks keeping the body")
+
+
+async def test_a_bug_while_recording_is_rolled_back_kept_aside_and_answered_503(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    async with BrokenInsideTheTransaction(SQLiteConnector(tmp_path / "receiver.db")) as store:
+        app = create_app(settings_for(tmp_path), clock=clock, store=store)
+        async with app_client(app) as client:
+            first = await post_signed(client, COMPLETED, clock=clock, delivery_id="d-1")
+            assert first.status_code == 503
+            reason = "internal error while recording: LookupError"
+            assert first.json() == {"error": "store_unavailable", "reason": reason,
+                                    "kept": True, "delivery_id": "d-1"}
+            # the sender's retry finds the body kept aside, and stops retrying
+            retry = await post_signed(client, COMPLETED, clock=clock, delivery_id="d-1")
+            assert (retry.status_code, retry.json()["reason"]) == (422, reason)
+        counts_now = await store.counts()
+    with contextlib.closing(sqlite3.connect(tmp_path / "receiver.db")) as db:
+        rows = db.execute("SELECT outcome, reason, body FROM deliveries").fetchall()
+    assert rows == [("quarantined", reason, COMPLETED)]
+    assert counts_now["tasks"] == counts_now["clips"] == counts_now["transitions"] == 0
+
+
+async def test_when_even_keeping_the_body_fails_the_answer_is_still_a_clean_503(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    async with BrokenEveryTime(SQLiteConnector(tmp_path / "receiver.db")) as store:
+        app = create_app(settings_for(tmp_path), clock=clock, store=store)
+        async with app_client(app) as client:
+            response = await post_signed(client, COMPLETED, clock=clock, delivery_id="d-1")
+    assert response.status_code == 503
+    assert response.json()["kept"] is False
+
+
+async def test_a_store_that_cannot_commit_answers_503_and_keeps_nothing_half_done(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    app = create_app(replace(settings_for(tmp_path), db_lock_timeout_s=0.05), clock=clock)
+    async with app_client(app) as client:
+        with contextlib.closing(sqlite3.connect(tmp_path / "receiver.db")) as other:
+            other.execute("BEGIN EXCLUSIVE")  # another process holds the lock
+            locked = await post_signed(client, COMPLETED, clock=clock, delivery_id="d-1")
+            other.execute("ROLLBACK")
+        assert (locked.status_code, locked.json()) == (503, {"error": "store_unavailable"})
+        assert (await counts(tmp_path))["deliveries"] == 0
+        later = await post_signed(client, COMPLETED, clock=clock, delivery_id="d-1")
+        assert (later.status_code, later.json()["status"]) == (200, "recorded")
+
+
+# ---- what the mutation run found untested (issue 8, item 6) ------------------------------------
+
+
+async def test_signature_and_credential_headers_are_never_stored(
+    client: httpx.AsyncClient, clock: FakeClock, tmp_path: Path
+) -> None:
+    headers = {
+        **signed_headers(COMPLETED, timestamp=int(clock.now()), delivery_id="d-1"),
+        **sign_legacy(SECRET, COMPLETED),
+        **sign_standard(SECRET, "d-1", COMPLETED, int(clock.now())),
+        "Authorization": "Bearer hunter2", "Cookie": "session=hunter3",
+        "Proxy-Authorization": "Basic aHVudGVyNA==", "X-Trace": "kept",
+    }
+    response = await client.post("/webhooks/sonic", content=COMPLETED, headers=headers)
+    assert response.status_code == 200
+    async with sqlite_store(tmp_path / "receiver.db") as store:
+        (raw,) = await store.raw_deliveries()
+    stored = dict(raw.headers)
+    assert stored["x-trace"] == "kept"
+    assert stored["x-webhook-timestamp"] == str(int(clock.now()))  # only secrets are dropped
+    for name in ("x-webhook-signature", "x-signature", "webhook-signature", "authorization",
+                 "cookie", "proxy-authorization"):
+        assert name not in stored
+    text = json.dumps(stored)
+    for value in ("hunter", headers["X-Webhook-Signature"][7:], headers["X-Signature"],
+                  headers["webhook-signature"][3:]):
+        assert value not in text
+
+
+@pytest.mark.parametrize(
+    ("present", "expected"),
+    [
+        ({"X-Webhook-Id": "from-x", "Idempotency-Key": "from-idem", "webhook-id": "from-std"},
+         "from-x"),
+        ({"Idempotency-Key": "from-idem", "webhook-id": "from-std"}, "from-idem"),
+        ({"webhook-id": "from-std"}, "from-std"),
+        ({"X-Webhook-Id": " ", "Idempotency-Key": "x" * 201, "webhook-id": "from-std"},
+         "from-std"),
+    ],
+)
+async def test_the_delivery_id_header_precedence(
+    client: httpx.AsyncClient, clock: FakeClock, present: dict[str, str], expected: str
+) -> None:
+    headers = {**signed_headers(COMPLETED, timestamp=int(clock.now())), **present}
+    response = await client.post("/webhooks/sonic", content=COMPLETED, headers=headers)
+    assert response.json()["delivery_id"] == expected
+
+
+async def test_receiver_schemes_standard_alone_accepts_standard_and_refuses_musicapi(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    loaded = load({"SONIC_WEBHOOK_SECRET": SECRET, "RECEIVER_SCHEMES": "standard",
+                   "RECEIVER_DB": str(tmp_path / "receiver.db")})
+    assert loaded.schemes == (Scheme.STANDARD,)
+    app = create_app(replace(loaded, media_dir=tmp_path / "media", config={"routes": []}),
+                     clock=clock)
+    async with app_client(app) as client:
+        std = await client.post("/webhooks/sonic", content=COMPLETED,
+                                headers=sign_standard(SECRET, "m-1", COMPLETED, int(clock.now())))
+        assert (std.status_code, std.json()["delivery_id"]) == (200, "m-1")
+        musicapi = await post_signed(client, COMPLETED, clock=clock)
+        assert (musicapi.status_code, musicapi.json()) == (401, {"error": "missing_signature"})
+        # a UTF-8 webhook-id as a sender's library writes it, raw bytes on the wire
+        msg_id = "m-\N{MUSICAL NOTE}"
+        signed = sign_standard(SECRET, msg_id, COMPLETED, int(clock.now()))
+        wire = [(k.encode(), v.encode()) for k, v in signed.items()]  # webhook-id as UTF-8
+        accepted = await client.post("/webhooks/sonic", content=COMPLETED, headers=wire)
+        assert accepted.status_code == 200
+
+
+@pytest.mark.parametrize(("setting", "pragma"), [(None, 1), ("normal", 1), ("full", 2)])
+async def test_db_synchronous_is_applied_to_the_connection(
+    tmp_path: Path, setting: str | None, pragma: int
+) -> None:
+    env = {"SONIC_WEBHOOK_SECRET": SECRET, "RECEIVER_DB": str(tmp_path / "receiver.db")}
+    if setting is not None:
+        env["RECEIVER_DB_SYNCHRONOUS"] = setting
+    loaded = replace(load(env), media_dir=tmp_path / "media", config={"routes": []})
+    app = create_app(loaded)
+    async with app_client(app):
+        connector = app.state.runtime.store.connector
+        assert isinstance(connector, SQLiteConnector)
+        value = await connector.writer_pragma("synchronous")  # it is per connection
+    assert value == pragma

@@ -197,3 +197,29 @@ def test_a_real_serve_process_is_closed_unless_opted_out(
     else:
         assert [r.status_code for r in (jobs, task, created)] == [403, 403, 403]
         assert "admin API: off" in log.read_text()
+
+
+async def test_a_console_extends_the_check_with_its_own_credential() -> None:
+    """What a later /ui does: the same middleware, a check that also takes its cookie."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    from receiver.auth import AdminAuth
+
+    def console_check(conn: HTTPConnection, settings: Settings) -> bool:
+        return conn.cookies.get("session") == "signed-in" or authorized(conn, settings)
+
+    async def page(request: object) -> PlainTextResponse:
+        return PlainTextResponse("dashboard")
+
+    app = Starlette(routes=[Mount("/ui", routes=[Route("/", page)], middleware=[
+        Middleware(AdminAuth, settings=Settings(admin_token=TOKEN), check=console_check)])])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://receiver") as client:
+        assert (await client.get("/ui/")).status_code == 401
+        assert (await client.get("/ui/", headers={"Cookie": "session=signed-in"})).text == (
+            "dashboard")
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        assert (await client.get("/ui/", headers=bearer)).text == "dashboard"

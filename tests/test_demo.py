@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,50 @@ def test_the_demo_closes_the_loop_and_recovers_the_dropped_webhook(tmp_path: Pat
     wavs = list((tmp_path / "demo" / "media").rglob("*.wav"))
     assert len(wavs) == 5  # two clips of the song, two of the extension, one full song
     assert not list((tmp_path / "demo" / "media").rglob("*.part"))
+    # the full song lasts as long as the source up to continue_at plus the extension
+    song = re.search(r"full song: ([\d.]+) s = .* \(([\d.]+) s\)", out)
+    assert song is not None, out[-3000:]
+    assert abs(float(song.group(1)) - float(song.group(2))) <= 1.0
+
+
+@pytest.mark.slow
+def test_the_demo_stays_to_open_the_console(tmp_path: Path) -> None:
+    """``--stay`` prints the console's URL and how to log in, keeps serving it (the page of the
+    last song answers with the token's session), and stops cleanly on SIGTERM."""
+    import re
+    import signal
+
+    import httpx
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "receiver", "demo", "--dir", str(tmp_path / "demo"), "--stay",
+         "--timeout", "90"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "serving until Ctrl-C" in line:
+                break
+        out = "".join(lines)
+        found = re.search(r"console: (http://127\.0\.0\.1:\d+)(/ui/tasks/\S+)", out)
+        assert found, out[-3000:]
+        assert f"cat {tmp_path / 'demo' / 'admin-token'}" in out
+        token = (tmp_path / "demo" / "admin-token").read_text().strip()
+        with httpx.Client(base_url=found.group(1), timeout=10) as http:
+            login = http.post("/ui/login", data={"token": token},
+                              headers={"Origin": found.group(1)})
+            assert login.status_code == 303
+            page = http.get(found.group(2))
+            assert page.status_code == 200
+            assert "concat_music" in page.text
+            assert "<audio" in page.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest[-3000:]
 
 
 @pytest.mark.slow

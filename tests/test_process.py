@@ -131,11 +131,11 @@ def test_a_separate_worker_process_runs_the_jobs_the_web_process_records(
             deadline = time.monotonic() + 30
             while not runs.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
-            jobs = httpx.get(f"http://127.0.0.1:{port}/jobs").json()["jobs"]
+            jobs = httpx.get(f"http://127.0.0.1:{port}/jobs").json()["items"]
             deadline = time.monotonic() + 30
             while jobs[0]["state"] != "done" and time.monotonic() < deadline:
                 time.sleep(0.05)
-                jobs = httpx.get(f"http://127.0.0.1:{port}/jobs").json()["jobs"]
+                jobs = httpx.get(f"http://127.0.0.1:{port}/jobs").json()["items"]
         finally:
             worker.send_signal(signal.SIGTERM)
             assert worker.wait(timeout=30) == 0

@@ -24,6 +24,7 @@ from receiver import redact
 from receiver.demo import SONG
 from receiver.logs import FloodFilter, redact_value
 from receiver.server import running
+from receiver.settings import Settings
 from tests.support import callback, clip, free_port, signed_headers
 
 
@@ -64,6 +65,21 @@ def test_scrub_text_finds_urls_in_sentences_and_blanks_registered_secrets(
     assert redact.scrub_text(text) == (
         "GET https://***@cdn/a.mp3?***. failed (see http://h/p#***), "
         "token [secret] and [secret] again; short stays")
+
+
+def test_configured_urls_give_up_their_tokens_as_secrets() -> None:
+    assert redact.url_secrets("tgram://123456789:AAHdqTcvCH1vGWJ/12345678") == [
+        "tgram://123456789:AAHdqTcvCH1vGWJ/12345678", "123456789:AAHdqTcvCH1vGWJ",
+        "AAHdqTcvCH1vGWJ"]
+    assert redact.url_secrets("json://bot:pw-123456@h:9/notify?token=t0k3n-abcdef") == [
+        "json://bot:pw-123456@h:9/notify?token=t0k3n-abcdef", "bot", "pw-123456",
+        "t0k3n-abcdef"]
+    # Ordinary words in a path are not tokens.
+    assert redact.url_secrets("https://hooks.example/services/notify") == [
+        "https://hooks.example/services/notify"]
+    settings = Settings(config={"routes": [{"handlers": [{"name": "notify", "options": {
+        "targets": ["discord://4174216298/JHMHI8qBe7bk2ZwO5U711o3dV_js"]}}]}]})
+    assert "JHMHI8qBe7bk2ZwO5U711o3dV_js" in settings.secrets()
 
 
 def test_redact_value_walks_nested_values_and_objects(no_secrets: None) -> None:
@@ -107,6 +123,7 @@ PLANTED = {
     "api key": "PLANTED-api-k3y-77c2",
     "notify password": "PLANTED-notify-pw-31f",
     "notify token": "PLANTED-ntfy-tok-8e2",
+    "notify path token": "PLANTEDpathTok3n9f2a",
     "cdn signature": "PLANTED-amz-sig-0b9c",
     "media password": "PLANTED-media-pw-c4d",
 }
@@ -138,12 +155,14 @@ async def test_a_real_run_leaks_no_planted_secret(tmp_path: Path, level: str) ->
         peer_host = peer_url.removeprefix("http://")
         notify_url = (f"json://bot:{PLANTED['notify password']}@{peer_host}/notify"
                       f"?token={PLANTED['notify token']}")
+        # A token in the path, as Discord, Slack and Telegram URLs carry theirs.
+        path_url = f"json://{peer_host}/hook/{PLANTED['notify path token']}"
         (tmp_path / "receiver.toml").write_text(
             '[network]\nallow_networks = ["127.0.0.0/8"]\n\n'
             "[worker]\nmax_attempts = 2\nbackoff = [0.2]\njitter = 0\n\n"
             '[[routes]]\non = ["task.succeeded"]\n'
             'handlers = ["download_audio", '
-            f'{{ name = "notify", options = {{ targets = ["{notify_url}"] }} }}]\n'
+            f'{{ name = "notify", options = {{ targets = ["{notify_url}", "{path_url}"] }} }}]\n'
         )
         port = free_port()
         base = f"http://127.0.0.1:{port}"

@@ -29,9 +29,18 @@ from receiver.runtime import Runtime
 from receiver.server import running
 from receiver.signatures import Scheme
 from receiver.sonic.sandbox import SandboxConfig, Speed
+from receiver.storage import sqlite_store
 from tests.handler_support import deliver, handler_runtime
 from tests.sonic.support import KEY, SandboxHandle, serve_sandbox, wait_for
-from tests.support import SECRET, app_client, callback, clip, post_signed, settings_for
+from tests.support import (
+    SECRET,
+    app_client,
+    callback,
+    clip,
+    post_signed,
+    settings_for,
+    signed_headers,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -265,3 +274,123 @@ async def test_replay_command_line_reconciles_with_a_json_summary(tmp_path: Path
     assert (code3, again["counts"]["duplicate"]) == (0, 1)
     assert bad.returncode == 2
     assert "not a duration" in bad.stderr
+
+
+# ---- odd get-music answers and interruption (issue 8, items 1 and 6) ---------------------------
+
+ODD_ANSWERS: dict[str, bytes] = {
+    "surrogates": b'{"code": 200, "data": [{"clip_id": "c1", "state": "succeeded", '
+                  b'"title": "\\ud800", "audio_url": "\\udfff", "\\ud800": 1}]}',
+    "non_finite": b'{"code": 200, "data": [{"clip_id": "c2", "state": "running", '
+                  b'"duration": NaN, "x": [Infinity, 1e999]}]}',
+    "huge_duration": b'{"code": 200, "data": [{"clip_id": "c3", "state": "running", '
+                     b'"duration": 1' + b"0" * 400 + b"}]}",
+    "huge_int": b'{"code": 200, "n": ' + b"9" * 5000 + b', "data": []}',
+    "nested_900": b'{"code": 200, "data": [], "x": ' + b"[" * 900 + b"]" * 900 + b"}",
+    "deeper_than_json": b'{"code": 200, "x": ' + b"[" * 100_000,
+    "string_code": b'{"code": "\\u00b2", "data": [{"clip_id": "c4", "state": "pending"}]}',
+}
+
+
+async def test_reconcile_records_or_fails_each_odd_answer_and_never_crashes(
+    tmp_path: Path,
+) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from receiver.sonic.client import SonicClient
+
+    async def answer(request: Request) -> Response:
+        name = next(n for n in ODD_ANSWERS if n in request.url.path)
+        return Response(ODD_ANSWERS[name], media_type="application/json")
+
+    upstream = Starlette(routes=[Route("/{path:path}", answer)])
+    async with (
+        running(upstream) as url,
+        httpx.AsyncClient() as http,
+        sqlite_store(tmp_path / "receiver.db") as store,
+    ):
+        sonic = SonicClient(url, "key", http=http)
+        summary = await reconcile(list(ODD_ANSWERS), store=store, sonic=sonic, router=None,
+                                  clock=SystemClock(), rate_per_s=1000.0)
+        assert summary.counts["polled"] == len(ODD_ANSWERS)
+        outcomes = {o: summary.counts.get(o, 0) for o in ("recorded", "quarantined", "failed")}
+        assert sum(outcomes.values()) == len(ODD_ANSWERS), summary
+        # What the client's contract accepts is recorded (the odd field dropped) or kept
+        # aside; what it refuses (non-finite durations, JSON Python cannot read) is a failed
+        # poll, counted, and the task is polled again next round.
+        failed = {f["item"] for f in summary.failures}
+        assert failed == {"non_finite", "huge_duration", "huge_int", "deeper_than_json"}, summary
+        for name in ("surrogates", "string_code"):
+            view = await store.get_task(name)
+            assert view is not None, name
+            for c in view.clips:
+                json.dumps(dict(c.data), allow_nan=False, ensure_ascii=False).encode()
+                assert (c.title, c.duration) == (None, None)
+        raws = await store.raw_deliveries(outcome=Outcome.QUARANTINED)
+        assert [r.stored.task_id for r in raws] == ["nested_900"]
+
+
+@pytest.mark.slow
+async def test_replay_interrupted_exits_130_with_a_json_line(tmp_path: Path) -> None:
+    import signal
+    import socket
+
+    db = tmp_path / "receiver.db"
+    app = create_app(settings_for(tmp_path))  # creates the database file
+    async with app_client(app):
+        pass
+    (tmp_path / "c.toml").write_text("routes = []\n")
+    with socket.socket() as silent:  # accepts the poll, never answers it
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        env = {**os.environ, "RECEIVER_DB": str(db), "SONIC_API_BASE_URL": f"http://127.0.0.1:{port}",
+               "SONIC_API_KEY": KEY, "RECEIVER_LOG_FORMAT": "json",
+               "RECEIVER_CONFIG": str(tmp_path / "c.toml")}
+        process = _start([sys.executable, "-m", "receiver", "replay", "reconcile", "t-1"], env)
+        try:
+            silent.settimeout(30)
+            connection, _ = await anyio.to_thread.run_sync(silent.accept)
+            process.send_signal(signal.SIGINT)  # mid-poll, as a ^C would
+            out, _err = await anyio.to_thread.run_sync(lambda: process.communicate(timeout=30))
+            connection.close()
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 130
+    assert json.loads(out.strip().splitlines()[-1]) == {"command": "reconcile",
+                                                         "interrupted": True}
+
+
+def _start(argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+async def test_resend_keeps_an_id_of_any_bytes_and_signs_it_as_the_target_checks(
+    tmp_path: Path,
+) -> None:
+    source = create_app(settings_for(tmp_path / "a"))
+    target = create_app(settings_for(tmp_path / "b", webhook_secrets=("new-secret",),
+                                     schemes=(Scheme.STANDARD,)))
+    body = callback("t-1", [clip("c1", "succeeded")])
+    ids = {"utf8": "caf\u00e9 a\u00f1o".encode(), "latin1": b"caf\xe9"}
+    async with app_client(source) as client:
+        for name, raw_id in ids.items():
+            headers = [*((k.encode(), v.encode()) for k, v in signed_headers(body).items()),
+                       (b"x-webhook-id", raw_id)]
+            sent = await client.post("/webhooks/sonic", content=body, headers=headers)
+            assert sent.status_code == 200, name
+        raws = await source.state.runtime.store.raw_deliveries()
+        async with running(target) as url, httpx.AsyncClient() as http:
+            summary = await resend(raws, http=http, url=f"{url}/webhooks/sonic",
+                                   secret="new-secret", scheme=Scheme.STANDARD,
+                                   clock=SystemClock())
+    assert summary.counts == {"status_200": 2}, summary
+    async with sqlite_store(tmp_path / "b" / "receiver.db") as target_store:
+        kept = await target_store.raw_deliveries()
+    # the same ids as the first receiver keeps them: the bytes that came, read as latin-1
+    assert {r.stored.delivery_id for r in kept} == {i.decode("latin-1") for i in ids.values()}

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+import standardwebhooks
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,6 +20,7 @@ from receiver.signatures import (
     Scheme,
     Verifier,
     parse_schemes,
+    sign,
     sign_legacy,
     sign_musicapi,
     sign_standard,
@@ -187,3 +194,144 @@ def test_random_headers_never_crash_the_verifier(headers: dict[str, str], body: 
     v = verifier("s1", schemes=(Scheme.MUSICAPI, Scheme.STANDARD, Scheme.LEGACY))
     with contextlib.suppress(VerificationError):  # any other exception fails the test
         v.verify(headers, body)
+
+
+# Any code point, lone surrogates included (hypothesis leaves them out unless asked).
+any_text = st.text(st.characters(exclude_categories=()), max_size=80)
+HEADER_NAMES = ["x-webhook-signature", "x-webhook-timestamp", "x-signature", "webhook-id",
+                "webhook-timestamp", "webhook-signature"]
+
+
+@given(
+    headers=st.dictionaries(
+        st.sampled_from(HEADER_NAMES) | any_text,
+        any_text | st.sampled_from([str(NOW), "sha256=" + "0" * 64, "v1,AAAA", "0" * 64])
+        | st.none() | st.integers() | st.binary(max_size=8),
+    ),
+    body=st.binary(max_size=64),
+)
+def test_any_header_map_is_verified_or_refused_never_a_crash(
+    headers: dict[str, Any], body: bytes
+) -> None:
+    v = verifier("s1", schemes=(Scheme.MUSICAPI, Scheme.STANDARD, Scheme.LEGACY))
+    with contextlib.suppress(VerificationError):  # any other exception fails the test
+        v.verify(headers, body)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-webhook-signature": "sha256=\ud800" + "0" * 63, "x-webhook-timestamp": str(NOW)},
+        {"x-webhook-signature": "sha256=" + "0" * 64, "x-webhook-timestamp": "1\udc00"},
+        {"x-signature": "\ud800" * 64},
+        {"webhook-id": "msg_\ud800", "webhook-timestamp": str(NOW), "webhook-signature": "v1,AA=="},
+        {"webhook-id": "m", "webhook-timestamp": str(NOW), "webhook-signature": "v1,\ud800"},
+        {"webhook-id": None, "webhook-timestamp": str(NOW), "webhook-signature": "v1,AA=="},
+        {"webhook-id": "m", "webhook-timestamp": 5, "webhook-signature": "v1,AA=="},
+        {"x-signature": b"00"},
+    ],
+)
+def test_header_values_that_are_not_text_are_refused(headers: dict[str, Any]) -> None:
+    v = verifier("s1", schemes=(Scheme.MUSICAPI, Scheme.STANDARD, Scheme.LEGACY))
+    assert reason(v, headers).startswith("malformed_")
+
+
+# ---- what the mutation run found untested -----------------------------------------------------
+
+
+def test_sign_dispatches_each_scheme_to_its_own_signer() -> None:
+    assert sign(Scheme.MUSICAPI, "s1", BODY, timestamp=NOW, msg_id="m") == sign_musicapi(
+        "s1", BODY, NOW)
+    assert sign(Scheme.LEGACY, "s1", BODY, timestamp=NOW, msg_id="m") == sign_legacy("s1", BODY)
+    assert sign(Scheme.STANDARD, "s1", BODY, timestamp=NOW, msg_id="m") == sign_standard(
+        "s1", "m", BODY, NOW)
+    assert sign(Scheme.NONE, "s1", BODY, timestamp=NOW, msg_id="m") == {}
+    every = verifier("s1", schemes=(Scheme.MUSICAPI, Scheme.STANDARD, Scheme.LEGACY))
+    for scheme in (Scheme.MUSICAPI, Scheme.STANDARD, Scheme.LEGACY):
+        headers = sign(scheme, "s1", BODY, timestamp=NOW, msg_id="m")
+        assert every.verify(headers, BODY).scheme is scheme
+
+
+@pytest.mark.parametrize("digits", [62, 63, 65, 66, 128])
+def test_a_hex_signature_of_the_wrong_length_is_malformed_not_a_mismatch(digits: int) -> None:
+    hexes = ("ab" * 64)[:digits]
+    musicapi = {"X-Webhook-Signature": "sha256=" + hexes, "X-Webhook-Timestamp": str(NOW)}
+    assert reason(verifier("s1"), musicapi) == "malformed_signature"
+    legacy = verifier("s1", schemes=(Scheme.LEGACY,))
+    assert reason(legacy, {"X-Signature": hexes}) == "malformed_signature"
+
+
+def test_a_correct_mac_under_another_version_than_v1_is_not_accepted() -> None:
+    v = verifier(SW_SECRET, schemes=(Scheme.STANDARD,), now=SW_TIMESTAMP)
+    base = {"webhook-id": SW_ID, "webhook-timestamp": str(SW_TIMESTAMP)}
+    mac = SW_SIGNATURE.removeprefix("v1,")
+    for label in ("v1a", "v2", "V1", "", "v1 "):
+        assert reason(v, {**base, "webhook-signature": f"{label},{mac}"}) in (
+            "malformed_signature", "signature_mismatch")
+
+
+def test_a_malformed_v1_entry_is_skipped_and_a_later_good_one_still_counts() -> None:
+    v = verifier(SW_SECRET, schemes=(Scheme.STANDARD,), now=SW_TIMESTAMP)
+    base = {"webhook-id": SW_ID, "webhook-timestamp": str(SW_TIMESTAMP)}
+    header = f"v1,!!! v1,abc v1 {SW_SIGNATURE}"
+    assert v.verify({**base, "webhook-signature": header}, SW_BODY).scheme is Scheme.STANDARD
+    assert reason(v, {**base, "webhook-signature": "v1,!!! v1,abc"}) == "malformed_signature"
+
+
+def test_a_whsec_secret_is_decoded_only_under_standard() -> None:
+    key = b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    mac = hmac.new(key, f"{NOW}.".encode() + BODY, hashlib.sha256).hexdigest()
+    headers = {"X-Webhook-Signature": "sha256=" + mac, "X-Webhook-Timestamp": str(NOW)}
+    assert verifier(key.decode()).verify(headers, BODY).scheme is Scheme.MUSICAPI
+    assert sign_musicapi(key.decode(), BODY, NOW) == headers
+    legacy = hmac.new(key, BODY, hashlib.sha256).hexdigest()
+    assert sign_legacy(key.decode(), BODY) == {"X-Signature": legacy}
+
+
+def test_a_whsec_secret_that_is_not_base64_is_used_as_its_bytes() -> None:
+    secret = "whsec_not*base64!"
+    mac = hmac.new(secret.encode(), f"m.{NOW}.".encode() + BODY, hashlib.sha256).digest()
+    headers = {"webhook-id": "m", "webhook-timestamp": str(NOW),
+               "webhook-signature": "v1," + base64.b64encode(mac).decode()}
+    v = verifier(secret, schemes=(Scheme.STANDARD,))
+    assert v.verify(headers, BODY).scheme is Scheme.STANDARD
+
+
+# ---- the Standard Webhooks reference library, both ways ---------------------------------------
+
+
+def library_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    when = datetime.fromtimestamp(timestamp, tz=UTC)
+    signature: str = standardwebhooks.Webhook(secret).sign(msg_id, when, body.decode())
+    return signature
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [SW_SECRET, "whsec_" + base64.b64encode(b"sixteen byte key").decode().rstrip("="),
+     "whsec_" + base64.b64encode(b"0123456789").decode().rstrip("=")],
+)
+@pytest.mark.parametrize("msg_id", [SW_ID, "msg_\u00e9t\u00e9", "msg_\N{MUSICAL NOTE}_\u4e2d"])
+def test_what_the_reference_library_signs_verifies_here_and_back(secret: str, msg_id: str) -> None:
+    body = '{"task_id": "t-\u00e9"}'.encode()
+    signature = library_signature(secret, msg_id, NOW, body)
+    v = verifier(secret, schemes=(Scheme.STANDARD,))
+    # as a Python mapping holds it, and as a server hands it over (its UTF-8 bytes as latin-1)
+    for as_received in (msg_id, msg_id.encode().decode("latin-1")):
+        headers = {"webhook-id": as_received, "webhook-timestamp": str(NOW),
+                   "webhook-signature": signature}
+        assert v.verify(headers, body).scheme is Scheme.STANDARD
+    ours = sign_standard(secret, msg_id, body, NOW)
+    assert ours["webhook-signature"] == signature
+    when = datetime.now(tz=UTC)
+    fresh = sign_standard(secret, msg_id, body, int(when.timestamp()))
+    standardwebhooks.Webhook(secret).verify(body, fresh, json_parse=False)  # raises if refused
+
+
+def test_a_latin1_id_is_checked_as_the_text_the_library_signed() -> None:
+    # A sender that writes the header as latin-1 bytes: the server reads back the same text.
+    signature = library_signature(SW_SECRET, "caf\u00e9", NOW, BODY)
+    v = verifier(SW_SECRET, schemes=(Scheme.STANDARD,))
+    headers = {"webhook-id": "caf\u00e9", "webhook-timestamp": str(NOW),
+               "webhook-signature": signature}
+    assert v.verify(headers, BODY).scheme is Scheme.STANDARD

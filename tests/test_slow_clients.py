@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import resource
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,8 +22,10 @@ import pytest
 
 from receiver.app import create_app
 from receiver.connections import raise_open_files_limit
+from receiver.errors import SettingsError
 from receiver.server import running
-from tests.support import callback, clip, settings_for, signed_headers
+from receiver.settings import load
+from tests.support import callback, clip, free_port, settings_for, signed_headers
 
 pytestmark = pytest.mark.anyio
 
@@ -178,9 +185,6 @@ def test_the_open_files_limit_is_raised_to_the_hard_limit() -> None:
 
 
 def test_the_limits_are_settings_with_defaults() -> None:
-    from receiver.errors import SettingsError
-    from receiver.settings import load
-
     base = {"SONIC_WEBHOOK_SECRET": "s3cret-1"}
     defaults = load(base)
     assert (defaults.header_timeout_s, defaults.body_timeout_s, defaults.keepalive_timeout_s,
@@ -194,3 +198,47 @@ def test_the_limits_are_settings_with_defaults() -> None:
                         ("RECEIVER_MAX_CONNECTIONS", "0"), ("RECEIVER_BODY_TIMEOUT_S", "inf")):
         with pytest.raises(SettingsError, match=name):
             load({**base, name: value})
+
+
+FEW_FILES = """
+import resource, runpy, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
+sys.argv[0] = "sonic-receiver"
+runpy.run_module("receiver", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_running_out_of_file_descriptors_does_not_flood_the_log(tmp_path: Path) -> None:
+    """A server with 100 file descriptors, 300 connections held for 5 s: asyncio reports every
+    failed accept() (tens of thousands of lines without the filter); the log gets it once."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECEIVER_", "SONIC_"))}
+    env |= {"SONIC_WEBHOOK_SECRET": "s3cret-1", "RECEIVER_LOG_FORMAT": "json",
+            "RECEIVER_DB": str(tmp_path / "r.db"), "RECEIVER_HEADER_TIMEOUT_S": "60"}
+    (tmp_path / "routes.toml").write_text("routes = []\n")
+    env["RECEIVER_CONFIG"] = str(tmp_path / "routes.toml")
+    log = tmp_path / "log"
+    with log.open("wb") as out:
+        # The limit is set by the child itself (no preexec_fn: fork in a threaded test runner).
+        proc = subprocess.Popen([sys.executable, "-c", FEW_FILES, "serve", "--port", str(port)],
+                                env=env, stdout=out, stderr=out)
+    held: list[socket.socket] = []
+    try:
+        for _ in range(600):
+            with contextlib.suppress(OSError):
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=1))
+                break
+            time.sleep(0.05)
+        for _ in range(299):
+            with contextlib.suppress(OSError):
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=1))
+        time.sleep(5)
+    finally:
+        for sock in held:
+            sock.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+    text = log.read_text()
+    assert "open_files_limit_low" in text  # the server knew, and said so once
+    assert text.count("out of system resource") == 1, text[-2000:]

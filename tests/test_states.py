@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from receiver.states import Entity, State, WebhookEvent, advances, plan, task_state
+from receiver.states import Entity, State, WebhookEvent, advances, plan, refreshes, task_state
 
 P, R, S, F = State.PENDING, State.RUNNING, State.SUCCEEDED, State.FAILED
 
@@ -65,3 +65,32 @@ def test_same_state_report_refreshes_data_without_a_move() -> None:
                   reported={"a": R}, event=WebhookEvent.STREAMING)
     assert change.moves == ()
     assert change.refresh == frozenset({"a"})
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "expected"),
+    [(None, P, True), (None, F, True), (P, P, True), (R, R, True), (S, S, True), (F, F, True),
+     (P, R, True), (R, S, True), (R, F, True), (P, S, True),
+     (R, P, False), (S, R, False), (F, P, False),
+     # the other terminal state: same rank, yet never a refresh (the final URLs stay)
+     (S, F, False), (F, S, False)],
+)
+def test_data_is_refreshed_by_the_same_or_a_later_state_only(
+    current: State | None, new: State, expected: bool
+) -> None:
+    assert refreshes(current, new) is expected
+
+
+def test_a_late_report_of_the_other_terminal_state_refreshes_no_clip() -> None:
+    change = plan(task_id="t", task_before=S, clips_before={"a": S, "b": F},
+                  reported={"a": F, "b": S}, event=None)
+    assert change.refresh == frozenset()
+    assert change.moves == ()
+    assert change.task_state is S
+
+
+def test_a_failed_event_fails_a_running_task_even_when_its_clips_report_success() -> None:
+    change = plan(task_id="t", task_before=R, clips_before={"a": R},
+                  reported={"a": S}, event=WebhookEvent.FAILED)
+    assert change.task_state is F
+    assert [(m.entity, m.to_state) for m in change.moves] == [(Entity.CLIP, S), (Entity.TASK, F)]

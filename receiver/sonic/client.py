@@ -27,7 +27,6 @@ pass a policy without waits (or use ``stamina.set_testing``).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -425,7 +424,8 @@ class SonicClient:
         status = response.status_code
         try:
             data: object = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        # ValueError: also an integer past Python's digit limit; RecursionError: deep nesting
+        except (ValueError, RecursionError):
             data = None
         body: Json = data if isinstance(data, Mapping) else {}
         code = body.get("code")

@@ -57,7 +57,10 @@ def _number(data: Json, name: str) -> float | None:
     if isinstance(value, bool):
         raise SonicProtocolError(f"{name} is not a number")
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer past the float range
+            raise SonicProtocolError(f"{name} is not finite") from None
     elif isinstance(value, str):
         try:
             number = float(value.strip())
@@ -74,7 +77,8 @@ def _code(data: Json) -> int | None:
     value = data.get("code")
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
+    # isdigit() alone accepts "²", which int() refuses
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         return int(value)
     return None
 

@@ -79,6 +79,10 @@ DIALECT = Dialect(
             WHERE id IN (SELECT CAST(jsonb_array_elements_text(CAST(:ids AS jsonb)) AS BIGINT))
               AND state IN ('dead', 'done')
         """,
+        Q.DELIVERIES_PER_MINUTE: """
+            SELECT CAST(FLOOR(received_at / 60) AS BIGINT) AS minute, COUNT(*) FROM deliveries
+            WHERE received_at >= :since GROUP BY minute ORDER BY minute
+        """,
     },
 )
 

@@ -27,6 +27,18 @@ from receiver.models import (
     TaskView,
 )
 from receiver.routing import Router
+from receiver.storage.admin import (
+    AuditEntry,
+    DeliveryDetail,
+    DeliveryFilter,
+    DeliveryRow,
+    JobAttempt,
+    Overview,
+    Page,
+    TaskFilter,
+    TaskRow,
+    Totals,
+)
 from receiver.storage.store import PruneReport
 
 
@@ -126,3 +138,33 @@ class Admin(HandlerOutput, Ingest, Protocol):
     ) -> PruneReport: ...
 
     async def counts(self) -> Mapping[str, int]: ...
+
+    # -- the console (receiver.storage.admin)
+
+    async def list_tasks(
+        self, where: TaskFilter, *, limit: int, cursor: str | None = None
+    ) -> Page[TaskRow]: ...
+
+    async def list_deliveries(
+        self, where: DeliveryFilter, *, limit: int, cursor: str | None = None
+    ) -> Page[DeliveryRow]: ...
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryDetail | None: ...
+
+    async def list_jobs_page(
+        self, where: JobFilter, *, limit: int, cursor: str | None = None
+    ) -> Page[Job]: ...
+
+    async def get_job(self, job_id: int) -> Job | None: ...
+
+    async def job_attempts(self, job_id: int) -> list[JobAttempt]: ...
+
+    async def count_jobs(self, where: JobFilter) -> int: ...
+
+    async def requeue_matching(self, where: JobFilter, *, now: float) -> int: ...
+
+    async def list_audit(self, *, limit: int, cursor: str | None = None) -> Page[AuditEntry]: ...
+
+    async def overview(self, *, now: float, expiry_warn_s: float) -> Overview: ...
+
+    async def totals(self) -> Totals: ...

@@ -146,6 +146,19 @@ class SQLiteConnector:
             raise StoreError("the store is not open")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    async def writer_pragma(self, name: str) -> object:
+        """A PRAGMA's value on the writer's connection (they are per connection)."""
+        if not name.isidentifier():
+            raise ValueError(f"not a pragma name: {name!r}")
+
+        def read() -> object:
+            if self._raw is None:
+                raise StoreError("the store is not open")
+            value: object = self._raw.execute(f"PRAGMA {name}").fetchone()[0]
+            return value
+
+        return await self._on_writer(read)
+
     # -- writing: a batch of units in one trip to the writer's thread ------------------------
 
     async def write(self, units: Sequence[Unit]) -> None:

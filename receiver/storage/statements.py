@@ -186,6 +186,12 @@ MIGRATIONS: tuple[str, ...] = (
         detail  TEXT NOT NULL
     );
     """,
+    # 4: the console: what a delivery did, and pages of deliveries by kind of event
+    """
+    CREATE INDEX transitions_delivery ON transitions (delivery_id);
+    CREATE INDEX deliveries_event ON deliveries (event, id);
+    CREATE INDEX jobs_created ON jobs (created_at);
+    """,
 )
 
 
@@ -261,6 +267,25 @@ class Q(StrEnum):
     COUNT_JOBS = "count_jobs"
     COUNT_FILES = "count_files"
     COUNT_CHILDREN = "count_children"
+    # -- the console (receiver.storage.admin): pages newest first, with keyset cursors
+    LIST_TASKS = "list_tasks"
+    LIST_DELIVERIES = "list_deliveries"
+    GET_DELIVERY = "get_delivery"
+    DELIVERY_TRANSITIONS = "delivery_transitions"
+    LIST_JOBS_PAGE = "list_jobs_page"
+    GET_JOB = "get_job"
+    COUNT_MATCHING_JOBS = "count_matching_jobs"
+    REQUEUE_MATCHING = "requeue_matching"
+    LIST_AUDIT = "list_audit"
+    DELIVERIES_PER_MINUTE = "deliveries_per_minute"
+    DELIVERIES_BY_OUTCOME = "deliveries_by_outcome"
+    TASKS_BY_STATE = "tasks_by_state"
+    JOBS_BY_STATE_HANDLER = "jobs_by_state_handler"
+    OLDEST_QUEUED = "oldest_queued"
+    PENDING_DOWNLOADS = "pending_downloads"
+    TRANSITIONS_BY_STATE = "transitions_by_state"
+    BYTES_KEPT = "bytes_kept"
+    RECOVERIES = "recoveries"
 
 
 TABLES = ("deliveries", "tasks", "clips", "transitions", "jobs", "files", "children")
@@ -571,4 +596,78 @@ PORTABLE: dict[Q, str] = {
     Q.COUNT_JOBS: "SELECT COUNT(*) FROM jobs",
     Q.COUNT_FILES: "SELECT COUNT(*) FROM files",
     Q.COUNT_CHILDREN: "SELECT COUNT(*) FROM children",
+    # -- the console. A NULL cursor means the first page; ties on the sort key are broken by
+    #    the id, so that a page never repeats or skips a row.
+    Q.LIST_TASKS: f"""
+        SELECT {", ".join("t." + c.strip() for c in TASK_COLUMNS.split(","))},
+               (SELECT c.title FROM clips c WHERE c.task_id = t.task_id
+                ORDER BY c.created_at, c.clip_id LIMIT 1),
+               (SELECT COUNT(*) FROM clips c WHERE c.task_id = t.task_id)
+        FROM tasks t
+        WHERE {_any("t.state", "state")} AND {_any("t.task_type", "task_type")}
+          AND {_any("t.parent_task_id", "parent")}
+          AND {_any("t.first_seen_at", "since", _TIME, ">=")}
+          AND {_any("t.first_seen_at", "until", _TIME, "<")}
+          AND (CAST(:text AS TEXT) IS NULL OR EXISTS (
+                SELECT 1 FROM clips c WHERE c.task_id = t.task_id AND LOWER(c.title) LIKE :text))
+          AND (CAST(:tag AS TEXT) IS NULL OR EXISTS (
+                SELECT 1 FROM clips c WHERE c.task_id = t.task_id AND LOWER(c.tags) LIKE :tag))
+          AND (CAST(:c_at AS DOUBLE PRECISION) IS NULL OR t.first_seen_at < :c_at
+               OR (t.first_seen_at = :c_at AND t.task_id < :c_id))
+        ORDER BY t.first_seen_at DESC, t.task_id DESC LIMIT :limit
+    """,
+    Q.LIST_DELIVERIES: f"""
+        SELECT id, {DELIVERY_COLUMNS}, duplicates, last_duplicate_at FROM deliveries
+        WHERE {_any("outcome", "outcome")} AND (:only_duplicates = 0 OR duplicates > 0)
+          AND {_any("event", "event")} AND {_any("source", "source")}
+          AND {_any("task_id", "task_id")} AND {_any("received_at", "since", _TIME, ">=")}
+          AND (CAST(:c_id AS BIGINT) IS NULL OR id < :c_id)
+        ORDER BY id DESC LIMIT :limit
+    """,
+    Q.GET_DELIVERY: f"""
+        SELECT id, {DELIVERY_COLUMNS}, duplicates, last_duplicate_at, headers, body, pruned_at
+        FROM deliveries WHERE delivery_id = :delivery_id
+    """,
+    Q.DELIVERY_TRANSITIONS: f"""
+        SELECT {TRANSITION_COLUMNS} FROM transitions WHERE delivery_id = :delivery_id
+        ORDER BY id
+    """,
+    Q.LIST_JOBS_PAGE: f"""
+        SELECT {JOB_COLUMNS} FROM jobs
+        WHERE {_JOB_FILTER} AND (CAST(:c_id AS BIGINT) IS NULL OR id < :c_id)
+        ORDER BY id DESC LIMIT :limit
+    """,
+    Q.GET_JOB: f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = :id",
+    Q.COUNT_MATCHING_JOBS: f"SELECT COUNT(*) FROM jobs WHERE {_JOB_FILTER}",
+    Q.REQUEUE_MATCHING: f"""
+        UPDATE jobs SET state = 'queued', attempts = 0, run_after = :now, last_error = NULL,
+                        updated_at = :now
+        WHERE {_JOB_FILTER} AND state IN ('dead', 'done')
+    """,
+    Q.LIST_AUDIT: """
+        SELECT id, at, actor, action, target, detail FROM audit
+        WHERE (CAST(:c_id AS BIGINT) IS NULL OR id < :c_id)
+        ORDER BY id DESC LIMIT :limit
+    """,
+    # SQLite's CAST truncates, which for times after 1970 is the floor (PostgreSQL overrides)
+    Q.DELIVERIES_PER_MINUTE: """
+        SELECT CAST(received_at / 60 AS INTEGER) AS minute, COUNT(*) FROM deliveries
+        WHERE received_at >= :since GROUP BY minute ORDER BY minute
+    """,
+    Q.DELIVERIES_BY_OUTCOME: """
+        SELECT outcome, scheme, COUNT(*), COALESCE(SUM(duplicates), 0) FROM deliveries
+        GROUP BY outcome, scheme
+    """,
+    Q.TASKS_BY_STATE: "SELECT state, COUNT(*) FROM tasks GROUP BY state",
+    Q.JOBS_BY_STATE_HANDLER: "SELECT state, handler, COUNT(*) FROM jobs GROUP BY state, handler",
+    Q.OLDEST_QUEUED: "SELECT MIN(created_at) FROM jobs WHERE state IN ('queued', 'retrying')",
+    Q.PENDING_DOWNLOADS: """
+        SELECT COUNT(*), COALESCE(SUM(CASE WHEN created_at < :warn_before THEN 1 ELSE 0 END), 0)
+        FROM jobs WHERE handler = 'download_audio' AND state IN ('queued', 'running', 'retrying')
+    """,
+    Q.TRANSITIONS_BY_STATE: """
+        SELECT entity, to_state, COUNT(*) FROM transitions GROUP BY entity, to_state
+    """,
+    Q.BYTES_KEPT: "SELECT COALESCE(SUM(size), 0) FROM files",
+    Q.RECOVERIES: "SELECT COUNT(*) FROM transitions WHERE entity = 'task' AND source = 'poll'",
 }

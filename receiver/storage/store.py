@@ -46,6 +46,7 @@ from receiver.payloads import ClipReport
 from receiver.recording import plan_jobs, record
 from receiver.routing import Router, TaskFacts, split_tags
 from receiver.states import Entity, State
+from receiver.storage.admin import AdminQueries
 from receiver.storage.connector import Connector, Row, Tx, Unit, Work
 from receiver.storage.statements import COUNTS, Q
 
@@ -66,9 +67,10 @@ class PruneReport:
     dry_run: bool
 
 
-class Store:
+class Store(AdminQueries):
     """Everything the receiver keeps, by intent, over ``connector``. It implements every role
-    of :mod:`receiver.storage.roles`; callers should depend on the role they use."""
+    of :mod:`receiver.storage.roles`; callers should depend on the role they use. The
+    console's queries come from :class:`receiver.storage.admin.AdminQueries`."""
 
     def __init__(self, connector: Connector, *, clock: Clock | None = None) -> None:
         self.connector = connector

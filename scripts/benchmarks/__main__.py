@@ -16,7 +16,7 @@ from types import ModuleType
 from scripts.benchmarks.processes import ROOT
 from scripts.benchmarks.report import emit, machine
 
-NAMES = ("ingest", "dispatch", "download", "reconcile")
+NAMES = ("ingest", "dispatch", "download", "reconcile", "media")
 
 
 def modules() -> dict[str, ModuleType]:

@@ -414,3 +414,20 @@ async def test_a_sandbox_task_is_downloaded_by_the_default_route(tmp_path: Path)
         assert str(wav.tags["TIT2"]).startswith("Starry Night")
         assert wav.info.length > 0
     assert sorted(f["kind"] for f in view["files"]) == ["audio", "audio", "sidecar", "sidecar"]
+
+
+async def test_temporaries_left_by_a_killed_process_are_swept(tmp_path: Path) -> None:
+    """A kill -9 between mkstemp and rename leaves 0-byte temporaries (issue 8): the next run
+    of each clip removes its own, under its lock."""
+    folder = tmp_path / "media" / "t-1"
+    folder.mkdir(parents=True)
+    leftovers = [folder / ".c1.audio.part.meta.abc123.tmp", folder / ".c1.json.def456.tmp",
+                 folder / ".c2.audio.part.meta.zz.tmp"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"")
+    async with setup(tmp_path) as (runtime, server, _, _):
+        await deliver(runtime, two_clips(server))
+        await runtime.worker.run_once()  # type: ignore[union-attr]
+        job = await only_job(runtime)
+    assert job.state is JobState.DONE, job.last_error
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]

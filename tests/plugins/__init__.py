@@ -33,12 +33,17 @@ async def effect_once(event: Event, ctx: HandlerContext) -> None:
     def write() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / event.task_id
+        # Written whole, then linked into place: a process killed mid-write leaves no empty
+        # file behind that the job's next attempt would take for another job's effect.
+        staged = folder / f".{event.task_id}.{os.getpid()}.tmp"
+        staged.write_text(event.key)
         try:
-            with target.open("x") as handle:
-                handle.write(event.key)
+            os.link(staged, target)
         except FileExistsError:
             if target.read_text() != event.key:
                 with (folder / "DOUBLED").open("a") as handle:
                     handle.write(f"{event.task_id} {event.key}\n")
+        finally:
+            staged.unlink()
 
     await asyncio.to_thread(write)

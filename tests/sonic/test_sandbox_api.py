@@ -132,15 +132,16 @@ async def test_tasks_move_pending_running_succeeded_on_the_clock() -> None:
         assert final.content == streamed.content  # the stream was the song as it came
 
 
-async def test_extend_and_concat_durations_are_coherent() -> None:
-    """extend: continue_at + a new part, same tempo; concat: the chain as one clip."""
+async def test_an_extension_is_new_material_and_concat_is_the_whole_song() -> None:
+    """extend: only the new part, on the source's beat grid; concat: the source up to
+    continue_at, then the extension, as real samples with the summed duration."""
     async with serve_sandbox() as sb:
         source = (await sb.music(await sb.create({**OK_CUSTOM, "mv": "sonic-v4"})))["data"][0]
         extend = {**OK_CUSTOM, "task_type": "extend_music", "continue_clip_id": source["clip_id"],
                   "continue_at": 12.5}
         extensions = (await sb.music(await sb.create(extend)))["data"]
         for clip in extensions:
-            assert float(clip["duration"]) >= 12.5 + 20  # new parts are 20..60 s
+            assert 20 <= float(clip["duration"]) <= 60  # new parts are 20..60 s
             assert clip["mv"] == "sonic-v4-5"
         bpm = [
             (await sb.post("/api/v1/sonic/bpm", {"clip_id": c})).json()["data"]["avg_bpm"]
@@ -151,14 +152,46 @@ async def test_extend_and_concat_durations_are_coherent() -> None:
         concat = {"task_type": "concat_music", "continue_clip_id": extensions[0]["clip_id"]}
         merged = (await sb.music(await sb.create(concat)))["data"]
         assert len(merged) == 1
-        assert float(merged[0]["duration"]) == float(extensions[0]["duration"])
+        assert float(merged[0]["duration"]) == pytest.approx(
+            12.5 + float(extensions[0]["duration"]))
         assert merged[0]["mv"] == "sonic-v4-5"  # concat sent no mv: it is the source's
-        _, _, rate, samples = read_wav((await sb.http.get(merged[0]["audio_url"])).content)
-        assert len(samples) / rate == float(merged[0]["duration"])
+        _, _, rate, song = read_wav((await sb.http.get(merged[0]["audio_url"])).content)
+        assert len(song) / rate == pytest.approx(float(merged[0]["duration"]))
+        _, _, _, head = read_wav((await sb.http.get(source["audio_url"])).content)
+        _, _, _, tail = read_wav((await sb.http.get(extensions[0]["audio_url"])).content)
+        cut = int(12.5 * rate)
+        assert song[:cut] == head[:cut]  # the source's own samples up to continue_at
+        assert song[cut:] == tail  # then the extension's, whole
 
         beyond = {**extend, "continue_at": float(source["duration"]) + 1}
         refused = await sb.post(CREATE, beyond)
         assert refused.json()["message"] == OwnMessage.CONTINUE_AT_BEYOND_END
+
+
+async def test_an_extension_of_an_extension_concats_the_three_parts() -> None:
+    async with serve_sandbox() as sb:
+        first = (await sb.music(await sb.create({**OK_CUSTOM, "mv": "sonic-v4"})))["data"][0]
+        second = (await sb.music(await sb.create({
+            **OK_CUSTOM, "task_type": "extend_music", "continue_clip_id": first["clip_id"],
+            "continue_at": 10})))["data"][0]
+        third = (await sb.music(await sb.create({
+            **OK_CUSTOM, "task_type": "extend_music", "continue_clip_id": second["clip_id"],
+            "continue_at": 5})))["data"][0]
+        merged = (await sb.music(await sb.create(
+            {"task_type": "concat_music", "continue_clip_id": third["clip_id"]})))["data"][0]
+        assert float(merged["duration"]) == pytest.approx(10 + 5 + float(third["duration"]))
+
+
+async def test_a_cover_keeps_its_source_length() -> None:
+    async with serve_sandbox() as sb:
+        source = (await sb.music(await sb.create({**OK_CUSTOM, "mv": "sonic-v4"})))["data"][0]
+        covers = (await sb.music(await sb.create({
+            **OK_CUSTOM, "task_type": "cover_music",
+            "continue_clip_id": source["clip_id"]})))["data"]
+        for cover in covers:
+            assert float(cover["duration"]) == float(source["duration"])
+            _, _, rate, samples = read_wav((await sb.http.get(cover["audio_url"])).content)
+            assert len(samples) / rate == pytest.approx(float(source["duration"]))
 
 
 @asynccontextmanager

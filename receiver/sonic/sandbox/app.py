@@ -422,9 +422,40 @@ class Sandbox:
     def _wav(
         self, plan: ClipPlan | Upload, *, start_cs: int = 0, length_cs: int | None = None
     ) -> bytes:
+        """A WAV of ``plan``'s audio from ``start_cs``, ``length_cs`` long (to its end)."""
         rate = self.config.sample_rate
-        length = plan.duration_cs if length_cs is None else length_cs
-        return media.click_track(length or 0, float(plan.bpm), rate, start_cs=start_cs)
+        total = plan.duration_cs if plan.duration_cs is not None else 3_000
+        length = max(0, total - start_cs) if length_cs is None else length_cs
+        return media.wav_bytes(self._pcm(plan, start_cs, length), rate)
+
+    def _pcm(self, plan: ClipPlan | Upload, start_cs: int, length_cs: int) -> bytes:
+        """``length_cs`` of ``plan``'s samples from ``start_cs``: a clip's own click track
+        (on its song's beat grid), a concat's parts one after another, an upload's own
+        samples when they are mono 16-bit at the sandbox's rate (else silence)."""
+        rate = self.config.sample_rate
+        if isinstance(plan, Upload):
+            own = media.pcm_of(plan.content, rate)
+            if own is None:
+                return bytes(media.frames_for(length_cs, rate) * 2)
+            first = media.frames_for(start_cs, rate) * 2
+            wanted = media.frames_for(length_cs, rate) * 2
+            return own[first : first + wanted].ljust(wanted, b"\0")
+        if plan.parts:
+            song = b"".join(
+                self._pcm(self._source(clip_id), start, length)
+                for clip_id, start, length in plan.parts
+            )
+            first = media.frames_for(start_cs, rate) * 2
+            return song[first : first + media.frames_for(length_cs, rate) * 2]
+        track = media.click_track(length_cs, float(plan.bpm), rate,
+                                  start_cs=plan.start_cs + start_cs)
+        return media.pcm_of(track, rate) or b""
+
+    def _source(self, clip_id: str) -> ClipPlan | Upload:
+        found = self.state.clips.get(clip_id) or self.state.uploads.get(clip_id)
+        if found is None:  # pragma: no cover - parts only name clips that exist
+            raise KeyError(clip_id)
+        return found
 
     async def audio(self, request: Request) -> Response:
         self.state.settle_due()

@@ -83,6 +83,19 @@ def wav_bytes(pcm: bytes, sample_rate: int) -> bytes:
     return out.getvalue()
 
 
+def pcm_of(content: bytes, sample_rate: int) -> bytes | None:
+    """The samples of a mono 16-bit WAV at ``sample_rate``, or None for anything else."""
+    try:
+        with wave.open(io.BytesIO(content), "rb") as wav:
+            if (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) != (
+                1, 2, sample_rate
+            ):
+                return None
+            return wav.readframes(wav.getnframes())
+    except (wave.Error, EOFError):
+        return None
+
+
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 

@@ -9,12 +9,15 @@ which every request and every webhook runner calls first.
 
 Durations (in hundredths of a second, so the WAV length is exact):
 
-* a new clip (create, cover, persona) gets ``clip_seconds`` worth of new material;
-* an extension holds its source up to ``continue_at`` and then its new material, so its
-  duration is ``continue_at`` + the new part (and its clicks keep the source's tempo);
-* concat_music renders a clip's whole extension chain as one clip: the sum of the kept parts
-  (each ancestor up to where it was extended, then the last new part). Since an extension
-  already holds its prefix, that sum is the source clip's duration.
+* a new clip (create, persona) gets ``clip_seconds`` worth of new material;
+* a cover is its source restyled: the source's length (when known), a tempo of its own;
+* an extension holds only its new material, ``clip_seconds`` of it, continuing its source's
+  beat grid from ``continue_at`` (same tempo, clicks in phase), as the service's extensions
+  do: the song so far is not repeated in it;
+* concat_music renders the whole song as one clip: each ancestor of the extension chain up to
+  where it was extended (``continue_at`` is a position in that ancestor's own audio), then
+  the last extension (:meth:`SandboxState.song_parts`). Its duration is the sum of those
+  parts, and its audio is their samples, one after the other.
 """
 
 from __future__ import annotations
@@ -64,6 +67,13 @@ class ClipPlan:
     lyrics: str
     tags: str
     rgb: tuple[int, int, int]
+    start_cs: int = 0  # where its material starts on its song's beat grid (an extension's)
+    extends: tuple[str, int] | None = None  # (source clip id, continue_at) of an extension
+    parts: tuple[Part, ...] = ()  # a concat's pieces of other clips, in order
+
+
+Part = tuple[str, int, int]
+"""``(clip_id, from_cs, length_cs)``: a stretch of one clip's own audio."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -316,20 +326,24 @@ class SandboxState:
         clip_id = self.new_id()
         seed = self.config.seed
         new_part = round(self._between(self.config.clip_seconds, "length", clip_id) * 100)
-        keeps_source = task_type in (
-            TaskType.EXTEND_MUSIC,
-            TaskType.EXTEND_UPLOAD_MUSIC,
-            TaskType.CONCAT_MUSIC,
-        )
+        extends = task_type in (TaskType.EXTEND_MUSIC, TaskType.EXTEND_UPLOAD_MUSIC)
+        covers = task_type in (TaskType.COVER_MUSIC, TaskType.COVER_UPLOAD_MUSIC)
+        concat = task_type is TaskType.CONCAT_MUSIC
         bpm = 70 + int(chance(seed, "bpm", clip_id) * 91)
-        if keeps_source and source is not None:
+        if (extends or concat) and source is not None:
             bpm = source.bpm
-        if task_type is TaskType.CONCAT_MUSIC and source is not None:
-            duration = source.duration_cs or new_part
-        elif keeps_source and source is not None:
-            duration = round((request.continue_at or 0.0) * 100) + new_part
-        else:
-            duration = new_part
+        duration, start_cs = new_part, 0
+        extended: tuple[str, int] | None = None
+        parts: tuple[Part, ...] = ()
+        if concat and source is not None:
+            parts = self.song_parts(source)
+            duration = sum(length for _, _, length in parts)
+        elif extends and source is not None:
+            at = round((request.continue_at or 0.0) * 100)
+            start_cs = (source.start_cs if isinstance(source, ClipPlan) else 0) + at
+            extended = (source.clip_id, at)
+        elif covers and source is not None and source.duration_cs:
+            duration = source.duration_cs
         source_title = source.title if isinstance(source, ClipPlan) else None
         title = request.title or source_title or _title_from(request.gpt_description_prompt)
         return ClipPlan(
@@ -342,7 +356,25 @@ class SandboxState:
             lyrics=_lyrics(request, source),
             tags=request.tags or (source.tags if isinstance(source, ClipPlan) else "") or "",
             rgb=(_shade(seed, clip_id, 0), _shade(seed, clip_id, 1), _shade(seed, clip_id, 2)),
+            start_cs=start_cs,
+            extends=extended,
+            parts=parts,
         )
+
+    def song_parts(self, clip: Source) -> tuple[Part, ...]:
+        """The whole song ``clip`` ends: what leads to it, then its own audio."""
+        return (*self._lead(clip), *_own(clip))
+
+    def _lead(self, clip: Source) -> tuple[Part, ...]:
+        """What comes before ``clip``'s own audio in its song: for an extension, its source's
+        song up to ``continue_at`` (a position in the source's own audio)."""
+        if not isinstance(clip, ClipPlan) or clip.extends is None:
+            return ()
+        parent_id, at = clip.extends
+        parent: Source | None = self.clips.get(parent_id) or self.uploads.get(parent_id)
+        if parent is None:
+            return ()
+        return (*self._lead(parent), *_first(_own(parent), at))
 
     def seed_tasks(
         self, *, count: int, api_key: str, base_url: str, fail: bool, mv: Model
@@ -412,6 +444,30 @@ class SandboxState:
             clip["style_weight"] = request.style_weight
             clip["weirdness_constraint"] = request.weirdness_constraint
         return clip
+
+
+def _own(clip: Source) -> tuple[Part, ...]:
+    """``clip``'s own audio as parts: a concat's parts, else the clip itself."""
+    if isinstance(clip, Upload):
+        return ((clip.clip_id, 0, upload_length_cs(clip)),)
+    return clip.parts or ((clip.clip_id, 0, clip.duration_cs),)
+
+
+def upload_length_cs(upload: Upload) -> int:
+    """An upload's length; an MP3's is not measured: 30 s."""
+    return upload.duration_cs if upload.duration_cs is not None else 3_000
+
+
+def _first(parts: tuple[Part, ...], length_cs: int) -> tuple[Part, ...]:
+    """The first ``length_cs`` of a song made of ``parts``."""
+    kept: list[Part] = []
+    left = length_cs
+    for clip_id, start, length in parts:
+        if left <= 0:
+            break
+        kept.append((clip_id, start, min(length, left)))
+        left -= length
+    return tuple(kept)
 
 
 def _shade(seed: int, clip_id: str, channel: int) -> int:

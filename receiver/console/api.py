@@ -1,0 +1,525 @@
+"""The console's JSON API: cursor-paged reads and the operator's actions.
+
+Reads: ``GET /tasks``, ``GET /tasks/{id}``, ``GET /deliveries``, ``GET /deliveries/{id}``,
+``GET /jobs``, ``GET /jobs/{id}``, ``GET /audit``. A list answers
+``{"items": [...], "next_cursor": "..." | null}``; pass ``cursor`` back to get the next page.
+
+Actions (``POST``), each idempotent and written to the audit log (who, when, what):
+``/jobs/{id}/retry``, ``/jobs/retry`` (every match of a filter; ``dry_run`` counts first),
+``/deliveries/{id}/record-again``, ``/deliveries/{id}/resend``, ``/tasks/{id}/reconcile``.
+The pages of :mod:`receiver.console.ui` call the same functions (:class:`Actions`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from receiver.errors import ReceiverError
+from receiver.jobs import Job, JobState
+from receiver.models import JobFilter, Outcome, Source
+from receiver.replay import reconcile, replayed, resend
+from receiver.runtime import Runtime
+from receiver.signatures import Scheme
+from receiver.states import State
+from receiver.storage.admin import (
+    MAX_LIMIT,
+    AuditEntry,
+    BadCursor,
+    DeliveryDetail,
+    DeliveryFilter,
+    DeliveryRow,
+    JobAttempt,
+    TaskFilter,
+    TaskRow,
+)
+from receiver.storage.roles import Admin
+
+DEFAULT_LIMIT = 50
+
+
+class BadQuery(ReceiverError):
+    """A query parameter is not valid."""
+
+
+# ---- JSON shapes ---------------------------------------------------------------------------
+
+
+def task_row_json(row: TaskRow) -> dict[str, Any]:
+    from receiver.app import task_json
+
+    return {**task_json(row.task), "title": row.title, "clips": row.clips}
+
+
+def delivery_json(row: DeliveryRow) -> dict[str, Any]:
+    return {
+        "delivery_id": row.delivery_id, "source": row.source.value, "scheme": row.scheme,
+        "event": row.event, "task_id": row.task_id, "outcome": row.outcome.value,
+        "reason": row.reason, "received_at": row.received_at, "duplicates": row.duplicates,
+        "last_duplicate_at": row.last_duplicate_at,
+    }
+
+
+def body_text(body: bytes) -> tuple[str, Any]:
+    """The raw body as text (replacement characters where it is not UTF-8) and, when it is
+    JSON, parsed (else None)."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        return text, json.loads(body)
+    except ValueError:
+        return text, None
+
+
+def delivery_detail_json(detail: DeliveryDetail) -> dict[str, Any]:
+    from receiver.app import transition_json
+
+    text, parsed = body_text(detail.raw.body)
+    return {
+        **delivery_json(detail.row),
+        "headers": dict(detail.raw.headers),
+        "body": text,
+        "body_json": parsed,
+        "pruned_at": detail.pruned_at,
+        "transitions": [transition_json(t) for t in detail.transitions],
+    }
+
+
+def attempt_json(a: JobAttempt) -> dict[str, Any]:
+    return {"attempt": a.attempt, "owner": a.owner, "started_at": a.started_at,
+            "finished_at": a.finished_at, "outcome": a.outcome, "error": a.error}
+
+
+def audit_json(a: AuditEntry) -> dict[str, Any]:
+    return {"id": a.id, "at": a.at, "actor": a.actor, "action": a.action, "target": a.target,
+            "detail": dict(a.detail)}
+
+
+# ---- query parameters ----------------------------------------------------------------------
+
+
+def _time(value: str | None, name: str) -> float | None:
+    """Unix seconds or an ISO 8601 time."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise BadQuery(f"{name} must be unix seconds or an ISO 8601 time") from None
+
+
+def _choice(value: str | None, enum: Any, name: str) -> Any:
+    if value is None or value == "":
+        return None
+    try:
+        return enum(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in enum)
+        raise BadQuery(f"{name} must be one of {choices}") from None
+
+
+def _limit(params: Mapping[str, str]) -> int:
+    raw = params.get("limit")
+    if raw is None or raw == "":
+        return DEFAULT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise BadQuery(f"limit must be an integer from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def _text(params: Mapping[str, str], name: str) -> str | None:
+    return params.get(name) or None
+
+
+def task_filter(params: Mapping[str, str]) -> TaskFilter:
+    return TaskFilter(
+        state=_choice(params.get("state"), State, "state"),
+        task_type=_text(params, "task_type"), tag=_text(params, "tag"),
+        parent=_text(params, "parent"), since=_time(params.get("since"), "since"),
+        until=_time(params.get("until"), "until"), text=_text(params, "q"),
+    )
+
+
+def delivery_filter(params: Mapping[str, str]) -> DeliveryFilter:
+    return DeliveryFilter(
+        outcome=_choice(params.get("outcome"), Outcome, "outcome"),
+        event=_text(params, "event"), source=_choice(params.get("source"), Source, "source"),
+        since=_time(params.get("since"), "since"), task_id=_text(params, "task_id"),
+    )
+
+
+def job_filter(params: Mapping[str, Any], *, default_state: JobState | None = None) -> JobFilter:
+    state = params.get("state")
+    return JobFilter(
+        state=_choice(state, JobState, "state") if state else default_state,
+        handler=params.get("handler") or None, task_id=params.get("task_id") or None,
+        since=_time(_str(params.get("since")), "since"),
+        until=_time(_str(params.get("until")), "until"),
+    )
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _error(status: int, error: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": error, **extra}, status)
+
+
+# ---- the context of a request ---------------------------------------------------------------
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None:
+        raise RuntimeError("the app's lifespan has not started")
+    return runtime
+
+
+def reads_of(request: Request) -> Admin:
+    """The store, in its administration role."""
+    return runtime_of(request).store
+
+
+def actor_of(request: Request) -> str:
+    """Who acts, for the audit log: the API's token or the dashboard's session, and from
+    which address."""
+    how = request.scope.get("console_auth", "open")
+    client = request.client.host if request.client else "?"
+    return f"{how}@{client}"
+
+
+# ---- the actions ---------------------------------------------------------------------------
+
+
+@dataclass
+class Actions:
+    """What an operator can do, shared by the JSON API and the pages. Each is idempotent and
+    audited; each returns what it did, as JSON."""
+
+    runtime: Runtime
+    reads: Admin
+
+    async def _audit(self, actor: str, action: str, target: str, detail: dict[str, Any]) -> None:
+        await self.reads.audit(actor=actor, action=action, target=target, detail=detail)
+
+    def _wake(self) -> None:
+        if self.runtime.worker is not None:
+            self.runtime.worker.wake()
+
+    async def retry_job(self, job_id: int, *, actor: str) -> dict[str, Any] | None:
+        job = await self.reads.get_job(job_id)
+        if job is None:
+            return None
+        requeued = 0
+        if job.state in (JobState.DEAD, JobState.DONE):
+            requeued = await self.runtime.store.requeue_jobs([job_id],
+                                                             now=self.runtime.clock.now())
+        result = {"job_id": job_id, "was": job.state.value, "requeued": requeued == 1}
+        await self._audit(actor, "retry_job", f"job:{job_id}", result)
+        if requeued:
+            self._wake()
+        return result
+
+    async def retry_matching(self, where: JobFilter, *, dry_run: bool,
+                             actor: str) -> dict[str, Any]:
+        matched = await self.reads.count_jobs(where)
+        result: dict[str, Any] = {"filter": filter_json(where), "matched": matched,
+                                  "dry_run": dry_run}
+        if not dry_run:
+            result["requeued"] = await self.reads.requeue_matching(
+                where, now=self.runtime.clock.now())
+            await self._audit(actor, "retry_jobs", "jobs", result)
+            if result["requeued"]:
+                self._wake()
+        return result
+
+    async def record_again(self, delivery_id: str, *, actor: str) -> dict[str, Any] | None:
+        detail = await self.reads.get_delivery(delivery_id)
+        if detail is None:
+            return None
+        if detail.row.outcome is not Outcome.QUARANTINED:
+            result: dict[str, Any] = {"delivery_id": delivery_id, "changed": False,
+                                      "outcome": detail.row.outcome.value}
+        else:
+            recorded = await self.runtime.store.rerecord_quarantined(
+                replayed(detail.raw), router=self.runtime.router)
+            result = {"delivery_id": delivery_id, "changed": True,
+                      "outcome": recorded.outcome.value, "reason": recorded.reason,
+                      "task_id": recorded.task_id, "transitions": len(recorded.transitions),
+                      "jobs": recorded.jobs}
+            if recorded.jobs:
+                self._wake()
+        await self._audit(actor, "record_again", f"delivery:{delivery_id}", result)
+        return result
+
+    async def resend(self, delivery_id: str, *, url: str, actor: str) -> dict[str, Any] | None:
+        detail = await self.reads.get_delivery(delivery_id)
+        if detail is None:
+            return None
+        settings = self.runtime.settings
+        scheme = settings.schemes[0] if settings.webhook_secrets else Scheme.NONE
+        secret = settings.webhook_secrets[0] if settings.webhook_secrets else ""
+        summary = await resend([detail.raw], http=self.runtime.http, url=url, secret=secret,
+                               scheme=scheme, clock=self.runtime.clock)
+        result = {"delivery_id": delivery_id, "url": url, "counts": summary.counts,
+                  "failures": summary.failures}
+        await self._audit(actor, "resend", f"delivery:{delivery_id}", result)
+        return result
+
+    async def reconcile_task(self, task_id: str, *, actor: str) -> dict[str, Any]:
+        runtime = self.runtime
+        if runtime.sonic is None:
+            raise ActionRefused("no Sonic API client is configured (SONIC_API_BASE_URL)")
+        summary = await reconcile([task_id], store=runtime.store, sonic=runtime.sonic,
+                                  router=runtime.router, clock=runtime.clock,
+                                  on_jobs=self._wake)
+        result = {"task_id": task_id, "counts": summary.counts, "failures": summary.failures}
+        await self._audit(actor, "reconcile", f"task:{task_id}", result)
+        return result
+
+
+class ActionRefused(ReceiverError):
+    """The action cannot be done here."""
+
+
+def filter_json(where: JobFilter) -> dict[str, Any]:
+    return {"state": where.state.value if where.state else None, "handler": where.handler,
+            "task_id": where.task_id, "since": where.since, "until": where.until}
+
+
+def actions_of(request: Request) -> Actions:
+    return Actions(runtime_of(request), reads_of(request))
+
+
+# ---- endpoints -----------------------------------------------------------------------------
+
+Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+def _guard(endpoint: Endpoint) -> Endpoint:
+    """Bad query parameters and cursors answer 400 with what is wrong."""
+
+    async def guarded(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except (BadQuery, BadCursor) as exc:
+            return _error(400, exc.message)
+
+    guarded.__doc__ = endpoint.__doc__
+    guarded.__name__ = endpoint.__name__
+    return guarded
+
+
+async def list_tasks(request: Request) -> Response:
+    params = request.query_params
+    page = await reads_of(request).list_tasks(task_filter(params), limit=_limit(params),
+                                              cursor=params.get("cursor"))
+    return JSONResponse({"items": [task_row_json(r) for r in page.items],
+                         "next_cursor": page.next_cursor})
+
+
+async def task_detail(runtime: Runtime, reads: Admin, task_id: str) -> dict[str, Any] | None:
+    """A task as ``GET /tasks/{id}`` shows it: clips, transitions, jobs, files, results,
+    its children, and its chain (the parents up to the root, oldest first)."""
+    from receiver.app import child_json, file_json, result_json, task_view_json
+
+    store = runtime.store
+    view = await store.get_task(task_id)
+    if view is None:
+        return None
+    body = task_view_json(view)
+    body["jobs"] = [job_json(j) for j in await store.list_jobs(task_id=task_id)]
+    body["files"] = [file_json(f) for f in await store.list_files(task_id)]
+    body["children"] = [child_json(c) for c in await store.list_children(task_id)]
+    body["results"] = [result_json(r) for r in await store.list_results(task_id)]
+    chain: list[dict[str, Any]] = []
+    parent = view.task.parent_task_id
+    seen = {task_id}
+    while parent is not None and parent not in seen and len(chain) < 20:
+        seen.add(parent)
+        made = await store.child_of(parent)
+        up = await store.get_task(parent)
+        chain.insert(0, {"task_id": parent,
+                         "task_type": up.task.task_type if up else None,
+                         "state": up.task.state.value if up else None,
+                         "rule": made.rule if made else None,
+                         "credits": made.credits if made else None})
+        parent = up.task.parent_task_id if up else None
+    made = await store.child_of(task_id)
+    body["parents"] = chain
+    body["created_by"] = child_json(made) if made else None
+    root = chain[0]["task_id"] if chain else task_id
+    body["root_task_id"] = root
+    body["credits_under_root"] = await store.credits_under(root)
+    return body
+
+
+async def get_task(request: Request) -> Response:
+    body = await task_detail(runtime_of(request), reads_of(request),
+                             request.path_params["task_id"])
+    if body is None:
+        return _error(404, "task_not_found")
+    return JSONResponse(body)
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    from receiver.app import job_json as base
+
+    return base(job)
+
+
+async def list_jobs(request: Request) -> Response:
+    params = request.query_params
+    page = await reads_of(request).list_jobs_page(job_filter(params), limit=_limit(params),
+                                                  cursor=params.get("cursor"))
+    return JSONResponse({"items": [job_json(j) for j in page.items],
+                         "next_cursor": page.next_cursor})
+
+
+def _int_param(request: Request, name: str) -> int | None:
+    raw = request.path_params[name]
+    return int(raw) if str(raw).isdigit() and len(str(raw)) < 19 else None
+
+
+async def get_job(request: Request) -> Response:
+    reads = reads_of(request)
+    job_id = _int_param(request, "job_id")
+    job = await reads.get_job(job_id) if job_id is not None else None
+    if job is None or job_id is None:
+        return _error(404, "job_not_found")
+    attempts = await reads.job_attempts(job_id)
+    return JSONResponse({**job_json(job), "attempt_log": [attempt_json(a) for a in attempts]})
+
+
+async def list_deliveries(request: Request) -> Response:
+    params = request.query_params
+    page = await reads_of(request).list_deliveries(
+        delivery_filter(params), limit=_limit(params), cursor=params.get("cursor"))
+    return JSONResponse({"items": [delivery_json(d) for d in page.items],
+                         "next_cursor": page.next_cursor})
+
+
+async def get_delivery(request: Request) -> Response:
+    detail = await reads_of(request).get_delivery(request.path_params["delivery_id"])
+    if detail is None:
+        return _error(404, "delivery_not_found")
+    return JSONResponse(delivery_detail_json(detail))
+
+
+async def list_audit(request: Request) -> Response:
+    params = request.query_params
+    page = await reads_of(request).list_audit(limit=_limit(params), cursor=params.get("cursor"))
+    return JSONResponse({"items": [audit_json(a) for a in page.items],
+                         "next_cursor": page.next_cursor})
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise BadQuery("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadQuery("the body must be a JSON object")
+    return body
+
+
+async def retry_job(request: Request) -> Response:
+    job_id = _int_param(request, "job_id")
+    result = None
+    if job_id is not None:
+        result = await actions_of(request).retry_job(job_id, actor=actor_of(request))
+    if result is None:
+        return _error(404, "job_not_found")
+    return JSONResponse(result)
+
+
+async def retry_jobs(request: Request) -> Response:
+    body = await _json_body(request)
+    for name in ("state", "handler", "task_id"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise BadQuery(f"{name} must be a string")
+    for name in ("since", "until"):
+        if body.get(name) is not None and (
+            isinstance(body[name], bool) or not isinstance(body[name], str | int | float)
+        ):
+            raise BadQuery(f"{name} must be unix seconds or an ISO 8601 time")
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise BadQuery("dry_run must be true or false")
+    where = job_filter(body, default_state=JobState.DEAD)
+    if where.state not in (JobState.DEAD, JobState.DONE):
+        raise BadQuery("state must be dead or done: only finished jobs are retried")
+    return JSONResponse(await actions_of(request).retry_matching(
+        where, dry_run=dry_run, actor=actor_of(request)))
+
+
+async def record_again(request: Request) -> Response:
+    result = await actions_of(request).record_again(request.path_params["delivery_id"],
+                                                    actor=actor_of(request))
+    if result is None:
+        return _error(404, "delivery_not_found")
+    return JSONResponse(result)
+
+
+def webhook_url(request: Request) -> str:
+    """Where a resent delivery goes: the public webhook URL, else this server's own."""
+    configured = runtime_of(request).settings.webhook_url
+    return configured or str(request.url_for("webhook"))
+
+
+async def resend_delivery(request: Request) -> Response:
+    try:
+        result = await actions_of(request).resend(request.path_params["delivery_id"],
+                                                  url=webhook_url(request),
+                                                  actor=actor_of(request))
+    except httpx.InvalidURL as exc:
+        return _error(409, "cannot_resend", reason=str(exc))
+    if result is None:
+        return _error(404, "delivery_not_found")
+    return JSONResponse(result)
+
+
+async def reconcile_task(request: Request) -> Response:
+    task_id = request.path_params["task_id"]
+    if await runtime_of(request).store.get_task(task_id) is None:
+        return _error(404, "task_not_found")
+    try:
+        result = await actions_of(request).reconcile_task(task_id, actor=actor_of(request))
+    except ActionRefused as exc:
+        return _error(409, "cannot_reconcile", reason=exc.message)
+    return JSONResponse(result)
+
+
+def api_routes() -> list[BaseRoute]:
+    """The JSON routes, to be mounted behind the admin authentication."""
+    return [
+        Route("/tasks", _guard(list_tasks), methods=["GET"]),
+        Route("/tasks/{task_id:str}", _guard(get_task), methods=["GET"]),
+        Route("/tasks/{task_id:str}/reconcile", _guard(reconcile_task), methods=["POST"]),
+        Route("/deliveries", _guard(list_deliveries), methods=["GET"]),
+        Route("/deliveries/{delivery_id:str}", _guard(get_delivery), methods=["GET"]),
+        Route("/deliveries/{delivery_id:str}/record-again", _guard(record_again),
+              methods=["POST"]),
+        Route("/deliveries/{delivery_id:str}/resend", _guard(resend_delivery),
+              methods=["POST"]),
+        Route("/jobs", _guard(list_jobs), methods=["GET"]),
+        Route("/jobs/retry", _guard(retry_jobs), methods=["POST"]),
+        Route("/jobs/{job_id:str}", _guard(get_job), methods=["GET"]),
+        Route("/jobs/{job_id:str}/retry", _guard(retry_job), methods=["POST"]),
+        Route("/audit", _guard(list_audit), methods=["GET"]),
+    ]

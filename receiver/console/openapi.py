@@ -1,0 +1,253 @@
+"""``GET /openapi.json``: every JSON route of the receiver, written out by hand so that it says
+exactly what the code answers (a schemathesis run in the suite holds the two together)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from receiver.jobs import JobState
+from receiver.models import ChildState, Outcome, Source
+from receiver.states import State
+from receiver.storage.admin import MAX_LIMIT
+
+S = dict[str, Any]
+
+
+def _n(schema: S) -> S:
+    return {**schema, "nullable": True}
+
+
+STR: S = {"type": "string"}
+NUM: S = {"type": "number"}
+INT: S = {"type": "integer"}
+ANY_OBJECT: S = {"type": "object", "additionalProperties": True}
+
+
+def _obj(required: dict[str, S], **extra: Any) -> S:
+    return {"type": "object", "required": sorted(required), "properties": required, **extra}
+
+
+def _ref(name: str) -> S:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _enum(values: Any) -> S:
+    return {"type": "string", "enum": [v.value for v in values]}
+
+
+def _page(item: str) -> S:
+    return _obj({"items": {"type": "array", "items": _ref(item)}, "next_cursor": _n(STR)})
+
+
+SCHEMAS: dict[str, S] = {
+    "Error": _obj({"error": STR}, additionalProperties=True),
+    "Task": _obj({
+        "task_id": STR, "state": _enum(State), "platform": _n(STR), "error": _n(STR),
+        "first_seen_at": NUM, "updated_at": NUM, "last_event_at": NUM,
+        "last_delivery_id": _n(STR), "task_type": _n(STR), "parent_task_id": _n(STR),
+    }),
+    "Clip": _obj({
+        "clip_id": STR, "state": _enum(State), "title": _n(STR), "tags": _n(STR),
+        "lyrics": _n(STR), "audio_url": _n(STR), "image_url": _n(STR), "video_url": _n(STR),
+        "duration": _n(NUM), "mv": _n(STR), "created_at": _n(STR), "updated_at": NUM,
+        "data": ANY_OBJECT,
+    }),
+    "Transition": _obj({
+        "entity": STR, "entity_id": STR, "from": _n(_enum(State)), "to": _enum(State),
+        "delivery_id": STR, "source": _enum(Source), "at": NUM,
+    }),
+    "Job": _obj({
+        "id": INT, "key": STR, "handler": STR, "route": STR, "trigger": STR, "task_id": STR,
+        "state": _enum(JobState), "attempts": INT, "max_attempts": INT, "run_after": NUM,
+        "last_error": _n(STR), "created_at": NUM, "updated_at": NUM,
+    }),
+    "Attempt": _obj({"attempt": INT, "owner": STR, "started_at": NUM, "finished_at": _n(NUM),
+                     "outcome": _n(STR), "error": _n(STR)}),
+    "File": _obj({
+        "clip_id": STR, "kind": STR, "path": STR, "size": INT, "sha256": STR, "url": _n(STR),
+        "content_type": _n(STR),
+    }),
+    "Child": _obj({
+        "child_task_id": _n(STR), "rule": STR, "task_type": STR, "depth": INT, "credits": INT,
+        "state": _enum(ChildState), "error": _n(STR), "root_task_id": STR,
+    }),
+    "Result": _obj({"clip_id": STR, "kind": STR, "data": ANY_OBJECT}),
+    "ChainLink": _obj({"task_id": STR, "task_type": _n(STR), "state": _n(STR),
+                       "rule": _n(STR), "credits": _n(INT)}),
+    "Delivery": _obj({
+        "delivery_id": STR, "source": _enum(Source), "scheme": STR, "event": _n(STR),
+        "task_id": _n(STR), "outcome": _enum(Outcome), "reason": _n(STR), "received_at": NUM,
+        "duplicates": INT, "last_duplicate_at": _n(NUM),
+    }),
+    "Audit": _obj({"id": INT, "at": NUM, "actor": STR, "action": STR, "target": _n(STR),
+                   "detail": ANY_OBJECT}),
+}
+SCHEMAS["TaskRow"] = {"allOf": [_ref("Task"), _obj({"title": _n(STR), "clips": INT})]}
+SCHEMAS["TaskDetail"] = _obj({
+    "task": _ref("Task"), "clips": {"type": "array", "items": _ref("Clip")},
+    "transitions": {"type": "array", "items": _ref("Transition")},
+    "jobs": {"type": "array", "items": _ref("Job")},
+    "files": {"type": "array", "items": _ref("File")},
+    "children": {"type": "array", "items": _ref("Child")},
+    "results": {"type": "array", "items": _ref("Result")},
+    "parents": {"type": "array", "items": _ref("ChainLink")},
+    "created_by": {"allOf": [_ref("Child")], "nullable": True},
+    "root_task_id": STR, "credits_under_root": INT,
+})
+SCHEMAS["DeliveryDetail"] = {"allOf": [_ref("Delivery"), _obj({
+    "headers": {"type": "object", "additionalProperties": STR}, "body": STR,
+    "body_json": {"nullable": True}, "pruned_at": _n(NUM),
+    "transitions": {"type": "array", "items": _ref("Transition")},
+})]}
+SCHEMAS["JobDetail"] = {"allOf": [_ref("Job"), _obj({
+    "attempt_log": {"type": "array", "items": _ref("Attempt")}})]}
+for _name, _item in (("TaskPage", "TaskRow"), ("DeliveryPage", "Delivery"),
+                     ("JobPage", "Job"), ("AuditPage", "Audit")):
+    SCHEMAS[_name] = _page(_item)
+
+
+def _json(schema: S, description: str = "OK") -> S:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERROR = _json(_ref("Error"), "An error, named")
+UNAUTHORIZED = _json(_ref("Error"), "The admin token (Bearer) or a session is needed")
+
+
+def _q(name: str, description: str, schema: S | None = None) -> S:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": schema or STR}
+
+
+def _p(name: str, schema: S | None = None) -> S:
+    return {"name": name, "in": "path", "required": True, "schema": schema or STR}
+
+
+PAGING = [
+    _q("limit", f"items per page (1 to {MAX_LIMIT}, default 50)",
+       {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
+    _q("cursor", "next_cursor of the previous page"),
+]
+TIME = "unix seconds or ISO 8601"
+
+
+def _read(summary: str, schema: S, params: list[S], *, missing: bool = False) -> S:
+    responses: S = {"200": _json(schema), "400": ERROR, "401": UNAUTHORIZED}
+    if missing:
+        responses["404"] = ERROR
+    return {"get": {"summary": summary, "parameters": params, "responses": responses,
+                    "security": [{"admin": []}]}}
+
+
+def _action(summary: str, params: list[S], *, body: S | None = None,
+            extra: dict[str, S] | None = None) -> S:
+    op: S = {"summary": summary, "parameters": params, "security": [{"admin": []}],
+             "responses": {"200": _json(ANY_OBJECT, "What the action did (also audited)"),
+                           "401": UNAUTHORIZED, "403": ERROR, "404": ERROR, **(extra or {})}}
+    if body is not None:
+        op["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
+    return {"post": op}
+
+
+PATHS: dict[str, S] = {
+    "/webhooks/sonic": {"post": {
+        "summary": "Receive a Sonic callback (signed with the webhook secret)",
+        "parameters": [_q("task_id", "the task, for senders that leave it out of the body")],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}},
+        "responses": {
+            "200": _json(_obj({"status": _enum([Outcome.RECORDED, Outcome.DUPLICATE]),
+                               "delivery_id": STR, "task_id": _n(STR),
+                               "state": _n(_enum(State))}), "Recorded, or a duplicate"),
+            "401": _json(_ref("Error"), "The signature cannot be accepted"),
+            "413": _json(_ref("Error"), "The body is too large"),
+            "422": _json(_ref("Error"), "Verified but unusable: kept as quarantined"),
+            "503": _json(_ref("Error"), "The store cannot take it now: send again"),
+        },
+    }},
+    "/tasks": {
+        **_read("List tasks, newest first", _ref("TaskPage"), [
+            _q("state", "task state", _enum(State)), _q("task_type", "create_music, ..."),
+            _q("tag", "a word in a clip's tags"), _q("parent", "the parent task's id"),
+            _q("since", f"first seen at or after ({TIME})"),
+            _q("until", f"first seen before ({TIME})"), _q("q", "text in a clip's title"),
+            *PAGING]),
+        "post": {
+            "summary": "Create a task at the Sonic API through this receiver",
+            "security": [{"admin": []}],
+            "requestBody": {"required": True,
+                            "content": {"application/json": {"schema": ANY_OBJECT}}},
+            "responses": {"201": _json(_obj({"task_id": STR, "task_type": STR})),
+                          "400": ERROR, "401": UNAUTHORIZED, "403": ERROR, "413": ERROR,
+                          "502": ERROR, "503": ERROR},
+        },
+    },
+    "/tasks/{task_id}": _read("A task with clips, transitions, jobs, files, results and chain",
+                              _ref("TaskDetail"), [_p("task_id")], missing=True),
+    "/tasks/{task_id}/reconcile": _action(
+        "Poll the task at the Sonic API now and record what it says", [_p("task_id")],
+        extra={"409": ERROR}),
+    "/deliveries": _read("List deliveries, newest first", _ref("DeliveryPage"), [
+        _q("outcome", "recorded, duplicate (received more than once) or quarantined",
+           _enum(Outcome)),
+        _q("event", "e.g. song.completed"), _q("source", "what brought it", _enum(Source)),
+        _q("since", f"received at or after ({TIME})"), _q("task_id", "the task"), *PAGING]),
+    "/deliveries/{delivery_id}": _read(
+        "A delivery: kept headers, raw body, outcome, reason, transitions it made",
+        _ref("DeliveryDetail"), [_p("delivery_id")], missing=True),
+    "/deliveries/{delivery_id}/record-again": _action(
+        "Record a quarantined delivery again (idempotent: a recorded one is left alone)",
+        [_p("delivery_id")]),
+    "/deliveries/{delivery_id}/resend": _action(
+        "Sign and POST a stored delivery to the webhook again", [_p("delivery_id")],
+        extra={"409": ERROR}),
+    "/jobs": _read("List jobs, newest first", _ref("JobPage"), [
+        _q("state", "job state", _enum(JobState)), _q("handler", "handler name"),
+        _q("task_id", "the task"), _q("since", f"created at or after ({TIME})"),
+        _q("until", f"created before ({TIME})"), *PAGING]),
+    "/jobs/retry": _action(
+        "Queue again every finished job matching a filter (all of them, not a page); "
+        "dry_run only counts", [],
+        body={"type": "object", "properties": {
+            "state": {"type": "string", "enum": ["dead", "done"], "default": "dead"},
+            "handler": STR, "task_id": STR,
+            "since": {"oneOf": [NUM, STR]}, "until": {"oneOf": [NUM, STR]},
+            "dry_run": {"type": "boolean", "default": False}}},
+        extra={"400": ERROR}),
+    "/jobs/{job_id}": _read("A job with every attempt's error", _ref("JobDetail"),
+                            [_p("job_id", INT)], missing=True),
+    "/jobs/{job_id}/retry": _action("Queue a dead or done job again", [_p("job_id", INT)]),
+    "/audit": _read("The operators' actions, newest first", _ref("AuditPage"), PAGING),
+    "/healthz": {"get": {"summary": "Alive", "responses": {"200": _json(ANY_OBJECT)}}},
+    "/readyz": {"get": {"summary": "The database takes a write",
+                        "responses": {"200": _json(ANY_OBJECT), "503": _json(ANY_OBJECT)}}},
+    "/metrics": {"get": {
+        "summary": "Prometheus metrics (text format 0.0.4)", "security": [{"admin": []}],
+        "responses": {"200": {"description": "OK", "content": {"text/plain": {"schema": STR}}},
+                      "401": UNAUTHORIZED}}},
+}
+
+
+def document() -> S:
+    """The OpenAPI 3.0 document."""
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "sonic-receiver", "version": "1",
+                 "description": "A verified, durable webhook receiver for the Sonic API, and "
+                                "its operator's console."},
+        "paths": PATHS,
+        "components": {"schemas": SCHEMAS, "securitySchemes": {
+            "admin": {"type": "http", "scheme": "bearer",
+                      "description": "RECEIVER_ADMIN_TOKEN"}}},
+    }
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(document())
+
+
+def openapi_routes() -> list[BaseRoute]:
+    return [Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False)]
