@@ -8,10 +8,12 @@ with one line on stderr and exit status 2, and so does a database that cannot be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from receiver.errors import ReceiverError, SettingsError, StoreError
@@ -141,10 +143,28 @@ def _serve(args: argparse.Namespace) -> int:
         raise SettingsError("--workers must be at least 1")
     if args.workers > 1:
         _check_database(loaded)
-        return server.serve_processes(loaded, create_app, host=args.host, port=args.port,
-                                      processes=args.workers, configure=configure_logs)
+        with _shared_metrics():
+            return server.serve_processes(loaded, create_app, host=args.host, port=args.port,
+                                          processes=args.workers, configure=configure_logs)
     server.serve(create_app(loaded), host=args.host, port=args.port, settings=loaded)
     return 0
+
+
+@contextlib.contextmanager
+def _shared_metrics() -> Iterator[None]:
+    """Several web processes: unless the operator shares a folder for the metrics each process
+    observes (``PROMETHEUS_MULTIPROC_DIR``, with a separate worker too), give them an empty one
+    of their own, so that a scrape, whichever process answers it, sums all of them. Set in the
+    environment before the children start: prometheus_client picks its mode at import."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="sonic-receiver-metrics-") as folder:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+        try:
+            yield
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def _positive(text: str) -> int:

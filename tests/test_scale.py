@@ -10,17 +10,19 @@ import ctypes
 import errno
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from receiver.server import running
 from tests.load import Senders, Stored, check_effects, deliveries, effect_config, until_jobs_done
 from tests.processes import children, done_twice, serve, start_worker, wait_logged
-from tests.support import free_port, settings_for
+from tests.support import callback, clip, free_port, settings_for, signed_headers
 
 pytestmark = pytest.mark.slow
 
@@ -225,3 +227,24 @@ def test_two_web_and_one_worker_process_on_one_sqlite_file_killed_at_random(
     tmp_path: Path,
 ) -> None:
     _chaos(tmp_path / "r.db", tmp_path, workers=1, senders=4, tasks_each=5, kills=2, seed=12)
+
+
+def test_a_metrics_scrape_of_serve_workers_sums_every_web_process(tmp_path: Path) -> None:
+    """`serve --workers 2` gives its processes one folder for prometheus_client's multiprocess
+    mode: whichever process answers /metrics counts the deliveries every process answered."""
+    port = free_port()
+    with serve(tmp_path / "r.db", port, tmp_path / "log", args=["--workers", "2"],
+               extra_env={"RECEIVER_INSECURE_OPEN_ADMIN": "1"}):
+        for n in range(30):  # a connection each: the two processes take turns accepting
+            body = callback(f"m-{n}", [clip(f"m-{n}-a", "succeeded")])
+            answer = httpx.post(f"http://127.0.0.1:{port}/webhooks/sonic", content=body,
+                                headers=signed_headers(body, delivery_id=f"m-{n}"))
+            assert answer.status_code == 200
+        counts = set()
+        for _ in range(6):
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            found = re.search(r'^receiver_ingest_seconds_count\{outcome="recorded"\} (\S+)$',
+                              text, re.M)
+            assert found, text[:2000]
+            counts.add(float(found.group(1)))
+    assert counts == {30.0}
