@@ -14,6 +14,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -248,3 +249,41 @@ def test_a_metrics_scrape_of_serve_workers_sums_every_web_process(tmp_path: Path
             assert found, text[:2000]
             counts.add(float(found.group(1)))
     assert counts == {30.0}
+
+
+def _start_up_error(tmp_path: Path, *args: str, config: str = "routes = []\n") -> str:
+    """Run `serve --workers 2 ARGS` that must not start; its one line of stderr."""
+    (tmp_path / "bad.toml").write_text(config)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECEIVER_", "SONIC_"))}
+    env |= {"SONIC_WEBHOOK_SECRET": "s3cret-1", "RECEIVER_LOG_FORMAT": "json",
+            "RECEIVER_CONFIG": str(tmp_path / "bad.toml")}
+    done = subprocess.run(
+        [sys.executable, "-m", "receiver", "serve", "--port", str(free_port()), "--workers", "2",
+         *args], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "web_processes_started" not in done.stderr  # stopped before any child started
+    return done.stderr.strip().splitlines()[-1]
+
+
+def test_serve_workers_with_a_database_that_cannot_be_reached_stops_with_one_line(
+    tmp_path: Path,
+) -> None:
+    line = _start_up_error(tmp_path, "--db", f"postgresql://nobody@127.0.0.1:{free_port()}/x")
+    assert line.startswith("sonic-receiver: error: cannot open database postgresql://127.0.0.1:")
+
+
+def test_serve_workers_with_an_unknown_handler_stops_with_one_line(tmp_path: Path) -> None:
+    line = _start_up_error(tmp_path, "--db", str(tmp_path / "r.db"), config=(
+        '[[routes]]\non = ["task.succeeded"]\nhandlers = ["no_such_handler"]\n'))
+    assert line.startswith("sonic-receiver: error: ")
+    assert "no_such_handler" in line
+
+
+def test_serve_workers_on_a_port_in_use_stops_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = _start_up_error(tmp_path, "--db", str(tmp_path / "r.db"), "--port", str(port))
+    assert line.startswith(f"sonic-receiver: error: cannot listen on 127.0.0.1:{port}")
