@@ -83,10 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser(
         "worker",
         help="run handler jobs from the database, as a process of its own",
-        description="Claims due jobs from the SQLite file the web process writes, polling at "
-        "most every 250 ms. SIGTERM/SIGINT stop claiming, wait for running jobs up to the drain "
-        "deadline ([worker] drain_s), then hand the rest back. Run the web process with "
-        "RECEIVER_WORKER=off when this runs.",
+        description="Claims due jobs from the database the web processes write, woken by "
+        "PostgreSQL's NOTIFY (or a commit to the SQLite file) and polling at most every 250 ms. "
+        "Run any number of them. SIGTERM/SIGINT stop claiming, wait for running jobs up to "
+        "the drain deadline ([worker] drain_s), then hand the rest back. Run the web process "
+        "with RECEIVER_WORKER=off when this runs.",
     )
     _add_common(worker)
     worker.add_argument(

@@ -287,3 +287,55 @@ def test_serve_workers_on_a_port_in_use_stops_with_one_line(tmp_path: Path) -> N
         port = taken.getsockname()[1]
         line = _start_up_error(tmp_path, "--db", str(tmp_path / "r.db"), "--port", str(port))
     assert line.startswith(f"sonic-receiver: error: cannot listen on 127.0.0.1:{port}")
+
+
+@pytest.mark.anyio
+async def test_a_worker_in_its_own_process_hears_jobs_written_just_after_it_first_looked(
+    pg_dsn: str, tmp_path: Path,
+) -> None:
+    """The worker listens (LISTEN) before it first looks for jobs: a job committed by a web
+    process after that look and before the worker's first wait still wakes it, not its next
+    poll (an hour here). The commit is made to land in that gap by the store itself."""
+    from receiver.clock import SystemClock
+    from receiver.context import Event, HandlerContext
+    from receiver.registry import Registry
+    from receiver.routing import HandlerRef, Route, Router
+    from receiver.runtime import open_runtime
+    from receiver.storage import Store
+    from receiver.storage.postgres import PostgresConnector
+    from tests.test_store import delivery
+
+    router = Router([Route(name="r", on=frozenset({"task.succeeded"}),
+                           handlers=(HandlerRef(name="h"),))])
+    ran = asyncio.Event()
+
+    async def handler(event: Event, ctx: HandlerContext) -> None:
+        ran.set()
+
+    registry = Registry()
+    registry.register("h", handler, origin="test")
+    body = callback("gap", [clip("gap-a", "succeeded")])
+
+    async with Store(PostgresConnector(pg_dsn)) as web:
+
+        class CommitInTheGap(Store):
+            first = True
+
+            async def next_due(self) -> float | None:
+                due = await super().next_due()
+                if self.first:  # a web process commits a job just after the worker looked
+                    self.first = False
+                    await web.record_delivery(delivery("gap-1", body), router=router)
+                return due
+
+        async with CommitInTheGap(PostgresConnector(pg_dsn)) as store, open_runtime(
+            settings_for(tmp_path), clock=SystemClock(), router=router, registry=registry,
+            store=store,
+        ) as runtime:
+            worker = runtime.make_worker(poll_s=3600.0, listen=True)
+            running_worker = asyncio.create_task(worker.run())
+            try:
+                await asyncio.wait_for(ran.wait(), timeout=30)
+            finally:
+                await worker.stop(deadline_s=5)
+                await running_worker
