@@ -96,6 +96,18 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
+def wait_children(pid: int, count: int, timeout_s: float = 60) -> list[int]:
+    """The web processes of ``serve --workers`` (process ``pid``) once there are ``count`` of
+    them: one killed a moment ago is started again, and a child shows as one once it runs
+    ``spawn_main``."""
+    deadline = time.monotonic() + timeout_s
+    while len(found := children(pid)) != count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{pid} has web processes {found}, not {count}")
+        time.sleep(0.05)
+    return found
+
+
 def log_events(logs: Iterable[Path], event: str) -> list[dict[str, object]]:
     """The JSON log lines named ``event`` in ``logs`` (lines that are not JSON are skipped:
     a process killed mid-line leaves half of one)."""

@@ -22,7 +22,7 @@ import pytest
 
 from receiver.server import running
 from tests.load import Senders, Stored, check_effects, deliveries, effect_config, until_jobs_done
-from tests.processes import children, done_twice, serve, start_worker, wait_logged
+from tests.processes import done_twice, serve, start_worker, wait_children, wait_logged
 from tests.support import callback, clip, free_port, settings_for, signed_headers
 
 pytestmark = pytest.mark.slow
@@ -122,8 +122,7 @@ def test_every_web_process_of_serve_workers_sets_tcp_nodelay(tmp_path: Path) -> 
     TCP_NODELAY (else each answer waits ~40 ms for the client's delayed ACK)."""
     port = free_port()
     with serve(tmp_path / "r.db", port, tmp_path / "log", args=["--workers", "2"]) as web:
-        pids = children(web.pid)
-        assert len(pids) == 2
+        pids = wait_children(web.pid, 2)
         seen: dict[int, int] = {}
         clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
         try:
@@ -174,7 +173,7 @@ def _chaos(db: Path | str, tmp_path: Path, *, workers: int, senders: int, tasks_
         for k in range(1, kills + 1):
             await load.until_acked(load.expected * k // (kills + 1))
             if rng.random() < 0.5:
-                victim = rng.choice(children(web.pid))
+                victim = rng.choice(await asyncio.to_thread(wait_children, web.pid, 2))
                 os.kill(victim, signal.SIGKILL)
                 killed.append(f"web {victim}")
             else:
@@ -188,11 +187,11 @@ def _chaos(db: Path | str, tmp_path: Path, *, workers: int, senders: int, tasks_
 
     with serve(db, port, logs[0], config=config, args=["--workers", "2"],
                extra_env={"RECEIVER_WORKER": "off"}) as web:
-        started = children(web.pid)
+        started = wait_children(web.pid, 2)
         pool.extend(new_worker() for _ in range(workers))
         try:
             final = asyncio.run(drive(web))
-            now = children(web.pid)
+            now = wait_children(web.pid, 2)
             for proc in pool:  # a worker killed during its start-up has no SIGTERM handler yet
                 wait_logged(log_of[proc.pid], "worker_started", proc)
         finally:
