@@ -222,7 +222,8 @@ def serve_processes(settings: Settings, factory: AppFactory, *, host: str, port:
     children: list[multiprocessing.process.BaseProcess] = []
     status = 0
     try:
-        children = [start() for _ in range(processes)]
+        for _ in range(processes):
+            children.append(start())
         log.info("web_processes_started", processes=processes, host=host,
                  port=sock.getsockname()[1], pids=[c.pid for c in children])
         while not stop.is_set():

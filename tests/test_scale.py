@@ -338,3 +338,27 @@ async def test_a_worker_in_its_own_process_hears_jobs_written_just_after_it_firs
             finally:
                 await worker.stop(deadline_s=5)
                 await running_worker
+
+
+def test_web_processes_that_cannot_start_stop_serve_instead_of_restarting(
+    tmp_path: Path,
+) -> None:
+    """A web process whose app fails to start (past the parent's own checks) says why in one
+    line; serve stops the others and exits 3 rather than starting it again and again."""
+    script = (
+        "import os, sys\n"
+        "from receiver.server import serve_processes\n"
+        "from tests.support import settings_for\n"
+        "from tests.plugins import app_that_cannot_start\n"
+        "from pathlib import Path\n"
+        "os.environ['PLANTED_START_FAILURE'] = 'child'\n"  # the children inherit it
+        f"sys.exit(serve_processes(settings_for(Path({str(tmp_path)!r})), app_that_cannot_start,"
+        f" host='127.0.0.1', port={free_port()}, processes=2))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=False,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert done.returncode == 3, done.stderr[-3000:]
+    planted = [line for line in done.stderr.splitlines()
+               if line == "sonic-receiver: error: planted: the database went away"]
+    assert 1 <= len(planted) <= 2, done.stderr[-3000:]  # once per child at most: no restarts

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 from receiver.context import Event, HandlerContext
 
@@ -47,3 +48,21 @@ async def effect_once(event: Event, ctx: HandlerContext) -> None:
             staged.unlink()
 
     await asyncio.to_thread(write)
+
+
+def app_that_cannot_start(settings: Any) -> Any:
+    """An app factory (for ``receiver.server.serve_processes``) whose app builds fine and then
+    fails to start: its lifespan raises the receiver's own error."""
+    import contextlib
+
+    from starlette.applications import Starlette
+
+    from receiver.errors import StoreError
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        if os.environ.get("PLANTED_START_FAILURE") == "child":
+            raise StoreError("planted: the database went away")
+        yield
+
+    return Starlette(lifespan=lifespan)
