@@ -317,3 +317,22 @@ async def test_a_worker_elsewhere_is_woken_by_jobs_written_not_by_its_poll(
         woken = waiting.done()
         waiting.cancel()
     assert woken, "still waiting after 100 commits of new jobs"
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_one_delivery_recorded_by_two_processes_at_once_is_a_duplicate_not_an_error(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path,
+) -> None:
+    """A provider's retry overlapping its first attempt, the two at two web processes: one is
+    recorded and the other answered as a duplicate (not a 503 for the conflict)."""
+    async with backend_store(kind, request, tmp_path) as one, \
+            backend_store(kind, request, tmp_path) as two:
+        outcomes = []
+        for n in range(30):
+            same = delivery(f"twice-{n}", done(f"twice-{n}"))
+            results = await asyncio.gather(one.record_delivery(same, router=ROUTER),
+                                           two.record_delivery(same, router=ROUTER))
+            outcomes.append(sorted(r.outcome.value for r in results))
+        counts = await one.counts()
+    assert outcomes == [["duplicate", "recorded"]] * 30
+    assert (counts["deliveries"], counts["jobs"]) == (30, 30)

@@ -332,6 +332,7 @@ PORTABLE: dict[Q, str] = {
                                 headers, body, received_at)
         VALUES (:delivery_id, :source, :scheme, :event, :task_id, :outcome, :reason, :headers,
                 :body, :received_at)
+        ON CONFLICT (delivery_id) DO NOTHING
     """,
     Q.DELETE_QUARANTINED: """
         DELETE FROM deliveries WHERE delivery_id = :delivery_id AND outcome = 'quarantined'

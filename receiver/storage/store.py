@@ -519,14 +519,15 @@ class RecordingTx:
 
     async def insert_delivery(
         self, delivery: Delivery, *, outcome: Outcome, task_id: str | None, reason: str | None
-    ) -> None:
-        await self.tx.run(Q.INSERT_DELIVERY, {
+    ) -> bool:
+        inserted = await self.tx.run(Q.INSERT_DELIVERY, {
             "delivery_id": delivery.delivery_id, "source": delivery.source.value,
             "scheme": delivery.scheme, "event": delivery.event, "task_id": task_id,
             "outcome": outcome.value, "reason": reason,
             "headers": json.dumps(dict(delivery.headers), sort_keys=True),
             "body": delivery.body, "received_at": delivery.received_at,
         })
+        return inserted == 1
 
     async def task_for_clips(self, clip_ids: Sequence[str]) -> str | None:
         if not clip_ids:
