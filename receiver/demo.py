@@ -278,7 +278,7 @@ async def run(workdir: Path, limit_s: float, sink_port: int, *, stay: bool = Fal
             dropped = (await http.get(f"{sandbox_url}/_sandbox/deliveries",
                                       params={"outcome": "dropped"})).json()["deliveries"]
             recovered = _recovered(progress, root)
-            heard = await measure(http, receiver_url, progress)
+            heard = await measure(http, receiver_url, progress, admin)
             summarise(progress, workdir, CREDITS - int(keys[API_KEY]["credits"]), notes,
                       dropped, recovered, heard)
             closed = bool(ok and recovered and dropped)
@@ -353,17 +353,22 @@ def _recovered(progress: Progress, root: str) -> bool:
                for t in view.get("transitions", []) if t["entity"] == "task")
 
 
-async def measure(http: httpx.AsyncClient, url: str, progress: Progress) -> dict[str, float]:
+async def measure(
+    http: httpx.AsyncClient, url: str, progress: Progress, admin: dict[str, str]
+) -> dict[str, float]:
     """How long each kept audio file really plays, by clip id: read back through the
-    receiver's own file route (a local file, or a presigned redirect to the object store)."""
+    receiver's own file route (a local file, or a presigned redirect to the object store;
+    httpx drops the admin token when a redirect leaves the receiver)."""
     heard: dict[str, float] = {}
     for view in progress.views.values():
         for f in view["files"]:
             if f["kind"] != "audio" or f["content_type"] != "audio/wav":
                 continue
             got = await http.get(f"{url}/files/{view['task']['task_id']}/{f['clip_id']}/audio",
-                                 follow_redirects=True)
-            if got.status_code == 200:
+                                 follow_redirects=True, headers=admin)
+            if got.status_code != 200:
+                print(f"  cannot read back {f['clip_id']}: {got.status_code}", flush=True)
+            else:
                 with contextlib.suppress(wave.Error, EOFError), wave.open(
                         io.BytesIO(got.content)) as audio:
                     heard[f["clip_id"]] = audio.getnframes() / audio.getframerate()
@@ -418,8 +423,11 @@ def _full_song(progress: Progress, durations: dict[str, float | None],
         return
     source, extension, whole = (v["clips"][0]["clip_id"] for v in chain)
     source_s, extension_s = durations.get(source), durations.get(extension)
-    song_s = heard.get(whole, durations.get(whole))
-    if source_s is None or extension_s is None or song_s is None:
+    song_s = heard.get(whole)  # measured from the kept bytes, never the API's claim
+    if source_s is None or extension_s is None:
+        return
+    if song_s is None:
+        print("  full song: its audio could not be read back through GET /files")
         return
     up_to = source_s + CONTINUE_AT if CONTINUE_AT < 0 else CONTINUE_AT
     print(f"  full song: {song_s:.2f} s = the song up to continue_at {up_to:.2f} s "

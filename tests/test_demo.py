@@ -28,6 +28,7 @@ def test_the_demo_closes_the_loop_and_recovers_the_dropped_webhook(tmp_path: Pat
     wavs = list((tmp_path / "demo" / "media").rglob("*.wav"))
     assert len(wavs) == 5  # two clips of the song, two of the extension, one full song
     assert not list((tmp_path / "demo" / "media").rglob("*.part"))
+    assert "cannot read back" not in out  # every WAV was measured through GET /files
     # the full song lasts as long as the source up to continue_at plus the extension
     song = re.search(r"full song: ([\d.]+) s = .* \(([\d.]+) s\)", out)
     assert song is not None, out[-3000:]

@@ -93,6 +93,14 @@ async def test_every_attempt_is_kept_with_its_outcome(store: Store) -> None:
         (1, "w1", "retry", "boom"), (2, "w2", "dead", "still boom")]
     [dead] = await store.list_jobs(state=JobState.DEAD)
     assert (dead.attempts, dead.last_error) == (2, "still boom")
+    # requeued, it starts counting again, and its history stays
+    assert await store.requeue_jobs([job.id], now=2020.0) == 1
+    [third] = await store.claim_jobs(owner="w3", limit=1, now=2020.0, lease_s=60)
+    assert third.attempts == 1
+    assert await store.finish_job(third.id, owner="w3", now=2021.0)
+    attempts = await store.read(lambda tx: tx.rows(Q.JOB_ATTEMPTS, {"job_id": job.id}))
+    assert [(a[0], a[1], a[3]) for a in attempts] == [
+        (1, "w1", "retry"), (2, "w2", "dead"), (1, "w3", "done")]
 
 
 async def test_requeue_takes_only_finished_jobs_and_resets_attempts(store: Store) -> None:

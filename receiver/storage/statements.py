@@ -166,15 +166,18 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_handler ON jobs (handler, state);
     CREATE INDEX jobs_finished ON jobs (state, updated_at);
 
+    -- one row per claim, numbered by run (never reset, so a requeued job keeps its
+    -- history); attempt is the job's counted attempt at that claim
     CREATE TABLE job_attempts (
         job_id       BIGINT NOT NULL,
+        run          INTEGER NOT NULL,
         attempt      INTEGER NOT NULL,
         owner        TEXT NOT NULL,
         started_at   {real} NOT NULL,
         finished_at  {real},
         outcome      TEXT,
         error        TEXT,
-        PRIMARY KEY (job_id, attempt)
+        PRIMARY KEY (job_id, run)
     );
 
     CREATE TABLE audit (
@@ -430,13 +433,12 @@ PORTABLE: dict[Q, str] = {
         )
         RETURNING {JOB_COLUMNS}
     """,
-    # An attempt taken over after a lease expiry replaces the row of the lost one.
+    # Every claim is a row of its own: a lost lease leaves its row unfinished (the worker
+    # died), a postponed or released run keeps its outcome, a requeue keeps the history.
     Q.START_ATTEMPT: """
-        INSERT INTO job_attempts (job_id, attempt, owner, started_at)
-        VALUES (:job_id, :attempt, :owner, :now)
-        ON CONFLICT (job_id, attempt) DO UPDATE SET
-            owner = excluded.owner, started_at = excluded.started_at,
-            finished_at = NULL, outcome = NULL, error = NULL
+        INSERT INTO job_attempts (job_id, run, attempt, owner, started_at)
+        SELECT :job_id, COALESCE(MAX(run), 0) + 1, :attempt, :owner, :now
+        FROM job_attempts WHERE job_id = :job_id
     """,
     Q.END_ATTEMPT: """
         UPDATE job_attempts SET finished_at = :now, outcome = :outcome, error = :error
@@ -556,7 +558,7 @@ PORTABLE: dict[Q, str] = {
     """,
     Q.JOB_ATTEMPTS: """
         SELECT attempt, owner, started_at, outcome, error, finished_at FROM job_attempts
-        WHERE job_id = :job_id ORDER BY attempt
+        WHERE job_id = :job_id ORDER BY run
     """,
     Q.INSERT_AUDIT: """
         INSERT INTO audit (at, actor, action, target, detail)
@@ -661,7 +663,11 @@ PORTABLE: dict[Q, str] = {
     """,
     Q.TASKS_BY_STATE: "SELECT state, COUNT(*) FROM tasks GROUP BY state",
     Q.JOBS_BY_STATE_HANDLER: "SELECT state, handler, COUNT(*) FROM jobs GROUP BY state, handler",
-    Q.OLDEST_QUEUED: "SELECT MIN(created_at) FROM jobs WHERE state IN ('queued', 'retrying')",
+    # Since when the longest-waiting due job has been due (a retry in its backoff is not waiting)
+    Q.OLDEST_QUEUED: """
+        SELECT MIN(run_after) FROM jobs
+        WHERE state IN ('queued', 'retrying') AND run_after <= :now
+    """,
     Q.PENDING_DOWNLOADS: """
         SELECT COUNT(*), COALESCE(SUM(CASE WHEN created_at < :warn_before THEN 1 ELSE 0 END), 0)
         FROM jobs WHERE handler = 'download_audio' AND state IN ('queued', 'running', 'retrying')
