@@ -207,6 +207,7 @@ class Q(StrEnum):
     INSERT_DELIVERY = "insert_delivery"
     DELETE_QUARANTINED = "delete_quarantined"
     TASK_FOR_CLIPS = "task_for_clips"
+    LOCK_TASK = "lock_task"
     TASK_STATE = "task_state"
     CLIP_STATES = "clip_states"
     UPSERT_TASK = "upsert_task"
@@ -334,6 +335,7 @@ PORTABLE: dict[Q, str] = {
                                 headers, body, received_at)
         VALUES (:delivery_id, :source, :scheme, :event, :task_id, :outcome, :reason, :headers,
                 :body, :received_at)
+        ON CONFLICT (delivery_id) DO NOTHING
     """,
     Q.DELETE_QUARANTINED: """
         DELETE FROM deliveries WHERE delivery_id = :delivery_id AND outcome = 'quarantined'
@@ -343,6 +345,9 @@ PORTABLE: dict[Q, str] = {
         SELECT task_id FROM clips
         WHERE clip_id IN (SELECT value FROM json_each(:clip_ids)) LIMIT 1
     """,
+    # Recording a task holds it until commit, so that what it reads of the task is the latest
+    # (see Transaction.lock_task). SQLite's BEGIN IMMEDIATE already runs one writer at a time.
+    Q.LOCK_TASK: "SELECT :task_id",
     Q.TASK_STATE: "SELECT state FROM tasks WHERE task_id = :task_id",
     Q.CLIP_STATES: "SELECT clip_id, state FROM clips WHERE task_id = :task_id",
     Q.UPSERT_TASK: """

@@ -497,7 +497,9 @@ async def _register(
     router: Router | None,
 ) -> None:
     """Upsert a task we created (type, parent) and catch up on the jobs its recorded
-    transitions owe: its webhook may have come before the create call returned."""
+    transitions owe: its webhook may have come before the create call returned. (When it is
+    being recorded right now in another process, the two upserts of the task row make one
+    transaction wait for the other's commit, so one of them sees the other's writes.)"""
     await tx.run(Q.REGISTER_TASK, {"task_id": task_id, "at": at, "task_type": task_type,
                                    "parent": parent})
     earlier = await tx.rows(Q.TASK_TRANSITIONS, {"task_id": task_id})
@@ -517,20 +519,24 @@ class RecordingTx:
 
     async def insert_delivery(
         self, delivery: Delivery, *, outcome: Outcome, task_id: str | None, reason: str | None
-    ) -> None:
-        await self.tx.run(Q.INSERT_DELIVERY, {
+    ) -> bool:
+        inserted = await self.tx.run(Q.INSERT_DELIVERY, {
             "delivery_id": delivery.delivery_id, "source": delivery.source.value,
             "scheme": delivery.scheme, "event": delivery.event, "task_id": task_id,
             "outcome": outcome.value, "reason": reason,
             "headers": json.dumps(dict(delivery.headers), sort_keys=True),
             "body": delivery.body, "received_at": delivery.received_at,
         })
+        return inserted == 1
 
     async def task_for_clips(self, clip_ids: Sequence[str]) -> str | None:
         if not clip_ids:
             return None
         row = await self.tx.one(Q.TASK_FOR_CLIPS, {"clip_ids": json.dumps(list(clip_ids))})
         return str(row[0]) if row is not None else None
+
+    async def lock_task(self, task_id: str) -> None:
+        await self.tx.one(Q.LOCK_TASK, {"task_id": task_id})
 
     async def task_state(self, task_id: str) -> State | None:
         row = await self.tx.one(Q.TASK_STATE, {"task_id": task_id})
