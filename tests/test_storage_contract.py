@@ -344,3 +344,17 @@ async def test_one_delivery_recorded_by_two_processes_at_once_is_a_duplicate_not
         counts = await one.counts()
     assert outcomes == [["duplicate", "recorded"]] * 30
     assert (counts["deliveries"], counts["jobs"]) == (30, 30)
+
+
+async def test_one_process_at_a_time_has_a_scheduled_turn(tmp_path: Path,
+                                                           request: pytest.FixtureRequest) -> None:
+    for kind in ("sqlite", "postgresql"):
+        clock = FakeClock(1000.0)
+        async with backend_store(kind, request, tmp_path / kind, clock=clock) as store:
+            assert await store.take_turn("reconcile", owner="a", hold_s=60)
+            assert not await store.take_turn("reconcile", owner="b", hold_s=60)
+            assert await store.take_turn("prune", owner="b", hold_s=60)  # another schedule
+            assert await store.take_turn("reconcile", owner="a", hold_s=60)  # its own again
+            clock.advance(61)
+            assert await store.take_turn("reconcile", owner="b", hold_s=60)  # a ran out
+            assert not await store.take_turn("reconcile", owner="a", hold_s=60)

@@ -195,6 +195,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_event ON deliveries (event, id);
     CREATE INDEX jobs_created ON jobs (created_at);
     """,
+    # 5: turns: what one process among several does on a schedule (reconcile, prune)
+    """
+    CREATE TABLE turns (
+        name   TEXT PRIMARY KEY,
+        owner  TEXT NOT NULL,
+        until  {real} NOT NULL
+    );
+    """,
 )
 
 
@@ -252,6 +260,7 @@ class Q(StrEnum):
     TASKS_SINCE = "tasks_since"
     RAW_DELIVERIES = "raw_deliveries"
     INSERT_AUDIT = "insert_audit"
+    TAKE_TURN = "take_turn"
     DUPLICATES_OF = "duplicates_of"
     JOB_ATTEMPTS = "job_attempts"
     # -- retention
@@ -559,6 +568,12 @@ PORTABLE: dict[Q, str] = {
     Q.JOB_ATTEMPTS: """
         SELECT attempt, owner, started_at, outcome, error, finished_at FROM job_attempts
         WHERE job_id = :job_id ORDER BY run
+    """,
+    # The turn goes to whoever asks once the last holder's ran out (or to the holder again).
+    Q.TAKE_TURN: """
+        INSERT INTO turns (name, owner, until) VALUES (:name, :owner, :until)
+        ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until
+        WHERE turns.until <= :now OR turns.owner = excluded.owner
     """,
     Q.INSERT_AUDIT: """
         INSERT INTO audit (at, actor, action, target, detail)

@@ -419,6 +419,13 @@ class Store(AdminQueries):
         return [RawDelivery(stored=_delivery(r), headers=json.loads(r[8]), body=bytes(r[9]))
                 for r in rows]
 
+    async def take_turn(self, name: str, *, owner: str, hold_s: float) -> bool:
+        """Whether ``owner`` has the turn at ``name`` for the next ``hold_s`` seconds: among
+        several processes running the same schedule (reconcile, prune), one does each round."""
+        now = self.clock.now()
+        params = {"name": name, "owner": owner, "until": now + hold_s, "now": now}
+        return await self._write_one(Q.TAKE_TURN, params) == 1
+
     async def audit(
         self, *, actor: str, action: str, target: str | None, detail: Mapping[str, Any]
     ) -> None:
