@@ -280,16 +280,15 @@ def run(n: int, *, directory: Path, seed_value: int = 0, reads: int = 2000) -> R
     return report
 
 
+CHUNK = 1000  # cases per hypothesis run: its engine keeps every case it made, so keep it small
+
+
 def _send_all(
     n: int, seed_value: int, portal: BlockingPortal, http: httpx.AsyncClient, report: Report,
     answered: dict[str, str], tasks: set[str],
 ) -> None:
     ids = ["fz-repeat-0"]
 
-    @seed(seed_value)
-    @settings(max_examples=n, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
-    @given(case=cases())
     def one(case: Case) -> None:
         report.cases += 1
         if case.delivery_id is not None and case.delivery_id.startswith(REPEAT):
@@ -322,7 +321,12 @@ def _send_all(
         if len(ids) < 50:
             ids.append(answer["delivery_id"])
 
-    one()
+    for start in range(0, n, CHUNK):
+        size = min(CHUNK, n - start)
+        chunk = seed(seed_value * 1_000_003 + start)(
+            settings(max_examples=size, deadline=None, database=None, phases=[Phase.generate],
+                     suppress_health_check=list(HealthCheck))(given(case=cases())(one)))
+        chunk()
 
 
 async def _post(
