@@ -209,6 +209,7 @@ class Report:
     statuses: Counter[int] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
     escaped: int = 0
+    escaped_kinds: Counter[str] = field(default_factory=Counter)
     verified_wrong_status: int = 0
     missing: int = 0  # verified deliveries answered but not in the database
     wrong_outcome: int = 0
@@ -238,6 +239,7 @@ class Report:
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "outcomes": dict(sorted(self.outcomes.items())),
             "5xx": self.server_errors, "escaped_exceptions": self.escaped,
+            "escaped_kinds": dict(self.escaped_kinds.most_common()),
             "verified_not_200_or_422": self.verified_wrong_status,
             "verified_missing_from_db": self.missing, "wrong_outcome_in_db": self.wrong_outcome,
             "unverified_stored": self.stored_unverified,
@@ -299,6 +301,7 @@ def _send_all(
             response = portal.call(_post, http, path, case.body, headers)
         except Exception as exc:  # the app let one escape: the worst finding
             report.escaped += 1
+            report.escaped_kinds[f"{type(exc).__name__}: {str(exc)[:70]}"] += 1
             report.note(f"escaped {type(exc).__name__}: {traceback.format_exc(limit=3)}"
                         f" for {case!r:.300}")
             return
