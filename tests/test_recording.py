@@ -129,3 +129,25 @@ async def test_a_repeat_of_a_quarantined_delivery_without_a_task_answers_no_stat
     await store.record_delivery(delivery("d1", b"[]"))
     again = await store.record_delivery(delivery("d1", b"[]"))
     assert (again.outcome, again.task_id, again.state) == (Outcome.QUARANTINED, None, None)
+
+
+async def test_transitions_name_where_they_came_from_and_the_task_its_last_delivery(
+    store: Store,
+) -> None:
+    await store.record_delivery(delivery("d1", callback("t", [clip("a", "running")],
+                                                        platform="sonic")))
+    done = await store.record_delivery(
+        delivery("d2", callback("t", [clip("a", "succeeded")]), at=2000.0))
+    assert [(t.entity, t.from_state, t.to_state, t.delivery_id) for t in done.transitions] == [
+        (Entity.CLIP, State.RUNNING, State.SUCCEEDED, "d2"),
+        (Entity.TASK, State.RUNNING, State.SUCCEEDED, "d2")]
+    view = await store.get_task("t")
+    assert view is not None
+    assert (view.task.platform, view.task.last_delivery_id) == ("sonic", "d2")
+
+
+async def test_a_task_move_no_route_matches_makes_no_job(store: Store) -> None:
+    result = await store.record_delivery(
+        delivery("d1", callback("t", [clip("a", "succeeded")])), router=failing_router())
+    assert [t.entity for t in result.transitions] == [Entity.CLIP, Entity.TASK]
+    assert result.jobs == 0
