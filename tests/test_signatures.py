@@ -409,3 +409,16 @@ def test_a_whsec_secret_with_stray_characters_is_used_as_its_bytes() -> None:
     headers = {"webhook-id": "m", "webhook-timestamp": str(NOW),
                "webhook-signature": "v1," + base64.b64encode(mac).decode()}
     assert verifier(secret, schemes=(Scheme.STANDARD,)).verify(headers, BODY)
+
+
+def test_header_text_and_bytes_round_trip_what_a_server_received() -> None:
+    from receiver.signatures import header_bytes, header_text
+
+    utf8_on_the_wire = "caf\u00e9".encode().decode("latin-1")  # how a server hands it over
+    assert header_text(utf8_on_the_wire) == "caf\u00e9"
+    assert header_bytes(utf8_on_the_wire) == "caf\u00e9".encode()
+    assert header_text("caf\u00e9") == "caf\u00e9"  # latin-1 bytes that are not UTF-8
+    assert header_bytes("caf\u00e9") == b"caf\xe9"
+    # never received (built in Python): sent as UTF-8, even a lone surrogate, never a crash
+    assert header_bytes("\N{MUSICAL NOTE}") == "\N{MUSICAL NOTE}".encode()
+    assert header_bytes("a\ud800") == b"a\xed\xa0\x80"
