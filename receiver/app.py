@@ -48,7 +48,7 @@ from receiver.jobs import Job
 from receiver.media import file_response, open_media
 from receiver.models import ChildTask, Clip, Result, StoredFile, Task, TaskView, Transition
 from receiver.registry import Registry, load_registry
-from receiver.replay import reconcile_every
+from receiver.replay import reconcile_every, turn_owner
 from receiver.routing import Router, routes_from_config
 from receiver.runtime import Runtime, open_runtime
 from receiver.settings import Settings
@@ -217,10 +217,13 @@ async def prune_every(
     every_s: float, *, store: Store, clock: Clock, older_than_s: float, keep_ids_s: float
 ) -> None:
     """The retention policy on a schedule (``[retention]``); a failed round is logged."""
+    owner = turn_owner()
     while True:
         await clock.sleep(every_s)
         try:
-            await store.prune(older_than_s=older_than_s, keep_ids_s=keep_ids_s)
+            # several web processes run this schedule: one of them prunes each round
+            if await store.take_turn("prune", owner=owner, hold_s=every_s * 0.9):
+                await store.prune(older_than_s=older_than_s, keep_ids_s=keep_ids_s)
         except StoreError as exc:
             log.error("prune_failed", error=exc.message)
 

@@ -8,13 +8,15 @@ with one line on stderr and exit status 2, and so does a database that cannot be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from receiver.errors import SettingsError, StoreError
+from receiver.errors import ReceiverError, SettingsError, StoreError
 from receiver.settings import Settings
 
 Forwarded = Callable[[list[str]], int]
@@ -63,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept webhooks without checking signatures (never in production)",
     )
     serve.add_argument(
+        "--workers",
+        type=int,
+        default=_positive(os.environ.get("WEB_CONCURRENCY", "1")),
+        metavar="N",
+        help="web processes sharing the port (default $WEB_CONCURRENCY or 1); handler jobs "
+        "run in `sonic-receiver worker` or in each web process (RECEIVER_WORKER)",
+    )
+    serve.add_argument(
         "--insecure-open-admin",
         action="store_true",
         help="serve the admin API (/tasks, /jobs) without a token to anyone who reaches the "
@@ -73,10 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser(
         "worker",
         help="run handler jobs from the database, as a process of its own",
-        description="Claims due jobs from the SQLite file the web process writes, polling at "
-        "most every 250 ms. SIGTERM/SIGINT stop claiming, wait for running jobs up to the drain "
-        "deadline ([worker] drain_s), then hand the rest back. Run the web process with "
-        "RECEIVER_WORKER=off when this runs.",
+        description="Claims due jobs from the database the web processes write, woken by "
+        "PostgreSQL's NOTIFY (or a commit to the SQLite file) and polling at most every 250 ms. "
+        "Run any number of them. SIGTERM/SIGINT stop claiming, wait for running jobs up to "
+        "the drain deadline ([worker] drain_s), then hand the rest back. Run the web process "
+        "with RECEIVER_WORKER=off when this runs.",
     )
     _add_common(worker)
     worker.add_argument(
@@ -129,8 +140,53 @@ def _serve(args: argparse.Namespace) -> int:
     loaded = _load(args, insecure_no_verify=args.insecure_no_verify,
                    insecure_open_admin=True if args.insecure_open_admin else None)
     _announce_admin(loaded, args.host, args.port)
+    if args.workers < 1:
+        raise SettingsError("--workers must be at least 1")
+    if args.workers > 1:
+        _check_database(loaded)
+        with _shared_metrics():
+            return server.serve_processes(loaded, create_app, host=args.host, port=args.port,
+                                          processes=args.workers, configure=configure_logs)
     server.serve(create_app(loaded), host=args.host, port=args.port, settings=loaded)
     return 0
+
+
+@contextlib.contextmanager
+def _shared_metrics() -> Iterator[None]:
+    """Several web processes: unless the operator shares a folder for the metrics each process
+    observes (``PROMETHEUS_MULTIPROC_DIR``, with a separate worker too), give them an empty one
+    of their own, so that a scrape, whichever process answers it, sums all of them. Set in the
+    environment before the children start: prometheus_client picks its mode at import."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="sonic-receiver-metrics-") as folder:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+        try:
+            yield
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def _positive(text: str) -> int:
+    try:
+        return max(1, int(text))
+    except ValueError:
+        return 1
+
+
+def _check_database(loaded: Settings) -> None:
+    """Open the database once (and migrate it) before starting several processes: one that
+    cannot be opened stops start-up with one line, not once per child."""
+    import asyncio
+
+    from receiver.storage import store_for
+
+    async def run() -> None:
+        async with store_for(loaded):
+            pass
+
+    asyncio.run(run())
 
 
 def _announce_admin(loaded: Settings, host: str, port: int) -> None:
@@ -152,7 +208,7 @@ def _announce_admin(loaded: Settings, host: str, port: int) -> None:
 
 
 def _load(args: argparse.Namespace, **extra: object) -> Settings:
-    from receiver import logs, settings
+    from receiver import settings
 
     loaded = settings.load(
         config_file=args.config,
@@ -163,9 +219,16 @@ def _load(args: argparse.Namespace, **extra: object) -> Settings:
             **extra,
         },
     )
+    configure_logs(loaded)
+    return loaded
+
+
+def configure_logs(loaded: Settings) -> None:
+    """The process's logging, as the settings say (also run first in each web process)."""
+    from receiver import logs
+
     logs.configure(fmt=loaded.log_format, level=loaded.log_level,
                    third_party_level=loaded.log_level_third_party, secrets=loaded.secrets())
-    return loaded
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -233,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parsed = build_parser().parse_args(args)
     try:
         code: int = parsed.run(parsed)
-    except (SettingsError, StoreError) as exc:
+    except ReceiverError as exc:
         print(f"sonic-receiver: error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     return code

@@ -7,6 +7,10 @@ it happens. The sandbox drops the song's ``song.completed`` webhook; the receive
 reconciliation (``[reconcile]``) polls get-music and recovers it. Downloads, notifications (to a
 local JSON sink) and follow-ups all run. It ends with a summary and exit status 0, or 1 if the
 loop did not close within the timeout.
+
+The same loop runs as a deployment would: ``--db postgresql://...`` (or ``RECEIVER_DB`` set to
+such a URL) on an empty PostgreSQL database, ``--web-processes N`` web processes
+(``serve --workers N``) and ``--separate-worker`` (the jobs in ``sonic-receiver worker``).
 """
 
 from __future__ import annotations
@@ -180,6 +184,16 @@ def prepare(workdir: Path, sink_port: int) -> None:
                                                           continue_at=CONTINUE_AT))
 
 
+@dataclass(frozen=True)
+class Deployment:
+    """How the receiver runs: on which database, in how many web processes, and whether its
+    jobs run in a worker process of their own (``RECEIVER_WORKER=off`` for the web ones)."""
+
+    db: str | None = None  # a postgresql:// URL; None: receiver.db in the working folder
+    web_processes: int = 1
+    separate_worker: bool = False
+
+
 def console_hint(receiver_url: str, token_file: Path, task_id: str) -> str:
     """How to open the operator's console on what the demo made."""
     return (
@@ -202,7 +216,8 @@ async def serve_until_stopped() -> None:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
-async def run(workdir: Path, limit_s: float, sink_port: int, *, stay: bool = False) -> int:
+async def run(workdir: Path, limit_s: float, sink_port: int, *, stay: bool = False,
+              deployment: Deployment = Deployment()) -> int:
     start = time.monotonic()
     sandbox_port, receiver_port = free_port(), free_port()
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
@@ -213,7 +228,7 @@ async def run(workdir: Path, limit_s: float, sink_port: int, *, stay: bool = Fal
     receiver_env = {
         **base_env,
         "SONIC_WEBHOOK_SECRET": secrets.token_urlsafe(24),
-        "RECEIVER_DB": str(workdir / "receiver.db"),
+        "RECEIVER_DB": deployment.db or str(workdir / "receiver.db"),
         "RECEIVER_MEDIA_DIR": str(workdir / "media"),
         # RECEIVER_MEDIA=s3://bucket/prefix (with the AWS_* variables) keeps the songs there
         **({"RECEIVER_MEDIA": os.environ["RECEIVER_MEDIA"]}
@@ -225,6 +240,8 @@ async def run(workdir: Path, limit_s: float, sink_port: int, *, stay: bool = Fal
         "SONIC_API_BASE_URL": sandbox_url,
         "SONIC_API_KEY": API_KEY,
     }
+    if deployment.separate_worker:
+        receiver_env["RECEIVER_WORKER"] = "off"
     notes: list[dict[str, Any]] = []
     print(f"sonic-receiver demo: everything lives in {workdir}/ (logs: *.log)", flush=True)
     sandbox = await spawn(
@@ -232,8 +249,11 @@ async def run(workdir: Path, limit_s: float, sink_port: int, *, stay: bool = Fal
          str(CREDITS), "--speed", "demo", "--seed", "7", "--drop-event", "1:song.completed",
          "--log-format", "json"],
         base_env, workdir / "sandbox.log")
-    receiver = await spawn(["serve", "--port", str(receiver_port)], receiver_env,
-                           workdir / "receiver.log")
+    receiver = await spawn(["serve", "--port", str(receiver_port),
+                            "--workers", str(deployment.web_processes)],
+                           receiver_env, workdir / "receiver.log")
+    worker = (await spawn(["worker"], receiver_env, workdir / "worker.log")
+              if deployment.separate_worker else None)
     try:
         async with notification_sink(sink_port, notes), httpx.AsyncClient(timeout=10) as http:
             await wait_healthy(http, f"{sandbox_url}/_sandbox/health", sandbox,
@@ -242,6 +262,10 @@ async def run(workdir: Path, limit_s: float, sink_port: int, *, stay: bool = Fal
                                workdir / "receiver.log")
             say(start, f"sandbox on {sandbox_url} (it will drop the song's song.completed), "
                        f"receiver on {receiver_url}")
+            if deployment != Deployment():
+                say(start, f"receiver: {deployment.web_processes} web process(es)"
+                           f"{', a separate worker' if worker else ''}"
+                           f"{', on PostgreSQL' if deployment.db else ''}")
             created = await http.post(f"{receiver_url}/tasks", json=SONG, headers=admin)
             if created.status_code != 201:
                 say(start, f"create failed: {created.status_code} {created.text}")
@@ -266,6 +290,8 @@ async def run(workdir: Path, limit_s: float, sink_port: int, *, stay: bool = Fal
                 await serve_until_stopped()
             return 0 if closed else 1
     finally:
+        if worker is not None:
+            await stop(worker)
         await stop(receiver)
         await stop(sandbox)
 
@@ -397,8 +423,11 @@ def _full_song(progress: Progress, durations: dict[str, float | None],
         return
     source, extension, whole = (v["clips"][0]["clip_id"] for v in chain)
     source_s, extension_s = durations.get(source), durations.get(extension)
-    song_s = heard.get(whole, durations.get(whole))
-    if source_s is None or extension_s is None or song_s is None:
+    song_s = heard.get(whole)  # measured from the kept bytes, never the API's claim
+    if source_s is None or extension_s is None:
+        return
+    if song_s is None:
+        print("  full song: its audio could not be read back through GET /files")
         return
     up_to = source_s + CONTINUE_AT if CONTINUE_AT < 0 else CONTINUE_AT
     print(f"  full song: {song_s:.2f} s = the song up to continue_at {up_to:.2f} s "
@@ -421,14 +450,26 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dir", type=Path, default=Path("data/demo"),
                         help="working folder, emptied first (default data/demo)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    from_env = os.environ.get("RECEIVER_DB", "")
+    parser.add_argument("--db", default=from_env if from_env.startswith("postgres") else None,
+                        metavar="URL",
+                        help="an empty PostgreSQL database (postgresql://...; default "
+                        "$RECEIVER_DB when it is one) instead of receiver.db in --dir")
+    parser.add_argument("--web-processes", type=int, default=1, metavar="N",
+                        help="serve --workers N (default 1)")
+    parser.add_argument("--separate-worker", action="store_true",
+                        help="run the jobs in a `sonic-receiver worker` process of their own")
     parser.add_argument("--stay", action="store_true",
                         help="keep serving after the loop closes, to look around in the "
                              "console (/ui), until Ctrl-C")
     args = parser.parse_args(argv)
+    deployment = Deployment(db=args.db, web_processes=args.web_processes,
+                            separate_worker=args.separate_worker)
     sink_port = free_port()
     prepare(args.dir, sink_port)
     try:
-        return asyncio.run(run(args.dir, args.timeout, sink_port, stay=args.stay))
+        return asyncio.run(run(args.dir, args.timeout, sink_port, stay=args.stay,
+                               deployment=deployment))
     except RuntimeError as exc:
         print(f"sonic-receiver demo: {exc}", file=sys.stderr)
         return 1

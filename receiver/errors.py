@@ -8,7 +8,8 @@ default message. Third-party errors are translated at the boundary with ``raise 
     ├── VerificationError       a webhook's signature cannot be accepted (401)
     ├── BodyTooLarge            a request body is over the configured limit (413)
     ├── PayloadError            a verified body cannot be used (kept raw, 422)
-    └── StoreError              the store cannot be read or written
+    ├── StoreError              the store cannot be read or written
+    └── ServeError              the port cannot be served (taken, not allowed)
 """
 
 from __future__ import annotations
@@ -53,3 +54,7 @@ class PayloadError(ReceiverError):
 
 class StoreError(ReceiverError):
     """The store could not be read or written."""
+
+
+class ServeError(ReceiverError):
+    """The port cannot be served."""

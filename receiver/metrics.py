@@ -8,9 +8,10 @@ Two kinds, both served by ``GET /metrics`` (:mod:`receiver.console.metrics`):
   processes and restarts: every process writes the same database.
 - **What only a process sees** (ingest latency, job durations, store errors) is observed here,
   by one-line calls from the webhook and the worker. In one process this is the default
-  registry. With several processes (``uvicorn --workers N``, a separate ``worker``), set
-  ``PROMETHEUS_MULTIPROC_DIR`` to an empty folder shared by them before they start: each writes
-  its samples there and a scrape sums them (prometheus_client's multiprocess mode).
+  registry. With several processes, a scrape must sum them (prometheus_client's multiprocess
+  mode): ``serve --workers N`` gives its processes a fresh shared folder by itself; for a
+  separate ``worker`` too, set ``PROMETHEUS_MULTIPROC_DIR`` to an empty folder shared by all
+  of them before they start.
 
 Nothing here is created at import time beyond the metric objects, which prometheus_client keeps
 in its registry (or, in multiprocess mode, in files under the folder).

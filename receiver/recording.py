@@ -33,9 +33,18 @@ class Transaction(Protocol):
 
     async def insert_delivery(
         self, delivery: Delivery, *, outcome: Outcome, task_id: str | None, reason: str | None
-    ) -> None: ...
+    ) -> bool:
+        """Keep the delivery; False when its id was kept meanwhile (another process recorded
+        the same delivery after :meth:`find_delivery` looked), and nothing is written."""
+        ...
 
     async def task_for_clips(self, clip_ids: Sequence[str]) -> str | None: ...
+
+    async def lock_task(self, task_id: str) -> None:
+        """Hold ``task_id`` until the transaction ends: another transaction recording the same
+        task (another web process) waits until this one commits, so that the task and clip
+        states read next are the latest, never a state a concurrent commit has moved on from."""
+        ...
 
     async def task_state(self, task_id: str) -> State | None: ...
 
@@ -84,15 +93,7 @@ async def record(
     """Record ``delivery`` through ``tx``; see the module docstring for the rules."""
     earlier = await tx.find_delivery(delivery.delivery_id)
     if earlier is not None:
-        state = await tx.task_state(earlier.task_id) if earlier.task_id else None
-        outcome = Outcome.DUPLICATE if earlier.outcome is Outcome.RECORDED else earlier.outcome
-        return RecordResult(
-            outcome=outcome,
-            delivery_id=earlier.delivery_id,
-            task_id=earlier.task_id,
-            state=state,
-            reason=earlier.reason,
-        )
+        return await _seen_before(tx, earlier)
 
     callback = delivery.callback
     task_id = None
@@ -102,9 +103,10 @@ async def record(
         if task_id is None:
             reason = UNKNOWN_TASK
     if callback is None or task_id is None:
-        await tx.insert_delivery(
+        if not await tx.insert_delivery(
             delivery, outcome=Outcome.QUARANTINED, task_id=delivery.task_id_hint, reason=reason
-        )
+        ):
+            return await _recorded_meanwhile(tx, delivery)
         return RecordResult(
             outcome=Outcome.QUARANTINED,
             delivery_id=delivery.delivery_id,
@@ -113,6 +115,7 @@ async def record(
             reason=reason,
         )
 
+    await tx.lock_task(task_id)
     task_before = await tx.task_state(task_id)
     reported = callback.reported_states()
     change = plan(
@@ -137,7 +140,9 @@ async def record(
         for move in change.moves
     )
     task_failed = any(t.entity is Entity.TASK and t.to_state is State.FAILED for t in transitions)
-    await tx.insert_delivery(delivery, outcome=Outcome.RECORDED, task_id=task_id, reason=None)
+    if not await tx.insert_delivery(delivery, outcome=Outcome.RECORDED, task_id=task_id,
+                                    reason=None):
+        return await _recorded_meanwhile(tx, delivery)
     await tx.upsert_task(
         task_id,
         state=change.task_state,
@@ -158,3 +163,24 @@ async def record(
         transitions=transitions,
         jobs=jobs,
     )
+
+
+async def _seen_before(tx: Transaction, earlier: StoredDelivery) -> RecordResult:
+    state = await tx.task_state(earlier.task_id) if earlier.task_id else None
+    outcome = Outcome.DUPLICATE if earlier.outcome is Outcome.RECORDED else earlier.outcome
+    return RecordResult(
+        outcome=outcome,
+        delivery_id=earlier.delivery_id,
+        task_id=earlier.task_id,
+        state=state,
+        reason=earlier.reason,
+    )
+
+
+async def _recorded_meanwhile(tx: Transaction, delivery: Delivery) -> RecordResult:
+    """The same delivery id was committed by another transaction (another web process) while
+    this one looked: a duplicate after all, answered as one instead of as a conflict."""
+    earlier = await tx.find_delivery(delivery.delivery_id)
+    if earlier is None:  # cannot be: the insert just met it
+        raise RuntimeError(f"delivery {delivery.delivery_id} neither new nor kept")
+    return await _seen_before(tx, earlier)

@@ -20,7 +20,9 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
 import re
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -196,9 +198,13 @@ async def reconcile_every(
 ) -> None:
     """The server's own reconciliation: every ``every_s``, poll the tasks whose last event
     is older than ``stale_s``. Runs until cancelled; a failed round is logged, not fatal."""
+    owner = turn_owner()
     while True:
         await clock.sleep(every_s)
         try:
+            # several web processes run this schedule: one of them polls each round
+            if not await store.take_turn("reconcile", owner=owner, hold_s=every_s * 0.9):
+                continue
             ids = await store.tasks_to_reconcile(stale_before=clock.now() - stale_s)
             if not ids:
                 continue
@@ -207,6 +213,11 @@ async def reconcile_every(
             log.info("reconcile_round", selected=summary.selected, **summary.counts)
         except ReceiverError as exc:
             log.error("reconcile_round_failed", error=exc.message)
+
+
+def turn_owner() -> str:
+    """This process, as the owner of a scheduled turn."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _count(summary: Summary, result: RecordResult) -> None:

@@ -1,13 +1,31 @@
-"""The one place uvicorn is driven: serving an app for the CLI, and running one on loopback in
-the current event loop (tests, demo, benchmarks)."""
+"""The one place uvicorn is driven: serving an app for the CLI (in one process, or in several
+on one port), and running one on loopback in the current event loop (tests, demo, benchmarks).
+
+Several web processes (:func:`serve_processes`, ``sonic-receiver serve --workers N``): the
+parent binds the port once and starts N children with Python's ``spawn``; each receives the
+listening socket and the loaded :class:`Settings` (pickled: command-line options included, no
+environment to re-read) and runs the app in its own uvicorn server, accepting from the shared
+socket. A child that dies is started again; SIGTERM/SIGINT stop them all gracefully. This
+rather than ``uvicorn --workers``: uvicorn hands its workers a socket made with
+``socket.socket()``, whose accepted connections asyncio leaves with Nagle's algorithm on
+(uvicorn issue 3149), so every response on a kept-alive connection waits ~40 ms for the
+client's delayed ACK. Here the protocol sets ``TCP_NODELAY`` on every accepted connection
+(:class:`NoDelay`), whoever made the listening socket.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import structlog
@@ -15,10 +33,11 @@ import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from receiver import connections
-from receiver.errors import ReceiverError
+from receiver.errors import ReceiverError, ServeError
 from receiver.settings import Settings
 
 log = structlog.get_logger("receiver.server")
+GRACEFUL_S = 30  # in-flight requests get this long to finish on SIGTERM
 
 
 def config(app: Any, *, host: str, port: int, settings: Settings | None = None,
@@ -29,11 +48,33 @@ def config(app: Any, *, host: str, port: int, settings: Settings | None = None,
     options.setdefault("access_log", False)
     options.setdefault("lifespan", "on")
     if settings is not None:
-        options.setdefault("http", connections.protocol_class(
-            header_timeout_s=settings.header_timeout_s, max_connections=settings.max_connections,
-        ))
+        options.setdefault("http", protocol_class(settings))
         options.setdefault("timeout_keep_alive", settings.keepalive_timeout_s)
     return uvicorn.Config(app, host=host, port=port, log_config=None, **options)
+
+
+class NoDelay(asyncio.Protocol):
+    """Mixed into the HTTP protocol: ``TCP_NODELAY`` on every accepted TCP connection.
+
+    asyncio sets it only when the listening socket says ``IPPROTO_TCP`` as its protocol; a
+    socket made with ``socket.socket()`` (uvicorn's ``--workers``, gunicorn, an inherited fd)
+    says 0, and its connections keep Nagle's algorithm: a response written in two pieces
+    (head, then body) waits for the client's delayed ACK, ~40 ms a request."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
+
+
+def protocol_class(settings: Settings) -> type[asyncio.Protocol]:
+    """The HTTP protocol every server of the receiver runs: :mod:`receiver.connections`'
+    limits, with :class:`NoDelay`."""
+    guarded = connections.protocol_class(
+        header_timeout_s=settings.header_timeout_s, max_connections=settings.max_connections)
+    return type(guarded.__name__, (NoDelay, guarded), {})
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -85,14 +126,16 @@ async def settle_failed_connections() -> None:
 
 @contextlib.asynccontextmanager
 async def running(app: Any, *, host: str = "127.0.0.1", port: int = 0,
-                  settings: Settings | None = None) -> AsyncIterator[str]:
+                  settings: Settings | None = None,
+                  sock: socket.socket | None = None) -> AsyncIterator[str]:
     """Serve ``app`` on loopback inside the running loop; yields its base URL.
 
-    ``port=0`` lets the OS pick a free port. The server (and the app's lifespan) is shut down
-    when the block exits. With ``settings``, its connection limits apply (see :func:`config`).
+    ``port=0`` lets the OS pick a free port; ``sock``, a listening socket made elsewhere, is
+    served instead of binding one. The server (and the app's lifespan) is shut down when the
+    block exits. With ``settings``, its connection limits apply (see :func:`config`).
     """
     server = _EmbeddedServer(config(app, host=host, port=port, settings=settings))
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=None if sock is None else [sock]))
     try:
         while not server.started:
             if task.done():
@@ -118,10 +161,132 @@ def serve(app: Any, *, host: str, port: int, settings: Settings | None = None) -
     guard = StartupGuard(app)
     try:
         uvicorn.Server(config(guard, host=host, port=port, settings=settings,
-                              timeout_graceful_shutdown=30)).run()
+                              timeout_graceful_shutdown=GRACEFUL_S)).run()
     except SystemExit:  # uvicorn exits with status 3 when the lifespan fails to start
         if guard.error is not None:
             raise guard.error from None
         raise
     if guard.error is not None:
         raise guard.error
+
+
+# -- several web processes on one port ----------------------------------------------------------
+
+AppFactory = Callable[[Settings], ASGIApp]
+STARTUP_FAILURE = 3  # a child's exit status when its app could not start (uvicorn's too)
+RESTART_PAUSE_S = 1.0  # a child that dies this soon after starting is started again this late
+
+
+def bind(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
+    """A listening TCP socket on ``host:port``, for children to share: made with
+    ``IPPROTO_TCP`` so that asyncio, too, sets ``TCP_NODELAY`` on what it accepts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve_processes(settings: Settings, factory: AppFactory, *, host: str, port: int,
+                    processes: int, configure: Callable[[Settings], None] | None = None) -> int:
+    """Serve ``factory(settings)`` in ``processes`` child processes sharing one listening socket,
+    until SIGTERM/SIGINT; returns the exit status (:data:`STARTUP_FAILURE` when a child's app
+    could not start, after stopping the others).
+
+    ``factory`` and ``configure`` (logging, run first in each child) must be importable
+    functions: children are started with ``spawn`` and receive them, the settings and the
+    socket pickled. The parent builds the app once too, so that a bad route or an unknown
+    handler stops start-up before anything is bound.
+    """
+    factory(settings)
+    sock = bind(host, port)
+    context = multiprocessing.get_context("spawn")
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def start() -> multiprocessing.process.BaseProcess:
+        child = context.Process(target=_child, name="sonic-receiver-web", daemon=False,
+                                args=(settings, factory, configure, sock, host, os.getpid()))
+        child.start()
+        started_at[child.pid or 0] = time.monotonic()
+        return child
+
+    started_at: dict[int, float] = {}
+    children: list[multiprocessing.process.BaseProcess] = []
+    status = 0
+    try:
+        for _ in range(processes):
+            children.append(start())
+        log.info("web_processes_started", processes=processes, host=host,
+                 port=sock.getsockname()[1], pids=[c.pid for c in children])
+        while not stop.is_set():
+            multiprocessing.connection.wait([c.sentinel for c in children], timeout=0.5)
+            for index, child in enumerate(children):
+                if child.exitcode is None or stop.is_set():
+                    continue
+                child.join()
+                if child.exitcode == STARTUP_FAILURE:
+                    log.error("web_process_failed_to_start", pid=child.pid)
+                    status = STARTUP_FAILURE
+                    stop.set()
+                    break
+                log.warning("web_process_died", pid=child.pid, exitcode=child.exitcode)
+                lived = time.monotonic() - started_at.pop(child.pid or 0, 0.0)
+                if lived < RESTART_PAUSE_S:
+                    stop.wait(RESTART_PAUSE_S - lived)
+                if not stop.is_set():
+                    children[index] = start()
+                    log.info("web_process_restarted", pid=children[index].pid)
+    finally:
+        for child in children:
+            if child.exitcode is None and child.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGTERM)
+        deadline = time.monotonic() + GRACEFUL_S + 5
+        for child in children:
+            child.join(max(0.0, deadline - time.monotonic()))
+            if child.exitcode is None:
+                log.warning("web_process_killed", pid=child.pid)
+                child.kill()
+                child.join()
+        sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("web_processes_stopped", status=status)
+    return status
+
+
+def _child(settings: Settings, factory: AppFactory, configure: Callable[[Settings], None] | None,
+           sock: socket.socket, host: str, parent: int) -> None:
+    """One web process: the app on the inherited socket, until SIGTERM/SIGINT or until the
+    parent is gone (a parent killed with SIGKILL leaves no one to stop us)."""
+    if configure is not None:
+        configure(settings)
+    guard = StartupGuard(factory(settings))
+    server = uvicorn.Server(config(guard, host=host, port=sock.getsockname()[1],
+                                   settings=settings, timeout_graceful_shutdown=GRACEFUL_S))
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        log.warning("web_parent_gone", parent=parent)
+        server.should_exit = True
+
+    threading.Thread(target=watch_parent, name="watch-parent", daemon=True).start()
+    try:
+        server.run(sockets=[sock])
+    except SystemExit as exc:
+        if guard.error is None:
+            raise
+        print(f"sonic-receiver: error: {guard.error.message}", file=sys.stderr, flush=True)
+        raise SystemExit(STARTUP_FAILURE) from exc
+    if guard.error is not None:
+        print(f"sonic-receiver: error: {guard.error.message}", file=sys.stderr, flush=True)
+        raise SystemExit(STARTUP_FAILURE)

@@ -1,11 +1,12 @@
 """The worker: claims due jobs with a lease, runs their handlers, records the outcome.
 
 It runs inside the web process (started and stopped by the app's lifespan, woken at once when a
-delivery records jobs) or as ``sonic-receiver worker`` on the same SQLite file (polling at most
-every 250 ms). While a handler runs, its lease is renewed; a worker that dies stops renewing, the
-lease expires, and another claim takes the job up again (that attempt counts). Stopping stops
-claiming, waits for running handlers up to a deadline, cancels the rest and hands their jobs
-back without charging the attempt.
+delivery records jobs) or as ``sonic-receiver worker`` on the same database (woken by
+PostgreSQL's ``NOTIFY``, or by a commit to the SQLite file, seen within 50 ms; polling at most
+every 250 ms as a fallback). While a handler runs, its lease is renewed; a worker that dies
+stops renewing, the lease expires, and another claim takes the job up again (that attempt
+counts). Stopping stops claiming, waits for running handlers up to a deadline, cancels the rest
+and hands their jobs back without charging the attempt.
 """
 
 from __future__ import annotations
@@ -86,6 +87,13 @@ class Worker:
     async def run(self) -> None:
         """Work until :meth:`stop`."""
         log.info("worker_started", owner=self.owner, concurrency=self.concurrency)
+        if self.listen:
+            # Listen before the first look for jobs: what is committed after that look wakes
+            # the first wait (PostgreSQL's LISTEN starts hearing only once it is issued).
+            try:
+                await self.store.wait_for_jobs(0.0)
+            except Exception as exc:  # no listener yet: the first wait tries again
+                log.error("wait_failed", error=str(exc))
         while not self._stopping:
             self._wake.clear()
             free = self.concurrency - len(self._running)

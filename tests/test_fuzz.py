@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from scripts.fuzzing import run
 
-CASES = 2000  # about 20-40 s here; the long mode is scripts/fuzz
+CASES = 2000  # hypothesis: about 20-40 s here; the long mode is scripts/fuzz
 
 
 def test_signed_garbage_never_answers_5xx_and_every_verified_body_is_kept(
@@ -29,3 +29,11 @@ def test_signed_garbage_never_answers_5xx_and_every_verified_body_is_kept(
     assert {"recorded", "duplicate", "quarantined"} <= set(report.outcomes), summary
     assert report.statuses[401] > 0, summary
     assert not [e for e in logs if e["log_level"] == "error"], "an error was logged"
+
+
+def test_the_long_modes_random_generator_finds_nothing_in_5000_cases(tmp_path: Path) -> None:
+    with capture_logs():
+        report = run(5000, directory=tmp_path, seed_value=7, reads=500, generator="random")
+    assert report.ok, json.dumps(report.summary(), indent=2)
+    assert report.cases == 5000
+    assert {"recorded", "duplicate", "quarantined"} <= set(report.outcomes)

@@ -9,50 +9,16 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import SECRET, callback, clip, free_port, signed_headers
+from tests.processes import serve, start_worker
+from tests.support import callback, clip, free_port, signed_headers
 
 pytestmark = pytest.mark.slow
-
-
-@contextmanager
-def serve(
-    db: Path, port: int, log: Path, *, extra_env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    config = db.parent / "receiver.toml"
-    if not config.exists():
-        config.write_text("routes = []\n")  # ingest only: these tests run no handler
-    env = {**os.environ, "SONIC_WEBHOOK_SECRET": SECRET, "RECEIVER_LOG_FORMAT": "json",
-           "RECEIVER_CONFIG": str(config), **(extra_env or {})}
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "receiver", "serve", "--port", str(port), "--db", str(db)],
-            env=env, stdout=out, stderr=out,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not start:\n{log.read_text()}")
-            time.sleep(0.05)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=30)
 
 
 def read_status_line(sock: socket.socket) -> bytes:
@@ -152,30 +118,24 @@ def test_a_separate_worker_process_runs_the_jobs_the_web_process_records(
         f'handlers = [{{ name = "touch", options = {{ path = "{runs}" }} }}]\n'
     )
     db, port = tmp_path / "r.db", free_port()
-    env = {**os.environ, "RECEIVER_CONFIG": str(config), "RECEIVER_LOG_FORMAT": "json",
-           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    with serve(db, port, tmp_path / "log", extra_env={"RECEIVER_WORKER": "off", **env,
-                                                      "RECEIVER_INSECURE_OPEN_ADMIN": "1"}):
+    with serve(db, port, tmp_path / "log", config=config, extra_env={
+            "RECEIVER_WORKER": "off", "RECEIVER_INSECURE_OPEN_ADMIN": "1"}):
         body = callback("t-w", [clip("c1", "succeeded")])
         for delivery_id in ("d1", "d1", "d2"):  # a duplicate and a resend: one job
             answer = httpx.post(f"http://127.0.0.1:{port}/webhooks/sonic", content=body,
                                 headers=signed_headers(body, delivery_id=delivery_id))
             assert answer.status_code == 200
         assert not runs.exists()  # RECEIVER_WORKER=off: the web process runs nothing
-        with (tmp_path / "worker.log").open("ab") as out:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "receiver", "worker", "--db", str(db)],
-                env=env, stdout=out, stderr=out,
-            )
+        worker = start_worker(db, tmp_path / "worker.log", config)
         try:
             deadline = time.monotonic() + 30
             while not runs.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
-            jobs = httpx.get(f"http://127.0.0.1:{port}/jobs").json()["jobs"]
+            jobs = httpx.get(f"http://127.0.0.1:{port}/jobs").json()["items"]
             deadline = time.monotonic() + 30
             while jobs[0]["state"] != "done" and time.monotonic() < deadline:
                 time.sleep(0.05)
-                jobs = httpx.get(f"http://127.0.0.1:{port}/jobs").json()["jobs"]
+                jobs = httpx.get(f"http://127.0.0.1:{port}/jobs").json()["items"]
         finally:
             worker.send_signal(signal.SIGTERM)
             assert worker.wait(timeout=30) == 0

@@ -8,7 +8,8 @@ import pytest
 from receiver.models import Delivery, Outcome, Source
 from receiver.payloads import try_parse
 from receiver.recording import UNKNOWN_TASK
-from receiver.states import State
+from receiver.routing import Router, routes_from_config
+from receiver.states import Entity, State
 from receiver.storage import Store
 from tests.backends import store
 from tests.support import callback, clip
@@ -74,3 +75,70 @@ async def test_a_late_failed_report_after_success_keeps_the_final_urls_and_state
     assert [(c.state, c.audio_url) for c in view.clips] == [
         (State.SUCCEEDED, "http://cdn/final.mp3")]
     assert view.task.error is None
+
+
+def failing_router() -> Router:
+    return Router(routes_from_config({"routes": [{"on": "task.failed", "handlers": ["h"]}]}))
+
+
+async def test_a_task_that_fails_with_no_clip_moving_still_gets_its_jobs(store: Store) -> None:
+    # song.failed before any clip is known: the only transition is the task's own
+    body = callback("t", [], message="content policy")
+    result = await store.record_delivery(delivery("d1", body, event="song.failed"),
+                                         router=failing_router())
+    assert [(t.entity, t.to_state) for t in result.transitions] == [(Entity.TASK, State.FAILED)]
+    assert result.jobs == 1
+    assert (result.delivery_id, result.task_id, result.state) == ("d1", "t", State.FAILED)
+
+
+async def test_clip_moves_without_a_task_move_plan_no_job(store: Store) -> None:
+    router = Router(routes_from_config({"routes": [{"on": "task.streaming", "handlers": ["h"]}]}))
+    await store.record_delivery(delivery("d1", callback("t", [clip("a", "running")])),
+                                router=router)
+    second = await store.record_delivery(
+        delivery("d2", callback("t", [clip("a", "running"), clip("b", "running")])),
+        router=router)
+    assert [(t.entity, t.entity_id) for t in second.transitions] == [(Entity.CLIP, "b")]
+    assert second.jobs == 0
+
+
+async def test_an_unusable_body_keeps_the_query_task_id_for_a_later_replay(store: Store) -> None:
+    cb, error = try_parse(b'{"data": "x"}', task_id_hint="q-1")
+    unusable = Delivery(delivery_id="d1", source=Source.WEBHOOK, scheme="musicapi", event=None,
+                        headers={}, body=b'{"data": "x"}', received_at=1000.0, callback=cb,
+                        error=error, task_id_hint="q-1")
+    result = await store.record_delivery(unusable)
+    assert (result.outcome, result.delivery_id, result.task_id, result.reason) == (
+        Outcome.QUARANTINED, "d1", "q-1", "data is a JSON string, not a list of clips")
+    (raw,) = await store.raw_deliveries()
+    assert (raw.stored.task_id, raw.stored.outcome) == ("q-1", Outcome.QUARANTINED)
+
+
+async def test_a_repeat_of_a_quarantined_delivery_without_a_task_answers_no_state(
+    store: Store,
+) -> None:
+    await store.record_delivery(delivery("d1", b"[]"))
+    again = await store.record_delivery(delivery("d1", b"[]"))
+    assert (again.outcome, again.task_id, again.state) == (Outcome.QUARANTINED, None, None)
+
+
+async def test_transitions_name_where_they_came_from_and_the_task_its_last_delivery(
+    store: Store,
+) -> None:
+    await store.record_delivery(delivery("d1", callback("t", [clip("a", "running")],
+                                                        platform="sonic")))
+    done = await store.record_delivery(
+        delivery("d2", callback("t", [clip("a", "succeeded")]), at=2000.0))
+    assert [(t.entity, t.from_state, t.to_state, t.delivery_id) for t in done.transitions] == [
+        (Entity.CLIP, State.RUNNING, State.SUCCEEDED, "d2"),
+        (Entity.TASK, State.RUNNING, State.SUCCEEDED, "d2")]
+    view = await store.get_task("t")
+    assert view is not None
+    assert (view.task.platform, view.task.last_delivery_id) == ("sonic", "d2")
+
+
+async def test_a_task_move_no_route_matches_makes_no_job(store: Store) -> None:
+    result = await store.record_delivery(
+        delivery("d1", callback("t", [clip("a", "succeeded")])), router=failing_router())
+    assert [t.entity for t in result.transitions] == [Entity.CLIP, Entity.TASK]
+    assert result.jobs == 0

@@ -394,3 +394,17 @@ async def test_resend_keeps_an_id_of_any_bytes_and_signs_it_as_the_target_checks
         kept = await target_store.raw_deliveries()
     # the same ids as the first receiver keeps them: the bytes that came, read as latin-1
     assert {r.stored.delivery_id for r in kept} == {i.decode("latin-1") for i in ids.values()}
+
+
+def test_a_poll_answer_json_cannot_write_is_kept_aside_with_the_reason() -> None:
+    from receiver.replay import poll_delivery
+
+    deep: list[Any] = []
+    for _ in range(100_000):  # only a Python caller can build this; json.dumps gives up
+        deep = [deep]
+    delivery = poll_delivery("t-1", {"code": 200, "x": deep}, received_at=1.0)
+    assert delivery.callback is None
+    assert delivery.error == "get-music answer cannot be kept: RecursionError"
+    assert json.loads(delivery.body) == {"task_id": "t-1",
+                                         "unserialisable_answer": "RecursionError"}
+    assert delivery.delivery_id.startswith("poll:")

@@ -309,7 +309,8 @@ def library_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> 
 @pytest.mark.parametrize(
     "secret",
     [SW_SECRET, "whsec_" + base64.b64encode(b"sixteen byte key").decode().rstrip("="),
-     "whsec_" + base64.b64encode(b"0123456789").decode().rstrip("=")],
+     "whsec_" + base64.b64encode(b"0123456789").decode().rstrip("="),
+     "whsec_" + base64.b64encode(b"eleven byte").decode().rstrip("=")],  # one "=" missing
 )
 @pytest.mark.parametrize("msg_id", [SW_ID, "msg_\u00e9t\u00e9", "msg_\N{MUSICAL NOTE}_\u4e2d"])
 def test_what_the_reference_library_signs_verifies_here_and_back(secret: str, msg_id: str) -> None:
@@ -335,3 +336,89 @@ def test_a_latin1_id_is_checked_as_the_text_the_library_signed() -> None:
     headers = {"webhook-id": "caf\u00e9", "webhook-timestamp": str(NOW),
                "webhook-signature": signature}
     assert v.verify(headers, BODY).scheme is Scheme.STANDARD
+
+
+def test_standard_header_names_are_the_specs_lowercase_ones() -> None:
+    assert set(sign_standard("s1", "m", BODY, NOW)) == {
+        "webhook-id", "webhook-timestamp", "webhook-signature"}
+    assert set(sign_musicapi("s1", BODY, NOW)) == {"X-Webhook-Timestamp", "X-Webhook-Signature"}
+
+
+def test_parse_schemes_says_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match=r"^no signature scheme given$"):
+        parse_schemes(" , ")
+    with pytest.raises(ValueError, match=r"^'none' is not a scheme: use --insecure-no-verify$"):
+        parse_schemes("musicapi,none")
+    assert parse_schemes("standard") == (Scheme.STANDARD,)
+
+
+def test_a_header_map_that_breaks_when_read_is_refused_not_raised() -> None:
+    from collections.abc import Iterator, Mapping
+
+    class Broken(Mapping[str, str]):
+        def __getitem__(self, key: str) -> str:
+            raise KeyError(key)
+
+        def __iter__(self) -> Iterator[str]:
+            raise RuntimeError("a broken header map")
+
+        def __len__(self) -> int:
+            return 1
+
+    with pytest.raises(VerificationError) as caught:
+        verifier("s1").verify(Broken(), BODY)
+    assert (caught.value.reason, caught.value.message) == ("malformed_signature", "RuntimeError")
+
+
+def test_legacy_verification_has_no_timestamp() -> None:
+    v = verifier("s1", schemes=(Scheme.LEGACY,))
+    assert v.verify(sign_legacy("s1", BODY), BODY).timestamp is None
+
+
+def test_header_length_bounds_are_inclusive_at_4096() -> None:
+    v = verifier("s1", schemes=(Scheme.STANDARD,))
+    good = sign_standard("s1", "m", BODY, NOW)["webhook-signature"]
+    base = {"webhook-id": "m", "webhook-timestamp": str(NOW)}
+    padded = ("v1a,x " * 1000)[: 4096 - len(good) - 1] + " " + good
+    assert len(padded) == 4096
+    assert v.verify({**base, "webhook-signature": padded}, BODY).scheme is Scheme.STANDARD
+    # one character more and the header is not read at all, even with a good entry in it
+    assert reason(v, {**base, "webhook-signature": "v" + padded}) == "malformed_signature"
+    assert reason(v, {**base, "webhook-signature": "x" * 10_000}) == "malformed_signature"
+    long_id = "i" * 4096
+    signed = sign_standard("s1", long_id, BODY, NOW)
+    assert v.verify(signed, BODY).scheme is Scheme.STANDARD
+    too_long = sign_standard("s1", long_id + "i", BODY, NOW)
+    assert reason(v, too_long) == "malformed_signature"
+
+
+def test_timestamps_are_read_up_to_twelve_digits() -> None:
+    v = verifier("s1")
+    twelve = f"{NOW:012d}"
+    headers = {**sign_musicapi("s1", BODY, NOW), "X-Webhook-Timestamp": twelve}
+    assert v.verify(headers, BODY).timestamp == NOW
+    headers["X-Webhook-Timestamp"] = f"{NOW:013d}"
+    assert reason(v, headers) == "malformed_timestamp"
+
+
+def test_a_whsec_secret_with_stray_characters_is_used_as_its_bytes() -> None:
+    # Lenient base64 would skip the '*' and decode the rest: a secret this malformed is
+    # taken literally instead, as any secret that is not whsec_<base64> is.
+    secret = "whsec_abcd*efgh"
+    mac = hmac.new(secret.encode(), f"m.{NOW}.".encode() + BODY, hashlib.sha256).digest()
+    headers = {"webhook-id": "m", "webhook-timestamp": str(NOW),
+               "webhook-signature": "v1," + base64.b64encode(mac).decode()}
+    assert verifier(secret, schemes=(Scheme.STANDARD,)).verify(headers, BODY)
+
+
+def test_header_text_and_bytes_round_trip_what_a_server_received() -> None:
+    from receiver.signatures import header_bytes, header_text
+
+    utf8_on_the_wire = "caf\u00e9".encode().decode("latin-1")  # how a server hands it over
+    assert header_text(utf8_on_the_wire) == "caf\u00e9"
+    assert header_bytes(utf8_on_the_wire) == "caf\u00e9".encode()
+    assert header_text("caf\u00e9") == "caf\u00e9"  # latin-1 bytes that are not UTF-8
+    assert header_bytes("caf\u00e9") == b"caf\xe9"
+    # never received (built in Python): sent as UTF-8, even a lone surrogate, never a crash
+    assert header_bytes("\N{MUSICAL NOTE}") == "\N{MUSICAL NOTE}".encode()
+    assert header_bytes("a\ud800") == b"a\xed\xa0\x80"

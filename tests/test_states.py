@@ -93,4 +93,5 @@ def test_a_failed_event_fails_a_running_task_even_when_its_clips_report_success(
     change = plan(task_id="t", task_before=R, clips_before={"a": R},
                   reported={"a": S}, event=WebhookEvent.FAILED)
     assert change.task_state is F
-    assert [(m.entity, m.to_state) for m in change.moves] == [(Entity.CLIP, S), (Entity.TASK, F)]
+    assert [(m.entity, m.from_state, m.to_state) for m in change.moves] == [
+        (Entity.CLIP, R, S), (Entity.TASK, R, F)]

@@ -148,8 +148,13 @@ async def test_overview_and_totals(store: Store) -> None:
     assert overview.outcomes == {"recorded": 2, "quarantined": 1}
     assert (overview.duplicates, overview.quarantined, overview.dead_jobs) == (1, 1, 2)
     assert overview.tasks_by_state == {"succeeded": 1, "running": 1}
-    totals = await store.totals()
+    assert overview.oldest_queued_at is None  # the dead jobs wait for nothing
+    await store.requeue_matching(JobFilter(state=JobState.DEAD), now=now - 5)
+    later = await store.overview(now=now, expiry_warn_s=3600)
+    assert later.oldest_queued_at == now - 5  # due since the requeue, not since made
+    totals = await store.totals(now=now)
     assert totals.deliveries == {("recorded", "musicapi"): 2, ("quarantined", "musicapi"): 1}
     assert totals.duplicates == {"musicapi": 1}
-    assert totals.jobs == {("dead", "download_audio"): 2}
+    assert totals.jobs == {("queued", "download_audio"): 2}
+    assert totals.oldest_queued_at == now - 5
     assert totals.transitions[("task", "succeeded")] == 1

@@ -19,7 +19,7 @@ from receiver.states import State
 from receiver.storage import Store, sqlite_store
 from receiver.storage.connector import Tx
 from receiver.storage.statements import MIGRATIONS, Q
-from tests.backends import backend_store, store
+from tests.backends import BACKENDS, backend_store, store
 from tests.support import callback, clip
 from tests.test_store import COMPLETED, STREAMING, delivery
 
@@ -93,6 +93,14 @@ async def test_every_attempt_is_kept_with_its_outcome(store: Store) -> None:
         (1, "w1", "retry", "boom"), (2, "w2", "dead", "still boom")]
     [dead] = await store.list_jobs(state=JobState.DEAD)
     assert (dead.attempts, dead.last_error) == (2, "still boom")
+    # requeued, it starts counting again, and its history stays
+    assert await store.requeue_jobs([job.id], now=2020.0) == 1
+    [third] = await store.claim_jobs(owner="w3", limit=1, now=2020.0, lease_s=60)
+    assert third.attempts == 1
+    assert await store.finish_job(third.id, owner="w3", now=2021.0)
+    attempts = await store.read(lambda tx: tx.rows(Q.JOB_ATTEMPTS, {"job_id": job.id}))
+    assert [(a[0], a[1], a[3]) for a in attempts] == [
+        (1, "w1", "retry"), (2, "w2", "dead"), (1, "w3", "done")]
 
 
 async def test_requeue_takes_only_finished_jobs_and_resets_attempts(store: Store) -> None:
@@ -241,3 +249,112 @@ async def test_a_database_that_cannot_be_reached_is_one_line(tmp_path: Path) -> 
     assert "cannot open database postgresql://127.0.0.1:" in caught.value.message
     assert "secret" not in caught.value.message
     assert "\n" not in caught.value.message
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_two_processes_recording_one_task_at_once_never_move_it_back(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path,
+) -> None:
+    """Two stores on one database (two web processes): a task's streaming and completed
+    deliveries recorded side by side end with the task and its clips succeeded, one job."""
+    tasks = [f"race-{n}" for n in range(40)]
+
+    def streaming(task: str) -> bytes:
+        return callback(task, [clip(f"{task}-a", "running"), clip(f"{task}-b", "running")])
+
+    def completed(task: str) -> bytes:
+        return callback(task, [clip(f"{task}-a", "succeeded"), clip(f"{task}-b", "succeeded")])
+
+    async with backend_store(kind, request, tmp_path) as one, \
+            backend_store(kind, request, tmp_path) as two:
+        for task in tasks:
+            results = await asyncio.gather(
+                one.record_delivery(delivery(f"{task}-s", streaming(task)), router=ROUTER),
+                two.record_delivery(delivery(f"{task}-c", completed(task)), router=ROUTER),
+                return_exceptions=True)
+            for failed in (r for r in results if isinstance(r, BaseException)):
+                assert isinstance(failed, StoreError), failed  # a conflict: the sender retries
+        for task in tasks:  # what a retrying sender would resend after a conflict
+            await one.record_delivery(delivery(f"{task}-s", streaming(task)), router=ROUTER)
+            await two.record_delivery(delivery(f"{task}-c", completed(task)), router=ROUTER)
+        views = [await one.get_task(task) for task in tasks]
+        jobs = await one.list_jobs()
+    backwards = [(v.task.task_id, v.task.state) for v in views
+                 if v is not None and v.task.state is not State.SUCCEEDED]
+    assert backwards == []
+    clips = {c.state for v in views if v is not None for c in v.clips}
+    assert clips == {State.SUCCEEDED}
+    assert sorted(j.task_id for j in jobs) == sorted(tasks)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_a_task_registered_while_its_webhook_is_recorded_elsewhere_gets_its_job(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path,
+) -> None:
+    """POST /tasks in one web process registers the task's type while its webhook is recorded
+    in another: a route on that type plans the job either way, once."""
+    typed = Router([Route(name="r", on=frozenset({"task.succeeded"}),
+                          handlers=(HandlerRef(name="h"),),
+                          task_types=frozenset({"create_music"}))])
+    tasks = [f"reg-{n}" for n in range(40)]
+    async with backend_store(kind, request, tmp_path) as one, \
+            backend_store(kind, request, tmp_path) as two:
+        for task in tasks:
+            await asyncio.gather(
+                one.register_task(task, task_type="create_music", now=1000.0, router=typed),
+                two.record_delivery(delivery(f"{task}-c", done(task)), router=typed))
+        jobs = await one.list_jobs()
+    assert sorted(j.task_id for j in jobs) == sorted(tasks)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_a_worker_elsewhere_is_woken_by_jobs_written_not_by_its_poll(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path,
+) -> None:
+    """wait_for_jobs in one process returns when another commits jobs (PostgreSQL's NOTIFY,
+    SQLite's data_version), long before the wait it was given runs out."""
+    async with backend_store(kind, request, tmp_path) as worker, \
+            backend_store(kind, request, tmp_path) as web:
+        await worker.wait_for_jobs(0)  # listening from here on
+        waiting = asyncio.create_task(worker.wait_for_jobs(600))
+        for n in range(100):  # a write each 0.1 s until it wakes: none can be missed for long
+            await web.record_delivery(delivery(f"wake-{n}", done(f"wake-{n}")), router=ROUTER)
+            done_now, _ = await asyncio.wait([waiting], timeout=0.1)
+            if done_now:
+                break
+        woken = waiting.done()
+        waiting.cancel()
+    assert woken, "still waiting after 100 commits of new jobs"
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_one_delivery_recorded_by_two_processes_at_once_is_a_duplicate_not_an_error(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path,
+) -> None:
+    """A provider's retry overlapping its first attempt, the two at two web processes: one is
+    recorded and the other answered as a duplicate (not a 503 for the conflict)."""
+    async with backend_store(kind, request, tmp_path) as one, \
+            backend_store(kind, request, tmp_path) as two:
+        outcomes = []
+        for n in range(30):
+            same = delivery(f"twice-{n}", done(f"twice-{n}"))
+            results = await asyncio.gather(one.record_delivery(same, router=ROUTER),
+                                           two.record_delivery(same, router=ROUTER))
+            outcomes.append(sorted(r.outcome.value for r in results))
+        counts = await one.counts()
+    assert outcomes == [["duplicate", "recorded"]] * 30
+    assert (counts["deliveries"], counts["jobs"]) == (30, 30)
+
+
+async def test_one_process_at_a_time_has_a_scheduled_turn(tmp_path: Path,
+                                                           request: pytest.FixtureRequest) -> None:
+    for kind in ("sqlite", "postgresql"):
+        clock = FakeClock(1000.0)
+        async with backend_store(kind, request, tmp_path / kind, clock=clock) as store:
+            assert await store.take_turn("reconcile", owner="a", hold_s=60)
+            assert not await store.take_turn("reconcile", owner="b", hold_s=60)
+            assert await store.take_turn("prune", owner="b", hold_s=60)  # another schedule
+            assert await store.take_turn("reconcile", owner="a", hold_s=60)  # its own again
+            clock.advance(61)
+            assert await store.take_turn("reconcile", owner="b", hold_s=60)  # a ran out
+            assert not await store.take_turn("reconcile", owner="a", hold_s=60)

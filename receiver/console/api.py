@@ -359,11 +359,34 @@ async def task_detail(runtime: Runtime, reads: Admin, task_id: str) -> dict[str,
         parent = up.task.parent_task_id if up else None
     made = await store.child_of(task_id)
     body["parents"] = chain
+    body["descendants"] = await _descendants(store, task_id)
     body["created_by"] = child_json(made) if made else None
     root = chain[0]["task_id"] if chain else task_id
     body["root_task_id"] = root
     body["credits_under_root"] = await store.credits_under(root)
     return body
+
+
+async def _descendants(store: Admin, task_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    """The follow-ups under a task, depth first, each with its ``level`` (1: a child)."""
+    from receiver.app import child_json
+
+    found: list[dict[str, Any]] = []
+    stack: list[tuple[int, str]] = [(0, task_id)]
+    seen = {task_id}
+    while stack and len(found) < limit:
+        level, parent = stack.pop()
+        children = await store.list_children(parent)
+        for child in reversed(children):
+            if child.child_task_id is not None and child.child_task_id not in seen:
+                seen.add(child.child_task_id)
+                stack.append((level + 1, child.child_task_id))
+        found_here = [{**child_json(c), "level": level + 1} for c in children]
+        # keep depth-first order: insert this parent's children right after it
+        at = next((i + 1 for i, f in enumerate(found) if f["child_task_id"] == parent),
+                  len(found))
+        found[at:at] = found_here
+    return found[:limit]
 
 
 async def get_task(request: Request) -> Response:

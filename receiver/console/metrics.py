@@ -83,7 +83,7 @@ async def metrics(request: Request) -> Response:
     runtime = runtime_of(request)
     body = generate_latest(process_registry())
     try:
-        totals = await reads_of(request).totals()
+        totals = await reads_of(request).totals(now=runtime.clock.now())
     except StoreError:
         store_error("metrics")
         body = generate_latest(process_registry())

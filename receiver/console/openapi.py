@@ -25,6 +25,7 @@ STR: S = {"type": "string"}
 NUM: S = {"type": "number"}
 INT: S = {"type": "integer"}
 ANY_OBJECT: S = {"type": "object", "additionalProperties": True}
+BINARY: S = {"type": "string", "format": "binary"}
 
 
 def _obj(required: dict[str, S], **extra: Any) -> S:
@@ -95,6 +96,7 @@ SCHEMAS["TaskDetail"] = _obj({
     "children": {"type": "array", "items": _ref("Child")},
     "results": {"type": "array", "items": _ref("Result")},
     "parents": {"type": "array", "items": _ref("ChainLink")},
+    "descendants": {"type": "array", "items": {"allOf": [_ref("Child"), _obj({"level": INT})]}},
     "created_by": {"allOf": [_ref("Child")], "nullable": True},
     "root_task_id": STR, "credits_under_root": INT,
 })
@@ -220,6 +222,20 @@ PATHS: dict[str, S] = {
     "/jobs/{job_id}": _read("A job with every attempt's error", _ref("JobDetail"),
                             [_p("job_id", INT)], missing=True),
     "/jobs/{job_id}/retry": _action("Queue a dead or done job again", [_p("job_id", INT)]),
+    "/files/{task_id}/{clip_id}/{kind}": {"get": {
+        "summary": "A kept file (audio, image, video, sidecar): from a local folder with HTTP "
+                   "Range, from an object store a redirect to a presigned URL",
+        "security": [{"admin": []}],
+        "parameters": [_p("task_id"), _p("clip_id"), _p("kind"),
+                       {"name": "Range", "in": "header", "required": False, "schema": STR}],
+        "responses": {
+            "200": {"description": "The file", "content": {"*/*": {"schema": BINARY}}},
+            "206": {"description": "The requested range", "content": {"*/*": {"schema": BINARY}}},
+            "307": {"description": "Where the object store serves it (presigned)"},
+            "401": UNAUTHORIZED, "404": ERROR,
+            "416": {"description": "The range is outside the file"},
+        },
+    }},
     "/audit": _read("The operators' actions, newest first", _ref("AuditPage"), PAGING),
     "/healthz": {"get": {"summary": "Alive", "responses": {"200": _json(ANY_OBJECT)}}},
     "/readyz": {"get": {"summary": "The database takes a write",

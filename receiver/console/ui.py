@@ -72,6 +72,7 @@ def render(request: Request, name: str, context: Mapping[str, Any], status: int 
     response = templates.TemplateResponse(request, name, {
         "csrf": sessions.csrf_token(sid if isinstance(sid, str) else None),
         "logged_in": sid is not None, "needs_login": sessions.admin_token is not None,
+        "admin_open": api.runtime_of(request).settings.admin_open,
         "flash": message, "now": time.time(), **context,
     }, status_code=status)
     if message is not None:

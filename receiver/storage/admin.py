@@ -168,7 +168,7 @@ class Overview:
     outcomes: Mapping[str, int]
     tasks_by_state: Mapping[str, int]
     jobs_by_state: Mapping[str, int]
-    oldest_queued_at: float | None
+    oldest_queued_at: float | None  # when the longest-waiting due job became due
     dead_jobs: int
     quarantined: int
     duplicates: int
@@ -320,7 +320,7 @@ class AdminQueries:
             jobs: dict[str, int] = {}
             for state, _handler, n in await tx.rows(Q.JOBS_BY_STATE_HANDLER):
                 jobs[state] = jobs.get(state, 0) + int(n)
-            oldest = await tx.one(Q.OLDEST_QUEUED)
+            oldest = await tx.one(Q.OLDEST_QUEUED, {"now": now})
             pending = await tx.one(Q.PENDING_DOWNLOADS, {"warn_before": now - expiry_warn_s})
             return Overview(
                 now=now,
@@ -338,8 +338,8 @@ class AdminQueries:
         result: Overview = await self.read(work)
         return result
 
-    async def totals(self) -> Totals:
-        """Cumulative counts for ``/metrics``, from the database at scrape time."""
+    async def totals(self, *, now: float) -> Totals:
+        """Cumulative counts for ``/metrics``, from the database at scrape time ``now``."""
 
         async def work(tx: Tx) -> Totals:
             deliveries: dict[tuple[str, str], int] = {}
@@ -347,7 +347,7 @@ class AdminQueries:
             for outcome, scheme, n, repeats in await tx.rows(Q.DELIVERIES_BY_OUTCOME):
                 deliveries[(outcome, scheme)] = int(n)
                 duplicates[scheme] = duplicates.get(scheme, 0) + int(repeats)
-            oldest = await tx.one(Q.OLDEST_QUEUED)
+            oldest = await tx.one(Q.OLDEST_QUEUED, {"now": now})
             kept = await tx.one(Q.BYTES_KEPT)
             recoveries = await tx.one(Q.RECOVERIES)
             return Totals(

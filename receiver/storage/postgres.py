@@ -32,6 +32,7 @@ from receiver.storage.statements import JOB_COLUMNS, Q
 T = TypeVar("T")
 CHANNEL = "sonic_receiver_jobs"
 MIGRATION_LOCK = 7_318_004_217  # pg_advisory_lock key: "the receiver's migrations"
+TASK_LOCK_CLASS = 7318  # pg_advisory_xact_lock(class, hashtext(task_id)): recording a task
 
 DIALECT = Dialect(
     name="postgresql",
@@ -42,6 +43,12 @@ DIALECT = Dialect(
         Q.TASK_FOR_CLIPS: """
             SELECT task_id FROM clips WHERE clip_id IN (
                 SELECT jsonb_array_elements_text(CAST(:clip_ids AS jsonb))) LIMIT 1
+        """,
+        # A transaction-scoped advisory lock per task, in a key space (two int4 keys) apart
+        # from the migrations' bigint one: recording one task in two processes at once waits
+        # here instead of both reading the old state and the later commit moving it back.
+        Q.LOCK_TASK: f"""
+            SELECT pg_advisory_xact_lock({TASK_LOCK_CLASS}, hashtext(:task_id))
         """,
         Q.CLAIM_JOBS: f"""
             UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = :owner,

@@ -87,6 +87,7 @@ class SQLiteConnector:
         self._reader: aiosqlite.Connection | None = None
         self._read_lock = asyncio.Lock()
         self._checkpointer: asyncio.Task[None] | None = None
+        self._checkpoint_conn: aiosqlite.Connection | None = None
 
     def describe(self) -> str:
         return f"sqlite:{self.path}"
@@ -104,13 +105,18 @@ class SQLiteConnector:
             await self._on_writer(self._connect_writer)
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
             await self._reader.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            # opened here, not in its task: a task cancelled while connecting would leave an
+            # unclosed connection whose thread outlives the event loop
+            self._checkpoint_conn = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._checkpoint_conn.execute("PRAGMA busy_timeout = 100")
         except (OSError, sqlite3.Error) as exc:
             await self.close()
             raise StoreError(f"cannot open database {self.path}: {exc}") from exc
         except BaseException:
             await self.close()
             raise
-        self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="checkpoint")
+        self._checkpointer = asyncio.create_task(
+            self._checkpoint_loop(self._checkpoint_conn), name="checkpoint")
 
     @property
     def _busy_ms(self) -> int:
@@ -142,9 +148,11 @@ class SQLiteConnector:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._checkpointer
             self._checkpointer = None
-        if self._reader is not None:
-            reader, self._reader = self._reader, None
-            await reader.close()
+        for name in ("_checkpoint_conn", "_reader"):
+            conn = getattr(self, name)
+            if conn is not None:
+                setattr(self, name, None)
+                await conn.close()
         if self._executor is not None:
             if self._raw is not None:
                 await self._on_writer(self._close_writer)
@@ -318,18 +326,15 @@ class SQLiteConnector:
 
     # -- checkpoints -------------------------------------------------------------------------
 
-    async def _checkpoint_loop(self) -> None:
+    async def _checkpoint_loop(self, conn: aiosqlite.Connection | None) -> None:
         """Move the WAL back into the database every second, on a connection of its own, so
         that no commit waits for a checkpoint's fsync. PASSIVE never blocks a writer."""
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        try:
-            await conn.execute("PRAGMA busy_timeout = 100")
-            while True:
-                await asyncio.sleep(CHECKPOINT_EVERY_S)
-                with contextlib.suppress(sqlite3.Error):
-                    await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        finally:
-            await asyncio.shield(conn.close())
+        if conn is None:
+            return
+        while True:
+            await asyncio.sleep(CHECKPOINT_EVERY_S)
+            with contextlib.suppress(sqlite3.Error):
+                await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 class _ThreadTx:

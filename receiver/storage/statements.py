@@ -166,15 +166,18 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_handler ON jobs (handler, state);
     CREATE INDEX jobs_finished ON jobs (state, updated_at);
 
+    -- one row per claim, numbered by run (never reset, so a requeued job keeps its
+    -- history); attempt is the job's counted attempt at that claim
     CREATE TABLE job_attempts (
         job_id       BIGINT NOT NULL,
+        run          INTEGER NOT NULL,
         attempt      INTEGER NOT NULL,
         owner        TEXT NOT NULL,
         started_at   {real} NOT NULL,
         finished_at  {real},
         outcome      TEXT,
         error        TEXT,
-        PRIMARY KEY (job_id, attempt)
+        PRIMARY KEY (job_id, run)
     );
 
     CREATE TABLE audit (
@@ -192,6 +195,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_event ON deliveries (event, id);
     CREATE INDEX jobs_created ON jobs (created_at);
     """,
+    # 5: turns: what one process among several does on a schedule (reconcile, prune)
+    """
+    CREATE TABLE turns (
+        name   TEXT PRIMARY KEY,
+        owner  TEXT NOT NULL,
+        until  {real} NOT NULL
+    );
+    """,
 )
 
 
@@ -204,6 +215,7 @@ class Q(StrEnum):
     INSERT_DELIVERY = "insert_delivery"
     DELETE_QUARANTINED = "delete_quarantined"
     TASK_FOR_CLIPS = "task_for_clips"
+    LOCK_TASK = "lock_task"
     TASK_STATE = "task_state"
     CLIP_STATES = "clip_states"
     UPSERT_TASK = "upsert_task"
@@ -248,6 +260,7 @@ class Q(StrEnum):
     TASKS_SINCE = "tasks_since"
     RAW_DELIVERIES = "raw_deliveries"
     INSERT_AUDIT = "insert_audit"
+    TAKE_TURN = "take_turn"
     DUPLICATES_OF = "duplicates_of"
     JOB_ATTEMPTS = "job_attempts"
     # -- retention
@@ -331,6 +344,7 @@ PORTABLE: dict[Q, str] = {
                                 headers, body, received_at)
         VALUES (:delivery_id, :source, :scheme, :event, :task_id, :outcome, :reason, :headers,
                 :body, :received_at)
+        ON CONFLICT (delivery_id) DO NOTHING
     """,
     Q.DELETE_QUARANTINED: """
         DELETE FROM deliveries WHERE delivery_id = :delivery_id AND outcome = 'quarantined'
@@ -340,6 +354,9 @@ PORTABLE: dict[Q, str] = {
         SELECT task_id FROM clips
         WHERE clip_id IN (SELECT value FROM json_each(:clip_ids)) LIMIT 1
     """,
+    # Recording a task holds it until commit, so that what it reads of the task is the latest
+    # (see Transaction.lock_task). SQLite's BEGIN IMMEDIATE already runs one writer at a time.
+    Q.LOCK_TASK: "SELECT :task_id",
     Q.TASK_STATE: "SELECT state FROM tasks WHERE task_id = :task_id",
     Q.CLIP_STATES: "SELECT clip_id, state FROM clips WHERE task_id = :task_id",
     Q.UPSERT_TASK: """
@@ -425,13 +442,12 @@ PORTABLE: dict[Q, str] = {
         )
         RETURNING {JOB_COLUMNS}
     """,
-    # An attempt taken over after a lease expiry replaces the row of the lost one.
+    # Every claim is a row of its own: a lost lease leaves its row unfinished (the worker
+    # died), a postponed or released run keeps its outcome, a requeue keeps the history.
     Q.START_ATTEMPT: """
-        INSERT INTO job_attempts (job_id, attempt, owner, started_at)
-        VALUES (:job_id, :attempt, :owner, :now)
-        ON CONFLICT (job_id, attempt) DO UPDATE SET
-            owner = excluded.owner, started_at = excluded.started_at,
-            finished_at = NULL, outcome = NULL, error = NULL
+        INSERT INTO job_attempts (job_id, run, attempt, owner, started_at)
+        SELECT :job_id, COALESCE(MAX(run), 0) + 1, :attempt, :owner, :now
+        FROM job_attempts WHERE job_id = :job_id
     """,
     Q.END_ATTEMPT: """
         UPDATE job_attempts SET finished_at = :now, outcome = :outcome, error = :error
@@ -551,7 +567,13 @@ PORTABLE: dict[Q, str] = {
     """,
     Q.JOB_ATTEMPTS: """
         SELECT attempt, owner, started_at, outcome, error, finished_at FROM job_attempts
-        WHERE job_id = :job_id ORDER BY attempt
+        WHERE job_id = :job_id ORDER BY run
+    """,
+    # The turn goes to whoever asks once the last holder's ran out (or to the holder again).
+    Q.TAKE_TURN: """
+        INSERT INTO turns (name, owner, until) VALUES (:name, :owner, :until)
+        ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until
+        WHERE turns.until <= :now OR turns.owner = excluded.owner
     """,
     Q.INSERT_AUDIT: """
         INSERT INTO audit (at, actor, action, target, detail)
@@ -656,7 +678,11 @@ PORTABLE: dict[Q, str] = {
     """,
     Q.TASKS_BY_STATE: "SELECT state, COUNT(*) FROM tasks GROUP BY state",
     Q.JOBS_BY_STATE_HANDLER: "SELECT state, handler, COUNT(*) FROM jobs GROUP BY state, handler",
-    Q.OLDEST_QUEUED: "SELECT MIN(created_at) FROM jobs WHERE state IN ('queued', 'retrying')",
+    # Since when the longest-waiting due job has been due (a retry in its backoff is not waiting)
+    Q.OLDEST_QUEUED: """
+        SELECT MIN(run_after) FROM jobs
+        WHERE state IN ('queued', 'retrying') AND run_after <= :now
+    """,
     Q.PENDING_DOWNLOADS: """
         SELECT COUNT(*), COALESCE(SUM(CASE WHEN created_at < :warn_before THEN 1 ELSE 0 END), 0)
         FROM jobs WHERE handler = 'download_audio' AND state IN ('queued', 'running', 'retrying')

@@ -420,6 +420,13 @@ class Store(AdminQueries):
         return [RawDelivery(stored=_delivery(r), headers=json.loads(r[8]), body=bytes(r[9]))
                 for r in rows]
 
+    async def take_turn(self, name: str, *, owner: str, hold_s: float) -> bool:
+        """Whether ``owner`` has the turn at ``name`` for the next ``hold_s`` seconds: among
+        several processes running the same schedule (reconcile, prune), one does each round."""
+        now = self.clock.now()
+        params = {"name": name, "owner": owner, "until": now + hold_s, "now": now}
+        return await self._write_one(Q.TAKE_TURN, params) == 1
+
     async def audit(
         self, *, actor: str, action: str, target: str | None, detail: Mapping[str, Any]
     ) -> None:
@@ -498,7 +505,9 @@ async def _register(
     router: Router | None,
 ) -> None:
     """Upsert a task we created (type, parent) and catch up on the jobs its recorded
-    transitions owe: its webhook may have come before the create call returned."""
+    transitions owe: its webhook may have come before the create call returned. (When it is
+    being recorded right now in another process, the two upserts of the task row make one
+    transaction wait for the other's commit, so one of them sees the other's writes.)"""
     await tx.run(Q.REGISTER_TASK, {"task_id": task_id, "at": at, "task_type": task_type,
                                    "parent": parent})
     earlier = await tx.rows(Q.TASK_TRANSITIONS, {"task_id": task_id})
@@ -518,20 +527,24 @@ class RecordingTx:
 
     async def insert_delivery(
         self, delivery: Delivery, *, outcome: Outcome, task_id: str | None, reason: str | None
-    ) -> None:
-        await self.tx.run(Q.INSERT_DELIVERY, {
+    ) -> bool:
+        inserted = await self.tx.run(Q.INSERT_DELIVERY, {
             "delivery_id": delivery.delivery_id, "source": delivery.source.value,
             "scheme": delivery.scheme, "event": delivery.event, "task_id": task_id,
             "outcome": outcome.value, "reason": reason,
             "headers": _dumps(dict(delivery.headers), sort=True),
             "body": delivery.body, "received_at": delivery.received_at,
         })
+        return inserted == 1
 
     async def task_for_clips(self, clip_ids: Sequence[str]) -> str | None:
         if not clip_ids:
             return None
         row = await self.tx.one(Q.TASK_FOR_CLIPS, {"clip_ids": json.dumps(list(clip_ids))})
         return str(row[0]) if row is not None else None
+
+    async def lock_task(self, task_id: str) -> None:
+        await self.tx.one(Q.LOCK_TASK, {"task_id": task_id})
 
     async def task_state(self, task_id: str) -> State | None:
         row = await self.tx.one(Q.TASK_STATE, {"task_id": task_id})

@@ -215,3 +215,31 @@ async def test_job_detail_and_single_retry(
     assert second == {"job_id": job_id, "was": "queued", "requeued": False}
     assert (await client.get("/jobs/999999")).status_code == 404
     assert (await client.post("/jobs/abc/retry")).status_code == 404
+
+
+async def test_task_shows_its_chain_both_ways(
+    client: httpx.AsyncClient, clock: FakeClock, tmp_path: Path
+) -> None:
+    """create → extend → concat: the root lists its follow-ups with their level, the last one
+    lists its parents up to the root, what created it, and the credits spent under the root."""
+    from receiver.models import ChildState, ChildTask
+
+    await deliver(client, clock, "root", "succeeded", "d-root")
+    async with sqlite_store(tmp_path / "receiver.db", clock=clock) as store:
+        for parent, child, rule, kind, credits in (("root", "ext", "extend", "extend_music", 15),
+                                                  ("ext", "cat", "concat", "concat_music", 2)):
+            await store.claim_child(ChildTask(
+                trigger_key=f"{parent}/{rule}", parent_task_id=parent, root_task_id="root",
+                rule=rule, depth=1, task_type=kind, credits=credits, request={},
+                child_task_id=None, state=ChildState.REQUESTED, error=None,
+                created_at=clock.now(), updated_at=clock.now()))
+            await store.update_child(f"{parent}/{rule}", state=ChildState.CREATED,
+                                     child_task_id=child, now=clock.now())
+    root = (await client.get("/tasks/root")).json()
+    assert [(d["child_task_id"], d["level"]) for d in root["descendants"]] == [
+        ("ext", 1), ("cat", 2)]
+    leaf = (await client.get("/tasks/cat")).json()
+    assert [(p["task_id"], p["rule"]) for p in leaf["parents"]] == [("root", None),
+                                                                    ("ext", "extend")]
+    assert leaf["created_by"]["rule"] == "concat"
+    assert (leaf["root_task_id"], leaf["credits_under_root"]) == ("root", 17)

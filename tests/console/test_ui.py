@@ -158,3 +158,12 @@ async def test_open_admin_still_guards_the_forms(tmp_path: Path, clock: FakeCloc
         refused = await client.get("/ui")
         assert refused.status_code == 403
         assert refused.json()["error"] == "admin_not_configured"
+
+
+async def test_the_login_page_says_when_the_console_is_off(tmp_path: Path,
+                                                          clock: FakeClock) -> None:
+    closed = settings_for(tmp_path, worker="off", insecure_open_admin=False)
+    async with app_client(create_app(closed, clock=clock)) as client:
+        page = await client.get("/ui/login")
+        assert page.status_code == 200
+        assert "The console is off" in page.text

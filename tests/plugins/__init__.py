@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 from receiver.context import Event, HandlerContext
 
@@ -23,8 +24,12 @@ async def touch(event: Event, ctx: HandlerContext) -> None:
 
 async def effect_once(event: Event, ctx: HandlerContext) -> None:
     """An effect per task, written as a file named after it holding the job key. A second
-    job for the same task (a doubled effect) is written down in ``DOUBLED``."""
+    job for the same task (a doubled effect) is written down in ``DOUBLED``. With
+    ``options.hold_s``, the job takes that long first (a kill can land while it runs)."""
     folder = Path(str(ctx.options["dir"]))
+    hold_s = float(str(ctx.options.get("hold_s", 0)))
+    if hold_s > 0:
+        await asyncio.sleep(hold_s)
 
     def write() -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -43,3 +48,21 @@ async def effect_once(event: Event, ctx: HandlerContext) -> None:
             staged.unlink()
 
     await asyncio.to_thread(write)
+
+
+def app_that_cannot_start(settings: Any) -> Any:
+    """An app factory (for ``receiver.server.serve_processes``) whose app builds fine and then
+    fails to start: its lifespan raises the receiver's own error."""
+    import contextlib
+
+    from starlette.applications import Starlette
+
+    from receiver.errors import StoreError
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        if os.environ.get("PLANTED_START_FAILURE") == "child":
+            raise StoreError("planted: the database went away")
+        yield
+
+    return Starlette(lifespan=lifespan)

@@ -12,6 +12,7 @@ for (const target of document.querySelectorAll("[data-live]")) {
     busy = true;
     try {
       const answer = await fetch(target.dataset.live, { credentials: "same-origin" });
+      if (answer.redirected) { window.location.reload(); return; }  // the session ended
       if (answer.ok) {
         const html = await answer.text();
         if (html !== target.dataset.last) { target.innerHTML = html; target.dataset.last = html; }
