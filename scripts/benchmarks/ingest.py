@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import math
 import os
+import socket
 import sqlite3
 import statistics
 import time
@@ -279,14 +280,58 @@ def wal_mib(server: Server) -> float:
 
 def start(server: Server, stack: contextlib.ExitStack) -> None:
     server.folder.mkdir(parents=True, exist_ok=True)
-    kind = "bare" if server.backend == "bare" else "receiver"
-    argv = [PYTHON, "-m", "scripts.benchmarks.serve", kind, "--procs", str(server.procs)]
+    env = server_env(server)
+    if server.backend == "bare" or server.procs == 1 or server.backend == "sqlite-before":
+        kind = "bare" if server.backend == "bare" else "receiver"
+        argv = [PYTHON, "-m", "scripts.benchmarks.serve", kind, "--procs", str(server.procs)]
+        server.child = stack.enter_context(
+            started(argv, env=env, log=server.folder / "server.log", cwd=server.root))
+        announced = server.child.announcement(timeout_s=90)
+        server.url = announced["url"] + "/webhooks/sonic"
+        server.pids = announced["pids"]
+        return
+    # Several receiver processes: the real `sonic-receiver serve --workers N`.
+    port = free_port()
+    argv = [PYTHON, "-m", "receiver", "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(server.procs)]
     server.child = stack.enter_context(
-        started(argv, env=server_env(server), log=server.folder / "server.log",
-                cwd=server.root))
-    announced = server.child.announcement(timeout_s=90)
-    server.url = announced["url"] + "/webhooks/sonic"
-    server.pids = announced["pids"]
+        started(argv, env=env, log=server.folder / "server.log", cwd=server.root))
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        if server.child.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"serve --workers {server.procs} did not start; see "
+                               f"{server.folder / 'server.log'}")
+        workers = [p for p in children_of(server.child.pid) if _is_serving(p)]
+        if len(workers) >= server.procs and _healthy(base):
+            break
+        time.sleep(0.2)
+    server.url = base + "/webhooks/sonic"
+    server.pids = [server.child.pid, *children_of(server.child.pid)]
+
+
+def _is_serving(pid: int) -> bool:
+    """A child of `serve` that is a web process (not multiprocessing's resource tracker)."""
+    try:
+        return b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _healthy(base: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(base + "/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def run(options: argparse.Namespace, work: Path) -> list[Report]:
@@ -417,7 +462,8 @@ def run(options: argparse.Namespace, work: Path) -> list[Report]:
         "same durability promise as SQLite's synchronous=normal); JSON logs to a file; one "
         "job written per delivery (a no-op handler's route), worker off; sqlite+worker = "
         "with the in-process worker running those jobs. x2 = two processes accepting on one "
-        "socket; ratios are to bare with as many processes.",
+        "socket: `sonic-receiver serve --workers 2` for the receiver, the serve module's "
+        "--procs 2 for bare and sqlite-before; ratios are to bare with as many processes.",
     ]
     for label, check in checks.items():
         ok = "OK" if check["acked_missing"] == 0 else "MISSING DELIVERIES"
