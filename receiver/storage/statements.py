@@ -604,8 +604,12 @@ PORTABLE: dict[Q, str] = {
     Q.PRUNE_IDS: """
         DELETE FROM deliveries WHERE received_at < :before AND pruned_at IS NOT NULL
     """,
+    # what PRUNE_IDS will find once PRUNE_BODIES ran (the id horizon is the older one)
     Q.COUNT_PRUNABLE_IDS: """
-        SELECT COUNT(*) FROM deliveries WHERE received_at < :before AND pruned_at IS NOT NULL
+        SELECT COUNT(*) FROM deliveries
+        WHERE received_at < :before AND (pruned_at IS NOT NULL OR (
+            outcome = 'recorded'
+            AND task_id IN (SELECT task_id FROM tasks WHERE state IN ('succeeded', 'failed'))))
     """,
     Q.COUNT_DELIVERIES: "SELECT COUNT(*) FROM deliveries",
     Q.COUNT_TASKS: "SELECT COUNT(*) FROM tasks",
