@@ -105,18 +105,31 @@ class Dialect:
     types: Mapping[str, str]
     overrides: Mapping[Q, str] = field(default_factory=dict)
     paramstyle: str = "named"  # named: ``:name`` as is; pyformat: ``%(name)s``
+    # MACRO(:param) → its expansion, ``{}`` standing for the parameter (see statements.py)
+    macros: Mapping[str, str] = field(default_factory=dict)
 
     def statements(self) -> dict[Q, str]:
         merged = {**PORTABLE, **self.overrides}
         missing = set(Q) - set(merged)
         if missing:
             raise RuntimeError(f"{self.name}: no SQL for {sorted(missing)}")
-        return {q: compile_sql(text, self.paramstyle) for q, text in merged.items()}
+        return {q: compile_sql(self.expand(text), self.paramstyle)
+                for q, text in merged.items()}
+
+    def expand(self, text: str) -> str:
+        def one(match: re.Match[str]) -> str:
+            name, param = match.group(1), match.group(2)
+            if name not in self.macros:
+                raise RuntimeError(f"{self.name}: no expansion for {name}()")
+            return self.macros[name].format(param)
+
+        return _MACRO.sub(one, text)
 
     def migrations(self) -> tuple[str, ...]:
         return tuple(m.format(**self.types) for m in MIGRATIONS)
 
 
+_MACRO = re.compile(r"\b(JSON_TEXTS|JSON_INTS|FOR_CLAIM)\((:\w+)?\)")
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 

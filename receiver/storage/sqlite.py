@@ -57,6 +57,9 @@ WAIT_POLL_S = 0.05
 DIALECT = Dialect(
     name="sqlite",
     types={"id": "INTEGER PRIMARY KEY", "real": "REAL", "blob": "BLOB"},
+    macros={"JSON_TEXTS": "SELECT value FROM json_each({})",
+            "JSON_INTS": "SELECT value FROM json_each({})",
+            "FOR_CLAIM": ""},  # one writer at a time: nothing to skip
 )
 
 

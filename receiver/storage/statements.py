@@ -4,7 +4,9 @@ schema migrations, written once with a few type placeholders.
 The storage logic (:mod:`receiver.storage.store`, :mod:`receiver.storage.recording_tx`) names
 statements with :class:`Q`; a backend compiles them into its dialect
 (:func:`receiver.storage.connector.compile_statements`) and may override the few that cannot be
-portable (:data:`Dialect.overrides`): claiming jobs with ``SKIP LOCKED``, lists bound as JSON.
+portable (:data:`Dialect.overrides`), and expands three macros its way: ``JSON_TEXTS(:p)`` and
+``JSON_INTS(:p)`` (the elements of a JSON array bound as one parameter, for ``IN``) and
+``FOR_CLAIM()`` (``FOR UPDATE SKIP LOCKED`` where rows can be locked).
 
 Portable means: ``:name`` parameters bound from a mapping; ``CAST(:x AS DOUBLE PRECISION)``
 (SQLite gives it REAL affinity) where a NULL parameter needs a type; ``CASE`` instead of the
@@ -349,10 +351,9 @@ PORTABLE: dict[Q, str] = {
     Q.DELETE_QUARANTINED: """
         DELETE FROM deliveries WHERE delivery_id = :delivery_id AND outcome = 'quarantined'
     """,
-    # :clip_ids is a JSON array (see the dialects' overrides)
+    # :clip_ids is a JSON array, expanded by the dialect's JSON_TEXTS
     Q.TASK_FOR_CLIPS: """
-        SELECT task_id FROM clips
-        WHERE clip_id IN (SELECT value FROM json_each(:clip_ids)) LIMIT 1
+        SELECT task_id FROM clips WHERE clip_id IN (JSON_TEXTS(:clip_ids)) LIMIT 1
     """,
     # Recording a task holds it until commit, so that what it reads of the task is the latest
     # (see Transaction.lock_task). SQLite's BEGIN IMMEDIATE already runs one writer at a time.
@@ -438,7 +439,7 @@ PORTABLE: dict[Q, str] = {
             SELECT id FROM jobs
             WHERE (state IN ('queued', 'retrying') AND run_after <= :now)
                OR (state = 'running' AND lease_expires_at <= :now)
-            ORDER BY run_after, id LIMIT :limit
+            ORDER BY run_after, id LIMIT :limit FOR_CLAIM()
         )
         RETURNING {JOB_COLUMNS}
     """,
@@ -488,17 +489,17 @@ PORTABLE: dict[Q, str] = {
     Q.FIND_JOBS: f"""
         SELECT {JOB_COLUMNS} FROM jobs WHERE {_JOB_FILTER} ORDER BY id LIMIT :limit
     """,
-    # :delivery_ids is a JSON array (see the dialects' overrides)
+    # :delivery_ids is a JSON array
     Q.FIND_JOBS_OF_DELIVERIES: f"""
         SELECT {JOB_COLUMNS} FROM jobs
-        WHERE {_JOB_FILTER} AND delivery_id IN (SELECT value FROM json_each(:delivery_ids))
+        WHERE {_JOB_FILTER} AND delivery_id IN (JSON_TEXTS(:delivery_ids))
         ORDER BY id LIMIT :limit
     """,
     # :ids is a JSON array of job ids
     Q.REQUEUE_JOBS: """
         UPDATE jobs SET state = 'queued', attempts = 0, run_after = :now, last_error = NULL,
                         updated_at = :now
-        WHERE id IN (SELECT value FROM json_each(:ids)) AND state IN ('dead', 'done')
+        WHERE id IN (JSON_INTS(:ids)) AND state IN ('dead', 'done')
     """,
     Q.UPSERT_FILE: """
         INSERT INTO files (task_id, clip_id, kind, path, size, sha256, url, content_type,
