@@ -61,6 +61,33 @@ def peak_rss_kib() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
+def say_round(n: int, repeat: int, variant: str, size: int, result: dict[str, Any]) -> None:
+    """One round of a transfer benchmark, as it ends."""
+    mib_s = size / MIB / result["seconds"]
+    growth = (result["rss_peak_kib"] - result["rss_before_kib"]) / 1024
+    print(f"  round {n + 1}/{repeat} {variant:20} {mib_s:7.0f} MiB/s  "
+          f"RSS growth {growth:6.1f} MiB", flush=True)
+
+
+def transfer_rows(
+    runs: dict[str, list[dict[str, Any]]], size: int, baseline: str
+) -> tuple[dict[str, dict[str, float]], list[tuple[Any, ...]]]:
+    """Per variant: median MiB/s and seconds, MiB/s as a ratio to ``baseline``'s, and the
+    largest RSS growth and peak seen (MiB); as a summary and as table rows."""
+    summary: dict[str, dict[str, float]] = {}
+    for variant, results in runs.items():
+        summary[variant] = {
+            "mib_per_s": statistics.median(size / MIB / r["seconds"] for r in results),
+            "seconds": statistics.median(r["seconds"] for r in results),
+            "rss_growth_mib": max((r["rss_peak_kib"] - r["rss_before_kib"]) / 1024
+                                  for r in results),
+            "rss_peak_mib": max(r["rss_peak_kib"] for r in results) / 1024,
+        }
+    base = summary[baseline]
+    return summary, [(v, s["mib_per_s"], s["seconds"], ratio(s["mib_per_s"], base["mib_per_s"]),
+                      s["rss_growth_mib"], s["rss_peak_mib"]) for v, s in summary.items()]
+
+
 def maxrss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
@@ -115,22 +142,8 @@ def run(options: argparse.Namespace, work: Path) -> Report:
                 if result["bytes"] != size:
                     raise RuntimeError(f"{variant} got {result['bytes']} of {size} bytes")
                 runs[variant].append(result)
-                mib_s = size / MIB / result["seconds"]
-                growth = (result["rss_peak_kib"] - result["rss_before_kib"]) / 1024
-                print(f"  round {n + 1}/{repeat} {variant:18} {mib_s:7.0f} MiB/s  "
-                      f"RSS growth {growth:6.1f} MiB", flush=True)
-    summary: dict[str, dict[str, float]] = {}
-    for variant, results in runs.items():
-        summary[variant] = {
-            "mib_per_s": statistics.median(size / MIB / r["seconds"] for r in results),
-            "seconds": statistics.median(r["seconds"] for r in results),
-            "rss_growth_mib": max((r["rss_peak_kib"] - r["rss_before_kib"]) / 1024
-                                  for r in results),
-            "rss_peak_mib": max(r["rss_peak_kib"] for r in results) / 1024,
-        }
-    base = summary[VARIANTS[0]]
-    rows = [(v, s["mib_per_s"], s["seconds"], ratio(s["mib_per_s"], base["mib_per_s"]),
-             s["rss_growth_mib"], s["rss_peak_mib"]) for v, s in summary.items()]
+                say_round(n, repeat, variant, size, result)
+    summary, rows = transfer_rows(runs, size, VARIANTS[0])
     return Report(
         name=NAME,
         title=f"download: {options.download_mb} MiB from a local server, fresh process each",

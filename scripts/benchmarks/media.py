@@ -27,14 +27,13 @@ import asyncio
 import hashlib
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-from scripts.benchmarks.download import maxrss_kib, peak_rss_kib
+from scripts.benchmarks.download import maxrss_kib, peak_rss_kib, say_round, transfer_rows
 from scripts.benchmarks.processes import PYTHON, child_env, run_json, started
-from scripts.benchmarks.report import Report, ratio
+from scripts.benchmarks.report import Report
 
 NAME = "media"
 MIB = 1024 * 1024
@@ -123,23 +122,9 @@ def run(options: argparse.Namespace, work: Path) -> Report:
                 if result["bytes"] != size or result["stored_bytes"] != size:
                     raise RuntimeError(f"{variant} kept {result['stored_bytes']} of {size} bytes")
                 runs[variant].append(result)
-                mib_s = size / MIB / result["seconds"]
-                growth = (result["rss_peak_kib"] - result["rss_before_kib"]) / 1024
-                print(f"  round {n + 1}/{repeat} {variant:20} {mib_s:7.0f} MiB/s  "
-                      f"RSS growth {growth:6.1f} MiB", flush=True)
+                say_round(n, repeat, variant, size, result)
     file.unlink()
-    summary: dict[str, dict[str, float]] = {}
-    for variant, results in runs.items():
-        summary[variant] = {
-            "mib_per_s": statistics.median(size / MIB / r["seconds"] for r in results),
-            "seconds": statistics.median(r["seconds"] for r in results),
-            "rss_growth_mib": max((r["rss_peak_kib"] - r["rss_before_kib"]) / 1024
-                                  for r in results),
-            "rss_peak_mib": max(r["rss_peak_kib"] for r in results) / 1024,
-        }
-    base = summary[VARIANTS[0]]
-    rows = [(v, s["mib_per_s"], s["seconds"], ratio(s["mib_per_s"], base["mib_per_s"]),
-             s["rss_growth_mib"], s["rss_peak_mib"]) for v, s in summary.items()]
+    summary, rows = transfer_rows(runs, size, VARIANTS[0])
     return Report(
         name=NAME,
         title=f"media: {options.media_mb} MiB into S3 (moto on loopback), fresh process each",
