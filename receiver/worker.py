@@ -69,7 +69,10 @@ class Worker:
         self.rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._stopping = False
+        # a job holds a slot while its handler runs; its task lives on until the outcome is
+        # committed (in the store's next batch), which no longer keeps the next job waiting
         self._running: dict[int, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
         """A job was just recorded: look now instead of at the next poll."""
@@ -109,14 +112,19 @@ class Worker:
                 for job in claimed:
                     task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
                     self._running[job.id] = task
+                    self._tasks.add(task)
                     task.add_done_callback(functools.partial(self._finished, job.id))
             if claimed and len(claimed) == free:
                 continue  # there may be more: claim again once a slot frees
             await self._sleep(await self._idle_wait())
 
-    def _finished(self, job_id: int, _task: asyncio.Task[None]) -> None:
-        self._running.pop(job_id, None)
-        self._wake.set()  # a free slot
+    def _finished(self, job_id: int, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._free_slot(job_id)
+
+    def _free_slot(self, job_id: int) -> None:
+        if self._running.pop(job_id, None) is not None:
+            self._wake.set()
 
     async def _sleep(self, wait_s: float) -> None:
         """Until :meth:`wake`, a commit elsewhere (when listening), or ``wait_s``."""
@@ -148,7 +156,7 @@ class Worker:
         and hand their jobs back."""
         self._stopping = True
         self._wake.set()
-        running = list(self._running.values())
+        running = list(self._tasks)  # handlers, and outcomes not yet committed
         if running:
             log.info("worker_draining", jobs=len(running), deadline_s=deadline_s)
             _, pending = await asyncio.wait(running, timeout=deadline_s)
@@ -174,8 +182,11 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat(job, asyncio.current_task()))
         bound.info("job_started")
         try:
-            with metrics.job_timer(job.handler):
-                await handler(event, ctx)
+            try:
+                with metrics.job_timer(job.handler):
+                    await handler(event, ctx)
+            finally:
+                self._free_slot(job.id)  # the handler is done: the next job may start
         except RetryLater as exc:
             await self.store.retry_job(job.id, owner=self.owner, error=scrub_text(exc.message),
                                        run_after=self.clock.now() + exc.seconds,
