@@ -32,6 +32,7 @@ from receiver.models import (
     Transition,
 )
 from receiver.states import State
+from receiver.storage import rows as records
 from receiver.storage.connector import Row, Tx, Work
 from receiver.storage.statements import Q
 
@@ -211,7 +212,7 @@ class AdminQueries:
             "limit": limit + 1,
         }
         rows: list[Row] = await self.read(lambda tx: tx.rows(Q.LIST_TASKS, params))
-        items = [TaskRow(task=_task(r), title=r[10], clips=int(r[11])) for r in rows[:limit]]
+        items = [TaskRow(task=records.task(r), title=r[10], clips=int(r[11])) for r in rows[:limit]]
         last = items[-1].task if items and len(rows) > limit else None
         return Page(items=tuple(items), next_cursor=encode_cursor(
             [last.first_seen_at, last.task_id]) if last else None)
@@ -248,7 +249,7 @@ class AdminQueries:
                     reason=row.reason, received_at=row.received_at),
                 headers=json.loads(r[11]), body=bytes(r[12]))
             return DeliveryDetail(row=row, raw=raw, pruned_at=r[13],
-                                  transitions=tuple(_transition(t) for t in transitions))
+                                  transitions=tuple(records.transition(t) for t in transitions))
 
         result: DeliveryDetail | None = await self.read(work)
         return result
@@ -260,13 +261,13 @@ class AdminQueries:
         params = {**_job_params(where), "c_id": int(key[0]) if key else None,
                   "limit": limit + 1}
         rows: list[Row] = await self.read(lambda tx: tx.rows(Q.LIST_JOBS_PAGE, params))
-        items = [_job(r) for r in rows[:limit]]
+        items = [records.job(r) for r in rows[:limit]]
         return Page(items=tuple(items), next_cursor=encode_cursor([items[-1].id])
                     if items and len(rows) > limit else None)
 
     async def get_job(self, job_id: int) -> Job | None:
         row: Row | None = await self.read(lambda tx: tx.one(Q.GET_JOB, {"id": job_id}))
-        return _job(row) if row is not None else None
+        return records.job(row) if row is not None else None
 
     async def job_attempts(self, job_id: int) -> list[JobAttempt]:
         """Every attempt of a job, oldest first (a requeued job starts counting again at 1:
@@ -373,21 +374,3 @@ def _delivery_row(r: Row) -> DeliveryRow:
     return DeliveryRow(id=int(r[0]), delivery_id=r[1], source=Source(r[2]), scheme=r[3],
                        event=r[4], task_id=r[5], outcome=Outcome(r[6]), reason=r[7],
                        received_at=r[8], duplicates=int(r[9]), last_duplicate_at=r[10])
-
-
-def _task(r: Row) -> Task:
-    from receiver.storage.store import _task as task
-
-    return task(r)
-
-
-def _transition(r: Row) -> Transition:
-    from receiver.storage.store import _transition as transition
-
-    return transition(r)
-
-
-def _job(r: Row) -> Job:
-    from receiver.storage.store import _job as job
-
-    return job(r)

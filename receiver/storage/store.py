@@ -29,26 +29,24 @@ from receiver.jobs import Job, JobSpec, JobState
 from receiver.models import (
     ChildState,
     ChildTask,
-    Clip,
     Delivery,
     JobFilter,
     Outcome,
     RawDelivery,
     RecordResult,
     Result,
-    Source,
     StoredDelivery,
     StoredFile,
-    Task,
     TaskView,
     Transition,
 )
 from receiver.payloads import ClipReport
 from receiver.recording import plan_jobs, record
 from receiver.routing import Router, TaskFacts, split_tags
-from receiver.states import Entity, State
+from receiver.states import State
+from receiver.storage import rows as records
 from receiver.storage.admin import AdminQueries
-from receiver.storage.connector import Connector, Row, Tx, Unit, Work
+from receiver.storage.connector import Connector, Tx, Unit, Work
 from receiver.storage.statements import COUNTS, Q
 
 log = structlog.get_logger("receiver.storage")
@@ -185,8 +183,8 @@ class Store(AdminQueries):
                 return None
             clips = await tx.rows(Q.GET_CLIPS, {"task_id": task_id})
             transitions = await tx.rows(Q.GET_TRANSITIONS, {"task_id": task_id})
-            return TaskView(task=_task(row), clips=tuple(_clip(r) for r in clips),
-                            transitions=tuple(_transition(r) for r in transitions))
+            return TaskView(task=records.task(row), clips=tuple(records.clip(r) for r in clips),
+                            transitions=tuple(records.transition(r) for r in transitions))
 
         return await self.read(work)
 
@@ -199,7 +197,7 @@ class Store(AdminQueries):
         async def work(tx: Tx) -> list[Job]:
             rows = await tx.rows(Q.CLAIM_JOBS, {"owner": owner, "until": now + lease_s,
                                                 "now": now, "limit": limit})
-            jobs = sorted((_job(r) for r in rows), key=lambda j: (j.run_after, j.id))
+            jobs = sorted((records.job(r) for r in rows), key=lambda j: (j.run_after, j.id))
             await tx.run_many(Q.START_ATTEMPT, [
                 {"job_id": j.id, "attempt": j.attempts, "owner": owner, "now": now}
                 for j in jobs
@@ -275,10 +273,11 @@ class Store(AdminQueries):
             "limit": limit,
         }
         if where.delivery_ids is None:
-            return [_job(r) for r in await self.read(lambda tx: tx.rows(Q.FIND_JOBS, params))]
+            found = await self.read(lambda tx: tx.rows(Q.FIND_JOBS, params))
+            return [records.job(r) for r in found]
         params["delivery_ids"] = json.dumps(sorted(where.delivery_ids))
         rows = await self.read(lambda tx: tx.rows(Q.FIND_JOBS_OF_DELIVERIES, params))
-        return [_job(r) for r in rows]
+        return [records.job(r) for r in rows]
 
     async def requeue_jobs(self, job_ids: Sequence[int], *, now: float) -> int:
         """Queue finished (done or dead) jobs again, attempts reset; returns how many."""
@@ -306,7 +305,7 @@ class Store(AdminQueries):
 
     async def list_files(self, task_id: str) -> list[StoredFile]:
         rows = await self.read(lambda tx: tx.rows(Q.LIST_FILES, {"task_id": task_id}))
-        return [_file(r) for r in rows]
+        return [records.file(r) for r in rows]
 
     async def record_result(self, result: Result) -> None:
         await self._write_one(Q.UPSERT_RESULT, {
@@ -338,7 +337,7 @@ class Store(AdminQueries):
             row = await tx.one(Q.GET_CHILD, {"trigger_key": child.trigger_key})
             if row is None:
                 raise StoreError(f"child task for trigger {child.trigger_key!r} vanished")
-            return _child(row), inserted
+            return records.child(row), inserted
 
         return await self.write(work)
 
@@ -365,7 +364,7 @@ class Store(AdminQueries):
             row = await tx.one(Q.GET_CHILD, {"trigger_key": trigger_key})
             if row is None:
                 raise StoreError(f"no child task for trigger {trigger_key!r}")
-            child = _child(row)
+            child = records.child(row)
             if child_task_id is not None:
                 await _register(tx, child_task_id, task_type=child.task_type,
                                 parent=child.parent_task_id, at=now, router=router)
@@ -376,11 +375,11 @@ class Store(AdminQueries):
     async def child_of(self, task_id: str) -> ChildTask | None:
         """The child record that created ``task_id``, if this receiver created it."""
         row = await self.read(lambda tx: tx.one(Q.CHILD_BY_TASK, {"task_id": task_id}))
-        return _child(row) if row is not None else None
+        return records.child(row) if row is not None else None
 
     async def list_children(self, parent_task_id: str) -> list[ChildTask]:
         rows = await self.read(lambda tx: tx.rows(Q.LIST_CHILDREN, {"task_id": parent_task_id}))
-        return [_child(r) for r in rows]
+        return [records.child(r) for r in rows]
 
     async def credits_under(self, root_task_id: str) -> int:
         """Credits of every follow-up under ``root_task_id`` that was not refused."""
@@ -417,7 +416,7 @@ class Store(AdminQueries):
         params = {"since": since, "until": until, "task_id": task_id,
                   "outcome": outcome.value if outcome else None, "limit": limit}
         rows = await self.read(lambda tx: tx.rows(Q.RAW_DELIVERIES, params))
-        return [RawDelivery(stored=_delivery(r), headers=json.loads(r[8]), body=bytes(r[9]))
+        return [RawDelivery(stored=records.delivery(r), headers=json.loads(r[8]), body=bytes(r[9]))
                 for r in rows]
 
     async def take_turn(self, name: str, *, owner: str, hold_s: float) -> bool:
@@ -511,7 +510,8 @@ async def _register(
     await tx.run(Q.REGISTER_TASK, {"task_id": task_id, "at": at, "task_type": task_type,
                                    "parent": parent})
     earlier = await tx.rows(Q.TASK_TRANSITIONS, {"task_id": task_id})
-    await plan_jobs(RecordingTx(tx), router, task_id, [_transition(r) for r in earlier], at=at)
+    await plan_jobs(RecordingTx(tx), router, task_id,
+                    [records.transition(r) for r in earlier], at=at)
 
 
 class RecordingTx:
@@ -523,7 +523,7 @@ class RecordingTx:
 
     async def find_delivery(self, delivery_id: str) -> StoredDelivery | None:
         row = await self.tx.one(Q.FIND_DELIVERY, {"delivery_id": delivery_id})
-        return _delivery(row) if row is not None else None
+        return records.delivery(row) if row is not None else None
 
     async def insert_delivery(
         self, delivery: Delivery, *, outcome: Outcome, task_id: str | None, reason: str | None
@@ -619,50 +619,3 @@ def _clip_params(task_id: str, clip: ClipReport, state: State, at: float) -> dic
         "mv": clip.mv, "created_at": clip.created_at,
         "data": _dumps(dict(clip.raw), sort=True), "at": at,
     }
-
-
-def _delivery(row: Row) -> StoredDelivery:
-    return StoredDelivery(delivery_id=row[0], source=Source(row[1]), scheme=row[2],
-                          event=row[3], task_id=row[4], outcome=Outcome(row[5]), reason=row[6],
-                          received_at=row[7])
-
-
-def _task(row: Row) -> Task:
-    return Task(task_id=row[0], state=State(row[1]), platform=row[2], error=row[3],
-                first_seen_at=row[4], updated_at=row[5], last_event_at=row[6],
-                last_delivery_id=row[7], task_type=row[8], parent_task_id=row[9])
-
-
-def _clip(row: Row) -> Clip:
-    return Clip(task_id=row[0], clip_id=row[1], state=State(row[2]), title=row[3], tags=row[4],
-                lyrics=row[5], audio_url=row[6], image_url=row[7], video_url=row[8],
-                duration=row[9], mv=row[10], created_at=row[11], updated_at=row[12],
-                data=json.loads(row[13]))
-
-
-def _transition(row: Row) -> Transition:
-    return Transition(task_id=row[0], entity=Entity(row[1]), entity_id=row[2],
-                      from_state=State(row[3]) if row[3] else None, to_state=State(row[4]),
-                      delivery_id=row[5], source=Source(row[6]), at=row[7])
-
-
-def _job(row: Row) -> Job:
-    return Job(id=row[0], key=row[1], handler=row[2], route=row[3], options=orjson.loads(row[4]),
-               task_id=row[5], trigger=row[6], delivery_id=row[7], state=JobState(row[8]),
-               attempts=row[9], max_attempts=row[10], run_after=row[11], lease_owner=row[12],
-               lease_expires_at=row[13], last_error=row[14], created_at=row[15],
-               updated_at=row[16])
-
-
-def _child(row: Row) -> ChildTask:
-    return ChildTask(trigger_key=row[0], parent_task_id=row[1], root_task_id=row[2],
-                     rule=row[3], depth=row[4], task_type=row[5], credits=row[6],
-                     request=json.loads(row[7]), child_task_id=row[8],
-                     state=ChildState(row[9]), error=row[10], created_at=row[11],
-                     updated_at=row[12])
-
-
-def _file(row: Row) -> StoredFile:
-    return StoredFile(task_id=row[0], clip_id=row[1], kind=row[2], path=row[3], size=row[4],
-                      sha256=row[5], url=row[6], content_type=row[7], job_key=row[8],
-                      created_at=row[9])
