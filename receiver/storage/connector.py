@@ -32,7 +32,10 @@ class Tx(Protocol):
 
     async def rows(self, q: Q, params: Params | None = None) -> list[Row]: ...
 
-    async def one(self, q: Q, params: Params | None = None) -> Row | None: ...
+    async def one(self, q: Q, params: Params | None = None) -> Row | None:
+        """The first row, or None; None without a trip when the dialect's statement is empty
+        (a step it needs nothing for, such as :attr:`Q.LOCK_TASK` on SQLite)."""
+        ...
 
     async def run(self, q: Q, params: Params | None = None) -> int:
         """Run a write; the number of rows it changed."""

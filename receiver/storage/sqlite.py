@@ -351,7 +351,10 @@ class _ThreadTx:
         return self._raw.execute(self._sql[q], params or {}).fetchall()
 
     async def one(self, q: Q, params: Params | None = None) -> Row | None:
-        row: Row | None = self._raw.execute(self._sql[q], params or {}).fetchone()
+        sql = self._sql[q]
+        if not sql:  # a statement this dialect has nothing to run for
+            return None
+        row: Row | None = self._raw.execute(sql, params or {}).fetchone()
         return row
 
     async def run(self, q: Q, params: Params | None = None) -> int:

@@ -219,12 +219,11 @@ class Q(StrEnum):
     TASK_FOR_CLIPS = "task_for_clips"
     LOCK_TASK = "lock_task"
     TASK_STATE = "task_state"
-    CLIP_STATES = "clip_states"
+    TASK_BEFORE = "task_before"
     UPSERT_TASK = "upsert_task"
     UPSERT_CLIP = "upsert_clip"
     INSERT_TRANSITION = "insert_transition"
     TASK_FACTS = "task_facts"
-    CLIP_TAGS = "clip_tags"
     INSERT_JOB = "insert_job"
     REGISTER_TASK = "register_task"
     TASK_TRANSITIONS = "task_transitions"
@@ -356,10 +355,16 @@ PORTABLE: dict[Q, str] = {
         SELECT task_id FROM clips WHERE clip_id IN (JSON_TEXTS(:clip_ids)) LIMIT 1
     """,
     # Recording a task holds it until commit, so that what it reads of the task is the latest
-    # (see Transaction.lock_task). SQLite's BEGIN IMMEDIATE already runs one writer at a time.
-    Q.LOCK_TASK: "SELECT :task_id",
+    # (see Transaction.lock_task). Empty: nothing to run, for SQLite, whose BEGIN IMMEDIATE
+    # already runs one writer at a time; PostgreSQL overrides it.
+    Q.LOCK_TASK: "",
     Q.TASK_STATE: "SELECT state FROM tasks WHERE task_id = :task_id",
-    Q.CLIP_STATES: "SELECT clip_id, state FROM clips WHERE task_id = :task_id",
+    # the task's row (clip_id NULL) and its clips' rows, in one trip
+    Q.TASK_BEFORE: """
+        SELECT NULL AS clip_id, state FROM tasks WHERE task_id = :task_id
+        UNION ALL
+        SELECT clip_id, state FROM clips WHERE task_id = :task_id
+    """,
     Q.UPSERT_TASK: """
         INSERT INTO tasks (task_id, state, platform, error, first_seen_at, updated_at,
                            last_event_at, last_delivery_id)
@@ -399,8 +404,12 @@ PORTABLE: dict[Q, str] = {
         VALUES (:task_id, :entity, :entity_id, :from_state, :to_state, :delivery_id, :source,
                 :at)
     """,
-    Q.TASK_FACTS: "SELECT task_type, platform FROM tasks WHERE task_id = :task_id",
-    Q.CLIP_TAGS: "SELECT tags FROM clips WHERE task_id = :task_id",
+    # the task's type and platform (the row whose kind is 'task'), then its clips' tags
+    Q.TASK_FACTS: """
+        SELECT 'task' AS kind, task_type, platform FROM tasks WHERE task_id = :task_id
+        UNION ALL
+        SELECT 'clip', tags, NULL FROM clips WHERE task_id = :task_id
+    """,
     Q.INSERT_JOB: """
         INSERT INTO jobs (key, handler, route, options, task_id, trigger, delivery_id, state,
                           max_attempts, run_after, created_at, updated_at)

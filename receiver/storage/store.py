@@ -41,7 +41,7 @@ from receiver.models import (
     Transition,
 )
 from receiver.payloads import ClipReport
-from receiver.recording import plan_jobs, record
+from receiver.recording import TaskBefore, plan_jobs, record
 from receiver.routing import Router, TaskFacts, split_tags
 from receiver.states import State
 from receiver.storage import rows as records
@@ -550,9 +550,15 @@ class RecordingTx:
         row = await self.tx.one(Q.TASK_STATE, {"task_id": task_id})
         return State(row[0]) if row is not None else None
 
-    async def clip_states(self, task_id: str) -> Mapping[str, State]:
-        return {r[0]: State(r[1]) for r in await self.tx.rows(Q.CLIP_STATES,
-                                                               {"task_id": task_id})}
+    async def task_before(self, task_id: str) -> TaskBefore:
+        task: State | None = None
+        clips: dict[str, State] = {}
+        for clip_id, state in await self.tx.rows(Q.TASK_BEFORE, {"task_id": task_id}):
+            if clip_id is None:
+                task = State(state)
+            else:
+                clips[clip_id] = State(state)
+        return TaskBefore(state=task, clips=clips)
 
     async def upsert_task(
         self, task_id: str, *, state: State, platform: str | None, error: str | None,
@@ -580,11 +586,11 @@ class RecordingTx:
             ])
 
     async def task_facts(self, task_id: str) -> TaskFacts:
-        row = await self.tx.one(Q.TASK_FACTS, {"task_id": task_id})
-        tags = await self.tx.rows(Q.CLIP_TAGS, {"task_id": task_id})
-        task_type, platform = (row[0], row[1]) if row is not None else (None, None)
-        return TaskFacts(task_id=task_id, task_type=task_type, platform=platform,
-                         tags=split_tags(r[0] for r in tags))
+        rows = await self.tx.rows(Q.TASK_FACTS, {"task_id": task_id})
+        task = next((r for r in rows if r[0] == "task"), None)
+        return TaskFacts(task_id=task_id, task_type=task[1] if task else None,
+                         platform=task[2] if task else None,
+                         tags=split_tags(r[1] for r in rows if r[0] == "clip"))
 
     async def insert_jobs(self, specs: Sequence[JobSpec], *, at: float) -> int:
         inserted = await self.tx.run_many(Q.INSERT_JOB, [
