@@ -73,7 +73,8 @@ def protocol_class(settings: Settings) -> type[asyncio.Protocol]:
     """The HTTP protocol every server of the receiver runs: :mod:`receiver.connections`'
     limits, with :class:`NoDelay`."""
     guarded = connections.protocol_class(
-        header_timeout_s=settings.header_timeout_s, max_connections=settings.max_connections)
+        header_timeout_s=settings.header_timeout_s, max_connections=settings.max_connections,
+        implementation=settings.http_parser)
     return type(guarded.__name__, (NoDelay, guarded), {})
 
 
