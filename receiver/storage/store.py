@@ -108,6 +108,10 @@ class Store(AdminQueries):
         return await future
 
     async def _flush(self) -> None:
+        # One turn of the loop first: requests whose bytes arrived in the same turn reach their
+        # write() and join this batch, instead of the next (at c=8 end to end, most batches had
+        # 1-5 units without it, 8 with it: fewer commits, and fewer WAL pages a delivery).
+        await asyncio.sleep(0)
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             units = [unit for unit, _ in batch]
