@@ -54,6 +54,18 @@ class Tx(Protocol):
 Work = Callable[[Tx], Coroutine[Any, Any, T]]
 
 
+def drive(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a unit of work's coroutine to its end, here and now, on a ``Tx`` whose methods
+    never suspend (a backend's writer thread); a unit that awaits anything else is a bug."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    coroutine.close()
+    raise RuntimeError("a unit of work awaited something other than its transaction")
+
+
 @dataclass
 class Unit:
     """One unit of work in a batch, with what became of it."""

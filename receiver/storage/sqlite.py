@@ -32,14 +32,14 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 
 from receiver.errors import StoreError
-from receiver.storage.connector import Dialect, Params, Row, Unit, Work
+from receiver.storage.connector import Dialect, Params, Row, Unit, Work, drive
 from receiver.storage.statements import Q
 
 T = TypeVar("T")
@@ -220,7 +220,7 @@ class SQLiteConnector:
             if len(units) == 1:
                 unit = units[0]
                 try:
-                    unit.result = _drive(unit.work(tx))
+                    unit.result = drive(unit.work(tx))
                 except Exception as exc:  # this unit alone: roll it back, keep its error
                     raw.execute("ROLLBACK")
                     unit.error = _translate(exc)
@@ -230,7 +230,7 @@ class SQLiteConnector:
                 for unit in units:
                     raw.execute("SAVEPOINT unit")
                     try:
-                        unit.result = _drive(unit.work(tx))
+                        unit.result = drive(unit.work(tx))
                     except Exception as exc:
                         raw.execute("ROLLBACK TO unit")
                         unit.error = _translate(exc)
@@ -393,17 +393,6 @@ class _ReaderTx:
 
     def jobs_written(self) -> None:
         raise StoreError("a read cannot write")
-
-
-def _drive(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine that never suspends to its end, here and now."""
-    try:
-        coroutine.send(None)
-    except StopIteration as done:
-        result: T = done.value
-        return result
-    coroutine.close()
-    raise RuntimeError("a unit of work awaited something other than its transaction")
 
 
 def _try_begin(raw: sqlite3.Connection) -> bool:
