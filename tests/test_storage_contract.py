@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -36,20 +37,27 @@ def done(task_id: str) -> bytes:
 
 async def test_writes_that_arrive_together_commit_together_each_on_its_own(store: Store) -> None:
     async def boom(tx: Tx) -> None:
-        await tx.run(Q.PROBE_WRITE, {"name": "boom", "at": 1.0})
+        await tx.run(Q.INSERT_AUDIT, {"at": 1.0, "actor": "t", "action": "boom", "target": None,
+                                      "detail": "{}"})
         raise ValueError("this unit fails alone")
 
+    def recording(n: int) -> Awaitable[object]:
+        return store.record_delivery(delivery(f"d{n}", done(f"t{n}")), router=ROUTER)
+
+    # the failing unit in the middle of one batch: what it wrote is undone, and the units
+    # before it (run once with it, then again without it) and after it are each kept once
     results = await asyncio.gather(
-        *(store.record_delivery(delivery(f"d{n}", done(f"t{n}")), router=ROUTER)
-          for n in range(20)),
-        store.write(boom),
+        *(recording(n) for n in range(10)), store.write(boom),
+        *(recording(n) for n in range(10, 20)),
         return_exceptions=True,
     )
-    *recorded, failed = results
+    failed = results.pop(10)
     assert isinstance(failed, ValueError)
-    assert [getattr(r, "outcome", r) for r in recorded] == [Outcome.RECORDED] * 20
+    assert [getattr(r, "outcome", r) for r in results] == [Outcome.RECORDED] * 20
+    assert [getattr(r, "jobs", None) for r in results] == [1] * 20
     counts = await store.counts()
     assert (counts["deliveries"], counts["tasks"], counts["jobs"]) == (20, 20, 20)
+    assert (await store.list_audit(limit=10)).items == ()
 
 
 async def test_a_preview_changes_nothing_even_beside_real_writes(store: Store) -> None:
