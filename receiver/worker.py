@@ -116,7 +116,11 @@ class Worker:
                     task.add_done_callback(functools.partial(self._finished, job.id))
             if claimed and len(claimed) == free:
                 continue  # there may be more: claim again once a slot frees
-            await self._sleep(await self._idle_wait())
+            if self._wake.is_set():
+                continue  # a slot freed or a job was recorded meanwhile: claim now
+            # With every slot taken only a freed slot can start a job: no need to ask when
+            # the next one is due (a read, a trip to the reader's thread, every cycle).
+            await self._sleep(self.poll_s if free <= 0 else await self._idle_wait())
 
     def _finished(self, job_id: int, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -128,6 +132,13 @@ class Worker:
 
     async def _sleep(self, wait_s: float) -> None:
         """Until :meth:`wake`, a commit elsewhere (when listening), or ``wait_s``."""
+        if not self.listen:
+            # The event alone: the worker resumes in the loop's next step after a wake-up
+            # (no helper tasks to start, finish and cancel, two steps more each time).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await self._wake.wait()
+            return
         waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
         if self.listen:
             waits.append(asyncio.ensure_future(self.store.wait_for_jobs(wait_s)))
