@@ -26,7 +26,7 @@ import structlog
 from receiver import metrics
 from receiver.clock import Clock
 from receiver.context import Event, HandlerContext
-from receiver.jobs import Job, PermanentError, RetryLater, RetryPolicy
+from receiver.jobs import DEFAULT_CONCURRENCY, Job, PermanentError, RetryLater, RetryPolicy
 from receiver.redact import scrub_text
 from receiver.registry import Registry
 from receiver.storage.roles import JobQueue
@@ -48,7 +48,7 @@ class Worker:
         contexts: ContextFactory,
         clock: Clock,
         policy: RetryPolicy | None = None,
-        concurrency: int = 4,
+        concurrency: int = DEFAULT_CONCURRENCY,
         lease_s: float = 60.0,
         poll_s: float = 0.25,
         owner: str | None = None,
