@@ -82,6 +82,26 @@ async def test_two_workers_never_claim_the_same_job(store: Store) -> None:
     assert len(ids) == len(set(ids)) == 30
 
 
+async def test_claims_take_the_oldest_due_first_across_queued_retried_and_expired_jobs(
+    store: Store,
+) -> None:
+    # due times in another order than the ids, more queued jobs than one claim reads of a kind
+    for n in range(90):
+        await store.record_delivery(delivery(f"d{n}", done(f"t{n}"), at=1000.0 + n * 37 % 90),
+                                    router=ROUTER)
+    first, second = await store.claim_jobs(owner="w1", limit=2, now=1100.0, lease_s=60)
+    assert (first.run_after, second.run_after) == (1000.0, 1001.0)
+    assert await store.retry_job(first.id, owner="w1", error="x", run_after=1000.5, now=1100.0)
+    # w1 dies holding `second`: its lease runs out at 1160
+    everything = await store.list_jobs()
+    expected = [j.id for j in sorted(everything, key=lambda j: (j.run_after, j.id))]
+    taken: list[int] = []
+    while batch := await store.claim_jobs(owner="w2", limit=7, now=1200.0, lease_s=60):
+        taken += [job.id for job in batch]
+    assert taken == expected
+    assert taken[:2] == [first.id, second.id]  # due 1000.5 (its retry), 1001 (lease expired)
+
+
 async def test_every_attempt_is_kept_with_its_outcome(store: Store) -> None:
     await store.record_delivery(delivery("d1", done("t1")), router=ROUTER)
     [job] = await store.claim_jobs(owner="w1", limit=1, now=2000.0, lease_s=60)

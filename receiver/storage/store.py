@@ -195,8 +195,11 @@ class Store(AdminQueries):
         """Take up to ``limit`` due jobs (or jobs whose lease expired) for ``owner``."""
 
         async def work(tx: Tx) -> list[Job]:
+            # window: the first due jobs of each kind that the claim considers (Q.CLAIM_JOBS),
+            # with room for those concurrent claims on PostgreSQL hold locked and skip
             rows = await tx.rows(Q.CLAIM_JOBS, {"owner": owner, "until": now + lease_s,
-                                                "now": now, "limit": limit})
+                                                "now": now, "limit": limit,
+                                                "window": limit + 64})
             jobs = sorted((records.job(r) for r in rows), key=lambda j: (j.run_after, j.id))
             await tx.run_many(Q.START_ATTEMPT, [
                 {"job_id": j.id, "attempt": j.attempts, "owner": owner, "now": now}
