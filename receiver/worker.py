@@ -26,6 +26,7 @@ import structlog
 from receiver import metrics
 from receiver.clock import Clock
 from receiver.context import Event, HandlerContext
+from receiver.errors import StoreError
 from receiver.jobs import DEFAULT_CONCURRENCY, Job, PermanentError, RetryLater, RetryPolicy
 from receiver.redact import scrub_text
 from receiver.registry import Registry
@@ -73,6 +74,10 @@ class Worker:
         # committed (in the store's next batch), which no longer keeps the next job waiting
         self._running: dict[int, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # while run() loops, successes wait here for its next claim, which commits them with
+        # it (one unit of work, not one each); the future says whether the lease still held
+        self._looping = False
+        self._done: list[tuple[int, asyncio.Future[bool]]] = []
 
     def wake(self) -> None:
         """A job was just recorded: look now instead of at the next poll."""
@@ -97,18 +102,21 @@ class Worker:
                 await self.store.wait_for_jobs(0.0)
             except Exception as exc:  # no listener yet: the first wait tries again
                 log.error("wait_failed", error=str(exc))
+        self._looping = True
+        try:
+            await self._loop()
+        finally:
+            self._looping = False
+            if self._done:  # successes the loop had no claim left to carry
+                await self._commit_done(limit=0, last=True)
+
+    async def _loop(self) -> None:
         while not self._stopping:
             self._wake.clear()
             free = self.concurrency - len(self._running)
             claimed: list[Job] = []
-            if free > 0:
-                try:
-                    claimed = await self.store.claim_jobs(
-                        owner=self.owner, limit=free, now=self.clock.now(), lease_s=self.lease_s
-                    )
-                except Exception as exc:  # a locked or broken database: log, wait, try again
-                    log.error("claim_failed", error=str(exc))
-                    metrics.store_error("claim")
+            if free > 0 or self._done:
+                claimed = await self._commit_done(limit=max(0, free))
                 for job in claimed:
                     task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
                     self._running[job.id] = task
@@ -121,6 +129,40 @@ class Worker:
             # With every slot taken only a freed slot can start a job: no need to ask when
             # the next one is due (a read, a trip to the reader's thread, every cycle).
             await self._sleep(self.poll_s if free <= 0 else await self._idle_wait())
+
+    async def _commit_done(self, *, limit: int, last: bool = False) -> list[Job]:
+        """Finish the successes waiting in ``_done`` and claim up to ``limit`` jobs, in one
+        write. If it fails, the successes wait for the next try (their leases are still
+        renewed), unless this is the ``last`` one."""
+        done, self._done = self._done, []
+        try:
+            kept, claimed = await self.store.finish_and_claim(
+                owner=self.owner, finished=[job_id for job_id, _ in done], limit=limit,
+                now=self.clock.now(), lease_s=self.lease_s)
+        except Exception as exc:  # a locked or broken database: log, wait, try again
+            log.error("claim_failed", error=str(exc))
+            metrics.store_error("claim")
+            if not last:
+                self._done[:0] = done
+                return []
+            for _, future in done:
+                if not future.done():
+                    future.set_exception(exc)
+            return []
+        for job_id, future in done:
+            if not future.done():
+                future.set_result(job_id in kept)
+        return claimed
+
+    async def _finish(self, job: Job) -> bool:
+        """Mark ``job`` done; False if its lease was lost. While :meth:`run` loops, with its
+        next claim (it is woken by the freed slot anyway)."""
+        if not self._looping:
+            return await self.store.finish_job(job.id, owner=self.owner, now=self.clock.now())
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._done.append((job.id, future))
+        self._wake.set()
+        return await future
 
     def _finished(self, job_id: int, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -219,10 +261,15 @@ class Worker:
                                            now=self.clock.now())
                 bound.warning("job_retrying", error=error, delay_s=round(delay, 3))
         else:
-            if await self.store.finish_job(job.id, owner=self.owner, now=self.clock.now()):
-                bound.info("job_done")
+            try:
+                kept = await self._finish(job)
+            except StoreError as exc:  # not recorded: the lease runs out, and the job runs again
+                bound.error("job_finish_failed", error=str(exc))
             else:
-                bound.warning("job_lease_lost")
+                if kept:
+                    bound.info("job_done")
+                else:
+                    bound.warning("job_lease_lost")
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -239,6 +239,7 @@ class Q(StrEnum):
     END_ATTEMPT = "end_attempt"
     RENEW_LEASE = "renew_lease"
     FINISH_JOB = "finish_job"
+    FINISH_JOBS = "finish_jobs"
     RETRY_JOB = "retry_job"
     KILL_JOB = "kill_job"
     RELEASE_JOBS = "release_jobs"
@@ -484,6 +485,13 @@ PORTABLE: dict[Q, str] = {
         UPDATE jobs SET state = 'done', lease_owner = NULL, lease_expires_at = NULL,
                         updated_at = :now
         WHERE id = :id AND state = 'running' AND lease_owner = :owner
+    """,
+    # :ids is a JSON array of job ids; the ones still leased to :owner are finished, returned
+    Q.FINISH_JOBS: """
+        UPDATE jobs SET state = 'done', lease_owner = NULL, lease_expires_at = NULL,
+                        updated_at = :now
+        WHERE id IN (JSON_INTS(:ids)) AND state = 'running' AND lease_owner = :owner
+        RETURNING id
     """,
     Q.RETRY_JOB: """
         UPDATE jobs SET state = 'retrying', lease_owner = NULL, lease_expires_at = NULL,
