@@ -117,6 +117,8 @@ class Worker:
             claimed: list[Job] = []
             if free > 0 or self._done:
                 claimed = await self._commit_done(limit=max(0, free))
+                if self._stopping:
+                    break  # what this claim took is handed back by stop(), not started
                 for job in claimed:
                     task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
                     self._running[job.id] = task
@@ -139,6 +141,9 @@ class Worker:
             kept, claimed = await self.store.finish_and_claim(
                 owner=self.owner, finished=[job_id for job_id, _ in done], limit=limit,
                 now=self.clock.now(), lease_s=self.lease_s)
+        except asyncio.CancelledError:
+            self._done[:0] = done  # for the last write of run()
+            raise
         except Exception as exc:  # a locked or broken database: log, wait, try again
             log.error("claim_failed", error=str(exc))
             metrics.store_error("claim")
