@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from receiver.errors import SettingsError
-from receiver.jobs import RetryPolicy
+from receiver.jobs import DEFAULT_CONCURRENCY, RetryPolicy
 from receiver.redact import url_secrets
 from receiver.signatures import Scheme, parse_schemes
 
@@ -105,7 +105,7 @@ class Settings:
     sonic_api_base_url: str | None = None
     sonic_api_key: str | None = field(default=None, repr=False)
     worker: str = "inprocess"  # inprocess: jobs run in the web process; off: a worker process
-    worker_concurrency: int = 4
+    worker_concurrency: int = DEFAULT_CONCURRENCY  # see receiver.jobs
     worker_lease_s: float = 60.0
     worker_poll_s: float = 0.25
     worker_drain_s: float = 30.0
