@@ -40,7 +40,7 @@ import aiosqlite
 
 from receiver.errors import StoreError
 from receiver.storage.connector import Dialect, Params, Row, Unit, Work
-from receiver.storage.statements import Q
+from receiver.storage.statements import SQLITE_ONLY_6, Q
 
 T = TypeVar("T")
 SYNCHRONOUS = ("normal", "full")
@@ -56,7 +56,8 @@ WAIT_POLL_S = 0.05
 
 DIALECT = Dialect(
     name="sqlite",
-    types={"id": "INTEGER PRIMARY KEY", "real": "REAL", "blob": "BLOB"},
+    types={"id": "INTEGER PRIMARY KEY", "real": "REAL", "blob": "BLOB",
+           "sqlite_only_6": SQLITE_ONLY_6},
     macros={"JSON_TEXTS": "SELECT value FROM json_each({})",
             "JSON_INTS": "SELECT value FROM json_each({})",
             "FOR_CLAIM": ""},  # one writer at a time: nothing to skip
