@@ -217,6 +217,9 @@ MIGRATIONS: tuple[str, ...] = (
     # - tasks_parent: only child tasks have a parent; an equality on it still uses the index;
     # - jobs_finished: only pruning ranges over finished jobs' updated_at; queued and running
     #   jobs are found by jobs_due (state, run_after), which claims already used;
+    # - jobs_handler (handler, state): jobs_due gains the handler, (state, run_after,
+    #   handler): the pending downloads are found by state there, the counts by state and
+    #   handler read it alone, and a job changes state in one index fewer;
     # - deliveries_outcome: pruning finds recorded deliveries by received_at
     #   (deliveries_received); the index keeps the rare outcomes (quarantined) a list shows.
     """
@@ -226,6 +229,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX tasks_parent ON tasks (parent_task_id) WHERE parent_task_id IS NOT NULL;
     DROP INDEX jobs_finished;
     CREATE INDEX jobs_finished ON jobs (state, updated_at) WHERE state IN ('done', 'dead');
+    DROP INDEX jobs_handler;
+    DROP INDEX jobs_due;
+    CREATE INDEX jobs_due ON jobs (state, run_after, handler);
     DROP INDEX deliveries_outcome;
     CREATE INDEX deliveries_outcome ON deliveries (outcome, id) WHERE outcome <> 'recorded';
     {sqlite_only_6}
