@@ -284,6 +284,37 @@ async def test_an_old_sqlite_database_is_upgraded_in_place(tmp_path: Path) -> No
         assert conn.execute("SELECT duplicates FROM deliveries").fetchone()[0] == 1
 
 
+@pytest.mark.postgres
+async def test_a_postgresql_writer_whose_connection_was_cut_connects_again(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The server ends the writer's connection (a restart, an administrator): the batch that
+    meets the cut fails as a StoreError (a 503, retried by the sender), the next one runs on a
+    new connection, and nothing half-written is kept."""
+    import psycopg
+
+    async with backend_store("postgresql", request, tmp_path) as store:
+        assert (await store.record_delivery(delivery("before", done("t1")))).outcome \
+            is Outcome.RECORDED
+        url = store.connector.url  # type: ignore[attr-defined]
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+            cut = await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND application_name = 'sonic-receiver writer'")
+            assert [row[0] for row in await cut.fetchall()] == [True]
+        outcomes = []
+        for n in range(3):
+            try:
+                outcomes.append((await store.record_delivery(
+                    delivery(f"after-{n}", done(f"t-after-{n}")))).outcome.value)
+            except StoreError:
+                outcomes.append("503")
+        counts = await store.counts()
+    assert outcomes in (["503", "recorded", "recorded"], ["recorded"] * 3)
+    assert counts["deliveries"] == 1 + outcomes.count("recorded")
+
+
 async def test_a_postgresql_database_newer_than_the_code_is_refused(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

@@ -40,6 +40,7 @@ from receiver.storage.statements import Q
 T = TypeVar("T")
 CHANNEL = "sonic_receiver_jobs"
 MIGRATION_LOCK = 7_318_004_217  # pg_advisory_lock key: "the receiver's migrations"
+WRITER_NAME = "sonic-receiver writer"  # the writer's application_name in pg_stat_activity
 TASK_LOCK_CLASS = 7318  # pg_advisory_xact_lock(class, hashtext(task_id)): recording a task
 
 DIALECT = Dialect(
@@ -132,7 +133,8 @@ class PostgresConnector:
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
-        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10,
+                               application_name=WRITER_NAME)
         try:
             conn.execute(self._lock_timeout_sql())
         except BaseException:
