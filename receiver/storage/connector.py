@@ -33,8 +33,8 @@ class Tx(Protocol):
     async def rows(self, q: Q, params: Params | None = None) -> list[Row]: ...
 
     async def one(self, q: Q, params: Params | None = None) -> Row | None:
-        """The first row, or None; None without a trip when the dialect's statement is empty
-        (a step it needs nothing for, such as :attr:`Q.LOCK_TASK` on SQLite)."""
+        """The first row, or None (None without a trip when the dialect's statement is empty:
+        a step it needs nothing for, such as :attr:`Q.LOCK_TASK` on SQLite)."""
         ...
 
     async def run(self, q: Q, params: Params | None = None) -> int:
@@ -43,6 +43,17 @@ class Tx(Protocol):
 
     async def run_many(self, q: Q, params: Sequence[Params]) -> int:
         """Run a write once per parameter set; the number of rows changed in all."""
+        ...
+
+    async def send(self, q: Q, params: Params | None = None) -> None:
+        """Run a write whose count nobody needs. A backend may send it without waiting for
+        its answer (PostgreSQL's pipeline); an error it meets is raised by a later statement
+        of the same unit, or when the unit's savepoint ends, so the unit still fails whole.
+        An empty statement runs nothing."""
+        ...
+
+    async def send_many(self, q: Q, params: Sequence[Params]) -> None:
+        """:meth:`send`, once per parameter set."""
         ...
 
     def jobs_written(self) -> None:

@@ -180,8 +180,8 @@ class PostgresConnector:
 
     def _write_batch(self, units: Sequence[Unit]) -> None:
         conn = self._connect_writer()
-        tx = _WriterTx(conn, self._sql)
-        with conn.transaction():
+        with conn.pipeline() as pipeline, conn.transaction():
+            tx = _WriterTx(conn, pipeline, self._sql)
             if len(units) == 1:
                 _run_unit(conn, tx, units[0], savepoint=False)
             elif not (all(u.keep for u in units) and _all_at_once(conn, tx, units)):
@@ -258,31 +258,47 @@ class _Abort(psycopg.Rollback):
 
 
 class _WriterTx:
-    """:class:`receiver.storage.connector.Tx` on the writer's connection: it never suspends."""
+    """:class:`receiver.storage.connector.Tx` on the writer's connection, in pipeline mode: a
+    statement is sent at once and its answer waited for only when it is needed (rows, a
+    count), so the writes of a unit whose counts nobody needs (:meth:`send`) share the round
+    trip of the next statement that answers. It never suspends."""
 
-    def __init__(self, conn: psycopg.Connection[Any], sql: Mapping[Q, str]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], pipeline: psycopg.Pipeline,
+                 sql: Mapping[Q, str]) -> None:
         self._conn = conn
+        self._pipeline = pipeline
         self._sql = sql
         self.notify = False
 
     async def rows(self, q: Q, params: Params | None = None) -> list[Row]:
         cursor = self._conn.execute(self._sql[q], params or {})
+        self._pipeline.sync()
         return [tuple(r) for r in cursor.fetchall()] if cursor.description else []
 
     async def one(self, q: Q, params: Params | None = None) -> Row | None:
-        cursor = self._conn.execute(self._sql[q], params or {})
-        row = cursor.fetchone()
-        return tuple(row) if row is not None else None
+        rows = await self.rows(q, params) if self._sql[q] else []
+        return rows[0] if rows else None
 
     async def run(self, q: Q, params: Params | None = None) -> int:
-        return self._conn.execute(self._sql[q], params or {}).rowcount
+        cursor = self._conn.execute(self._sql[q], params or {})
+        self._pipeline.sync()
+        return cursor.rowcount
 
     async def run_many(self, q: Q, params: Sequence[Params]) -> int:
         if not params:
             return 0
         with self._conn.cursor() as cursor:
             cursor.executemany(self._sql[q], params)
+            self._pipeline.sync()
             return cursor.rowcount
+
+    async def send(self, q: Q, params: Params | None = None) -> None:
+        if self._sql[q]:
+            self._conn.execute(self._sql[q], params or {})
+
+    async def send_many(self, q: Q, params: Sequence[Params]) -> None:
+        if params:
+            self._conn.cursor().executemany(self._sql[q], params)
 
     def jobs_written(self) -> None:
         self.notify = True
@@ -315,6 +331,12 @@ class _Tx:
         async with self._conn.cursor() as cursor:
             await cursor.executemany(self._sql[q], params)
             return cursor.rowcount
+
+    async def send(self, q: Q, params: Params | None = None) -> None:
+        await self.run(q, params)
+
+    async def send_many(self, q: Q, params: Sequence[Params]) -> None:
+        await self.run_many(q, params)
 
     def jobs_written(self) -> None:
         self.notify = True

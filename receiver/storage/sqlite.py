@@ -371,6 +371,15 @@ class _ThreadTx:
         self._raw.executemany(self._sql[q], params)
         return self._raw.total_changes - before
 
+    async def send(self, q: Q, params: Params | None = None) -> None:
+        sql = self._sql[q]
+        if sql:  # empty: a step this dialect has nothing to run for
+            self._raw.execute(sql, params or {})
+
+    async def send_many(self, q: Q, params: Sequence[Params]) -> None:
+        if params:
+            self._raw.executemany(self._sql[q], params)
+
     def jobs_written(self) -> None:
         """Workers elsewhere notice the commit through ``PRAGMA data_version``."""
 
@@ -393,6 +402,12 @@ class _ReaderTx:
         raise StoreError("a read cannot write")
 
     async def run_many(self, q: Q, params: Sequence[Params]) -> int:
+        raise StoreError("a read cannot write")
+
+    async def send(self, q: Q, params: Params | None = None) -> None:
+        raise StoreError("a read cannot write")
+
+    async def send_many(self, q: Q, params: Sequence[Params]) -> None:
         raise StoreError("a read cannot write")
 
     def jobs_written(self) -> None:

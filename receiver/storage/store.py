@@ -573,7 +573,7 @@ class RecordingTx:
         return str(row[0]) if row is not None else None
 
     async def lock_task(self, task_id: str) -> None:
-        await self.tx.one(Q.LOCK_TASK, {"task_id": task_id})
+        await self.tx.send(Q.LOCK_TASK, {"task_id": task_id})
 
     async def task_state(self, task_id: str) -> State | None:
         row = await self.tx.one(Q.TASK_STATE, {"task_id": task_id})
@@ -593,7 +593,7 @@ class RecordingTx:
         self, task_id: str, *, state: State, platform: str | None, error: str | None,
         delivery_id: str, at: float,
     ) -> None:
-        await self.tx.run(Q.UPSERT_TASK, {"task_id": task_id, "state": state.value,
+        await self.tx.send(Q.UPSERT_TASK, {"task_id": task_id, "state": state.value,
                                           "platform": platform, "error": error, "at": at,
                                           "delivery_id": delivery_id})
 
@@ -601,12 +601,12 @@ class RecordingTx:
         self, task_id: str, clips: Sequence[tuple[ClipReport, State]], *, at: float
     ) -> None:
         if clips:
-            await self.tx.run_many(Q.UPSERT_CLIP, [_clip_params(task_id, c, state, at)
+            await self.tx.send_many(Q.UPSERT_CLIP, [_clip_params(task_id, c, state, at)
                                                    for c, state in clips])
 
     async def insert_transitions(self, transitions: Sequence[Transition]) -> None:
         if transitions:
-            await self.tx.run_many(Q.INSERT_TRANSITION, [
+            await self.tx.send_many(Q.INSERT_TRANSITION, [
                 {"task_id": t.task_id, "entity": t.entity.value, "entity_id": t.entity_id,
                  "from_state": t.from_state.value if t.from_state else None,
                  "to_state": t.to_state.value, "delivery_id": t.delivery_id,
