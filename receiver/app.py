@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,7 +36,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from receiver import metrics
 from receiver.clock import Clock, SystemClock
 from receiver.connections import BodyTimeout
 from receiver.console import console_routes
@@ -86,7 +84,9 @@ def create_app(
         )
     )
     runtime: Runtime | None = None
-    endpoint: WebhookEndpoint | None = None
+    # Served from the start (503 until the lifespan opens it with the store).
+    endpoint = WebhookEndpoint(verifier=verifier, clock=clock,
+                               max_body_bytes=settings.max_body_bytes, router=router)
 
     def current() -> Runtime:
         if runtime is None:
@@ -95,7 +95,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        nonlocal runtime, endpoint
+        nonlocal runtime
         async with open_runtime(
             settings, store=store, clock=clock, http=http, router=router, registry=registry,
             sonic=sonic,
@@ -122,14 +122,7 @@ def create_app(
                     older_than_s=settings.retention_s,
                     keep_ids_s=settings.retention_keep_ids_s,
                 ), name="retention"))
-            endpoint = WebhookEndpoint(
-                store=opened.store,
-                verifier=verifier,
-                clock=clock,
-                max_body_bytes=settings.max_body_bytes,
-                router=router,
-                on_jobs=opened.worker.wake if opened.worker else None,
-            )
+            endpoint.open(opened.store, on_jobs=opened.worker.wake if opened.worker else None)
             log.info(
                 "receiver_started",
                 db=opened.store.describe(),
@@ -142,7 +135,7 @@ def create_app(
                 yield
             finally:
                 log.info("receiver_stopping")
-                endpoint = None
+                endpoint.close()
                 for task in background:
                     task.cancel()
                 await asyncio.gather(*background, return_exceptions=True)
@@ -150,16 +143,6 @@ def create_app(
                     await opened.worker.stop(deadline_s=settings.worker_drain_s)
                     await worker_task
                 runtime = None
-
-    async def webhook(request: Request) -> JSONResponse:
-        if request.method != "POST":
-            return JSONResponse({"error": "method_not_allowed"}, 405, headers={"Allow": "POST"})
-        if endpoint is None:
-            return JSONResponse({"error": "store_unavailable"}, 503)
-        started = time.perf_counter()
-        response = await endpoint(request)
-        metrics.observe_ingest(time.perf_counter() - started, response.status_code)
-        return response
 
     async def get_file(request: Request) -> Response:
         p = request.path_params
@@ -197,7 +180,7 @@ def create_app(
     app = Starlette(
         routes=[
             # Every method, so that a GET is told 405 here rather than taken by the admin Mount.
-            Route("/webhooks/sonic", webhook, name="webhook",
+            Route("/webhooks/sonic", endpoint, name="webhook",
                   methods=["POST", "GET", "PUT", "PATCH", "DELETE", "OPTIONS"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
