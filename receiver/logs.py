@@ -61,6 +61,31 @@ def redact_processor(_: Any, __: str, event_dict: structlog.typing.EventDict
     return {key: redact_value(value) for key, value in event_dict.items()}
 
 
+def render_redacted(logger: Any, name: str, event_dict: structlog.typing.EventDict) -> bytes:
+    """Redaction and rendering in one step, for our own JSON lines: the line is rendered once
+    and kept as it is when :func:`receiver.redact.clean` finds no URL and no secret in it (so
+    that :func:`redact_processor` would change nothing: every line of a delivery); otherwise,
+    or when a value is of a type orjson renders otherwise than its ``repr``, the values are
+    scrubbed one by one and the line rendered again."""
+    try:
+        line = orjson.dumps(event_dict, default=_not_plain, option=_PLAIN)
+    except TypeError:
+        line = b""
+    if line and redact.clean(line):
+        return line
+    return _dumps(redact_processor(logger, name, event_dict))
+
+
+# Dates and dataclasses, which redact_value renders as repr(), go to _not_plain and so to the
+# careful path; so do sets and unknown objects. (A plain Enum or a UUID, which orjson renders
+# by value, is written by value on the fast path, by repr() on the careful one.)
+_PLAIN = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def _not_plain(value: Any) -> Any:
+    raise TypeError(type(value).__name__)
+
+
 class FloodFilter(logging.Filter):
     """Let through at most one record per ``window_s`` with the same logger, level and first
     line (from :data:`FLOODABLE` loggers); the next one let through says how many were held
@@ -123,8 +148,7 @@ def configure(*, fmt: str = "auto", level: str = "info", third_party_level: str 
         )
     else:
         structlog.configure(
-            processors=[*shared, structlog.processors.format_exc_info, redact_processor,
-                        structlog.processors.JSONRenderer(serializer=_dumps)],
+            processors=[*shared, structlog.processors.format_exc_info, render_redacted],
             logger_factory=_NamedBytesLoggerFactory(sys.stderr),
             wrapper_class=structlog.make_filtering_bound_logger(
                 _LEVELS.get(level, logging.INFO)),
