@@ -43,7 +43,7 @@ class _Guarded(_Base):  # type: ignore[misc]
     _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+        super().connection_made(_Coalescing(transport, self.loop))
         if len(self.connections) > self.max_connections:
             log.warning("connection cap of %d reached: refusing new connections",
                         self.max_connections)
@@ -85,6 +85,52 @@ class _Guarded(_Base):  # type: ignore[misc]
         self._head_timer = None
         if self._awaiting_head() and not self.transport.is_closing():
             self.transport.close()
+
+
+class _Coalescing:
+    """A connection's transport whose writes made in one turn of the event loop go out
+    together, at the end of that turn: uvicorn writes a response's head and its body
+    separately, which costs two send(2) calls and two TCP segments for every small answer.
+    Closing sends what is held first; everything else is the transport's own."""
+
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if not self._held:
+            self._loop.call_soon(self._flush)
+        self._held.append(data)
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._held.clear()
+        self._transport.abort()
+
+    def _flush(self) -> None:
+        if not self._held:
+            return
+        held = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+        self._held.clear()
+        if not self._transport.is_closing():
+            self._transport.write(held)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class GuardedH11Protocol(_Guarded, H11Protocol):

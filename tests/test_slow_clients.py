@@ -343,3 +343,40 @@ def test_the_same_middleware_keeps_cutting_off_when_served_by_a_new_event_loop()
     # the first loop ends while a body is awaited: its sweep is left behind on that loop
     assert asyncio.run(stalled_status(give_up_after=0.05)) is None
     assert asyncio.run(stalled_status(give_up_after=GIVE_UP_S)) == 408
+
+
+# ---- the transport under uvicorn's protocol: a response's pieces go out in one send ------------
+
+
+class CountingSocket(socket.socket):
+    """A real socket that counts the send(2) calls made through it."""
+
+    sends = 0
+
+    def send(self, data: Any, *args: Any) -> int:
+        self.sends += 1
+        return super().send(data, *args)
+
+
+async def test_the_writes_of_one_turn_leave_in_one_send_and_close_sends_what_is_held() -> None:
+    from receiver.connections import _Coalescing
+
+    ours, theirs = socket.socketpair()
+    counting = CountingSocket(ours.family, ours.type, fileno=ours.detach())
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_connection(asyncio.Protocol, sock=counting)
+    reader, writer = await asyncio.open_connection(sock=theirs)
+    coalescing = _Coalescing(transport, loop)
+    coalescing.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    coalescing.write(b"")
+    coalescing.write(b"ok")
+    assert counting.sends == 0  # held until the end of this turn of the loop
+    await asyncio.sleep(0)
+    assert counting.sends == 1
+    assert await reader.readexactly(40) == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    coalescing.write(b"last words")
+    coalescing.close()
+    assert await reader.read() == b"last words"
+    assert coalescing.is_closing()  # the rest is the transport's own
+    writer.close()
+    await writer.wait_closed()
