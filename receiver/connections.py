@@ -12,6 +12,11 @@ accepts connections until the process runs out of file descriptors. Here:
 - :class:`BodyTimeout`: ASGI middleware that gives a request ``timeout_s`` to deliver its whole
   body and otherwise answers 408 and closes the connection;
 - :func:`raise_open_files_limit`: the soft file-descriptor limit raised to the hard one.
+
+Both timeouts are :class:`Deadlines` (one sweep a tenth of the timeout, not a timer per
+request: a late head or body is cut off within 1.1 times its timeout), and the protocol sends
+a response's head and body in one write (:class:`_Coalescing`): what each request costs the
+server is the ingest benchmark's business (issue 12).
 """
 
 from __future__ import annotations
@@ -35,12 +40,47 @@ FULL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
 _Base: Any = H11Protocol if TYPE_CHECKING else object
 
 
+class Deadlines:
+    """Deadlines ``timeout_s`` away, checked by one sweep every ``timeout_s / 10`` while any is
+    pending, rather than by a timer each: a timer is a push onto the event loop's heap and a
+    pop off it, of handles compared in Python, and a request would pay for one or two.
+    What is due is expired (its ``expire()`` called) between ``timeout_s`` and
+    ``1.1 * timeout_s`` after it was watched."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._due: dict[Any, float] = {}
+        self._sweep: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def watch(self, item: Any, loop: asyncio.AbstractEventLoop) -> None:
+        """Expire ``item`` in ``timeout_s`` unless it is forgotten first."""
+        self._due[item] = loop.time() + self.timeout_s
+        # (a sweep left on another loop: the same object served again by a new loop, in tests)
+        if self._sweep is None or self._loop is not loop:
+            self._loop = loop
+            self._sweep = loop.call_later(self.timeout_s / 10, self._expire_due, loop)
+
+    def forget(self, item: Any) -> None:
+        self._due.pop(item, None)
+
+    def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        due = [item for item, deadline in self._due.items() if deadline <= now]
+        for item in due:
+            del self._due[item]
+        self._sweep = (loop.call_later(self.timeout_s / 10, self._expire_due, loop)
+                       if self._due else None)
+        for item in due:
+            item.expire()
+
+
 class _Guarded(_Base):  # type: ignore[misc]
     """The header timeout and the connection cap, mixed into one of uvicorn's protocols."""
 
     header_timeout_s: float = 10.0
     max_connections: int = 1000
-    _head_timer: asyncio.TimerHandle | None = None
+    heads: Deadlines = Deadlines(header_timeout_s)  # protocol_class() gives each class its own
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(_Coalescing(transport, self.loop))
@@ -50,39 +90,29 @@ class _Guarded(_Base):  # type: ignore[misc]
             self.transport.write(FULL)
             self.transport.close()
             return
-        self._arm_head_timer()
+        self.heads.watch(self, self.loop)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if not self._awaiting_head():
-            self._cancel_head_timer()
+            self.heads.forget(self)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self._awaiting_head():
-            self._arm_head_timer()
+            self.heads.watch(self, self.loop)
         else:  # a pipelined request's head was already in the buffer
-            self._cancel_head_timer()
+            self.heads.forget(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_timer()
+        self.heads.forget(self)
         super().connection_lost(exc)
 
     def _awaiting_head(self) -> bool:
         return self.cycle is None or bool(self.cycle.response_complete)
 
-    def _arm_head_timer(self) -> None:
-        self._cancel_head_timer()
-        if not self.transport.is_closing():
-            self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
-
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
+    def expire(self) -> None:
+        """The header timeout: no complete request head in time."""
         if self._awaiting_head() and not self.transport.is_closing():
             self.transport.close()
 
@@ -160,7 +190,8 @@ def protocol_class(*, header_timeout_s: float, max_connections: int,
             base = fast
         elif implementation == "httptools":
             raise RuntimeError("httptools is not installed")
-    settings = {"header_timeout_s": header_timeout_s, "max_connections": max_connections}
+    settings = {"header_timeout_s": header_timeout_s, "max_connections": max_connections,
+                "heads": Deadlines(header_timeout_s)}
     return type(base.__name__, (base,), settings)
 
 
@@ -168,33 +199,26 @@ class BodyTimeout:
     """ASGI middleware: a request has ``timeout_s`` from its first read to deliver its whole
     body. Past it, the app sees the client as gone (``http.disconnect``, which Starlette raises
     as ``ClientDisconnect``) and, if it has not answered yet, the client gets 408 and the
-    connection is closed.
-
-    The deadlines are checked by one sweep every ``timeout_s / 10`` while some body is still
-    awaited, not by a timer per request (a timer costs a heap push and pop of Python-compared
-    handles, more than the rest of this middleware): a late body is cut off between
-    ``timeout_s`` and ``1.1 * timeout_s`` after the first read."""
+    connection is closed. The deadlines are :class:`Deadlines`' (a late body is cut off
+    within ``1.1 * timeout_s``)."""
 
     def __init__(self, app: ASGIApp, *, timeout_s: float) -> None:
         self.app = app
         self.timeout_s = timeout_s
-        self._tick = timeout_s / 10
-        self._awaited: set[_BodyGuard] = set()  # requests whose body is not all in
-        self._sweep: asyncio.TimerHandle | None = None
-        self._sweep_loop: asyncio.AbstractEventLoop | None = None
+        self.bodies = Deadlines(timeout_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        guard = _BodyGuard(self, receive, send)
+        guard = _BodyGuard(self.bodies, receive, send)
         try:
             await self.app(scope, guard.receive, guard.send)
         except Exception:
             if not guard.timed_out:
                 raise
         finally:
-            self._awaited.discard(guard)
+            self.bodies.forget(guard)
         if guard.timed_out and not guard.started:
             response = JSONResponse(
                 {"error": "body_timeout",
@@ -203,23 +227,6 @@ class BodyTimeout:
             )
             with contextlib.suppress(OSError):
                 await response(scope, receive, send)
-
-    def _watch(self, guard: _BodyGuard, loop: asyncio.AbstractEventLoop) -> None:
-        guard.deadline = loop.time() + self.timeout_s
-        self._awaited.add(guard)
-        # (a sweep left on another loop: the same app served again by a new loop, in tests)
-        if self._sweep is None or self._sweep_loop is not loop:
-            self._sweep_loop = loop
-            self._sweep = loop.call_later(self._tick, self._sweep_late, loop)
-
-    def _sweep_late(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._sweep = None
-        now = loop.time()
-        for guard in [g for g in self._awaited if g.deadline <= now]:
-            self._awaited.discard(guard)
-            guard.expire()
-        if self._awaited:
-            self._sweep = loop.call_later(self._tick, self._sweep_late, loop)
 
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
@@ -230,18 +237,17 @@ class _BodyGuard:
     in. Expired while the app waits for the body, that wait is cancelled and answered
     ``http.disconnect``; expired between reads, the next read is."""
 
-    __slots__ = ("_cancelled", "_cancelling", "_owner", "_receive", "_send", "_task",
-                 "_waiting", "complete", "deadline", "started", "timed_out")
+    __slots__ = ("_bodies", "_cancelled", "_cancelling", "_receive", "_send", "_task",
+                 "_waiting", "complete", "started", "timed_out")
 
-    def __init__(self, owner: BodyTimeout, receive: Receive, send: Send) -> None:
-        self._owner = owner
+    def __init__(self, bodies: Deadlines, receive: Receive, send: Send) -> None:
+        self._bodies = bodies
         self._receive = receive
         self._send = send
         self._task: asyncio.Task[Any] | None = None
         self._cancelling = 0
         self._waiting = False
         self._cancelled = False  # expire() cancelled the wait in receive()
-        self.deadline = 0.0
         self.complete = False  # the whole body is in: what follows waits for a disconnect
         self.timed_out = False
         self.started = False  # the app has started its response
@@ -255,7 +261,7 @@ class _BodyGuard:
             task = self._task = asyncio.current_task()
             assert task is not None  # an ASGI app runs in a task
             self._cancelling = task.cancelling()
-            self._owner._watch(self, task.get_loop())
+            self._bodies.watch(self, task.get_loop())
         self._waiting = True
         try:
             message = await self._receive()
@@ -269,7 +275,7 @@ class _BodyGuard:
             self._waiting = False
         if message["type"] != "http.request" or not message.get("more_body", False):
             self.complete = True
-            self._owner._awaited.discard(self)
+            self._bodies.forget(self)
         return message
 
     async def send(self, message: Message) -> None:
