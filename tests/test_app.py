@@ -537,3 +537,17 @@ async def test_a_client_gone_mid_body_is_not_answered_nor_logged_as_an_error(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not [e for e in logs if e["log_level"] == "error"]
     assert (await counts(tmp_path))["deliveries"] == 1
+
+
+async def test_behind_a_root_path_the_webhook_is_served_by_its_route(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    app = create_app(settings_for(tmp_path), clock=clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, root_path="/api")
+        async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as client:
+            response = await post_signed(client, COMPLETED, clock=clock,
+                                         path="/api/webhooks/sonic")
+            assert (response.status_code, response.json()["status"]) == (200, "recorded")
+            refused = await client.post("/api/webhooks/sonic", content=COMPLETED)
+            assert refused.status_code == 401
