@@ -12,7 +12,8 @@ dashboard at ``/ui``). Everything but the webhook and the probes is the admin su
 ``Mount`` behind :class:`receiver.console.session.ConsoleAuth` (:class:`receiver.auth.AdminAuth`
 extended with the dashboard's session: a Bearer token, the session cookie, or an explicit
 opt-out); the probes stay open so that orchestrators can call them. Request bodies are read
-under :class:`receiver.connections.BodyTimeout`.
+under :class:`receiver.connections.BodyTimeout`. Deliveries skip Starlette's middleware and
+router (:class:`ReceiverApp`): the webhook is the route that takes load.
 
 Handlers are loaded and routes checked here, in the factory, so that a route naming an unknown
 handler stops start-up before the server binds. With ``RECEIVER_WORKER=inprocess`` (the

@@ -2,7 +2,8 @@
 
 JSON lines in production (one object a line, on stderr), a readable console on a TTY. The
 standard library's loggers (uvicorn's among them) go through the same renderer, and every line
-of a request carries the ids bound with :func:`structlog.contextvars.bound_contextvars`.
+carries the ids bound with :func:`structlog.contextvars.bound_contextvars` (the webhook passes
+a delivery's ids to its one line directly: binding costs more than the line).
 
 In JSON mode our own lines take structlog's short path: a filtering bound logger (a level
 below the threshold costs one method call), the processors, orjson, and one write of bytes to
@@ -10,10 +11,12 @@ stderr; not the standard library's records, handlers and formatter, which cost a
 (``scripts/benchmarks/README.md``). Third-party lines keep that path, with the same processors.
 
 Every line, ours and third-party, passes one redaction step (:func:`redact_processor`, last
-before rendering): URLs lose their userinfo, query and fragment, and the process's secrets
-(registered by :func:`configure`) are blanked. Third-party loggers (httpx, apprise, ...) stay at
-``warning`` unless asked for otherwise, and a line repeated in a flood (asyncio's "socket.accept()
-out of system resource", once per accept attempt) is written at most once per window.
+before rendering; for our JSON lines, :func:`render_redacted` renders first and scrubs only a
+line that holds a URL or a secret): URLs lose their userinfo, query and fragment, and the
+process's secrets (registered by :func:`configure`) are blanked. Third-party loggers (httpx,
+apprise, ...) stay at ``warning`` unless asked for otherwise, and a line repeated in a flood
+(asyncio's "socket.accept() out of system resource", once per accept attempt) is written at most
+once per window.
 """
 
 from __future__ import annotations
