@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 # A stdlib logger: its repeated lines are rate-limited by receiver.logs.FloodFilter.
 log = logging.getLogger("receiver.connections")
@@ -167,29 +168,20 @@ class GuardedH11Protocol(_Guarded, H11Protocol):
     """uvicorn's h11 protocol with the header timeout and the connection cap."""
 
 
-def _httptools_class() -> type[asyncio.Protocol] | None:
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:  # httptools is optional (uvicorn[standard])
-        return None
-
-    class GuardedHttpToolsProtocol(_Guarded, HttpToolsProtocol):
-        """uvicorn's httptools protocol with the header timeout and the connection cap."""
-
-    return GuardedHttpToolsProtocol
+class GuardedHttpToolsProtocol(_Guarded, HttpToolsProtocol):
+    """uvicorn's httptools protocol with the header timeout and the connection cap."""
 
 
 def protocol_class(*, header_timeout_s: float, max_connections: int,
-                   implementation: str = "auto") -> type[asyncio.Protocol]:
-    """The HTTP protocol class to give ``uvicorn.Config(http=...)``: httptools when it is
-    installed (as uvicorn's ``auto`` picks), else h11."""
-    base: type[asyncio.Protocol] = GuardedH11Protocol
-    if implementation in ("auto", "httptools"):
-        fast = _httptools_class()
-        if fast is not None:
-            base = fast
-        elif implementation == "httptools":
-            raise RuntimeError("httptools is not installed")
+                   implementation: str = "httptools") -> type[asyncio.Protocol]:
+    """The HTTP protocol class to give ``uvicorn.Config(http=...)``: ``httptools`` (its C
+    parser costs about 0.13 ms less CPU a delivery than h11's pure Python, measured end to
+    end) or ``h11``."""
+    bases: dict[str, type[asyncio.Protocol]] = {
+        "httptools": GuardedHttpToolsProtocol, "h11": GuardedH11Protocol}
+    if implementation not in bases:
+        raise ValueError(f"unknown HTTP implementation {implementation!r}")
+    base = bases[implementation]
     settings = {"header_timeout_s": header_timeout_s, "max_connections": max_connections,
                 "heads": Deadlines(header_timeout_s)}
     return type(base.__name__, (base,), settings)

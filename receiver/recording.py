@@ -1,20 +1,26 @@
 """Recording a delivery: the one algorithm every source (webhook, poll, replay) goes through,
-written once against a narrow :class:`Transaction` so that the SQLite store and its in-memory
-twin cannot disagree on idempotency or state rules.
+written once against a narrow :class:`Transaction`, so that every backend shares the
+idempotency and state rules.
 
 Inside one transaction:
 
-1. a delivery id seen before → ``duplicate`` (or the earlier quarantine), nothing changes;
-2. an unusable body, or a task that cannot be named → the raw delivery is kept as
-   ``quarantined`` with the reason;
-3. else the delivery is kept, the task and the clips it reports are upserted, each state
-   transition that :func:`receiver.states.plan` allows is written, and with a router, one job
-   per handler of every route the task transitions match (a job key seen before is skipped).
+1. the delivery is inserted first, keyed by its id: an id seen before inserts nothing and
+   answers ``duplicate`` (or the earlier quarantine), and nothing changes;
+2. an unusable body, or a task that cannot be named, is kept raw as ``quarantined`` with the
+   reason;
+3. else the task is locked, its state and its clips' states read (one statement), the task and
+   the clips it reports upserted, each state transition that :func:`receiver.states.plan`
+   allows written, and with a router, one job per handler of every route the task
+   transitions match (a job key seen before is skipped).
+
+A new delivery costs five statements (insert, lock, read, upserts, transitions) plus its
+jobs; the facts that routes can narrow on are read only when some route narrows on them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from receiver.jobs import JobSpec
@@ -26,6 +32,14 @@ from receiver.states import Entity, State, plan
 UNKNOWN_TASK = "no task_id in the body or ?task_id=, and none of its clips is known"
 
 
+@dataclass(frozen=True)
+class TaskBefore:
+    """A task's state and its clips' states before a recording (None: a new task)."""
+
+    state: State | None
+    clips: Mapping[str, State]
+
+
 class Transaction(Protocol):
     """The primitive reads and writes recording needs, all inside one open transaction."""
 
@@ -34,8 +48,9 @@ class Transaction(Protocol):
     async def insert_delivery(
         self, delivery: Delivery, *, outcome: Outcome, task_id: str | None, reason: str | None
     ) -> bool:
-        """Keep the delivery; False when its id was kept meanwhile (another process recorded
-        the same delivery after :meth:`find_delivery` looked), and nothing is written."""
+        """Keep the delivery; False when its id is kept already (recorded before, or by
+        another process meanwhile, whose commit this insert waited for), and nothing is
+        written."""
         ...
 
     async def task_for_clips(self, clip_ids: Sequence[str]) -> str | None: ...
@@ -48,7 +63,9 @@ class Transaction(Protocol):
 
     async def task_state(self, task_id: str) -> State | None: ...
 
-    async def clip_states(self, task_id: str) -> Mapping[str, State]: ...
+    async def task_before(self, task_id: str) -> TaskBefore:
+        """The task's state and its clips' states, in one read."""
+        ...
 
     async def upsert_task(
         self,
@@ -83,7 +100,9 @@ async def plan_jobs(
     """Write the jobs ``router`` plans for ``transitions`` of ``task_id``."""
     if router is None or not any(t.entity is Entity.TASK for t in transitions):
         return 0
-    specs = router.plan(await tx.task_facts(task_id), transitions)
+    facts = (await tx.task_facts(task_id) if router.reads_facts
+             else TaskFacts(task_id=task_id, task_type=None, platform=None, tags=frozenset()))
+    specs = router.plan(facts, transitions)
     return await tx.insert_jobs(specs, at=at) if specs else 0
 
 
@@ -91,10 +110,6 @@ async def record(
     tx: Transaction, delivery: Delivery, *, router: Router | None = None
 ) -> RecordResult:
     """Record ``delivery`` through ``tx``; see the module docstring for the rules."""
-    earlier = await tx.find_delivery(delivery.delivery_id)
-    if earlier is not None:
-        return await _seen_before(tx, earlier)
-
     callback = delivery.callback
     task_id = None
     reason = delivery.error
@@ -106,7 +121,7 @@ async def record(
         if not await tx.insert_delivery(
             delivery, outcome=Outcome.QUARANTINED, task_id=delivery.task_id_hint, reason=reason
         ):
-            return await _recorded_meanwhile(tx, delivery)
+            return await _seen_before(tx, delivery)
         return RecordResult(
             outcome=Outcome.QUARANTINED,
             delivery_id=delivery.delivery_id,
@@ -115,13 +130,16 @@ async def record(
             reason=reason,
         )
 
+    if not await tx.insert_delivery(delivery, outcome=Outcome.RECORDED, task_id=task_id,
+                                    reason=None):
+        return await _seen_before(tx, delivery)
     await tx.lock_task(task_id)
-    task_before = await tx.task_state(task_id)
+    before = await tx.task_before(task_id)
     reported = callback.reported_states()
     change = plan(
         task_id=task_id,
-        task_before=task_before,
-        clips_before=await tx.clip_states(task_id),
+        task_before=before.state,
+        clips_before=before.clips,
         reported=reported,
         event=callback.event,
     )
@@ -140,9 +158,6 @@ async def record(
         for move in change.moves
     )
     task_failed = any(t.entity is Entity.TASK and t.to_state is State.FAILED for t in transitions)
-    if not await tx.insert_delivery(delivery, outcome=Outcome.RECORDED, task_id=task_id,
-                                    reason=None):
-        return await _recorded_meanwhile(tx, delivery)
     await tx.upsert_task(
         task_id,
         state=change.task_state,
@@ -165,7 +180,11 @@ async def record(
     )
 
 
-async def _seen_before(tx: Transaction, earlier: StoredDelivery) -> RecordResult:
+async def _seen_before(tx: Transaction, delivery: Delivery) -> RecordResult:
+    """The delivery's id is kept already: answer what became of it then."""
+    earlier = await tx.find_delivery(delivery.delivery_id)
+    if earlier is None:  # cannot be: the insert just met it
+        raise RuntimeError(f"delivery {delivery.delivery_id} neither new nor kept")
     state = await tx.task_state(earlier.task_id) if earlier.task_id else None
     outcome = Outcome.DUPLICATE if earlier.outcome is Outcome.RECORDED else earlier.outcome
     return RecordResult(
@@ -175,12 +194,3 @@ async def _seen_before(tx: Transaction, earlier: StoredDelivery) -> RecordResult
         state=state,
         reason=earlier.reason,
     )
-
-
-async def _recorded_meanwhile(tx: Transaction, delivery: Delivery) -> RecordResult:
-    """The same delivery id was committed by another transaction (another web process) while
-    this one looked: a duplicate after all, answered as one instead of as a conflict."""
-    earlier = await tx.find_delivery(delivery.delivery_id)
-    if earlier is None:  # cannot be: the insert just met it
-        raise RuntimeError(f"delivery {delivery.delivery_id} neither new nor kept")
-    return await _seen_before(tx, earlier)

@@ -98,6 +98,12 @@ class Router:
     def handler_names(self) -> frozenset[str]:
         return frozenset(ref.name for route in self.routes for ref in route.handlers)
 
+    @property
+    def reads_facts(self) -> bool:
+        """Whether any route narrows by task type, platform or tags: only then must a
+        recording read the task's facts before planning (they change no other answer)."""
+        return any(r.task_types or r.platforms or r.tags for r in self.routes)
+
     def plan(self, task: TaskFacts, transitions: Iterable[Transition]) -> list[JobSpec]:
         specs: list[JobSpec] = []
         for transition in transitions:

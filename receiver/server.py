@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -73,7 +74,8 @@ def protocol_class(settings: Settings) -> type[asyncio.Protocol]:
     """The HTTP protocol every server of the receiver runs: :mod:`receiver.connections`'
     limits, with :class:`NoDelay`."""
     guarded = connections.protocol_class(
-        header_timeout_s=settings.header_timeout_s, max_connections=settings.max_connections)
+        header_timeout_s=settings.header_timeout_s, max_connections=settings.max_connections,
+        implementation=settings.http_parser)
     return type(guarded.__name__, (NoDelay, guarded), {})
 
 
@@ -85,10 +87,20 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
+def settle_heap() -> None:
+    """Once the app has started: collect, then freeze what is alive (modules, settings, the
+    app: about 60,000 objects) out of the cyclic garbage collector's sight, as CPython's
+    ``gc.freeze`` documentation advises for servers. Unfrozen, every full collection walked
+    them all again: 12-38 ms pauses under load, the worst of the tail at half load."""
+    gc.collect()
+    gc.freeze()
+
+
 class StartupGuard:
     """Wraps an app so that a :class:`ReceiverError` raised while its lifespan starts (a
     database that cannot be opened) is kept in :attr:`error` with its one-line message, instead
-    of a traceback in the log; :func:`serve` raises it once uvicorn has stopped."""
+    of a traceback in the log; :func:`serve` raises it once uvicorn has stopped. Once the
+    lifespan has started, the heap is settled (:func:`settle_heap`)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -106,6 +118,8 @@ class StartupGuard:
                 self.error = current
                 message = {**message, "message": current.message}
                 await settle_failed_connections()
+            elif message["type"] == "lifespan.startup.complete":
+                settle_heap()
             await send(message)
 
         try:

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from receiver.errors import SettingsError
-from receiver.jobs import RetryPolicy
+from receiver.jobs import DEFAULT_CONCURRENCY, RetryPolicy
 from receiver.redact import url_secrets
 from receiver.signatures import Scheme, parse_schemes
 
@@ -43,6 +43,7 @@ ENV_KEYS: dict[str, str] = {
     "RECEIVER_BODY_TIMEOUT_S": "body_timeout_s",
     "RECEIVER_KEEPALIVE_TIMEOUT_S": "keepalive_timeout_s",
     "RECEIVER_MAX_CONNECTIONS": "max_connections",
+    "RECEIVER_HTTP_PARSER": "http_parser",
     "RECEIVER_PUBLIC_URL": "public_url",
     "RECEIVER_WORKER": "worker",
     "RECEIVER_WORKER_CONCURRENCY": "worker_concurrency",
@@ -54,6 +55,7 @@ WORKER_KEYS = frozenset({"concurrency", "lease_s", "poll_s", "max_attempts", "ba
                          "jitter", "drain_s"})
 OBJECT_STORE_SCHEMES = ("s3", "gs", "az")
 LOG_FORMATS = ("auto", "json", "console")
+HTTP_PARSERS = ("httptools", "h11")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -96,11 +98,14 @@ class Settings:
     body_timeout_s: float = 20.0
     keepalive_timeout_s: float = 5.0
     max_connections: int = 1000
+    # httptools (C, a dependency) or h11 (pure Python, uvicorn's own): the same guards run on
+    # either (receiver.connections); "h11" is the fallback if httptools misbehaves somewhere.
+    http_parser: str = "httptools"
     public_url: str | None = None  # how the Sonic service reaches this receiver
     sonic_api_base_url: str | None = None
     sonic_api_key: str | None = field(default=None, repr=False)
     worker: str = "inprocess"  # inprocess: jobs run in the web process; off: a worker process
-    worker_concurrency: int = 4
+    worker_concurrency: int = DEFAULT_CONCURRENCY  # see receiver.jobs
     worker_lease_s: float = 60.0
     worker_poll_s: float = 0.25
     worker_drain_s: float = 30.0
@@ -125,6 +130,8 @@ class Settings:
             raise SettingsError("RECEIVER_SIGNATURE_TOLERANCE_S must be a positive integer")
         if self.db_synchronous not in ("normal", "full"):
             raise SettingsError("RECEIVER_DB_SYNCHRONOUS must be normal or full")
+        if self.http_parser not in HTTP_PARSERS:
+            raise SettingsError(f"RECEIVER_HTTP_PARSER must be one of {', '.join(HTTP_PARSERS)}")
         if self.log_format not in LOG_FORMATS:
             raise SettingsError(f"RECEIVER_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
         if self.log_level not in LOG_LEVELS:
@@ -271,7 +278,7 @@ def _convert(key: str, origin: str, value: Any) -> dict[str, Any]:
         return {key: _positive_number(origin, value)}
     if key == "max_connections":
         return {key: _positive_int(origin, value)}
-    return {key: str(value).lower()}  # db_synchronous, log_*: checked by validated()
+    return {key: str(value).lower()}  # db_synchronous, http_parser, log_*: validated()
 
 
 def _media(origin: str, value: Any) -> dict[str, Any]:

@@ -26,7 +26,8 @@ import structlog
 from receiver import metrics
 from receiver.clock import Clock
 from receiver.context import Event, HandlerContext
-from receiver.jobs import Job, PermanentError, RetryLater, RetryPolicy
+from receiver.errors import StoreError
+from receiver.jobs import DEFAULT_CONCURRENCY, Job, PermanentError, RetryLater, RetryPolicy
 from receiver.redact import scrub_text
 from receiver.registry import Registry
 from receiver.storage.roles import JobQueue
@@ -48,7 +49,7 @@ class Worker:
         contexts: ContextFactory,
         clock: Clock,
         policy: RetryPolicy | None = None,
-        concurrency: int = 4,
+        concurrency: int = DEFAULT_CONCURRENCY,
         lease_s: float = 60.0,
         poll_s: float = 0.25,
         owner: str | None = None,
@@ -73,6 +74,10 @@ class Worker:
         # committed (in the store's next batch), which no longer keeps the next job waiting
         self._running: dict[int, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # while run() loops, successes wait here for its next claim, which commits them with
+        # it (one unit of work, not one each); the future says whether the lease still held
+        self._looping = False
+        self._done: list[tuple[int, asyncio.Future[bool]]] = []
 
     def wake(self) -> None:
         """A job was just recorded: look now instead of at the next poll."""
@@ -97,18 +102,23 @@ class Worker:
                 await self.store.wait_for_jobs(0.0)
             except Exception as exc:  # no listener yet: the first wait tries again
                 log.error("wait_failed", error=str(exc))
+        self._looping = True
+        try:
+            await self._loop()
+        finally:
+            self._looping = False
+            if self._done:  # successes the loop had no claim left to carry
+                await self._commit_done(limit=0, last=True)
+
+    async def _loop(self) -> None:
         while not self._stopping:
             self._wake.clear()
             free = self.concurrency - len(self._running)
             claimed: list[Job] = []
-            if free > 0:
-                try:
-                    claimed = await self.store.claim_jobs(
-                        owner=self.owner, limit=free, now=self.clock.now(), lease_s=self.lease_s
-                    )
-                except Exception as exc:  # a locked or broken database: log, wait, try again
-                    log.error("claim_failed", error=str(exc))
-                    metrics.store_error("claim")
+            if free > 0 or self._done:
+                claimed = await self._commit_done(limit=max(0, free))
+                if self._stopping:
+                    break  # what this claim took is handed back by stop(), not started
                 for job in claimed:
                     task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
                     self._running[job.id] = task
@@ -116,7 +126,48 @@ class Worker:
                     task.add_done_callback(functools.partial(self._finished, job.id))
             if claimed and len(claimed) == free:
                 continue  # there may be more: claim again once a slot frees
-            await self._sleep(await self._idle_wait())
+            if self._wake.is_set():
+                continue  # a slot freed or a job was recorded meanwhile: claim now
+            # With every slot taken only a freed slot can start a job: no need to ask when
+            # the next one is due (a read, a trip to the reader's thread, every cycle).
+            await self._sleep(self.poll_s if free <= 0 else await self._idle_wait())
+
+    async def _commit_done(self, *, limit: int, last: bool = False) -> list[Job]:
+        """Finish the successes waiting in ``_done`` and claim up to ``limit`` jobs, in one
+        write. If it fails, the successes wait for the next try (their leases are still
+        renewed), unless this is the ``last`` one."""
+        done, self._done = self._done, []
+        try:
+            kept, claimed = await self.store.finish_and_claim(
+                owner=self.owner, finished=[job_id for job_id, _ in done], limit=limit,
+                now=self.clock.now(), lease_s=self.lease_s)
+        except asyncio.CancelledError:
+            self._done[:0] = done  # for the last write of run()
+            raise
+        except Exception as exc:  # a locked or broken database: log, wait, try again
+            log.error("claim_failed", error=str(exc))
+            metrics.store_error("claim")
+            if not last:
+                self._done[:0] = done
+                return []
+            for _, future in done:
+                if not future.done():
+                    future.set_exception(exc)
+            return []
+        for job_id, future in done:
+            if not future.done():
+                future.set_result(job_id in kept)
+        return claimed
+
+    async def _finish(self, job: Job) -> bool:
+        """Mark ``job`` done; False if its lease was lost. While :meth:`run` loops, with its
+        next claim (it is woken by the freed slot anyway)."""
+        if not self._looping:
+            return await self.store.finish_job(job.id, owner=self.owner, now=self.clock.now())
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._done.append((job.id, future))
+        self._wake.set()
+        return await future
 
     def _finished(self, job_id: int, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -128,6 +179,13 @@ class Worker:
 
     async def _sleep(self, wait_s: float) -> None:
         """Until :meth:`wake`, a commit elsewhere (when listening), or ``wait_s``."""
+        if not self.listen:
+            # The event alone: the worker resumes in the loop's next step after a wake-up
+            # (no helper tasks to start, finish and cancel, two steps more each time).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await self._wake.wait()
+            return
         waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
         if self.listen:
             waits.append(asyncio.ensure_future(self.store.wait_for_jobs(wait_s)))
@@ -208,10 +266,15 @@ class Worker:
                                            now=self.clock.now())
                 bound.warning("job_retrying", error=error, delay_s=round(delay, 3))
         else:
-            if await self.store.finish_job(job.id, owner=self.owner, now=self.clock.now()):
-                bound.info("job_done")
+            try:
+                kept = await self._finish(job)
+            except StoreError as exc:  # not recorded: the lease runs out, and the job runs again
+                bound.error("job_finish_failed", error=str(exc))
             else:
-                bound.warning("job_lease_lost")
+                if kept:
+                    bound.info("job_done")
+                else:
+                    bound.warning("job_lease_lost")
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):

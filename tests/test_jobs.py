@@ -18,6 +18,7 @@ from receiver.routing import HandlerRef, Route, Router
 from receiver.runtime import Runtime
 from receiver.signatures import Scheme, Verified
 from receiver.storage import Store
+from receiver.storage.statements import Q
 from receiver.webhook import make_delivery
 from receiver.worker import Worker
 from tests.backends import store
@@ -253,6 +254,42 @@ async def test_stop_waits_for_running_jobs_then_releases_what_is_left(tmp_path: 
             else:  # handed back: queued, the attempt not charged
                 assert (job.state, job.attempts, job.lease_owner) == (JobState.QUEUED, 0, None)
         started.clear()
+
+
+async def test_a_running_worker_commits_its_successes_and_runs_every_job_once(
+    tmp_path: Path,
+) -> None:
+    ran: list[str] = []
+    every = asyncio.Event()
+
+    async def h(event: Event, ctx: HandlerContext) -> None:
+        ran.append(event.task_id)
+        await asyncio.sleep(0)
+        if len(ran) == 40:
+            every.set()
+
+    async with handler_runtime(
+        tmp_path, handlers={"h": h}, routes=[{"on": ["task.succeeded"], "handlers": ["h"]}],
+        worker_concurrency=3,
+    ) as rt:
+        for n in range(40):
+            await deliver(rt, callback(f"t-{n}", [clip("a", "succeeded")]),
+                          event="song.completed")
+        worker = worker_of(rt)
+        running = asyncio.create_task(worker.run())
+        await asyncio.wait_for(every.wait(), 30)
+        await worker.stop(deadline_s=5.0)
+        await running
+        jobs = await rt.store.list_jobs()
+        assert sorted(ran) == sorted(f"t-{n}" for n in range(40))
+        assert {(j.state, j.attempts, j.lease_owner) for j in jobs} == {(JobState.DONE, 1, None)}
+
+        async def attempts_of(job_id: int) -> list[tuple[object, ...]]:
+            return await rt.store.read(lambda tx: tx.rows(Q.JOB_ATTEMPTS, {"job_id": job_id}))
+
+        rows = [await attempts_of(j.id) for j in jobs]
+        assert {(r[1], r[3]) for attempts in rows for r in attempts} == {(worker.owner, "done")}
+        assert all(len(attempts) == 1 for attempts in rows)
 
 
 async def test_the_in_process_worker_is_woken_by_the_delivery(tmp_path: Path) -> None:

@@ -37,6 +37,12 @@ LIMITS: dict[str, Any] = {"header_timeout_s": 0.5, "body_timeout_s": 0.5,
 GIVE_UP_S = 20.0
 
 
+@pytest.fixture(params=["httptools", "h11"])
+def http_parser(request: pytest.FixtureRequest) -> str:
+    """Both of uvicorn's HTTP implementations carry the same guards."""
+    return str(request.param)
+
+
 @asynccontextmanager
 async def receiver(tmp_path: Path, **limits: Any) -> AsyncIterator[tuple[str, int]]:
     settings = settings_for(tmp_path, **{**LIMITS, **limits})
@@ -125,9 +131,9 @@ async def normal_sender(url: str, count: int) -> list[int]:
 
 
 async def test_slow_and_idle_clients_are_cut_off_while_deliveries_keep_succeeding(
-    tmp_path: Path,
+    tmp_path: Path, http_parser: str,
 ) -> None:
-    async with receiver(tmp_path) as (url, port):
+    async with receiver(tmp_path, http_parser=http_parser) as (url, port):
         abusers = [
             *(slow_header(port) for _ in range(20)),
             *(slow_body(port, trickle=False) for _ in range(10)),
@@ -151,10 +157,10 @@ async def test_slow_and_idle_clients_are_cut_off_while_deliveries_keep_succeedin
 
 
 async def test_past_the_connection_cap_new_connections_get_503_and_are_closed(
-    tmp_path: Path,
+    tmp_path: Path, http_parser: str,
 ) -> None:
     async with receiver(tmp_path, max_connections=3, header_timeout_s=60,
-                        keepalive_timeout_s=60) as (url, port):
+                        keepalive_timeout_s=60, http_parser=http_parser) as (url, port):
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         data, closed = await until_closed(reader)
@@ -189,14 +195,17 @@ def test_the_limits_are_settings_with_defaults() -> None:
     base = {"SONIC_WEBHOOK_SECRET": "s3cret-1"}
     defaults = load(base)
     assert (defaults.header_timeout_s, defaults.body_timeout_s, defaults.keepalive_timeout_s,
-            defaults.max_connections) == (10.0, 20.0, 5.0, 1000)
+            defaults.max_connections, defaults.http_parser) == (10.0, 20.0, 5.0, 1000,
+                                                                 "httptools")
     tuned = load({**base, "RECEIVER_HEADER_TIMEOUT_S": "2.5", "RECEIVER_BODY_TIMEOUT_S": "7",
-                  "RECEIVER_KEEPALIVE_TIMEOUT_S": "1", "RECEIVER_MAX_CONNECTIONS": "50"})
+                  "RECEIVER_KEEPALIVE_TIMEOUT_S": "1", "RECEIVER_MAX_CONNECTIONS": "50",
+                  "RECEIVER_HTTP_PARSER": "H11"})
     assert (tuned.header_timeout_s, tuned.body_timeout_s, tuned.keepalive_timeout_s,
-            tuned.max_connections) == (2.5, 7.0, 1.0, 50)
+            tuned.max_connections, tuned.http_parser) == (2.5, 7.0, 1.0, 50, "h11")
     for name, value in (("RECEIVER_HEADER_TIMEOUT_S", "0"), ("RECEIVER_BODY_TIMEOUT_S", "x"),
                         ("RECEIVER_KEEPALIVE_TIMEOUT_S", "-1"),
-                        ("RECEIVER_MAX_CONNECTIONS", "0"), ("RECEIVER_BODY_TIMEOUT_S", "inf")):
+                        ("RECEIVER_MAX_CONNECTIONS", "0"), ("RECEIVER_BODY_TIMEOUT_S", "inf"),
+                        ("RECEIVER_HTTP_PARSER", "llhttp")):
         with pytest.raises(SettingsError, match=name):
             load({**base, name: value})
 

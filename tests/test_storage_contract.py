@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -36,20 +37,27 @@ def done(task_id: str) -> bytes:
 
 async def test_writes_that_arrive_together_commit_together_each_on_its_own(store: Store) -> None:
     async def boom(tx: Tx) -> None:
-        await tx.run(Q.PROBE_WRITE, {"name": "boom", "at": 1.0})
+        await tx.run(Q.INSERT_AUDIT, {"at": 1.0, "actor": "t", "action": "boom", "target": None,
+                                      "detail": "{}"})
         raise ValueError("this unit fails alone")
 
+    def recording(n: int) -> Awaitable[object]:
+        return store.record_delivery(delivery(f"d{n}", done(f"t{n}")), router=ROUTER)
+
+    # the failing unit in the middle of one batch: what it wrote is undone, and the units
+    # before it (run once with it, then again without it) and after it are each kept once
     results = await asyncio.gather(
-        *(store.record_delivery(delivery(f"d{n}", done(f"t{n}")), router=ROUTER)
-          for n in range(20)),
-        store.write(boom),
+        *(recording(n) for n in range(10)), store.write(boom),
+        *(recording(n) for n in range(10, 20)),
         return_exceptions=True,
     )
-    *recorded, failed = results
+    failed = results.pop(10)
     assert isinstance(failed, ValueError)
-    assert [getattr(r, "outcome", r) for r in recorded] == [Outcome.RECORDED] * 20
+    assert [getattr(r, "outcome", r) for r in results] == [Outcome.RECORDED] * 20
+    assert [getattr(r, "jobs", None) for r in results] == [1] * 20
     counts = await store.counts()
     assert (counts["deliveries"], counts["tasks"], counts["jobs"]) == (20, 20, 20)
+    assert (await store.list_audit(limit=10)).items == ()
 
 
 async def test_a_preview_changes_nothing_even_beside_real_writes(store: Store) -> None:
@@ -80,6 +88,57 @@ async def test_two_workers_never_claim_the_same_job(store: Store) -> None:
         store.claim_jobs(owner=f"w{n}", limit=4, now=2000.0, lease_s=60) for n in range(10)))
     ids = [job.id for jobs in claims for job in jobs]
     assert len(ids) == len(set(ids)) == 30
+
+
+async def test_claims_take_the_oldest_due_first_across_queued_retried_and_expired_jobs(
+    store: Store,
+) -> None:
+    # due times in another order than the ids, more queued jobs than one claim reads of a kind
+    for n in range(90):
+        await store.record_delivery(delivery(f"d{n}", done(f"t{n}"), at=1000.0 + n * 37 % 90),
+                                    router=ROUTER)
+    first, second = await store.claim_jobs(owner="w1", limit=2, now=1100.0, lease_s=60)
+    assert (first.run_after, second.run_after) == (1000.0, 1001.0)
+    assert await store.retry_job(first.id, owner="w1", error="x", run_after=1000.5, now=1100.0)
+    # w1 dies holding `second`: its lease runs out at 1160
+    everything = await store.list_jobs()
+    expected = [j.id for j in sorted(everything, key=lambda j: (j.run_after, j.id))]
+    taken: list[int] = []
+    while batch := await store.claim_jobs(owner="w2", limit=7, now=1200.0, lease_s=60):
+        taken += [job.id for job in batch]
+    assert taken == expected
+    assert taken[:2] == [first.id, second.id]  # due 1000.5 (its retry), 1001 (lease expired)
+
+
+async def test_successes_committed_with_the_next_claim_change_only_jobs_still_held(
+    store: Store,
+) -> None:
+    for n in range(3):
+        await store.record_delivery(delivery(f"d{n}", done(f"t{n}"), at=1000.0 + n),
+                                    router=ROUTER)
+    a, b = await store.claim_jobs(owner="w1", limit=2, now=2000.0, lease_s=60)
+    assert await store.renew_lease(a.id, owner="w1", until=3000.0, now=2050.0)
+    # w1 was too slow with b: its lease ran out and w2 took it over (with the third job)
+    taken = await store.claim_jobs(owner="w2", limit=5, now=2070.0, lease_s=60)
+    c = next(job for job in taken if job.id != b.id)
+    assert sorted(job.id for job in taken) == sorted([b.id, c.id])
+    kept, claimed = await store.finish_and_claim(owner="w1", finished=[a.id, b.id], limit=4,
+                                                 now=2071.0, lease_s=60)
+    assert (kept, claimed) == (frozenset({a.id}), [])  # nothing else is due
+    jobs = {job.id: job for job in await store.list_jobs()}
+    assert (jobs[a.id].state, jobs[a.id].lease_owner) == (JobState.DONE, None)
+    assert (jobs[b.id].state, jobs[b.id].lease_owner) == (JobState.RUNNING, "w2")
+
+    async def attempts(job_id: int) -> list[tuple[str, str | None]]:
+        rows = await store.read(lambda tx: tx.rows(Q.JOB_ATTEMPTS, {"job_id": job_id}))
+        return [(r[1], r[3]) for r in rows]
+
+    assert await attempts(a.id) == [("w1", "done")]
+    assert await attempts(b.id) == [("w1", None), ("w2", None)]
+    kept, claimed = await store.finish_and_claim(owner="w2", finished=[b.id, c.id], limit=0,
+                                                 now=2072.0, lease_s=60)
+    assert (kept, claimed) == (frozenset({b.id, c.id}), [])
+    assert await attempts(b.id) == [("w1", None), ("w2", "done")]
 
 
 async def test_every_attempt_is_kept_with_its_outcome(store: Store) -> None:

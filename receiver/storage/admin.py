@@ -240,8 +240,9 @@ class AdminQueries:
             r = await tx.one(Q.GET_DELIVERY, {"delivery_id": delivery_id})
             if r is None:
                 return None
-            transitions = await tx.rows(Q.DELIVERY_TRANSITIONS, {"delivery_id": delivery_id})
             row = _delivery_row(r)
+            transitions = await tx.rows(Q.DELIVERY_TRANSITIONS, {
+                "delivery_id": delivery_id, "task_id": row.task_id}) if row.task_id else []
             raw = RawDelivery(
                 stored=StoredDelivery(
                     delivery_id=row.delivery_id, source=row.source, scheme=row.scheme,

@@ -32,7 +32,10 @@ class Tx(Protocol):
 
     async def rows(self, q: Q, params: Params | None = None) -> list[Row]: ...
 
-    async def one(self, q: Q, params: Params | None = None) -> Row | None: ...
+    async def one(self, q: Q, params: Params | None = None) -> Row | None:
+        """The first row, or None; None without a trip when the dialect's statement is empty
+        (a step it needs nothing for, such as :attr:`Q.LOCK_TASK` on SQLite)."""
+        ...
 
     async def run(self, q: Q, params: Params | None = None) -> int:
         """Run a write; the number of rows it changed."""
@@ -49,6 +52,18 @@ class Tx(Protocol):
 
 
 Work = Callable[[Tx], Coroutine[Any, Any, T]]
+
+
+def drive(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a unit of work's coroutine to its end, here and now, on a ``Tx`` whose methods
+    never suspend (a backend's writer thread); a unit that awaits anything else is a bug."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    coroutine.close()
+    raise RuntimeError("a unit of work awaited something other than its transaction")
 
 
 @dataclass

@@ -30,11 +30,12 @@ from typing import Any
 
 from scripts.benchmarks.ingest import SECRET, load, postgres_or_none
 from scripts.benchmarks.probes import PROBE_FILE, read_stamps
-from scripts.benchmarks.processes import PYTHON, child_env, started
+from scripts.benchmarks.processes import PYTHON, Child, child_env, started
 from scripts.benchmarks.report import Report, percentile, ratio
 
 NAME = "dispatch"
-GOAL_MS = 20.0
+GOAL_MS = 20.0  # paced
+GOAL_AT80_MS = 50.0  # at 80% of the saturated rate
 ROUTES = """\
 [handlers.bench_probe]
 path = "scripts.benchmarks.probes:probe"
@@ -72,28 +73,28 @@ def measure(work: Path, *, mode: str, count: int, rate: float, loaded_s: float,
         PROBE_FILE: str(starts),
     })
     serve = [PYTHON, "-m", "scripts.benchmarks.serve", "receiver", "--stamps", str(commits)]
-    with started(serve, env=env, log=work / "server.log") as server:
+    with started(serve, env=env, log=work / "server.log") as server, \
+            contextlib.ExitStack() as stack:
         url = server.announcement(timeout_s=90)["url"] + "/webhooks/sonic"
-        worker = None
-        if mode == "worker process":
-            worker = started([PYTHON, "-m", "receiver", "worker"], env=env,
-                             log=work / "worker.log")
-            worker.__enter__()
-        try:
-            if mode == "in-process, saturated":
-                sent = load(url, concurrency=8, clients=1, client="raw", warmup=0.0,
-                            duration=loaded_s, prefix="loaded", server_pid=server.pid, work=work)
-            else:
-                sent = load(url, concurrency=8 if rate > 100 else 4, clients=1, client="raw",
-                            warmup=0.0, duration=max(1.0, count / rate), rate=rate,
-                            prefix="paced", server_pid=server.pid, work=work)
-            acked = set(sent["acked"])
-            deadline = time.monotonic() + 30
-            while len(read_stamps(starts)) < len(acked) and time.monotonic() < deadline:
-                time.sleep(0.1)
-        finally:
-            if worker is not None:
-                worker.__exit__(None, None, None)
+        worker: Child | None = None
+        if mode == "worker process":  # stopped when the block ends, before the server
+            worker = stack.enter_context(started([PYTHON, "-m", "receiver", "worker"], env=env,
+                                                 log=work / "worker.log"))
+
+        def pids() -> list[int]:  # whoever runs the jobs: the web process, the worker
+            return [server.pid] + ([worker.pid] if worker is not None else [])
+
+        if mode == "in-process, saturated":
+            sent = load(url, concurrency=8, clients=1, client="raw", warmup=0.0,
+                        duration=loaded_s, prefix="loaded", pids=pids, work=work)
+        else:
+            sent = load(url, concurrency=8 if rate > 100 else 4, clients=1, client="raw",
+                        warmup=0.0, duration=max(1.0, count / rate), rate=rate,
+                        prefix="paced", pids=pids, work=work)
+        acked = set(sent["acked"])
+        deadline = time.monotonic() + 30
+        while len(read_stamps(starts)) < len(acked) and time.monotonic() < deadline:
+            time.sleep(0.1)
     began, committed = read_stamps(starts), read_stamps(commits)
     received = received_at(db, work / "receiver.db")
     delays = [began[d] - committed[d] for d in acked if d in began and d in committed]
@@ -108,6 +109,8 @@ def measure(work: Path, *, mode: str, count: int, rate: float, loaded_s: float,
         "p99_ms": percentile(delays, 99) * 1000,
         "max_ms": max(delays, default=float("nan")) * 1000,
         "record_p50_ms": percentile(recording, 50) * 1000,
+        "cpu_ms": sent["cpu_ms"],
+        "host_busy_cores": sent["host_busy_cores"],
         "delays_s": delays,
     }
 
@@ -160,9 +163,11 @@ def run(options: argparse.Namespace, work: Path) -> Report:
     for r in results:
         baseline = next(b for b in results
                         if b["backend"] == r["backend"] and b["mode"] == "worker process")
+        goal = GOAL_AT80_MS if r["mode"] == "in-process, 80% of saturated" else GOAL_MS
         rows.append((r["backend"], r["mode"], r["deliveries"], r["arrival_per_s"], r["p50_ms"],
-                     r["p99_ms"], r["max_ms"], ratio(r["p50_ms"], GOAL_MS),
-                     ratio(r["p50_ms"], baseline["p50_ms"]), r["record_p50_ms"], r["missing"]))
+                     r["p99_ms"], r["max_ms"], ratio(r["p50_ms"], goal),
+                     ratio(r["p50_ms"], baseline["p50_ms"]), r["record_p50_ms"], r["cpu_ms"],
+                     r["host_busy_cores"], r["missing"]))
     notes[:0] = [
         f"paced: {count} deliveries at {rate:g}/s from 4 connections (open loop); saturated: "
         f"back to back from 8 connections for {loaded_s:g} s; 80%: paced from 8 connections "
@@ -170,9 +175,13 @@ def run(options: argparse.Namespace, work: Path) -> Report:
         "dispatch = handler start - the moment record_delivery returned (committed), both "
         "time.time() on one machine; record = commit - received_at (the delivery's "
         "verification-to-commit time, for scale).",
-        f"goals: in-process p50 < {GOAL_MS:g} ms paced, < 50 ms at 80% of the maximum ingest "
-        "rate. The worker process watches SQLite's data_version every 50 ms; on "
-        "PostgreSQL it is woken by NOTIFY from the web process's commit.",
+        f"goals: in-process p50 < {GOAL_MS:g} ms paced, < {GOAL_AT80_MS:g} ms at 80% of the "
+        "maximum ingest rate (p50 ÷ goal is against the one of its row). The worker process "
+        "watches SQLite's data_version every 50 ms; on PostgreSQL it is woken by NOTIFY from "
+        "the web process's commit.",
+        "CPU ms: the receiver's processes (web, and the worker process where there is one) "
+        "while deliveries arrived, per delivery, jobs included; host busy = cores busy "
+        "machine-wide meanwhile.",
     ]
     for r in results:
         r.pop("delays_s")
@@ -180,8 +189,9 @@ def run(options: argparse.Namespace, work: Path) -> Report:
         name=NAME,
         title="dispatch: commit → handler start",
         columns=("backend", "worker", "deliveries", "arrivals/s", "p50 ms", "p99 ms", "max ms",
-                 "p50 ÷ goal", "p50 ÷ worker process", "record p50 ms", "not started"),
+                 "p50 ÷ goal", "p50 ÷ worker process", "record p50 ms", "CPU ms", "host busy",
+                 "not started"),
         rows=rows,
         notes=notes,
-        data={"variants": results, "goal_ms": GOAL_MS},
+        data={"variants": results, "goal_ms": GOAL_MS, "goal_at80_ms": GOAL_AT80_MS},
     )

@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import time
+import uuid
 from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit
@@ -119,8 +120,10 @@ class Generator:
         self.window = (0.0, 0.0)  # perf_counter bounds of the measured window
 
     def body(self, delivery_id: str) -> tuple[bytes, dict[str, str]]:
-        body = self.template.replace("TASK", f"t-{delivery_id}").replace(
-            "CLIP", f"c-{delivery_id}").encode()
+        # random ids, as the service's task and clip ids (UUIDs): sequential ones land next to
+        # each other in every index and flatter the bytes written per delivery (about half)
+        body = self.template.replace("TASK", str(uuid.uuid4())).replace(
+            "CLIP", str(uuid.uuid4())).encode()
         headers = sign_musicapi(self.args.secret, body, int(time.time()))
         headers["X-Webhook-Id"] = delivery_id
         headers["Content-Type"] = "application/json"
@@ -143,7 +146,7 @@ class Generator:
             else:
                 self.sent += 1
             n += 1
-            delivery_id = f"{self.args.prefix}-{index}-{n}"
+            delivery_id = f"{self.args.prefix}-{uuid.uuid4()}"
             body, headers = self.body(delivery_id)
             t0 = time.perf_counter()
             try:

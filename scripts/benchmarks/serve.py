@@ -107,7 +107,7 @@ async def receiver_app(stamps: Path | None) -> AsyncIterator[Any]:
 
 async def serve_asgi(kind: str, stamps: Path | None, fd: int | None = None) -> None:
     from receiver import settings
-    from receiver.server import config
+    from receiver.server import StartupGuard, config
 
     async with contextlib.AsyncExitStack() as stack:
         app = bare_app() if kind == "bare" else await stack.enter_async_context(
@@ -115,7 +115,9 @@ async def serve_asgi(kind: str, stamps: Path | None, fd: int | None = None) -> N
         sock = socket.socket(fileno=fd) if fd is not None else listening_socket()
         # uvicorn's own Server: SIGTERM makes it shut down (and run the app's lifespan end).
         # loop "auto" (uvloop when installed) as serve has it; BENCH_UVICORN_LOOP=asyncio to compare
-        server = uvicorn.Server(config(app, host=HOST, port=0, timeout_graceful_shutdown=5,
+        # StartupGuard as `sonic-receiver serve` has it (it settles the heap once started)
+        server = uvicorn.Server(config(StartupGuard(app), host=HOST, port=0,
+                                       timeout_graceful_shutdown=5,
                                        settings=settings.load(),
                                        loop=os.environ.get("BENCH_UVICORN_LOOP", "auto")))
         serving = asyncio.create_task(server.serve(sockets=[sock]))
