@@ -12,6 +12,11 @@ accepts connections until the process runs out of file descriptors. Here:
 - :class:`BodyTimeout`: ASGI middleware that gives a request ``timeout_s`` to deliver its whole
   body and otherwise answers 408 and closes the connection;
 - :func:`raise_open_files_limit`: the soft file-descriptor limit raised to the hard one.
+
+Both timeouts are :class:`Deadlines` (one sweep a tenth of the timeout, not a timer per
+request: a late head or body is cut off within 1.1 times its timeout), and the protocol sends
+a response's head and body in one write (:class:`_Coalescing`): what each request costs the
+server is the ingest benchmark's business (issue 12).
 """
 
 from __future__ import annotations
@@ -36,56 +41,127 @@ FULL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
 _Base: Any = H11Protocol if TYPE_CHECKING else object
 
 
+class Deadlines:
+    """Deadlines ``timeout_s`` away, checked by one sweep every ``timeout_s / 10`` while any is
+    pending, rather than by a timer each: a timer is a push onto the event loop's heap and a
+    pop off it, of handles compared in Python, and a request would pay for one or two.
+    What is due is expired (its ``expire()`` called) between ``timeout_s`` and
+    ``1.1 * timeout_s`` after it was watched."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._due: dict[Any, float] = {}
+        self._sweep: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def watch(self, item: Any, loop: asyncio.AbstractEventLoop) -> None:
+        """Expire ``item`` in ``timeout_s`` unless it is forgotten first."""
+        self._due[item] = loop.time() + self.timeout_s
+        # (a sweep left on another loop: the same object served again by a new loop, in tests)
+        if self._sweep is None or self._loop is not loop:
+            self._loop = loop
+            self._sweep = loop.call_later(self.timeout_s / 10, self._expire_due, loop)
+
+    def forget(self, item: Any) -> None:
+        self._due.pop(item, None)
+
+    def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        due = [item for item, deadline in self._due.items() if deadline <= now]
+        for item in due:
+            del self._due[item]
+        self._sweep = (loop.call_later(self.timeout_s / 10, self._expire_due, loop)
+                       if self._due else None)
+        for item in due:
+            item.expire()
+
+
 class _Guarded(_Base):  # type: ignore[misc]
     """The header timeout and the connection cap, mixed into one of uvicorn's protocols."""
 
     header_timeout_s: float = 10.0
     max_connections: int = 1000
-    _head_timer: asyncio.TimerHandle | None = None
+    heads: Deadlines = Deadlines(header_timeout_s)  # protocol_class() gives each class its own
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+        super().connection_made(_Coalescing(transport, self.loop))
         if len(self.connections) > self.max_connections:
             log.warning("connection cap of %d reached: refusing new connections",
                         self.max_connections)
             self.transport.write(FULL)
             self.transport.close()
             return
-        self._arm_head_timer()
+        self.heads.watch(self, self.loop)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if not self._awaiting_head():
-            self._cancel_head_timer()
+            self.heads.forget(self)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self._awaiting_head():
-            self._arm_head_timer()
+            self.heads.watch(self, self.loop)
         else:  # a pipelined request's head was already in the buffer
-            self._cancel_head_timer()
+            self.heads.forget(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_timer()
+        self.heads.forget(self)
         super().connection_lost(exc)
 
     def _awaiting_head(self) -> bool:
         return self.cycle is None or bool(self.cycle.response_complete)
 
-    def _arm_head_timer(self) -> None:
-        self._cancel_head_timer()
-        if not self.transport.is_closing():
-            self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
-
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
+    def expire(self) -> None:
+        """The header timeout: no complete request head in time."""
         if self._awaiting_head() and not self.transport.is_closing():
             self.transport.close()
+
+
+class _Coalescing:
+    """A connection's transport whose writes made in one turn of the event loop go out
+    together, at the end of that turn: uvicorn writes a response's head and its body
+    separately, which costs two send(2) calls and two TCP segments for every small answer.
+    Closing sends what is held first; everything else is the transport's own."""
+
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if not self._held:
+            self._loop.call_soon(self._flush)
+        self._held.append(data)
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._held.clear()
+        self._transport.abort()
+
+    def _flush(self) -> None:
+        if not self._held:
+            return
+        held = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+        self._held.clear()
+        if not self._transport.is_closing():
+            self._transport.write(held)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class GuardedH11Protocol(_Guarded, H11Protocol):
@@ -106,7 +182,8 @@ def protocol_class(*, header_timeout_s: float, max_connections: int,
     if implementation not in bases:
         raise ValueError(f"unknown HTTP implementation {implementation!r}")
     base = bases[implementation]
-    settings = {"header_timeout_s": header_timeout_s, "max_connections": max_connections}
+    settings = {"header_timeout_s": header_timeout_s, "max_connections": max_connections,
+                "heads": Deadlines(header_timeout_s)}
     return type(base.__name__, (base,), settings)
 
 
@@ -114,52 +191,27 @@ class BodyTimeout:
     """ASGI middleware: a request has ``timeout_s`` from its first read to deliver its whole
     body. Past it, the app sees the client as gone (``http.disconnect``, which Starlette raises
     as ``ClientDisconnect``) and, if it has not answered yet, the client gets 408 and the
-    connection is closed."""
+    connection is closed. The deadlines are :class:`Deadlines`' (a late body is cut off
+    within ``1.1 * timeout_s``)."""
 
     def __init__(self, app: ASGIApp, *, timeout_s: float) -> None:
         self.app = app
         self.timeout_s = timeout_s
+        self.bodies = Deadlines(timeout_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        loop = asyncio.get_running_loop()
-        deadline: float | None = None
-        complete = False
-        timed_out = False
-        started = False
-
-        async def timed_receive() -> Message:
-            nonlocal deadline, complete, timed_out
-            if complete:  # the body is in: what follows is waiting for a disconnect
-                return await receive()
-            if timed_out:
-                return {"type": "http.disconnect"}
-            if deadline is None:
-                deadline = loop.time() + self.timeout_s
-            try:
-                async with asyncio.timeout_at(deadline):
-                    message = await receive()
-            except TimeoutError:
-                timed_out = True
-                return {"type": "http.disconnect"}
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                complete = True
-            return message
-
-        async def watched_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        guard = _BodyGuard(self.bodies, receive, send)
         try:
-            await self.app(scope, timed_receive, watched_send)
+            await self.app(scope, guard.receive, guard.send)
         except Exception:
-            if not timed_out:
+            if not guard.timed_out:
                 raise
-        if timed_out and not started:
+        finally:
+            self.bodies.forget(guard)
+        if guard.timed_out and not guard.started:
             response = JSONResponse(
                 {"error": "body_timeout",
                  "message": f"the request body did not arrive within {self.timeout_s:g}s"},
@@ -167,6 +219,69 @@ class BodyTimeout:
             )
             with contextlib.suppress(OSError):
                 await response(scope, receive, send)
+
+
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+class _BodyGuard:
+    """One request under :class:`BodyTimeout`: watched from its first read until its body is
+    in. Expired while the app waits for the body, that wait is cancelled and answered
+    ``http.disconnect``; expired between reads, the next read is."""
+
+    __slots__ = ("_bodies", "_cancelled", "_cancelling", "_receive", "_send", "_task",
+                 "_waiting", "complete", "started", "timed_out")
+
+    def __init__(self, bodies: Deadlines, receive: Receive, send: Send) -> None:
+        self._bodies = bodies
+        self._receive = receive
+        self._send = send
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelling = 0
+        self._waiting = False
+        self._cancelled = False  # expire() cancelled the wait in receive()
+        self.complete = False  # the whole body is in: what follows waits for a disconnect
+        self.timed_out = False
+        self.started = False  # the app has started its response
+
+    async def receive(self) -> Message:
+        if self.complete:
+            return await self._receive()
+        if self.timed_out:
+            return _DISCONNECT
+        if self._task is None:  # the first read: the clock starts
+            task = self._task = asyncio.current_task()
+            assert task is not None  # an ASGI app runs in a task
+            self._cancelling = task.cancelling()
+            self._bodies.watch(self, task.get_loop())
+        self._waiting = True
+        try:
+            message = await self._receive()
+        except asyncio.CancelledError:
+            if self._cancelled and self._task is not None:
+                self._cancelled = False
+                if self._task.uncancel() <= self._cancelling:
+                    return _DISCONNECT  # our own cancellation: the body is late
+            raise
+        finally:
+            self._waiting = False
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.complete = True
+            self._bodies.forget(self)
+        return message
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
+
+    def expire(self) -> None:
+        if self.complete:
+            return
+        self.timed_out = True
+        if self._waiting and self._task is not None:
+            self._cancelled = True
+            self._task.cancel()
 
 
 def raise_open_files_limit() -> tuple[int, int]:

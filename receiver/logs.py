@@ -2,7 +2,8 @@
 
 JSON lines in production (one object a line, on stderr), a readable console on a TTY. The
 standard library's loggers (uvicorn's among them) go through the same renderer, and every line
-of a request carries the ids bound with :func:`structlog.contextvars.bound_contextvars`.
+carries the ids bound with :func:`structlog.contextvars.bound_contextvars` (the webhook passes
+a delivery's ids to its one line directly: binding costs more than the line).
 
 In JSON mode our own lines take structlog's short path: a filtering bound logger (a level
 below the threshold costs one method call), the processors, orjson, and one write of bytes to
@@ -10,10 +11,12 @@ stderr; not the standard library's records, handlers and formatter, which cost a
 (``scripts/benchmarks/README.md``). Third-party lines keep that path, with the same processors.
 
 Every line, ours and third-party, passes one redaction step (:func:`redact_processor`, last
-before rendering): URLs lose their userinfo, query and fragment, and the process's secrets
-(registered by :func:`configure`) are blanked. Third-party loggers (httpx, apprise, ...) stay at
-``warning`` unless asked for otherwise, and a line repeated in a flood (asyncio's "socket.accept()
-out of system resource", once per accept attempt) is written at most once per window.
+before rendering; for our JSON lines, :func:`render_redacted` renders first and scrubs only a
+line that holds a URL or a secret): URLs lose their userinfo, query and fragment, and the
+process's secrets (registered by :func:`configure`) are blanked. Third-party loggers (httpx,
+apprise, ...) stay at ``warning`` unless asked for otherwise, and a line repeated in a flood
+(asyncio's "socket.accept() out of system resource", once per accept attempt) is written at most
+once per window.
 """
 
 from __future__ import annotations
@@ -59,6 +62,31 @@ def redact_processor(_: Any, __: str, event_dict: structlog.typing.EventDict
                      ) -> structlog.typing.EventDict:
     """The redaction step every log line goes through, just before it is rendered."""
     return {key: redact_value(value) for key, value in event_dict.items()}
+
+
+def render_redacted(logger: Any, name: str, event_dict: structlog.typing.EventDict) -> bytes:
+    """Redaction and rendering in one step, for our own JSON lines: the line is rendered once
+    and kept as it is when :func:`receiver.redact.clean` finds no URL and no secret in it (so
+    that :func:`redact_processor` would change nothing: every line of a delivery); otherwise,
+    or when a value is of a type orjson renders otherwise than its ``repr``, the values are
+    scrubbed one by one and the line rendered again."""
+    try:
+        line = orjson.dumps(event_dict, default=_not_plain, option=_PLAIN)
+    except TypeError:
+        line = b""
+    if line and redact.clean(line):
+        return line
+    return _dumps(redact_processor(logger, name, event_dict))
+
+
+# Dates and dataclasses, which redact_value renders as repr(), go to _not_plain and so to the
+# careful path; so do sets and unknown objects. (A plain Enum or a UUID, which orjson renders
+# by value, is written by value on the fast path, by repr() on the careful one.)
+_PLAIN = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def _not_plain(value: Any) -> Any:
+    raise TypeError(type(value).__name__)
 
 
 class FloodFilter(logging.Filter):
@@ -123,8 +151,7 @@ def configure(*, fmt: str = "auto", level: str = "info", third_party_level: str 
         )
     else:
         structlog.configure(
-            processors=[*shared, structlog.processors.format_exc_info, redact_processor,
-                        structlog.processors.JSONRenderer(serializer=_dumps)],
+            processors=[*shared, structlog.processors.format_exc_info, render_redacted],
             logger_factory=_NamedBytesLoggerFactory(sys.stderr),
             wrapper_class=structlog.make_filtering_bound_logger(
                 _LEVELS.get(level, logging.INFO)),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 
@@ -43,11 +44,18 @@ STORE_ERRORS = Counter(
 )
 
 
+_OUTCOMES = {200: "recorded", 422: "quarantined", 401: "refused", 413: "too_large",
+             503: "store_unavailable"}
+_ingest_by_status: dict[int, Any] = {}  # labels() takes a lock and builds a key: once a status
+
+
 def observe_ingest(seconds: float, status: int) -> None:
     """A webhook was answered with ``status`` after ``seconds``."""
-    outcome = {200: "recorded", 422: "quarantined", 401: "refused", 413: "too_large",
-               503: "store_unavailable"}.get(status, str(status))
-    INGEST_SECONDS.labels(outcome=outcome).observe(seconds)
+    histogram = _ingest_by_status.get(status)
+    if histogram is None:
+        histogram = INGEST_SECONDS.labels(outcome=_OUTCOMES.get(status, str(status)))
+        _ingest_by_status[status] = histogram
+    histogram.observe(seconds)
     if status == 503:
         STORE_ERRORS.labels(where="ingest").inc()
 

@@ -8,18 +8,29 @@ A verified delivery is never lost: a body that cannot be used is kept raw and an
 a store that cannot commit is answered 503 (retryable); and an unforeseen error while
 recording is rolled back, the body kept aside as quarantined if the store still takes it
 (replayable after a fix: ``replay redispatch --quarantined``), and answered 503.
+
+The endpoint is a plain ASGI callable, not a Starlette request/response function: it is the
+one route that takes load, and per delivery it reads the raw header list once into a dict,
+answers with orjson and pre-encoded header lists, and writes one log line carrying every id
+(``delivery_<outcome>``, with ``path``, ``client``, ``delivery_id`` and ``task_id``) instead of
+binding them as context variables.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
+import orjson
 import structlog
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.datastructures import QueryParams
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive, Scope, Send
 
+from receiver import metrics
 from receiver.clock import Clock
 from receiver.errors import BodyTooLarge, StoreError, VerificationError
 from receiver.models import Delivery, Outcome, RecordResult, Source
@@ -35,22 +46,44 @@ EVENT_HEADER = "x-webhook-event"
 # Never kept with a delivery: they prove knowledge of a secret, or are credentials.
 PRIVATE_HEADERS = SIGNATURE_HEADERS | {"authorization", "cookie", "proxy-authorization"}
 _MAX_ID = 200
+_JSON = (b"content-type", b"application/json")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, or :class:`BodyTooLarge` as soon as it is known to pass ``limit`` bytes:
-    from ``Content-Length`` before reading anything, else while streaming."""
-    declared = request.headers.get("content-length")
+async def receive_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The body from ASGI ``receive``, or :class:`BodyTooLarge` as soon as it is known to pass
+    ``limit`` bytes: from ``declared`` (``Content-Length``) before reading anything, else
+    while streaming. A client that goes away raises Starlette's ``ClientDisconnect``."""
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
         raise BodyTooLarge(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge(limit)
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """:func:`receive_body` for a Starlette request (``POST /tasks``)."""
+    return await receive_body(request.receive, request.headers.get("content-length"), limit)
+
+
+def header_map(scope: Scope) -> dict[str, str]:
+    """The request's headers, names lower case (as ASGI servers give them), decoded as latin-1;
+    of a repeated header, the first (as Starlette's ``Headers.get``)."""
+    headers: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        key = name.decode("latin-1")
+        if key not in headers:
+            headers[key] = value.decode("latin-1")
+    return headers
 
 
 def delivery_id(headers: Mapping[str, str], signed_content: bytes) -> str:
@@ -93,17 +126,28 @@ def make_delivery(
     )
 
 
+async def send_json(send: Send, status: int, content: Any,
+                    headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """Answer ``content`` as JSON (what Starlette's ``JSONResponse`` sends, by orjson)."""
+    body = orjson.dumps(content)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-length", b"%d" % len(body)), _JSON, *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class WebhookEndpoint:
-    """The ASGI endpoint; ``verifier`` is None only when verification is switched off."""
+    """The ASGI app of ``POST /webhooks/sonic``; ``verifier`` is None only when verification
+    is switched off. It answers 503 until :meth:`open` gives it the store (the app's lifespan
+    does), and after :meth:`close`."""
 
     def __init__(
         self,
         *,
-        store: Ingest,
         verifier: Verifier | None,
         clock: Clock,
         max_body_bytes: int,
         router: Router | None = None,
+        store: Ingest | None = None,
         on_jobs: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
@@ -113,95 +157,118 @@ class WebhookEndpoint:
         self.router = router
         self.on_jobs = on_jobs
 
-    async def __call__(self, request: Request) -> JSONResponse:
-        client = request.client.host if request.client else None
-        with structlog.contextvars.bound_contextvars(path=request.url.path, client=client):
-            try:
-                body = await read_body(request, self.max_body_bytes)
-            except BodyTooLarge as exc:
-                log.warning("delivery_too_large", limit=exc.limit)
-                return JSONResponse({"error": "body_too_large", "limit": exc.limit}, 413)
-            try:
-                verified = self._verify(request, body)
-            except VerificationError as exc:
-                log.warning(
-                    "signature_rejected",
-                    reason=exc.reason,
-                    headers=sorted(h for h in request.headers if h.lower() in SIGNATURE_HEADERS),
-                )
-                return JSONResponse({"error": exc.reason}, 401)
-            delivery = make_delivery(
-                body=body,
-                headers=request.headers,
-                verified=verified,
-                task_id_hint=request.query_params.get("task_id"),
-                received_at=self.clock.now(),
-            )
-            with structlog.contextvars.bound_contextvars(delivery_id=delivery.delivery_id):
-                try:
-                    result = await self.store.record_delivery(delivery, router=self.router)
-                except StoreError as exc:
-                    log.error("delivery_not_recorded", error=exc.message)
-                    return JSONResponse({"error": "store_unavailable"}, 503)
-                except Exception as exc:  # a bug must cost a retry, never the delivery
-                    return await self._keep_aside(delivery, exc)
-                if result.jobs and self.on_jobs is not None:
-                    self.on_jobs()
-                return answer(result, event=delivery.event, scheme=delivery.scheme)
+    def open(self, store: Ingest, *, on_jobs: Callable[[], None] | None = None) -> None:
+        self.store, self.on_jobs = store, on_jobs
 
-    async def _keep_aside(self, delivery: Delivery, exc: Exception) -> JSONResponse:
+    def close(self) -> None:
+        self.store, self.on_jobs = None, None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            await send_json(send, 405, {"error": "method_not_allowed"},
+                            headers=((b"allow", b"POST"),))
+            return
+        store = self.store
+        if store is None:
+            await send_json(send, 503, {"error": "store_unavailable"})
+            return
+        started = time.perf_counter()
+        try:
+            status, content = await self.ingest(store, scope, receive)
+        except ClientDisconnect:  # gone (or cut off by BodyTimeout, which answers 408)
+            return
+        await send_json(send, status, content)
+        metrics.observe_ingest(time.perf_counter() - started, status)
+
+    async def ingest(self, store: Ingest, scope: Scope, receive: Receive
+                     ) -> tuple[int, dict[str, Any]]:
+        """The path of one delivery: its HTTP status and the JSON answer."""
+        headers = header_map(scope)
+        where = {"path": scope["path"], "client": (scope.get("client") or (None,))[0]}
+        try:
+            body = await receive_body(receive, headers.get("content-length"),
+                                      self.max_body_bytes)
+        except BodyTooLarge as exc:
+            log.warning("delivery_too_large", limit=exc.limit, **where)
+            return 413, {"error": "body_too_large", "limit": exc.limit}
+        try:
+            verified = self._verify(headers, body)
+        except VerificationError as exc:
+            log.warning("signature_rejected", reason=exc.reason,
+                        headers=sorted(h for h in headers if h in SIGNATURE_HEADERS), **where)
+            return 401, {"error": exc.reason}
+        query = scope.get("query_string", b"")
+        delivery = make_delivery(
+            body=body,
+            headers=headers,
+            verified=verified,
+            task_id_hint=QueryParams(query.decode("latin-1")).get("task_id") if query else None,
+            received_at=self.clock.now(),
+        )
+        where["delivery_id"] = delivery.delivery_id
+        try:
+            result = await store.record_delivery(delivery, router=self.router)
+        except StoreError as exc:
+            log.error("delivery_not_recorded", error=exc.message, **where)
+            return 503, {"error": "store_unavailable"}
+        except Exception as exc:  # a bug must cost a retry, never the delivery
+            return 503, await self._keep_aside(store, delivery, exc, where)
+        if result.jobs and self.on_jobs is not None:
+            self.on_jobs()
+        return answer(result, event=delivery.event, scheme=delivery.scheme, where=where)
+
+    async def _keep_aside(self, store: Ingest, delivery: Delivery, exc: Exception,
+                          where: dict[str, Any]) -> dict[str, Any]:
         """After an unforeseen error (the transaction was rolled back), try once more to keep
-        the raw delivery, as quarantined with the error's type as the reason; answer 503."""
+        the raw delivery, as quarantined with the error's type as the reason (for a 503)."""
         reason = f"internal error while recording: {type(exc).__name__}"
-        log.error("delivery_recording_failed", error_type=type(exc).__name__, exc_info=exc)
+        log.error("delivery_recording_failed", error_type=type(exc).__name__, exc_info=exc,
+                  **where)
         aside = dataclasses.replace(delivery, callback=None, error=reason)
         try:
-            await self.store.record_delivery(aside)
+            await store.record_delivery(aside)
         except Exception as second:
-            log.error("delivery_not_kept", error_type=type(second).__name__, exc_info=second)
+            log.error("delivery_not_kept", error_type=type(second).__name__, exc_info=second,
+                      **where)
             kept = False
         else:
-            log.warning("delivery_kept_aside", reason=reason)
+            log.warning("delivery_kept_aside", reason=reason, **where)
             kept = True
-        return JSONResponse(
-            {"error": "store_unavailable", "reason": reason, "kept": kept,
-             "delivery_id": delivery.delivery_id},
-            503,
-        )
+        return {"error": "store_unavailable", "reason": reason, "kept": kept,
+                "delivery_id": delivery.delivery_id}
 
-    def _verify(self, request: Request, body: bytes) -> Verified:
+    def _verify(self, headers: Mapping[str, str], body: bytes) -> Verified:
         if self.verifier is None:
             return Verified(scheme=Scheme.NONE, timestamp=None, signed_content=body)
-        return self.verifier.verify(request.headers, body)
+        return self.verifier.verify(headers, body)
 
 
-def answer(result: RecordResult, *, event: str | None, scheme: str) -> JSONResponse:
-    """The HTTP answer for a recorded delivery, logged with its ids."""
-    with structlog.contextvars.bound_contextvars(task_id=result.task_id):
-        if result.outcome is Outcome.QUARANTINED:
-            log.warning("delivery_quarantined", reason=result.reason, webhook_event=event)
-            return JSONResponse(
-                {
-                    "error": "unusable_payload",
-                    "status": result.outcome.value,
-                    "reason": result.reason,
-                    "delivery_id": result.delivery_id,
-                },
-                422,
-            )
-        log.info(
-            "delivery_" + result.outcome.value,
-            webhook_event=event,
-            scheme=scheme,
-            state=result.state.value if result.state else None,
-            jobs=result.jobs,
-            transitions=[f"{t.entity}:{t.entity_id}:{t.to_state}" for t in result.transitions],
-        )
-        return JSONResponse(
-            {
-                "status": result.outcome.value,
-                "delivery_id": result.delivery_id,
-                "task_id": result.task_id,
-                "state": result.state.value if result.state else None,
-            }
-        )
+def answer(result: RecordResult, *, event: str | None, scheme: str,
+           where: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and JSON answer for a recorded delivery, logged with its ids."""
+    if result.outcome is Outcome.QUARANTINED:
+        log.warning("delivery_quarantined", reason=result.reason, webhook_event=event,
+                    task_id=result.task_id, **where)
+        return 422, {
+            "error": "unusable_payload",
+            "status": result.outcome.value,
+            "reason": result.reason,
+            "delivery_id": result.delivery_id,
+        }
+    state = result.state.value if result.state else None
+    log.info(
+        "delivery_" + result.outcome.value,
+        webhook_event=event,
+        scheme=scheme,
+        state=state,
+        jobs=result.jobs,
+        transitions=[f"{t.entity}:{t.entity_id}:{t.to_state}" for t in result.transitions],
+        task_id=result.task_id,
+        **where,
+    )
+    return 200, {
+        "status": result.outcome.value,
+        "delivery_id": result.delivery_id,
+        "task_id": result.task_id,
+        "state": state,
+    }

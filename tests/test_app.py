@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -477,3 +479,75 @@ async def test_db_synchronous_is_applied_to_the_connection(
         assert isinstance(connector, SQLiteConnector)
         value = await connector.writer_pragma("synchronous")  # it is per connection
     assert value == pragma
+
+
+# ---- the webhook as a plain ASGI endpoint (issue 12) -------------------------------------------
+
+
+async def test_other_methods_get_a_json_405_that_names_post(client: httpx.AsyncClient) -> None:
+    for method in ("GET", "PUT", "DELETE"):
+        response = await client.request(method, "/webhooks/sonic")
+        assert (response.status_code, response.json()) == (405, {"error": "method_not_allowed"})
+        assert response.headers["allow"] == "POST"
+        assert response.headers["content-type"] == "application/json"
+
+
+async def test_before_the_lifespan_has_opened_the_store_a_delivery_gets_503(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    app = create_app(settings_for(tmp_path), clock=clock)
+    transport = httpx.ASGITransport(app=app)  # no lifespan: the store is never opened
+    async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as client:
+        response = await post_signed(client, COMPLETED, clock=clock)
+    assert (response.status_code, response.json()) == (503, {"error": "store_unavailable"})
+
+
+async def test_a_repeated_header_counts_once_by_its_first_value(
+    client: httpx.AsyncClient, clock: FakeClock, tmp_path: Path
+) -> None:
+    signed = signed_headers(COMPLETED, timestamp=int(clock.now()))
+    wire = [(k.encode(), v.encode()) for k, v in signed.items()]
+    wire += [(b"x-webhook-id", b"first"), (b"x-webhook-id", b"second"),
+             (b"x-trace", b"one"), (b"x-trace", b"two")]
+    response = await client.post("/webhooks/sonic", content=COMPLETED, headers=wire)
+    assert (response.status_code, response.json()["delivery_id"]) == (200, "first")
+    async with sqlite_store(tmp_path / "receiver.db") as store:
+        (raw,) = await store.raw_deliveries()
+    assert dict(raw.headers)["x-trace"] == "one"
+
+
+async def test_a_client_gone_mid_body_is_not_answered_nor_logged_as_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from receiver.server import running
+
+    settings = settings_for(tmp_path)
+    with capture_logs() as logs:
+        async with running(create_app(settings), settings=settings) as url:
+            port = int(url.rsplit(":", 1)[1])
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /webhooks/sonic HTTP/1.1\r\nHost: r\r\nContent-Length: 1000\r\n"
+                         b"\r\n" + b"{" * 10)
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+            async with httpx.AsyncClient(base_url=url) as http:  # the server carries on
+                response = await post_signed(http, COMPLETED)
+                assert response.status_code == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not [e for e in logs if e["log_level"] == "error"]
+    assert (await counts(tmp_path))["deliveries"] == 1
+
+
+async def test_behind_a_root_path_the_webhook_is_served_by_its_route(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    app = create_app(settings_for(tmp_path), clock=clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, root_path="/api")
+        async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as client:
+            response = await post_signed(client, COMPLETED, clock=clock,
+                                         path="/api/webhooks/sonic")
+            assert (response.status_code, response.json()["status"]) == (200, "recorded")
+            refused = await client.post("/api/webhooks/sonic", content=COMPLETED)
+            assert refused.status_code == 401

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from receiver.errors import PayloadError
 from receiver.payloads import parse_callback, parse_duration
@@ -212,3 +214,59 @@ def test_try_parse_never_raises_even_when_the_parser_has_a_bug(
     monkeypatch.setattr(payloads, "parse_state", broken)
     callback, error = payloads.try_parse(b'{"task_id": "t", "data": [{"clip_id": "c"}]}')
     assert (callback, error) == (None, "internal error while parsing: ZeroDivisionError")
+
+
+# ---- the fast reader (orjson) reads exactly what the careful one (json + cleaning) reads -------
+
+_EDGES = [
+    b'{"a": 9223372036854775807, "b": -9223372036854775808}',
+    b'{"a": 18446744073709551615}',  # 20 digits: past int64, still uint64
+    b'{"a": 123456789012345678901234}',  # past uint64: orjson would make it a float
+    b'{"a": -9223372036854775809}',
+    b'{"a": "12345678901234567890123"}',  # a long digit run in a string: careful path, same
+    b'{"a": 1e308, "b": 1.7976931348623157e308, "c": 5e-324, "d": 1e-400, "e": -0.0}',
+    b'{"a": 0.1, "b": 2.5e-3, "c": 1E+2, "d": 104.88}',
+    b'{"a": 1, "a": 2}',
+    b'{"a": "\\u00e9\\ud83c\\udfb5\\n\\"", "\\u00e9": "caf\xc3\xa9"}',
+    b'{"x": ' + b"[" * 63 + b"]" * 63 + b"}",
+    b'{"x": ' + b"[" * 64 + b"]" * 64 + b"}",
+    b'{"x": "' + b"[" * 70 + b'"}',  # brackets in a string: walked, not refused
+    b'  {"data": [{"clip_id": "c", "state": null, "k": [true, false, {}]}]}\n',
+]
+
+
+def _both(body: bytes) -> tuple[object, object]:
+    from receiver import payloads
+
+    try:
+        careful: object = payloads._load(body.decode("utf-8"))
+    except (PayloadError, UnicodeDecodeError) as exc:
+        careful = type(exc)
+    try:
+        fast = payloads._fast_load(body)
+    except PayloadError as exc:
+        fast = type(exc)
+    return careful, (careful if fast is payloads._SLOW else fast)
+
+
+@pytest.mark.parametrize("body", _EDGES)
+def test_the_fast_reader_reads_what_the_careful_one_reads(body: bytes) -> None:
+    careful, fast = _both(body)
+    assert repr(fast) == repr(careful)  # repr: 0.0 and -0.0, 1 and 1.0 differ
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json)
+def test_the_fast_reader_agrees_on_any_json_document(value: object) -> None:
+    body = json.dumps({"v": value}, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    careful, fast = _both(body)
+    assert repr(fast) == repr(careful)

@@ -14,7 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -22,7 +25,7 @@ from starlette.routing import Route
 
 from receiver import redact
 from receiver.demo import SONG
-from receiver.logs import FloodFilter, redact_value
+from receiver.logs import FloodFilter, _dumps, redact_processor, redact_value, render_redacted
 from receiver.server import running
 from receiver.settings import Settings
 from tests.support import callback, clip, free_port, signed_headers
@@ -88,6 +91,46 @@ def test_redact_value_walks_nested_values_and_objects(no_secrets: None) -> None:
         "https://u:p@h/q?s=1")}
     assert redact_value(value) == {"a": ["https://x/y?***", ["[secret]"]], "n": 3,
                                    "url": "URL('https://***@h/q?***')"}
+
+
+# ---- our JSON lines: rendered once, scrubbed only when they hold a URL or a secret -------------
+
+_SECRETS = ("plain-secret-42", 'quo"te\\back-slash', "tab\tand\u00e9-accent", "ctl\x01-secret")
+_pieces = st.sampled_from([*_SECRETS, "://", "https://u:p@h/x?q=1", '"', "\\", "\n", "\u00e9",
+                           "[secret]", "plain", " ", "%2F"])
+_strings = st.lists(_pieces | st.text(max_size=6), max_size=5).map("".join)
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats() | _strings,
+    lambda inner: st.lists(inner, max_size=3) | st.tuples(inner)
+    | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(max_size=6), _values, max_size=5))
+def test_a_line_rendered_once_is_what_scrubbing_each_value_gives(event: dict[str, object]) -> None:
+    redact.forget_secrets()
+    redact.register_secret(*_SECRETS)
+    try:
+        careful = _dumps(redact_processor(None, "info", dict(event)))
+        assert render_redacted(None, "info", dict(event)) == careful
+    finally:
+        redact.forget_secrets()
+
+
+def test_a_line_with_a_secret_or_a_url_is_scrubbed_and_a_clean_one_kept(
+    no_secrets: None,
+) -> None:
+    redact.register_secret('se"cret-\\value')
+    dirty = {"event": "x", "note": 'got se"cret-\\value from https://h/p?token=1'}
+    assert json.loads(render_redacted(None, "info", dirty)) == {
+        "event": "x", "note": "got [secret] from https://h/p?***"}
+    clean = {"event": "x", "ids": ["a", 1, None], "when": 1.5}
+    assert render_redacted(None, "info", clean) == orjson.dumps(clean)
+    # objects redact_value renders as repr() take the careful path: repr, scrubbed
+    assert json.loads(render_redacted(None, "info", {"u": httpx.URL("https://u:p@h/")})) == {
+        "u": "URL('https://***@h/')"}
 
 
 def test_a_flood_of_identical_lines_is_written_once_per_window() -> None:

@@ -19,9 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.types import Message
 
 from receiver.app import create_app
-from receiver.connections import raise_open_files_limit
+from receiver.connections import BodyTimeout, raise_open_files_limit
 from receiver.errors import SettingsError
 from receiver.server import running
 from receiver.settings import load
@@ -251,3 +252,140 @@ def test_running_out_of_file_descriptors_does_not_flood_the_log(tmp_path: Path) 
     text = log.read_text()
     assert "open_files_limit_low" in text  # the server knew, and said so once
     assert text.count("out of system resource") == 1, text[-2000:]
+
+
+# ---- BodyTimeout on its own: the ASGI messages a server would send, from a queue ---------------
+# (no HTTP client can hold a body back on cue; the end-to-end test above does it with sockets)
+
+
+class Exchange:
+    """One request's side of the ASGI conversation: messages in from a queue, out to a list."""
+
+    def __init__(self) -> None:
+        self.incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.sent: list[Message] = []
+
+    async def receive(self) -> dict[str, Any]:
+        return await self.incoming.get()
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+    def status(self) -> int | None:
+        return next((m["status"] for m in self.sent if m["type"] == "http.response.start"), None)
+
+
+async def reading_app(scope: Any, receive: Any, send: Any) -> None:
+    """Reads the whole body (stopping at a disconnect), then answers 200 with its size."""
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"%d" % size})
+
+
+async def test_a_stalled_body_gets_408_and_a_complete_one_is_never_cut_off() -> None:
+    timeout = BodyTimeout(reading_app, timeout_s=0.2)
+    stalled = Exchange()
+    stalled.incoming.put_nowait({"type": "http.request", "body": b"{", "more_body": True})
+    await timeout({"type": "http"}, stalled.receive, stalled.send)
+    assert stalled.status() == 408
+
+    async def slow_after_reading(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await asyncio.sleep(0.6)  # the store is slow: three times the body timeout
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    done = Exchange()
+    done.incoming.put_nowait({"type": "http.request", "body": b"{}", "more_body": False})
+    await BodyTimeout(slow_after_reading, timeout_s=0.2)({"type": "http"}, done.receive,
+                                                          done.send)
+    assert done.status() == 200
+
+
+async def test_a_body_late_between_reads_is_cut_off_at_the_next_read() -> None:
+    async def slow_reader(scope: Any, receive: Any, send: Any) -> None:
+        first = await receive()
+        await asyncio.sleep(0.6)  # busy with the first chunk past the deadline
+        second = await receive()
+        kinds = f"{first['type']} {second['type']}".encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": kinds})
+
+    exchange = Exchange()
+    exchange.incoming.put_nowait({"type": "http.request", "body": b"{", "more_body": True})
+    exchange.incoming.put_nowait({"type": "http.request", "body": b"}", "more_body": False})
+    await BodyTimeout(slow_reader, timeout_s=0.2)({"type": "http"}, exchange.receive,
+                                                 exchange.send)
+    assert exchange.sent[-1]["body"] == b"http.request http.disconnect"
+
+
+async def test_a_cancellation_from_elsewhere_is_not_taken_for_a_late_body() -> None:
+    exchange = Exchange()
+    exchange.incoming.put_nowait({"type": "http.request", "body": b"{", "more_body": True})
+    running = asyncio.create_task(
+        BodyTimeout(reading_app, timeout_s=30)({"type": "http"}, exchange.receive, exchange.send))
+    await asyncio.sleep(0.05)  # waiting for the rest of the body
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert exchange.sent == []
+
+
+def test_the_same_middleware_keeps_cutting_off_when_served_by_a_new_event_loop() -> None:
+    timeout = BodyTimeout(reading_app, timeout_s=0.2)
+
+    async def stalled_status(*, give_up_after: float) -> int | None:
+        exchange = Exchange()
+        exchange.incoming.put_nowait({"type": "http.request", "body": b"{", "more_body": True})
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(give_up_after):
+                await timeout({"type": "http"}, exchange.receive, exchange.send)
+        return exchange.status()
+
+    # the first loop ends while a body is awaited: its sweep is left behind on that loop
+    assert asyncio.run(stalled_status(give_up_after=0.05)) is None
+    assert asyncio.run(stalled_status(give_up_after=GIVE_UP_S)) == 408
+
+
+# ---- the transport under uvicorn's protocol: a response's pieces go out in one send ------------
+
+
+class CountingSocket(socket.socket):
+    """A real socket that counts the send(2) calls made through it."""
+
+    sends = 0
+
+    def send(self, data: Any, *args: Any) -> int:
+        self.sends += 1
+        return super().send(data, *args)
+
+
+async def test_the_writes_of_one_turn_leave_in_one_send_and_close_sends_what_is_held() -> None:
+    from receiver.connections import _Coalescing
+
+    ours, theirs = socket.socketpair()
+    counting = CountingSocket(ours.family, ours.type, fileno=ours.detach())
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_connection(asyncio.Protocol, sock=counting)
+    reader, writer = await asyncio.open_connection(sock=theirs)
+    coalescing = _Coalescing(transport, loop)
+    coalescing.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    coalescing.write(b"")
+    coalescing.write(b"ok")
+    assert counting.sends == 0  # held until the end of this turn of the loop
+    await asyncio.sleep(0)
+    assert counting.sends == 1
+    assert await reader.readexactly(40) == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    coalescing.write(b"last words")
+    coalescing.close()
+    assert await reader.read() == b"last words"
+    assert coalescing.is_closing()  # the rest is the transport's own
+    writer.close()
+    await writer.wait_closed()
