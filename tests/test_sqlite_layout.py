@@ -39,15 +39,15 @@ async def test_a_new_file_takes_the_small_pages(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
     async with sqlite_store(path) as store:
         await store.record_delivery(delivery("d1", COMPLETED))
-    assert _pragma(path, "page_size") == PAGE_SIZE == 512
+    assert _pragma(path, "page_size") == PAGE_SIZE == 1024
 
 
 async def test_a_file_of_an_older_release_keeps_its_pages_and_gets_the_new_indexes(
     tmp_path: Path,
 ) -> None:
     old = tmp_path / "old.db"
-    with sqlite3.connect(old) as conn:  # as release 5 left it, 1 KiB pages
-        conn.execute("PRAGMA page_size = 1024")
+    with sqlite3.connect(old) as conn:  # as release 5 left it, with SQLite's default pages
+        conn.execute("PRAGMA page_size = 4096")
         conn.execute("PRAGMA journal_mode = WAL")
         for number, script in enumerate(DIALECT.migrations()[:5], start=1):
             conn.executescript(script)
@@ -58,7 +58,7 @@ async def test_a_file_of_an_older_release_keeps_its_pages_and_gets_the_new_index
     assert detail is not None
     assert {t.to_state for t in detail.transitions} == {t.to_state for t in recorded.transitions}
     assert detail.transitions
-    assert _pragma(old, "page_size") == 1024
+    assert _pragma(old, "page_size") == 4096
     assert _pragma(old, "user_version") == len(MIGRATIONS)
 
     new = tmp_path / "new.db"

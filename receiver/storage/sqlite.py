@@ -50,11 +50,12 @@ INLINE_MAX = 8  # batches up to this many units may run on the event loop (see t
 # task and clip ids) and a few more at their ends, and every commit writes each page it touched
 # whole to the WAL, and a checkpoint writes it again: small pages cut the bytes written per
 # delivery (store alone, batches of 8: 104 KB with 4 KiB pages, 79 KB with 2 KiB, 54 KB with
-# 1 KiB; after migration 6, batches of 1/8: 38.6/17.4 KB with 1 KiB, 26.9/14.2 KB with 512 B,
-# SQLite's smallest, for 5-7% more CPU in the store). An index key longer than 102 bytes would
-# spill to an overflow page at 512 B; ours are well under it with 36-character ids (a job key
-# is about 70). An existing file keeps its page size.
-PAGE_SIZE = 512
+# 1 KiB). With ids as random as the service's UUIDs (store alone, 20,000 deliveries in batches
+# of 8): 512 B 260 us of CPU and 42 KB a delivery, 1 KiB 192-211 us and 44 KB, 2 KiB 207 us
+# and 59 KB, 4 KiB 224 us and 82 KB: at 512 B a leaf holds a handful of 36-character keys,
+# so inserts split pages all the time. (With sequential ids 512 B wrote a third less; real ids
+# are not sequential.) An existing file keeps its page size.
+PAGE_SIZE = 1024
 WAIT_POLL_S = 0.05
 
 DIALECT = Dialect(
