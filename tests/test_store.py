@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from receiver.recording import UNKNOWN_TASK
 from receiver.states import Entity, State
 from receiver.storage import Store, sqlite_store
 from receiver.storage.connector import Tx
+from receiver.storage.sqlite import SQLiteConnector
 from receiver.storage.statements import MIGRATIONS
 from receiver.storage.store import RecordingTx
 from tests.backends import store
@@ -229,16 +231,51 @@ async def test_sqlite_a_unit_that_awaits_real_io_is_refused_and_rolled_back(
         assert (await store.counts())["deliveries"] == 0
 
 
-async def test_checkpoints_run_in_the_background_not_in_commits(tmp_path: Path) -> None:
+async def test_commits_do_not_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "r.db"
-    async with sqlite_store(path) as store:
+    connector = SQLiteConnector(path, checkpoint_every_s=3600)
+    async with Store(connector) as store:
         size = path.stat().st_size
         for n in range(300):  # well past the automatic checkpoint's 1,000 pages
             body = callback(f"t-{n}", [clip(f"c-{n}", "succeeded", lyrics="la " * 2000)])
             await store.record_delivery(delivery(f"d-{n}", body))
         assert path.stat().st_size == size  # everything is still in the WAL
+
+
+async def test_checkpoints_run_in_the_background(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    async with Store(SQLiteConnector(path, checkpoint_every_s=0.02)) as store:
+        size = path.stat().st_size
+        for n in range(300):
+            body = callback(f"t-{n}", [clip(f"c-{n}", "succeeded", lyrics="la " * 2000)])
+            await store.record_delivery(delivery(f"d-{n}", body))
         for _ in range(100):  # the background checkpoint moves it into the database
             if path.stat().st_size > size:
                 break
             await asyncio.sleep(0.05)
         assert path.stat().st_size > size
+
+
+def _size(path: str) -> int:
+    return os.stat(path).st_size
+
+
+async def test_the_wal_stays_bounded_under_continuous_writes(tmp_path: Path) -> None:
+    """The side checkpoints never catch up with writes that keep coming, so the WAL would never
+    start over: the writer finishes their job between two batches, and the WAL stays within
+    its limit (give or take what one side checkpoint lets through)."""
+    path = tmp_path / "r.db"
+    limit = 256 * 1024
+    connector = SQLiteConnector(path, wal_limit_bytes=limit, checkpoint_every_s=0.01)
+    wal = f"{path}-wal"
+    async with Store(connector) as store:
+        sizes = []
+        for n in range(1500):
+            body = callback(f"t-{n}", [clip(f"c-{n}", "succeeded", lyrics="la " * 300)])
+            await store.record_delivery(delivery(f"d-{n}", body))
+            sizes.append(_size(wal))
+            if n % 50 == 0:
+                await asyncio.sleep(0.012)  # let the side checkpoint run, as it does under load
+        frame = int(str(await connector.writer_pragma("page_size"))) + 24
+    assert max(sizes) <= 2 * limit
+    assert 1500 * 4 * frame > 10 * limit  # what was written would have grown it far past
