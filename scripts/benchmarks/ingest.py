@@ -55,7 +55,7 @@ from scripts.benchmarks.report import Report, percentile, ratio
 
 NAME = "ingest"
 SECRET = "bench-secret"  # noqa: S105 -- signs loopback test traffic only
-BACKENDS = ("bare", "sqlite", "postgresql", "sqlite+worker")
+BACKENDS = ("bare", "bare-h11", "sqlite", "postgresql", "sqlite+worker")
 ROUTES = """\
 [handlers.bench_noop]
 path = "scripts.benchmarks.probes:noop"
@@ -170,6 +170,9 @@ def server_env(server: Server) -> dict[str, str]:
         "RECEIVER_CONFIG": str(config),
         "RECEIVER_LOG_FORMAT": "json",
         "RECEIVER_WORKER": "inprocess" if server.backend == "sqlite+worker" else "off",
+        # bare-h11: the bare endpoint on uvicorn's pure-Python parser, the default until issue
+        # 12's second pass (the receiver's rate against the stack it was first measured on)
+        "RECEIVER_HTTP_PARSER": "h11" if server.backend == "bare-h11" else "httptools",
         # every point opens up to 32 connections; the default cap is far above that
     })
 
@@ -281,8 +284,9 @@ def wal_mib(server: Server) -> float:
 def start(server: Server, stack: contextlib.ExitStack) -> None:
     server.folder.mkdir(parents=True, exist_ok=True)
     env = server_env(server)
-    if server.backend == "bare" or server.procs == 1 or server.backend == "sqlite-before":
-        kind = "bare" if server.backend == "bare" else "receiver"
+    bare = server.backend.startswith("bare")
+    if bare or server.procs == 1 or server.backend == "sqlite-before":
+        kind = "bare" if bare else "receiver"
         argv = [PYTHON, "-m", "scripts.benchmarks.serve", kind, "--procs", str(server.procs)]
         server.child = stack.enter_context(
             started(argv, env=env, log=server.folder / "server.log", cwd=server.root))
@@ -401,7 +405,7 @@ def run(options: argparse.Namespace, work: Path) -> list[Report]:
                           f"host busy {point['host_busy_cores']:.2f}", flush=True)
         # Half load: each receiver paced (open loop, 32 connections) at half its best rate.
         for server in servers:
-            if server.backend == "bare":
+            if server.backend.startswith("bare"):
                 continue
             best = max(statistics.median(r["rps"] for r in measured[(server.label, c)])
                        for c in concurrencies)
@@ -430,7 +434,7 @@ def run(options: argparse.Namespace, work: Path) -> list[Report]:
                   f"{sustained['disk_kb']:.1f} KB/delivery", flush=True)
         time.sleep(1.0)  # the in-process worker finishes the last jobs before the drain
         for server in servers:
-            if server.backend != "bare":
+            if not server.backend.startswith("bare"):
                 checks[server.label] = verify(server, acked[server.label])
     points = {key: median_point(rs) for key, rs in measured.items()}
     for point in points.values():
@@ -463,7 +467,9 @@ def run(options: argparse.Namespace, work: Path) -> list[Report]:
         "job written per delivery (a no-op handler's route), worker off; sqlite+worker = "
         "with the in-process worker running those jobs. x2 = two processes accepting on one "
         "socket: `sonic-receiver serve --workers 2` for the receiver, the serve module's "
-        "--procs 2 for bare and sqlite-before; ratios are to bare with as many processes.",
+        "--procs 2 for bare and sqlite-before; ratios are to bare with as many processes. "
+        "Every server runs uvicorn with httptools (the default) but bare-h11: the same bare "
+        "endpoint on h11, uvicorn's pure-Python parser.",
     ]
     for label, check in checks.items():
         ok = "OK" if check["acked_missing"] == 0 else "MISSING DELIVERIES"
