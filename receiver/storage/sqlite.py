@@ -46,6 +46,8 @@ from receiver.storage.statements import SQLITE_ONLY_6, Q
 T = TypeVar("T")
 SYNCHRONOUS = ("normal", "full")
 CHECKPOINT_EVERY_S = 0.25
+CATCH_UP_PASSES = 4  # see _checkpoint_loop
+CATCH_UP_S = 0.015
 INLINE_MAX = 8  # batches up to this many units may run on the event loop (see the docstring)
 # Pages of a new database file. A delivery lands in about six indexes on random keys (delivery,
 # task and clip ids) and a few more at their ends, and every commit writes each page it touched
@@ -284,13 +286,16 @@ class SQLiteConnector:
         bound. So the writer itself checkpoints between two batches: no frame arrives
         meanwhile, so it copies every one and the next transaction writes the WAL from its
         start again (SQLite resets it once every frame is in the database and no reader still
-        uses them). It does so right after a side checkpoint found the WAL past half its limit
-        (:meth:`_checkpoint_loop` sets ``_restart_due``), when only the frames written during
-        that checkpoint are left to copy: a short stall, instead of one over everything at the
-        limit (at 1,000 deliveries/s, 57 ms once a second; each copy's fsyncs are most of
-        it). Past the limit (the side checkpoints fell behind) it does so anyway. PASSIVE, not
-        RESTART: RESTART also waits for readers and for the side checkpoint, and stalled
-        ingest longer (store alone, batches of 8: batch p99 75 vs 16 ms, WAL peak 58 vs 32 MiB)."""
+        uses them). It does so right after the side checkpoints found the WAL past half its
+        limit and caught up (:meth:`_checkpoint_loop` sets ``_restart_due``), when only the
+        frames written since are left: at 1,000 deliveries/s on a fresh file, 17-23 ms twice a
+        second instead of 44-57 ms once a second at the limit (p99 47 -> 27-29 ms). On a file
+        of a few hundred MB this pass still takes 50-70 ms although it copies and syncs
+        nothing (strace: no write or fsync on the writer's thread; 10-15 ms of its CPU): not
+        understood yet, and what the half-load p99 now waits on. Past the limit (the side
+        checkpoints fell behind) it runs anyway. PASSIVE, not RESTART: RESTART also waits for
+        readers and for the side checkpoint, and stalled ingest longer (store alone, batches
+        of 8: batch p99 75 vs 16 ms, WAL peak 58 vs 32 MiB)."""
         if self._restart_due or self._wal_size() > self.wal_limit_bytes:
             self._restart_due = False
             with contextlib.suppress(sqlite3.Error):
@@ -352,13 +357,28 @@ class SQLiteConnector:
         if conn is None:
             return
         frame = int(next(iter(await conn.execute_fetchall("PRAGMA page_size")))[0]) + 24
+        loop = asyncio.get_running_loop()
+
+        async def checkpoint() -> tuple[int, float]:
+            """The frames the WAL held when the pass began (-1: not in WAL mode), and how long
+            the pass took."""
+            began = loop.time()
+            rows = list(await conn.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)"))
+            return int(rows[0][1]), loop.time() - began
+
         while True:
             await asyncio.sleep(self.checkpoint_every_s)
             with contextlib.suppress(sqlite3.Error):
-                rows = list(await conn.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)"))
-                frames = int(rows[0][1])  # in the WAL when it started; -1: not in WAL mode
-                if frames * frame > self.wal_limit_bytes // 2:
-                    self._restart_due = True
+                frames, took = await checkpoint()
+                if frames * frame <= self.wal_limit_bytes // 2:
+                    continue
+                # Passes again right away copy what was written during the last one; each is
+                # shorter, so what is left for the writer (whose pass stalls ingest) is small.
+                for _ in range(CATCH_UP_PASSES):
+                    if took < CATCH_UP_S:
+                        break
+                    _, took = await checkpoint()
+                self._restart_due = True
 
 
 class _ThreadTx:
