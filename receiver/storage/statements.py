@@ -281,7 +281,6 @@ class Q(StrEnum):
     START_ATTEMPT = "start_attempt"
     END_ATTEMPT = "end_attempt"
     RENEW_LEASE = "renew_lease"
-    FINISH_JOB = "finish_job"
     FINISH_JOBS = "finish_jobs"
     RETRY_JOB = "retry_job"
     KILL_JOB = "kill_job"
@@ -532,11 +531,6 @@ PORTABLE: dict[Q, str] = {
     """,
     Q.RENEW_LEASE: """
         UPDATE jobs SET lease_expires_at = :until, updated_at = :now
-        WHERE id = :id AND state = 'running' AND lease_owner = :owner
-    """,
-    Q.FINISH_JOB: """
-        UPDATE jobs SET state = 'done', lease_owner = NULL, lease_expires_at = NULL,
-                        updated_at = :now
         WHERE id = :id AND state = 'running' AND lease_owner = :owner
     """,
     # :ids is a JSON array of job ids; the ones still leased to :owner are finished, returned

@@ -240,7 +240,9 @@ class Store(AdminQueries):
         return await self._write_one(Q.RENEW_LEASE, params) == 1
 
     async def finish_job(self, job_id: int, *, owner: str, now: float) -> bool:
-        return await self._end(Q.FINISH_JOB, "done", job_id, owner=owner, now=now)
+        done, _ = await self.finish_and_claim(owner=owner, finished=[job_id], limit=0, now=now,
+                                              lease_s=0.0)
+        return job_id in done
 
     async def retry_job(
         self, job_id: int, *, owner: str, error: str, run_after: float, now: float,
