@@ -60,6 +60,16 @@ async def test_writes_that_arrive_together_commit_together_each_on_its_own(store
     assert (await store.list_audit(limit=10)).items == ()
 
 
+async def test_read_only_work_cannot_write(store: Store) -> None:
+    probe = {"name": "p", "at": 1.0}
+    for attempt in (lambda tx: tx.run(Q.PROBE_WRITE, probe),
+                    lambda tx: tx.send(Q.PROBE_WRITE, probe),
+                    lambda tx: tx.run_many(Q.PROBE_WRITE, [probe]),
+                    lambda tx: tx.send_many(Q.PROBE_WRITE, [probe])):
+        with pytest.raises(StoreError, match="a read cannot write"):
+            await store.read(attempt)
+
+
 async def test_a_preview_changes_nothing_even_beside_real_writes(store: Store) -> None:
     preview, real = await asyncio.gather(
         store.preview_delivery(delivery("p1", done("tp")), router=ROUTER),

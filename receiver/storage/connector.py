@@ -20,6 +20,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from receiver.errors import StoreError
 from receiver.storage.statements import MIGRATIONS, PORTABLE, Q
 
 T = TypeVar("T")
@@ -32,10 +33,7 @@ class Tx(Protocol):
 
     async def rows(self, q: Q, params: Params | None = None) -> list[Row]: ...
 
-    async def one(self, q: Q, params: Params | None = None) -> Row | None:
-        """The first row, or None (None without a trip when the dialect's statement is empty:
-        a step it needs nothing for, such as :attr:`Q.LOCK_TASK` on SQLite)."""
-        ...
+    async def one(self, q: Q, params: Params | None = None) -> Row | None: ...
 
     async def run(self, q: Q, params: Params | None = None) -> int:
         """Run a write; the number of rows it changed."""
@@ -49,7 +47,8 @@ class Tx(Protocol):
         """Run a write whose count nobody needs. A backend may send it without waiting for
         its answer (PostgreSQL's pipeline); an error it meets is raised by a later statement
         of the same unit, or when the unit's savepoint ends, so the unit still fails whole.
-        An empty statement runs nothing."""
+        An empty statement runs nothing: a step the dialect needs nothing for, such as
+        :attr:`Q.LOCK_TASK` on SQLite."""
         ...
 
     async def send_many(self, q: Q, params: Sequence[Params]) -> None:
@@ -63,6 +62,26 @@ class Tx(Protocol):
 
 
 Work = Callable[[Tx], Coroutine[Any, Any, T]]
+
+
+class ReadOnlyTx:
+    """The writes of a :class:`Tx` for read-only work (:meth:`Connector.read`): each refuses.
+    A backend's reader adds ``rows`` and ``one``."""
+
+    async def run(self, q: Q, params: Params | None = None) -> int:
+        raise StoreError("a read cannot write")
+
+    async def run_many(self, q: Q, params: Sequence[Params]) -> int:
+        raise StoreError("a read cannot write")
+
+    async def send(self, q: Q, params: Params | None = None) -> None:
+        raise StoreError("a read cannot write")
+
+    async def send_many(self, q: Q, params: Sequence[Params]) -> None:
+        raise StoreError("a read cannot write")
+
+    def jobs_written(self) -> None:
+        raise StoreError("a read cannot write")
 
 
 def drive(coroutine: Coroutine[Any, Any, T]) -> T:

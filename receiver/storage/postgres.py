@@ -34,7 +34,7 @@ import psycopg_pool
 from psycopg import conninfo
 
 from receiver.errors import StoreError
-from receiver.storage.connector import Dialect, Params, Row, Unit, Work, drive
+from receiver.storage.connector import Dialect, Params, ReadOnlyTx, Row, Unit, Work, drive
 from receiver.storage.statements import Q
 
 T = TypeVar("T")
@@ -194,7 +194,7 @@ class PostgresConnector:
     async def read(self, work: Work[T]) -> T:
         try:
             async with self._open_pool().connection() as conn, conn.transaction():
-                return await work(_Tx(conn, self._sql))
+                return await work(_ReaderTx(conn, self._sql))
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise StoreError(f"read failed: {_one_line(exc)}") from exc
 
@@ -276,7 +276,7 @@ class _WriterTx:
         return [tuple(r) for r in cursor.fetchall()] if cursor.description else []
 
     async def one(self, q: Q, params: Params | None = None) -> Row | None:
-        rows = await self.rows(q, params) if self._sql[q] else []
+        rows = await self.rows(q, params)
         return rows[0] if rows else None
 
     async def run(self, q: Q, params: Params | None = None) -> int:
@@ -304,13 +304,12 @@ class _WriterTx:
         self.notify = True
 
 
-class _Tx:
+class _ReaderTx(ReadOnlyTx):
     """:class:`receiver.storage.connector.Tx` for reads, on one pooled connection."""
 
     def __init__(self, conn: psycopg.AsyncConnection[Any], sql: Mapping[Q, str]) -> None:
         self._conn = conn
         self._sql = sql
-        self.notify = False
 
     async def rows(self, q: Q, params: Params | None = None) -> list[Row]:
         cursor = await self._conn.execute(self._sql[q], params or {})
@@ -320,26 +319,6 @@ class _Tx:
         cursor = await self._conn.execute(self._sql[q], params or {})
         row = await cursor.fetchone()
         return tuple(row) if row is not None else None
-
-    async def run(self, q: Q, params: Params | None = None) -> int:
-        cursor = await self._conn.execute(self._sql[q], params or {})
-        return cursor.rowcount
-
-    async def run_many(self, q: Q, params: Sequence[Params]) -> int:
-        if not params:
-            return 0
-        async with self._conn.cursor() as cursor:
-            await cursor.executemany(self._sql[q], params)
-            return cursor.rowcount
-
-    async def send(self, q: Q, params: Params | None = None) -> None:
-        await self.run(q, params)
-
-    async def send_many(self, q: Q, params: Sequence[Params]) -> None:
-        await self.run_many(q, params)
-
-    def jobs_written(self) -> None:
-        self.notify = True
 
 
 async def _migrate(conn: psycopg.AsyncConnection[Any], where: str) -> None:

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from receiver.errors import StoreError
-from receiver.storage.connector import Dialect, Params, Row, Unit, Work, drive
+from receiver.storage.connector import Dialect, Params, ReadOnlyTx, Row, Unit, Work, drive
 from receiver.storage.statements import SQLITE_ONLY_6, Q
 
 T = TypeVar("T")
@@ -392,10 +392,7 @@ class _ThreadTx:
         return self._raw.execute(self._sql[q], params or {}).fetchall()
 
     async def one(self, q: Q, params: Params | None = None) -> Row | None:
-        sql = self._sql[q]
-        if not sql:  # a statement this dialect has nothing to run for
-            return None
-        row: Row | None = self._raw.execute(sql, params or {}).fetchone()
+        row: Row | None = self._raw.execute(self._sql[q], params or {}).fetchone()
         return row
 
     async def run(self, q: Q, params: Params | None = None) -> int:
@@ -421,7 +418,7 @@ class _ThreadTx:
         """Workers elsewhere notice the commit through ``PRAGMA data_version``."""
 
 
-class _ReaderTx:
+class _ReaderTx(ReadOnlyTx):
     """:class:`receiver.storage.connector.Tx` for reads, on the aiosqlite connection."""
 
     def __init__(self, conn: aiosqlite.Connection, sql: Mapping[Q, str]) -> None:
@@ -434,21 +431,6 @@ class _ReaderTx:
     async def one(self, q: Q, params: Params | None = None) -> Row | None:
         rows = await self.rows(q, params)
         return rows[0] if rows else None
-
-    async def run(self, q: Q, params: Params | None = None) -> int:
-        raise StoreError("a read cannot write")
-
-    async def run_many(self, q: Q, params: Sequence[Params]) -> int:
-        raise StoreError("a read cannot write")
-
-    async def send(self, q: Q, params: Params | None = None) -> None:
-        raise StoreError("a read cannot write")
-
-    async def send_many(self, q: Q, params: Sequence[Params]) -> None:
-        raise StoreError("a read cannot write")
-
-    def jobs_written(self) -> None:
-        raise StoreError("a read cannot write")
 
 
 def _try_begin(raw: sqlite3.Connection) -> bool:
