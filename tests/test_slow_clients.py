@@ -65,17 +65,18 @@ async def until_closed(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
     return data, True
 
 
-async def slow_header(port: int) -> tuple[bytes, bool]:
-    """Slowloris: a request head that grows by a byte every 100 ms and never ends."""
+async def sent_slowly(port: int, start: bytes, then: bytes | None) -> tuple[bytes, bool]:
+    """Send ``start``, then ``then`` every 100 ms for ever (or nothing more when None); what
+    the server answers, and whether it closed the connection (see :func:`until_closed`)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"POST /webhooks/sonic HTTP/1.1\r\nHost: receiver\r\nX-Slow: ")
+    writer.write(start)
 
     async def trickle() -> None:
         with contextlib.suppress(ConnectionError):
-            while True:
+            while then is not None:
                 await writer.drain()
                 await asyncio.sleep(0.1)
-                writer.write(b"z")
+                writer.write(then)
 
     feeding = asyncio.create_task(trickle())
     try:
@@ -85,26 +86,18 @@ async def slow_header(port: int) -> tuple[bytes, bool]:
         writer.close()
 
 
+async def slow_header(port: int) -> tuple[bytes, bool]:
+    """Slowloris: a request head that grows by a byte every 100 ms and never ends."""
+    return await sent_slowly(
+        port, b"POST /webhooks/sonic HTTP/1.1\r\nHost: receiver\r\nX-Slow: ", b"z")
+
+
 async def slow_body(port: int, *, trickle: bool) -> tuple[bytes, bool]:
     """A complete head announcing 1,000 bytes, then 10 bytes, then a stall (or a byte every
     100 ms)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"POST /webhooks/sonic HTTP/1.1\r\nHost: receiver\r\nContent-Length: 1000\r\n"
-                 b"Content-Type: application/json\r\n\r\n" + b"{" * 10)
-
-    async def feed() -> None:
-        with contextlib.suppress(ConnectionError):
-            while trickle:
-                await writer.drain()
-                await asyncio.sleep(0.1)
-                writer.write(b" ")
-
-    feeding = asyncio.create_task(feed())
-    try:
-        return await until_closed(reader)
-    finally:
-        feeding.cancel()
-        writer.close()
+    return await sent_slowly(
+        port, b"POST /webhooks/sonic HTTP/1.1\r\nHost: receiver\r\nContent-Length: 1000\r\n"
+        b"Content-Type: application/json\r\n\r\n" + b"{" * 10, b" " if trickle else None)
 
 
 async def idle(port: int, *, after_a_request: bool) -> tuple[bytes, bool]:
