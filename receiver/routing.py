@@ -93,16 +93,14 @@ class Router:
     def __init__(self, routes: Sequence[Route], *, policy: RetryPolicy | None = None) -> None:
         self.routes = tuple(routes)
         self.policy = policy or RetryPolicy()
+        # Whether any route narrows by task type, platform or tags: only then must a recording
+        # read the task's facts before planning (they change no other answer).
+        self.reads_facts = any(r.task_types or r.platforms or r.tags for r in self.routes)
 
     @property
     def handler_names(self) -> frozenset[str]:
         return frozenset(ref.name for route in self.routes for ref in route.handlers)
 
-    @property
-    def reads_facts(self) -> bool:
-        """Whether any route narrows by task type, platform or tags: only then must a
-        recording read the task's facts before planning (they change no other answer)."""
-        return any(r.task_types or r.platforms or r.tags for r in self.routes)
 
     def plan(self, task: TaskFacts, transitions: Iterable[Transition]) -> list[JobSpec]:
         specs: list[JobSpec] = []

@@ -70,6 +70,25 @@ async def test_read_only_work_cannot_write(store: Store) -> None:
             await store.read(attempt)
 
 
+async def test_a_route_narrowed_by_tags_and_platform_reads_them_from_the_task(
+    store: Store,
+) -> None:
+    """Facts come from the stored task and its clips (the platform from an earlier delivery,
+    tags from any clip), and only tasks they match get the route's job."""
+    pop = Router([Route(name="pop", on=frozenset({"task.succeeded"}),
+                        handlers=(HandlerRef(name="h"),), tags=frozenset({"pop"}),
+                        platforms=frozenset({"sonic"}))])
+    for task, tags in (("t-pop", "Dreamy, POP"), ("t-rock", "rock")):
+        streaming = callback(task, [clip(f"{task}-a", "streaming", tags=tags)],
+                             event="song.streaming", platform="sonic")
+        await store.record_delivery(delivery(f"{task}-1", streaming), router=pop)
+        finished = callback(task, [clip(f"{task}-a", "succeeded", audio_url="http://cdn/a"),
+                                   clip(f"{task}-b", "succeeded", audio_url="http://cdn/b")])
+        result = await store.record_delivery(delivery(f"{task}-2", finished), router=pop)
+        assert result.jobs == (1 if task == "t-pop" else 0)
+    assert [j.task_id for j in await store.list_jobs()] == ["t-pop"]
+
+
 async def test_a_preview_changes_nothing_even_beside_real_writes(store: Store) -> None:
     preview, real = await asyncio.gather(
         store.preview_delivery(delivery("p1", done("tp")), router=ROUTER),
