@@ -92,10 +92,13 @@ async def test_deliveries_by_outcome_duplicates_and_their_transitions(store: Sto
     assert await store.get_delivery("nope") is None
 
 
-async def dead(store: Store, handler: str, n: int, at: float, prefix: str) -> None:
+async def dead(
+    store: Store, handler: str, n: int, at: float, prefix: str, task_id: str = "t"
+) -> None:
     specs = [JobSpec(key=f"{prefix}/{i}", handler=handler, route="r", options={},
-                     task_id="t", trigger="task.succeeded", delivery_id=None, max_attempts=1)
+                     task_id=task_id, trigger="task.succeeded", delivery_id=None, max_attempts=1)
              for i in range(n)]
+    await store.register_task(task_id, task_type="create", now=at)  # a job belongs to a task
     await store.write(lambda tx: RecordingTx(tx).insert_jobs(specs, at=at))
     for job in await store.claim_jobs(owner="w", limit=n, now=at, lease_s=60):
         await store.kill_job(job.id, owner="w", error=f"boom {job.id}", now=at)
@@ -139,7 +142,7 @@ async def test_overview_and_totals(store: Store) -> None:
     await store.record_delivery(delivery("d1", song("t1"), at=now - 20))
     await store.record_delivery(delivery("d2", song("t2", "running"), at=now - 90))
     await store.record_delivery(delivery("q1", b"[]", at=now - 5000))
-    await dead(store, "download_audio", 2, now - 10, "x")
+    await dead(store, "download_audio", 2, now - 10, "x", task_id="t1")
     overview = await store.overview(now=now, expiry_warn_s=3600)
     per_minute = dict(overview.deliveries_per_minute)
     assert len(per_minute) == 60

@@ -59,9 +59,10 @@ def test_prune_dry_run_counts_and_deletes_nothing(tmp_path: Path) -> None:
             conn.execute("INSERT INTO deliveries (delivery_id, source, scheme, task_id, "
                          "outcome, headers, body, received_at) VALUES (?, 'webhook', "
                          "'musicapi', 't', 'recorded', '{}', x'7b7d', ?)", (delivery_id, at))
-        conn.execute("INSERT INTO jobs (key, handler, route, options, task_id, trigger, state, "
-                     "max_attempts, run_after, created_at, updated_at) VALUES ('k', 'h', 'r', "
-                     "'{}', 't', 'task.succeeded', 'done', 5, ?, ?, ?)", (old, old, old))
+        conn.execute("INSERT INTO jobs (task_seq, key, handler, route, options, task_id, "
+                     "trigger, state, max_attempts, run_after, created_at, updated_at) VALUES "
+                     "((SELECT seq FROM tasks WHERE task_id = 't'), 'k', 'h', 'r', '{}', 't', "
+                     "'task.succeeded', 'done', 5, ?, ?, ?)", (old, old, old))
     expected = {"bodies": 2, "jobs": 1, "delivery_ids": 1}  # "ancient" is past the id horizon
     dry = cli("prune", "--db", str(db), "--older-than", "90d", "--dry-run")
     assert dry.returncode == 0, dry.stderr

@@ -64,7 +64,7 @@ WAIT_POLL_S = 0.05
 DIALECT = Dialect(
     name="sqlite",
     types={"id": "INTEGER PRIMARY KEY", "real": "REAL", "blob": "BLOB",
-           "sqlite_only_6": SQLITE_ONLY_6},
+           "sqlite_only_6": SQLITE_ONLY_6, "postgres_only_7": ""},
     macros={"JSON_TEXTS": "SELECT value FROM json_each({})",
             "JSON_INTS": "SELECT value FROM json_each({})",
             "FOR_CLAIM": ""},  # one writer at a time: nothing to skip

@@ -15,7 +15,8 @@ scalar ``MAX(a, b)`` (PostgreSQL's is ``GREATEST``); no ``::`` casts and no lite
 Migration *n* (1-based) takes the schema from version *n-1* to *n*. Append migrations; never
 edit one that has shipped. Placeholders: ``{id}`` an auto-increment primary key, ``{real}`` a
 double, ``{blob}`` bytes, ``{sqlite_only_6}`` the statements of migration 6 that only SQLite
-runs (:data:`SQLITE_ONLY_6`).
+runs (:data:`SQLITE_ONLY_6`), ``{postgres_only_7}`` those of migration 7 that only PostgreSQL
+runs (:data:`POSTGRES_ONLY_7`).
 """
 
 from __future__ import annotations
@@ -236,14 +237,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_outcome ON deliveries (outcome, id) WHERE outcome <> 'recorded';
     {sqlite_only_6}
     """,
-    # 7: a task's clips and transitions are keyed by the task's number (tasks.seq, in the
-    # order tasks were first seen), not by its id. Task ids are random (UUIDs), so every index
+    # 7: a task's clips, transitions and jobs are keyed by the task's number (tasks.seq, in
+    # the order tasks were first seen), not by its id. Task ids are random (UUIDs), so every index
     # that led with task_id took each new task's entries at a random leaf: a page (KiB) each
     # written to the WAL and again at checkpoint, and a leaf split every few inserts. Led by
     # the number, a new task's entries go to the end of the index, next to the ones the same
     # commit writes. Measured on the store alone (20,000 tasks, 2,000 more, 8 callers), the
     # (task_id, clip_id) and (task_id, entity, entity_id, to_state) keys were 7.7 of the 24.9
-    # pages a delivery wrote to the WAL. task_id stays in both tables, as a plain column.
+    # pages a delivery wrote to the WAL, and jobs' key (which starts with the task's id) 2.2
+    # more. task_id stays in those tables, as a plain column.
     # The tables are built anew (SQLite cannot change a key in place): children first, so
     # that the old tasks table is dropped with nothing referring to it.
     """
@@ -310,18 +312,65 @@ MIGRATIONS: tuple[str, ...] = (
            x.source, x.at
     FROM transitions x JOIN tasks_new t ON t.task_id = x.task_id ORDER BY x.id;
 
+    CREATE TABLE jobs_new (
+        id                {id},
+        task_seq          BIGINT NOT NULL REFERENCES tasks_new (seq),
+        key               TEXT NOT NULL,
+        handler           TEXT NOT NULL,
+        route             TEXT NOT NULL,
+        options           TEXT NOT NULL,
+        task_id           TEXT NOT NULL,
+        trigger           TEXT NOT NULL,
+        delivery_id       TEXT,
+        state             TEXT NOT NULL,
+        attempts          INTEGER NOT NULL DEFAULT 0,
+        max_attempts      INTEGER NOT NULL,
+        run_after         {real} NOT NULL,
+        lease_owner       TEXT,
+        lease_expires_at  {real},
+        last_error        TEXT,
+        created_at        {real} NOT NULL,
+        updated_at        {real} NOT NULL,
+        -- a job's key starts with its task's id: unique per task is unique
+        UNIQUE (task_seq, key)
+    );
+    -- every job has its task's row (jobs are planned after it is written); one that had not
+    -- would fail this step on task_seq's NOT NULL rather than be left behind
+    INSERT INTO jobs_new (id, task_seq, key, handler, route, options, task_id, trigger,
+                          delivery_id, state, attempts, max_attempts, run_after, lease_owner,
+                          lease_expires_at, last_error, created_at, updated_at)
+    SELECT j.id, t.seq, j.key, j.handler, j.route, j.options, j.task_id, j.trigger,
+           j.delivery_id, j.state, j.attempts, j.max_attempts, j.run_after, j.lease_owner,
+           j.lease_expires_at, j.last_error, j.created_at, j.updated_at
+    FROM jobs j LEFT JOIN tasks_new t ON t.task_id = j.task_id ORDER BY j.id;
+
     DROP TABLE clips;
     DROP TABLE transitions;
+    DROP TABLE jobs;
     DROP TABLE tasks;
     ALTER TABLE tasks_new RENAME TO tasks;
     ALTER TABLE clips_new RENAME TO clips;
     ALTER TABLE transitions_new RENAME TO transitions;
+    ALTER TABLE jobs_new RENAME TO jobs;
     CREATE INDEX tasks_state ON tasks (state, last_event_at);
     CREATE INDEX tasks_first_seen ON tasks (first_seen_at);
     CREATE INDEX tasks_parent ON tasks (parent_task_id) WHERE parent_task_id IS NOT NULL;
     CREATE INDEX clips_clip ON clips (clip_id);
+    CREATE INDEX jobs_due ON jobs (state, run_after, handler);
+    CREATE INDEX jobs_finished ON jobs (state, updated_at) WHERE state IN ('done', 'dead');
+    {postgres_only_7}
     """,
 )
+
+# PostgreSQL's own part of migration 7 (``{postgres_only_7}``; nothing on SQLite): the two
+# indexes of jobs that migration 6 kept there only, and the jobs' id sequence moved past the
+# ids the new table was given (SQLite's next rowid is already one past the largest).
+POSTGRES_ONLY_7 = """
+    CREATE INDEX jobs_task ON jobs (task_id);
+    CREATE INDEX jobs_created ON jobs (created_at);
+    SELECT setval(pg_get_serial_sequence('jobs', 'id'),
+                  COALESCE((SELECT MAX(id) FROM jobs), 0) + 1, false);
+"""
 
 # SQLite's own part of migration 6 (``{sqlite_only_6}``; nothing on PostgreSQL). These indexes
 # serve only the console's optional filters, ``(:x IS NULL OR column = :x)``: PostgreSQL plans
@@ -542,12 +591,12 @@ PORTABLE: dict[Q, str] = {
         UNION ALL
         SELECT 'clip', tags, NULL FROM clips WHERE task_seq = {_TASK_SEQ}
     """,
-    Q.INSERT_JOB: """
-        INSERT INTO jobs (key, handler, route, options, task_id, trigger, delivery_id, state,
-                          max_attempts, run_after, created_at, updated_at)
-        VALUES (:key, :handler, :route, :options, :task_id, :trigger, :delivery_id, 'queued',
-                :max_attempts, :at, :at, :at)
-        ON CONFLICT (key) DO NOTHING
+    Q.INSERT_JOB: f"""
+        INSERT INTO jobs (task_seq, key, handler, route, options, task_id, trigger,
+                          delivery_id, state, max_attempts, run_after, created_at, updated_at)
+        VALUES ({_TASK_SEQ}, :key, :handler, :route, :options, :task_id, :trigger,
+                :delivery_id, 'queued', :max_attempts, :at, :at, :at)
+        ON CONFLICT (task_seq, key) DO NOTHING
     """,
     Q.REGISTER_TASK: """
         INSERT INTO tasks (task_id, state, first_seen_at, updated_at, last_event_at, task_type,

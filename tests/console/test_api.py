@@ -163,6 +163,8 @@ async def dead_jobs(tmp_path: Path, clock: FakeClock, n: int, handler: str,
                      options={}, task_id="t-jobs", trigger="task.succeeded", delivery_id=None,
                      max_attempts=1) for i in range(n)]
     async with sqlite_store(tmp_path / "receiver.db", clock=clock) as store:
+        # a job belongs to a task
+        await store.register_task("t-jobs", task_type="create", now=clock.now())
         await store.write(lambda tx: RecordingTx(tx).insert_jobs(specs, at=clock.now()))
         claimed = await store.claim_jobs(owner="w", limit=n, now=clock.now(), lease_s=60)
         for job in claimed:
