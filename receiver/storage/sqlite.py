@@ -14,10 +14,10 @@ rules are in :mod:`receiver.storage.store`.
   file (a separate worker, a second web process) waits at most ``lock_timeout_s`` and then
   the batch fails with :class:`StoreError` (503) instead of queueing for ever.
 - Checkpoints: a PASSIVE one every quarter second on a connection of its own (no commit waits
-  for its copy and fsyncs), and, when it found the WAL past half of ``wal_limit_bytes`` under
-  continuous load, a short one by the writer between two batches, which copies the frames
-  left, so that the WAL starts over and stays bounded (``journal_size_limit`` then trims the
-  file).
+  for its copy and fsyncs), followed by an fdatasync of the database file, and, when it found
+  the WAL past half of ``wal_limit_bytes`` under continuous load, a short one by the writer
+  between two batches, which copies the frames left, so that the WAL starts over and stays
+  bounded (``journal_size_limit`` then trims the file).
 
 With ``synchronous=NORMAL`` (the default) a commit survives the process being killed at any
 point; ``full`` also survives power loss, at the price of an fsync per commit.
@@ -102,6 +102,7 @@ class SQLiteConnector:
         self._checkpointer: asyncio.Task[None] | None = None
         self._checkpoint_conn: aiosqlite.Connection | None = None
         self._restart_due = False  # set by the side checkpoint: see _bound_wal
+        self._sync_fd: int | None = None  # the database file, for fdatasync: see _sync_database
 
     def describe(self) -> str:
         return f"sqlite:{self.path}"
@@ -123,6 +124,7 @@ class SQLiteConnector:
             # unclosed connection whose thread outlives the event loop
             self._checkpoint_conn = await aiosqlite.connect(self.path, isolation_level=None)
             await self._checkpoint_conn.execute("PRAGMA busy_timeout = 100")
+            self._sync_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except (OSError, sqlite3.Error) as exc:
             await self.close()
             raise StoreError(f"cannot open database {self.path}: {exc}") from exc
@@ -172,6 +174,11 @@ class SQLiteConnector:
                 await self._on_writer(self._close_writer)
             executor, self._executor = self._executor, None
             executor.shutdown(wait=True)
+        if self._sync_fd is not None:
+            # Last, once no connection is open: closing any descriptor of the file drops every
+            # POSIX lock this process holds on it, SQLite's included.
+            fd, self._sync_fd = self._sync_fd, None
+            os.close(fd)
 
     def _close_writer(self) -> None:
         if self._raw is not None:
@@ -289,11 +296,12 @@ class SQLiteConnector:
         uses them). It does so right after the side checkpoints found the WAL past half its
         limit and caught up (:meth:`_checkpoint_loop` sets ``_restart_due``), when only the
         frames written since are left: at 1,000 deliveries/s on a fresh file, 17-23 ms twice a
-        second instead of 44-57 ms once a second at the limit (p99 47 -> 27-29 ms). On a file
-        of a few hundred MB this pass still takes 50-70 ms although it copies and syncs
-        nothing (strace: no write or fsync on the writer's thread; 10-15 ms of its CPU): not
-        understood yet, and what the half-load p99 now waits on. Past the limit (the side
-        checkpoints fell behind) it runs anyway. PASSIVE, not RESTART: RESTART also waits for
+        second instead of 44-57 ms once a second at the limit (p99 47 -> 27-29 ms). Being the
+        pass that completes, it is the one SQLite ends with an fdatasync of the database file,
+        which wrote every page the side passes had copied since the last restart (28-30 ms on
+        a 400 MB file, the half-load p99) until the side checkpoint synced the file itself
+        (:meth:`_sync_database`): 6-9 ms now, for the 100-170 frames left. Past the limit (the
+        side checkpoints fell behind) it runs anyway. PASSIVE, not RESTART: RESTART also waits for
         readers and for the side checkpoint, and stalled ingest longer (store alone, batches
         of 8: batch p99 75 vs 16 ms, WAL peak 58 vs 32 MiB)."""
         if self._restart_due or self._wal_size() > self.wal_limit_bytes:
@@ -370,6 +378,8 @@ class SQLiteConnector:
             await asyncio.sleep(self.checkpoint_every_s)
             with contextlib.suppress(sqlite3.Error):
                 frames, took = await checkpoint()
+                if frames > 0:
+                    await self._sync_database()
                 if frames * frame <= self.wal_limit_bytes // 2:
                     continue
                 # Passes again right away copy what was written during the last one; each is
@@ -379,6 +389,19 @@ class SQLiteConnector:
                         break
                     _, took = await checkpoint()
                 self._restart_due = True
+
+    async def _sync_database(self) -> None:
+        """fdatasync the database file after a side checkpoint copied pages into it. SQLite
+        syncs the file only when a checkpoint copies the whole WAL, which under load only the
+        writer's pass (:meth:`_bound_wal`) does: that one fdatasync then wrote every page the
+        side checkpoints had copied since the last restart, 28-30 ms on a 400 MB file (perf
+        trace), and ingest waited for it. Synced here, off the writer's way, what is left for
+        that pass is what the last catch-up copied. Any descriptor of the file syncs it."""
+        fd = self._sync_fd
+        if fd is not None:
+            # a failure here only leaves more to the writer's sync, which reports its own
+            with contextlib.suppress(OSError):
+                await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, fd)
 
 
 class _ThreadTx:
