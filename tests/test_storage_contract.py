@@ -19,6 +19,7 @@ from receiver.routing import HandlerRef, Route, Router
 from receiver.states import State
 from receiver.storage import Store, sqlite_store
 from receiver.storage.connector import Tx
+from receiver.storage.sqlite import SQLiteConnector
 from receiver.storage.statements import MIGRATIONS, Q
 from tests.backends import BACKENDS, backend_store, store
 from tests.support import callback, clip
@@ -311,6 +312,26 @@ async def test_an_old_sqlite_database_is_upgraded_in_place(tmp_path: Path) -> No
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert conn.execute("SELECT duplicates FROM deliveries").fetchone()[0] == 1
+
+
+async def test_opening_waits_for_another_process_migrating_the_file(tmp_path: Path) -> None:
+    """A migration can take a while on a big file (migration 7: 11 s for 100,000 tasks), and a
+    process started beside the one migrating waits for it, not just its lock timeout."""
+    path = tmp_path / "r.db"
+    async with sqlite_store(path):
+        pass
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # as a migration holds the file
+    release = asyncio.get_running_loop().call_later(0.8, other.execute, "COMMIT")
+    try:
+        began = asyncio.get_running_loop().time()
+        async with Store(SQLiteConnector(path, lock_timeout_s=0.1)) as store:
+            waited = asyncio.get_running_loop().time() - began
+            assert (await store.counts())["deliveries"] == 0
+    finally:
+        release.cancel()
+        other.close()
+    assert waited >= 0.7  # it waited for the lock, well past its 0.1 s lock timeout
 
 
 @pytest.mark.postgres

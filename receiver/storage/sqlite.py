@@ -46,6 +46,7 @@ from receiver.storage.statements import SQLITE_ONLY_6, Q
 T = TypeVar("T")
 SYNCHRONOUS = ("normal", "full")
 CHECKPOINT_EVERY_S = 0.25
+MIGRATION_WAIT_MS = 600_000  # how long opening waits for another process's migration
 CATCH_UP_PASSES = 4  # see _checkpoint_loop
 CATCH_UP_S = 0.015
 INLINE_MAX = 8  # batches up to this many units may run on the event loop (see the docstring)
@@ -151,6 +152,9 @@ class SQLiteConnector:
             raw.execute("PRAGMA foreign_keys = ON")
             raw.execute("PRAGMA wal_autocheckpoint = 0")  # see _checkpoint_loop
             raw.execute(f"PRAGMA journal_size_limit = {self.wal_limit_bytes}")
+            # Another process may be migrating the file: wait for it, however long it takes
+            # (migration 7 rebuilds four tables: 11 s for 100,000 tasks, a 610 MB file).
+            raw.execute(f"PRAGMA busy_timeout = {max(self._busy_ms, MIGRATION_WAIT_MS)}")
             _migrate(raw, self.path, DIALECT.migrations())
             raw.execute("PRAGMA busy_timeout = 0")  # the writer waits for the lock itself
         except BaseException:
@@ -401,7 +405,8 @@ class SQLiteConnector:
         if fd is not None:
             # a failure here only leaves more to the writer's sync, which reports its own
             with contextlib.suppress(OSError):
-                await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, fd)
+                sync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+                await asyncio.get_running_loop().run_in_executor(None, sync, fd)
 
 
 class _ThreadTx:
