@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from receiver.models import ChildState, ChildTask, JobFilter, Outcome, Result, S
 from receiver.routing import HandlerRef, Route, Router
 from receiver.states import State
 from receiver.storage import Store, sqlite_store
-from receiver.storage.connector import Tx
+from receiver.storage.connector import Tx, Unit, Work
 from receiver.storage.sqlite import SQLiteConnector
 from receiver.storage.statements import MIGRATIONS, Q
 from tests.backends import BACKENDS, backend_store, store
@@ -332,6 +333,55 @@ async def test_opening_waits_for_another_process_migrating_the_file(tmp_path: Pa
         release.cancel()
         other.close()
     assert waited >= 0.7  # it waited for the lock, well past its 0.1 s lock timeout
+
+
+async def test_recording_names_the_task_it_will_lock(tmp_path: Path) -> None:
+    """What the batch's task locks are taken from: a delivery whose body names its task says
+    so; one named only by its clips' ids is found (and locked) inside its unit."""
+    async with sqlite_store(tmp_path / "r.db") as store:
+        seen: list[tuple[str, ...]] = []
+        write = store.connector.write
+
+        async def spy(units: Sequence[Unit]) -> None:
+            seen.extend(unit.locks for unit in units)
+            await write(units)
+
+        store.connector.write = spy  # type: ignore[method-assign]
+        await store.record_delivery(delivery("d1", COMPLETED))
+        await store.record_delivery(delivery("d2", callback(None, [clip("a", "succeeded")])))
+    assert seen == [("t-1",), ()]
+
+
+@pytest.mark.postgres
+async def test_two_postgresql_batches_locking_the_same_tasks_in_opposite_orders_do_not_deadlock(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Two processes' batches each record two tasks, in opposite orders, and each unit holds
+    its task a while before the next unit locks the other. Taken unit by unit, the locks
+    deadlock: PostgreSQL aborts one batch after deadlock_timeout and its units run again one
+    by one (a delivery whose unit fails then gets a 503). A batch takes all its task locks
+    first, in one order: the second batch waits for the first, and every unit runs once."""
+    runs: list[str] = []
+
+    def unit(name: str, task: str) -> Work[None]:
+        async def work(tx: Tx) -> None:
+            runs.append(name)
+            await tx.one(Q.LOCK_TASK, {"task_id": task})
+            # A unit runs on the writer's own thread and must not suspend (see drive()): it
+            # blocks, and meanwhile the other process's batch takes its first lock.
+            time.sleep(0.3)  # noqa: ASYNC251
+
+        return work
+
+    async with backend_store("postgresql", request, tmp_path) as one, \
+            backend_store("postgresql", request, tmp_path) as two:
+        await asyncio.gather(
+            one.write(unit("1a", "t-a"), locks=("t-a",)),
+            one.write(unit("1b", "t-b"), locks=("t-b",)),
+            two.write(unit("2b", "t-b"), locks=("t-b",)),
+            two.write(unit("2a", "t-a"), locks=("t-a",)),
+        )
+    assert sorted(runs) == ["1a", "1b", "2a", "2b"]
 
 
 @pytest.mark.postgres

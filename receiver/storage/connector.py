@@ -102,6 +102,10 @@ class Unit:
 
     work: Work[Any]
     keep: bool = True  # False: run, then roll back its savepoint (a preview)
+    # The tasks its work will lock (Q.LOCK_TASK), when known beforehand. A backend whose
+    # batches can run beside another process's takes a whole batch's task locks first, in one
+    # order, so that two batches locking the same tasks in opposite orders cannot deadlock.
+    locks: tuple[str, ...] = ()
     result: Any = None
     error: BaseException | None = None
 

@@ -183,6 +183,14 @@ class PostgresConnector:
         conn = self._connect_writer()
         with conn.pipeline() as pipeline, conn.transaction():
             tx = _WriterTx(conn, pipeline, self._sql)
+            tasks = sorted({task for unit in units for task in unit.locks})
+            if len(units) > 1 and tasks:
+                # Every task lock of the batch first, in the order of their keys, outside any
+                # savepoint (a rolled-back one would release them): two processes' batches
+                # that lock the same tasks then wait for each other instead of deadlocking
+                # (the victim's deliveries got a 503 after deadlock_timeout). A unit's own
+                # lock later is taken again, which a holder passes.
+                conn.execute(_LOCK_TASKS, (TASK_LOCK_CLASS, tasks))
             if len(units) == 1:
                 _run_unit(conn, tx, units[0], savepoint=False)
             elif not (all(u.keep for u in units) and _all_at_once(conn, tx, units)):
@@ -218,6 +226,13 @@ class PostgresConnector:
 
     async def check_space(self) -> None:
         """The server refuses a write when its disk is full: the probe write tells."""
+
+
+_LOCK_TASKS = """
+    SELECT pg_advisory_xact_lock(%s, key)
+    FROM (SELECT DISTINCT hashtext(task) AS key FROM unnest(CAST(%s AS text[])) AS task
+          ORDER BY key) AS keys
+"""
 
 
 def _all_at_once(conn: psycopg.Connection[Any], tx: _WriterTx, units: Sequence[Unit]) -> bool:

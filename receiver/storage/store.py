@@ -97,12 +97,15 @@ class Store(AdminQueries):
 
     # -- group commit ------------------------------------------------------------------------
 
-    async def write(self, work: Work[T], *, keep: bool = True) -> T:
+    async def write(
+        self, work: Work[T], *, keep: bool = True, locks: tuple[str, ...] = ()
+    ) -> T:
         """Run ``work`` in a transaction shared with the writes queued beside it (its own
         savepoint), and return once that transaction committed (or, not ``keep``, once its
-        savepoint was rolled back: a preview)."""
+        savepoint was rolled back: a preview). ``locks``: the tasks ``work`` will lock, when
+        known (see :class:`receiver.storage.connector.Unit`)."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((Unit(work=work, keep=keep), future))
+        self._queue.append((Unit(work=work, keep=keep, locks=locks), future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="store-writer")
         return await future
@@ -147,13 +150,15 @@ class Store(AdminQueries):
     ) -> RecordResult:
         """Record one verified delivery and the jobs ``router`` plans for it, atomically (see
         :mod:`receiver.recording`)."""
-        return await self.write(lambda tx: _record(tx, delivery, router))
+        return await self.write(lambda tx: _record(tx, delivery, router),
+                                locks=_task_locks(delivery))
 
     async def preview_delivery(
         self, delivery: Delivery, *, router: Router | None = None
     ) -> RecordResult:
         """What :meth:`record_delivery` would do, with nothing written (rolled back)."""
-        return await self.write(lambda tx: _record(tx, delivery, router), keep=False)
+        return await self.write(lambda tx: _record(tx, delivery, router), keep=False,
+                                locks=_task_locks(delivery))
 
     async def rerecord_quarantined(
         self, delivery: Delivery, *, router: Router | None = None, preview: bool = False
@@ -165,7 +170,7 @@ class Store(AdminQueries):
             await tx.run(Q.DELETE_QUARANTINED, {"delivery_id": delivery.delivery_id})
             return await _record(tx, delivery, router)
 
-        return await self.write(work, keep=not preview)
+        return await self.write(work, keep=not preview, locks=_task_locks(delivery))
 
     async def check_writable(self) -> None:
         """Raise :class:`StoreError` unless a delivery can be committed now."""
@@ -520,6 +525,13 @@ class Store(AdminQueries):
 
 
 # -- the units of work of recording ------------------------------------------------------------
+
+
+def _task_locks(delivery: Delivery) -> tuple[str, ...]:
+    """The task recording ``delivery`` will lock, when its body names it (one named only by
+    its clips' ids is found, and locked, inside the unit)."""
+    callback = delivery.callback
+    return (callback.task_id,) if callback is not None and callback.task_id else ()
 
 
 async def _record(tx: Tx, delivery: Delivery, router: Router | None) -> RecordResult:
