@@ -14,7 +14,6 @@ from receiver.models import JobFilter, Outcome
 from receiver.routing import HandlerRef, Route, Router
 from receiver.states import State
 from receiver.storage import sqlite
-from receiver.storage.statements import MIGRATIONS
 from tests.backends import BACKENDS, backend_store
 from tests.support import callback, clip
 from tests.test_store import delivery
@@ -82,7 +81,6 @@ def _version_6_postgres(dsn: str) -> None:
 async def test_a_version_6_database_keeps_its_rows_and_takes_writes_by_task_number(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    assert len(MIGRATIONS) >= 7
     if kind == "sqlite":
         _version_6_sqlite(tmp_path / "store.db")
     else:

@@ -262,7 +262,8 @@ async def test_side_checkpoints_sync_the_database_file_themselves(
     """SQLite syncs the database file only at the end of a checkpoint that copies the whole
     WAL: under load, the writer's restart pass, which then had to write out every page the
     side checkpoints had copied (28-30 ms on a 400 MB file) while ingest waited. The side
-    checkpoint syncs the file itself after each pass that found frames."""
+    checkpoint syncs the file itself after each pass that copied frames, and an idle file is
+    left alone."""
     path = tmp_path / "r.db"
     synced: list[int] = []
     real = os.fdatasync
@@ -282,6 +283,10 @@ async def test_side_checkpoints_sync_the_database_file_themselves(
                 break
             await asyncio.sleep(0.02)
         assert path.stat().st_ino in synced
+        await asyncio.sleep(0.3)  # some fifteen passes: the last frames copied, and synced
+        idle = len(synced)
+        await asyncio.sleep(0.3)  # nothing written meanwhile: nothing to sync
+        assert len(synced) == idle
         fd = connector._sync_fd
         assert fd is not None
     with pytest.raises(OSError, match="Bad file descriptor"):  # closed with the store, last

@@ -144,7 +144,9 @@ class SQLiteConnector:
         raw = sqlite3.connect(self.path, isolation_level=None, cached_statements=256,
                               check_same_thread=False)
         try:
-            raw.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            # Another process may be migrating the file: wait for it, however long it takes
+            # (migration 7 rebuilds four tables: 11 s for 100,000 tasks, a 610 MB file).
+            raw.execute(f"PRAGMA busy_timeout = {max(self._busy_ms, MIGRATION_WAIT_MS)}")
             # Only a new file takes it (before WAL mode and the first table); see PAGE_SIZE.
             raw.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             raw.execute("PRAGMA journal_mode = WAL")
@@ -152,9 +154,6 @@ class SQLiteConnector:
             raw.execute("PRAGMA foreign_keys = ON")
             raw.execute("PRAGMA wal_autocheckpoint = 0")  # see _checkpoint_loop
             raw.execute(f"PRAGMA journal_size_limit = {self.wal_limit_bytes}")
-            # Another process may be migrating the file: wait for it, however long it takes
-            # (migration 7 rebuilds four tables: 11 s for 100,000 tasks, a 610 MB file).
-            raw.execute(f"PRAGMA busy_timeout = {max(self._busy_ms, MIGRATION_WAIT_MS)}")
             _migrate(raw, self.path, DIALECT.migrations())
             raw.execute("PRAGMA busy_timeout = 0")  # the writer waits for the lock itself
         except BaseException:
@@ -371,19 +370,21 @@ class SQLiteConnector:
         frame = int(next(iter(await conn.execute_fetchall("PRAGMA page_size")))[0]) + 24
         loop = asyncio.get_running_loop()
 
-        async def checkpoint() -> tuple[int, float]:
-            """The frames the WAL held when the pass began (-1: not in WAL mode), and how long
-            the pass took."""
+        async def checkpoint() -> tuple[int, int, float]:
+            """The frames the WAL held when the pass began (-1: not in WAL mode), how many of
+            them are in the database now, and how long the pass took."""
             began = loop.time()
             rows = list(await conn.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)"))
-            return int(rows[0][1]), loop.time() - began
+            return int(rows[0][1]), int(rows[0][2]), loop.time() - began
 
+        synced = (0, 0)  # the WAL's frames and those in the database at the last sync
         while True:
             await asyncio.sleep(self.checkpoint_every_s)
             with contextlib.suppress(sqlite3.Error):
-                frames, took = await checkpoint()
-                if frames > 0:
+                frames, copied, took = await checkpoint()
+                if copied > 0 and (frames, copied) != synced:  # an idle file is not synced
                     await self._sync_database()
+                    synced = (frames, copied)
                 if frames * frame <= self.wal_limit_bytes // 2:
                     continue
                 # Passes again right away copy what was written during the last one; each is
@@ -391,7 +392,7 @@ class SQLiteConnector:
                 for _ in range(CATCH_UP_PASSES):
                     if took < CATCH_UP_S:
                         break
-                    _, took = await checkpoint()
+                    _, _, took = await checkpoint()
                 self._restart_due = True
 
     async def _sync_database(self) -> None:

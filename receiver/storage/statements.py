@@ -238,16 +238,18 @@ MIGRATIONS: tuple[str, ...] = (
     {sqlite_only_6}
     """,
     # 7: a task's clips, transitions and jobs are keyed by the task's number (tasks.seq, in
-    # the order tasks were first seen), not by its id. Task ids are random (UUIDs), so every index
-    # that led with task_id took each new task's entries at a random leaf: a page (KiB) each
+    # the order tasks were first seen), not by its id. Task ids are random (UUIDs), so every
+    # index that led with task_id took each new task's entries at a random leaf: a page each
     # written to the WAL and again at checkpoint, and a leaf split every few inserts. Led by
     # the number, a new task's entries go to the end of the index, next to the ones the same
     # commit writes. Measured on the store alone (20,000 tasks, 2,000 more, 8 callers), the
     # (task_id, clip_id) and (task_id, entity, entity_id, to_state) keys were 7.7 of the 24.9
     # pages a delivery wrote to the WAL, and jobs' key (which starts with the task's id) 2.2
     # more. task_id stays in those tables, as a plain column.
-    # The tables are built anew (SQLite cannot change a key in place): children first, so
-    # that the old tasks table is dropped with nothing referring to it.
+    # The tables are built anew (SQLite cannot change a key in place), and the old ones
+    # dropped children first, so that the old tasks table goes with nothing referring to it.
+    # (The new tables repeat migrations 1-3's columns: a rebuild spells its table out, and a
+    # migration that has shipped is never edited.)
     """
     CREATE TABLE tasks_new (
         seq               {id},
@@ -507,7 +509,7 @@ def _any(column: str, param: str, cast: str = _TEXT, op: str = "=") -> str:
     return f"({cast.format(param)} IS NULL OR {column} {op} :{param})"
 
 
-# A task's number (tasks.seq), which its clips and transitions are keyed by (migration 7).
+# A task's number (tasks.seq), which its clips, transitions and jobs are keyed by (migration 7).
 _TASK_SEQ = "(SELECT seq FROM tasks WHERE task_id = :task_id)"
 
 _JOB_FILTER = " AND ".join((
