@@ -1,7 +1,7 @@
 """sonic-receiver: a verified, durable webhook receiver for the Sonic music API.
 
 The path of an event: :mod:`receiver.webhook` (read, verify, parse) → :mod:`receiver.recording`
-(one transaction through a :class:`receiver.storage.Store`) → the answer.
+(one transaction, :mod:`receiver.storage`) → the answer.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ASGI app: ``create_app(settings, *, store=None, clock=None, http=None)``.
+"""The ASGI app: ``create_app(settings, *, storage=None, clock=None, http=None)``.
 
 Every I/O edge comes in through the factory: what is not passed is built (and closed) by the
 app's lifespan, what is passed belongs to the caller. Nothing happens at import.
@@ -17,8 +17,8 @@ router (:class:`ReceiverApp`): the webhook is the route that takes load.
 
 Handlers are loaded and routes checked here, in the factory, so that a route naming an unknown
 handler stops start-up before the server binds. With ``RECEIVER_WORKER=inprocess`` (the
-default) the lifespan runs a :class:`receiver.worker.Worker`, woken by every delivery that
-records jobs.
+default) the lifespan runs a :class:`receiver.worker.Worker`, woken by every commit that
+queues jobs.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ from receiver.runtime import Runtime, open_runtime
 from receiver.settings import Settings
 from receiver.signatures import Verifier
 from receiver.sonic.client import SonicClient
-from receiver.storage import Store
+from receiver.storage.admin import Admin
+from receiver.storage.roles import Storage
 from receiver.webhook import WebhookEndpoint, read_body
 
 log = structlog.get_logger("receiver.app")
@@ -63,13 +64,13 @@ log = structlog.get_logger("receiver.app")
 def create_app(
     settings: Settings,
     *,
-    store: Store | None = None,
+    storage: Storage | None = None,
     clock: Clock | None = None,
     http: httpx.AsyncClient | None = None,
     registry: Registry | None = None,
     sonic: SonicClient | None = None,
 ) -> Starlette:
-    """The receiver as an ASGI app. ``store``, ``http`` and ``sonic``, when given, must be open
+    """The receiver as an ASGI app. ``storage``, ``http`` and ``sonic``, when given, must be open
     and are not closed by the app; ``registry`` defaults to every installed handler."""
     clock = clock or SystemClock()
     router = Router(routes_from_config(settings.config), policy=settings.retry)
@@ -99,35 +100,35 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         nonlocal runtime
         async with open_runtime(
-            settings, store=store, clock=clock, http=http, router=router, registry=registry,
+            settings, storage=storage, clock=clock, http=http, router=router, registry=registry,
             sonic=sonic,
         ) as opened:
             runtime = app.state.runtime = opened
             worker_task: asyncio.Task[None] | None = None
             background: list[asyncio.Task[None]] = []
             if settings.worker == "inprocess":
-                # In-process the worker is woken by each delivery; the poll only catches jobs
+                # In-process the worker is woken by each commit; the poll only catches jobs
                 # written by others (replay, a second process) and due retries.
-                opened.worker = opened.make_worker(poll_s=max(1.0, settings.worker_poll_s))
-                worker_task = asyncio.create_task(opened.worker.run(), name="worker")
+                worker = opened.make_worker(poll_s=max(1.0, settings.worker_poll_s))
+                worker_task = asyncio.create_task(worker.run(), name="worker")
             if settings.reconcile_every_s is not None and opened.sonic is None:
                 log.warning("reconcile_disabled", reason="no Sonic client configured")
             if settings.reconcile_every_s is not None and opened.sonic is not None:
                 background.append(asyncio.create_task(reconcile_every(
                     settings.reconcile_every_s, settings.reconcile_stale_s,
-                    store=opened.store, sonic=opened.sonic, router=router, clock=clock,
-                    on_jobs=opened.worker.wake if opened.worker else None,
+                    admin=opened.storage.admin, ingest=opened.storage.ingest,
+                    sonic=opened.sonic, router=router, clock=clock,
                 ), name="reconcile"))
             if settings.retention_s is not None:
                 background.append(asyncio.create_task(prune_every(
-                    settings.retention_every_s, store=opened.store, clock=clock,
+                    settings.retention_every_s, admin=opened.storage.admin, clock=clock,
                     older_than_s=settings.retention_s,
                     keep_ids_s=settings.retention_keep_ids_s,
                 ), name="retention"))
-            endpoint.open(opened.store, on_jobs=opened.worker.wake if opened.worker else None)
+            endpoint.open(opened.storage.ingest)
             log.info(
                 "receiver_started",
-                db=opened.store.describe(),
+                db=opened.storage.describe(),
                 schemes=[s.value for s in settings.schemes],
                 verify=verifier is not None,
                 worker=settings.worker,
@@ -148,7 +149,7 @@ def create_app(
 
     async def get_file(request: Request) -> Response:
         p = request.path_params
-        found = next((f for f in await current().store.list_files(p["task_id"])
+        found = next((f for f in await current().storage.admin.list_files(p["task_id"])
                       if f.clip_id == p["clip_id"] and f.kind == p["kind"]), None)
         if found is None:
             return JSONResponse({"error": "file_not_found"}, 404)
@@ -166,7 +167,7 @@ def create_app(
 
     async def readyz(request: Request) -> JSONResponse:
         try:
-            await current().store.check_writable()
+            await current().storage.ingest.check_writable()
         except (StoreError, RuntimeError) as exc:
             log.warning("not_ready", error=str(exc))
             return JSONResponse({"status": "unavailable", "error": "store_unavailable"}, 503)
@@ -225,7 +226,7 @@ class ReceiverApp(Starlette):
 
 
 async def prune_every(
-    every_s: float, *, store: Store, clock: Clock, older_than_s: float, keep_ids_s: float
+    every_s: float, *, admin: Admin, clock: Clock, older_than_s: float, keep_ids_s: float
 ) -> None:
     """The retention policy on a schedule (``[retention]``); a failed round is logged."""
     owner = turn_owner()
@@ -233,8 +234,8 @@ async def prune_every(
         await clock.sleep(every_s)
         try:
             # several web processes run this schedule: one of them prunes each round
-            if await store.take_turn("prune", owner=owner, hold_s=every_s * 0.9):
-                await store.prune(older_than_s=older_than_s, keep_ids_s=keep_ids_s)
+            if await admin.take_turn("prune", owner=owner, hold_s=every_s * 0.9):
+                await admin.prune(older_than_s=older_than_s, keep_ids_s=keep_ids_s)
         except StoreError as exc:
             log.error("prune_failed", error=exc.message)
 

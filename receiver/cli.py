@@ -180,10 +180,10 @@ def _check_database(loaded: Settings) -> None:
     cannot be opened stops start-up with one line, not once per child."""
     import asyncio
 
-    from receiver.storage import store_for
+    from receiver.storage.roles import storage_for
 
     async def run() -> None:
-        async with store_for(loaded):
+        async with storage_for(loaded):
             pass
 
     asyncio.run(run())
@@ -253,13 +253,13 @@ def _worker(args: argparse.Namespace) -> int:
 def _migrate(args: argparse.Namespace) -> int:
     import asyncio
 
-    from receiver.storage import store_for
+    from receiver.storage.roles import storage_for
 
     loaded = _load(args, insecure_no_verify=True)
 
     async def run() -> str:
-        async with store_for(loaded) as store:
-            return store.describe()
+        async with storage_for(loaded) as storage:
+            return storage.describe()
 
     print(f"sonic-receiver: schema up to date: {asyncio.run(run())}")
     return 0
@@ -271,7 +271,7 @@ def _prune(args: argparse.Namespace) -> int:
     import json
 
     from receiver.settings import parse_duration
-    from receiver.storage import store_for
+    from receiver.storage.roles import storage_for
 
     loaded = _load(args, insecure_no_verify=True)
     older = parse_duration("--older-than", args.older_than)
@@ -280,8 +280,8 @@ def _prune(args: argparse.Namespace) -> int:
         raise SettingsError("--keep-ids must be at least --older-than")
 
     async def run() -> dict[str, object]:
-        async with store_for(loaded) as store:
-            report = await store.prune(older_than_s=older, keep_ids_s=keep,
+        async with storage_for(loaded) as storage:
+            report = await storage.admin.prune(older_than_s=older, keep_ids_s=keep,
                                        dry_run=args.dry_run)
             return dataclasses.asdict(report)
 

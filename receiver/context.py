@@ -25,7 +25,7 @@ from receiver.models import ChildState, ChildTask, Result, StoredFile, TaskView
 from receiver.routing import Router
 from receiver.settings import Settings
 from receiver.sonic.client import SonicClient
-from receiver.storage.roles import HandlerOutput
+from receiver.storage.tasks import HandlerOutput
 
 
 @dataclass(frozen=True, kw_only=True)

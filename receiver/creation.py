@@ -63,10 +63,9 @@ async def create_task(runtime: Runtime, body: bytes) -> JSONResponse:
     except SonicError as exc:
         return _error(502, "upstream_error", exc.message)
     task_type = str(request.task_type)
-    await runtime.store.register_task(created.task_id, task_type=task_type,
-                                      now=runtime.clock.now(), router=runtime.router)
-    if runtime.worker is not None:
-        runtime.worker.wake()  # its webhook may have come first: catch-up jobs
+    # its webhook may have come first: registering writes the jobs it owes
+    await runtime.storage.ingest.register_task(created.task_id, task_type=task_type,
+                                               now=runtime.clock.now(), router=runtime.router)
     log.info("task_created", task_id=created.task_id, task_type=task_type)
     return JSONResponse({"task_id": created.task_id, "task_type": task_type}, 201)
 

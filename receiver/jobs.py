@@ -27,6 +27,16 @@ class JobState(StrEnum):
     DEAD = "dead"
 
 
+class AttemptOutcome(StrEnum):
+    """How one run of a job ended (its row in the job's attempt log)."""
+
+    DONE = "done"
+    RETRY = "retry"  # failed, retried after a backoff; the attempt counts
+    LATER = "later"  # postponed by the handler; the attempt does not count
+    DEAD = "dead"
+    RELEASED = "released"  # handed back by a worker that stopped
+
+
 CLAIMABLE = frozenset({JobState.QUEUED, JobState.RETRYING})
 FINISHED = frozenset({JobState.DONE, JobState.DEAD})
 

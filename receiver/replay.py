@@ -45,7 +45,8 @@ from receiver.routing import Router
 from receiver.signatures import Scheme, header_bytes, header_text, sign
 from receiver.sonic.client import SonicClient
 from receiver.sonic.errors import SonicError, TaskNotFound
-from receiver.storage.roles import Admin, Ingest
+from receiver.storage.admin import Admin
+from receiver.storage.ingest import Ingest
 
 log = structlog.get_logger("receiver.replay")
 
@@ -142,7 +143,6 @@ async def reconcile(
     rate_per_s: float = 20.0,
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
-    on_jobs: Callable[[], None] | None = None,
 ) -> Summary:
     """Poll each task and record what it says, as :mod:`receiver.recording` does for a
     webhook. With ``dry_run``, nothing is written: the summary says what would be."""
@@ -159,8 +159,6 @@ async def reconcile(
         record = store.preview_delivery if dry_run else store.record_delivery
         result = await record(delivery, router=router)
         _count(summary, result)
-        if result.jobs and on_jobs is not None and not dry_run:
-            on_jobs()
 
     async def worker() -> None:
         while True:
@@ -190,11 +188,11 @@ async def reconcile_every(
     every_s: float,
     stale_s: float,
     *,
-    store: Admin,
+    admin: Admin,
+    ingest: Ingest,
     sonic: SonicClient,
     router: Router | None,
     clock: Clock,
-    on_jobs: Callable[[], None] | None = None,
 ) -> None:
     """The server's own reconciliation: every ``every_s``, poll the tasks whose last event
     is older than ``stale_s``. Runs until cancelled; a failed round is logged, not fatal."""
@@ -203,13 +201,13 @@ async def reconcile_every(
         await clock.sleep(every_s)
         try:
             # several web processes run this schedule: one of them polls each round
-            if not await store.take_turn("reconcile", owner=owner, hold_s=every_s * 0.9):
+            if not await admin.take_turn("reconcile", owner=owner, hold_s=every_s * 0.9):
                 continue
-            ids = await store.tasks_to_reconcile(stale_before=clock.now() - stale_s)
+            ids = await admin.tasks_to_reconcile(stale_before=clock.now() - stale_s)
             if not ids:
                 continue
-            summary = await reconcile(ids, store=store, sonic=sonic, router=router,
-                                      clock=clock, on_jobs=on_jobs)
+            summary = await reconcile(ids, store=ingest, sonic=sonic, router=router,
+                                      clock=clock)
             log.info("reconcile_round", selected=summary.selected, **summary.counts)
         except ReceiverError as exc:
             log.error("reconcile_round_failed", error=exc.message)
@@ -240,6 +238,7 @@ def read_task_ids(args: Iterable[str], files: Iterable[Path]) -> list[str]:
 async def redispatch(
     *,
     store: Admin,
+    ingest: Ingest,
     router: Router | None,
     clock: Clock,
     where: JobFilter,
@@ -254,7 +253,7 @@ async def redispatch(
                                           task_id=where.task_id, outcome=Outcome.QUARANTINED)
         summary.selected = len(raws)
         for raw in raws:
-            result = await store.rerecord_quarantined(replayed(raw), router=router,
+            result = await ingest.rerecord_quarantined(replayed(raw), router=router,
                                                       preview=dry_run)
             _count(summary, result)
         return summary
@@ -303,7 +302,7 @@ async def resend(
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> Summary:
-    """POST each of ``raws`` (chosen with :meth:`~receiver.storage.roles.Admin.raw_deliveries`)
+    """POST each of ``raws`` (chosen with :meth:`~receiver.storage.admin.Admin.raw_deliveries`)
     to ``url``."""
     summary = Summary(command="resend", dry_run=dry_run, selected=len(raws))
     if dry_run:
@@ -440,17 +439,19 @@ def main(argv: list[str]) -> int:
 async def _run(args: argparse.Namespace, loaded: Any) -> Summary:
     from receiver.registry import load_registry
     from receiver.routing import routes_from_config
-    from receiver.storage import store_for
+    from receiver.storage.roles import storage_for
 
     clock = SystemClock()
     router = Router(routes_from_config(loaded.config), policy=loaded.retry)
     load_registry(loaded.config).check(router.handler_names)
     if loaded.db_url is None and not loaded.db_path.exists():
         raise SettingsError(f"database {loaded.db_path} does not exist")
-    async with store_for(loaded, clock=clock) as store:
+    async with storage_for(loaded, clock=clock) as storage:
+        store = storage.admin
         if args.command == "redispatch":
             return await redispatch(
-                store=store, router=router, clock=clock, dry_run=args.dry_run,
+                store=store, ingest=storage.ingest, router=router, clock=clock,
+                dry_run=args.dry_run,
                 where=JobFilter(handler=args.handler, task_id=args.task_id,
                                 since=None if args.deliveries else args.since,
                                 until=None if args.deliveries else args.until),
@@ -481,7 +482,7 @@ async def _run(args: argparse.Namespace, loaded: Any) -> Summary:
                     since=args.since)
             ids = list(dict.fromkeys(ids))
             return await _with_progress(len(ids), lambda progress: reconcile(
-                ids, store=store, sonic=sonic, router=router, clock=clock,
+                ids, store=storage.ingest, sonic=sonic, router=router, clock=clock,
                 concurrency=args.concurrency, rate_per_s=args.rate, dry_run=args.dry_run,
                 progress=progress))
 

@@ -1,6 +1,7 @@
-"""The runtime: the open I/O edges (store, HTTP client, Sonic client) with the router and the
+"""The runtime: the open I/O edges (storage, HTTP client, Sonic client) with the router and the
 handler registry, shared by the web app's lifespan and the ``worker`` command. What is passed
-in belongs to the caller; what is built here is closed here."""
+in belongs to the caller; what is built here is closed here. A worker made here is woken by
+every commit of this process that queues jobs."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from receiver.registry import Registry
 from receiver.routing import Router
 from receiver.settings import Settings
 from receiver.sonic.client import SonicClient
-from receiver.storage import Store, store_for
+from receiver.storage.roles import Storage, storage_for
 from receiver.worker import Worker
 
 
@@ -27,7 +28,7 @@ class Runtime:
     """What a running receiver holds."""
 
     settings: Settings
-    store: Store
+    storage: Storage
     clock: Clock
     http: httpx.AsyncClient
     router: Router
@@ -39,17 +40,23 @@ class Runtime:
         """The context a job's handler runs with."""
         return HandlerContext(
             options=job.options, http=self.http, sonic=self.sonic, settings=self.settings,
-            clock=self.clock, log=structlog.get_logger("receiver.handler"), store=self.store,
+            clock=self.clock, log=structlog.get_logger("receiver.handler"),
+            store=self.storage.outputs,
             router=self.router, job=job,
         )
 
     def make_worker(self, *, poll_s: float, listen: bool = False) -> Worker:
-        return Worker(
-            store=self.store, registry=self.registry, contexts=self.context_for,
+        """This process's worker (``self.worker``), woken by this process's commits that
+        queue jobs; ``listen``: also by other processes' (a worker process of its own)."""
+        worker = Worker(
+            queue=self.storage.jobs, registry=self.registry, contexts=self.context_for,
             clock=self.clock, policy=self.settings.retry,
             concurrency=self.settings.worker_concurrency, lease_s=self.settings.worker_lease_s,
             poll_s=poll_s, listen=listen,
         )
+        self.storage.db.on_jobs(worker.wake)
+        self.worker = worker
+        return worker
 
 
 @contextlib.asynccontextmanager
@@ -59,18 +66,18 @@ async def open_runtime(
     clock: Clock,
     router: Router,
     registry: Registry,
-    store: Store | None = None,
+    storage: Storage | None = None,
     http: httpx.AsyncClient | None = None,
     sonic: SonicClient | None = None,
 ) -> AsyncIterator[Runtime]:
     async with contextlib.AsyncExitStack() as stack:
-        if store is None:
-            store = await stack.enter_async_context(store_for(settings, clock=clock))
+        if storage is None:
+            storage = await stack.enter_async_context(storage_for(settings, clock=clock))
         if http is None:
             http = await stack.enter_async_context(
                 httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
             )
         if sonic is None and settings.sonic_api_base_url and settings.sonic_api_key:
             sonic = SonicClient(settings.sonic_api_base_url, settings.sonic_api_key, http=http)
-        yield Runtime(settings=settings, store=store, clock=clock, http=http, router=router,
-                      registry=registry, sonic=sonic)
+        yield Runtime(settings=settings, storage=storage, clock=clock, http=http,
+                      router=router, registry=registry, sonic=sonic)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -37,7 +37,7 @@ from receiver.models import Delivery, Outcome, RecordResult, Source
 from receiver.payloads import try_parse
 from receiver.routing import Router
 from receiver.signatures import SIGNATURE_HEADERS, Scheme, Verified, Verifier
-from receiver.storage.roles import Ingest
+from receiver.storage.ingest import Ingest
 
 log = structlog.get_logger("receiver.webhook")
 
@@ -148,20 +148,18 @@ class WebhookEndpoint:
         max_body_bytes: int,
         router: Router | None = None,
         store: Ingest | None = None,
-        on_jobs: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.verifier = verifier
         self.clock = clock
         self.max_body_bytes = max_body_bytes
         self.router = router
-        self.on_jobs = on_jobs
 
-    def open(self, store: Ingest, *, on_jobs: Callable[[], None] | None = None) -> None:
-        self.store, self.on_jobs = store, on_jobs
+    def open(self, store: Ingest) -> None:
+        self.store = store
 
     def close(self) -> None:
-        self.store, self.on_jobs = None, None
+        self.store = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
@@ -213,8 +211,6 @@ class WebhookEndpoint:
             return 503, {"error": "store_unavailable"}
         except Exception as exc:  # a bug must cost a retry, never the delivery
             return 503, await self._keep_aside(store, delivery, exc, where)
-        if result.jobs and self.on_jobs is not None:
-            self.on_jobs()
         return answer(result, event=delivery.event, scheme=delivery.scheme, where=where)
 
     async def _keep_aside(self, store: Ingest, delivery: Delivery, exc: Exception,

@@ -30,7 +30,7 @@ from receiver.errors import StoreError
 from receiver.jobs import DEFAULT_CONCURRENCY, Job, PermanentError, RetryLater, RetryPolicy
 from receiver.redact import scrub_text
 from receiver.registry import Registry
-from receiver.storage.roles import JobQueue
+from receiver.storage.queue import JobQueue
 
 log = structlog.get_logger("receiver.worker")
 
@@ -39,12 +39,12 @@ _MAX_ERROR = 2000
 
 
 class Worker:
-    """Runs jobs from ``store`` with the handlers of ``registry``."""
+    """Runs jobs from ``queue`` with the handlers of ``registry``."""
 
     def __init__(
         self,
         *,
-        store: JobQueue,
+        queue: JobQueue,
         registry: Registry,
         contexts: ContextFactory,
         clock: Clock,
@@ -56,7 +56,7 @@ class Worker:
         listen: bool = False,
         rng: random.Random | None = None,
     ) -> None:
-        self.store = store
+        self.queue = queue
         self.registry = registry
         self.contexts = contexts
         self.clock = clock
@@ -86,7 +86,7 @@ class Worker:
     async def run_once(self) -> int:
         """Claim what is due now and run it to the end; returns how many jobs ran. (Tests drive
         the worker this way, moving an injected clock between calls.)"""
-        jobs = await self.store.claim_jobs(
+        jobs = await self.queue.claim_jobs(
             owner=self.owner, limit=self.concurrency, now=self.clock.now(), lease_s=self.lease_s
         )
         await asyncio.gather(*(self._run(job) for job in jobs))
@@ -99,7 +99,7 @@ class Worker:
             # Listen before the first look for jobs: what is committed after that look wakes
             # the first wait (PostgreSQL's LISTEN starts hearing only once it is issued).
             try:
-                await self.store.wait_for_jobs(0.0)
+                await self.queue.wait_for_jobs(0.0)
             except Exception as exc:  # no listener yet: the first wait tries again
                 log.error("wait_failed", error=str(exc))
         self._looping = True
@@ -138,7 +138,7 @@ class Worker:
         renewed), unless this is the ``last`` one."""
         done, self._done = self._done, []
         try:
-            kept, claimed = await self.store.finish_and_claim(
+            kept, claimed = await self.queue.finish_and_claim(
                 owner=self.owner, finished=[job_id for job_id, _ in done], limit=limit,
                 now=self.clock.now(), lease_s=self.lease_s)
         except asyncio.CancelledError:
@@ -163,7 +163,7 @@ class Worker:
         """Mark ``job`` done; False if its lease was lost. While :meth:`run` loops, with its
         next claim (it is woken by the freed slot anyway)."""
         if not self._looping:
-            return await self.store.finish_job(job.id, owner=self.owner, now=self.clock.now())
+            return await self.queue.finish_job(job.id, owner=self.owner, now=self.clock.now())
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._done.append((job.id, future))
         self._wake.set()
@@ -188,7 +188,7 @@ class Worker:
             return
         waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
         if self.listen:
-            waits.append(asyncio.ensure_future(self.store.wait_for_jobs(wait_s)))
+            waits.append(asyncio.ensure_future(self.queue.wait_for_jobs(wait_s)))
         try:
             done, _ = await asyncio.wait(waits, timeout=wait_s,
                                          return_when=asyncio.FIRST_COMPLETED)
@@ -202,7 +202,7 @@ class Worker:
 
     async def _idle_wait(self) -> float:
         try:
-            due = await self.store.next_due()
+            due = await self.queue.next_due()
         except Exception:
             return self.poll_s
         if due is None:
@@ -221,7 +221,7 @@ class Worker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        released = await self.store.release_jobs(owner=self.owner, now=self.clock.now())
+        released = await self.queue.release_jobs(owner=self.owner, now=self.clock.now())
         log.info("worker_stopped", owner=self.owner, released=released)
 
     async def _run(self, job: Job) -> None:
@@ -229,7 +229,7 @@ class Worker:
                          handler=job.handler, attempt=job.attempts)
         handler = self.registry.get(job.handler)
         if handler is None:
-            await self.store.kill_job(job.id, owner=self.owner, now=self.clock.now(),
+            await self.queue.kill_job(job.id, owner=self.owner, now=self.clock.now(),
                                       error=f"handler {job.handler!r} is not registered")
             bound.error("job_dead", error="unknown handler")
             return
@@ -246,7 +246,7 @@ class Worker:
             finally:
                 self._free_slot(job.id)  # the handler is done: the next job may start
         except RetryLater as exc:
-            await self.store.retry_job(job.id, owner=self.owner, error=scrub_text(exc.message),
+            await self.queue.retry_job(job.id, owner=self.owner, error=scrub_text(exc.message),
                                        run_after=self.clock.now() + exc.seconds,
                                        now=self.clock.now(), count_attempt=False)
             bound.info("job_retry_later", seconds=exc.seconds, reason=scrub_text(exc.message))
@@ -261,7 +261,7 @@ class Worker:
                 await self._die(job, bound, error)
             else:
                 delay = self.policy.delay(job.attempts, self.rng)
-                await self.store.retry_job(job.id, owner=self.owner, error=error,
+                await self.queue.retry_job(job.id, owner=self.owner, error=error,
                                            run_after=self.clock.now() + delay,
                                            now=self.clock.now())
                 bound.warning("job_retrying", error=error, delay_s=round(delay, 3))
@@ -281,7 +281,7 @@ class Worker:
                 await heartbeat
 
     async def _die(self, job: Job, bound: structlog.stdlib.BoundLogger, error: str) -> None:
-        await self.store.kill_job(job.id, owner=self.owner, error=error[:_MAX_ERROR],
+        await self.queue.kill_job(job.id, owner=self.owner, error=error[:_MAX_ERROR],
                                   now=self.clock.now())
         bound.error("job_dead", error=error)
 
@@ -291,7 +291,7 @@ class Worker:
             await asyncio.sleep(self.lease_s / 3)
             now = self.clock.now()
             try:
-                kept = await self.store.renew_lease(job.id, owner=self.owner,
+                kept = await self.queue.renew_lease(job.id, owner=self.owner,
                                                     until=now + self.lease_s, now=now)
             except Exception as exc:
                 log.warning("lease_renewal_failed", job_id=job.id, error=str(exc))

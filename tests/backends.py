@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from receiver.clock import Clock
-from receiver.storage import Store
 from receiver.storage.connector import Connector
+from receiver.storage.roles import Storage
 from receiver.storage.sqlite import SQLiteConnector
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -30,12 +30,12 @@ def connector_of(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> C
 @contextlib.asynccontextmanager
 async def backend_store(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path, *, clock: Clock | None = None
-) -> AsyncIterator[Store]:
-    async with Store(connector_of(kind, request, tmp_path), clock=clock) as store:
+) -> AsyncIterator[Storage]:
+    async with Storage.over(connector_of(kind, request, tmp_path), clock=clock) as store:
         yield store
 
 
 @pytest.fixture(params=BACKENDS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
     async with backend_store(request.param, request, tmp_path) as opened:
         yield opened

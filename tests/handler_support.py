@@ -18,7 +18,7 @@ from receiver.registry import Handler, Registry
 from receiver.routing import Router, routes_from_config
 from receiver.runtime import Runtime, open_runtime
 from receiver.signatures import Scheme, Verified
-from receiver.storage import Store
+from receiver.storage.roles import Storage
 from receiver.webhook import make_delivery
 from tests.support import settings_for
 
@@ -59,13 +59,13 @@ async def deliver(
     task_id_hint: str | None = None,
 ) -> RecordResult:
     """Record ``body`` exactly as the webhook endpoint would after verification."""
-    return await deliver_to(runtime.store, runtime.router, body, event=event,
+    return await deliver_to(runtime.storage, runtime.router, body, event=event,
                             delivery_id=delivery_id, task_id_hint=task_id_hint,
                             at=runtime.clock.now())
 
 
 async def deliver_to(
-    store: Store,
+    store: Storage,
     router: Router | None,
     body: bytes,
     *,
@@ -87,4 +87,4 @@ async def deliver_to(
         task_id_hint=task_id_hint,
         received_at=time.time() if at is None else at,
     )
-    return await store.record_delivery(delivery, router=router)
+    return await store.ingest.record_delivery(delivery, router=router)

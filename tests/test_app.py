@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -24,10 +25,10 @@ from receiver.recording import record
 from receiver.routing import Router
 from receiver.settings import load
 from receiver.signatures import Scheme, sign_legacy, sign_standard
-from receiver.storage import Store, sqlite_store
 from receiver.storage.connector import Tx
+from receiver.storage.ingest import Ingest
+from receiver.storage.roles import Storage, sqlite_storage
 from receiver.storage.sqlite import SQLiteConnector
-from receiver.storage.store import RecordingTx
 from tests.support import (
     EMPTY_COUNTS,
     SECRET,
@@ -57,8 +58,8 @@ async def client(tmp_path: Path, clock: FakeClock) -> AsyncIterator[httpx.AsyncC
 
 
 async def counts(tmp_path: Path) -> dict[str, int]:
-    async with sqlite_store(tmp_path / "receiver.db") as store:
-        return dict(await store.counts())
+    async with sqlite_storage(tmp_path / "receiver.db") as store:
+        return dict(await store.admin.counts())
 
 
 async def test_signed_delivery_is_recorded_then_duplicate(
@@ -322,7 +323,7 @@ async def test_signed_garbage_is_recorded_or_quarantined_and_reads_back(
     assert again.status_code == status
 
 
-class BrokenInsideTheTransaction(Store):
+class BrokenInsideTheTransaction(Ingest):
     """Fault injection (no input reaches a bug in recording any more, so one is planted): the
     first try of a usable delivery fails after writing, inside its transaction."""
 
@@ -333,26 +334,32 @@ class BrokenInsideTheTransaction(Store):
             return await super().record_delivery(delivery, router=router)
 
         async def broken(tx: Tx) -> RecordResult:
-            result = await record(RecordingTx(tx), delivery, router=router)
+            result = await record(tx, delivery, router=router)
             if result.outcome is Outcome.RECORDED:
                 raise LookupError("a bug")
             return result
 
-        return await self.write(broken)
+        return await self.db.write(broken)
 
 
-class BrokenEveryTime(Store):
+class BrokenEveryTime(Ingest):
     async def record_delivery(
         self, delivery: Delivery, *, router: Router | None = None
     ) -> RecordResult:
         raise RuntimeError("a bug that also breaks keeping the body")
 
 
+def storage_with(ingest: type[Ingest], path: Path) -> Storage:
+    """Storage in the file at ``path`` whose ingest role is ``ingest``."""
+    storage = sqlite_storage(path)
+    return dataclasses.replace(storage, ingest=ingest(storage.db))
+
+
 async def test_a_bug_while_recording_is_rolled_back_kept_aside_and_answered_503(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    async with BrokenInsideTheTransaction(SQLiteConnector(tmp_path / "receiver.db")) as store:
-        app = create_app(settings_for(tmp_path), clock=clock, store=store)
+    async with storage_with(BrokenInsideTheTransaction, tmp_path / "receiver.db") as store:
+        app = create_app(settings_for(tmp_path), clock=clock, storage=store)
         async with app_client(app) as client:
             first = await post_signed(client, COMPLETED, clock=clock, delivery_id="d-1")
             assert first.status_code == 503
@@ -362,7 +369,7 @@ async def test_a_bug_while_recording_is_rolled_back_kept_aside_and_answered_503(
             # the sender's retry finds the body kept aside, and stops retrying
             retry = await post_signed(client, COMPLETED, clock=clock, delivery_id="d-1")
             assert (retry.status_code, retry.json()["reason"]) == (422, reason)
-        counts_now = await store.counts()
+        counts_now = await store.admin.counts()
     with contextlib.closing(sqlite3.connect(tmp_path / "receiver.db")) as db:
         rows = db.execute("SELECT outcome, reason, body FROM deliveries").fetchall()
     assert rows == [("quarantined", reason, COMPLETED)]
@@ -372,8 +379,8 @@ async def test_a_bug_while_recording_is_rolled_back_kept_aside_and_answered_503(
 async def test_when_even_keeping_the_body_fails_the_answer_is_still_a_clean_503(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    async with BrokenEveryTime(SQLiteConnector(tmp_path / "receiver.db")) as store:
-        app = create_app(settings_for(tmp_path), clock=clock, store=store)
+    async with storage_with(BrokenEveryTime, tmp_path / "receiver.db") as store:
+        app = create_app(settings_for(tmp_path), clock=clock, storage=store)
         async with app_client(app) as client:
             response = await post_signed(client, COMPLETED, clock=clock, delivery_id="d-1")
     assert response.status_code == 503
@@ -410,8 +417,8 @@ async def test_signature_and_credential_headers_are_never_stored(
     }
     response = await client.post("/webhooks/sonic", content=COMPLETED, headers=headers)
     assert response.status_code == 200
-    async with sqlite_store(tmp_path / "receiver.db") as store:
-        (raw,) = await store.raw_deliveries()
+    async with sqlite_storage(tmp_path / "receiver.db") as store:
+        (raw,) = await store.admin.raw_deliveries()
     stored = dict(raw.headers)
     assert stored["x-trace"] == "kept"
     assert stored["x-webhook-timestamp"] == str(int(clock.now()))  # only secrets are dropped
@@ -475,7 +482,7 @@ async def test_db_synchronous_is_applied_to_the_connection(
     loaded = replace(load(env), media_dir=tmp_path / "media", config={"routes": []})
     app = create_app(loaded)
     async with app_client(app):
-        connector = app.state.runtime.store.connector
+        connector = app.state.runtime.storage.db.connector
         assert isinstance(connector, SQLiteConnector)
         value = await connector.writer_pragma("synchronous")  # it is per connection
     assert value == pragma
@@ -511,8 +518,8 @@ async def test_a_repeated_header_counts_once_by_its_first_value(
              (b"x-trace", b"one"), (b"x-trace", b"two")]
     response = await client.post("/webhooks/sonic", content=COMPLETED, headers=wire)
     assert (response.status_code, response.json()["delivery_id"]) == (200, "first")
-    async with sqlite_store(tmp_path / "receiver.db") as store:
-        (raw,) = await store.raw_deliveries()
+    async with sqlite_storage(tmp_path / "receiver.db") as store:
+        (raw,) = await store.admin.raw_deliveries()
     assert dict(raw.headers)["x-trace"] == "one"
 
 

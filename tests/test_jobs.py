@@ -17,8 +17,7 @@ from receiver.registry import Handler, Registry
 from receiver.routing import HandlerRef, Route, Router
 from receiver.runtime import Runtime
 from receiver.signatures import Scheme, Verified
-from receiver.storage import Store
-from receiver.storage.statements import Q
+from receiver.storage.roles import Storage
 from receiver.webhook import make_delivery
 from receiver.worker import Worker
 from tests.backends import store
@@ -87,7 +86,7 @@ async def test_a_transition_matching_a_route_writes_one_job_in_the_same_transact
 ) -> None:
     result = await deliver(runtime, DONE, event="song.completed", delivery_id="d1")
     assert result.jobs == 1
-    [job] = await runtime.store.list_jobs()
+    [job] = await runtime.storage.admin.list_jobs()
     assert (job.key, job.state, job.trigger, job.delivery_id) == (
         "t-1/task.succeeded/on-done/record", JobState.QUEUED, "task.succeeded", "d1")
 
@@ -99,7 +98,7 @@ async def test_duplicates_and_late_events_create_no_second_job(
     await deliver(runtime, DONE, event="song.completed", delivery_id="d1")  # same id
     await deliver(runtime, DONE, event="song.completed", delivery_id="d2")  # resent, new id
     await deliver(runtime, STREAMING, event="song.streaming", delivery_id="d0")  # late
-    assert len(await runtime.store.list_jobs()) == 1
+    assert len(await runtime.storage.admin.list_jobs()) == 1
     assert await worker_of(runtime).run_once() == 1
     assert await worker_of(runtime).run_once() == 0
     assert len(recorder.calls) == 1
@@ -108,7 +107,7 @@ async def test_duplicates_and_late_events_create_no_second_job(
 async def test_a_successful_handler_finishes_the_job(runtime: Runtime, recorder: Recorder) -> None:
     await deliver(runtime, DONE, event="song.completed")
     await worker_of(runtime).run_once()
-    [job] = await runtime.store.list_jobs()
+    [job] = await runtime.storage.admin.list_jobs()
     assert (job.state, job.attempts) == (JobState.DONE, 1)
     assert recorder.calls[0].attempt == 1
     assert recorder.calls[0].key == job.key
@@ -122,18 +121,18 @@ async def test_failures_back_off_on_the_schedule_then_the_job_dies(
     clock, worker = clock_of(runtime), worker_of(runtime)
 
     await worker.run_once()
-    [job] = await runtime.store.list_jobs()
+    [job] = await runtime.storage.admin.list_jobs()
     assert (job.state, job.last_error) == (JobState.RETRYING, "RuntimeError: boom 1")
     assert job.run_after == clock.now() + 10
     clock.advance(9.9)
     assert await worker.run_once() == 0  # not due yet
     clock.advance(0.1)
     assert await worker.run_once() == 1
-    [job] = await runtime.store.list_jobs()
+    [job] = await runtime.storage.admin.list_jobs()
     assert job.run_after == clock.now() + 100
     clock.advance(100)
     await worker.run_once()
-    [job] = await runtime.store.list_jobs(state=JobState.DEAD)
+    [job] = await runtime.storage.admin.list_jobs(state=JobState.DEAD)
     assert (job.attempts, job.last_error) == (3, "RuntimeError: boom 3")
     clock.advance(10_000)
     assert await worker.run_once() == 0  # dead stays dead, and visible
@@ -155,7 +154,7 @@ async def test_retry_later_waits_as_asked_without_using_an_attempt(
     recorder.plan = [RetryLater(42, "rate limited")]
     await deliver(runtime, DONE, event="song.completed")
     await worker_of(runtime).run_once()
-    [job] = await runtime.store.list_jobs()
+    [job] = await runtime.storage.admin.list_jobs()
     assert (job.state, job.attempts, job.last_error) == (JobState.RETRYING, 0, "rate limited")
     assert job.run_after == clock_of(runtime).now() + 42
 
@@ -164,7 +163,7 @@ async def test_permanent_error_kills_the_job_at_once(runtime: Runtime, recorder:
     recorder.plan = [PermanentError("no such clip")]
     await deliver(runtime, DONE, event="song.completed")
     await worker_of(runtime).run_once()
-    [job] = await runtime.store.list_jobs()
+    [job] = await runtime.storage.admin.list_jobs()
     assert (job.state, job.attempts) == (JobState.DEAD, 1)
     assert job.last_error == "PermanentError: no such clip"
 
@@ -172,55 +171,55 @@ async def test_permanent_error_kills_the_job_at_once(runtime: Runtime, recorder:
 async def test_failed_tasks_route_to_their_own_handlers(runtime: Runtime) -> None:
     await deliver(runtime, STREAMING, event="song.streaming")
     await deliver(runtime, FAILED, event="song.failed")
-    [job] = await runtime.store.list_jobs()
+    [job] = await runtime.storage.admin.list_jobs()
     assert job.trigger == "task.failed"
 
 
 __all__ = ["store"]  # the contract fixture, once per backend
 
 
-async def _one_job(store: Store, tmp_path: Path) -> None:
+async def _one_job(store: Storage, tmp_path: Path) -> None:
     router = Router([Route(name="r", on=frozenset({"task.succeeded"}),
                            handlers=(HandlerRef(name="h"),))])
     delivery = make_delivery(body=DONE, headers={}, task_id_hint=None, received_at=100.0,
                              verified=Verified(scheme=Scheme.NONE, timestamp=None,
                                                signed_content=DONE))
-    assert (await store.record_delivery(delivery, router=router)).jobs == 1
+    assert (await store.ingest.record_delivery(delivery, router=router)).jobs == 1
 
 
 async def test_an_expired_lease_makes_a_crashed_job_claimable_again(
-    store: Store, tmp_path: Path
+    store: Storage, tmp_path: Path
 ) -> None:
     await _one_job(store, tmp_path)
-    [taken] = await store.claim_jobs(owner="w1", limit=5, now=100.0, lease_s=60)
+    [taken] = await store.jobs.claim_jobs(owner="w1", limit=5, now=100.0, lease_s=60)
     # w1 "crashes": it never renews, finishes or releases. Before the lease ends, nobody
     # else may take the job; after, another worker does, and the attempt counts.
-    assert await store.claim_jobs(owner="w2", limit=5, now=159.0, lease_s=60) == []
-    assert await store.next_due() == 160.0
-    [again] = await store.claim_jobs(owner="w2", limit=5, now=160.0, lease_s=60)
+    assert await store.jobs.claim_jobs(owner="w2", limit=5, now=159.0, lease_s=60) == []
+    assert await store.jobs.next_due() == 160.0
+    [again] = await store.jobs.claim_jobs(owner="w2", limit=5, now=160.0, lease_s=60)
     assert (again.id, again.attempts, again.lease_owner) == (taken.id, 2, "w2")
     # the crashed worker's late writes are refused: it lost the lease
-    assert not await store.finish_job(taken.id, owner="w1", now=161.0)
-    assert await store.finish_job(taken.id, owner="w2", now=161.0)
-    [done] = await store.list_jobs(state=JobState.DONE)
+    assert not await store.jobs.finish_job(taken.id, owner="w1", now=161.0)
+    assert await store.jobs.finish_job(taken.id, owner="w2", now=161.0)
+    [done] = await store.admin.list_jobs(state=JobState.DONE)
     assert done.id == taken.id
 
 
-async def test_renewing_a_lease_keeps_the_job(store: Store, tmp_path: Path) -> None:
+async def test_renewing_a_lease_keeps_the_job(store: Storage, tmp_path: Path) -> None:
     await _one_job(store, tmp_path)
-    [job] = await store.claim_jobs(owner="w1", limit=5, now=100.0, lease_s=60)
-    assert await store.renew_lease(job.id, owner="w1", until=220.0, now=150.0)
-    assert await store.claim_jobs(owner="w2", limit=5, now=200.0, lease_s=60) == []
-    assert not await store.renew_lease(job.id, owner="w2", until=300.0, now=150.0)
+    [job] = await store.jobs.claim_jobs(owner="w1", limit=5, now=100.0, lease_s=60)
+    assert await store.jobs.renew_lease(job.id, owner="w1", until=220.0, now=150.0)
+    assert await store.jobs.claim_jobs(owner="w2", limit=5, now=200.0, lease_s=60) == []
+    assert not await store.jobs.renew_lease(job.id, owner="w2", until=300.0, now=150.0)
 
 
 async def test_release_hands_running_jobs_back_without_charging_the_attempt(
-    store: Store, tmp_path: Path
+    store: Storage, tmp_path: Path
 ) -> None:
     await _one_job(store, tmp_path)
-    await store.claim_jobs(owner="w1", limit=5, now=100.0, lease_s=60)
-    assert await store.release_jobs(owner="w1", now=101.0) == 1
-    [job] = await store.claim_jobs(owner="w2", limit=5, now=101.0, lease_s=60)
+    await store.jobs.claim_jobs(owner="w1", limit=5, now=100.0, lease_s=60)
+    assert await store.jobs.release_jobs(owner="w1", now=101.0) == 1
+    [job] = await store.jobs.claim_jobs(owner="w2", limit=5, now=101.0, lease_s=60)
     assert job.attempts == 1
 
 
@@ -248,7 +247,7 @@ async def test_stop_waits_for_running_jobs_then_releases_what_is_left(tmp_path: 
                 asyncio.get_running_loop().call_later(0.05, release.set)
             await worker.stop(deadline_s=2.0 if finishes else 0.1)
             await running
-            [job] = await rt.store.list_jobs()
+            [job] = await rt.storage.admin.list_jobs()
             if finishes:
                 assert job.state is JobState.DONE
             else:  # handed back: queued, the attempt not charged
@@ -280,15 +279,13 @@ async def test_a_running_worker_commits_its_successes_and_runs_every_job_once(
         await asyncio.wait_for(every.wait(), 30)
         await worker.stop(deadline_s=5.0)
         await running
-        jobs = await rt.store.list_jobs()
+        jobs = await rt.storage.admin.list_jobs()
         assert sorted(ran) == sorted(f"t-{n}" for n in range(40))
         assert {(j.state, j.attempts, j.lease_owner) for j in jobs} == {(JobState.DONE, 1, None)}
 
-        async def attempts_of(job_id: int) -> list[tuple[object, ...]]:
-            return await rt.store.read(lambda tx: tx.rows(Q.JOB_ATTEMPTS, {"job_id": job_id}))
-
-        rows = [await attempts_of(j.id) for j in jobs]
-        assert {(r[1], r[3]) for attempts in rows for r in attempts} == {(worker.owner, "done")}
+        rows = [await rt.storage.admin.job_attempts(j.id) for j in jobs]
+        assert {(a.owner, a.outcome) for attempts in rows for a in attempts} == {
+            (worker.owner, "done")}
         assert all(len(attempts) == 1 for attempts in rows)
 
 

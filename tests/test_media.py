@@ -221,8 +221,8 @@ async def test_download_audio_keeps_every_file_in_the_bucket_with_its_recorded_s
     async with s3_setup(tmp_path, f"s3://{s3_bucket}/demo") as (runtime, server):
         await deliver(runtime, song(server))
         assert await runtime.worker.run_once() == 1  # type: ignore[union-attr]
-        (job,) = await runtime.store.list_jobs()
-        files = await runtime.store.list_files("t-1")
+        (job,) = await runtime.storage.admin.list_jobs()
+        files = await runtime.storage.admin.list_files("t-1")
     assert job.state is JobState.DONE, job.last_error
     listed = await objects(aws_env, s3_bucket)
     assert sorted(listed) == ["demo/t-1/c1.json", "demo/t-1/c1.mp3", "demo/t-1/c1.png",
@@ -254,7 +254,7 @@ async def test_a_rerun_skips_objects_that_match_and_refetches_one_that_does_not(
                                 "demo/t-1/c2.wav", b"junk")
         with capture_logs() as logs:
             await handle_again(runtime)
-        files = {f.clip_id + f.kind: f for f in await runtime.store.list_files("t-1")}
+        files = {f.clip_id + f.kind: f for f in await runtime.storage.admin.list_files("t-1")}
     assert server.hits("/c1.mp3") == hits[0]  # intact: not fetched again
     assert server.hits("/c2.wav") == hits[1] + 1
     assert any(e["event"] == "file_changed" for e in logs)
@@ -264,7 +264,7 @@ async def test_a_rerun_skips_objects_that_match_and_refetches_one_that_does_not(
 
 async def handle_again(runtime: Runtime) -> None:
     """Run the download handler once more for the task's job, as a replay would."""
-    (job,) = await runtime.store.list_jobs()
+    (job,) = await runtime.storage.admin.list_jobs()
     event = Event(trigger=job.trigger, task_id=job.task_id, route=job.route, key=job.key,
                   job_id=job.id, attempt=job.attempts + 1, delivery_id=job.delivery_id)
     await handle(event, runtime.context_for(job))
@@ -276,7 +276,7 @@ async def test_a_bucket_that_does_not_exist_kills_the_job_saying_so(
     async with s3_setup(tmp_path, "s3://no-such-bucket/demo") as (runtime, server):
         await deliver(runtime, song(server))
         await runtime.worker.run_once()  # type: ignore[union-attr]
-        (job,) = await runtime.store.list_jobs()
+        (job,) = await runtime.storage.admin.list_jobs()
     assert job.state is JobState.DEAD
     assert job.last_error is not None
     assert job.last_error.startswith("PermanentError:")
@@ -312,7 +312,7 @@ async def test_a_media_folder_without_write_permission_kills_the_job(tmp_path: P
         ) as runtime:
             await deliver(runtime, song(server))
             await runtime.worker.run_once()  # type: ignore[union-attr]
-            (job,) = await runtime.store.list_jobs()
+            (job,) = await runtime.storage.admin.list_jobs()
     assert job.state is JobState.DEAD
     assert job.last_error is not None
     assert job.last_error.startswith("PermanentError:")
@@ -458,11 +458,13 @@ async def test_a_download_killed_mid_upload_leaves_no_object_and_a_restart_keeps
             tmp_path, handlers={"download_audio": handle}, routes=[route()],
             config=LOOPBACK_ONLY, http=client, clock=clock, media_url=media_url,
         ) as runtime:
-            assert await runtime.store.list_files("t-big") == []
+            assert await runtime.storage.admin.list_files("t-big") == []
             clock.advance(3600)  # the dead child's lease runs out
             assert await runtime.worker.run_once() == 1  # type: ignore[union-attr]
-            (job,) = await runtime.store.list_jobs()
-            (kept,) = [f for f in await runtime.store.list_files("t-big") if f.kind == "audio"]
+            (job,) = await runtime.storage.admin.list_jobs()
+            (kept,) = [
+                f for f in await runtime.storage.admin.list_files("t-big") if f.kind == "audio"
+            ]
     assert job.state is JobState.DONE, job.last_error
     stored = await object_bytes(aws_env, s3_bucket, "demo/t-big/c1.mp3")
     assert (len(stored), sha(stored)) == (kept.size, kept.sha256)

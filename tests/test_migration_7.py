@@ -86,34 +86,34 @@ async def test_a_version_6_database_keeps_its_rows_and_takes_writes_by_task_numb
     else:
         _version_6_postgres(request.getfixturevalue("pg_dsn"))
     async with backend_store(kind, request, tmp_path) as store:
-        one = await store.get_task("t-1")
+        one = await store.admin.get_task("t-1")
         assert one is not None
         assert one.task.state is State.SUCCEEDED
         assert [c.clip_id for c in one.clips] == ["c-a", "c-b"]
         assert [(t.entity_id, t.to_state) for t in one.transitions] == [
             ("t-1", State.RUNNING), ("c-a", State.SUCCEEDED), ("t-1", State.SUCCEEDED)]
-        jobs = await store.find_jobs(JobFilter())
+        jobs = await store.admin.find_jobs(JobFilter())
         assert [(j.id, j.key, j.state) for j in jobs] == [
             (5, "t-1/task:succeeded/r/h", JobState.DONE),
             (9, "t-2/task:running/r/h", JobState.QUEUED)]
-        assert (await store.counts())["transitions"] == 4
+        assert (await store.admin.counts())["transitions"] == 4
 
         # t-2 completes: its clip is updated in place (the new key finds it), its transitions
         # follow the old ones, and its job gets an id past the copied ones
         router = Router([Route(name="r", on=frozenset({"task.succeeded"}),
                                handlers=(HandlerRef(name="h"),))])
         done = callback(task_id="t-2", clips=[clip("c-c", state="succeeded")])
-        result = await store.record_delivery(delivery("d-5", done), router=router)
+        result = await store.ingest.record_delivery(delivery("d-5", done), router=router)
         assert result.outcome is Outcome.RECORDED
-        two = await store.get_task("t-2")
+        two = await store.admin.get_task("t-2")
         assert two is not None
         assert two.task.state is State.SUCCEEDED
         assert [(c.clip_id, c.state) for c in two.clips] == [("c-c", State.SUCCEEDED)]
         assert [t.to_state for t in two.transitions if t.entity.value == "task"] == [
             State.RUNNING, State.SUCCEEDED]
-        new = [j for j in await store.find_jobs(JobFilter(task_id="t-2")) if j.id != 9]
+        new = [j for j in await store.admin.find_jobs(JobFilter(task_id="t-2")) if j.id != 9]
         assert len(new) == 1
         assert new[0].id > 9
-        again = await store.record_delivery(delivery("d-5", done), router=router)
+        again = await store.ingest.record_delivery(delivery("d-5", done), router=router)
         assert again.outcome is Outcome.DUPLICATE
-        assert (await store.counts())["clips"] == 3
+        assert (await store.admin.counts())["clips"] == 3

@@ -29,7 +29,7 @@ from receiver.runtime import Runtime
 from receiver.server import running
 from receiver.signatures import Scheme
 from receiver.sonic.sandbox import SandboxConfig, Speed
-from receiver.storage import sqlite_store
+from receiver.storage.roles import sqlite_storage
 from tests.handler_support import deliver, handler_runtime
 from tests.sonic.support import KEY, SandboxHandle, serve_sandbox, wait_for
 from tests.support import (
@@ -70,7 +70,7 @@ class Setup:
         return ids
 
     async def state(self, task_id: str) -> str | None:
-        view = await self.runtime.store.get_task(task_id)
+        view = await self.runtime.storage.admin.get_task(task_id)
         return view.task.state.value if view else None
 
 
@@ -113,33 +113,33 @@ async def test_reconcile_recovers_dropped_webhooks_dry_run_first_then_once(
         assert await s.state(full) == "succeeded"
         rt = s.runtime
         assert rt.sonic is not None
-        stale = await rt.store.tasks_to_reconcile(stale_before=time.time() + 1)
+        stale = await rt.storage.admin.tasks_to_reconcile(stale_before=time.time() + 1)
         assert stale == [dropped_one]  # the unknown task must be named by id
         ids = [dropped_one, dropped_all, full]
-        before = await rt.store.counts()
+        before = await rt.storage.admin.counts()
 
-        dry = await reconcile(ids, store=rt.store, sonic=rt.sonic, router=rt.router,
+        dry = await reconcile(ids, store=rt.storage.ingest, sonic=rt.sonic, router=rt.router,
                               clock=rt.clock, dry_run=True)
-        assert await rt.store.counts() == before  # a dry run changes nothing
+        assert await rt.storage.admin.counts() == before  # a dry run changes nothing
         assert dry.counts["recorded"] == 3
         assert dry.counts["jobs"] == 2
 
-        wet = await reconcile(ids, store=rt.store, sonic=rt.sonic, router=rt.router,
-                              clock=rt.clock, on_jobs=rt.worker.wake if rt.worker else None)
+        wet = await reconcile(ids, store=rt.storage.ingest, sonic=rt.sonic, router=rt.router,
+                              clock=rt.clock)
         assert (wet.counts["recorded"], wet.counts["jobs"], wet.exit_code) == (3, 2, 0)
         assert [await s.state(t) for t in ids] == ["succeeded"] * 3
         await wait_for(lambda: len(RAN) == 3, within=10, what="handlers to run")
 
-        after = await rt.store.counts()
-        again = await reconcile(ids, store=rt.store, sonic=rt.sonic, router=rt.router,
+        after = await rt.storage.admin.counts()
+        again = await reconcile(ids, store=rt.storage.ingest, sonic=rt.sonic, router=rt.router,
                                 clock=rt.clock)
         assert again.counts == {"duplicate": 3, "transitions": 0, "jobs": 0, "polled": 3}
-        assert await rt.store.counts() == after  # the second run changes nothing
+        assert await rt.storage.admin.counts() == after  # the second run changes nothing
         assert sorted(RAN) == sorted(set(RAN))  # each handler ran once per task
 
         # the recovered task ends exactly as the fully delivered one did
         for task_id in (dropped_one, dropped_all):
-            view = await rt.store.get_task(task_id)
+            view = await rt.storage.admin.get_task(task_id)
             assert view is not None
             assert [c.state.value for c in view.clips] == ["succeeded", "succeeded"]
             assert all(c.audio_url for c in view.clips)
@@ -150,7 +150,7 @@ async def test_unknown_task_ids_are_counted_not_fatal(tmp_path: Path) -> None:
     async with setup(tmp_path, {}) as s:
         rt = s.runtime
         assert rt.sonic is not None
-        summary = await reconcile(["no-such-task"], store=rt.store, sonic=rt.sonic,
+        summary = await reconcile(["no-such-task"], store=rt.storage.ingest, sonic=rt.sonic,
                                   router=rt.router, clock=rt.clock)
     assert summary.counts == {"not_found": 1, "polled": 1}
 
@@ -167,22 +167,26 @@ async def test_redispatch_requeues_dead_jobs_and_dry_run_does_not(tmp_path: Path
         assert rt.worker is not None
         await deliver(rt, callback("t-1", [clip("a", "succeeded")]))
         await rt.worker.run_once()
-        assert [j.state for j in await rt.store.list_jobs()] == [JobState.DEAD]
-        dry = await redispatch(store=rt.store, router=rt.router, clock=rt.clock,
+        assert [j.state for j in await rt.storage.admin.list_jobs()] == [JobState.DEAD]
+        dry = await redispatch(store=rt.storage.admin, ingest=rt.storage.ingest,
+                               router=rt.router, clock=rt.clock,
                                where=JobFilter(handler="flaky"), dry_run=True)
         assert (dry.selected, dry.counts) == (1, {"dead_jobs": 1})
-        assert [j.state for j in await rt.store.list_jobs()] == [JobState.DEAD]
-        none = await redispatch(store=rt.store, router=rt.router, clock=rt.clock,
+        assert [j.state for j in await rt.storage.admin.list_jobs()] == [JobState.DEAD]
+        none = await redispatch(store=rt.storage.admin, ingest=rt.storage.ingest,
+                               router=rt.router, clock=rt.clock,
                                 where=JobFilter(handler="other"))
         assert none.selected == 0
         fail = False
-        done = await redispatch(store=rt.store, router=rt.router, clock=rt.clock,
+        done = await redispatch(store=rt.storage.admin, ingest=rt.storage.ingest,
+                               router=rt.router, clock=rt.clock,
                                 where=JobFilter())
         assert done.counts["requeued"] == 1
         await rt.worker.run_once()
-        assert [j.state for j in await rt.store.list_jobs()] == [JobState.DONE]
+        assert [j.state for j in await rt.storage.admin.list_jobs()] == [JobState.DONE]
         # the jobs of a time range of deliveries run again (done ones included)
-        rerun = await redispatch(store=rt.store, router=rt.router, clock=rt.clock,
+        rerun = await redispatch(store=rt.storage.admin, ingest=rt.storage.ingest,
+                               router=rt.router, clock=rt.clock,
                                  where=JobFilter(), deliveries_since=0.0)
         assert rerun.counts == {"done_jobs": 1, "requeued": 1}
 
@@ -194,22 +198,25 @@ async def test_redispatch_quarantined_records_a_delivery_once_its_task_is_known(
         orphan = callback(None, [clip("c1", "succeeded")])
         first = await deliver(rt, orphan, delivery_id="late")
         assert first.outcome is Outcome.QUARANTINED
-        still = await redispatch(store=rt.store, router=rt.router, clock=rt.clock,
+        still = await redispatch(store=rt.storage.admin, ingest=rt.storage.ingest,
+                               router=rt.router, clock=rt.clock,
                                  where=JobFilter(), quarantined=True)
         assert still.counts == {"quarantined": 1, "transitions": 0, "jobs": 0}
         # the task becomes known (another delivery names it with this clip)
         await deliver(rt, callback("t-9", [clip("c1", "running")]), delivery_id="early")
-        dry = await redispatch(store=rt.store, router=rt.router, clock=rt.clock,
+        dry = await redispatch(store=rt.storage.admin, ingest=rt.storage.ingest,
+                               router=rt.router, clock=rt.clock,
                                where=JobFilter(), quarantined=True, dry_run=True)
         assert dry.counts["recorded"] == 1
-        assert (await rt.store.raw_deliveries(outcome=Outcome.QUARANTINED))
-        fixed = await redispatch(store=rt.store, router=rt.router, clock=rt.clock,
+        assert (await rt.storage.admin.raw_deliveries(outcome=Outcome.QUARANTINED))
+        fixed = await redispatch(store=rt.storage.admin, ingest=rt.storage.ingest,
+                               router=rt.router, clock=rt.clock,
                                  where=JobFilter(), quarantined=True)
         assert fixed.counts["recorded"] == 1
-        view = await rt.store.get_task("t-9")
+        view = await rt.storage.admin.get_task("t-9")
         assert view is not None
         assert view.task.state.value == "succeeded"
-        assert not await rt.store.raw_deliveries(outcome=Outcome.QUARANTINED)
+        assert not await rt.storage.admin.raw_deliveries(outcome=Outcome.QUARANTINED)
 
 
 async def test_resend_moves_stored_deliveries_to_another_receiver_once(tmp_path: Path) -> None:
@@ -220,9 +227,9 @@ async def test_resend_moves_stored_deliveries_to_another_receiver_once(tmp_path:
             body = callback(f"t-{n}", [clip(f"c{n}", "succeeded")])
             await post_signed(client, body, delivery_id=f"d-{n}", event="song.completed")
         await post_signed(client, b"[]", delivery_id="q-1")  # quarantined: resent too
-        store = source.state.runtime.store
+        store = source.state.runtime.storage
         async with running(target) as url, httpx.AsyncClient() as http:
-            raws = await store.raw_deliveries()
+            raws = await store.admin.raw_deliveries()
             kwargs: dict[str, Any] = dict(http=http, url=f"{url}/webhooks/sonic",
                                           secret="new-secret", scheme=Scheme.MUSICAPI,
                                           clock=SystemClock())
@@ -310,10 +317,10 @@ async def test_reconcile_records_or_fails_each_odd_answer_and_never_crashes(
     async with (
         running(upstream) as url,
         httpx.AsyncClient() as http,
-        sqlite_store(tmp_path / "receiver.db") as store,
+        sqlite_storage(tmp_path / "receiver.db") as store,
     ):
         sonic = SonicClient(url, "key", http=http)
-        summary = await reconcile(list(ODD_ANSWERS), store=store, sonic=sonic, router=None,
+        summary = await reconcile(list(ODD_ANSWERS), store=store.ingest, sonic=sonic, router=None,
                                   clock=SystemClock(), rate_per_s=1000.0)
         assert summary.counts["polled"] == len(ODD_ANSWERS)
         outcomes = {o: summary.counts.get(o, 0) for o in ("recorded", "quarantined", "failed")}
@@ -324,12 +331,12 @@ async def test_reconcile_records_or_fails_each_odd_answer_and_never_crashes(
         failed = {f["item"] for f in summary.failures}
         assert failed == {"non_finite", "huge_duration", "huge_int", "deeper_than_json"}, summary
         for name in ("surrogates", "string_code"):
-            view = await store.get_task(name)
+            view = await store.admin.get_task(name)
             assert view is not None, name
             for c in view.clips:
                 json.dumps(dict(c.data), allow_nan=False, ensure_ascii=False).encode()
                 assert (c.title, c.duration) == (None, None)
-        raws = await store.raw_deliveries(outcome=Outcome.QUARANTINED)
+        raws = await store.admin.raw_deliveries(outcome=Outcome.QUARANTINED)
         assert [r.stored.task_id for r in raws] == ["nested_900"]
 
 
@@ -384,14 +391,14 @@ async def test_resend_keeps_an_id_of_any_bytes_and_signs_it_as_the_target_checks
                        (b"x-webhook-id", raw_id)]
             sent = await client.post("/webhooks/sonic", content=body, headers=headers)
             assert sent.status_code == 200, name
-        raws = await source.state.runtime.store.raw_deliveries()
+        raws = await source.state.runtime.storage.admin.raw_deliveries()
         async with running(target) as url, httpx.AsyncClient() as http:
             summary = await resend(raws, http=http, url=f"{url}/webhooks/sonic",
                                    secret="new-secret", scheme=Scheme.STANDARD,
                                    clock=SystemClock())
     assert summary.counts == {"status_200": 2}, summary
-    async with sqlite_store(tmp_path / "b" / "receiver.db") as target_store:
-        kept = await target_store.raw_deliveries()
+    async with sqlite_storage(tmp_path / "b" / "receiver.db") as target_store:
+        kept = await target_store.admin.raw_deliveries()
     # the same ids as the first receiver keeps them: the bytes that came, read as latin-1
     assert {r.stored.delivery_id for r in kept} == {i.decode("latin-1") for i in ids.values()}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import errno
 import os
 import random
@@ -300,8 +301,9 @@ async def test_a_worker_in_its_own_process_hears_jobs_written_just_after_it_firs
     from receiver.registry import Registry
     from receiver.routing import HandlerRef, Route, Router
     from receiver.runtime import open_runtime
-    from receiver.storage import Store
     from receiver.storage.postgres import PostgresConnector
+    from receiver.storage.queue import JobQueue
+    from receiver.storage.roles import Storage
     from tests.test_store import delivery
 
     router = Router([Route(name="r", on=frozenset({"task.succeeded"}),
@@ -315,21 +317,23 @@ async def test_a_worker_in_its_own_process_hears_jobs_written_just_after_it_firs
     registry.register("h", handler, origin="test")
     body = callback("gap", [clip("gap-a", "succeeded")])
 
-    async with Store(PostgresConnector(pg_dsn)) as web:
+    async with Storage.over(PostgresConnector(pg_dsn)) as web:
 
-        class CommitInTheGap(Store):
+        class CommitInTheGap(JobQueue):
             first = True
 
             async def next_due(self) -> float | None:
                 due = await super().next_due()
                 if self.first:  # a web process commits a job just after the worker looked
                     self.first = False
-                    await web.record_delivery(delivery("gap-1", body), router=router)
+                    await web.ingest.record_delivery(delivery("gap-1", body), router=router)
                 return due
 
-        async with CommitInTheGap(PostgresConnector(pg_dsn)) as store, open_runtime(
+        storage = Storage.over(PostgresConnector(pg_dsn))
+        storage = dataclasses.replace(storage, jobs=CommitInTheGap(storage.db))
+        async with storage, open_runtime(
             settings_for(tmp_path), clock=SystemClock(), router=router, registry=registry,
-            store=store,
+            storage=storage,
         ) as runtime:
             worker = runtime.make_worker(poll_s=3600.0, listen=True)
             running_worker = asyncio.create_task(worker.run())

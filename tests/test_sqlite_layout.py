@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from receiver.storage import sqlite_store
+from receiver.storage.roles import sqlite_storage
 from receiver.storage.sqlite import DIALECT, PAGE_SIZE
-from receiver.storage.statements import MIGRATIONS
 from tests.test_store import COMPLETED, delivery
 
 pytestmark = pytest.mark.anyio
@@ -37,8 +36,8 @@ def _pragma(path: Path, name: str) -> int:
 
 async def test_a_new_file_takes_the_small_pages(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
-    async with sqlite_store(path) as store:
-        await store.record_delivery(delivery("d1", COMPLETED))
+    async with sqlite_storage(path) as store:
+        await store.ingest.record_delivery(delivery("d1", COMPLETED))
     assert _pragma(path, "page_size") == PAGE_SIZE == 1024
 
 
@@ -52,17 +51,17 @@ async def test_a_file_of_an_older_release_keeps_its_pages_and_gets_the_new_index
         for number, script in enumerate(DIALECT.migrations()[:5], start=1):
             conn.executescript(script)
             conn.execute(f"PRAGMA user_version = {number}")
-    async with sqlite_store(old) as store:
-        recorded = await store.record_delivery(delivery("d1", COMPLETED))
-        detail = await store.get_delivery("d1")
+    async with sqlite_storage(old) as store:
+        recorded = await store.ingest.record_delivery(delivery("d1", COMPLETED))
+        detail = await store.admin.get_delivery("d1")
     assert detail is not None
     assert {t.to_state for t in detail.transitions} == {t.to_state for t in recorded.transitions}
     assert detail.transitions
     assert _pragma(old, "page_size") == 4096
-    assert _pragma(old, "user_version") == len(MIGRATIONS)
+    assert _pragma(old, "user_version") == len(DIALECT.migrations())
 
     new = tmp_path / "new.db"
-    async with sqlite_store(new):
+    async with sqlite_storage(new):
         pass
     assert _schema(old) == _schema(new)
     indexes = {name for kind, name, _ in _schema(new) if kind == "index"}

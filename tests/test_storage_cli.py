@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver.storage.statements import MIGRATIONS
+from receiver.storage.sqlite import DIALECT
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def test_migrate_brings_a_new_sqlite_file_to_the_latest_schema(tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     assert f"schema up to date: sqlite:{db}" in done.stdout
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(DIALECT.migrations())
 
 
 def test_migrate_on_postgresql_from_database_url(pg_dsn: str) -> None:

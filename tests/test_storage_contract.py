@@ -18,10 +18,9 @@ from receiver.jobs import JobState
 from receiver.models import ChildState, ChildTask, JobFilter, Outcome, Result, StoredFile
 from receiver.routing import HandlerRef, Route, Router
 from receiver.states import State
-from receiver.storage import Store, sqlite_store
 from receiver.storage.connector import Tx, Unit, Work
-from receiver.storage.sqlite import SQLiteConnector
-from receiver.storage.statements import MIGRATIONS, Q
+from receiver.storage.roles import Storage, sqlite_storage
+from receiver.storage.sqlite import DIALECT, SQLiteConnector
 from tests.backends import BACKENDS, backend_store, store
 from tests.support import callback, clip
 from tests.test_store import COMPLETED, STREAMING, delivery
@@ -37,19 +36,19 @@ def done(task_id: str) -> bytes:
     return callback(task_id, [clip(f"{task_id}-c", "succeeded", audio_url="http://cdn/x.mp3")])
 
 
-async def test_writes_that_arrive_together_commit_together_each_on_its_own(store: Store) -> None:
+async def test_writes_that_arrive_together_commit_together_each_on_its_own(store: Storage) -> None:
     async def boom(tx: Tx) -> None:
-        await tx.run(Q.INSERT_AUDIT, {"at": 1.0, "actor": "t", "action": "boom", "target": None,
+        await tx.run("insert_audit", {"at": 1.0, "actor": "t", "action": "boom", "target": None,
                                       "detail": "{}"})
         raise ValueError("this unit fails alone")
 
     def recording(n: int) -> Awaitable[object]:
-        return store.record_delivery(delivery(f"d{n}", done(f"t{n}")), router=ROUTER)
+        return store.ingest.record_delivery(delivery(f"d{n}", done(f"t{n}")), router=ROUTER)
 
     # the failing unit in the middle of one batch: what it wrote is undone, and the units
     # before it (run once with it, then again without it) and after it are each kept once
     results = await asyncio.gather(
-        *(recording(n) for n in range(10)), store.write(boom),
+        *(recording(n) for n in range(10)), store.db.write(boom),
         *(recording(n) for n in range(10, 20)),
         return_exceptions=True,
     )
@@ -57,23 +56,23 @@ async def test_writes_that_arrive_together_commit_together_each_on_its_own(store
     assert isinstance(failed, ValueError)
     assert [getattr(r, "outcome", r) for r in results] == [Outcome.RECORDED] * 20
     assert [getattr(r, "jobs", None) for r in results] == [1] * 20
-    counts = await store.counts()
+    counts = await store.admin.counts()
     assert (counts["deliveries"], counts["tasks"], counts["jobs"]) == (20, 20, 20)
-    assert (await store.list_audit(limit=10)).items == ()
+    assert (await store.admin.list_audit(limit=10)).items == ()
 
 
-async def test_read_only_work_cannot_write(store: Store) -> None:
+async def test_read_only_work_cannot_write(store: Storage) -> None:
     probe = {"name": "p", "at": 1.0}
-    for attempt in (lambda tx: tx.run(Q.PROBE_WRITE, probe),
-                    lambda tx: tx.send(Q.PROBE_WRITE, probe),
-                    lambda tx: tx.run_many(Q.PROBE_WRITE, [probe]),
-                    lambda tx: tx.send_many(Q.PROBE_WRITE, [probe])):
+    for attempt in (lambda tx: tx.run("probe_write", probe),
+                    lambda tx: tx.send("probe_write", probe),
+                    lambda tx: tx.run_many("probe_write", [probe]),
+                    lambda tx: tx.send_many("probe_write", [probe])):
         with pytest.raises(StoreError, match="a read cannot write"):
-            await store.read(attempt)
+            await store.db.read(attempt)
 
 
 async def test_a_route_narrowed_by_tags_and_platform_reads_them_from_the_task(
-    store: Store,
+    store: Storage,
 ) -> None:
     """Facts come from the stored task and its clips (the platform from an earlier delivery,
     tags from any clip), and only tasks they match get the route's job."""
@@ -83,215 +82,249 @@ async def test_a_route_narrowed_by_tags_and_platform_reads_them_from_the_task(
     for task, tags in (("t-pop", "Dreamy, POP"), ("t-rock", "rock")):
         streaming = callback(task, [clip(f"{task}-a", "streaming", tags=tags)],
                              event="song.streaming", platform="sonic")
-        await store.record_delivery(delivery(f"{task}-1", streaming), router=pop)
+        await store.ingest.record_delivery(delivery(f"{task}-1", streaming), router=pop)
         finished = callback(task, [clip(f"{task}-a", "succeeded", audio_url="http://cdn/a"),
                                    clip(f"{task}-b", "succeeded", audio_url="http://cdn/b")])
-        result = await store.record_delivery(delivery(f"{task}-2", finished), router=pop)
+        result = await store.ingest.record_delivery(delivery(f"{task}-2", finished), router=pop)
         assert result.jobs == (1 if task == "t-pop" else 0)
-    assert [j.task_id for j in await store.list_jobs()] == ["t-pop"]
+    assert [j.task_id for j in await store.admin.list_jobs()] == ["t-pop"]
 
 
-async def test_a_preview_changes_nothing_even_beside_real_writes(store: Store) -> None:
+async def test_a_preview_changes_nothing_even_beside_real_writes(store: Storage) -> None:
     preview, real = await asyncio.gather(
-        store.preview_delivery(delivery("p1", done("tp")), router=ROUTER),
-        store.record_delivery(delivery("r1", done("tr")), router=ROUTER),
+        store.ingest.preview_delivery(delivery("p1", done("tp")), router=ROUTER),
+        store.ingest.record_delivery(delivery("r1", done("tr")), router=ROUTER),
     )
     assert (preview.outcome, preview.jobs) == (Outcome.RECORDED, 1)
     assert real.outcome is Outcome.RECORDED
-    assert await store.get_task("tp") is None
-    assert await store.get_task("tr") is not None
+    assert await store.admin.get_task("tp") is None
+    assert await store.admin.get_task("tr") is not None
 
 
-async def test_duplicates_are_counted_on_the_first_delivery(store: Store) -> None:
-    await store.record_delivery(delivery("d1", STREAMING, event="song.streaming"))
+async def test_duplicates_are_counted_on_the_first_delivery(store: Storage) -> None:
+    await store.ingest.record_delivery(delivery("d1", STREAMING, event="song.streaming"))
     for _ in range(3):
-        again = await store.record_delivery(delivery("d1", STREAMING, event="song.streaming"))
+        again = await store.ingest.record_delivery(
+            delivery("d1", STREAMING, event="song.streaming")
+        )
         assert again.outcome is Outcome.DUPLICATE
-    row = await store.read(lambda tx: tx.one(Q.DUPLICATES_OF, {"delivery_id": "d1"}))
-    assert row is not None
-    assert row[0] == 3
+    detail = await store.admin.get_delivery("d1")
+    assert detail is not None
+    assert detail.row.duplicates == 3
 
 
-async def test_two_workers_never_claim_the_same_job(store: Store) -> None:
+async def test_two_workers_never_claim_the_same_job(store: Storage) -> None:
     for n in range(30):
-        await store.record_delivery(delivery(f"d{n}", done(f"t{n}")), router=ROUTER)
+        await store.ingest.record_delivery(delivery(f"d{n}", done(f"t{n}")), router=ROUTER)
     claims = await asyncio.gather(*(
-        store.claim_jobs(owner=f"w{n}", limit=4, now=2000.0, lease_s=60) for n in range(10)))
+        store.jobs.claim_jobs(owner=f"w{n}", limit=4, now=2000.0, lease_s=60) for n in range(10)))
     ids = [job.id for jobs in claims for job in jobs]
     assert len(ids) == len(set(ids)) == 30
 
 
 async def test_claims_take_the_oldest_due_first_across_queued_retried_and_expired_jobs(
-    store: Store,
+    store: Storage,
 ) -> None:
     # due times in another order than the ids, more queued jobs than one claim reads of a kind
     for n in range(90):
-        await store.record_delivery(delivery(f"d{n}", done(f"t{n}"), at=1000.0 + n * 37 % 90),
-                                    router=ROUTER)
-    first, second = await store.claim_jobs(owner="w1", limit=2, now=1100.0, lease_s=60)
+        await store.ingest.record_delivery(
+            delivery(f"d{n}", done(f"t{n}"), at=1000.0 + n * 37 % 90), router=ROUTER
+        )
+    first, second = await store.jobs.claim_jobs(owner="w1", limit=2, now=1100.0, lease_s=60)
     assert (first.run_after, second.run_after) == (1000.0, 1001.0)
-    assert await store.retry_job(first.id, owner="w1", error="x", run_after=1000.5, now=1100.0)
+    assert await store.jobs.retry_job(first.id, owner="w1", error="x", run_after=1000.5, now=1100.0)
     # w1 dies holding `second`: its lease runs out at 1160
-    everything = await store.list_jobs()
+    everything = await store.admin.list_jobs()
     expected = [j.id for j in sorted(everything, key=lambda j: (j.run_after, j.id))]
     taken: list[int] = []
-    while batch := await store.claim_jobs(owner="w2", limit=7, now=1200.0, lease_s=60):
+    while batch := await store.jobs.claim_jobs(owner="w2", limit=7, now=1200.0, lease_s=60):
         taken += [job.id for job in batch]
     assert taken == expected
     assert taken[:2] == [first.id, second.id]  # due 1000.5 (its retry), 1001 (lease expired)
 
 
 async def test_successes_committed_with_the_next_claim_change_only_jobs_still_held(
-    store: Store,
+    store: Storage,
 ) -> None:
     for n in range(3):
-        await store.record_delivery(delivery(f"d{n}", done(f"t{n}"), at=1000.0 + n),
+        await store.ingest.record_delivery(delivery(f"d{n}", done(f"t{n}"), at=1000.0 + n),
                                     router=ROUTER)
-    a, b = await store.claim_jobs(owner="w1", limit=2, now=2000.0, lease_s=60)
-    assert await store.renew_lease(a.id, owner="w1", until=3000.0, now=2050.0)
+    a, b = await store.jobs.claim_jobs(owner="w1", limit=2, now=2000.0, lease_s=60)
+    assert await store.jobs.renew_lease(a.id, owner="w1", until=3000.0, now=2050.0)
     # w1 was too slow with b: its lease ran out and w2 took it over (with the third job)
-    taken = await store.claim_jobs(owner="w2", limit=5, now=2070.0, lease_s=60)
+    taken = await store.jobs.claim_jobs(owner="w2", limit=5, now=2070.0, lease_s=60)
     c = next(job for job in taken if job.id != b.id)
     assert sorted(job.id for job in taken) == sorted([b.id, c.id])
-    kept, claimed = await store.finish_and_claim(owner="w1", finished=[a.id, b.id], limit=4,
+    kept, claimed = await store.jobs.finish_and_claim(owner="w1", finished=[a.id, b.id], limit=4,
                                                  now=2071.0, lease_s=60)
     assert (kept, claimed) == (frozenset({a.id}), [])  # nothing else is due
-    jobs = {job.id: job for job in await store.list_jobs()}
+    jobs = {job.id: job for job in await store.admin.list_jobs()}
     assert (jobs[a.id].state, jobs[a.id].lease_owner) == (JobState.DONE, None)
     assert (jobs[b.id].state, jobs[b.id].lease_owner) == (JobState.RUNNING, "w2")
 
     async def attempts(job_id: int) -> list[tuple[str, str | None]]:
-        rows = await store.read(lambda tx: tx.rows(Q.JOB_ATTEMPTS, {"job_id": job_id}))
-        return [(r[1], r[3]) for r in rows]
+        return [(a.owner, a.outcome) for a in await store.admin.job_attempts(job_id)]
 
     assert await attempts(a.id) == [("w1", "done")]
     assert await attempts(b.id) == [("w1", None), ("w2", None)]
-    kept, claimed = await store.finish_and_claim(owner="w2", finished=[b.id, c.id], limit=0,
+    kept, claimed = await store.jobs.finish_and_claim(owner="w2", finished=[b.id, c.id], limit=0,
                                                  now=2072.0, lease_s=60)
     assert (kept, claimed) == (frozenset({b.id, c.id}), [])
     assert await attempts(b.id) == [("w1", None), ("w2", "done")]
 
 
-async def test_every_attempt_is_kept_with_its_outcome(store: Store) -> None:
-    await store.record_delivery(delivery("d1", done("t1")), router=ROUTER)
-    [job] = await store.claim_jobs(owner="w1", limit=1, now=2000.0, lease_s=60)
-    assert await store.retry_job(job.id, owner="w1", error="boom", run_after=2010.0, now=2001.0)
-    [again] = await store.claim_jobs(owner="w2", limit=1, now=2010.0, lease_s=60)
-    assert await store.kill_job(again.id, owner="w2", error="still boom", now=2011.0)
-    attempts = await store.read(lambda tx: tx.rows(Q.JOB_ATTEMPTS, {"job_id": job.id}))
-    assert [(a[0], a[1], a[3], a[4]) for a in attempts] == [
+async def test_every_attempt_is_kept_with_its_outcome(store: Storage) -> None:
+    await store.ingest.record_delivery(delivery("d1", done("t1")), router=ROUTER)
+    [job] = await store.jobs.claim_jobs(owner="w1", limit=1, now=2000.0, lease_s=60)
+    assert await store.jobs.retry_job(
+        job.id, owner="w1", error="boom", run_after=2010.0, now=2001.0
+    )
+    [again] = await store.jobs.claim_jobs(owner="w2", limit=1, now=2010.0, lease_s=60)
+    assert await store.jobs.kill_job(again.id, owner="w2", error="still boom", now=2011.0)
+    attempts = await store.admin.job_attempts(job.id)
+    assert [(a.attempt, a.owner, a.outcome, a.error) for a in attempts] == [
         (1, "w1", "retry", "boom"), (2, "w2", "dead", "still boom")]
-    [dead] = await store.list_jobs(state=JobState.DEAD)
+    [dead] = await store.admin.list_jobs(state=JobState.DEAD)
     assert (dead.attempts, dead.last_error) == (2, "still boom")
     # requeued, it starts counting again, and its history stays
-    assert await store.requeue_jobs([job.id], now=2020.0) == 1
-    [third] = await store.claim_jobs(owner="w3", limit=1, now=2020.0, lease_s=60)
+    assert await store.admin.requeue_jobs([job.id], now=2020.0) == 1
+    [third] = await store.jobs.claim_jobs(owner="w3", limit=1, now=2020.0, lease_s=60)
     assert third.attempts == 1
-    assert await store.finish_job(third.id, owner="w3", now=2021.0)
-    attempts = await store.read(lambda tx: tx.rows(Q.JOB_ATTEMPTS, {"job_id": job.id}))
-    assert [(a[0], a[1], a[3]) for a in attempts] == [
+    assert await store.jobs.finish_job(third.id, owner="w3", now=2021.0)
+    attempts = await store.admin.job_attempts(job.id)
+    assert [(a.attempt, a.owner, a.outcome) for a in attempts] == [
         (1, "w1", "retry"), (2, "w2", "dead"), (1, "w3", "done")]
 
 
-async def test_requeue_takes_only_finished_jobs_and_resets_attempts(store: Store) -> None:
+async def test_requeue_takes_only_finished_jobs_and_resets_attempts(store: Storage) -> None:
     for n in range(3):
-        await store.record_delivery(delivery(f"d{n}", done(f"t{n}")), router=ROUTER)
-    jobs = await store.claim_jobs(owner="w", limit=3, now=2000.0, lease_s=60)
-    await store.kill_job(jobs[0].id, owner="w", error="x", now=2001.0)
-    await store.finish_job(jobs[1].id, owner="w", now=2001.0)
-    assert await store.requeue_jobs([j.id for j in jobs], now=2002.0) == 2  # not the running
-    queued = await store.find_jobs(JobFilter(state=JobState.QUEUED))
+        await store.ingest.record_delivery(delivery(f"d{n}", done(f"t{n}")), router=ROUTER)
+    jobs = await store.jobs.claim_jobs(owner="w", limit=3, now=2000.0, lease_s=60)
+    await store.jobs.kill_job(jobs[0].id, owner="w", error="x", now=2001.0)
+    await store.jobs.finish_job(jobs[1].id, owner="w", now=2001.0)
+    assert await store.admin.requeue_jobs([j.id for j in jobs], now=2002.0) == 2  # not the running
+    queued = await store.admin.find_jobs(JobFilter(state=JobState.QUEUED))
     assert sorted(j.id for j in queued) == sorted([jobs[0].id, jobs[1].id])
     assert all(j.attempts == 0 and j.last_error is None for j in queued)
-    by_delivery = await store.find_jobs(JobFilter(delivery_ids=frozenset({"d2"})))
+    by_delivery = await store.admin.find_jobs(JobFilter(delivery_ids=frozenset({"d2"})))
     assert [j.id for j in by_delivery] == [jobs[2].id]
 
 
-async def test_a_child_is_claimed_once_and_registers_its_task(store: Store) -> None:
-    await store.record_delivery(delivery("d1", done("parent")), router=ROUTER)
-    child = ChildTask(trigger_key="job/extend", parent_task_id="parent", root_task_id="parent",
-                      rule="extend", depth=1, task_type="extend_music", credits=15,
-                      request={"b": 1, "a": 2}, child_task_id=None,
-                      state=ChildState.REQUESTED, error=None, created_at=1.0, updated_at=1.0)
-    first, second = await asyncio.gather(store.claim_child(child), store.claim_child(child))
+async def test_a_child_is_claimed_once_and_registers_its_task(store: Storage) -> None:
+    await store.ingest.record_delivery(delivery("d1", done("parent")), router=ROUTER)
+    child = ChildTask(
+        trigger_key="job/extend",
+        parent_task_id="parent",
+        root_task_id="parent",
+        rule="extend",
+        depth=1,
+        task_type="extend_music",
+        credits=15,
+        request={"b": 1, "a": 2},
+        child_task_id=None,
+        state=ChildState.REQUESTED,
+        error=None,
+        created_at=1.0,
+        updated_at=1.0,
+    )
+    first, second = await asyncio.gather(
+        store.outputs.claim_child(child), store.outputs.claim_child(child)
+    )
     assert sorted([first[1], second[1]]) == [False, True]
     # the child's webhook came before the create call returned
-    await store.record_delivery(delivery("d2", done("kid")), router=ROUTER)
-    moved = await store.update_child("job/extend", state=ChildState.CREATED,
+    await store.ingest.record_delivery(delivery("d2", done("kid")), router=ROUTER)
+    moved = await store.outputs.update_child("job/extend", state=ChildState.CREATED,
                                      child_task_id="kid", now=5.0, router=ROUTER)
     assert (moved.state, moved.child_task_id) == (ChildState.CREATED, "kid")
-    view = await store.get_task("kid")
+    view = await store.admin.get_task("kid")
     assert view is not None
     assert (view.task.task_type, view.task.parent_task_id) == ("extend_music", "parent")
-    assert await store.child_of("kid") == moved
-    assert [c.trigger_key for c in await store.list_children("parent")] == ["job/extend"]
-    assert await store.credits_under("parent") == 15
-    await store.update_child("job/extend", state=ChildState.FAILED, error="no", now=6.0)
-    assert await store.credits_under("parent") == 0
+    assert await store.admin.child_of("kid") == moved
+    assert [c.trigger_key for c in await store.admin.list_children("parent")] == ["job/extend"]
+    assert await store.admin.credits_under("parent") == 15
+    await store.outputs.update_child("job/extend", state=ChildState.FAILED, error="no", now=6.0)
+    assert await store.admin.credits_under("parent") == 0
     with pytest.raises(StoreError, match="no child task"):
-        await store.update_child("nope", state=ChildState.FAILED, now=7.0)
+        await store.outputs.update_child("nope", state=ChildState.FAILED, now=7.0)
 
 
-async def test_files_and_results_are_upserted(store: Store) -> None:
+async def test_files_and_results_are_upserted(store: Storage) -> None:
     for size in (1, 2):
-        await store.record_file(StoredFile(
-            task_id="t", clip_id="c", kind="audio", path="/m/t/c.mp3", size=size,
-            sha256=f"{size:064x}", url="file:///m/t/c.mp3", content_type="audio/mpeg",
-            job_key="k", created_at=1.0))
-        await store.record_result(Result(task_id="t", clip_id="c", kind="bpm",
+        await store.outputs.record_file(
+            StoredFile(
+                task_id="t",
+                clip_id="c",
+                kind="audio",
+                path="/m/t/c.mp3",
+                size=size,
+                sha256=f"{size:064x}",
+                url="file:///m/t/c.mp3",
+                content_type="audio/mpeg",
+                job_key="k",
+                created_at=1.0,
+            )
+        )
+        await store.outputs.record_result(Result(task_id="t", clip_id="c", kind="bpm",
                                          data={"bpm": size}, job_key="k", created_at=1.0))
-    [f] = await store.list_files("t")
+    [f] = await store.admin.list_files("t")
     assert (f.size, f.url) == (2, "file:///m/t/c.mp3")
-    [r] = await store.list_results("t")
+    [r] = await store.admin.list_results("t")
     assert r.data == {"bpm": 2}
 
 
-async def test_reconcile_selects_stale_unfinished_tasks_and_recent_ones(store: Store) -> None:
-    await store.record_delivery(delivery("a", callback("old", [clip("o", "running")]), at=100.0))
-    await store.record_delivery(delivery("b", callback("new", [clip("n", "running")]), at=900.0))
-    await store.record_delivery(delivery("c", done("fin"), at=50.0))
-    assert await store.tasks_to_reconcile(stale_before=500.0) == ["old"]
-    assert await store.tasks_to_reconcile(since=800.0) == ["new"]
-    assert await store.tasks_to_reconcile(stale_before=1000.0, since=0.0, limit=2) == [
+async def test_reconcile_selects_stale_unfinished_tasks_and_recent_ones(store: Storage) -> None:
+    await store.ingest.record_delivery(
+        delivery("a", callback("old", [clip("o", "running")]), at=100.0)
+    )
+    await store.ingest.record_delivery(
+        delivery("b", callback("new", [clip("n", "running")]), at=900.0)
+    )
+    await store.ingest.record_delivery(delivery("c", done("fin"), at=50.0))
+    assert await store.admin.tasks_to_reconcile(stale_before=500.0) == ["old"]
+    assert await store.admin.tasks_to_reconcile(since=800.0) == ["new"]
+    assert await store.admin.tasks_to_reconcile(stale_before=1000.0, since=0.0, limit=2) == [
         "old", "new"]
 
 
-async def test_prune_dry_run_counts_and_keeps_everything(tmp_path: Path,
-                                                         request: pytest.FixtureRequest) -> None:
-    for kind in ("sqlite", "postgresql"):
-        clock = FakeClock(10_000.0)
-        async with backend_store(kind, request, tmp_path / kind, clock=clock) as store:
-            await _prune_scenario(store, clock)
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_prune_dry_run_counts_and_keeps_everything(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    clock = FakeClock(10_000.0)
+    async with backend_store(kind, request, tmp_path, clock=clock) as store:
+        await _prune_scenario(store, clock)
 
 
-async def _prune_scenario(store: Store, clock: FakeClock) -> None:
+async def _prune_scenario(store: Storage, clock: FakeClock) -> None:
     day = 86400.0
-    await store.record_delivery(delivery("old", done("t-old"), at=clock.now()), router=ROUTER)
-    await store.record_delivery(delivery("open", callback("t-open", [clip("x", "running")]),
+    await store.ingest.record_delivery(
+        delivery("old", done("t-old"), at=clock.now()), router=ROUTER
+    )
+    await store.ingest.record_delivery(delivery("open", callback("t-open", [clip("x", "running")]),
                                          at=clock.now()))
-    await store.record_delivery(delivery("q", b"[]", at=clock.now()))
-    [job] = await store.claim_jobs(owner="w", limit=1, now=clock.now(), lease_s=60)
-    await store.finish_job(job.id, owner="w", now=clock.now())
+    await store.ingest.record_delivery(delivery("q", b"[]", at=clock.now()))
+    [job] = await store.jobs.claim_jobs(owner="w", limit=1, now=clock.now(), lease_s=60)
+    await store.jobs.finish_job(job.id, owner="w", now=clock.now())
     clock.advance(100 * day)
-    before = await store.counts()
-    report = await store.prune(older_than_s=90 * day, keep_ids_s=400 * day, dry_run=True)
+    before = await store.admin.counts()
+    report = await store.admin.prune(older_than_s=90 * day, keep_ids_s=400 * day, dry_run=True)
     assert (report.bodies, report.jobs, report.delivery_ids) == (1, 1, 0)
-    assert await store.counts() == before
-    report = await store.prune(older_than_s=90 * day, keep_ids_s=400 * day)
+    assert await store.admin.counts() == before
+    report = await store.admin.prune(older_than_s=90 * day, keep_ids_s=400 * day)
     assert (report.bodies, report.jobs, report.delivery_ids) == (1, 1, 0)
-    after = await store.counts()
+    after = await store.admin.counts()
     assert (after["jobs"], after["deliveries"], after["tasks"]) == (0, 3, 2)
     # the pruned delivery's id still deduplicates; its body is gone from replay
-    again = await store.record_delivery(delivery("old", done("t-old"), at=clock.now()))
+    again = await store.ingest.record_delivery(delivery("old", done("t-old"), at=clock.now()))
     assert again.outcome is Outcome.DUPLICATE
-    kept = {r.stored.delivery_id for r in await store.raw_deliveries()}
+    kept = {r.stored.delivery_id for r in await store.admin.raw_deliveries()}
     assert kept == {"open", "q"}
     clock.advance(400 * day)
-    report = await store.prune(older_than_s=90 * day, keep_ids_s=400 * day)
+    report = await store.admin.prune(older_than_s=90 * day, keep_ids_s=400 * day)
     # "open"'s task never ended and "q" is quarantined: both kept; "old"'s id goes now
     assert (report.bodies, report.delivery_ids) == (0, 1)
-    assert {r.stored.delivery_id for r in await store.raw_deliveries()} == {"open", "q"}
-    view = await store.get_task("t-old")
+    assert {r.stored.delivery_id for r in await store.admin.raw_deliveries()} == {"open", "q"}
+    view = await store.admin.get_task("t-old")
     assert view is not None
     assert view.task.state is State.SUCCEEDED
 
@@ -299,36 +332,35 @@ async def _prune_scenario(store: Store, clock: FakeClock) -> None:
 async def test_an_old_sqlite_database_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as conn:  # a database as the previous release left it
-        for number, script in enumerate(MIGRATIONS[:2], start=1):
-            conn.executescript(script.format(id="INTEGER PRIMARY KEY", real="REAL",
-                                             blob="BLOB"))
+        for number, script in enumerate(DIALECT.migrations()[:2], start=1):
+            conn.executescript(script)
             conn.execute(f"PRAGMA user_version = {number}")
         conn.execute(
             "INSERT INTO deliveries (delivery_id, source, scheme, event, task_id, outcome, "
             "reason, headers, body, received_at) VALUES "
             "('d1', 'webhook', 'musicapi', NULL, 't-1', 'recorded', NULL, '{}', x'00', 1.0)")
-    async with sqlite_store(path) as store:
-        again = await store.record_delivery(delivery("d1", COMPLETED))
+    async with sqlite_storage(path) as store:
+        again = await store.ingest.record_delivery(delivery("d1", COMPLETED))
         assert again.outcome is Outcome.DUPLICATE
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(DIALECT.migrations())
         assert conn.execute("SELECT duplicates FROM deliveries").fetchone()[0] == 1
 
 
 async def test_opening_waits_for_another_process_migrating_the_file(tmp_path: Path) -> None:
-    """A migration can take a while on a big file (migration 7: 11 s for 100,000 tasks), and a
-    process started beside the one migrating waits for it, not just its lock timeout."""
+    """A migration can take a while on a big file (one that rebuilds tables), and a process
+    started beside the one migrating waits for it, not just its lock timeout."""
     path = tmp_path / "r.db"
-    async with sqlite_store(path):
+    async with sqlite_storage(path):
         pass
     other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")  # as a migration holds the file
     release = asyncio.get_running_loop().call_later(0.8, other.execute, "COMMIT")
     try:
         began = asyncio.get_running_loop().time()
-        async with Store(SQLiteConnector(path, lock_timeout_s=0.1)) as store:
+        async with Storage.over(SQLiteConnector(path, lock_timeout_s=0.1)) as store:
             waited = asyncio.get_running_loop().time() - began
-            assert (await store.counts())["deliveries"] == 0
+            assert (await store.admin.counts())["deliveries"] == 0
     finally:
         release.cancel()
         other.close()
@@ -338,17 +370,17 @@ async def test_opening_waits_for_another_process_migrating_the_file(tmp_path: Pa
 async def test_recording_names_the_task_it_will_lock(tmp_path: Path) -> None:
     """What the batch's task locks are taken from: a delivery whose body names its task says
     so; one named only by its clips' ids is found (and locked) inside its unit."""
-    async with sqlite_store(tmp_path / "r.db") as store:
+    async with sqlite_storage(tmp_path / "r.db") as store:
         seen: list[tuple[str, ...]] = []
-        write = store.connector.write
+        write = store.db.connector.write
 
         async def spy(units: Sequence[Unit]) -> None:
             seen.extend(unit.locks for unit in units)
             await write(units)
 
-        store.connector.write = spy  # type: ignore[method-assign]
-        await store.record_delivery(delivery("d1", COMPLETED))
-        await store.record_delivery(delivery("d2", callback(None, [clip("a", "succeeded")])))
+        store.db.connector.write = spy  # type: ignore[method-assign]
+        await store.ingest.record_delivery(delivery("d1", COMPLETED))
+        await store.ingest.record_delivery(delivery("d2", callback(None, [clip("a", "succeeded")])))
     assert seen == [("t-1",), ()]
 
 
@@ -366,7 +398,7 @@ async def test_two_postgresql_batches_locking_the_same_tasks_in_opposite_orders_
     def unit(name: str, task: str) -> Work[None]:
         async def work(tx: Tx) -> None:
             runs.append(name)
-            await tx.one(Q.LOCK_TASK, {"task_id": task})
+            await tx.one("lock_task", {"task_id": task})
             # A unit runs on the writer's own thread and must not suspend (see drive()): it
             # blocks, and meanwhile the other process's batch takes its first lock.
             time.sleep(0.3)  # noqa: ASYNC251
@@ -376,10 +408,10 @@ async def test_two_postgresql_batches_locking_the_same_tasks_in_opposite_orders_
     async with backend_store("postgresql", request, tmp_path) as one, \
             backend_store("postgresql", request, tmp_path) as two:
         await asyncio.gather(
-            one.write(unit("1a", "t-a"), locks=("t-a",)),
-            one.write(unit("1b", "t-b"), locks=("t-b",)),
-            two.write(unit("2b", "t-b"), locks=("t-b",)),
-            two.write(unit("2a", "t-a"), locks=("t-a",)),
+            one.db.write(unit("1a", "t-a"), locks=("t-a",)),
+            one.db.write(unit("1b", "t-b"), locks=("t-b",)),
+            two.db.write(unit("2b", "t-b"), locks=("t-b",)),
+            two.db.write(unit("2a", "t-a"), locks=("t-a",)),
         )
     assert sorted(runs) == ["1a", "1b", "2a", "2b"]
 
@@ -394,36 +426,40 @@ async def test_a_postgresql_writer_whose_connection_was_cut_connects_again(
     import psycopg
 
     async with backend_store("postgresql", request, tmp_path) as store:
-        assert (await store.record_delivery(delivery("before", done("t1")))).outcome \
+        assert (await store.ingest.record_delivery(delivery("before", done("t1")))).outcome \
             is Outcome.RECORDED
-        url = store.connector.url  # type: ignore[attr-defined]
+        url = store.db.connector.url  # type: ignore[attr-defined]
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
             cut = await admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                "AND application_name = 'sonic-receiver writer'")
+                "AND application_name = 'sonic-receiver writer'"
+            )
             assert [row[0] for row in await cut.fetchall()] == [True]
         outcomes = []
         for n in range(3):
             try:
-                outcomes.append((await store.record_delivery(
+                outcomes.append((await store.ingest.record_delivery(
                     delivery(f"after-{n}", done(f"t-after-{n}")))).outcome.value)
             except StoreError:
                 outcomes.append("503")
-        counts = await store.counts()
+        counts = await store.admin.counts()
     assert outcomes in (["503", "recorded", "recorded"], ["recorded"] * 3)
     assert counts["deliveries"] == 1 + outcomes.count("recorded")
 
 
+@pytest.mark.postgres
 async def test_a_postgresql_database_newer_than_the_code_is_refused(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     import psycopg
 
     async with backend_store("postgresql", request, tmp_path) as opened:
-        url = opened.connector.url  # type: ignore[attr-defined]
+        url = opened.db.connector.url  # type: ignore[attr-defined]
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await conn.execute("UPDATE schema_version SET version = %s", (len(MIGRATIONS) + 1,))
+        await conn.execute(
+            "UPDATE schema_version SET version = %s", (len(DIALECT.migrations()) + 1,)
+        )
     with pytest.raises(StoreError, match="newer than this code"):
         async with backend_store("postgresql", request, tmp_path):
             pass
@@ -433,9 +469,9 @@ async def test_a_database_that_cannot_be_reached_is_one_line(tmp_path: Path) -> 
     from receiver.storage.postgres import PostgresConnector
     from tests.support import free_port
 
-    store = Store(PostgresConnector(f"postgresql://u:secret@127.0.0.1:{free_port()}/db"))
+    store = Storage.over(PostgresConnector(f"postgresql://u:secret@127.0.0.1:{free_port()}/db"))
     with pytest.raises(StoreError) as caught:
-        await store.open()
+        await store.db.open()
     assert "cannot open database postgresql://127.0.0.1:" in caught.value.message
     assert "secret" not in caught.value.message
     assert "\n" not in caught.value.message
@@ -459,16 +495,16 @@ async def test_two_processes_recording_one_task_at_once_never_move_it_back(
             backend_store(kind, request, tmp_path) as two:
         for task in tasks:
             results = await asyncio.gather(
-                one.record_delivery(delivery(f"{task}-s", streaming(task)), router=ROUTER),
-                two.record_delivery(delivery(f"{task}-c", completed(task)), router=ROUTER),
+                one.ingest.record_delivery(delivery(f"{task}-s", streaming(task)), router=ROUTER),
+                two.ingest.record_delivery(delivery(f"{task}-c", completed(task)), router=ROUTER),
                 return_exceptions=True)
             for failed in (r for r in results if isinstance(r, BaseException)):
                 assert isinstance(failed, StoreError), failed  # a conflict: the sender retries
         for task in tasks:  # what a retrying sender would resend after a conflict
-            await one.record_delivery(delivery(f"{task}-s", streaming(task)), router=ROUTER)
-            await two.record_delivery(delivery(f"{task}-c", completed(task)), router=ROUTER)
-        views = [await one.get_task(task) for task in tasks]
-        jobs = await one.list_jobs()
+            await one.ingest.record_delivery(delivery(f"{task}-s", streaming(task)), router=ROUTER)
+            await two.ingest.record_delivery(delivery(f"{task}-c", completed(task)), router=ROUTER)
+        views = [await one.admin.get_task(task) for task in tasks]
+        jobs = await one.admin.list_jobs()
     backwards = [(v.task.task_id, v.task.state) for v in views
                  if v is not None and v.task.state is not State.SUCCEEDED]
     assert backwards == []
@@ -483,17 +519,24 @@ async def test_a_task_registered_while_its_webhook_is_recorded_elsewhere_gets_it
 ) -> None:
     """POST /tasks in one web process registers the task's type while its webhook is recorded
     in another: a route on that type plans the job either way, once."""
-    typed = Router([Route(name="r", on=frozenset({"task.succeeded"}),
-                          handlers=(HandlerRef(name="h"),),
-                          task_types=frozenset({"create_music"}))])
+    typed = Router(
+        [
+            Route(
+                name="r",
+                on=frozenset({"task.succeeded"}),
+                handlers=(HandlerRef(name="h"),),
+                task_types=frozenset({"create_music"}),
+            )
+        ]
+    )
     tasks = [f"reg-{n}" for n in range(40)]
     async with backend_store(kind, request, tmp_path) as one, \
             backend_store(kind, request, tmp_path) as two:
         for task in tasks:
             await asyncio.gather(
-                one.register_task(task, task_type="create_music", now=1000.0, router=typed),
-                two.record_delivery(delivery(f"{task}-c", done(task)), router=typed))
-        jobs = await one.list_jobs()
+                one.ingest.register_task(task, task_type="create_music", now=1000.0, router=typed),
+                two.ingest.record_delivery(delivery(f"{task}-c", done(task)), router=typed))
+        jobs = await one.admin.list_jobs()
     assert sorted(j.task_id for j in jobs) == sorted(tasks)
 
 
@@ -505,10 +548,12 @@ async def test_a_worker_elsewhere_is_woken_by_jobs_written_not_by_its_poll(
     SQLite's data_version), long before the wait it was given runs out."""
     async with backend_store(kind, request, tmp_path) as worker, \
             backend_store(kind, request, tmp_path) as web:
-        await worker.wait_for_jobs(0)  # listening from here on
-        waiting = asyncio.create_task(worker.wait_for_jobs(600))
+        await worker.jobs.wait_for_jobs(0)  # listening from here on
+        waiting = asyncio.create_task(worker.jobs.wait_for_jobs(600))
         for n in range(100):  # a write each 0.1 s until it wakes: none can be missed for long
-            await web.record_delivery(delivery(f"wake-{n}", done(f"wake-{n}")), router=ROUTER)
+            await web.ingest.record_delivery(
+                delivery(f"wake-{n}", done(f"wake-{n}")), router=ROUTER
+            )
             done_now, _ = await asyncio.wait([waiting], timeout=0.1)
             if done_now:
                 break
@@ -528,23 +573,24 @@ async def test_one_delivery_recorded_by_two_processes_at_once_is_a_duplicate_not
         outcomes = []
         for n in range(30):
             same = delivery(f"twice-{n}", done(f"twice-{n}"))
-            results = await asyncio.gather(one.record_delivery(same, router=ROUTER),
-                                           two.record_delivery(same, router=ROUTER))
+            results = await asyncio.gather(one.ingest.record_delivery(same, router=ROUTER),
+                                           two.ingest.record_delivery(same, router=ROUTER))
             outcomes.append(sorted(r.outcome.value for r in results))
-        counts = await one.counts()
+        counts = await one.admin.counts()
     assert outcomes == [["duplicate", "recorded"]] * 30
     assert (counts["deliveries"], counts["jobs"]) == (30, 30)
 
 
-async def test_one_process_at_a_time_has_a_scheduled_turn(tmp_path: Path,
-                                                           request: pytest.FixtureRequest) -> None:
-    for kind in ("sqlite", "postgresql"):
-        clock = FakeClock(1000.0)
-        async with backend_store(kind, request, tmp_path / kind, clock=clock) as store:
-            assert await store.take_turn("reconcile", owner="a", hold_s=60)
-            assert not await store.take_turn("reconcile", owner="b", hold_s=60)
-            assert await store.take_turn("prune", owner="b", hold_s=60)  # another schedule
-            assert await store.take_turn("reconcile", owner="a", hold_s=60)  # its own again
-            clock.advance(61)
-            assert await store.take_turn("reconcile", owner="b", hold_s=60)  # a ran out
-            assert not await store.take_turn("reconcile", owner="a", hold_s=60)
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_one_process_at_a_time_has_a_scheduled_turn(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    clock = FakeClock(1000.0)
+    async with backend_store(kind, request, tmp_path, clock=clock) as store:
+        assert await store.admin.take_turn("reconcile", owner="a", hold_s=60)
+        assert not await store.admin.take_turn("reconcile", owner="b", hold_s=60)
+        assert await store.admin.take_turn("prune", owner="b", hold_s=60)  # another schedule
+        assert await store.admin.take_turn("reconcile", owner="a", hold_s=60)  # its own again
+        clock.advance(61)
+        assert await store.admin.take_turn("reconcile", owner="b", hold_s=60)  # a ran out
+        assert not await store.admin.take_turn("reconcile", owner="a", hold_s=60)

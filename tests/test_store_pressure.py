@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from receiver.app import create_app
-from receiver.storage import Store
 from receiver.storage.connector import Unit
+from receiver.storage.roles import Storage
 from receiver.storage.sqlite import SQLiteConnector
 from tests.support import app_client, callback, clip, post_signed, settings_for
 
@@ -34,8 +34,8 @@ async def test_waiters_on_a_locked_database_share_one_timeout_and_get_503(
 ) -> None:
     path = tmp_path / "receiver.db"
     connector = CountingConnector(path, lock_timeout_s=0.5)
-    async with Store(connector) as store:
-        app = create_app(settings_for(tmp_path), store=store)
+    async with Storage.over(connector) as store:
+        app = create_app(settings_for(tmp_path), storage=store)
         async with app_client(app) as client:
             assert (await client.get("/readyz")).status_code == 200
             with contextlib.closing(sqlite3.connect(path)) as other:
@@ -62,8 +62,8 @@ async def test_readyz_says_not_ready_when_a_delivery_could_not_be_committed(
     # No disk fills on demand here: demand more free space than any disk has. A probe
     # write alone would still succeed (the WAL reuses its space); a delivery's body may not.
     full = SQLiteConnector(tmp_path / "receiver.db", min_free_bytes=2**62)
-    async with Store(full) as store:
-        app = create_app(settings_for(tmp_path), store=store)
+    async with Storage.over(full) as store:
+        app = create_app(settings_for(tmp_path), storage=store)
         async with app_client(app) as client:
             ready = await client.get("/readyz")
             assert ready.status_code == 503

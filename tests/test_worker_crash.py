@@ -23,7 +23,7 @@ from receiver.registry import load_registry
 from receiver.routing import Router, routes_from_config
 from receiver.server import running
 from receiver.settings import load
-from receiver.storage import sqlite_store
+from receiver.storage.roles import sqlite_storage
 from tests.handler_support import deliver_to
 from tests.support import callback, clip
 
@@ -86,7 +86,7 @@ async def test_a_download_killed_mid_stream_finishes_after_restart(tmp_path: Pat
     async with running(slow_media(body, ranges)) as url:
         router = Router(routes_from_config(settings.config), policy=settings.retry)
         load_registry(settings.config).check(router.handler_names)
-        async with sqlite_store(settings.db_path) as store:
+        async with sqlite_storage(settings.db_path) as store:
             done = callback("t-crash", [clip("c1", "succeeded", audio_url=f"{url}/a.wav")])
             result = await deliver_to(store, router, done)
             assert result.jobs == 1  # the default route: download_audio
@@ -104,20 +104,20 @@ async def test_a_download_killed_mid_stream_finishes_after_restart(tmp_path: Pat
             os.kill(worker.pid, signal.SIGKILL)
             await worker.wait()
             assert not final.exists()  # only the .part, never a final name
-            assert [j.state for j in await store.list_jobs()] == [JobState.RUNNING]
+            assert [j.state for j in await store.admin.list_jobs()] == [JobState.RUNNING]
 
             worker = await start_worker("worker-2.log")
             try:
                 for _ in range(1500):
-                    [job] = await store.list_jobs()
+                    [job] = await store.admin.list_jobs()
                     if job.state is not JobState.RUNNING and job.state is not JobState.QUEUED:
                         break
                     await asyncio.sleep(0.02)
             finally:
                 worker.send_signal(signal.SIGTERM)
                 await worker.wait()
-            [job] = await store.list_jobs()
-            files = await store.list_files("t-crash")
+            [job] = await store.admin.list_jobs()
+            files = await store.admin.list_files("t-crash")
 
     assert (job.state, job.attempts) == (JobState.DONE, 2), job.last_error
     assert final.exists()

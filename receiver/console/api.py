@@ -32,6 +32,7 @@ from receiver.signatures import Scheme
 from receiver.states import State
 from receiver.storage.admin import (
     MAX_LIMIT,
+    Admin,
     AuditEntry,
     BadCursor,
     DeliveryDetail,
@@ -41,7 +42,6 @@ from receiver.storage.admin import (
     TaskFilter,
     TaskRow,
 )
-from receiver.storage.roles import Admin
 
 DEFAULT_LIMIT = 50
 
@@ -188,8 +188,8 @@ def runtime_of(request: Request) -> Runtime:
 
 
 def reads_of(request: Request) -> Admin:
-    """The store, in its administration role."""
-    return runtime_of(request).store
+    """The storage, in its administration role."""
+    return runtime_of(request).storage.admin
 
 
 def actor_of(request: Request) -> str:
@@ -214,22 +214,15 @@ class Actions:
     async def _audit(self, actor: str, action: str, target: str, detail: dict[str, Any]) -> None:
         await self.reads.audit(actor=actor, action=action, target=target, detail=detail)
 
-    def _wake(self) -> None:
-        if self.runtime.worker is not None:
-            self.runtime.worker.wake()
-
     async def retry_job(self, job_id: int, *, actor: str) -> dict[str, Any] | None:
         job = await self.reads.get_job(job_id)
         if job is None:
             return None
         requeued = 0
         if job.state in (JobState.DEAD, JobState.DONE):
-            requeued = await self.runtime.store.requeue_jobs([job_id],
-                                                             now=self.runtime.clock.now())
+            requeued = await self.reads.requeue_jobs([job_id], now=self.runtime.clock.now())
         result = {"job_id": job_id, "was": job.state.value, "requeued": requeued == 1}
         await self._audit(actor, "retry_job", f"job:{job_id}", result)
-        if requeued:
-            self._wake()
         return result
 
     async def retry_matching(self, where: JobFilter, *, dry_run: bool,
@@ -241,8 +234,6 @@ class Actions:
             result["requeued"] = await self.reads.requeue_matching(
                 where, now=self.runtime.clock.now())
             await self._audit(actor, "retry_jobs", "jobs", result)
-            if result["requeued"]:
-                self._wake()
         return result
 
     async def record_again(self, delivery_id: str, *, actor: str) -> dict[str, Any] | None:
@@ -253,14 +244,12 @@ class Actions:
             result: dict[str, Any] = {"delivery_id": delivery_id, "changed": False,
                                       "outcome": detail.row.outcome.value}
         else:
-            recorded = await self.runtime.store.rerecord_quarantined(
+            recorded = await self.runtime.storage.ingest.rerecord_quarantined(
                 replayed(detail.raw), router=self.runtime.router)
             result = {"delivery_id": delivery_id, "changed": True,
                       "outcome": recorded.outcome.value, "reason": recorded.reason,
                       "task_id": recorded.task_id, "transitions": len(recorded.transitions),
                       "jobs": recorded.jobs}
-            if recorded.jobs:
-                self._wake()
         await self._audit(actor, "record_again", f"delivery:{delivery_id}", result)
         return result
 
@@ -282,9 +271,8 @@ class Actions:
         runtime = self.runtime
         if runtime.sonic is None:
             raise ActionRefused("no Sonic API client is configured (SONIC_API_BASE_URL)")
-        summary = await reconcile([task_id], store=runtime.store, sonic=runtime.sonic,
-                                  router=runtime.router, clock=runtime.clock,
-                                  on_jobs=self._wake)
+        summary = await reconcile([task_id], store=runtime.storage.ingest, sonic=runtime.sonic,
+                                  router=runtime.router, clock=runtime.clock)
         result = {"task_id": task_id, "counts": summary.counts, "failures": summary.failures}
         await self._audit(actor, "reconcile", f"task:{task_id}", result)
         return result
@@ -335,7 +323,7 @@ async def task_detail(runtime: Runtime, reads: Admin, task_id: str) -> dict[str,
     its children, and its chain (the parents up to the root, oldest first)."""
     from receiver.app import child_json, file_json, result_json, task_view_json
 
-    store = runtime.store
+    store = reads
     view = await store.get_task(task_id)
     if view is None:
         return None
@@ -519,7 +507,7 @@ async def resend_delivery(request: Request) -> Response:
 
 async def reconcile_task(request: Request) -> Response:
     task_id = request.path_params["task_id"]
-    if await runtime_of(request).store.get_task(task_id) is None:
+    if await reads_of(request).get_task(task_id) is None:
         return _error(404, "task_not_found")
     try:
         result = await actions_of(request).reconcile_task(task_id, actor=actor_of(request))

@@ -1,8 +1,9 @@
 """``GET /metrics``: the Prometheus text format, behind the admin token.
 
-The database's counts are computed at scrape time (:meth:`AdminReads.totals`) and joined with
-the process-local instruments of :mod:`receiver.metrics` (summed across processes from
-``PROMETHEUS_MULTIPROC_DIR`` when it is set).
+The database's counts are computed at scrape time
+(:meth:`receiver.storage.admin.Admin.totals`) and joined with the process-local instruments of
+:mod:`receiver.metrics` (summed across processes from ``PROMETHEUS_MULTIPROC_DIR`` when it is
+set).
 """
 
 from __future__ import annotations

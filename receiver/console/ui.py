@@ -164,7 +164,8 @@ async def logout(request: Request) -> Response:
 async def overview(request: Request) -> Response:
     runtime = api.runtime_of(request)
     numbers = await api.reads_of(request).overview(now=runtime.clock.now(),
-                                                   expiry_warn_s=EXPIRY_WARN_S)
+                                                   expiry_warn_s=EXPIRY_WARN_S,
+                                                   download_handler=DOWNLOAD_HANDLER)
     peak = max((n for _, n in numbers.deliveries_per_minute), default=0)
     return render(request, "overview.html", {"o": numbers, "peak": max(peak, 1), "peak_real": peak,
                                              "backlog": sum(numbers.jobs_by_state.get(s, 0)
@@ -173,6 +174,7 @@ async def overview(request: Request) -> Response:
 
 
 EXPIRY_WARN_S = 12 * 3600  # warn on downloads still pending this long after the job was made
+DOWNLOAD_HANDLER = "download_audio"  # the overview's panel of downloads whose links may expire
 
 
 async def tasks(request: Request) -> Response:

@@ -1,14 +1,12 @@
-"""The administration queries the console needs, once for every backend: cursor-paged lists of
+"""The administration role: what operators and scripts read and do. Cursor-paged lists of
 tasks, deliveries, jobs and the audit log, a delivery with what it did, a job's attempts,
-"every job matching a filter" (counted, then requeued in one statement), and the numbers of the
+"every job matching a filter" (counted, then requeued in one statement), the reconcile
+selection, raw deliveries for replay, turns among processes, retention, and the numbers of the
 overview and of ``/metrics``.
 
 Every list is a :class:`Page` in a stable order (newest first, ties broken by id) with an opaque
 cursor: the base64 of the last item's sort key. Paging never repeats or skips a row that existed
 when the first page was read, however many arrive meanwhile (new ones sort first).
-
-:class:`AdminQueries` is mixed into :class:`receiver.storage.store.Store`; it uses only the
-store's ``read`` and ``write`` and the named statements of :mod:`receiver.storage.statements`.
 """
 
 from __future__ import annotations
@@ -16,12 +14,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import structlog
+
 from receiver.errors import ReceiverError
-from receiver.jobs import Job, JobState
+from receiver.jobs import AttemptOutcome, Job, JobState
 from receiver.models import (
     JobFilter,
     Outcome,
@@ -32,9 +32,11 @@ from receiver.models import (
     Transition,
 )
 from receiver.states import State
-from receiver.storage import rows as records
-from receiver.storage.connector import Row, Tx, Work
-from receiver.storage.statements import Q
+from receiver.storage.connector import Tx
+from receiver.storage.records import Row, loads, record
+from receiver.storage.tasks import TaskReads, job_params
+
+log = structlog.get_logger("receiver.storage")
 
 MAX_LIMIT = 500
 JOB_STATES = tuple(s.value for s in JobState)
@@ -138,15 +140,14 @@ class DeliveryDetail:
 
 @dataclass(frozen=True, kw_only=True)
 class JobAttempt:
-    """One run of a job: ``outcome`` is done, retry, later (RetryLater), dead or released,
-    None while it runs."""
+    """One run of a job: ``outcome`` None while it runs (or when its worker died)."""
 
     job_id: int
     attempt: int
     owner: str
     started_at: float
     finished_at: float | None
-    outcome: str | None
+    outcome: AttemptOutcome | None
     error: str | None
 
 
@@ -173,8 +174,8 @@ class Overview:
     dead_jobs: int
     quarantined: int
     duplicates: int
-    pending_downloads: int  # download jobs not done for clips whose audio URL is known
-    expiring_downloads: int  # of those, the ones first seen more than ``expiry_warn_s`` ago
+    pending_downloads: int  # jobs of the download handler not finished
+    expiring_downloads: int  # of those, the ones created more than ``expiry_warn_s`` ago
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,11 +194,128 @@ class Totals:
 
 
 
-class AdminQueries:
-    """The console's queries, as methods of the store (a mixin: it needs ``read``/``write``)."""
+@dataclass(frozen=True, kw_only=True)
+class PruneReport:
+    """What retention removed (or, in a dry run, would remove)."""
 
-    read: Callable[[Work[Any]], Awaitable[Any]]
-    write: Callable[..., Awaitable[Any]]
+    bodies: int
+    jobs: int
+    delivery_ids: int
+    dry_run: bool
+
+
+class Admin(TaskReads):
+    """What operators and scripts read and do."""
+
+    # -- replay and the schedules ------------------------------------------------------------
+
+    async def tasks_to_reconcile(
+        self, *, stale_before: float | None = None, since: float | None = None,
+        limit: int = 1_000_000,
+    ) -> list[str]:
+        """Tasks not yet terminal whose last event is older than ``stale_before``, or every
+        task first seen at or after ``since``."""
+
+        async def work(tx: Tx) -> list[str]:
+            found: list[str] = []
+            if stale_before is not None:
+                found += [r["task_id"] for r in await tx.rows(
+                    "stale_tasks", {"before": stale_before, "limit": limit})]
+            if since is not None:
+                found += [r["task_id"] for r in await tx.rows(
+                    "tasks_since", {"since": since, "limit": limit})]
+            return found
+
+        return list(dict.fromkeys(await self.db.read(work)))[:limit]
+
+    async def raw_deliveries(
+        self, *, since: float | None = None, until: float | None = None,
+        task_id: str | None = None, outcome: Outcome | None = None, limit: int = 1_000_000,
+    ) -> list[RawDelivery]:
+        """Stored deliveries with their headers and bodies (pruned ones left out), oldest
+        first."""
+        params = {"since": since, "until": until, "task_id": task_id,
+                  "outcome": outcome.value if outcome else None, "limit": limit}
+        rows = await self.db.read(lambda tx: tx.rows("raw_deliveries", params))
+        return [_raw(r) for r in rows]
+
+    async def find_jobs(self, where: JobFilter, *, limit: int = 1_000_000) -> list[Job]:
+        """The newest ``limit`` jobs matching ``where``, oldest first."""
+        rows = await self.db.read(lambda tx: tx.rows("find_jobs", job_params(where, limit=limit)))
+        return [record(Job, r) for r in reversed(rows)]
+
+    async def requeue_jobs(self, job_ids: Sequence[int], *, now: float) -> int:
+        """Queue finished (done or dead) jobs again, attempts reset; returns how many."""
+
+        async def work(tx: Tx) -> int:
+            changed = 0
+            for start in range(0, len(job_ids), _CHUNK):
+                chunk = [int(i) for i in job_ids[start:start + _CHUNK]]
+                changed += await tx.run("requeue_jobs", {"ids": json.dumps(chunk), "now": now})
+            if changed:
+                tx.jobs_written()
+            return changed
+
+        return await self.db.write(work)
+
+    async def take_turn(self, name: str, *, owner: str, hold_s: float) -> bool:
+        """Whether ``owner`` has the turn at ``name`` for the next ``hold_s`` seconds: among
+        several processes running the same schedule (reconcile, prune), one does each round."""
+        now = self.db.clock.now()
+        params = {"name": name, "owner": owner, "until": now + hold_s, "now": now}
+        return await self.db.write(lambda tx: tx.run("take_turn", params)) == 1
+
+    async def audit(
+        self, *, actor: str, action: str, target: str | None, detail: Mapping[str, Any]
+    ) -> None:
+        """Keep who did what to what, and when (operators' actions)."""
+        params = {"at": self.db.clock.now(), "actor": actor, "action": action, "target": target,
+                  "detail": json.dumps(dict(detail), sort_keys=True, default=str)}
+        await self.db.write(lambda tx: tx.run("insert_audit", params))
+
+    async def prune(
+        self, *, older_than_s: float, keep_ids_s: float, dry_run: bool = False
+    ) -> PruneReport:
+        """Retention: raw bodies of deliveries of finished tasks, and finished jobs (with their
+        attempts), older than ``older_than_s``; the delivery rows themselves (the ids that
+        deduplication needs) only after ``keep_ids_s``. Tasks, clips, transitions, files,
+        results and quarantined deliveries are kept."""
+        if keep_ids_s < older_than_s:
+            raise ValueError("delivery ids must be kept at least as long as bodies")
+        now = self.db.clock.now()
+        before, ids_before = now - older_than_s, now - keep_ids_s
+
+        async def count(tx: Tx) -> PruneReport:
+            async def n(statement: str, horizon: float) -> int:
+                row = await tx.one(statement, {"before": horizon})
+                return int(row["n"]) if row is not None else 0
+
+            return PruneReport(bodies=await n("count_prunable_bodies", before),
+                               jobs=await n("count_prunable_jobs", before),
+                               delivery_ids=await n("count_prunable_ids", ids_before),
+                               dry_run=True)
+
+        if dry_run:
+            return await self.db.read(count)
+
+        async def work(tx: Tx) -> PruneReport:
+            bodies = await tx.run("prune_bodies", {"before": before, "now": now, "empty": b""})
+            await tx.run("prune_attempts", {"before": before})
+            jobs = await tx.run("prune_jobs", {"before": before})
+            ids = await tx.run("prune_ids", {"before": ids_before})
+            return PruneReport(bodies=bodies, jobs=jobs, delivery_ids=ids, dry_run=False)
+
+        report = await self.db.write(work)
+        log.info("store_pruned", bodies=report.bodies, jobs=report.jobs,
+                 delivery_ids=report.delivery_ids)
+        return report
+
+    async def counts(self) -> Mapping[str, int]:
+        """Row counts by table (operations and tests)."""
+        row = await self.db.read(lambda tx: tx.one("row_counts"))
+        return {table: int(row[table]) if row is not None else 0 for table in TABLES}
+
+    # -- the console -------------------------------------------------------------------------
 
     async def list_tasks(
         self, where: TaskFilter, *, limit: int, cursor: str | None = None
@@ -211,8 +329,9 @@ class AdminQueries:
             "c_at": float(key[0]) if key else None, "c_id": str(key[1]) if key else None,
             "limit": limit + 1,
         }
-        rows: list[Row] = await self.read(lambda tx: tx.rows(Q.LIST_TASKS, params))
-        items = [TaskRow(task=records.task(r), title=r[10], clips=int(r[11])) for r in rows[:limit]]
+        rows = await self.db.read(lambda tx: tx.rows("list_tasks", params))
+        items = [TaskRow(task=record(Task, r), title=r["title"], clips=int(r["clips"]))
+                 for r in rows[:limit]]
         last = items[-1].task if items and len(rows) > limit else None
         return Page(items=tuple(items), next_cursor=encode_cursor(
             [last.first_seen_at, last.task_id]) if last else None)
@@ -230,115 +349,107 @@ class AdminQueries:
             "source": where.source.value if where.source else None, "task_id": where.task_id,
             "since": where.since, "c_id": int(key[0]) if key else None, "limit": limit + 1,
         }
-        rows: list[Row] = await self.read(lambda tx: tx.rows(Q.LIST_DELIVERIES, params))
-        items = [_delivery_row(r) for r in rows[:limit]]
+        rows = await self.db.read(lambda tx: tx.rows("list_deliveries", params))
+        items = [record(DeliveryRow, r) for r in rows[:limit]]
         return Page(items=tuple(items), next_cursor=encode_cursor([items[-1].id])
                     if items and len(rows) > limit else None)
 
     async def get_delivery(self, delivery_id: str) -> DeliveryDetail | None:
         async def work(tx: Tx) -> DeliveryDetail | None:
-            r = await tx.one(Q.GET_DELIVERY, {"delivery_id": delivery_id})
+            r = await tx.one("get_delivery", {"delivery_id": delivery_id})
             if r is None:
                 return None
-            row = _delivery_row(r)
-            transitions = await tx.rows(Q.DELIVERY_TRANSITIONS, {
+            row = record(DeliveryRow, r)
+            transitions = await tx.rows("delivery_transitions", {
                 "delivery_id": delivery_id, "task_id": row.task_id}) if row.task_id else []
-            raw = RawDelivery(
-                stored=StoredDelivery(
-                    delivery_id=row.delivery_id, source=row.source, scheme=row.scheme,
-                    event=row.event, task_id=row.task_id, outcome=row.outcome,
-                    reason=row.reason, received_at=row.received_at),
-                headers=json.loads(r[11]), body=bytes(r[12]))
-            return DeliveryDetail(row=row, raw=raw, pruned_at=r[13],
-                                  transitions=tuple(records.transition(t) for t in transitions))
+            return DeliveryDetail(row=row, raw=_raw(r), pruned_at=r["pruned_at"],
+                                  transitions=tuple(record(Transition, t) for t in transitions))
 
-        result: DeliveryDetail | None = await self.read(work)
-        return result
+        return await self.db.read(work)
 
     async def list_jobs_page(
         self, where: JobFilter, *, limit: int, cursor: str | None = None
     ) -> Page[Job]:
         key = decode_cursor(cursor, 1)
-        params = {**_job_params(where), "c_id": int(key[0]) if key else None,
-                  "limit": limit + 1}
-        rows: list[Row] = await self.read(lambda tx: tx.rows(Q.LIST_JOBS_PAGE, params))
-        items = [records.job(r) for r in rows[:limit]]
+        params = job_params(where, limit=limit + 1, cursor=int(key[0]) if key else None)
+        rows = await self.db.read(lambda tx: tx.rows("find_jobs", params))
+        items = [record(Job, r) for r in rows[:limit]]
         return Page(items=tuple(items), next_cursor=encode_cursor([items[-1].id])
                     if items and len(rows) > limit else None)
 
     async def get_job(self, job_id: int) -> Job | None:
-        row: Row | None = await self.read(lambda tx: tx.one(Q.GET_JOB, {"id": job_id}))
-        return records.job(row) if row is not None else None
+        row = await self.db.read(lambda tx: tx.one("get_job", {"id": job_id}))
+        return record(Job, row) if row is not None else None
 
     async def job_attempts(self, job_id: int) -> list[JobAttempt]:
-        """Every attempt of a job, oldest first (a requeued job starts counting again at 1:
-        its new attempts replace the old rows of the same number)."""
-        rows: list[Row] = await self.read(lambda tx: tx.rows(Q.JOB_ATTEMPTS, {"job_id": job_id}))
-        return [JobAttempt(job_id=job_id, attempt=r[0], owner=r[1], started_at=r[2],
-                           outcome=r[3], error=r[4], finished_at=r[5]) for r in rows]
+        """Every attempt of a job, oldest first."""
+        rows = await self.db.read(lambda tx: tx.rows("job_attempts", {"job_id": job_id}))
+        return [record(JobAttempt, r) for r in rows]
 
     async def count_jobs(self, where: JobFilter) -> int:
-        params = _job_params(where)
-        row: Row | None = await self.read(lambda tx: tx.one(Q.COUNT_MATCHING_JOBS, params))
-        return int(row[0]) if row is not None else 0
+        params = _filter_params(where)
+        row = await self.db.read(lambda tx: tx.one("count_matching_jobs", params))
+        return int(row["n"]) if row is not None else 0
 
     async def requeue_matching(self, where: JobFilter, *, now: float) -> int:
         """Queue again every finished (done or dead) job matching ``where``, in one statement,
         attempts reset; returns how many. A second call finds them queued: it changes
         nothing."""
-        params = {**_job_params(where), "now": now}
+        params = {**_filter_params(where), "now": now}
 
         async def work(tx: Tx) -> int:
-            changed = await tx.run(Q.REQUEUE_MATCHING, params)
+            changed = await tx.run("requeue_matching", params)
             if changed:
                 tx.jobs_written()
             return changed
 
-        changed: int = await self.write(work)
-        return changed
+        return await self.db.write(work)
 
     async def list_audit(self, *, limit: int, cursor: str | None = None) -> Page[AuditEntry]:
         key = decode_cursor(cursor, 1)
         params = {"c_id": int(key[0]) if key else None, "limit": limit + 1}
-        rows: list[Row] = await self.read(lambda tx: tx.rows(Q.LIST_AUDIT, params))
-        items = [AuditEntry(id=r[0], at=r[1], actor=r[2], action=r[3], target=r[4],
-                            detail=json.loads(r[5])) for r in rows[:limit]]
+        rows = await self.db.read(lambda tx: tx.rows("list_audit", params))
+        items = [record(AuditEntry, r) for r in rows[:limit]]
         return Page(items=tuple(items), next_cursor=encode_cursor([items[-1].id])
                     if items and len(rows) > limit else None)
 
-    async def overview(self, *, now: float, expiry_warn_s: float) -> Overview:
-        """The overview's numbers at ``now``: deliveries a minute over the last hour, and
-        download jobs still pending after ``expiry_warn_s`` (their CDN links may expire)."""
+    async def overview(self, *, now: float, expiry_warn_s: float,
+                       download_handler: str) -> Overview:
+        """The overview's numbers at ``now``: deliveries a minute over the last hour, and jobs
+        of ``download_handler`` still unfinished after ``expiry_warn_s`` (their links may
+        expire)."""
         first = int(now // 60) - 59
 
         async def work(tx: Tx) -> Overview:
-            minutes = {int(r[0]): int(r[1]) for r in await tx.rows(
-                Q.DELIVERIES_PER_MINUTE, {"since": first * 60})}
+            minutes = {int(r["minute"]): int(r["n"]) for r in await tx.rows(
+                "deliveries_per_minute", {"since": first * 60})}
             outcomes: dict[str, int] = {}
             duplicates = 0
-            for outcome, _scheme, n, repeats in await tx.rows(Q.DELIVERIES_BY_OUTCOME):
-                outcomes[outcome] = outcomes.get(outcome, 0) + int(n)
-                duplicates += int(repeats)
+            for r in await tx.rows("deliveries_by_outcome"):
+                outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + int(r["n"])
+                duplicates += int(r["repeats"])
             jobs: dict[str, int] = {}
-            for state, _handler, n in await tx.rows(Q.JOBS_BY_STATE_HANDLER):
-                jobs[state] = jobs.get(state, 0) + int(n)
-            oldest = await tx.one(Q.OLDEST_QUEUED, {"now": now})
-            pending = await tx.one(Q.PENDING_DOWNLOADS, {"warn_before": now - expiry_warn_s})
+            for r in await tx.rows("jobs_by_state_handler"):
+                jobs[r["state"]] = jobs.get(r["state"], 0) + int(r["n"])
+            oldest = await tx.one("oldest_queued", {"now": now})
+            pending = await tx.one("pending_jobs", {"warn_before": now - expiry_warn_s,
+                                                    "handler": download_handler})
             return Overview(
                 now=now,
                 deliveries_per_minute=tuple((float(m * 60), minutes.get(m, 0))
                                             for m in range(first, first + 60)),
                 outcomes=outcomes,
-                tasks_by_state={r[0]: int(r[1]) for r in await tx.rows(Q.TASKS_BY_STATE)},
-                jobs_by_state=jobs, oldest_queued_at=oldest[0] if oldest else None,
-                dead_jobs=jobs.get("dead", 0), quarantined=outcomes.get("quarantined", 0),
+                tasks_by_state={r["state"]: int(r["n"])
+                                for r in await tx.rows("tasks_by_state")},
+                jobs_by_state=jobs, oldest_queued_at=oldest["due"] if oldest else None,
+                dead_jobs=jobs.get(JobState.DEAD.value, 0),
+                quarantined=outcomes.get(Outcome.QUARANTINED.value, 0),
                 duplicates=duplicates,
-                pending_downloads=int(pending[0]) if pending else 0,
-                expiring_downloads=int(pending[1]) if pending else 0,
+                pending_downloads=int(pending["n"]) if pending else 0,
+                expiring_downloads=int(pending["old"]) if pending else 0,
             )
 
-        result: Overview = await self.read(work)
-        return result
+        return await self.db.read(work)
 
     async def totals(self, *, now: float) -> Totals:
         """Cumulative counts for ``/metrics``, from the database at scrape time ``now``."""
@@ -346,32 +457,35 @@ class AdminQueries:
         async def work(tx: Tx) -> Totals:
             deliveries: dict[tuple[str, str], int] = {}
             duplicates: dict[str, int] = {}
-            for outcome, scheme, n, repeats in await tx.rows(Q.DELIVERIES_BY_OUTCOME):
-                deliveries[(outcome, scheme)] = int(n)
-                duplicates[scheme] = duplicates.get(scheme, 0) + int(repeats)
-            oldest = await tx.one(Q.OLDEST_QUEUED, {"now": now})
-            kept = await tx.one(Q.BYTES_KEPT)
-            recoveries = await tx.one(Q.RECOVERIES)
+            for r in await tx.rows("deliveries_by_outcome"):
+                deliveries[(r["outcome"], r["scheme"])] = int(r["n"])
+                duplicates[r["scheme"]] = duplicates.get(r["scheme"], 0) + int(r["repeats"])
+            oldest = await tx.one("oldest_queued", {"now": now})
+            kept = await tx.one("bytes_kept")
+            recoveries = await tx.one("recoveries")
             return Totals(
                 deliveries=deliveries, duplicates=duplicates,
-                transitions={(r[0], r[1]): int(r[2])
-                             for r in await tx.rows(Q.TRANSITIONS_BY_STATE)},
-                jobs={(r[0], r[1]): int(r[2]) for r in await tx.rows(Q.JOBS_BY_STATE_HANDLER)},
-                oldest_queued_at=oldest[0] if oldest else None,
-                bytes_downloaded=int(kept[0]) if kept else 0,
-                recoveries=int(recoveries[0]) if recoveries else 0,
+                transitions={(r["entity"], r["to_state"]): int(r["n"])
+                             for r in await tx.rows("transitions_by_state")},
+                jobs={(r["state"], r["handler"]): int(r["n"])
+                      for r in await tx.rows("jobs_by_state_handler")},
+                oldest_queued_at=oldest["due"] if oldest else None,
+                bytes_downloaded=int(kept["n"]) if kept else 0,
+                recoveries=int(recoveries["n"]) if recoveries else 0,
             )
 
-        result: Totals = await self.read(work)
-        return result
+        return await self.db.read(work)
 
 
-def _job_params(where: JobFilter) -> dict[str, Any]:
+TABLES = ("deliveries", "tasks", "clips", "transitions", "jobs", "files", "children")
+_CHUNK = 500
+
+
+def _filter_params(where: JobFilter) -> dict[str, Any]:
     return {"state": where.state.value if where.state else None, "handler": where.handler,
             "task_id": where.task_id, "since": where.since, "until": where.until}
 
 
-def _delivery_row(r: Row) -> DeliveryRow:
-    return DeliveryRow(id=int(r[0]), delivery_id=r[1], source=Source(r[2]), scheme=r[3],
-                       event=r[4], task_id=r[5], outcome=Outcome(r[6]), reason=r[7],
-                       received_at=r[8], duplicates=int(r[9]), last_duplicate_at=r[10])
+def _raw(row: Row) -> RawDelivery:
+    return RawDelivery(stored=record(StoredDelivery, row), headers=loads(row["headers"]),
+                       body=bytes(row["body"]))

@@ -5,8 +5,8 @@ A backend supplies two things, nothing more (procrastinate's connector split):
 - a :class:`Connector`: connection handling, a way to run one *unit of work* inside one
   transaction (or several units in one transaction, each in its own savepoint: group commit),
   read-only work, migrations, and a wake-up for job workers;
-- a :class:`Dialect`: its compiled named statements (:class:`receiver.storage.statements.Q`)
-  and migrations.
+- a :class:`receiver.storage.sql.Dialect`: its variant of the named statements of
+  ``queries.sql``, and of the migrations.
 
 A unit of work is an async function of a :class:`Tx`. It must await nothing but its ``Tx``: the
 SQLite connector runs a whole batch of units on its database thread in one trip, where a
@@ -15,49 +15,50 @@ SQLite connector runs a whole batch of units on its database thread in one trip,
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from receiver.errors import StoreError
-from receiver.storage.statements import MIGRATIONS, PORTABLE, Q
+from receiver.storage.records import Row
+from receiver.storage.sql import Dialect
 
 T = TypeVar("T")
-Row = tuple[Any, ...]
 Params = Mapping[str, Any]
 
 
 class Tx(Protocol):
-    """Named statements inside one open transaction."""
+    """Named statements (of ``queries.sql``) inside one open transaction; rows are read by
+    column name."""
 
-    async def rows(self, q: Q, params: Params | None = None) -> list[Row]: ...
+    async def rows(self, q: str, params: Params | None = None) -> list[Row]: ...
 
-    async def one(self, q: Q, params: Params | None = None) -> Row | None: ...
+    async def one(self, q: str, params: Params | None = None) -> Row | None: ...
 
-    async def run(self, q: Q, params: Params | None = None) -> int:
+    async def run(self, q: str, params: Params | None = None) -> int:
         """Run a write; the number of rows it changed."""
         ...
 
-    async def run_many(self, q: Q, params: Sequence[Params]) -> int:
+    async def run_many(self, q: str, params: Sequence[Params]) -> int:
         """Run a write once per parameter set; the number of rows changed in all."""
         ...
 
-    async def send(self, q: Q, params: Params | None = None) -> None:
+    async def send(self, q: str, params: Params | None = None) -> None:
         """Run a write whose count nobody needs. A backend may send it without waiting for
         its answer (PostgreSQL's pipeline); an error it meets is raised by a later statement
         of the same unit, or when the unit's savepoint ends, so the unit still fails whole.
         An empty statement runs nothing: a step the dialect needs nothing for, such as
-        :attr:`Q.LOCK_TASK` on SQLite."""
+        ``lock_task`` on SQLite."""
         ...
 
-    async def send_many(self, q: Q, params: Sequence[Params]) -> None:
+    async def send_many(self, q: str, params: Sequence[Params]) -> None:
         """:meth:`send`, once per parameter set."""
         ...
 
     def jobs_written(self) -> None:
-        """Say that this transaction queued jobs: workers in other processes are woken when
-        it commits (PostgreSQL's NOTIFY; a no-op where workers poll)."""
+        """Say that this unit of work queued jobs: when it commits, workers are woken (this
+        process's through :class:`receiver.storage.database.Database`, other processes'
+        by PostgreSQL's NOTIFY; where they watch the file, nothing more is needed)."""
         ...
 
 
@@ -68,16 +69,16 @@ class ReadOnlyTx:
     """The writes of a :class:`Tx` for read-only work (:meth:`Connector.read`): each refuses.
     A backend's reader adds ``rows`` and ``one``."""
 
-    async def run(self, q: Q, params: Params | None = None) -> int:
+    async def run(self, q: str, params: Params | None = None) -> int:
         raise StoreError("a read cannot write")
 
-    async def run_many(self, q: Q, params: Sequence[Params]) -> int:
+    async def run_many(self, q: str, params: Sequence[Params]) -> int:
         raise StoreError("a read cannot write")
 
-    async def send(self, q: Q, params: Params | None = None) -> None:
+    async def send(self, q: str, params: Params | None = None) -> None:
         raise StoreError("a read cannot write")
 
-    async def send_many(self, q: Q, params: Sequence[Params]) -> None:
+    async def send_many(self, q: str, params: Sequence[Params]) -> None:
         raise StoreError("a read cannot write")
 
     def jobs_written(self) -> None:
@@ -102,12 +103,13 @@ class Unit:
 
     work: Work[Any]
     keep: bool = True  # False: run, then roll back its savepoint (a preview)
-    # The tasks its work will lock (Q.LOCK_TASK), when known beforehand. A backend whose
+    # The tasks its work will lock (lock_task), when known beforehand. A backend whose
     # batches can run beside another process's takes a whole batch's task locks first, in one
     # order, so that two batches locking the same tasks in opposite orders cannot deadlock.
     locks: tuple[str, ...] = ()
     result: Any = None
     error: BaseException | None = None
+    wrote_jobs: bool = False  # set by the backend when the unit called Tx.jobs_written()
 
 
 class Connector(Protocol):
@@ -143,50 +145,3 @@ class Connector(Protocol):
     def describe(self) -> str:
         """Where the data lives, with no secret in it (for logs)."""
         ...
-
-
-@dataclass(frozen=True)
-class Dialect:
-    """A backend's SQL: the portable statements with its overrides, compiled to its
-    parameter style, and the migrations with its types."""
-
-    name: str
-    types: Mapping[str, str]
-    overrides: Mapping[Q, str] = field(default_factory=dict)
-    paramstyle: str = "named"  # named: ``:name`` as is; pyformat: ``%(name)s``
-    # MACRO(:param) → its expansion, ``{}`` standing for the parameter (see statements.py)
-    macros: Mapping[str, str] = field(default_factory=dict)
-
-    def statements(self) -> dict[Q, str]:
-        merged = {**PORTABLE, **self.overrides}
-        missing = set(Q) - set(merged)
-        if missing:
-            raise RuntimeError(f"{self.name}: no SQL for {sorted(missing)}")
-        return {q: compile_sql(self.expand(text), self.paramstyle)
-                for q, text in merged.items()}
-
-    def expand(self, text: str) -> str:
-        def one(match: re.Match[str]) -> str:
-            name, param = match.group(1), match.group(2)
-            if name not in self.macros:
-                raise RuntimeError(f"{self.name}: no expansion for {name}()")
-            return self.macros[name].format(param)
-
-        return _MACRO.sub(one, text)
-
-    def migrations(self) -> tuple[str, ...]:
-        return tuple(m.format(**self.types) for m in MIGRATIONS)
-
-
-_MACRO = re.compile(r"\b(JSON_TEXTS|JSON_INTS|FOR_CLAIM)\((:\w+)?\)")
-_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
-
-
-def compile_sql(text: str, paramstyle: str) -> str:
-    """``text`` with its ``:name`` parameters in ``paramstyle``."""
-    text = " ".join(text.split())
-    if paramstyle == "named":
-        return text
-    if paramstyle == "pyformat":
-        return _PARAM.sub(r"%(\1)s", text.replace("%", "%%"))
-    raise ValueError(f"unknown paramstyle {paramstyle!r}")

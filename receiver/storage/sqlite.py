@@ -1,26 +1,24 @@
-"""The embedded backend: one SQLite file in WAL mode. Connection handling and SQL only; the
-rules are in :mod:`receiver.storage.store`.
+"""The embedded backend: one SQLite file in WAL mode. Connection handling only; the rules are
+in the roles above (:mod:`receiver.storage.database`), the SQL in ``queries.sql``.
 
 - Writes run on one connection, one batch at a time: a whole batch of units of work (group
   commit, a savepoint each) commits once. A small batch runs right on the event loop when the
-  write lock is free (a trip to another thread and back costs more CPU than the batch: 435 vs
-  315 µs a delivery alone); a big batch, a batch that must wait for another process's lock,
-  and every batch under ``synchronous=full`` (an fsync) go to a thread of our own (a
-  one-thread executor), where they do not stall the loop. aiosqlite has no public way to run
-  a function on its thread, so the writer does not use it.
+  write lock is free (a trip to another thread costs more than the batch); a big batch, one
+  that must wait for another process's lock, and every batch under ``synchronous=full`` (an
+  fsync) go to a thread of our own, where they do not stall the loop. aiosqlite has no public
+  way to run a function on its thread, so the writer does not use it.
 - Reads run on an aiosqlite connection of their own: in WAL mode they see every commit and
   never wait for the writer.
 - ``BEGIN IMMEDIATE`` takes the file's write lock up front, so a second process on the same
-  file (a separate worker, a second web process) waits at most ``lock_timeout_s`` and then
-  the batch fails with :class:`StoreError` (503) instead of queueing for ever.
-- Checkpoints: a PASSIVE one every quarter second on a connection of its own (no commit waits
-  for its copy and fsyncs), followed by an fdatasync of the database file, and, when it found
-  the WAL past half of ``wal_limit_bytes`` under continuous load, a short one by the writer
-  between two batches, which copies the frames left, so that the WAL starts over and stays
-  bounded (``journal_size_limit`` then trims the file).
+  file waits at most ``lock_timeout_s``, then the batch fails with :class:`StoreError` (503).
+- Checkpoints: a PASSIVE one every quarter second on a connection of its own, followed by an
+  fdatasync of the database file, and, when the WAL passed half of ``wal_limit_bytes`` under
+  continuous load, a short one by the writer between two batches, which copies the frames
+  left, so that the WAL starts over and stays bounded.
 
 With ``synchronous=NORMAL`` (the default) a commit survives the process being killed at any
-point; ``full`` also survives power loss, at the price of an fsync per commit.
+point; ``full`` also survives power loss, at the price of an fsync per commit. Rows are
+``sqlite3.Row``: read by column name.
 """
 
 from __future__ import annotations
@@ -40,8 +38,9 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from receiver.errors import StoreError
-from receiver.storage.connector import Dialect, Params, ReadOnlyTx, Row, Unit, Work, drive
-from receiver.storage.statements import SQLITE_ONLY_6, Q
+from receiver.storage.connector import Params, ReadOnlyTx, Unit, Work, drive
+from receiver.storage.records import Row
+from receiver.storage.sql import Dialect
 
 T = TypeVar("T")
 SYNCHRONOUS = ("normal", "full")
@@ -50,22 +49,14 @@ MIGRATION_WAIT_MS = 600_000  # how long opening waits for another process's migr
 CATCH_UP_PASSES = 4  # see _checkpoint_loop
 CATCH_UP_S = 0.015
 INLINE_MAX = 8  # batches up to this many units may run on the event loop (see the docstring)
-# Pages of a new database file. A delivery lands in about six indexes on random keys (delivery,
-# task and clip ids) and a few more at their ends, and every commit writes each page it touched
-# whole to the WAL, and a checkpoint writes it again: small pages cut the bytes written per
-# delivery (store alone, batches of 8: 104 KB with 4 KiB pages, 79 KB with 2 KiB, 54 KB with
-# 1 KiB). With ids as random as the service's UUIDs (store alone, 20,000 deliveries in batches
-# of 8): 512 B 260 us of CPU and 42 KB a delivery, 1 KiB 192-211 us and 44 KB, 2 KiB 207 us
-# and 59 KB, 4 KiB 224 us and 82 KB: at 512 B a leaf holds a handful of 36-character keys,
-# so inserts split pages all the time. (With sequential ids 512 B wrote a third less; real ids
-# are not sequential.) An existing file keeps its page size.
+# Pages of a new database file (an existing file keeps its own): small pages cut the bytes
+# a delivery writes, and a leaf still holds enough random ids (scripts/benchmarks/README.md).
 PAGE_SIZE = 1024
 WAIT_POLL_S = 0.05
 
 DIALECT = Dialect(
     name="sqlite",
-    types={"id": "INTEGER PRIMARY KEY", "real": "REAL", "blob": "BLOB",
-           "sqlite_only_6": SQLITE_ONLY_6, "postgres_only_7": ""},
+    types={"id": "INTEGER PRIMARY KEY", "real": "REAL", "blob": "BLOB"},
     macros={"JSON_TEXTS": "SELECT value FROM json_each({})",
             "JSON_INTS": "SELECT value FROM json_each({})",
             "FOR_CLAIM": ""},  # one writer at a time: nothing to skip
@@ -120,6 +111,7 @@ class SQLiteConnector:
         try:
             await self._on_writer(self._connect_writer)
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            self._reader.row_factory = sqlite3.Row
             await self._reader.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
             # opened here, not in its task: a task cancelled while connecting would leave an
             # unclosed connection whose thread outlives the event loop
@@ -145,7 +137,7 @@ class SQLiteConnector:
                               check_same_thread=False)
         try:
             # Another process may be migrating the file: wait for it, however long it takes
-            # (migration 7 rebuilds four tables: 11 s for 100,000 tasks, a 610 MB file).
+            # (a migration that rebuilds tables takes seconds per 100,000 tasks).
             raw.execute(f"PRAGMA busy_timeout = {max(self._busy_ms, MIGRATION_WAIT_MS)}")
             # Only a new file takes it (before WAL mode and the first table); see PAGE_SIZE.
             raw.execute(f"PRAGMA page_size = {PAGE_SIZE}")
@@ -156,6 +148,7 @@ class SQLiteConnector:
             raw.execute(f"PRAGMA journal_size_limit = {self.wal_limit_bytes}")
             _migrate(raw, self.path, DIALECT.migrations())
             raw.execute("PRAGMA busy_timeout = 0")  # the writer waits for the lock itself
+            raw.row_factory = sqlite3.Row
         except BaseException:
             raw.close()
             raise
@@ -248,9 +241,11 @@ class SQLiteConnector:
                     unit.error = _translate(exc)
                     return
                 raw.execute("COMMIT" if unit.keep else "ROLLBACK")
+                unit.wrote_jobs = tx.jobs and unit.keep
             else:
                 for unit in units:
                     raw.execute("SAVEPOINT unit")
+                    tx.jobs = False
                     try:
                         unit.result = drive(unit.work(tx))
                     except Exception as exc:
@@ -259,6 +254,7 @@ class SQLiteConnector:
                     else:
                         if not unit.keep:
                             raw.execute("ROLLBACK TO unit")
+                        unit.wrote_jobs = tx.jobs and unit.keep
                     raw.execute("RELEASE unit")
                 raw.execute("COMMIT")
         except BaseException:
@@ -268,10 +264,9 @@ class SQLiteConnector:
 
     def _begin(self, raw: sqlite3.Connection) -> None:
         """``BEGIN IMMEDIATE``, waiting up to ``lock_timeout_s`` while another process (a second
-        web process, a separate worker) holds the file's write lock, in steps of at most 2 ms.
-        SQLite's own busy handler sleeps 1, 2, 5, ... up to 100 ms between tries: two web
-        processes on one file then spend most of their time asleep while the lock is free
-        (measured: two processes at 0.6 of one process's rate)."""
+        web process, a separate worker) holds the file's write lock, in steps of at most 2 ms:
+        SQLite's own busy handler sleeps up to 100 ms between tries, and two processes on one
+        file would then sleep while the lock is free."""
         deadline = time.monotonic() + self.lock_timeout_s
         pause = 0.0001
         while True:
@@ -292,21 +287,13 @@ class SQLiteConnector:
 
     def _bound_wal(self, raw: sqlite3.Connection) -> None:
         """Under continuous load the passive checkpoints of the side connection never catch up
-        (frames keep coming while they copy), so the WAL never starts over and grows without
-        bound. So the writer itself checkpoints between two batches: no frame arrives
-        meanwhile, so it copies every one and the next transaction writes the WAL from its
-        start again (SQLite resets it once every frame is in the database and no reader still
-        uses them). It does so right after the side checkpoints found the WAL past half its
-        limit and caught up (:meth:`_checkpoint_loop` sets ``_restart_due``), when only the
-        frames written since are left: at 1,000 deliveries/s on a fresh file, 17-23 ms twice a
-        second instead of 44-57 ms once a second at the limit (p99 47 -> 27-29 ms). Being the
-        pass that completes, it is the one SQLite ends with an fdatasync of the database file,
-        which wrote every page the side passes had copied since the last restart (28-30 ms on
-        a 400 MB file, the half-load p99) until the side checkpoint synced the file itself
-        (:meth:`_sync_database`): 6-9 ms now, for the 100-170 frames left. Past the limit (the
-        side checkpoints fell behind) it runs anyway. PASSIVE, not RESTART: RESTART also waits for
-        readers and for the side checkpoint, and stalled ingest longer (store alone, batches
-        of 8: batch p99 75 vs 16 ms, WAL peak 58 vs 32 MiB)."""
+        (frames keep coming while they copy), so the WAL would never start over. So the writer
+        itself checkpoints between two batches, when no frame can arrive: it copies every one
+        and the next transaction writes the WAL from its start again. It does so right after
+        the side checkpoints found the WAL past half its limit and caught up
+        (:meth:`_checkpoint_loop` sets ``_restart_due``), when few frames are left; past the
+        limit (the side checkpoints fell behind) it runs anyway. PASSIVE, not RESTART, which
+        would also wait for readers and for the side checkpoint."""
         if self._restart_due or self._wal_size() > self.wal_limit_bytes:
             self._restart_due = False
             with contextlib.suppress(sqlite3.Error):
@@ -398,10 +385,9 @@ class SQLiteConnector:
     async def _sync_database(self) -> None:
         """fdatasync the database file after a side checkpoint copied pages into it. SQLite
         syncs the file only when a checkpoint copies the whole WAL, which under load only the
-        writer's pass (:meth:`_bound_wal`) does: that one fdatasync then wrote every page the
-        side checkpoints had copied since the last restart, 28-30 ms on a 400 MB file (perf
-        trace), and ingest waited for it. Synced here, off the writer's way, what is left for
-        that pass is what the last catch-up copied. Any descriptor of the file syncs it."""
+        writer's pass (:meth:`_bound_wal`) does, and ingest would wait for that sync of every
+        page copied since. Synced here, off the writer's way, what is left for that pass is
+        what the last catch-up copied. Any descriptor of the file syncs it."""
         fd = self._sync_fd
         if fd is not None:
             # a failure here only leaves more to the writer's sync, which reports its own
@@ -413,51 +399,53 @@ class SQLiteConnector:
 class _ThreadTx:
     """:class:`receiver.storage.connector.Tx` on the writer's connection: it never suspends."""
 
-    def __init__(self, raw: sqlite3.Connection, sql: Mapping[Q, str]) -> None:
+    def __init__(self, raw: sqlite3.Connection, sql: Mapping[str, str]) -> None:
         self._raw = raw
         self._sql = sql
+        self.jobs = False  # the unit running now called jobs_written()
 
-    async def rows(self, q: Q, params: Params | None = None) -> list[Row]:
+    async def rows(self, q: str, params: Params | None = None) -> list[Row]:
         return self._raw.execute(self._sql[q], params or {}).fetchall()
 
-    async def one(self, q: Q, params: Params | None = None) -> Row | None:
+    async def one(self, q: str, params: Params | None = None) -> Row | None:
         row: Row | None = self._raw.execute(self._sql[q], params or {}).fetchone()
         return row
 
-    async def run(self, q: Q, params: Params | None = None) -> int:
+    async def run(self, q: str, params: Params | None = None) -> int:
         return self._raw.execute(self._sql[q], params or {}).rowcount
 
-    async def run_many(self, q: Q, params: Sequence[Params]) -> int:
+    async def run_many(self, q: str, params: Sequence[Params]) -> int:
         if not params:
             return 0
         before = self._raw.total_changes
         self._raw.executemany(self._sql[q], params)
         return self._raw.total_changes - before
 
-    async def send(self, q: Q, params: Params | None = None) -> None:
+    async def send(self, q: str, params: Params | None = None) -> None:
         sql = self._sql[q]
         if sql:  # empty: a step this dialect has nothing to run for
             self._raw.execute(sql, params or {})
 
-    async def send_many(self, q: Q, params: Sequence[Params]) -> None:
+    async def send_many(self, q: str, params: Sequence[Params]) -> None:
         if params:
             self._raw.executemany(self._sql[q], params)
 
     def jobs_written(self) -> None:
-        """Workers elsewhere notice the commit through ``PRAGMA data_version``."""
+        """Workers in other processes notice the commit through ``PRAGMA data_version``."""
+        self.jobs = True
 
 
 class _ReaderTx(ReadOnlyTx):
     """:class:`receiver.storage.connector.Tx` for reads, on the aiosqlite connection."""
 
-    def __init__(self, conn: aiosqlite.Connection, sql: Mapping[Q, str]) -> None:
+    def __init__(self, conn: aiosqlite.Connection, sql: Mapping[str, str]) -> None:
         self._conn = conn
         self._sql = sql
 
-    async def rows(self, q: Q, params: Params | None = None) -> list[Row]:
-        return [tuple(r) for r in await self._conn.execute_fetchall(self._sql[q], params or {})]
+    async def rows(self, q: str, params: Params | None = None) -> list[Row]:
+        return list(await self._conn.execute_fetchall(self._sql[q], params or {}))
 
-    async def one(self, q: Q, params: Params | None = None) -> Row | None:
+    async def one(self, q: str, params: Params | None = None) -> Row | None:
         rows = await self.rows(q, params)
         return rows[0] if rows else None
 

@@ -1,9 +1,9 @@
 """What the benchmarks put inside the processes they measure: handlers named in a config
-file by ``module:function`` path, and a store that notes when each delivery committed.
+file by ``module:function`` path, and an ingest role that notes when each delivery committed.
 
 Stamps are ``time.time()`` (one clock for every process on the machine), appended as
 ``<delivery id> <seconds>`` lines to the file named by ``$BENCH_PROBE_FILE`` (handler starts)
-or given to :class:`StampingStore` (commits).
+or given to :class:`StampingIngest` (commits).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import IO
 from receiver.context import Event, HandlerContext
 from receiver.models import Delivery, RecordResult
 from receiver.routing import Router
-from receiver.storage import Store
-from receiver.storage.connector import Connector
+from receiver.storage.database import Database
+from receiver.storage.ingest import Ingest
 
 PROBE_FILE = "BENCH_PROBE_FILE"
 
@@ -34,12 +34,12 @@ async def probe(event: Event, ctx: HandlerContext) -> None:
         out.write(f"{event.delivery_id} {started!r}\n")
 
 
-class StampingStore(Store):
-    """The real store (any backend), noting the moment each :meth:`record_delivery` returned
-    (the transaction committed)."""
+class StampingIngest(Ingest):
+    """The real ingest role (any backend), noting the moment each :meth:`record_delivery`
+    returned (the transaction committed)."""
 
-    def __init__(self, connector: Connector, stamps: Path) -> None:
-        super().__init__(connector)
+    def __init__(self, db: Database, stamps: Path) -> None:
+        super().__init__(db)
         self._stamps: IO[str] = stamps.open("a", buffering=1)
 
     async def record_delivery(
@@ -49,8 +49,7 @@ class StampingStore(Store):
         self._stamps.write(f"{delivery.delivery_id} {time.time()!r}\n")
         return result
 
-    async def close(self) -> None:
-        await super().close()
+    def close(self) -> None:
         self._stamps.close()
 
 

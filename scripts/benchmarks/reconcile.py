@@ -29,7 +29,7 @@ from receiver.clock import SystemClock
 from receiver.replay import reconcile
 from receiver.routing import Router, routes_from_config
 from receiver.sonic.client import SonicClient
-from receiver.storage import sqlite_store
+from receiver.storage.roles import sqlite_storage
 from scripts.benchmarks.processes import PYTHON, Child, child_env, cpu_seconds
 from scripts.benchmarks.report import Report, ratio
 
@@ -87,13 +87,14 @@ async def phases(url: str, ids: list[str], concurrency: int, work: Path,
             extra: dict[str, Any] = {}
             if phase == "reconcile":
                 clock = SystemClock()
-                async with sqlite_store(work / "reconciled.db", clock=clock) as store:
+                async with sqlite_storage(work / "reconciled.db", clock=clock) as storage:
                     summary = await reconcile(
-                        ids, store=store, sonic=sonic, router=Router(routes_from_config({})),
-                        clock=clock, concurrency=concurrency, rate_per_s=RATE_PER_S)
+                        ids, store=storage.ingest, sonic=sonic,
+                        router=Router(routes_from_config({})), clock=clock,
+                        concurrency=concurrency, rate_per_s=RATE_PER_S)
                     seconds = time.perf_counter() - began
                     extra = {"summary": summary.counts, "failures": summary.failures,
-                             "stored": dict(await store.counts())}
+                             "stored": dict(await storage.admin.counts())}
             else:
                 await poll_only(ids, sonic, concurrency)
                 seconds = time.perf_counter() - began

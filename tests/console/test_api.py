@@ -12,10 +12,9 @@ import pytest
 
 from receiver.app import create_app
 from receiver.clock import FakeClock
-from receiver.jobs import JobSpec, JobState
+from receiver.jobs import JobState
 from receiver.models import JobFilter
-from receiver.storage import sqlite_store
-from receiver.storage.store import RecordingTx
+from receiver.storage.roles import sqlite_storage
 from tests.support import app_client, callback, clip, post_signed, settings_for
 
 pytestmark = pytest.mark.anyio
@@ -159,16 +158,16 @@ async def dead_jobs(tmp_path: Path, clock: FakeClock, n: int, handler: str,
                     prefix: str = "old") -> list[int]:
     """``n`` jobs of ``handler`` made now, claimed and killed, as a worker that gave up leaves
     them (on the same database file the app has open)."""
-    specs = [JobSpec(key=f"t-jobs/{prefix}/{handler}/{i}", handler=handler, route="r",
-                     options={}, task_id="t-jobs", trigger="task.succeeded", delivery_id=None,
-                     max_attempts=1) for i in range(n)]
-    async with sqlite_store(tmp_path / "receiver.db", clock=clock) as store:
+    jobs = [{"key": f"t-jobs/{prefix}/{handler}/{i}", "handler": handler, "route": "r",
+             "options": "{}", "task_id": "t-jobs", "trigger": "task.succeeded",
+             "delivery_id": None, "max_attempts": 1, "at": clock.now()} for i in range(n)]
+    async with sqlite_storage(tmp_path / "receiver.db", clock=clock) as store:
         # a job belongs to a task
-        await store.register_task("t-jobs", task_type="create", now=clock.now())
-        await store.write(lambda tx: RecordingTx(tx).insert_jobs(specs, at=clock.now()))
-        claimed = await store.claim_jobs(owner="w", limit=n, now=clock.now(), lease_s=60)
+        await store.ingest.register_task("t-jobs", task_type="create", now=clock.now())
+        await store.db.write(lambda tx: tx.run_many("insert_job", jobs))
+        claimed = await store.jobs.claim_jobs(owner="w", limit=n, now=clock.now(), lease_s=60)
         for job in claimed:
-            await store.kill_job(job.id, owner="w", error=f"boom {job.id}", now=clock.now())
+            await store.jobs.kill_job(job.id, owner="w", error=f"boom {job.id}", now=clock.now())
         return [j.id for j in claimed]
 
 
@@ -191,9 +190,9 @@ async def test_bulk_retry_retries_every_match_not_a_page(
     assert len(page["items"]) == 10
     done = (await client.post("/jobs/retry", json=where)).json()
     assert done["requeued"] == 60
-    async with sqlite_store(tmp_path / "receiver.db") as store:
-        left = await store.find_jobs(JobFilter(state=JobState.DEAD))
-        queued = await store.find_jobs(JobFilter(state=JobState.QUEUED))
+    async with sqlite_storage(tmp_path / "receiver.db") as store:
+        left = await store.admin.find_jobs(JobFilter(state=JobState.DEAD))
+        queued = await store.admin.find_jobs(JobFilter(state=JobState.QUEUED))
     assert sorted(j.handler for j in left) == ["download_audio"] * 3 + ["notify"] * 5
     assert len(queued) == 60
     again = (await client.post("/jobs/retry", json=where)).json()
@@ -227,15 +226,15 @@ async def test_task_shows_its_chain_both_ways(
     from receiver.models import ChildState, ChildTask
 
     await deliver(client, clock, "root", "succeeded", "d-root")
-    async with sqlite_store(tmp_path / "receiver.db", clock=clock) as store:
+    async with sqlite_storage(tmp_path / "receiver.db", clock=clock) as store:
         for parent, child, rule, kind, credits in (("root", "ext", "extend", "extend_music", 15),
                                                   ("ext", "cat", "concat", "concat_music", 2)):
-            await store.claim_child(ChildTask(
+            await store.outputs.claim_child(ChildTask(
                 trigger_key=f"{parent}/{rule}", parent_task_id=parent, root_task_id="root",
                 rule=rule, depth=1, task_type=kind, credits=credits, request={},
                 child_task_id=None, state=ChildState.REQUESTED, error=None,
                 created_at=clock.now(), updated_at=clock.now()))
-            await store.update_child(f"{parent}/{rule}", state=ChildState.CREATED,
+            await store.outputs.update_child(f"{parent}/{rule}", state=ChildState.CREATED,
                                      child_task_id=child, now=clock.now())
     root = (await client.get("/tasks/root")).json()
     assert [(d["child_task_id"], d["level"]) for d in root["descendants"]] == [

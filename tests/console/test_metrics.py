@@ -11,9 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from receiver.app import create_app
 from receiver.clock import FakeClock
 from receiver.states import State
-from receiver.storage import sqlite_store
 from receiver.storage.admin import TaskFilter
-from receiver.storage.statements import Q
+from receiver.storage.roles import sqlite_storage
 from tests.console.test_api import AUTH, TOKEN, dead_jobs
 from tests.support import app_client, callback, clip, post_signed, settings_for
 
@@ -61,13 +60,14 @@ async def test_counters_match_the_database(tmp_path: Path) -> None:
     assert got[("receiver_dead_jobs", ())] == 2
     ingest = got[("receiver_ingest_seconds_count", (("outcome", "recorded"),))]
     assert ingest >= 6  # process-wide: other tests in this process add to it
-    async with sqlite_store(tmp_path / "receiver.db") as store:
-        counts = await store.counts()
-        repeats = await store.read(lambda tx: tx.one(Q.DUPLICATES_OF, {"delivery_id": "d-0"}))
-        succeeded = await store.list_tasks(TaskFilter(state=State.SUCCEEDED), limit=100)
-    assert repeats is not None
+    async with sqlite_storage(tmp_path / "receiver.db") as store:
+        counts = await store.admin.counts()
+        repeated = await store.admin.get_delivery("d-0")
+        succeeded = await store.admin.list_tasks(TaskFilter(state=State.SUCCEEDED), limit=100)
+    assert repeated is not None
     assert got[("receiver_deliveries_total", (("outcome", "duplicate"),
-                                              ("scheme", "musicapi")))] == repeats[0] == 1
+                                              ("scheme", "musicapi")))] == repeated.row.duplicates
+    assert repeated.row.duplicates == 1
     assert got[("receiver_transitions_total", (("entity", "task"),
                                                ("state", "succeeded")))] == len(succeeded.items)
     stored = sum(v for (name, labels), v in got.items()

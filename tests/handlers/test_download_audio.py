@@ -101,7 +101,7 @@ def two_clips(server: MediaServer, task_id: str = "t-1") -> bytes:
 
 
 async def only_job(runtime: Runtime) -> Job:
-    jobs = await runtime.store.list_jobs()
+    jobs = await runtime.storage.admin.list_jobs()
     assert len(jobs) == 1
     return jobs[0]
 
@@ -112,7 +112,7 @@ async def test_succeeded_clips_are_kept_tagged_and_recorded(tmp_path: Path) -> N
         with capture_logs() as logs:
             assert await runtime.worker.run_once() == 1  # type: ignore[union-attr]
         job = await only_job(runtime)
-        files = {(f.clip_id, f.kind): f for f in await runtime.store.list_files("t-1")}
+        files = {(f.clip_id, f.kind): f for f in await runtime.storage.admin.list_files("t-1")}
     assert job.state is JobState.DONE, job.last_error
     folder = tmp_path / "media" / "t-1"
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -189,7 +189,7 @@ async def test_a_body_cut_short_is_retried_and_resumed(tmp_path: Path) -> None:
         await runtime.worker.run_once()  # type: ignore[union-attr]
         assert (await only_job(runtime)).state is JobState.DONE
         assert server.ranges("/c1.mp3") == [None, f"bytes={kept}-"]
-        record = next(f for f in await runtime.store.list_files("t-1")
+        record = next(f for f in await runtime.storage.admin.list_files("t-1")
                       if (f.clip_id, f.kind) == ("c1", "audio"))
     final = (folder / "c1.mp3").read_bytes()
     assert record.sha256 == sha(final)
@@ -222,7 +222,7 @@ async def test_a_redirect_inside_kills_the_job_without_going_there(
         await deliver(runtime, body)
         await runtime.worker.run_once()  # type: ignore[union-attr]
         job = await only_job(runtime)
-        names = {(f.clip_id, f.kind) for f in await runtime.store.list_files("t-1")}
+        names = {(f.clip_id, f.kind) for f in await runtime.storage.admin.list_files("t-1")}
     assert job.state is JobState.DEAD
     assert (job.last_error or "").startswith("PermanentError: c1/audio: ")
     assert reason in (job.last_error or "")
@@ -240,7 +240,7 @@ async def test_a_refused_cover_leaves_the_audio_and_its_sidecar(tmp_path: Path) 
         await deliver(runtime, body)
         await runtime.worker.run_once()  # type: ignore[union-attr]
         job = await only_job(runtime)
-        names = {(f.clip_id, f.kind) for f in await runtime.store.list_files("t-1")}
+        names = {(f.clip_id, f.kind) for f in await runtime.storage.admin.list_files("t-1")}
     assert job.state is JobState.DEAD
     assert "c1/image: " in (job.last_error or "")
     assert "image/svg+xml" in (job.last_error or "")
@@ -299,7 +299,7 @@ async def test_two_jobs_for_one_task_download_each_file_once(tmp_path: Path) -> 
         await deliver(runtime, two_clips(server))
         with capture_logs() as logs:
             assert await runtime.worker.run_once() == 2  # type: ignore[union-attr]
-        jobs = await runtime.store.list_jobs()
+        jobs = await runtime.storage.admin.list_jobs()
         assert [j.state for j in jobs] == [JobState.DONE, JobState.DONE]
         assert server.hits("/c1.mp3") == 1
         assert server.hits("/c2.wav") == 1
@@ -318,12 +318,12 @@ async def test_a_rerun_skips_what_is_intact_and_replaces_what_is_not(tmp_path: P
         await deliver(runtime, two_clips(server))
         await runtime.worker.run_once()  # type: ignore[union-attr]
         job = await only_job(runtime)
-        before = {(f.clip_id, f.kind): f for f in await runtime.store.list_files("t-1")}
+        before = {(f.clip_id, f.kind): f for f in await runtime.storage.admin.list_files("t-1")}
         folder = tmp_path / "media" / "t-1"
         (folder / "c2.wav").write_bytes(b"damaged")
         ctx = runtime.context_for(job)
         await handle_again(ctx, job)
-        after = {(f.clip_id, f.kind): f for f in await runtime.store.list_files("t-1")}
+        after = {(f.clip_id, f.kind): f for f in await runtime.storage.admin.list_files("t-1")}
         assert server.hits("/c1.mp3") == 1
         assert server.hits("/c2.wav") == 2
     assert after == before  # the same bytes again: the same records
@@ -345,7 +345,7 @@ async def test_unsafe_ids_stay_inside_the_media_folder(tmp_path: Path) -> None:
                  audio_url=server.url("/a.mp3"))]))
         await runtime.worker.run_once()  # type: ignore[union-attr]
         job = await only_job(runtime)
-        files = await runtime.store.list_files("../../t")
+        files = await runtime.storage.admin.list_files("../../t")
     assert job.state is JobState.DONE, job.last_error
     media = (tmp_path / "media").resolve()
     for record in files:

@@ -22,7 +22,7 @@ from receiver.registry import Registry
 from receiver.server import running
 from receiver.sonic.sandbox import SandboxConfig, Speed
 from receiver.sonic.sandbox.config import Schedule
-from receiver.storage import Store
+from receiver.storage.roles import Storage
 from tests.sonic.support import KEY, SandboxHandle, serve_sandbox, wait_for
 from tests.support import SECRET, free_port, settings_for
 
@@ -48,8 +48,8 @@ class Chain:
     http: httpx.AsyncClient
 
     @property
-    def store(self) -> Store:
-        store: Store = self.app.state.runtime.store
+    def store(self) -> Storage:
+        store: Storage = self.app.state.runtime.storage
         return store
 
     async def create_root(self, **fields: Any) -> str:
@@ -59,7 +59,7 @@ class Chain:
         created = await self.sandbox.client().create_music(
             **body, webhook_url=self.app.state.runtime.settings.webhook_url,
             webhook_secret=SECRET)
-        await self.store.register_task(created.task_id, task_type="create_music",
+        await self.store.ingest.register_task(created.task_id, task_type="create_music",
                                        now=time.time(), router=self.app.state.runtime.router)
         return created.task_id
 
@@ -117,7 +117,7 @@ async def test_create_then_extend_then_concat_then_bpm(tmp_path: Path) -> None:
         root = await c.create_root()
         views = await c.settled_chain(root, depth=2)
         balance = await c.sandbox.balance()
-        [stored_extend] = await c.store.list_children(root)
+        [stored_extend] = await c.store.admin.list_children(root)
     root_view, extend_view, concat_view = views
     [extend] = root_view["children"]
     assert (extend["rule"], extend["task_type"], extend["depth"], extend["credits"]) == (
@@ -184,13 +184,13 @@ async def test_a_child_left_requested_by_a_crash_is_never_sent_again(tmp_path: P
     async with chain(tmp_path) as c:
         # Simulate an attempt killed between recording the child and learning the answer:
         # the child row exists, still 'requested', before the job first runs.
-        real_claim = c.store.claim_child
+        real_claim = c.store.outputs.claim_child
 
         async def crashed_before(child: ChildTask) -> tuple[ChildTask, bool]:
             stored, _ = await real_claim(child)
             return stored, False  # as if an earlier attempt had written it
 
-        c.store.claim_child = crashed_before  # type: ignore[method-assign]
+        c.store.outputs.claim_child = crashed_before  # type: ignore[method-assign]
         root = await c.create_root()
 
         async def dead() -> bool:

@@ -108,7 +108,7 @@ async def run_until_settled(runtime: Runtime, clock: FakeClock, *, steps: int = 
     """Run what is due; move the clock to the next retry; until every job is finished."""
     for _ in range(steps):
         await runtime.worker.run_once()  # type: ignore[union-attr]
-        jobs = await runtime.store.list_jobs()
+        jobs = await runtime.storage.admin.list_jobs()
         waiting = [j for j in jobs if j.state not in (JobState.DONE, JobState.DEAD)]
         if not waiting:
             return
@@ -122,8 +122,8 @@ async def test_503_twice_then_200_delivers_the_event_once_in_three_attempts(
         peer.answers = [(503, {}), (503, {"Retry-After": "7"})]
         await deliver(rt, song())
         await run_until_settled(rt, clock)
-        (job,) = await rt.store.list_jobs()
-        (result,) = await rt.store.list_results("t-1")
+        (job,) = await rt.storage.admin.list_jobs()
+        (result,) = await rt.storage.admin.list_results("t-1")
     assert job.state is JobState.DONE, job.last_error
     assert len(peer.attempts) == 3
     assert peer.unverified == 0
@@ -152,7 +152,7 @@ async def test_retry_after_sets_when_the_next_attempt_runs(tmp_path: Path) -> No
         await deliver(rt, song())
         start = clock.now()
         await rt.worker.run_once()  # type: ignore[union-attr]
-        (job,) = await rt.store.list_jobs()
+        (job,) = await rt.storage.admin.list_jobs()
         assert job.state is JobState.RETRYING
         assert job.run_after == start + 120
         clock.advance(119)
@@ -168,7 +168,7 @@ async def test_it_gives_up_after_max_attempts_with_the_last_answer(tmp_path: Pat
         peer.answers = [(500, {})] * 5
         await deliver(rt, song())
         await run_until_settled(rt, clock)
-        (job,) = await rt.store.list_jobs()
+        (job,) = await rt.storage.admin.list_jobs()
     assert job.state is JobState.DEAD
     assert len(peer.attempts) == 3
     assert "gave up after 3 attempts" in (job.last_error or "")
@@ -180,7 +180,7 @@ async def test_a_4xx_ends_the_job_at_once(tmp_path: Path) -> None:
         peer.answers = [(410, {})]
         await deliver(rt, song())
         await run_until_settled(rt, clock)
-        (job,) = await rt.store.list_jobs()
+        (job,) = await rt.storage.admin.list_jobs()
     assert job.state is JobState.DEAD
     assert len(peer.attempts) == 1
 
@@ -190,7 +190,7 @@ async def test_the_download_network_policy_applies(tmp_path: Path) -> None:
                                          config={}) as (rt, clock):
         await deliver(rt, song())
         await run_until_settled(rt, clock)
-        (job,) = await rt.store.list_jobs()
+        (job,) = await rt.storage.admin.list_jobs()
     assert job.state is JobState.DEAD
     assert "loopback" in (job.last_error or "")
     assert peer.attempts == []
@@ -205,7 +205,7 @@ async def test_it_waits_for_the_downloads_and_names_the_stored_files(tmp_path: P
         await deliver(rt, song(media.url("/a.wav")))
         with capture_logs() as logs:
             await run_until_settled(rt, clock)
-        jobs = {j.handler: j for j in await rt.store.list_jobs()}
+        jobs = {j.handler: j for j in await rt.storage.admin.list_jobs()}
     assert jobs["download_audio"].state is JobState.DONE
     assert jobs["forward"].state is JobState.DONE, jobs["forward"].last_error
     assert any(e["event"] == "forward_waiting_for_downloads" for e in logs)

@@ -67,7 +67,7 @@ def failed_body(task_id: str = TASK) -> bytes:
 
 
 async def only_job(runtime: Runtime) -> Job:
-    jobs = await runtime.store.list_jobs(task_id=TASK)
+    jobs = await runtime.storage.admin.list_jobs(task_id=TASK)
     assert len(jobs) == 1
     return jobs[0]
 
@@ -79,7 +79,7 @@ async def test_json_target_gets_exactly_one_message(tmp_path: Path) -> None:
         routes = [route(sink.url("hook"))]
         async with runtime_with(tmp_path, routes) as (runtime, worker, clock):
             await deliver(runtime, succeeded_body())
-            await runtime.store.record_file(StoredFile(
+            await runtime.storage.outputs.record_file(StoredFile(
                 task_id=TASK, clip_id="c1", kind="audio", path="media/task-7f3a/c1.mp3",
                 size=10, sha256="0" * 64, url=None, content_type="audio/mpeg", job_key=None,
                 created_at=clock.now()))
@@ -141,7 +141,7 @@ async def test_duplicate_deliveries_notify_once(tmp_path: Path) -> None:
         await deliver(runtime, body, delivery_id="d-1")
         await deliver(runtime, body, delivery_id="d-1")
         await deliver(runtime, body, delivery_id="d-2")
-        assert len(await runtime.store.list_jobs(task_id=TASK)) == 1
+        assert len(await runtime.storage.admin.list_jobs(task_id=TASK)) == 1
         await worker.run_once()
         await deliver(runtime, body, delivery_id="d-3")  # after the job ran, too
         assert await worker.run_once() == 0
@@ -170,7 +170,7 @@ async def test_failing_target_is_retried_without_resending_to_the_others(
             clock.advance(120)
             assert await worker.run_once() == 1
             job = await only_job(runtime)
-            results = [r.kind for r in await runtime.store.list_results(TASK)]
+            results = [r.kind for r in await runtime.storage.admin.list_results(TASK)]
     assert job.state is JobState.DONE
     assert (sink.attempts("up"), sink.attempts("down")) == (1, 2)
     assert len(sink.delivered("up")) == len(sink.delivered("down")) == 1
@@ -209,7 +209,7 @@ async def test_secrets_in_target_urls_are_not_logged(tmp_path: Path) -> None:
                 clock.advance(120)
                 await worker.run_once()
             job = await only_job(runtime)
-            results = await runtime.store.list_results(TASK)
+            results = await runtime.storage.admin.list_results(TASK)
     assert job.state is JobState.DONE
     assert sink.requests[-1][3]["authorization"].startswith("Basic ")  # it was used
     assert "s3cr3t" not in repr(logs)
@@ -349,7 +349,7 @@ async def test_waits_for_audio_files_when_asked(tmp_path: Path) -> None:
             assert job.attempts == 0
             assert sink.requests == []
             for clip_id in ("c1", "c2"):
-                await runtime.store.record_file(StoredFile(
+                await runtime.storage.outputs.record_file(StoredFile(
                     task_id=TASK, clip_id=clip_id, kind="audio", path=f"media/{clip_id}.mp3",
                     size=10, sha256="0" * 64, url=None, content_type="audio/mpeg",
                     job_key=None, created_at=clock.now()))

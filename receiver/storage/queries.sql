@@ -1,0 +1,506 @@
+-- Every statement of the store, once, by name (loaded by receiver/storage/sql.py).
+--
+-- `-- name: <name>` starts a statement; `-- name: <name> [postgresql]` (or [sqlite]) right
+-- after it is that dialect's variant. Comment lines are documentation, dropped when compiled.
+-- Parameters are `:name`, bound from a mapping. `:JobState.QUEUED` and the like name a member
+-- of one of the receiver's enums: it is compiled into that member's value as a literal (the
+-- values stand in Python only; the planner still sees a constant, which the partial indexes
+-- need). Three macros expand per dialect: JSON_TEXTS(:p) and JSON_INTS(:p), the elements of a
+-- JSON array bound as one parameter (for IN), and FOR_CLAIM(), `FOR UPDATE SKIP LOCKED` where
+-- rows can be locked. A NULL parameter that stands for "any" is typed with CAST, so that
+-- PostgreSQL can bind it. No `::` casts, no literal `%`.
+--
+-- A task's clips, transitions and jobs are keyed by the task's number (tasks.seq), found with
+-- `(SELECT seq FROM tasks WHERE task_id = :task_id)`.
+
+
+-- ---- recording ---------------------------------------------------------------------------
+
+-- name: find_delivery
+SELECT delivery_id, source, scheme, event, task_id, outcome, reason, received_at
+FROM deliveries WHERE delivery_id = :delivery_id
+
+-- name: count_duplicate
+UPDATE deliveries SET duplicates = duplicates + 1, last_duplicate_at = :at
+WHERE delivery_id = :delivery_id
+
+-- name: insert_delivery
+INSERT INTO deliveries (delivery_id, source, scheme, event, task_id, outcome, reason, headers,
+                        body, received_at)
+VALUES (:delivery_id, :source, :scheme, :event, :task_id, :outcome, :reason, :headers, :body,
+        :received_at)
+ON CONFLICT (delivery_id) DO NOTHING
+
+-- name: delete_quarantined
+DELETE FROM deliveries
+WHERE delivery_id = :delivery_id AND outcome = :Outcome.QUARANTINED
+
+-- :clip_ids is a JSON array
+-- name: task_for_clips
+SELECT task_id FROM clips WHERE clip_id IN (JSON_TEXTS(:clip_ids)) LIMIT 1
+
+-- Recording a task holds it until commit, so that what it reads of the task is the latest.
+-- SQLite runs nothing: its BEGIN IMMEDIATE already runs one writer at a time.
+-- name: lock_task
+
+-- A transaction-scoped advisory lock per task, in a key space (two int4 keys) apart from the
+-- migrations' bigint one: recording one task in two processes at once waits here instead of
+-- both reading the old state and the later commit moving it back.
+-- name: lock_task [postgresql]
+SELECT pg_advisory_xact_lock(7318, hashtext(:task_id))
+
+-- name: task_state
+SELECT state FROM tasks WHERE task_id = :task_id
+
+-- the task's row (clip_id NULL) and its clips' rows, in one trip
+-- name: task_before
+SELECT NULL AS clip_id, state FROM tasks WHERE task_id = :task_id
+UNION ALL
+SELECT clip_id, state FROM clips WHERE task_seq = (SELECT seq FROM tasks WHERE task_id = :task_id)
+
+-- name: upsert_task
+INSERT INTO tasks (task_id, state, platform, error, first_seen_at, updated_at, last_event_at,
+                   last_delivery_id)
+VALUES (:task_id, :state, :platform, :error, :at, :at, :at, :delivery_id)
+ON CONFLICT (task_id) DO UPDATE SET
+    updated_at = CASE WHEN tasks.state = excluded.state THEN tasks.updated_at
+                      ELSE excluded.updated_at END,
+    state = excluded.state,
+    platform = COALESCE(excluded.platform, tasks.platform),
+    error = COALESCE(excluded.error, tasks.error),
+    last_event_at = CASE WHEN tasks.last_event_at > excluded.last_event_at
+                         THEN tasks.last_event_at ELSE excluded.last_event_at END,
+    last_delivery_id = excluded.last_delivery_id
+
+-- name: upsert_clip
+INSERT INTO clips (task_seq, task_id, clip_id, state, title, tags, lyrics, audio_url, image_url,
+                   video_url, duration, mv, created_at, data, updated_at)
+VALUES ((SELECT seq FROM tasks WHERE task_id = :task_id), :task_id, :clip_id, :state, :title,
+        :tags, :lyrics, :audio_url, :image_url, :video_url, :duration, :mv, :created_at, :data,
+        :at)
+ON CONFLICT (task_seq, clip_id) DO UPDATE SET
+    state = excluded.state,
+    title = COALESCE(excluded.title, clips.title),
+    tags = COALESCE(excluded.tags, clips.tags),
+    lyrics = COALESCE(excluded.lyrics, clips.lyrics),
+    audio_url = COALESCE(excluded.audio_url, clips.audio_url),
+    image_url = COALESCE(excluded.image_url, clips.image_url),
+    video_url = COALESCE(excluded.video_url, clips.video_url),
+    duration = COALESCE(excluded.duration, clips.duration),
+    mv = COALESCE(excluded.mv, clips.mv),
+    created_at = COALESCE(excluded.created_at, clips.created_at),
+    data = excluded.data,
+    updated_at = excluded.updated_at
+
+-- name: insert_transition
+INSERT INTO transitions (task_seq, task_id, entity, entity_id, from_state, to_state,
+                         delivery_id, source, at)
+VALUES ((SELECT seq FROM tasks WHERE task_id = :task_id), :task_id, :entity, :entity_id,
+        :from_state, :to_state, :delivery_id, :source, :at)
+
+-- the task's type and platform (the row whose kind is 'task'), then its clips' tags
+-- name: task_facts
+SELECT 'task' AS kind, task_type AS value, platform FROM tasks WHERE task_id = :task_id
+UNION ALL
+SELECT 'clip', tags, NULL FROM clips
+WHERE task_seq = (SELECT seq FROM tasks WHERE task_id = :task_id)
+
+-- name: insert_job
+INSERT INTO jobs (task_seq, key, handler, route, options, task_id, trigger, delivery_id, state,
+                  max_attempts, run_after, created_at, updated_at)
+VALUES ((SELECT seq FROM tasks WHERE task_id = :task_id), :key, :handler, :route, :options,
+        :task_id, :trigger, :delivery_id, :JobState.QUEUED, :max_attempts, :at, :at, :at)
+ON CONFLICT (task_seq, key) DO NOTHING
+
+-- name: register_task
+INSERT INTO tasks (task_id, state, first_seen_at, updated_at, last_event_at, task_type,
+                   parent_task_id)
+VALUES (:task_id, :State.PENDING, :at, :at, :at, :task_type, :parent)
+ON CONFLICT (task_id) DO UPDATE SET
+    task_type = COALESCE(tasks.task_type, excluded.task_type),
+    parent_task_id = COALESCE(tasks.parent_task_id, excluded.parent_task_id)
+
+-- name: task_transitions
+SELECT * FROM transitions
+WHERE task_seq = (SELECT seq FROM tasks WHERE task_id = :task_id) AND entity = :Entity.TASK
+ORDER BY id
+
+-- name: probe_write
+INSERT INTO probes (name, at) VALUES (:name, :at)
+ON CONFLICT (name) DO UPDATE SET at = excluded.at
+
+
+-- ---- reading a task ----------------------------------------------------------------------
+
+-- name: get_task
+SELECT * FROM tasks WHERE task_id = :task_id
+
+-- name: get_clips
+SELECT * FROM clips WHERE task_seq = (SELECT seq FROM tasks WHERE task_id = :task_id)
+ORDER BY created_at, clip_id
+
+-- name: get_transitions
+SELECT * FROM transitions WHERE task_seq = (SELECT seq FROM tasks WHERE task_id = :task_id)
+ORDER BY id
+
+
+-- ---- the job queue -----------------------------------------------------------------------
+
+-- Due jobs, and running ones whose lease ran out (their worker died), oldest due first. Each
+-- kind is read in index order (jobs_due) up to :window rows, and only those are sorted: one
+-- ORDER BY over the OR of the three would read and sort every due job on every claim. The top
+-- :limit of the three tops is the top :limit of all. The rule is checked again on the locked
+-- rows: on PostgreSQL a row claimed by another worker since this one's snapshot no longer
+-- passes it; written as one CASE so that SQLite's planner takes the candidates' ids rather
+-- than an index scan of the OR. On PostgreSQL, concurrent claims skip each other's locked rows
+-- within :window.
+-- name: claim_jobs
+UPDATE jobs SET state = :JobState.RUNNING, attempts = attempts + 1, lease_owner = :owner,
+                lease_expires_at = :until, updated_at = :now
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE id IN (
+        SELECT id FROM (
+            SELECT id FROM jobs WHERE state = :JobState.QUEUED AND run_after <= :now
+            ORDER BY run_after, id LIMIT :window) AS due_queued
+        UNION ALL
+        SELECT id FROM (
+            SELECT id FROM jobs WHERE state = :JobState.RETRYING AND run_after <= :now
+            ORDER BY run_after, id LIMIT :window) AS due_retrying
+        UNION ALL
+        SELECT id FROM (
+            SELECT id FROM jobs WHERE state = :JobState.RUNNING AND lease_expires_at <= :now
+            ORDER BY run_after, id LIMIT :window) AS lease_expired
+    )
+    AND CASE WHEN state IN (:JobState.QUEUED, :JobState.RETRYING) THEN run_after <= :now
+             WHEN state = :JobState.RUNNING THEN lease_expires_at <= :now
+             ELSE FALSE END
+    ORDER BY run_after, id LIMIT :limit FOR_CLAIM()
+)
+RETURNING *
+
+-- Every claim is a row of its own: a lost lease leaves its row unfinished (the worker died),
+-- a postponed or released run keeps its outcome, a requeue keeps the history.
+-- name: start_attempt
+INSERT INTO job_attempts (job_id, run, attempt, owner, started_at)
+SELECT :job_id, COALESCE(MAX(run), 0) + 1, :attempt, :owner, :now
+FROM job_attempts WHERE job_id = :job_id
+
+-- name: end_attempt
+UPDATE job_attempts SET finished_at = :now, outcome = :outcome, error = :error
+WHERE job_id = :job_id AND owner = :owner AND finished_at IS NULL
+
+-- name: renew_lease
+UPDATE jobs SET lease_expires_at = :until, updated_at = :now
+WHERE id = :id AND state = :JobState.RUNNING AND lease_owner = :owner
+
+-- :ids is a JSON array of job ids; the ones still leased to :owner are finished, returned
+-- name: finish_jobs
+UPDATE jobs SET state = :JobState.DONE, lease_owner = NULL, lease_expires_at = NULL,
+                updated_at = :now
+WHERE id IN (JSON_INTS(:ids)) AND state = :JobState.RUNNING AND lease_owner = :owner
+RETURNING id
+
+-- :refund is 1 when the attempt is not counted
+-- name: retry_job
+UPDATE jobs SET state = :JobState.RETRYING, lease_owner = NULL, lease_expires_at = NULL,
+                last_error = :error, run_after = :run_after, updated_at = :now,
+                attempts = attempts - :refund
+WHERE id = :id AND state = :JobState.RUNNING AND lease_owner = :owner
+
+-- name: kill_job
+UPDATE jobs SET state = :JobState.DEAD, lease_owner = NULL, lease_expires_at = NULL,
+                last_error = :error, updated_at = :now
+WHERE id = :id AND state = :JobState.RUNNING AND lease_owner = :owner
+
+-- A graceful stop hands running jobs back without charging the attempt.
+-- name: release_jobs
+UPDATE jobs SET state = :JobState.QUEUED, lease_owner = NULL, lease_expires_at = NULL,
+                attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,
+                run_after = :now, updated_at = :now
+WHERE state = :JobState.RUNNING AND lease_owner = :owner
+RETURNING id
+
+-- name: next_due
+SELECT MIN(CASE WHEN state = :JobState.RUNNING THEN lease_expires_at ELSE run_after END) AS due
+FROM jobs WHERE state IN (:JobState.QUEUED, :JobState.RETRYING, :JobState.RUNNING)
+
+-- :handlers is a JSON array of handler names
+-- name: unfinished_jobs
+SELECT COUNT(*) AS n FROM jobs
+WHERE task_seq = (SELECT seq FROM tasks WHERE task_id = :task_id)
+  AND handler IN (JSON_TEXTS(:handlers))
+  AND state IN (:JobState.QUEUED, :JobState.RETRYING, :JobState.RUNNING)
+
+-- Jobs matching a filter, newest first, after the cursor :c_id; :delivery_ids, when not NULL,
+-- is a JSON array of the deliveries whose jobs are wanted.
+-- name: find_jobs
+SELECT * FROM jobs
+WHERE (CAST(:state AS TEXT) IS NULL OR state = :state)
+  AND (CAST(:handler AS TEXT) IS NULL OR handler = :handler)
+  AND (CAST(:task_id AS TEXT) IS NULL OR task_id = :task_id)
+  AND (CAST(:since AS DOUBLE PRECISION) IS NULL OR created_at >= :since)
+  AND (CAST(:until AS DOUBLE PRECISION) IS NULL OR created_at < :until)
+  AND (CAST(:delivery_ids AS TEXT) IS NULL OR delivery_id IN (JSON_TEXTS(:delivery_ids)))
+  AND (CAST(:c_id AS BIGINT) IS NULL OR id < :c_id)
+ORDER BY id DESC LIMIT :limit
+
+-- name: count_matching_jobs
+SELECT COUNT(*) AS n FROM jobs
+WHERE (CAST(:state AS TEXT) IS NULL OR state = :state)
+  AND (CAST(:handler AS TEXT) IS NULL OR handler = :handler)
+  AND (CAST(:task_id AS TEXT) IS NULL OR task_id = :task_id)
+  AND (CAST(:since AS DOUBLE PRECISION) IS NULL OR created_at >= :since)
+  AND (CAST(:until AS DOUBLE PRECISION) IS NULL OR created_at < :until)
+
+-- Every finished job matching the filter, queued again in one statement, attempts reset.
+-- name: requeue_matching
+UPDATE jobs SET state = :JobState.QUEUED, attempts = 0, run_after = :now, last_error = NULL,
+                updated_at = :now
+WHERE (CAST(:state AS TEXT) IS NULL OR state = :state)
+  AND (CAST(:handler AS TEXT) IS NULL OR handler = :handler)
+  AND (CAST(:task_id AS TEXT) IS NULL OR task_id = :task_id)
+  AND (CAST(:since AS DOUBLE PRECISION) IS NULL OR created_at >= :since)
+  AND (CAST(:until AS DOUBLE PRECISION) IS NULL OR created_at < :until)
+  AND state IN (:JobState.DEAD, :JobState.DONE)
+
+-- :ids is a JSON array of job ids
+-- name: requeue_jobs
+UPDATE jobs SET state = :JobState.QUEUED, attempts = 0, run_after = :now, last_error = NULL,
+                updated_at = :now
+WHERE id IN (JSON_INTS(:ids)) AND state IN (:JobState.DEAD, :JobState.DONE)
+
+-- name: get_job
+SELECT * FROM jobs WHERE id = :id
+
+-- name: job_attempts
+SELECT * FROM job_attempts WHERE job_id = :job_id ORDER BY run
+
+
+-- ---- what handlers leave behind ----------------------------------------------------------
+
+-- name: upsert_file
+INSERT INTO files (task_id, clip_id, kind, path, size, sha256, url, content_type, job_key,
+                   created_at)
+VALUES (:task_id, :clip_id, :kind, :path, :size, :sha256, :url, :content_type, :job_key,
+        :created_at)
+ON CONFLICT (task_id, clip_id, kind) DO UPDATE SET
+    path = excluded.path, size = excluded.size, sha256 = excluded.sha256, url = excluded.url,
+    content_type = excluded.content_type, job_key = excluded.job_key
+
+-- name: list_files
+SELECT * FROM files WHERE task_id = :task_id ORDER BY clip_id, kind
+
+-- name: upsert_result
+INSERT INTO results (task_id, clip_id, kind, data, job_key, created_at)
+VALUES (:task_id, :clip_id, :kind, :data, :job_key, :created_at)
+ON CONFLICT (task_id, clip_id, kind) DO UPDATE SET
+    data = excluded.data, job_key = excluded.job_key
+
+-- name: list_results
+SELECT * FROM results WHERE task_id = :task_id ORDER BY clip_id, kind
+
+-- name: insert_child
+INSERT INTO children (trigger_key, parent_task_id, root_task_id, rule, depth, task_type,
+                      credits, request, child_task_id, state, error, created_at, updated_at)
+VALUES (:trigger_key, :parent_task_id, :root_task_id, :rule, :depth, :task_type, :credits,
+        :request, :child_task_id, :state, :error, :created_at, :updated_at)
+ON CONFLICT (trigger_key) DO NOTHING
+
+-- name: get_child
+SELECT * FROM children WHERE trigger_key = :trigger_key
+
+-- name: child_by_task
+SELECT * FROM children WHERE child_task_id = :task_id
+
+-- name: list_children
+SELECT * FROM children WHERE parent_task_id = :task_id ORDER BY created_at, trigger_key
+
+-- name: update_child
+UPDATE children SET state = :state, child_task_id = COALESCE(:child_task_id, child_task_id),
+                    error = :error, updated_at = :now
+WHERE trigger_key = :trigger_key
+
+-- name: credits_under_root
+SELECT COALESCE(SUM(credits), 0) AS credits FROM children
+WHERE root_task_id = :task_id AND state <> :ChildState.FAILED
+
+
+-- ---- replay and administration -----------------------------------------------------------
+
+-- name: stale_tasks
+SELECT task_id FROM tasks
+WHERE state IN (:State.PENDING, :State.RUNNING) AND last_event_at < :before
+ORDER BY last_event_at LIMIT :limit
+
+-- name: tasks_since
+SELECT task_id FROM tasks WHERE first_seen_at >= :since ORDER BY first_seen_at LIMIT :limit
+
+-- name: raw_deliveries
+SELECT delivery_id, source, scheme, event, task_id, outcome, reason, received_at, headers, body
+FROM deliveries
+WHERE (CAST(:since AS DOUBLE PRECISION) IS NULL OR received_at >= :since)
+  AND (CAST(:until AS DOUBLE PRECISION) IS NULL OR received_at < :until)
+  AND (CAST(:task_id AS TEXT) IS NULL OR task_id = :task_id)
+  AND (CAST(:outcome AS TEXT) IS NULL OR outcome = :outcome)
+  AND pruned_at IS NULL
+ORDER BY id LIMIT :limit
+
+-- The turn goes to whoever asks once the last holder's ran out (or to the holder again).
+-- name: take_turn
+INSERT INTO turns (name, owner, until) VALUES (:name, :owner, :until)
+ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until
+WHERE turns.until <= :now OR turns.owner = excluded.owner
+
+-- name: insert_audit
+INSERT INTO audit (at, actor, action, target, detail)
+VALUES (:at, :actor, :action, :target, :detail)
+
+-- name: row_counts
+SELECT (SELECT COUNT(*) FROM deliveries) AS deliveries, (SELECT COUNT(*) FROM tasks) AS tasks,
+       (SELECT COUNT(*) FROM clips) AS clips, (SELECT COUNT(*) FROM transitions) AS transitions,
+       (SELECT COUNT(*) FROM jobs) AS jobs, (SELECT COUNT(*) FROM files) AS files,
+       (SELECT COUNT(*) FROM children) AS children
+
+
+-- ---- retention ---------------------------------------------------------------------------
+
+-- Raw bodies of deliveries whose task is finished, received before :before. Quarantined
+-- deliveries keep their bodies: they are what a replay after a fix needs.
+-- name: prune_bodies
+UPDATE deliveries SET body = :empty, headers = '{}', pruned_at = :now
+WHERE received_at < :before AND pruned_at IS NULL AND outcome = :Outcome.RECORDED
+  AND task_id IN (SELECT task_id FROM tasks WHERE state IN (:State.SUCCEEDED, :State.FAILED))
+
+-- name: count_prunable_bodies
+SELECT COUNT(*) AS n FROM deliveries
+WHERE received_at < :before AND pruned_at IS NULL AND outcome = :Outcome.RECORDED
+  AND task_id IN (SELECT task_id FROM tasks WHERE state IN (:State.SUCCEEDED, :State.FAILED))
+
+-- name: prune_attempts
+DELETE FROM job_attempts WHERE job_id IN (
+    SELECT id FROM jobs
+    WHERE state IN (:JobState.DONE, :JobState.DEAD) AND updated_at < :before)
+
+-- name: prune_jobs
+DELETE FROM jobs WHERE state IN (:JobState.DONE, :JobState.DEAD) AND updated_at < :before
+
+-- name: count_prunable_jobs
+SELECT COUNT(*) AS n FROM jobs
+WHERE state IN (:JobState.DONE, :JobState.DEAD) AND updated_at < :before
+
+-- Delivery rows (the ids deduplication needs) go only after the longer id horizon, and only
+-- once their body went; transitions keep their delivery_id as a plain text.
+-- name: prune_ids
+DELETE FROM deliveries WHERE received_at < :before AND pruned_at IS NOT NULL
+
+-- what prune_ids will find once prune_bodies ran (the id horizon is the older one)
+-- name: count_prunable_ids
+SELECT COUNT(*) AS n FROM deliveries
+WHERE received_at < :before AND (pruned_at IS NOT NULL OR (
+    outcome = :Outcome.RECORDED
+    AND task_id IN (SELECT task_id FROM tasks WHERE state IN (:State.SUCCEEDED, :State.FAILED))))
+
+
+-- ---- the console: pages newest first, with keyset cursors -------------------------------
+-- A NULL cursor means the first page; ties on the sort key are broken by the id, so that a
+-- page never repeats or skips a row.
+
+-- name: list_tasks
+SELECT t.*,
+       (SELECT c.title FROM clips c WHERE c.task_seq = t.seq
+        ORDER BY c.created_at, c.clip_id LIMIT 1) AS title,
+       (SELECT COUNT(*) FROM clips c WHERE c.task_seq = t.seq) AS clips
+FROM tasks t
+WHERE (CAST(:state AS TEXT) IS NULL OR t.state = :state)
+  AND (CAST(:task_type AS TEXT) IS NULL OR t.task_type = :task_type)
+  AND (CAST(:parent AS TEXT) IS NULL OR t.parent_task_id = :parent)
+  AND (CAST(:since AS DOUBLE PRECISION) IS NULL OR t.first_seen_at >= :since)
+  AND (CAST(:until AS DOUBLE PRECISION) IS NULL OR t.first_seen_at < :until)
+  AND (CAST(:text AS TEXT) IS NULL OR EXISTS (
+        SELECT 1 FROM clips c WHERE c.task_seq = t.seq AND LOWER(c.title) LIKE :text))
+  AND (CAST(:tag AS TEXT) IS NULL OR EXISTS (
+        SELECT 1 FROM clips c WHERE c.task_seq = t.seq AND LOWER(c.tags) LIKE :tag))
+  AND (CAST(:c_at AS DOUBLE PRECISION) IS NULL OR t.first_seen_at < :c_at
+       OR (t.first_seen_at = :c_at AND t.task_id < :c_id))
+ORDER BY t.first_seen_at DESC, t.task_id DESC LIMIT :limit
+
+-- name: list_deliveries
+SELECT id, delivery_id, source, scheme, event, task_id, outcome, reason, received_at,
+       duplicates, last_duplicate_at
+FROM deliveries
+WHERE (CAST(:outcome AS TEXT) IS NULL OR outcome = :outcome)
+  AND (:only_duplicates = 0 OR duplicates > 0)
+  AND (CAST(:event AS TEXT) IS NULL OR event = :event)
+  AND (CAST(:source AS TEXT) IS NULL OR source = :source)
+  AND (CAST(:task_id AS TEXT) IS NULL OR task_id = :task_id)
+  AND (CAST(:since AS DOUBLE PRECISION) IS NULL OR received_at >= :since)
+  AND (CAST(:c_id AS BIGINT) IS NULL OR id < :c_id)
+ORDER BY id DESC LIMIT :limit
+
+-- name: get_delivery
+SELECT * FROM deliveries WHERE delivery_id = :delivery_id
+
+-- a delivery's transitions are all of the task it was recorded for: found by its task
+-- name: delivery_transitions
+SELECT * FROM transitions
+WHERE task_seq = (SELECT seq FROM tasks WHERE task_id = :task_id)
+  AND delivery_id = :delivery_id
+ORDER BY id
+
+-- name: list_audit
+SELECT * FROM audit WHERE (CAST(:c_id AS BIGINT) IS NULL OR id < :c_id)
+ORDER BY id DESC LIMIT :limit
+
+-- SQLite's CAST truncates, which for times after 1970 is the floor
+-- name: deliveries_per_minute
+SELECT CAST(received_at / 60 AS INTEGER) AS minute, COUNT(*) AS n FROM deliveries
+WHERE received_at >= :since GROUP BY minute ORDER BY minute
+
+-- name: deliveries_per_minute [postgresql]
+SELECT CAST(FLOOR(received_at / 60) AS BIGINT) AS minute, COUNT(*) AS n FROM deliveries
+WHERE received_at >= :since GROUP BY minute ORDER BY minute
+
+-- name: deliveries_by_outcome
+SELECT outcome, scheme, COUNT(*) AS n, COALESCE(SUM(duplicates), 0) AS repeats
+FROM deliveries GROUP BY outcome, scheme
+
+-- name: tasks_by_state
+SELECT state, COUNT(*) AS n FROM tasks GROUP BY state
+
+-- name: jobs_by_state_handler
+SELECT state, handler, COUNT(*) AS n FROM jobs GROUP BY state, handler
+
+-- Since when the longest-waiting due job has been due (a retry in its backoff is not waiting)
+-- name: oldest_queued
+SELECT MIN(run_after) AS due FROM jobs
+WHERE state IN (:JobState.QUEUED, :JobState.RETRYING) AND run_after <= :now
+
+-- Unfinished jobs of :handler, and those of them created before :warn_before
+-- name: pending_jobs
+SELECT COUNT(*) AS n,
+       COALESCE(SUM(CASE WHEN created_at < :warn_before THEN 1 ELSE 0 END), 0) AS old
+FROM jobs
+WHERE state IN (:JobState.QUEUED, :JobState.RUNNING, :JobState.RETRYING) AND handler = :handler
+
+-- name: transitions_by_state
+SELECT entity, to_state, COUNT(*) AS n FROM transitions GROUP BY entity, to_state
+
+-- name: bytes_kept
+SELECT COALESCE(SUM(size), 0) AS n FROM files
+
+-- name: recoveries
+SELECT COUNT(*) AS n FROM transitions
+WHERE entity = :Entity.TASK AND source = :Source.POLL
+
+
+-- ---- engine steps -------------------------------------------------------------------------
+
+-- Every task a batch records, locked first, in one order (receiver/storage/postgres.py);
+-- SQLite's BEGIN IMMEDIATE already runs one writer at a time.
+-- name: lock_tasks
+
+-- name: lock_tasks [postgresql]
+SELECT pg_advisory_xact_lock(7318, key)
+FROM (SELECT DISTINCT hashtext(task) AS key FROM unnest(CAST(:task_ids AS TEXT[])) AS task
+      ORDER BY key) AS keys
