@@ -15,8 +15,8 @@ accepts connections until the process runs out of file descriptors. Here:
 
 Both timeouts are :class:`Deadlines` (one sweep a tenth of the timeout, not a timer per
 request: a late head or body is cut off within 1.1 times its timeout), and the protocol sends
-a response's head and body in one write (:class:`_Coalescing`): what each request costs the
-server is the ingest benchmark's business (issue 12).
+a response's head and body in one write (:class:`_Coalescing`); what each request costs is
+measured by ``scripts/bench ingest``.
 """
 
 from __future__ import annotations

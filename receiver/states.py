@@ -14,8 +14,8 @@ forward-only rule:
 4. else, any clip running or terminal → ``running``;
 5. else → ``pending``.
 
-:func:`plan` applies these rules to one callback against what the store holds; it is pure, so
-the SQLite store and its in-memory twin share it.
+:func:`plan` applies these rules to one callback against what the store holds; it is pure:
+recording (:mod:`receiver.recording`) runs it inside the transaction, on every backend.
 """
 
 from __future__ import annotations
