@@ -44,9 +44,7 @@ from receiver.console import console_routes
 from receiver.console.session import ConsoleAuth, Sessions
 from receiver.creation import create_task
 from receiver.errors import BodyTooLarge, StoreError
-from receiver.jobs import Job
 from receiver.media import file_response, open_media
-from receiver.models import ChildTask, Clip, Result, StoredFile, Task, TaskView, Transition
 from receiver.registry import Registry, load_registry
 from receiver.replay import reconcile_every, turn_owner
 from receiver.routing import Router, routes_from_config
@@ -245,103 +243,3 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     name = {404: "not_found", 405: "method_not_allowed"}.get(status, "error")
     headers = getattr(exc, "headers", None)
     return JSONResponse({"error": name}, status, headers=headers)
-
-
-def task_view_json(view: TaskView) -> dict[str, Any]:
-    return {
-        "task": task_json(view.task),
-        "clips": [clip_json(c) for c in view.clips],
-        "transitions": [transition_json(t) for t in view.transitions],
-    }
-
-
-def task_json(task: Task) -> dict[str, Any]:
-    return {
-        "task_id": task.task_id,
-        "state": task.state.value,
-        "platform": task.platform,
-        "error": task.error,
-        "first_seen_at": task.first_seen_at,
-        "updated_at": task.updated_at,
-        "last_event_at": task.last_event_at,
-        "last_delivery_id": task.last_delivery_id,
-        "task_type": task.task_type,
-        "parent_task_id": task.parent_task_id,
-    }
-
-
-def clip_json(clip: Clip) -> dict[str, Any]:
-    return {
-        "clip_id": clip.clip_id,
-        "state": clip.state.value,
-        "title": clip.title,
-        "tags": clip.tags,
-        "lyrics": clip.lyrics,
-        "audio_url": clip.audio_url,
-        "image_url": clip.image_url,
-        "video_url": clip.video_url,
-        "duration": clip.duration,
-        "mv": clip.mv,
-        "created_at": clip.created_at,
-        "updated_at": clip.updated_at,
-        "data": dict(clip.data),
-    }
-
-
-def transition_json(t: Transition) -> dict[str, Any]:
-    return {
-        "entity": t.entity.value,
-        "entity_id": t.entity_id,
-        "from": t.from_state.value if t.from_state else None,
-        "to": t.to_state.value,
-        "delivery_id": t.delivery_id,
-        "source": t.source.value,
-        "at": t.at,
-    }
-
-
-def job_json(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "key": job.key,
-        "handler": job.handler,
-        "route": job.route,
-        "trigger": job.trigger,
-        "task_id": job.task_id,
-        "state": job.state.value,
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "run_after": job.run_after,
-        "last_error": job.last_error,
-        "created_at": job.created_at,
-        "updated_at": job.updated_at,
-    }
-
-
-def file_json(f: StoredFile) -> dict[str, Any]:
-    return {
-        "clip_id": f.clip_id,
-        "kind": f.kind,
-        "path": f.path,
-        "size": f.size,
-        "sha256": f.sha256,
-        "url": f.url,
-        "content_type": f.content_type,
-    }
-
-
-def child_json(c: ChildTask) -> dict[str, Any]:
-    return {
-        "child_task_id": c.child_task_id,
-        "rule": c.rule,
-        "task_type": c.task_type,
-        "depth": c.depth,
-        "credits": c.credits,
-        "state": c.state.value,
-        "error": c.error,
-        "root_task_id": c.root_task_id,
-    }
-
-
-def result_json(r: Result) -> dict[str, Any]:
-    return {"clip_id": r.clip_id, "kind": r.kind, "data": dict(r.data)}
