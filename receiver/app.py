@@ -1,19 +1,21 @@
-"""The ASGI app: ``create_app(settings, *, store=None, clock=None, http=None)``.
+"""The ASGI app: ``create_app(settings, *, store=None, clock=None, http=None)`` assembles the
+receiver from its parts and serves nothing of its own.
 
 Every I/O edge comes in through the factory: what is not passed is built (and closed) by the
-app's lifespan, what is passed belongs to the caller. Nothing happens at import.
+app's lifespan, what is passed belongs to the caller; the lifespan puts the open
+:class:`receiver.runtime.Runtime` at ``app.state.runtime``, where the endpoints read it. Nothing
+happens at import.
 
-Routes: ``POST /webhooks/sonic`` (:mod:`receiver.webhook`), ``POST /tasks``
-(:mod:`receiver.creation`), ``GET /files/{task_id}/{clip_id}/{kind}`` (a kept file: Range from
-a local folder, a presigned redirect from an object store), ``GET /healthz`` (alive) and
-``GET /readyz`` (the database takes a write), and the operator's console
-(:mod:`receiver.console`: the read API, its actions, ``/metrics``, ``/openapi.json`` and the
-dashboard at ``/ui``). Everything but the webhook and the probes is the admin surface: one
-``Mount`` behind :class:`receiver.console.session.ConsoleAuth` (:class:`receiver.auth.AdminAuth`
-extended with the dashboard's session: a Bearer token, the session cookie, or an explicit
-opt-out); the probes stay open so that orchestrators can call them. Request bodies are read
-under :class:`receiver.connections.BodyTimeout`. Deliveries skip Starlette's middleware and
-router (:class:`ReceiverApp`): the webhook is the route that takes load.
+The route table: ``POST /webhooks/sonic`` (:mod:`receiver.webhook`), the probes ``GET /healthz``
+and ``GET /readyz`` (:mod:`receiver.probes`), and the admin surface: ``POST /tasks``
+(:mod:`receiver.creation`) and the operator's console (:mod:`receiver.console`: the read API,
+kept files, its actions, ``/metrics``, ``/openapi.json`` and the dashboard at ``/ui``). The
+admin surface is one ``Mount`` behind :class:`receiver.console.session.ConsoleAuth`
+(:class:`receiver.auth.AdminAuth` extended with the dashboard's session: a Bearer token, the
+session cookie, or an explicit opt-out); the probes stay open so that orchestrators can call
+them. Request bodies are read under :class:`receiver.connections.BodyTimeout`. Deliveries skip
+Starlette's middleware and router (:class:`ReceiverApp`): the webhook is the route that takes
+load.
 
 Handlers are loaded and routes checked here, in the factory, so that a route naming an unknown
 handler stops start-up before the server binds. With ``RECEIVER_WORKER=inprocess`` (the
@@ -34,7 +36,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -42,18 +44,19 @@ from receiver.clock import Clock, SystemClock
 from receiver.connections import BodyTimeout
 from receiver.console import console_routes
 from receiver.console.session import ConsoleAuth, Sessions
-from receiver.creation import create_task
-from receiver.errors import BodyTooLarge, StoreError
-from receiver.media import file_response, open_media
+from receiver.console.shapes import Error, ShapeResponse
+from receiver.creation import creation_routes
+from receiver.errors import StoreError
+from receiver.probes import probe_routes
 from receiver.registry import Registry, load_registry
 from receiver.replay import reconcile_every, turn_owner
 from receiver.routing import Router, routes_from_config
-from receiver.runtime import Runtime, open_runtime
+from receiver.runtime import open_runtime
 from receiver.settings import Settings
 from receiver.signatures import Verifier
 from receiver.sonic.client import SonicClient
 from receiver.storage import Store
-from receiver.webhook import WebhookEndpoint, read_body
+from receiver.webhook import WebhookEndpoint
 
 log = structlog.get_logger("receiver.app")
 
@@ -83,24 +86,18 @@ def create_app(
             clock=clock,
         )
     )
-    runtime: Runtime | None = None
     # Served from the start (503 until the lifespan opens it with the store).
     endpoint = WebhookEndpoint(verifier=verifier, clock=clock,
                                max_body_bytes=settings.max_body_bytes, router=router)
 
-    def current() -> Runtime:
-        if runtime is None:
-            raise RuntimeError("the app's lifespan has not started")
-        return runtime
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        nonlocal runtime
         async with open_runtime(
             settings, store=store, clock=clock, http=http, router=router, registry=registry,
             sonic=sonic,
         ) as opened:
-            runtime = app.state.runtime = opened
+            # what the endpoints read (request.app.state.runtime); None again once closed
+            app.state.runtime = opened
             worker_task: asyncio.Task[None] | None = None
             background: list[asyncio.Task[None]] = []
             if settings.worker == "inprocess":
@@ -142,38 +139,11 @@ def create_app(
                 if opened.worker is not None and worker_task is not None:
                     await opened.worker.stop(deadline_s=settings.worker_drain_s)
                     await worker_task
-                runtime = None
-
-    async def get_file(request: Request) -> Response:
-        p = request.path_params
-        found = next((f for f in await current().store.list_files(p["task_id"])
-                      if f.clip_id == p["clip_id"] and f.kind == p["kind"]), None)
-        if found is None:
-            return JSONResponse({"error": "file_not_found"}, 404)
-        return await file_response(open_media(settings), found, request)
-
-    async def post_task(request: Request) -> JSONResponse:
-        try:
-            body = await read_body(request, settings.max_body_bytes)
-        except BodyTooLarge as exc:
-            return JSONResponse({"error": "body_too_large", "limit": exc.limit}, 413)
-        return await create_task(current(), body)
-
-    async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(request: Request) -> JSONResponse:
-        try:
-            await current().store.check_writable()
-        except (StoreError, RuntimeError) as exc:
-            log.warning("not_ready", error=str(exc))
-            return JSONResponse({"status": "unavailable", "error": "store_unavailable"}, 503)
-        return JSONResponse({"status": "ready"})
+                app.state.runtime = None
 
     admin = [
-        Route("/tasks", post_task, methods=["POST"]),
-        Route("/files/{task_id:str}/{clip_id:str}/{kind:str}", get_file, methods=["GET"]),
-        # the operator's console: read API, actions, /metrics, /openapi.json and /ui
+        *creation_routes(),
+        # the operator's console: read API, kept files, actions, /metrics, /openapi.json, /ui
         *console_routes(),
     ]
     sessions = Sessions(settings.admin_token, open_key=next(iter(settings.webhook_secrets), None))
@@ -184,8 +154,7 @@ def create_app(
             # (Served by ReceiverApp's shortcut; the route names it and serves a root_path.)
             Route(WEBHOOK_PATH, endpoint, name="webhook",
                   methods=["POST", "GET", "PUT", "PATCH", "DELETE", "OPTIONS"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
+            *probe_routes(),
             # Everything else, unknown paths included, is the admin surface.
             Mount("", routes=admin, middleware=[
                 Middleware(ConsoleAuth, settings=settings, sessions=sessions)]),
@@ -242,4 +211,4 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     name = {404: "not_found", 405: "method_not_allowed"}.get(status, "error")
     headers = getattr(exc, "headers", None)
-    return JSONResponse({"error": name}, status, headers=headers)
+    return ShapeResponse(Error(error=name), status, headers=headers)

@@ -2,8 +2,9 @@
 
 Reads: ``GET /tasks``, ``GET /tasks/{id}``, ``GET /deliveries``, ``GET /deliveries/{id}``,
 ``GET /jobs``, ``GET /jobs/{id}``, ``GET /audit``, each answering a shape of
-:mod:`receiver.console.shapes`. A list answers ``{"items": [...], "next_cursor": "..." | null}``;
-pass ``cursor`` back to get the next page.
+:mod:`receiver.console.shapes`; and ``GET /files/{task_id}/{clip_id}/{kind}``, a kept file. A
+list answers ``{"items": [...], "next_cursor": "..." | null}``; pass ``cursor`` back to get the
+next page.
 
 Actions (``POST``), each idempotent and written to the audit log (who, when, what):
 ``/jobs/{id}/retry``, ``/jobs/retry`` (every match of a filter; ``dry_run`` counts first),
@@ -29,6 +30,7 @@ import receiver.console.shapes as shapes
 from receiver.console.shapes import ShapeResponse, builtins
 from receiver.errors import ReceiverError
 from receiver.jobs import JobState
+from receiver.media import file_response, open_media
 from receiver.models import JobFilter, Outcome, Source
 from receiver.replay import reconcile, replayed, resend
 from receiver.runtime import Runtime
@@ -394,6 +396,17 @@ async def list_audit(request: Request) -> Response:
     return ShapeResponse(shapes.AuditPage.of(page))
 
 
+async def get_file(request: Request) -> Response:
+    """A kept file: with HTTP Range from a local folder, a redirect to a presigned URL from
+    an object store."""
+    p = request.path_params
+    found = next((f for f in await reads_of(request).list_files(p["task_id"])
+                  if f.clip_id == p["clip_id"] and f.kind == p["kind"]), None)
+    if found is None:
+        return _error(404, "file_not_found")
+    return await file_response(open_media(runtime_of(request).settings), found, request)
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if not raw.strip():
@@ -491,4 +504,5 @@ def api_routes() -> list[BaseRoute]:
         Route("/jobs/{job_id:str}", _guard(get_job), methods=["GET"]),
         Route("/jobs/{job_id:str}/retry", _guard(retry_job), methods=["POST"]),
         Route("/audit", _guard(list_audit), methods=["GET"]),
+        Route("/files/{task_id:str}/{clip_id:str}/{kind:str}", get_file, methods=["GET"]),
     ]
