@@ -1,19 +1,21 @@
-"""The ASGI app: ``create_app(settings, *, storage=None, clock=None, http=None)``.
+"""The ASGI app: ``create_app(settings, *, storage=None, clock=None, http=None)`` assembles the
+receiver from its parts and serves nothing of its own.
 
 Every I/O edge comes in through the factory: what is not passed is built (and closed) by the
-app's lifespan, what is passed belongs to the caller. Nothing happens at import.
+app's lifespan, what is passed belongs to the caller; the lifespan puts the open
+:class:`receiver.runtime.Runtime` at ``app.state.runtime``, where the endpoints read it. Nothing
+happens at import.
 
-Routes: ``POST /webhooks/sonic`` (:mod:`receiver.webhook`), ``POST /tasks``
-(:mod:`receiver.creation`), ``GET /files/{task_id}/{clip_id}/{kind}`` (a kept file: Range from
-a local folder, a presigned redirect from an object store), ``GET /healthz`` (alive) and
-``GET /readyz`` (the database takes a write), and the operator's console
-(:mod:`receiver.console`: the read API, its actions, ``/metrics``, ``/openapi.json`` and the
-dashboard at ``/ui``). Everything but the webhook and the probes is the admin surface: one
-``Mount`` behind :class:`receiver.console.session.ConsoleAuth` (:class:`receiver.auth.AdminAuth`
-extended with the dashboard's session: a Bearer token, the session cookie, or an explicit
-opt-out); the probes stay open so that orchestrators can call them. Request bodies are read
-under :class:`receiver.connections.BodyTimeout`. Deliveries skip Starlette's middleware and
-router (:class:`ReceiverApp`): the webhook is the route that takes load.
+The route table: ``POST /webhooks/sonic`` (:mod:`receiver.webhook`), the probes ``GET /healthz``
+and ``GET /readyz`` (:mod:`receiver.probes`), and the admin surface: ``POST /tasks``
+(:mod:`receiver.creation`) and the operator's console (:mod:`receiver.console`: the read API,
+kept files, its actions, ``/metrics``, ``/openapi.json`` and the dashboard at ``/ui``). The
+admin surface is one ``Mount`` behind :class:`receiver.console.session.ConsoleAuth`
+(:class:`receiver.auth.AdminAuth` extended with the dashboard's session: a Bearer token, the
+session cookie, or an explicit opt-out); the probes stay open so that orchestrators can call
+them. Request bodies are read under :class:`receiver.connections.BodyTimeout`. Deliveries skip
+Starlette's middleware and router (:class:`ReceiverApp`): the webhook is the route that takes
+load.
 
 Handlers are loaded and routes checked here, in the factory, so that a route naming an unknown
 handler stops start-up before the server binds. With ``RECEIVER_WORKER=inprocess`` (the
@@ -34,7 +36,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -42,21 +44,20 @@ from receiver.clock import Clock, SystemClock
 from receiver.connections import BodyTimeout
 from receiver.console import console_routes
 from receiver.console.session import ConsoleAuth, Sessions
-from receiver.creation import create_task
-from receiver.errors import BodyTooLarge, StoreError
-from receiver.jobs import Job
-from receiver.media import file_response, open_media
-from receiver.models import ChildTask, Clip, Result, StoredFile, Task, TaskView, Transition
+from receiver.console.shapes import Error, ShapeResponse
+from receiver.creation import creation_routes
+from receiver.errors import StoreError
+from receiver.probes import probe_routes
 from receiver.registry import Registry, load_registry
 from receiver.replay import reconcile_every, turn_owner
 from receiver.routing import Router, routes_from_config
-from receiver.runtime import Runtime, open_runtime
+from receiver.runtime import open_runtime
 from receiver.settings import Settings
 from receiver.signatures import Verifier
 from receiver.sonic.client import SonicClient
 from receiver.storage.admin import Admin
 from receiver.storage.roles import Storage
-from receiver.webhook import WebhookEndpoint, read_body
+from receiver.webhook import WebhookEndpoint
 
 log = structlog.get_logger("receiver.app")
 
@@ -86,24 +87,18 @@ def create_app(
             clock=clock,
         )
     )
-    runtime: Runtime | None = None
     # Served from the start (503 until the lifespan opens it with the store).
     endpoint = WebhookEndpoint(verifier=verifier, clock=clock,
                                max_body_bytes=settings.max_body_bytes, router=router)
 
-    def current() -> Runtime:
-        if runtime is None:
-            raise RuntimeError("the app's lifespan has not started")
-        return runtime
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        nonlocal runtime
         async with open_runtime(
             settings, storage=storage, clock=clock, http=http, router=router, registry=registry,
             sonic=sonic,
         ) as opened:
-            runtime = app.state.runtime = opened
+            # what the endpoints read (request.app.state.runtime); None again once closed
+            app.state.runtime = opened
             worker_task: asyncio.Task[None] | None = None
             background: list[asyncio.Task[None]] = []
             if settings.worker == "inprocess":
@@ -145,38 +140,11 @@ def create_app(
                 if opened.worker is not None and worker_task is not None:
                     await opened.worker.stop(deadline_s=settings.worker_drain_s)
                     await worker_task
-                runtime = None
-
-    async def get_file(request: Request) -> Response:
-        p = request.path_params
-        found = next((f for f in await current().storage.admin.list_files(p["task_id"])
-                      if f.clip_id == p["clip_id"] and f.kind == p["kind"]), None)
-        if found is None:
-            return JSONResponse({"error": "file_not_found"}, 404)
-        return await file_response(open_media(settings), found, request)
-
-    async def post_task(request: Request) -> JSONResponse:
-        try:
-            body = await read_body(request, settings.max_body_bytes)
-        except BodyTooLarge as exc:
-            return JSONResponse({"error": "body_too_large", "limit": exc.limit}, 413)
-        return await create_task(current(), body)
-
-    async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(request: Request) -> JSONResponse:
-        try:
-            await current().storage.ingest.check_writable()
-        except (StoreError, RuntimeError) as exc:
-            log.warning("not_ready", error=str(exc))
-            return JSONResponse({"status": "unavailable", "error": "store_unavailable"}, 503)
-        return JSONResponse({"status": "ready"})
+                app.state.runtime = None
 
     admin = [
-        Route("/tasks", post_task, methods=["POST"]),
-        Route("/files/{task_id:str}/{clip_id:str}/{kind:str}", get_file, methods=["GET"]),
-        # the operator's console: read API, actions, /metrics, /openapi.json and /ui
+        *creation_routes(),
+        # the operator's console: read API, kept files, actions, /metrics, /openapi.json, /ui
         *console_routes(),
     ]
     sessions = Sessions(settings.admin_token, open_key=next(iter(settings.webhook_secrets), None))
@@ -187,8 +155,7 @@ def create_app(
             # (Served by ReceiverApp's shortcut; the route names it and serves a root_path.)
             Route(WEBHOOK_PATH, endpoint, name="webhook",
                   methods=["POST", "GET", "PUT", "PATCH", "DELETE", "OPTIONS"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
+            *probe_routes(),
             # Everything else, unknown paths included, is the admin surface.
             Mount("", routes=admin, middleware=[
                 Middleware(ConsoleAuth, settings=settings, sessions=sessions)]),
@@ -245,104 +212,4 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     name = {404: "not_found", 405: "method_not_allowed"}.get(status, "error")
     headers = getattr(exc, "headers", None)
-    return JSONResponse({"error": name}, status, headers=headers)
-
-
-def task_view_json(view: TaskView) -> dict[str, Any]:
-    return {
-        "task": task_json(view.task),
-        "clips": [clip_json(c) for c in view.clips],
-        "transitions": [transition_json(t) for t in view.transitions],
-    }
-
-
-def task_json(task: Task) -> dict[str, Any]:
-    return {
-        "task_id": task.task_id,
-        "state": task.state.value,
-        "platform": task.platform,
-        "error": task.error,
-        "first_seen_at": task.first_seen_at,
-        "updated_at": task.updated_at,
-        "last_event_at": task.last_event_at,
-        "last_delivery_id": task.last_delivery_id,
-        "task_type": task.task_type,
-        "parent_task_id": task.parent_task_id,
-    }
-
-
-def clip_json(clip: Clip) -> dict[str, Any]:
-    return {
-        "clip_id": clip.clip_id,
-        "state": clip.state.value,
-        "title": clip.title,
-        "tags": clip.tags,
-        "lyrics": clip.lyrics,
-        "audio_url": clip.audio_url,
-        "image_url": clip.image_url,
-        "video_url": clip.video_url,
-        "duration": clip.duration,
-        "mv": clip.mv,
-        "created_at": clip.created_at,
-        "updated_at": clip.updated_at,
-        "data": dict(clip.data),
-    }
-
-
-def transition_json(t: Transition) -> dict[str, Any]:
-    return {
-        "entity": t.entity.value,
-        "entity_id": t.entity_id,
-        "from": t.from_state.value if t.from_state else None,
-        "to": t.to_state.value,
-        "delivery_id": t.delivery_id,
-        "source": t.source.value,
-        "at": t.at,
-    }
-
-
-def job_json(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "key": job.key,
-        "handler": job.handler,
-        "route": job.route,
-        "trigger": job.trigger,
-        "task_id": job.task_id,
-        "state": job.state.value,
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "run_after": job.run_after,
-        "last_error": job.last_error,
-        "created_at": job.created_at,
-        "updated_at": job.updated_at,
-    }
-
-
-def file_json(f: StoredFile) -> dict[str, Any]:
-    return {
-        "clip_id": f.clip_id,
-        "kind": f.kind,
-        "path": f.path,
-        "size": f.size,
-        "sha256": f.sha256,
-        "url": f.url,
-        "content_type": f.content_type,
-    }
-
-
-def child_json(c: ChildTask) -> dict[str, Any]:
-    return {
-        "child_task_id": c.child_task_id,
-        "rule": c.rule,
-        "task_type": c.task_type,
-        "depth": c.depth,
-        "credits": c.credits,
-        "state": c.state.value,
-        "error": c.error,
-        "root_task_id": c.root_task_id,
-    }
-
-
-def result_json(r: Result) -> dict[str, Any]:
-    return {"clip_id": r.clip_id, "kind": r.kind, "data": dict(r.data)}
+    return ShapeResponse(Error(error=name), status, headers=headers)

@@ -6,8 +6,9 @@ The body is a create request as the Sonic API takes it, without ``webhook_url`` 
 ``webhook_secret`` (the receiver sets both). Answers: 201 ``{task_id, task_type}``; 400 with
 the seed's message for an invalid request (checked before anything is sent); 403 when credits
 are short; 502 when the service refused our key or may have created the task without saying so
-(``outcome_unknown``: check with ``replay reconcile``, do not resend blindly); 503 when the
-service or this receiver's configuration is not available.
+(``outcome_unknown``: check with ``replay reconcile``, do not resend blindly); 413 when the body
+is over the receiver's limit; 503 when the service or this receiver's configuration is not
+available.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from __future__ import annotations
 import json
 
 import structlog
+from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
 
-from receiver.runtime import Runtime
+from receiver.errors import BodyTooLarge
+from receiver.runtime import Runtime, runtime_of
 from receiver.sonic.contract import CreateRequest
 from receiver.sonic.errors import (
     CreateOutcomeUnknown,
@@ -27,8 +31,23 @@ from receiver.sonic.errors import (
     SonicUnavailable,
     SonicValidationError,
 )
+from receiver.webhook import read_body
 
 log = structlog.get_logger("receiver.creation")
+
+
+async def post_task(request: Request) -> JSONResponse:
+    runtime = runtime_of(request)
+    try:
+        body = await read_body(request, runtime.settings.max_body_bytes)
+    except BodyTooLarge as exc:
+        return JSONResponse({"error": "body_too_large", "limit": exc.limit}, 413)
+    return await create_task(runtime, body)
+
+
+def creation_routes() -> list[BaseRoute]:
+    """``POST /tasks``, to be mounted behind the admin authentication."""
+    return [Route("/tasks", post_task, methods=["POST"])]
 
 
 async def create_task(runtime: Runtime, body: bytes) -> JSONResponse:

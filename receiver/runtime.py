@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import httpx
 import structlog
+from starlette.requests import HTTPConnection
 
 from receiver.clock import Clock
 from receiver.context import HandlerContext
@@ -81,3 +82,12 @@ async def open_runtime(
             sonic = SonicClient(settings.sonic_api_base_url, settings.sonic_api_key, http=http)
         yield Runtime(settings=settings, storage=storage, clock=clock, http=http,
                       router=router, registry=registry, sonic=sonic)
+
+
+def runtime_of(request: HTTPConnection) -> Runtime:
+    """The runtime the app's lifespan opened (``app.state.runtime``); RuntimeError before it
+    has, and after it closed."""
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None:
+        raise RuntimeError("the app's lifespan has not started")
+    return runtime

@@ -213,6 +213,22 @@ async def test_readyz_reports_an_unwritable_database(tmp_path: Path, clock: Fake
         assert (await client.get("/readyz")).status_code == 200
 
 
+async def test_readyz_is_unavailable_outside_the_lifespan(tmp_path: Path) -> None:
+    """Before the lifespan has opened the store, and after it has closed it, /readyz answers
+    503 while /healthz answers 200."""
+    app = create_app(settings_for(tmp_path, worker="off"))
+
+    async def probe() -> tuple[int, int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as c:
+            return (await c.get("/healthz")).status_code, (await c.get("/readyz")).status_code
+
+    assert await probe() == (200, 503)
+    async with app_client(app) as client:
+        assert (await client.get("/readyz")).json() == {"status": "ready"}
+    assert await probe() == (200, 503)
+
+
 async def test_legacy_and_standard_schemes_when_enabled(tmp_path: Path, clock: FakeClock) -> None:
     app = create_app(
         settings_for(tmp_path, schemes=(Scheme.LEGACY, Scheme.STANDARD),

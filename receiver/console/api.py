@@ -1,8 +1,10 @@
 """The console's JSON API: cursor-paged reads and the operator's actions.
 
 Reads: ``GET /tasks``, ``GET /tasks/{id}``, ``GET /deliveries``, ``GET /deliveries/{id}``,
-``GET /jobs``, ``GET /jobs/{id}``, ``GET /audit``. A list answers
-``{"items": [...], "next_cursor": "..." | null}``; pass ``cursor`` back to get the next page.
+``GET /jobs``, ``GET /jobs/{id}``, ``GET /audit``, each answering a shape of
+:mod:`receiver.console.shapes`; and ``GET /files/{task_id}/{clip_id}/{kind}``, a kept file. A
+list answers ``{"items": [...], "next_cursor": "..." | null}``; pass ``cursor`` back to get the
+next page.
 
 Actions (``POST``), each idempotent and written to the audit log (who, when, what):
 ``/jobs/{id}/retry``, ``/jobs/retry`` (every match of a filter; ``dry_run`` counts first),
@@ -19,28 +21,28 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+import receiver.console.shapes as shapes
+from receiver.console.shapes import ShapeResponse, builtins
 from receiver.errors import ReceiverError
-from receiver.jobs import Job, JobState
+from receiver.jobs import JobState
+from receiver.media import file_response, open_media
 from receiver.models import JobFilter, Outcome, Source
 from receiver.replay import reconcile, replayed, resend
-from receiver.runtime import Runtime
+from receiver.runtime import Runtime, runtime_of
 from receiver.signatures import Scheme
 from receiver.states import State
 from receiver.storage.admin import (
     MAX_LIMIT,
     Admin,
-    AuditEntry,
     BadCursor,
     DeliveryDetail,
     DeliveryFilter,
-    DeliveryRow,
-    JobAttempt,
     TaskFilter,
-    TaskRow,
 )
 
 DEFAULT_LIMIT = 50
@@ -48,24 +50,6 @@ DEFAULT_LIMIT = 50
 
 class BadQuery(ReceiverError):
     """A query parameter is not valid."""
-
-
-# ---- JSON shapes ---------------------------------------------------------------------------
-
-
-def task_row_json(row: TaskRow) -> dict[str, Any]:
-    from receiver.app import task_json
-
-    return {**task_json(row.task), "title": row.title, "clips": row.clips}
-
-
-def delivery_json(row: DeliveryRow) -> dict[str, Any]:
-    return {
-        "delivery_id": row.delivery_id, "source": row.source.value, "scheme": row.scheme,
-        "event": row.event, "task_id": row.task_id, "outcome": row.outcome.value,
-        "reason": row.reason, "received_at": row.received_at, "duplicates": row.duplicates,
-        "last_duplicate_at": row.last_duplicate_at,
-    }
 
 
 def body_text(body: bytes) -> tuple[str, Any]:
@@ -78,28 +62,11 @@ def body_text(body: bytes) -> tuple[str, Any]:
         return text, None
 
 
-def delivery_detail_json(detail: DeliveryDetail) -> dict[str, Any]:
-    from receiver.app import transition_json
-
+def delivery_detail(detail: DeliveryDetail) -> shapes.DeliveryDetail:
+    """A stored delivery as ``GET /deliveries/{id}`` shows it."""
     text, parsed = body_text(detail.raw.body)
-    return {
-        **delivery_json(detail.row),
-        "headers": dict(detail.raw.headers),
-        "body": text,
-        "body_json": parsed,
-        "pruned_at": detail.pruned_at,
-        "transitions": [transition_json(t) for t in detail.transitions],
-    }
-
-
-def attempt_json(a: JobAttempt) -> dict[str, Any]:
-    return {"attempt": a.attempt, "owner": a.owner, "started_at": a.started_at,
-            "finished_at": a.finished_at, "outcome": a.outcome, "error": a.error}
-
-
-def audit_json(a: AuditEntry) -> dict[str, Any]:
-    return {"id": a.id, "at": a.at, "actor": a.actor, "action": a.action, "target": a.target,
-            "detail": dict(a.detail)}
+    return shapes.DeliveryDetail.of(detail.row, detail, headers=dict(detail.raw.headers),
+                                    body=text, body_json=parsed)
 
 
 # ---- query parameters ----------------------------------------------------------------------
@@ -173,18 +140,12 @@ def _str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _error(status: int, error: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": error, **extra}, status)
+def _error(status: int, error: str, reason: str | None = None) -> Response:
+    return ShapeResponse(shapes.Error(error=error, reason=msgspec.UNSET if reason is None
+                                      else reason), status)
 
 
 # ---- the context of a request ---------------------------------------------------------------
-
-
-def runtime_of(request: Request) -> Runtime:
-    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-    if runtime is None:
-        raise RuntimeError("the app's lifespan has not started")
-    return runtime
 
 
 def reads_of(request: Request) -> Admin:
@@ -228,8 +189,8 @@ class Actions:
     async def retry_matching(self, where: JobFilter, *, dry_run: bool,
                              actor: str) -> dict[str, Any]:
         matched = await self.reads.count_jobs(where)
-        result: dict[str, Any] = {"filter": filter_json(where), "matched": matched,
-                                  "dry_run": dry_run}
+        result: dict[str, Any] = {"filter": builtins(shapes.JobFilter.of(where)),
+                                  "matched": matched, "dry_run": dry_run}
         if not dry_run:
             result["requeued"] = await self.reads.requeue_matching(
                 where, now=self.runtime.clock.now())
@@ -282,11 +243,6 @@ class ActionRefused(ReceiverError):
     """The action cannot be done here."""
 
 
-def filter_json(where: JobFilter) -> dict[str, Any]:
-    return {"state": where.state.value if where.state else None, "handler": where.handler,
-            "task_id": where.task_id, "since": where.since, "until": where.until}
-
-
 def actions_of(request: Request) -> Actions:
     return Actions(runtime_of(request), reads_of(request))
 
@@ -314,89 +270,76 @@ async def list_tasks(request: Request) -> Response:
     params = request.query_params
     page = await reads_of(request).list_tasks(task_filter(params), limit=_limit(params),
                                               cursor=params.get("cursor"))
-    return JSONResponse({"items": [task_row_json(r) for r in page.items],
-                         "next_cursor": page.next_cursor})
+    return ShapeResponse(shapes.TaskPage.of(
+        page, items=[shapes.TaskRow.of(row.task, row) for row in page.items]))
 
 
-async def task_detail(runtime: Runtime, reads: Admin, task_id: str) -> dict[str, Any] | None:
+async def task_detail(reads: Admin, task_id: str) -> shapes.TaskDetail | None:
     """A task as ``GET /tasks/{id}`` shows it: clips, transitions, jobs, files, results,
     its children, and its chain (the parents up to the root, oldest first)."""
-    from receiver.app import child_json, file_json, result_json, task_view_json
-
-    store = reads
-    view = await store.get_task(task_id)
+    view = await reads.get_task(task_id)
     if view is None:
         return None
-    body = task_view_json(view)
-    body["jobs"] = [job_json(j) for j in await store.list_jobs(task_id=task_id)]
-    body["files"] = [file_json(f) for f in await store.list_files(task_id)]
-    body["children"] = [child_json(c) for c in await store.list_children(task_id)]
-    body["results"] = [result_json(r) for r in await store.list_results(task_id)]
-    chain: list[dict[str, Any]] = []
+    chain: list[shapes.ChainLink] = []
     parent = view.task.parent_task_id
     seen = {task_id}
     while parent is not None and parent not in seen and len(chain) < 20:
         seen.add(parent)
-        made = await store.child_of(parent)
-        up = await store.get_task(parent)
-        chain.insert(0, {"task_id": parent,
-                         "task_type": up.task.task_type if up else None,
-                         "state": up.task.state.value if up else None,
-                         "rule": made.rule if made else None,
-                         "credits": made.credits if made else None})
+        made = await reads.child_of(parent)
+        up = await reads.get_task(parent)
+        chain.insert(0, shapes.ChainLink(
+            task_id=parent, task_type=up.task.task_type if up else None,
+            state=up.task.state if up else None, rule=made.rule if made else None,
+            credits=made.credits if made else None))
         parent = up.task.parent_task_id if up else None
-    made = await store.child_of(task_id)
-    body["parents"] = chain
-    body["descendants"] = await _descendants(store, task_id)
-    body["created_by"] = child_json(made) if made else None
-    root = chain[0]["task_id"] if chain else task_id
-    body["root_task_id"] = root
-    body["credits_under_root"] = await store.credits_under(root)
-    return body
+    root = chain[0].task_id if chain else task_id
+    return shapes.TaskDetail.of(
+        view,
+        jobs=await reads.list_jobs(task_id=task_id),
+        files=await reads.list_files(task_id),
+        children=await reads.list_children(task_id),
+        results=await reads.list_results(task_id),
+        parents=chain,
+        descendants=await _descendants(reads, task_id),
+        created_by=await reads.child_of(task_id),
+        root_task_id=root,
+        credits_under_root=await reads.credits_under(root),
+    )
 
 
-async def _descendants(store: Admin, task_id: str, limit: int = 50) -> list[dict[str, Any]]:
+async def _descendants(reads: Admin, task_id: str,
+                       limit: int = 50) -> list[shapes.Descendant]:
     """The follow-ups under a task, depth first, each with its ``level`` (1: a child)."""
-    from receiver.app import child_json
-
-    found: list[dict[str, Any]] = []
+    found: list[shapes.Descendant] = []
     stack: list[tuple[int, str]] = [(0, task_id)]
     seen = {task_id}
     while stack and len(found) < limit:
         level, parent = stack.pop()
-        children = await store.list_children(parent)
+        children = await reads.list_children(parent)
         for child in reversed(children):
             if child.child_task_id is not None and child.child_task_id not in seen:
                 seen.add(child.child_task_id)
                 stack.append((level + 1, child.child_task_id))
-        found_here = [{**child_json(c), "level": level + 1} for c in children]
+        found_here = [shapes.Descendant.of(c, level=level + 1) for c in children]
         # keep depth-first order: insert this parent's children right after it
-        at = next((i + 1 for i, f in enumerate(found) if f["child_task_id"] == parent),
+        at = next((i + 1 for i, f in enumerate(found) if f.child_task_id == parent),
                   len(found))
         found[at:at] = found_here
     return found[:limit]
 
 
 async def get_task(request: Request) -> Response:
-    body = await task_detail(runtime_of(request), reads_of(request),
-                             request.path_params["task_id"])
-    if body is None:
+    detail = await task_detail(reads_of(request), request.path_params["task_id"])
+    if detail is None:
         return _error(404, "task_not_found")
-    return JSONResponse(body)
-
-
-def job_json(job: Job) -> dict[str, Any]:
-    from receiver.app import job_json as base
-
-    return base(job)
+    return ShapeResponse(detail)
 
 
 async def list_jobs(request: Request) -> Response:
     params = request.query_params
     page = await reads_of(request).list_jobs_page(job_filter(params), limit=_limit(params),
                                                   cursor=params.get("cursor"))
-    return JSONResponse({"items": [job_json(j) for j in page.items],
-                         "next_cursor": page.next_cursor})
+    return ShapeResponse(shapes.JobPage.of(page))
 
 
 def _int_param(request: Request, name: str) -> int | None:
@@ -411,29 +354,38 @@ async def get_job(request: Request) -> Response:
     if job is None or job_id is None:
         return _error(404, "job_not_found")
     attempts = await reads.job_attempts(job_id)
-    return JSONResponse({**job_json(job), "attempt_log": [attempt_json(a) for a in attempts]})
+    return ShapeResponse(shapes.JobDetail.of(job, attempt_log=attempts))
 
 
 async def list_deliveries(request: Request) -> Response:
     params = request.query_params
     page = await reads_of(request).list_deliveries(
         delivery_filter(params), limit=_limit(params), cursor=params.get("cursor"))
-    return JSONResponse({"items": [delivery_json(d) for d in page.items],
-                         "next_cursor": page.next_cursor})
+    return ShapeResponse(shapes.DeliveryPage.of(page))
 
 
 async def get_delivery(request: Request) -> Response:
     detail = await reads_of(request).get_delivery(request.path_params["delivery_id"])
     if detail is None:
         return _error(404, "delivery_not_found")
-    return JSONResponse(delivery_detail_json(detail))
+    return ShapeResponse(delivery_detail(detail))
 
 
 async def list_audit(request: Request) -> Response:
     params = request.query_params
     page = await reads_of(request).list_audit(limit=_limit(params), cursor=params.get("cursor"))
-    return JSONResponse({"items": [audit_json(a) for a in page.items],
-                         "next_cursor": page.next_cursor})
+    return ShapeResponse(shapes.AuditPage.of(page))
+
+
+async def get_file(request: Request) -> Response:
+    """A kept file: with HTTP Range from a local folder, a redirect to a presigned URL from
+    an object store."""
+    p = request.path_params
+    found = next((f for f in await reads_of(request).list_files(p["task_id"])
+                  if f.clip_id == p["clip_id"] and f.kind == p["kind"]), None)
+    if found is None:
+        return _error(404, "file_not_found")
+    return await file_response(open_media(runtime_of(request).settings), found, request)
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -533,4 +485,5 @@ def api_routes() -> list[BaseRoute]:
         Route("/jobs/{job_id:str}", _guard(get_job), methods=["GET"]),
         Route("/jobs/{job_id:str}/retry", _guard(retry_job), methods=["POST"]),
         Route("/audit", _guard(list_audit), methods=["GET"]),
+        Route("/files/{task_id:str}/{clip_id:str}/{kind:str}", get_file, methods=["GET"]),
     ]

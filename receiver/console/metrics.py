@@ -18,9 +18,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from receiver.console.api import reads_of, runtime_of
+from receiver.console.api import reads_of
 from receiver.errors import StoreError
 from receiver.metrics import store_error
+from receiver.runtime import runtime_of
 from receiver.storage.admin import JOB_STATES, Totals
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

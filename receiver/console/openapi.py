@@ -1,5 +1,11 @@
-"""``GET /openapi.json``: every JSON route of the receiver, written out by hand so that it says
-exactly what the code answers (a schemathesis run in the suite holds the two together)."""
+"""``GET /openapi.json``: every route of the receiver as an OpenAPI 3.1 document.
+
+The schemas of what the routes answer are not written here: they come from the shapes the API
+answers with (:mod:`receiver.console.shapes`), so a shape and its schema are one definition.
+What is written here is the routes: their parameters, bodies and responses, which name the
+shapes by their component names. A schemathesis run in the suite holds the document and the
+answers together.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from receiver.console.shapes import REF_TEMPLATE, components
 from receiver.jobs import JobState
-from receiver.models import ChildState, Outcome, Source
+from receiver.models import Outcome, Source
 from receiver.states import State
 from receiver.storage.admin import MAX_LIMIT
 
@@ -18,7 +25,8 @@ S = dict[str, Any]
 
 
 def _n(schema: S) -> S:
-    return {**schema, "nullable": True}
+    """``schema`` or null (OpenAPI 3.1 is JSON Schema: null is a type of its own)."""
+    return {"anyOf": [schema, {"type": "null"}]}
 
 
 STR: S = {"type": "string"}
@@ -33,83 +41,12 @@ def _obj(required: dict[str, S], **extra: Any) -> S:
 
 
 def _ref(name: str) -> S:
-    return {"$ref": f"#/components/schemas/{name}"}
+    """A shape of :mod:`receiver.console.shapes`, by its name."""
+    return {"$ref": REF_TEMPLATE.format(name=name)}
 
 
 def _enum(values: Any) -> S:
     return {"type": "string", "enum": [v.value for v in values]}
-
-
-def _page(item: str) -> S:
-    return _obj({"items": {"type": "array", "items": _ref(item)}, "next_cursor": _n(STR)})
-
-
-SCHEMAS: dict[str, S] = {
-    "Error": _obj({"error": STR}, additionalProperties=True),
-    "Task": _obj({
-        "task_id": STR, "state": _enum(State), "platform": _n(STR), "error": _n(STR),
-        "first_seen_at": NUM, "updated_at": NUM, "last_event_at": NUM,
-        "last_delivery_id": _n(STR), "task_type": _n(STR), "parent_task_id": _n(STR),
-    }),
-    "Clip": _obj({
-        "clip_id": STR, "state": _enum(State), "title": _n(STR), "tags": _n(STR),
-        "lyrics": _n(STR), "audio_url": _n(STR), "image_url": _n(STR), "video_url": _n(STR),
-        "duration": _n(NUM), "mv": _n(STR), "created_at": _n(STR), "updated_at": NUM,
-        "data": ANY_OBJECT,
-    }),
-    "Transition": _obj({
-        "entity": STR, "entity_id": STR, "from": _n(_enum(State)), "to": _enum(State),
-        "delivery_id": STR, "source": _enum(Source), "at": NUM,
-    }),
-    "Job": _obj({
-        "id": INT, "key": STR, "handler": STR, "route": STR, "trigger": STR, "task_id": STR,
-        "state": _enum(JobState), "attempts": INT, "max_attempts": INT, "run_after": NUM,
-        "last_error": _n(STR), "created_at": NUM, "updated_at": NUM,
-    }),
-    "Attempt": _obj({"attempt": INT, "owner": STR, "started_at": NUM, "finished_at": _n(NUM),
-                     "outcome": _n(STR), "error": _n(STR)}),
-    "File": _obj({
-        "clip_id": STR, "kind": STR, "path": STR, "size": INT, "sha256": STR, "url": _n(STR),
-        "content_type": _n(STR),
-    }),
-    "Child": _obj({
-        "child_task_id": _n(STR), "rule": STR, "task_type": STR, "depth": INT, "credits": INT,
-        "state": _enum(ChildState), "error": _n(STR), "root_task_id": STR,
-    }),
-    "Result": _obj({"clip_id": STR, "kind": STR, "data": ANY_OBJECT}),
-    "ChainLink": _obj({"task_id": STR, "task_type": _n(STR), "state": _n(STR),
-                       "rule": _n(STR), "credits": _n(INT)}),
-    "Delivery": _obj({
-        "delivery_id": STR, "source": _enum(Source), "scheme": STR, "event": _n(STR),
-        "task_id": _n(STR), "outcome": _enum(Outcome), "reason": _n(STR), "received_at": NUM,
-        "duplicates": INT, "last_duplicate_at": _n(NUM),
-    }),
-    "Audit": _obj({"id": INT, "at": NUM, "actor": STR, "action": STR, "target": _n(STR),
-                   "detail": ANY_OBJECT}),
-}
-SCHEMAS["TaskRow"] = {"allOf": [_ref("Task"), _obj({"title": _n(STR), "clips": INT})]}
-SCHEMAS["TaskDetail"] = _obj({
-    "task": _ref("Task"), "clips": {"type": "array", "items": _ref("Clip")},
-    "transitions": {"type": "array", "items": _ref("Transition")},
-    "jobs": {"type": "array", "items": _ref("Job")},
-    "files": {"type": "array", "items": _ref("File")},
-    "children": {"type": "array", "items": _ref("Child")},
-    "results": {"type": "array", "items": _ref("Result")},
-    "parents": {"type": "array", "items": _ref("ChainLink")},
-    "descendants": {"type": "array", "items": {"allOf": [_ref("Child"), _obj({"level": INT})]}},
-    "created_by": {"allOf": [_ref("Child")], "nullable": True},
-    "root_task_id": STR, "credits_under_root": INT,
-})
-SCHEMAS["DeliveryDetail"] = {"allOf": [_ref("Delivery"), _obj({
-    "headers": {"type": "object", "additionalProperties": STR}, "body": STR,
-    "body_json": {"nullable": True}, "pruned_at": _n(NUM),
-    "transitions": {"type": "array", "items": _ref("Transition")},
-})]}
-SCHEMAS["JobDetail"] = {"allOf": [_ref("Job"), _obj({
-    "attempt_log": {"type": "array", "items": _ref("Attempt")}})]}
-for _name, _item in (("TaskPage", "TaskRow"), ("DeliveryPage", "Delivery"),
-                     ("JobPage", "Job"), ("AuditPage", "Audit")):
-    SCHEMAS[_name] = _page(_item)
 
 
 def _json(schema: S, description: str = "OK") -> S:
@@ -248,14 +185,14 @@ PATHS: dict[str, S] = {
 
 
 def document() -> S:
-    """The OpenAPI 3.0 document."""
+    """The OpenAPI 3.1 document."""
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "sonic-receiver", "version": "1",
                  "description": "A verified, durable webhook receiver for the Sonic API, and "
                                 "its operator's console."},
         "paths": PATHS,
-        "components": {"schemas": SCHEMAS, "securitySchemes": {
+        "components": {"schemas": components(), "securitySchemes": {
             "admin": {"type": "http", "scheme": "bearer",
                       "description": "RECEIVER_ADMIN_TOKEN"}}},
     }

@@ -23,10 +23,13 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from receiver.console import api
+import receiver.console.api as api
+import receiver.console.shapes as shapes
 from receiver.console.session import SAFE_METHODS, Sessions, same_origin, sessions_of
+from receiver.console.shapes import builtins
 from receiver.jobs import JobState
 from receiver.models import Outcome, Source
+from receiver.runtime import runtime_of
 from receiver.states import State
 from receiver.storage.admin import BadCursor
 
@@ -72,7 +75,7 @@ def render(request: Request, name: str, context: Mapping[str, Any], status: int 
     response = templates.TemplateResponse(request, name, {
         "csrf": sessions.csrf_token(sid if isinstance(sid, str) else None),
         "logged_in": sid is not None, "needs_login": sessions.admin_token is not None,
-        "admin_open": api.runtime_of(request).settings.admin_open,
+        "admin_open": runtime_of(request).settings.admin_open,
         "flash": message, "now": time.time(), **context,
     }, status_code=status)
     if message is not None:
@@ -162,7 +165,7 @@ async def logout(request: Request) -> Response:
 
 
 async def overview(request: Request) -> Response:
-    runtime = api.runtime_of(request)
+    runtime = runtime_of(request)
     numbers = await api.reads_of(request).overview(now=runtime.clock.now(),
                                                    expiry_warn_s=EXPIRY_WARN_S,
                                                    download_handler=DOWNLOAD_HANDLER)
@@ -196,18 +199,18 @@ async def tasks(request: Request) -> Response:
 
 async def task_page(request: Request) -> Response:
     task_id = request.path_params["task_id"]
-    detail = await api.task_detail(api.runtime_of(request), api.reads_of(request), task_id)
+    reads = api.reads_of(request)
+    detail = await api.task_detail(reads, task_id)
     if detail is None:
         return render(request, "missing.html", {"what": "task", "id": task_id}, 404)
     files: dict[str, dict[str, Any]] = {}
-    for f in detail["files"]:
-        files.setdefault(f["clip_id"], {})[f["kind"]] = f
-    attempts = {}
-    for job in detail["jobs"]:
-        attempts[job["id"]] = [api.attempt_json(a)
-                               for a in await api.reads_of(request).job_attempts(job["id"])]
-    return render(request, "task.html", {"t": detail, "files": files, "attempts": attempts,
-                                         "can_reconcile": api.runtime_of(request).sonic
+    for f in detail.files:
+        files.setdefault(f.clip_id, {})[f.kind] = builtins(f)
+    attempts = {job.id: [builtins(shapes.Attempt.of(a)) for a in await reads.job_attempts(job.id)]
+                for job in detail.jobs}
+    return render(request, "task.html", {"t": builtins(detail), "files": files,
+                                         "attempts": attempts,
+                                         "can_reconcile": runtime_of(request).sonic
                                          is not None})
 
 
@@ -230,7 +233,7 @@ async def delivery_page(request: Request) -> Response:
     detail = await api.reads_of(request).get_delivery(delivery_id)
     if detail is None:
         return render(request, "missing.html", {"what": "delivery", "id": delivery_id}, 404)
-    return render(request, "delivery.html", {"d": api.delivery_detail_json(detail)})
+    return render(request, "delivery.html", {"d": builtins(api.delivery_detail(detail))})
 
 
 async def jobs(request: Request) -> Response:
@@ -242,7 +245,7 @@ async def jobs(request: Request) -> Response:
     except (api.BadQuery, BadCursor) as exc:
         return render(request, "jobs.html", {"page": None, "error": exc.message,
                                              "params": params, "states": list(JobState)}, 400)
-    attempts = {j.id: [api.attempt_json(a) for a in await reads.job_attempts(j.id)]
+    attempts = {j.id: [builtins(shapes.Attempt.of(a)) for a in await reads.job_attempts(j.id)]
                 for j in page.items if j.last_error}
     return render(request, "jobs.html", {
         "page": page, "error": None, "params": params, "states": list(JobState),
