@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from receiver.clips import parse_duration
 from receiver.errors import PayloadError
-from receiver.payloads import parse_callback, parse_duration
+from receiver.payloads import parse_callback
 from receiver.states import State, WebhookEvent
 
 
@@ -189,7 +190,7 @@ def test_non_finite_numbers_are_read_as_null(literal: bytes) -> None:
 
 
 def test_nesting_is_capped_below_anything_that_could_recurse_too_deep() -> None:
-    from receiver.payloads import MAX_DEPTH
+    from receiver.clips import MAX_DEPTH
 
     def nested(levels: int) -> bytes:  # the body object is level 1
         return b'{"task_id": "t", "x": ' + b"[" * (levels - 1) + b"]" * (levels - 1) + b"}"
@@ -211,7 +212,7 @@ def test_try_parse_never_raises_even_when_the_parser_has_a_bug(
     def broken(value: object) -> None:
         raise ZeroDivisionError
 
-    monkeypatch.setattr(payloads, "parse_state", broken)
+    monkeypatch.setattr(payloads, "read_clips", broken)
     callback, error = payloads.try_parse(b'{"task_id": "t", "data": [{"clip_id": "c"}]}')
     assert (callback, error) == (None, "internal error while parsing: ZeroDivisionError")
 
@@ -236,17 +237,17 @@ _EDGES = [
 
 
 def _both(body: bytes) -> tuple[object, object]:
-    from receiver import payloads
+    from receiver import clips
 
     try:
-        careful: object = payloads._load(body.decode("utf-8"))
+        careful: object = clips._load(body.decode("utf-8"))
     except (PayloadError, UnicodeDecodeError) as exc:
         careful = type(exc)
     try:
-        fast = payloads._fast_load(body)
+        fast = clips._fast_load(body)
     except PayloadError as exc:
         fast = type(exc)
-    return careful, (careful if fast is payloads._SLOW else fast)
+    return careful, (careful if fast is clips._SLOW else fast)
 
 
 @pytest.mark.parametrize("body", _EDGES)
