@@ -24,7 +24,7 @@ from receiver.context import Event, HandlerContext
 from receiver.jobs import JobState, PermanentError
 from receiver.models import JobFilter, Outcome
 from receiver.registry import Registry
-from receiver.replay import reconcile, redispatch, resend
+from receiver.replay import poll_delivery, reconcile, redispatch, replayed, resend
 from receiver.runtime import Runtime
 from receiver.server import running
 from receiver.signatures import Scheme
@@ -144,6 +144,47 @@ async def test_reconcile_recovers_dropped_webhooks_dry_run_first_then_once(
             assert [c.state.value for c in view.clips] == ["succeeded", "succeeded"]
             assert all(c.audio_url for c in view.clips)
             assert view.transitions[-1].source.value == "poll"
+
+
+@pytest.mark.parametrize(
+    ("spelling", "expected"),
+    [("completed", "succeeded"), ("complete", "succeeded"), ("success", "succeeded"),
+     ("error", "failed")],
+)
+async def test_reconcile_reads_every_spelling_of_a_terminal_state_the_webhook_reads(
+    tmp_path: Path, spelling: str, expected: str
+) -> None:
+    """Only a poll tells (every callback dropped): its spelling gives the right states."""
+    faults = {"drop": 1.0, "fail_tasks": 1.0 if expected == "failed" else 0.0,
+              "spellings": {expected: spelling}}
+    async with setup(tmp_path, faults) as s:
+        (task_id,) = await s.create()
+        await settled_at_sandbox(s, [task_id])
+        answer = await s.sandbox.music(task_id)
+        assert [c["state"] for c in answer["data"]] == [spelling, spelling]
+        assert await s.state(task_id) is None  # nothing came by webhook
+        rt = s.runtime
+        assert rt.sonic is not None
+
+        summary = await reconcile([task_id], store=rt.store, sonic=rt.sonic, router=rt.router,
+                                  clock=rt.clock)
+        assert (summary.counts.get("recorded"), summary.exit_code) == (1, 0), summary
+        view = await rt.store.get_task(task_id)
+        assert view is not None
+        assert view.task.state.value == expected
+        assert [c.state.value for c in view.clips] == [expected, expected]
+        assert [t.source.value for t in view.transitions] == ["poll"] * 3  # task, two clips
+        again = await reconcile([task_id], store=rt.store, sonic=rt.sonic, router=rt.router,
+                                clock=rt.clock)
+        assert again.counts["duplicate"] == 1  # an unchanged answer is the same delivery
+
+        # the stored poll delivery, read again, is the callback the poll recorded
+        (raw,) = await rt.store.raw_deliveries(task_id=task_id)
+        polled = poll_delivery(task_id, await rt.sonic.get_music(task_id), received_at=0.0)
+        assert raw.stored.delivery_id == polled.delivery_id
+        assert raw.body == polled.body
+        assert polled.callback is not None
+        assert replayed(raw).callback == polled.callback
 
 
 async def test_unknown_task_ids_are_counted_not_fatal(tmp_path: Path) -> None:
