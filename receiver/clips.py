@@ -75,35 +75,7 @@ STATE_SPELLINGS = {
 # Lookups by name (an enum's constructor costs about ten times a dict's get).
 _STATES = {**{s.value: s for s in State}, **STATE_SPELLINGS}
 _PLACEHOLDERS = frozenset({"", "none", "null"})
-_PLACEHOLDER_FILE = re.compile(r"(?:^|/)(?:none|null)\.[a-z0-9]+$", re.IGNORECASE)
-
-# The names a field may come under, the one that wins first.
 _ID_NAMES = ("clip_id", "clipId", "id")
-_STATE_NAMES = ("state", "status")
-# Written by people: only null and "" are absent.
-_PROSE = {
-    "title": ("title",),
-    "tags": ("tags",),
-    "negative_tags": ("negative_tags", "negativeTags"),
-    "lyrics": ("lyrics",),
-    "gpt_description_prompt": ("gpt_description_prompt", "gptDescriptionPrompt"),
-}
-# Written by a machine: "None" and "null" are placeholders too.
-_WORDS = {
-    "created_at": ("created_at", "createdAt"),
-    "mv": ("mv", "model_name", "modelName"),
-    "error_message": ("error_message", "errorMessage"),
-}
-_URLS = {
-    "audio_url": ("audio_url", "audioUrl"),
-    "image_url": ("image_url", "imageUrl"),
-    "video_url": ("video_url", "videoUrl"),
-}
-_NUMBERS = {
-    "style_weight": ("style_weight", "styleWeight"),
-    "weirdness_constraint": ("weirdness_constraint", "weirdnessConstraint"),
-}
-
 
 @dataclass(frozen=True, kw_only=True)
 class ClipReport:
@@ -162,22 +134,17 @@ def read_clip(item: Any, index: int = 0) -> ClipReport:
     clip_id = _first(item, _ID_NAMES, parse_identifier)
     if clip_id is None:
         raise PayloadError(f"data[{index}] has no clip_id")
+    # On the ingest path: one dict lookup per field when the snake_case name has a value.
     fields: dict[str, Any] = {}
-    for name, names in _PROSE.items():
-        fields[name] = _first(item, names, parse_text)
-    for name, names in _WORDS.items():
-        fields[name] = _first(item, names, _word)
-    for name, names in _URLS.items():
-        fields[name] = _first(item, names, parse_url)
-    for name, names in _NUMBERS.items():
-        fields[name] = _first(item, names, parse_number)
-    return ClipReport(
-        clip_id=clip_id,
-        state=_first(item, _STATE_NAMES, parse_state),
-        duration=parse_duration(item.get("duration")),
-        raw=item,
-        **fields,
-    )
+    get = item.get
+    for name, names, read in _FIELDS:
+        value = None
+        for key in names:
+            given = get(key)
+            if given is not None and (value := read(given)) is not None:
+                break
+        fields[name] = value
+    return ClipReport(clip_id=clip_id, raw=item, **fields)
 
 
 def _first(
@@ -237,11 +204,17 @@ def _word(value: Any) -> str | None:
 def parse_url(value: Any) -> str | None:
     """A URL, unless it is a placeholder: ``""``, ``"None"``, ``"null"``, or one whose last
     path segment is ``None.<ext>`` or ``null.<ext>``."""
-    text = _word(value)
-    if text is None:
+    if not isinstance(value, str):
         return None
-    path = text.split("?", 1)[0].split("#", 1)[0].rstrip()
-    return None if _PLACEHOLDER_FILE.search(path) else text
+    text = value.strip().lower()
+    if text in _PLACEHOLDERS:
+        return None
+    if "none." in text or "null." in text:  # a cheap screen before the exact rule
+        path = text.split("?", 1)[0].split("#", 1)[0].rstrip()
+        stem, dot, extension = path.rpartition("/")[2].partition(".")
+        if stem in _PLACEHOLDERS and stem and dot and extension:
+            return None
+    return value
 
 
 def parse_identifier(value: Any) -> str | None:
@@ -278,6 +251,27 @@ def kind(value: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
         type(value), "number"
     )
+
+
+# Each field of ClipReport read from a clip object: the names it may come under (snake_case
+# first, then its twins) and the rule of its value.
+_FIELDS: tuple[tuple[str, tuple[str, ...], Callable[[Any], Any]], ...] = (
+    ("state", ("state", "status"), parse_state),
+    ("title", ("title",), parse_text),
+    ("tags", ("tags",), parse_text),
+    ("negative_tags", ("negative_tags", "negativeTags"), parse_text),
+    ("lyrics", ("lyrics",), parse_text),
+    ("gpt_description_prompt", ("gpt_description_prompt", "gptDescriptionPrompt"), parse_text),
+    ("audio_url", ("audio_url", "audioUrl"), parse_url),
+    ("image_url", ("image_url", "imageUrl"), parse_url),
+    ("video_url", ("video_url", "videoUrl"), parse_url),
+    ("duration", ("duration",), parse_duration),
+    ("style_weight", ("style_weight", "styleWeight"), parse_number),
+    ("weirdness_constraint", ("weirdness_constraint", "weirdnessConstraint"), parse_number),
+    ("mv", ("mv", "model_name", "modelName"), _word),
+    ("created_at", ("created_at", "createdAt"), _word),
+    ("error_message", ("error_message", "errorMessage"), _word),
+)
 
 
 # ---- JSON --------------------------------------------------------------------------------------
