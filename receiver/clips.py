@@ -77,6 +77,7 @@ _STATES = {**{s.value: s for s in State}, **STATE_SPELLINGS}
 _PLACEHOLDERS = frozenset({"", "none", "null"})
 _ID_NAMES = ("clip_id", "clipId", "id")
 
+
 @dataclass(frozen=True, kw_only=True)
 class ClipReport:
     """A clip as one webhook or get-music answer reports it. ``state`` is None when the clip
@@ -120,7 +121,7 @@ def read_clips(data: Any) -> tuple[ClipReport, ...]:
     elif isinstance(data, dict) and any(name in data for name in _ID_NAMES):
         items = [data]
     else:
-        raise PayloadError(f"data is a JSON {kind(data)}, not a list of clips")
+        raise PayloadError(f"data is a JSON {json_kind(data)}, not a list of clips")
     clips = tuple(read_clip(item, index) for index, item in enumerate(items))
     if len({c.clip_id for c in clips}) != len(clips):
         raise PayloadError("data lists the same clip_id twice")
@@ -130,7 +131,7 @@ def read_clips(data: Any) -> tuple[ClipReport, ...]:
 def read_clip(item: Any, index: int = 0) -> ClipReport:
     """One clip object (``data[index]`` of its document) by the module's rules."""
     if not isinstance(item, dict):
-        raise PayloadError(f"data[{index}] is a JSON {kind(item)}, not a clip object")
+        raise PayloadError(f"data[{index}] is a JSON {json_kind(item)}, not a clip object")
     clip_id = _first(item, _ID_NAMES, parse_identifier)
     if clip_id is None:
         raise PayloadError(f"data[{index}] has no clip_id")
@@ -244,7 +245,7 @@ def parse_code(value: Any) -> int | None:
     return None
 
 
-def kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
     """The JSON type of ``value``, for messages."""
     if value is None:
         return "null"

@@ -22,7 +22,7 @@ import structlog
 
 from receiver.clips import (
     ClipReport,
-    kind,
+    json_kind,
     load,
     parse_code,
     parse_identifier,
@@ -85,7 +85,7 @@ def parse_callback(
     the body's ``task_id`` wins over ``task_id_hint`` (the webhook URL's ``?task_id=``)."""
     document = load(body)
     if not isinstance(document, dict):
-        raise PayloadError(f"body is a JSON {kind(document)}, not an object")
+        raise PayloadError(f"body is a JSON {json_kind(document)}, not an object")
     clips = read_clips(document.get("data"))
     return envelope(document, clips, event_header=event_header, task_id_hint=task_id_hint)
 

@@ -37,7 +37,7 @@ import httpx
 import stamina
 import structlog
 
-from receiver.clips import kind, load
+from receiver.clips import json_kind, load
 from receiver.errors import PayloadError, SettingsError
 from receiver.sonic.contract import (
     CREDITS_PREFIX,
@@ -427,7 +427,7 @@ class SonicClient:
             # Read by the clip reader's rules, so an answer reads as the same body would in a
             # webhook (an integer past Python's digit limit is null, not unreadable).
             data: object = load(response.content)
-            unusable = f"a JSON {kind(data)}"
+            unusable = f"a JSON {json_kind(data)}"
         except PayloadError as exc:
             data, unusable = None, exc.message
         body: Json = data if isinstance(data, Mapping) else {}

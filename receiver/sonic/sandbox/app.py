@@ -48,6 +48,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+import receiver.sonic.sandbox.media as media
 from receiver.clock import Clock, SystemClock
 from receiver.sonic.contract import (
     TASKS,
@@ -72,7 +73,6 @@ from receiver.sonic.contract import (
     validate_vox,
 )
 from receiver.sonic.errors import SonicValidationError
-from receiver.sonic.sandbox import media
 from receiver.sonic.sandbox.config import SandboxConfig
 from receiver.sonic.sandbox.faults import FaultConfig, FaultConfigError, MediaFault
 from receiver.sonic.sandbox.state import ClipPlan, SandboxState, Source, Upload
