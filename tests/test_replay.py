@@ -442,7 +442,6 @@ async def test_resend_keeps_an_id_of_any_bytes_and_signs_it_as_the_target_checks
 
 
 def test_a_poll_answer_json_cannot_write_is_kept_aside_with_the_reason() -> None:
-    from receiver.replay import poll_delivery
     from receiver.sonic.responses import Music
 
     deep: list[Any] = []
