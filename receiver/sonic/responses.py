@@ -76,13 +76,7 @@ def _number(data: Json, name: str) -> float | None:
 
 
 def _code(data: Json) -> int | None:
-    value = data.get("code")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    # isdigit() alone accepts "²", which int() refuses
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        return int(value)
-    return None
+    return parse_code(data.get("code"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,7 +110,7 @@ class Music:
         except PayloadError as exc:  # a clip (or the answer) the clip reader cannot use
             raise SonicProtocolError(f"get-music answer: {exc.message}") from exc
         return cls(
-            code=parse_code(data.get("code")),
+            code=_code(data),
             message=parse_text(data.get("message")),
             clips=clips,
             raw=MappingProxyType(data),
