@@ -59,7 +59,7 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 _DIGIT_MAP = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
 _LONG_DIGITS = b"0" * 19
 _SLOW: Any = object()  # _fast_load's "read it with the careful path"
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 # Spellings of clip states seen across the service's generations, beyond the four documented.
 STATE_SPELLINGS = {
@@ -149,8 +149,8 @@ def read_clip(item: Any, index: int = 0) -> ClipReport:
 
 
 def _first(
-    item: Mapping[str, Any], names: tuple[str, ...], read: Callable[[Any], T | None]
-) -> T | None:
+    item: Mapping[str, Any], names: tuple[str, ...], read: Callable[[Any], _T | None]
+) -> _T | None:
     """The first of ``names`` whose value ``read`` accepts."""
     for name in names:
         value = item.get(name)
