@@ -25,9 +25,9 @@ from typing import Any
 
 import orjson
 
+from receiver.clips import ClipReport
 from receiver.jobs import JobSpec
 from receiver.models import Delivery, Outcome, RecordResult, StoredDelivery, Transition
-from receiver.payloads import ClipReport
 from receiver.routing import Router, TaskFacts, split_tags
 from receiver.states import Entity, State, plan
 from receiver.storage.connector import Tx

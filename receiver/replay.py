@@ -37,14 +37,15 @@ from aiolimiter import AsyncLimiter
 from tqdm import tqdm
 
 from receiver.clock import Clock, SystemClock
-from receiver.errors import ReceiverError, SettingsError
+from receiver.errors import PayloadError, ReceiverError, SettingsError
 from receiver.jobs import JobState
 from receiver.models import Delivery, JobFilter, Outcome, RawDelivery, RecordResult, Source
-from receiver.payloads import Callback, try_parse
+from receiver.payloads import Callback, envelope, try_parse
 from receiver.routing import Router
 from receiver.signatures import Scheme, header_bytes, header_text, sign
 from receiver.sonic.client import SonicClient
 from receiver.sonic.errors import SonicError, TaskNotFound
+from receiver.sonic.responses import Music
 from receiver.storage.admin import Admin
 from receiver.storage.ingest import Ingest
 
@@ -110,20 +111,25 @@ class Summary:
 # ---- reconcile ---------------------------------------------------------------------------------
 
 
-def poll_delivery(task_id: str, answer: dict[str, Any], *, received_at: float) -> Delivery:
-    """A get-music answer as a delivery of source ``poll``. Its id is a digest of the answer,
-    so polling a task whose state has not changed is a duplicate, not a new delivery."""
+def poll_delivery(task_id: str, music: Music, *, received_at: float) -> Delivery:
+    """A get-music answer, as the client read it, as a delivery of source ``poll``: its clips
+    are not read again. The body is the answer's JSON with ``task_id`` added, read again by
+    :func:`replayed` as this same callback; its id is a digest of the body, so polling a task
+    whose state has not changed is a duplicate, not a new delivery."""
     callback: Callback | None
     error: str | None
+    document = {**music.raw, "task_id": task_id}
     try:
-        # ASCII (ensure_ascii): a lone surrogate is escaped here and dropped by the parser
-        body = json.dumps({**answer, "task_id": task_id}, sort_keys=True).encode()
+        body = json.dumps(document, sort_keys=True).encode()
     except (ValueError, TypeError, RecursionError) as exc:  # nested past the recursion limit
         body = json.dumps({"task_id": task_id, "unserialisable_answer": type(exc).__name__},
                           sort_keys=True).encode()
         callback, error = None, f"get-music answer cannot be kept: {type(exc).__name__}"
     else:
-        callback, error = try_parse(body, task_id_hint=task_id)
+        try:
+            callback, error = envelope(document, music.clips, task_id_hint=task_id), None
+        except PayloadError as exc:
+            callback, error = None, exc.message
     delivery_id = "poll:" + hashlib.sha256(body).hexdigest()[:32]
     return Delivery(
         delivery_id=delivery_id, source=Source.POLL, scheme="poll", event=None, headers={},
@@ -155,7 +161,7 @@ async def reconcile(
     async def one(task_id: str) -> None:
         async with limiter:
             music = await sonic.get_music(task_id)
-        delivery = poll_delivery(task_id, dict(music.raw), received_at=clock.now())
+        delivery = poll_delivery(task_id, music, received_at=clock.now())
         record = store.preview_delivery if dry_run else store.record_delivery
         result = await record(delivery, router=router)
         _count(summary, result)

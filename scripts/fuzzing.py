@@ -59,11 +59,13 @@ RAW_NUMBERS = [
 ]
 SURROGATES = ["\ud800", "\udfff", "a\udc00b", "\udbff\udbff", "\ud83c", "\ud83c\udfb5"]
 CLIP_FIELDS = ["clip_id", "id", "state", "status", "title", "tags", "lyrics", "audio_url",
-               "image_url", "video_url", "duration", "mv", "created_at", "error_message"]
+               "image_url", "video_url", "duration", "mv", "created_at", "error_message",
+               "clipId", "audioUrl", "createdAt", "errorMessage", "modelName", "style_weight"]
 TOP_FIELDS = ["task_id", "event", "platform", "code", "message", "data"]
 LIKELY = ["song.completed", "song.failed", "streaming", "succeeded", "failed", "running",
           "complete", "200", " 7 ", "104.88", "\u00b2", "\u0663", "", " ", "t-1", "c-1",
-          "http://cdn/a.mp3", "nan", "inf", "1e400", "9" * 5000]
+          "http://cdn/a.mp3", "nan", "inf", "1e400", "9" * 5000, "completed", "success",
+          "error", "None", "null", "http://cdn/None.mp3"]
 
 
 def _deep(levels: int, kind: str) -> Raw:

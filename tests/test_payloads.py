@@ -1,15 +1,23 @@
-"""Parsing callback bodies: every variant UPSTREAM.md lists, and unusable bodies named."""
+"""Parsing callback bodies: every variant UPSTREAM.md lists, and unusable bodies named; and the
+one clip reader's rules, checked on a webhook's clip and on a get-music answer's alike."""
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from receiver.clips import ClipReport, parse_duration
 from receiver.errors import PayloadError
-from receiver.payloads import parse_callback, parse_duration
+from receiver.payloads import parse_callback
+from receiver.sonic.contract import Model
+from receiver.sonic.errors import SonicProtocolError
+from receiver.sonic.responses import Music
 from receiver.states import State, WebhookEvent
 
 
@@ -101,6 +109,187 @@ def test_unusable_bodies_say_what_is_wrong(body: bytes, reason: str) -> None:
     assert caught.value.message == reason
 
 
+# ---- the one clip reader: a webhook's clip and a get-music answer's, by the same rules ---------
+
+
+def in_webhook(item: dict[str, Any]) -> ClipReport:
+    return parse_callback(json.dumps({"task_id": "t", "data": [item]}).encode()).clips[0]
+
+
+def in_answer(item: dict[str, Any]) -> ClipReport:
+    return Music.from_json({"code": 200, "message": "success", "data": [item]}).clips[0]
+
+
+both_shapes = pytest.mark.parametrize("read", [in_webhook, in_answer], ids=["webhook", "get-music"])
+
+
+@both_shapes
+@pytest.mark.parametrize(
+    ("spelling", "state"),
+    [("pending", State.PENDING), ("running", State.RUNNING), ("succeeded", State.SUCCEEDED),
+     ("failed", State.FAILED), ("queued", State.PENDING), ("submitted", State.PENDING),
+     ("streaming", State.RUNNING), ("processing", State.RUNNING),
+     ("complete", State.SUCCEEDED), ("completed", State.SUCCEEDED),
+     ("success", State.SUCCEEDED), ("error", State.FAILED), (" Completed ", State.SUCCEEDED),
+     ("SUCCESS", State.SUCCEEDED), ("Error\n", State.FAILED), ("done", None), ("", None)],
+)
+def test_states_and_their_spellings_read_alike_in_any_case(
+    read: Callable[[dict[str, Any]], ClipReport], spelling: str, state: State | None
+) -> None:
+    assert read({"clip_id": "c", "state": spelling}).state is state
+    assert read({"clip_id": "c", "status": spelling}).state is state  # the older name
+
+
+@both_shapes
+def test_a_state_the_reader_does_not_know_gives_way_to_the_status_it_knows(
+    read: Callable[[dict[str, Any]], ClipReport],
+) -> None:
+    assert read({"clip_id": "c", "state": "done", "status": "success"}).state is State.SUCCEEDED
+
+
+@both_shapes
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("104.88", 104.88), (" 7 ", 7.0), (99, 99.0), (0, 0.0), ("-1", None), (-0.5, None),
+     ("nan", None), ("inf", None), (math.inf, None), (math.nan, None), ("abc", None),
+     (True, None), ([1], None)],
+)
+def test_durations_may_be_strings_and_unusable_ones_are_unknown(
+    read: Callable[[dict[str, Any]], ClipReport], value: object, expected: float | None
+) -> None:
+    clip = read({"clip_id": "c", "duration": value})
+    assert clip.duration == expected
+    assert strictly_serialisable(dict(clip.raw))
+
+
+@both_shapes
+def test_weights_may_be_strings_and_non_finite_ones_are_unknown(
+    read: Callable[[dict[str, Any]], ClipReport],
+) -> None:
+    clip = read({"clip_id": "c", "style_weight": " 0.5", "weirdnessConstraint": -0.25})
+    assert (clip.style_weight, clip.weirdness_constraint) == (0.5, -0.25)
+    clip = read({"clip_id": "c", "style_weight": "nan", "weirdness_constraint": math.inf})
+    assert (clip.style_weight, clip.weirdness_constraint) == (None, None)
+
+
+PLACEHOLDER_URLS = ["", "None", "null", "NULL", " none ", "https://cdn.example/None.mp3",
+                    "https://cdn.example/a/null.png?size=2", "http://cdn/x/None.wav#t=1",
+                    "None.mp4"]
+
+
+@both_shapes
+@pytest.mark.parametrize("url", [*PLACEHOLDER_URLS, None])
+@pytest.mark.parametrize("name", ["audio_url", "image_url", "video_url"])
+def test_null_and_placeholder_urls_are_absent(
+    read: Callable[[dict[str, Any]], ClipReport], name: str, url: str | None
+) -> None:
+    clip = read({"clip_id": "c", "state": "error", name: url})
+    assert getattr(clip, name) is None
+    assert clip.raw[name] == url  # kept as it came
+
+
+@both_shapes
+@pytest.mark.parametrize(
+    "url",
+    ["https://cdn.example/Nonesuch.mp3", "https://cdn.example/None/a.mp3",
+     "https://null.example/a.mp3", "https://cdn.example/a.mp3?f=None.mp3"],
+)
+def test_a_url_only_looking_like_a_placeholder_is_kept(
+    read: Callable[[dict[str, Any]], ClipReport], url: str
+) -> None:
+    assert read({"clip_id": "c", "audio_url": url}).audio_url == url
+
+
+@both_shapes
+def test_none_and_null_are_absent_in_machine_fields_and_kept_in_prose(
+    read: Callable[[dict[str, Any]], ClipReport],
+) -> None:
+    clip = read({"clip_id": "c", "created_at": "None", "mv": "null", "error_message": "None",
+                 "title": "None", "lyrics": "null", "tags": ""})
+    assert (clip.created_at, clip.mv, clip.error_message) == (None, None, None)
+    assert (clip.title, clip.lyrics, clip.tags) == ("None", "null", None)
+
+
+CAMEL = {"clipId": "c1", "audioUrl": "https://cdn/a.mp3", "imageUrl": "https://cdn/a.png",
+         "videoUrl": "https://cdn/a.mp4", "createdAt": "2026-01-01T00:00:00Z",
+         "errorMessage": "lyrics rejected", "modelName": "chirp-v5", "negativeTags": "folk",
+         "gptDescriptionPrompt": "rain", "styleWeight": "0.5", "state": "failed"}
+
+
+@both_shapes
+def test_camel_case_twins_are_read_when_snake_case_is_absent(
+    read: Callable[[dict[str, Any]], ClipReport],
+) -> None:
+    clip = read(CAMEL)
+    assert clip.clip_id == "c1"
+    assert (clip.audio_url, clip.image_url, clip.video_url) == (
+        "https://cdn/a.mp3", "https://cdn/a.png", "https://cdn/a.mp4")
+    assert (clip.created_at, clip.error_message) == ("2026-01-01T00:00:00Z", "lyrics rejected")
+    assert (clip.mv, clip.model) == ("chirp-v5", Model.SONIC_V5)
+    assert (clip.negative_tags, clip.gpt_description_prompt, clip.style_weight) == (
+        "folk", "rain", 0.5)
+    assert dict(clip.raw) == CAMEL  # every field kept under the name it came with
+    assert read({"id": 7}).clip_id == "7"
+
+
+@both_shapes
+def test_snake_case_wins_when_both_twins_give_a_value(
+    read: Callable[[dict[str, Any]], ClipReport],
+) -> None:
+    snake = {"clip_id": "s", "audio_url": "https://cdn/s.mp3", "created_at": "s-time",
+             "error_message": "s-why", "model_name": "sonic-v4"}
+    clip = read({**CAMEL, **snake, "id": "other"})
+    assert (clip.clip_id, clip.audio_url, clip.created_at, clip.error_message, clip.mv) == (
+        "s", "https://cdn/s.mp3", "s-time", "s-why", "sonic-v4")
+    # a snake_case placeholder gives no value: the twin's is taken
+    clip = read({**CAMEL, "audio_url": "https://cdn.example/None.mp3", "clip_id": " "})
+    assert (clip.clip_id, clip.audio_url) == ("c1", "https://cdn/a.mp3")
+
+
+def test_a_failure_reason_may_come_in_camel_case() -> None:
+    body = {"task_id": "t", "data": [{"clipId": "c", "state": "error", "errorMessage": "nsfw",
+                                      "audioUrl": "https://cdn.example/None.mp3"}]}
+    cb = parse_callback(json.dumps(body).encode())
+    assert (cb.failure, cb.reported_states()) == ("nsfw", {"c": State.FAILED})
+
+
+@both_shapes
+def test_both_shapes_read_the_same_clip(read: Callable[[dict[str, Any]], ClipReport]) -> None:
+    item = {**CAMEL, "duration": "104.88", "title": "Rain", "x": [1, {"y": None}]}
+    assert read(item) == in_webhook(item)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [([{"title": "no id"}], "data[0] has no clip_id"),
+     ([{"clip_id": "None "}, {"clipId": "None"}], "data lists the same clip_id twice"),
+     ([[]], "data[0] is a JSON array, not a clip object"),
+     (7, "data is a JSON number, not a list of clips")],
+)
+def test_an_unusable_clip_is_a_payload_error_in_a_webhook_and_a_protocol_error_in_an_answer(
+    data: object, reason: str
+) -> None:
+    with pytest.raises(PayloadError) as webhook:
+        parse_callback(json.dumps({"task_id": "t", "data": data}).encode())
+    with pytest.raises(SonicProtocolError) as answer:
+        Music.from_json({"code": 200, "data": data})
+    assert webhook.value.message == reason
+    assert answer.value.message == f"get-music answer: {reason}"
+
+
+def test_an_answer_is_cleaned_as_a_body_is_and_too_deep_is_a_protocol_error() -> None:
+    music = Music.from_json({"code": 200, "n": 10**5000, "x": (math.nan, "\ud800"), 3: "k",
+                             "data": [{"clip_id": "c", "title": "a\ud800", "d": math.inf}]})
+    assert dict(music.raw) == {"code": 200, "n": None, "x": [None, None],
+                               "data": [{"clip_id": "c", "title": None, "d": None}]}
+    assert strictly_serialisable(dict(music.raw))
+    deep: object = []
+    for _ in range(70):
+        deep = [deep]
+    with pytest.raises(SonicProtocolError, match="nests deeper than 64 levels"):
+        Music.from_json({"data": [], "x": deep})
+
+
 # ---- validly signed garbage: every class the fuzzer found, read without raising ---------------
 
 
@@ -189,7 +378,7 @@ def test_non_finite_numbers_are_read_as_null(literal: bytes) -> None:
 
 
 def test_nesting_is_capped_below_anything_that_could_recurse_too_deep() -> None:
-    from receiver.payloads import MAX_DEPTH
+    from receiver.clips import MAX_DEPTH
 
     def nested(levels: int) -> bytes:  # the body object is level 1
         return b'{"task_id": "t", "x": ' + b"[" * (levels - 1) + b"]" * (levels - 1) + b"}"
@@ -211,7 +400,7 @@ def test_try_parse_never_raises_even_when_the_parser_has_a_bug(
     def broken(value: object) -> None:
         raise ZeroDivisionError
 
-    monkeypatch.setattr(payloads, "parse_state", broken)
+    monkeypatch.setattr(payloads, "read_clips", broken)
     callback, error = payloads.try_parse(b'{"task_id": "t", "data": [{"clip_id": "c"}]}')
     assert (callback, error) == (None, "internal error while parsing: ZeroDivisionError")
 
@@ -236,17 +425,17 @@ _EDGES = [
 
 
 def _both(body: bytes) -> tuple[object, object]:
-    from receiver import payloads
+    from receiver import clips
 
     try:
-        careful: object = payloads._load(body.decode("utf-8"))
+        careful: object = clips._load(body.decode("utf-8"))
     except (PayloadError, UnicodeDecodeError) as exc:
         careful = type(exc)
     try:
-        fast = payloads._fast_load(body)
+        fast = clips._fast_load(body)
     except PayloadError as exc:
         fast = type(exc)
-    return careful, (careful if fast is payloads._SLOW else fast)
+    return careful, (careful if fast is clips._SLOW else fast)
 
 
 @pytest.mark.parametrize("body", _EDGES)

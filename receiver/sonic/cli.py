@@ -1,7 +1,7 @@
 """``sonic-receiver sandbox``: serve the Sonic sandbox until interrupted.
 
     sonic-receiver sandbox --port 8600 --api-key KEY [--api-key KEY2] --credits 1000 \\
-        --speed demo --seed 7 --drop-event 1:song.completed
+        --speed demo --seed 7 --drop-event 1:song.completed --spell succeeded=completed
 
 Logs are structlog JSON lines on stderr; the first, ``sandbox_listening``, gives the URL.
 """
@@ -27,6 +27,7 @@ from receiver.sonic.sandbox.faults import (
     Faults,
     MediaFaultKind,
     parse_event_drop,
+    parse_spelling,
 )
 
 log = structlog.get_logger("receiver.sonic.sandbox")
@@ -90,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--media-fault-times", type=int, metavar="N")
     faults.add_argument("--media-fault-url", metavar="URL", help="redirect target")
     faults.add_argument(
+        "--spell",
+        action="append",
+        default=[],
+        metavar="STATE=SPELLING",
+        help="answers spell a clip state otherwise, e.g. succeeded=completed; repeatable",
+    )
+    faults.add_argument(
         "--faults",
         metavar="JSON|@FILE",
         help='the whole fault setup, {"global": {...}, "keys": {"KEY": {...}}}; '
@@ -117,6 +125,7 @@ def build_config(args: argparse.Namespace) -> SandboxConfig:
             "delay_s": args.delay,
             "bad_signature": args.bad_signature,
             "media": media,
+            "spellings": dict(parse_spelling(text) for text in args.spell),
         }
     )
     drops = tuple(parse_event_drop(text) for text in args.drop_event)

@@ -37,7 +37,8 @@ import httpx
 import stamina
 import structlog
 
-from receiver.errors import SettingsError
+from receiver.clips import json_kind, load
+from receiver.errors import PayloadError, SettingsError
 from receiver.sonic.contract import (
     CREDITS_PREFIX,
     ApiPaths,
@@ -423,10 +424,12 @@ class SonicClient:
     def _answer(self, response: httpx.Response, path: str, creates: object | None) -> Json:
         status = response.status_code
         try:
-            data: object = response.json()
-        # ValueError: also an integer past Python's digit limit; RecursionError: deep nesting
-        except (ValueError, RecursionError):
-            data = None
+            # Read by the clip reader's rules, so an answer reads as the same body would in a
+            # webhook (an integer past Python's digit limit is null, not unreadable).
+            data: object = load(response.content)
+            unusable = f"a JSON {json_kind(data)}"
+        except PayloadError as exc:
+            data, unusable = None, exc.message
         body: Json = data if isinstance(data, Mapping) else {}
         code = body.get("code")
         # Some answers say HTTP 200 but carry a refusal in the body's code ("task not found.").
@@ -436,7 +439,9 @@ class SonicClient:
             status = code if 400 <= code < 500 else status
         if 200 <= status < 300:
             if data is None or not isinstance(data, Mapping):
-                raise SonicProtocolError(f"{path} answered {status} without a JSON object")
+                raise SonicProtocolError(
+                    f"{path} answered {status} without a JSON object ({unusable})"
+                )
             return body
         message = _message(body) or response.text[:200] or response.reason_phrase
         if status == 429 or status >= 500:

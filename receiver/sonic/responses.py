@@ -1,9 +1,9 @@
 """The Sonic API's answers as frozen dataclasses, parsed leniently where the service varies.
 
-Known variants: ``duration`` comes as a number or a decimal string (``"104.88"``); ``mv`` may
-name ``chirp-v5`` for ``sonic-v5`` (:attr:`Clip.model` is normalised, :attr:`Clip.mv` raw);
-``code`` may be absent; newer clips carry more fields. Every parsed object keeps the raw JSON
-it came from (``raw``), so a field the service adds later is not lost.
+A get-music answer's clips are read by the one clip reader, :mod:`receiver.clips`, by the same
+rules as a webhook's (state spellings, numbers as strings, placeholder URLs, camelCase twins);
+:class:`~receiver.clips.ClipReport` is the clip type. ``code`` may be absent. Every parsed
+object keeps the JSON it came from (``raw``), so a field the service adds later is not lost.
 
 Anything that breaks the documented shape raises :class:`SonicProtocolError`.
 """
@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from receiver.sonic.contract import ClipState, Model, normalise_model
+from receiver.clips import ClipReport, clean, parse_code, parse_text, read_clips
+from receiver.errors import PayloadError
+from receiver.sonic.contract import ClipState
 from receiver.sonic.errors import SonicProtocolError
 
 Json = Mapping[str, Any]
@@ -74,83 +76,25 @@ def _number(data: Json, name: str) -> float | None:
 
 
 def _code(data: Json) -> int | None:
-    value = data.get("code")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    # isdigit() alone accepts "²", which int() refuses
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        return int(value)
-    return None
-
-
-@dataclass(frozen=True, kw_only=True)
-class Clip:
-    """One clip of a task (get-music's ``data`` items, and the webhooks' ones)."""
-
-    clip_id: str
-    state: ClipState
-    title: str | None = None
-    tags: str | None = None
-    negative_tags: str | None = None
-    lyrics: str | None = None
-    image_url: str | None = None
-    audio_url: str | None = None
-    video_url: str | None = None
-    created_at: str | None = None
-    mv: str | None = None  # as the service wrote it (may be chirp-v5)
-    gpt_description_prompt: str | None = None
-    duration: float | None = None  # seconds
-    style_weight: float | None = None
-    weirdness_constraint: float | None = None
-    raw: Json = field(default_factory=_empty, repr=False, compare=False)
-
-    @property
-    def model(self) -> Model | None:
-        """The model, normalised (``chirp-v5`` → ``sonic-v5``); ``None`` if unknown."""
-        return normalise_model(self.mv)
-
-    @classmethod
-    def from_json(cls, value: object) -> Clip:
-        data = _object(value, "clip")
-        state_text = _required_str(data, "state")
-        try:
-            state = ClipState(state_text)
-        except ValueError:
-            raise SonicProtocolError(f"unknown clip state {state_text!r}") from None
-        return cls(
-            clip_id=_required_str(data, "clip_id"),
-            state=state,
-            title=_str(data, "title"),
-            tags=_str(data, "tags"),
-            negative_tags=_str(data, "negative_tags"),
-            lyrics=_str(data, "lyrics"),
-            image_url=_str(data, "image_url"),
-            audio_url=_str(data, "audio_url"),
-            video_url=_str(data, "video_url"),
-            created_at=_str(data, "created_at"),
-            mv=_str(data, "mv"),
-            gpt_description_prompt=_str(data, "gpt_description_prompt"),
-            duration=_number(data, "duration"),
-            style_weight=_number(data, "style_weight"),
-            weirdness_constraint=_number(data, "weirdness_constraint"),
-            raw=MappingProxyType(dict(data)),
-        )
+    return parse_code(data.get("code"))
 
 
 @dataclass(frozen=True, kw_only=True)
 class Music:
-    """A get-music answer: ``{code, message, data: [clip, ...]}``."""
+    """A get-music answer: ``{code, message, data: [clip, ...]}``, its clips read by the one
+    clip reader (:mod:`receiver.clips`), as a webhook's are. ``raw`` is the answer as that
+    reader cleaned it (what JSON cannot carry read as null)."""
 
     code: int | None
     message: str | None
-    clips: tuple[Clip, ...]
+    clips: tuple[ClipReport, ...]
     raw: Json = field(default_factory=_empty, repr=False, compare=False)
 
     @property
     def state(self) -> ClipState:
         """The task's state as its clips tell it: failed if any failed, else the least advanced
-        (a task with no clips yet is pending)."""
-        states = {clip.state for clip in self.clips}
+        (a task with no clips yet, or a clip in a state we do not know, is pending)."""
+        states = {clip.state or ClipState.PENDING for clip in self.clips}
         for state in (ClipState.FAILED, ClipState.PENDING, ClipState.RUNNING):
             if state in states:
                 return state
@@ -158,17 +102,18 @@ class Music:
 
     @classmethod
     def from_json(cls, value: object) -> Music:
-        data = _object(value, "get-music answer")
-        items = data.get("data")
-        if items is None:
-            items = []
-        if not isinstance(items, list):
-            raise SonicProtocolError("data is not a list of clips")
+        try:
+            data = clean(value)
+            if not isinstance(data, dict):
+                raise SonicProtocolError("get-music answer is not a JSON object")
+            clips = read_clips(data.get("data"))
+        except PayloadError as exc:  # a clip (or the answer) the clip reader cannot use
+            raise SonicProtocolError(f"get-music answer: {exc.message}") from exc
         return cls(
             code=_code(data),
-            message=_str(data, "message"),
-            clips=tuple(Clip.from_json(item) for item in items),
-            raw=MappingProxyType(dict(data)),
+            message=parse_text(data.get("message")),
+            clips=clips,
+            raw=MappingProxyType(data),
         )
 
 

@@ -40,6 +40,13 @@ def test_options_make_the_config() -> None:
     assert (config.faults.media.kind, config.faults.media.times) == (MediaFaultKind.STATUS_500, 1)
 
 
+def test_spell_options_make_the_spellings_of_answers() -> None:
+    config = build_config(
+        build_parser().parse_args(["--spell", "succeeded=completed", "--spell", "failed=error"])
+    )
+    assert dict(config.faults.spellings) == {"succeeded": "completed", "failed": "error"}
+
+
 def test_defaults_are_one_key_demo_speed() -> None:
     config = build_config(build_parser().parse_args([]))
     assert dict(config.api_keys) == {"sandbox-key": 1000}
@@ -64,6 +71,8 @@ def test_a_whole_fault_setup_from_a_file(tmp_path: Path) -> None:
         ["--media-fault", "redirect"],
         ["--faults", "{not json"],
         ["--credits", "-1"],
+        ["--spell", "done=completed"],
+        ["--spell", "succeeded"],
     ],
 )
 def test_bad_options_stop_with_status_2(

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from receiver.errors import SettingsError
+from receiver.errors import PayloadError, SettingsError
 from receiver.server import running
 from receiver.sonic.client import RetryPolicy, SonicClient
 from receiver.sonic.contract import (
@@ -318,6 +318,52 @@ async def test_an_answer_that_is_not_json_is_a_protocol_error() -> None:
     async with peer_client("text") as (client, _):
         with pytest.raises(SonicProtocolError):
             await client.get_music("t-1")
+
+
+async def test_get_music_reads_its_clips_by_the_rules_a_webhook_is_read_by() -> None:
+    """Spellings, camelCase twins, numbers as strings and placeholder URLs, as in a webhook."""
+    data = [
+        {"clipId": "c1", "status": " Completed", "audioUrl": "https://cdn.example/a.mp3",
+         "duration": "104.88", "modelName": "chirp-v5", "brand_new": {"k": [1]}},
+        {"clip_id": "c2", "state": "error", "audio_url": "https://cdn.example/None.mp3",
+         "image_url": "None", "errorMessage": "nsfw"},
+    ]
+    async with peer_client((200, {"code": "200", "data": data})) as (client, _):
+        music = await client.get_music("t-1")
+    first, second = music.clips
+    assert (first.clip_id, first.state, first.duration) == ("c1", ClipState.SUCCEEDED, 104.88)
+    assert (first.audio_url, first.mv, first.model) == (
+        "https://cdn.example/a.mp3", "chirp-v5", Model.SONIC_V5)
+    assert first.raw["brand_new"] == {"k": [1]}
+    assert (second.state, second.audio_url, second.image_url) == (ClipState.FAILED, None, None)
+    assert second.error_message == "nsfw"
+    assert (music.code, music.state) == (200, ClipState.FAILED)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [([{"state": "succeeded"}], "data[0] has no clip_id"),
+     ([{"clip_id": "a"}, {"clipId": "a"}], "data lists the same clip_id twice"),
+     ("x", "data is a JSON string, not a list of clips"),
+     ([7], "data[0] is a JSON number, not a clip object")],
+)
+async def test_a_clip_the_reader_cannot_use_is_a_protocol_error(data: object, reason: str) -> None:
+    async with peer_client((200, {"code": 200, "data": data})) as (client, _):
+        with pytest.raises(SonicProtocolError) as caught:
+            await client.get_music("t-1")
+    assert caught.value.message == f"get-music answer: {reason}"
+    assert isinstance(caught.value.__cause__, PayloadError)
+
+
+async def test_the_sandboxs_spellings_of_states_read_as_the_documented_states() -> None:
+    async with serve_sandbox(SandboxConfig(api_keys={KEY: 100}, speed=Speed.INSTANT)) as sb:
+        await sb.set_faults({"spellings": {"succeeded": "success"}})
+        client = sb.client()
+        created = await client.create_music(mv=Model.SONIC_V5, custom_mode=True, prompt="x")
+        music = await client.get_music(created.task_id)
+    assert [c.raw["state"] for c in music.clips] == ["success", "success"]
+    assert [c.state for c in music.clips] == [ClipState.SUCCEEDED, ClipState.SUCCEEDED]
+    assert music.state is ClipState.SUCCEEDED
 
 
 def test_from_env_reads_the_two_variables() -> None:

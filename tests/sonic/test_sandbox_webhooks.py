@@ -234,6 +234,36 @@ async def test_faults_set_at_runtime_for_one_key_only() -> None:
     assert faults["global"]["drop"] == 0.0
 
 
+async def test_spellings_of_states_reach_webhooks_and_get_music_for_one_key_only() -> None:
+    config = SandboxConfig(api_keys={KEY: 100, "other": 100}, speed=Speed.INSTANT)
+    async with serve_receiver() as receiver, serve_sandbox(config) as sb:
+        spelled = {"running": "streaming", "succeeded": "completed"}
+        await sb.set_faults({"spellings": spelled}, key="other")
+        odd = await sb.create(_create(receiver), key="other")
+        plain = await sb.create(_create(receiver))
+        await _settled(sb, odd, 2)
+        await _settled(sb, plain, 2)
+        polled = {t: await sb.music(t, key) for t, key in ((odd, "other"), (plain, KEY))}
+        faults = (await sb.http.get("/_sandbox/faults")).json()
+    bodies = [(json.loads(r.body), r.headers["x-webhook-event"]) for r in receiver.got]
+    sent = {(body["task_id"], event): {c["state"] for c in body["data"]} for body, event in bodies}
+    assert sent == {(odd, STREAMING): {"streaming"}, (odd, COMPLETED): {"completed"},
+                    (plain, STREAMING): {"running"}, (plain, COMPLETED): {"succeeded"}}
+    assert {c["state"] for c in polled[odd]["data"]} == {"completed"}
+    assert {c["state"] for c in polled[plain]["data"]} == {"succeeded"}
+    assert faults["keys"]["other"]["spellings"] == spelled
+
+
+@pytest.mark.parametrize(
+    "spellings", [{"done": "completed"}, {"succeeded": ""}, {"failed": 1}, ["succeeded"]]
+)
+async def test_a_spelling_of_no_state_or_of_nothing_is_refused(spellings: object) -> None:
+    async with serve_sandbox(_config()) as sb:
+        response = await sb.http.put("/_sandbox/faults", json={"spellings": spellings})
+    assert response.status_code == 400, response.text
+    assert "spellings" in response.json()["message"]
+
+
 async def test_delays_are_taken_on_the_clock() -> None:
     clock = FakeClock(time.time())
     config = SandboxConfig(

@@ -22,6 +22,11 @@ The JSON form (``PUT /_sandbox/faults``, ``--faults``), every field optional::
         "times": null,         # strike only the first N requests per clip (null: all)
         "url": null,           # redirect target (kind "redirect")
         "bytes_per_s": 16000   # body speed (kind "slow")
+      },
+      "spellings": {           # how answers (get-music, webhooks) spell a clip state
+        "succeeded": "completed",   # or "complete", "success"...; any text, unknown ones too
+        "failed": "error",
+        "running": "streaming"
       }
     }
 
@@ -37,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from receiver.sonic.contract import WebhookEvent
+from receiver.sonic.contract import ClipState, WebhookEvent
 
 
 class FaultConfigError(ValueError):
@@ -81,11 +86,17 @@ class FaultConfig:
     bad_signature: float = 0.0
     fail_tasks: float = 0.0
     media: MediaFault | None = None
+    spellings: Mapping[ClipState, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["drop_events"] = [asdict(d) for d in self.drop_events]
+        data["spellings"] = {str(state): text for state, text in self.spellings.items()}
         return data
+
+    def spell(self, state: ClipState) -> str:
+        """``state`` as this key's answers write it."""
+        return self.spellings.get(state) or str(state)
 
     @classmethod
     def from_json(cls, data: object) -> FaultConfig:
@@ -109,6 +120,7 @@ class FaultConfig:
             delay_s=delay,
             drop_events=tuple(_event_drop(item) for item in drops),
             media=_media(data.get("media")),
+            spellings=_spellings(data.get("spellings")),
         )
 
 
@@ -141,6 +153,34 @@ def _event_drop(item: object) -> EventDrop:
             f"drop_events event must be one of {', '.join(WebhookEvent)}"
         ) from None
     return EventDrop(task=task, event=event)
+
+
+def _spellings(value: object) -> dict[ClipState, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise FaultConfigError("spellings must map clip states to how answers spell them")
+    spellings: dict[ClipState, str] = {}
+    for name, text in value.items():
+        try:
+            state = ClipState(str(name))
+        except ValueError:
+            raise FaultConfigError(
+                f"spellings keys must be one of {', '.join(ClipState)}"
+            ) from None
+        if not isinstance(text, str) or not text.strip() or len(text) > 40:
+            raise FaultConfigError(f"spellings.{state} must be a short non-blank string")
+        spellings[state] = text
+    return spellings
+
+
+def parse_spelling(text: str) -> tuple[ClipState, str]:
+    """``"succeeded=completed"`` (the CLI's form)."""
+    name, sep, spelling = text.partition("=")
+    if not sep:
+        raise FaultConfigError("expected STATE=SPELLING, e.g. succeeded=completed")
+    ((state, spelled),) = _spellings({name.strip(): spelling}).items()
+    return state, spelled
 
 
 def parse_event_drop(text: str) -> EventDrop:

@@ -403,7 +403,8 @@ class SandboxState:
     # --- rendering ----------------------------------------------------------------------------
 
     def render(self, task: Task, state: ClipState) -> list[dict[str, Any]]:
-        """The task's clips as get-music and webhooks show them, in ``state``."""
+        """The task's clips as get-music and webhooks show them, in ``state`` (spelled as the
+        task's key's faults say)."""
         return [self._render_clip(task, plan, state) for plan in task.clips]
 
     def _render_clip(self, task: Task, plan: ClipPlan, state: ClipState) -> dict[str, Any]:
@@ -415,7 +416,7 @@ class SandboxState:
             mv = "chirp-v5"
         clip: dict[str, Any] = {
             "clip_id": plan.clip_id,
-            "state": str(state),
+            "state": self.faults.for_key(task.api_key).spell(state),
             "title": plan.title,
             "tags": plan.tags,
             "lyrics": plan.lyrics,
