@@ -67,7 +67,7 @@ import httpx
 from receiver.context import Event, HandlerContext
 from receiver.errors import SettingsError
 from receiver.fetching import FetchError, NetPolicy, safe_url
-from receiver.jobs import FINISHED, PermanentError, RetryLater
+from receiver.jobs import FINISHED, PermanentError, Retry
 from receiver.models import StoredFile, TaskView
 from receiver.signatures import sign_standard
 
@@ -169,7 +169,8 @@ async def handle(event: Event, ctx: HandlerContext) -> None:
                  else options.backoff_s[min(attempts, len(options.backoff_s)) - 1])
         ctx.log.warning("forward_failed", attempt=attempts, error=exc.message,
                         retry_in_s=delay)
-        raise RetryLater(delay, f"forward attempt {attempts} failed: {exc.message}") from exc
+        raise Retry(f"forward attempt {attempts} failed: {exc.message}", after=delay,
+                    counted=False) from exc
     await ctx.record_result(clip_id="", kind=kind, data={
         "attempts": attempts, "delivered": True, "webhook_id": msg_id, "status": status})
     ctx.log.info("forward_delivered", attempt=attempts, status=status, webhook_id=msg_id,
@@ -183,8 +184,8 @@ async def _wait_for_downloads(ctx: HandlerContext, options: Options) -> None:
     waited = ctx.clock.now() - ctx.job.created_at
     if busy and waited < options.wait_for_downloads_s:
         ctx.log.info("forward_waiting_for_downloads", jobs=len(busy), waited_s=round(waited, 1))
-        raise RetryLater(min(WAIT_STEP_S, options.wait_for_downloads_s - waited),
-                         "waiting for the task's downloads")
+        raise Retry("waiting for the task's downloads", counted=False,
+                    after=min(WAIT_STEP_S, options.wait_for_downloads_s - waited))
 
 
 async def event_body(event: Event, ctx: HandlerContext, view: TaskView,

@@ -75,7 +75,7 @@ import apprise
 
 from receiver.context import Event, HandlerContext
 from receiver.errors import ReceiverError
-from receiver.jobs import PermanentError, RetryLater
+from receiver.jobs import PermanentError, Retry
 from receiver.models import Clip, StoredFile, TaskView
 
 TRIGGERS = frozenset({"task.succeeded", "task.failed"})
@@ -360,7 +360,8 @@ def _wait_for_files(
     waited = ctx.clock.now() - ctx.job.created_at
     if missing and waited < wait_s:
         ctx.log.info("notify_waiting_for_files", missing=len(missing), waited_s=round(waited, 1))
-        raise RetryLater(min(_WAIT_STEP_S, wait_s - waited), "waiting for audio files")
+        raise Retry("waiting for audio files", after=min(_WAIT_STEP_S, wait_s - waited),
+                    counted=False)
 
 
 def _result_kind(event: Event, target: Target) -> str:

@@ -2,9 +2,9 @@
 
 A handler is ``async def handle(event: Event, ctx: HandlerContext) -> None``. It runs at least
 once per job, so it must be idempotent: ``event.key`` is unique per (transition, route,
-handler) and stays the same on every attempt. Raise :class:`receiver.jobs.RetryLater` to be
-run again after a delay, :class:`receiver.jobs.PermanentError` to give up at once; any other
-exception is retried with backoff until the job's attempts run out.
+handler) and stays the same on every attempt. Raise :class:`receiver.jobs.Retry` to be run
+again after a delay (counted as an attempt or not), :class:`receiver.jobs.PermanentError` to
+give up at once; any other exception is retried with backoff until the job's attempts run out.
 """
 
 from __future__ import annotations

@@ -41,23 +41,21 @@ CLAIMABLE = frozenset({JobState.QUEUED, JobState.RETRYING})
 FINISHED = frozenset({JobState.DONE, JobState.DEAD})
 
 
-# Handlers at once, per worker. A handler mostly waits: for a download (network, then the
-# disk through a thread), for an HTTP answer (notify, forward, a follow-up's create call). A
-# slot is a coroutine and at most one connection of the shared httpx client's pool (100 by
-# default), so 16 cost little. It also sets how many jobs one claim can take: under saturating
-# ingest a claim cycle (the claim's write behind the ingest batch, the handlers' first step,
-# the freed slot's wake-up) takes 5-7 ms on SQLite and 10-30 ms on PostgreSQL, so 4 slots
-# drained at most ~600 and ~200 jobs/s, under what ingest delivers (~700-900 and ~270/s on
-# the 2-core bench machine); 16 drain about four times that.
+# Handlers at once, per worker: a handler mostly waits on the network, a slot is a coroutine,
+# and it also bounds how many jobs one claim takes (scripts/benchmarks/README.md, dispatch).
 DEFAULT_CONCURRENCY = 16
 
 
-class RetryLater(ReceiverError):
-    """The handler asks to run again later; the attempt does not count against the limit."""
+class Retry(ReceiverError):
+    """The handler asks to run again in ``after`` seconds. ``counted`` (the default): this
+    attempt failed and counts against the job's attempts, and past the last one the job dies
+    with this message. Not counted: the handler waits for something and nothing failed; the
+    attempt is given back, so a wait must end by itself (a deadline of the handler's own)."""
 
-    def __init__(self, seconds: float, message: str | None = None) -> None:
-        self.seconds = max(0.0, float(seconds))
-        super().__init__(message or f"retry in {self.seconds:g}s")
+    def __init__(self, message: str = "", *, after: float, counted: bool = True) -> None:
+        self.after = max(0.0, float(after))
+        self.counted = counted
+        super().__init__(message or f"retry in {self.after:g}s")
 
 
 class PermanentError(ReceiverError):
@@ -76,6 +74,8 @@ class JobSpec:
     trigger: str
     delivery_id: str | None
     max_attempts: int
+    waits_for: tuple[str, ...] = ()  # handlers whose jobs of the same task run first
+    wait_s: float = 0.0  # how long at most, from the job's creation
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +97,8 @@ class Job:
     last_error: str | None
     created_at: float
     updated_at: float
+    waits_for: tuple[str, ...] = ()
+    wait_until: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -70,12 +70,13 @@ class job_timer:
     def __enter__(self) -> None:
         self.started = time.perf_counter()
 
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        from receiver.jobs import PermanentError, RetryLater
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 *_: object) -> None:
+        from receiver.jobs import PermanentError, Retry
 
         if kind is None:
             result = "done"
-        elif issubclass(kind, RetryLater):
+        elif isinstance(value, Retry) and not value.counted:
             result = "later"
         elif issubclass(kind, PermanentError):
             result = "permanent"

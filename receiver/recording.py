@@ -114,7 +114,11 @@ async def plan_jobs(
         return 0
     facts = (await _task_facts(tx, task_id) if router.reads_facts
              else TaskFacts(task_id=task_id, task_type=None, platform=None, tags=frozenset()))
-    specs = router.plan(facts, transitions)
+    return await insert_jobs(tx, router.plan(facts, transitions), at=at)
+
+
+async def insert_jobs(tx: Tx, specs: Sequence[JobSpec], *, at: float) -> int:
+    """Queue the jobs of ``specs`` whose key is new for their task; how many were."""
     if not specs:
         return 0
     inserted = await tx.run_many("insert_job", [_job_params(s, at) for s in specs])
@@ -202,4 +206,6 @@ def _job_params(spec: JobSpec, at: float) -> Mapping[str, Any]:
     return {"key": spec.key, "handler": spec.handler, "route": spec.route,
             "options": dumps(dict(spec.options)), "task_id": spec.task_id,
             "trigger": spec.trigger, "delivery_id": spec.delivery_id,
-            "max_attempts": spec.max_attempts, "at": at}
+            "max_attempts": spec.max_attempts, "at": at,
+            "waits_for": dumps(list(spec.waits_for)) if spec.waits_for else None,
+            "wait_until": at + spec.wait_s if spec.waits_for else None}

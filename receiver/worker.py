@@ -27,7 +27,7 @@ from receiver import metrics
 from receiver.clock import Clock
 from receiver.context import Event, HandlerContext
 from receiver.errors import StoreError
-from receiver.jobs import DEFAULT_CONCURRENCY, Job, PermanentError, RetryLater, RetryPolicy
+from receiver.jobs import DEFAULT_CONCURRENCY, Job, PermanentError, Retry, RetryPolicy
 from receiver.redact import scrub_text
 from receiver.registry import Registry
 from receiver.storage.queue import JobQueue
@@ -36,6 +36,7 @@ log = structlog.get_logger("receiver.worker")
 
 ContextFactory = Callable[[Job], HandlerContext]
 _MAX_ERROR = 2000
+WAIT_STEP_S = 2.0  # how often a job that runs after others looks whether they finished
 
 
 class Worker:
@@ -233,6 +234,8 @@ class Worker:
                                       error=f"handler {job.handler!r} is not registered")
             bound.error("job_dead", error="unknown handler")
             return
+        if await self._waits(job, bound):
+            return
         event = Event(trigger=job.trigger, task_id=job.task_id, route=job.route, key=job.key,
                       job_id=job.id, attempt=job.attempts, delivery_id=job.delivery_id)
         ctx = self.contexts(job)
@@ -245,11 +248,16 @@ class Worker:
                     await handler(event, ctx)
             finally:
                 self._free_slot(job.id)  # the handler is done: the next job may start
-        except RetryLater as exc:
-            await self.queue.retry_job(job.id, owner=self.owner, error=scrub_text(exc.message),
-                                       run_after=self.clock.now() + exc.seconds,
-                                       now=self.clock.now(), count_attempt=False)
-            bound.info("job_retry_later", seconds=exc.seconds, reason=scrub_text(exc.message))
+        except Retry as exc:
+            reason = scrub_text(exc.message)[:_MAX_ERROR]
+            if exc.counted and job.attempts >= job.max_attempts:
+                await self._die(job, bound, reason)
+            else:
+                await self.queue.retry_job(job.id, owner=self.owner, error=reason,
+                                           run_after=self.clock.now() + exc.after,
+                                           now=self.clock.now(), count_attempt=exc.counted)
+                bound.info("job_retrying" if exc.counted else "job_retry_later",
+                           delay_s=exc.after, reason=reason)
         except PermanentError as exc:
             await self._die(job, bound, scrub_text(f"PermanentError: {exc.message}"))
         except asyncio.CancelledError:
@@ -279,6 +287,21 @@ class Worker:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+
+    async def _waits(self, job: Job, bound: structlog.stdlib.BoundLogger) -> bool:
+        """Whether ``job`` must wait for unfinished jobs of its task that it runs after (until
+        its wait runs out): then it is postponed, the attempt given back."""
+        now = self.clock.now()
+        if not job.waits_for or job.wait_until is None or now >= job.wait_until:
+            return False
+        if not await self.queue.unfinished(job, job.waits_for):
+            return False
+        delay = min(WAIT_STEP_S, job.wait_until - now)
+        await self.queue.retry_job(job.id, owner=self.owner, run_after=now + delay, now=now,
+                                   error=f"waiting for {', '.join(job.waits_for)}",
+                                   count_attempt=False)
+        bound.info("job_waiting", waits_for=list(job.waits_for), delay_s=round(delay, 3))
+        return True
 
     async def _die(self, job: Job, bound: structlog.stdlib.BoundLogger, error: str) -> None:
         await self.queue.kill_job(job.id, owner=self.owner, error=error[:_MAX_ERROR],

@@ -12,7 +12,7 @@ import pytest
 
 from receiver.clock import FakeClock
 from receiver.context import Event, HandlerContext
-from receiver.jobs import JobState, PermanentError, RetryLater, RetryPolicy
+from receiver.jobs import JobState, PermanentError, Retry, RetryPolicy
 from receiver.registry import Handler, Registry
 from receiver.routing import HandlerRef, Route, Router
 from receiver.runtime import Runtime
@@ -151,12 +151,29 @@ async def test_jitter_spreads_the_delay_within_its_bounds() -> None:
 async def test_retry_later_waits_as_asked_without_using_an_attempt(
     runtime: Runtime, recorder: Recorder
 ) -> None:
-    recorder.plan = [RetryLater(42, "rate limited")]
+    recorder.plan = [Retry("rate limited", after=42, counted=False)]
     await deliver(runtime, DONE, event="song.completed")
     await worker_of(runtime).run_once()
     [job] = await runtime.storage.admin.list_jobs()
     assert (job.state, job.attempts, job.last_error) == (JobState.RETRYING, 0, "rate limited")
     assert job.run_after == clock_of(runtime).now() + 42
+
+
+async def test_a_counted_retry_waits_as_asked_and_the_last_attempt_dies(
+    runtime: Runtime, recorder: Recorder
+) -> None:
+    recorder.plan = [Retry("upstream busy", after=30)] * 10
+    await deliver(runtime, DONE, event="song.completed")
+    await worker_of(runtime).run_once()
+    [job] = await runtime.storage.admin.list_jobs()
+    assert (job.state, job.attempts, job.last_error) == (JobState.RETRYING, 1, "upstream busy")
+    assert job.run_after == clock_of(runtime).now() + 30
+    while job.state is JobState.RETRYING:
+        clock_of(runtime).advance(30)
+        await worker_of(runtime).run_once()
+        [job] = await runtime.storage.admin.list_jobs()
+    assert (job.state, job.attempts) == (JobState.DEAD, job.max_attempts)
+    assert job.last_error == "upstream busy"
 
 
 async def test_permanent_error_kills_the_job_at_once(runtime: Runtime, recorder: Recorder) -> None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from receiver.jobs import JobState
+from receiver.jobs import JobSpec, JobState
 from receiver.models import JobFilter, Outcome
+from receiver.recording import insert_jobs
 from receiver.states import State
 from receiver.storage.admin import BadCursor, DeliveryFilter, TaskFilter
 from receiver.storage.roles import Storage
@@ -94,11 +95,11 @@ async def test_deliveries_by_outcome_duplicates_and_their_transitions(store: Sto
 async def dead(
     store: Storage, handler: str, n: int, at: float, prefix: str, task_id: str = "t"
 ) -> None:
-    jobs = [{"key": f"{prefix}/{i}", "handler": handler, "route": "r", "options": "{}",
-             "task_id": task_id, "trigger": "task.succeeded", "delivery_id": None,
-             "max_attempts": 1, "at": at} for i in range(n)]
+    specs = [JobSpec(key=f"{prefix}/{i}", handler=handler, route="r", options={},
+                     task_id=task_id, trigger="task.succeeded", delivery_id=None, max_attempts=1)
+             for i in range(n)]
     await store.ingest.register_task(task_id, task_type="create", now=at)  # a job belongs to a task
-    await store.db.write(lambda tx: tx.run_many("insert_job", jobs))
+    await store.db.write(lambda tx: insert_jobs(tx, specs, at=at))
     for job in await store.jobs.claim_jobs(owner="w", limit=n, now=at, lease_s=60):
         await store.jobs.kill_job(job.id, owner="w", error=f"boom {job.id}", now=at)
 

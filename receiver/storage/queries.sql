@@ -105,11 +105,13 @@ UNION ALL
 SELECT 'clip', tags, NULL FROM clips
 WHERE task_seq = (SELECT seq FROM tasks WHERE task_id = :task_id)
 
+-- :waits_for is a JSON array of handler names, or NULL
 -- name: insert_job
 INSERT INTO jobs (task_seq, key, handler, route, options, task_id, trigger, delivery_id, state,
-                  max_attempts, run_after, created_at, updated_at)
+                  max_attempts, run_after, created_at, updated_at, waits_for, wait_until)
 VALUES ((SELECT seq FROM tasks WHERE task_id = :task_id), :key, :handler, :route, :options,
-        :task_id, :trigger, :delivery_id, :JobState.QUEUED, :max_attempts, :at, :at, :at)
+        :task_id, :trigger, :delivery_id, :JobState.QUEUED, :max_attempts, :at, :at, :at,
+        :waits_for, :wait_until)
 ON CONFLICT (task_seq, key) DO NOTHING
 
 -- name: register_task
@@ -225,10 +227,11 @@ RETURNING id
 SELECT MIN(CASE WHEN state = :JobState.RUNNING THEN lease_expires_at ELSE run_after END) AS due
 FROM jobs WHERE state IN (:JobState.QUEUED, :JobState.RETRYING, :JobState.RUNNING)
 
--- :handlers is a JSON array of handler names
+-- The jobs of :task_id but :job_id whose handler is in :handlers (a JSON array) that are not
+-- finished yet
 -- name: unfinished_jobs
 SELECT COUNT(*) AS n FROM jobs
-WHERE task_seq = (SELECT seq FROM tasks WHERE task_id = :task_id)
+WHERE task_seq = (SELECT seq FROM tasks WHERE task_id = :task_id) AND id <> :job_id
   AND handler IN (JSON_TEXTS(:handlers))
   AND state IN (:JobState.QUEUED, :JobState.RETRYING, :JobState.RUNNING)
 

@@ -100,9 +100,10 @@ class JobQueue:
 
         return await self.db.write(work)
 
-    async def unfinished(self, task_id: str, handlers: Sequence[str]) -> int:
-        """How many jobs of ``handlers`` for ``task_id`` are not finished yet."""
-        params = {"task_id": task_id, "handlers": json.dumps(list(handlers))}
+    async def unfinished(self, job: Job, handlers: Sequence[str]) -> int:
+        """How many other jobs of ``job``'s task, of ``handlers``, are not finished yet."""
+        params = {"task_id": job.task_id, "job_id": job.id,
+                  "handlers": json.dumps(list(handlers))}
         row = await self.db.read(lambda tx: tx.one("unfinished_jobs", params))
         return int(row["n"]) if row is not None else 0
 

@@ -1,7 +1,8 @@
 """Rows to records, by column name: :func:`record` builds a frozen dataclass from a row whose
 columns carry its fields' names (other columns are ignored). A field's type says how its
-column is read: an enum from its value, a mapping from JSON text, bytes from a blob; a field
-with a default may be absent from the row. The plan for each class is made once.
+column is read: an enum from its value, a mapping or a tuple from JSON text, bytes from a blob;
+a field with a default takes it when its column is NULL or absent. The plan for each class is
+made once.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def record(cls: type[T], row: Row) -> T:
             if optional:
                 continue
             raise
+        if value is None and optional:
+            continue
         values[name] = convert(value) if convert is not None and value is not None else value
     return cls(**values)
 
@@ -76,4 +79,10 @@ def _converter(hint: Any) -> Convert | None:
     origin = typing.get_origin(hint) or hint
     if origin in (Mapping, dict):
         return loads
+    if origin is tuple:
+        return _tuple
     return None
+
+
+def _tuple(text: str) -> tuple[Any, ...]:
+    return tuple(loads(text))

@@ -12,8 +12,9 @@ import pytest
 
 from receiver.app import create_app
 from receiver.clock import FakeClock
-from receiver.jobs import JobState
+from receiver.jobs import JobSpec, JobState
 from receiver.models import JobFilter
+from receiver.recording import insert_jobs
 from receiver.storage.roles import sqlite_storage
 from tests.support import app_client, callback, clip, post_signed, settings_for
 
@@ -158,13 +159,13 @@ async def dead_jobs(tmp_path: Path, clock: FakeClock, n: int, handler: str,
                     prefix: str = "old") -> list[int]:
     """``n`` jobs of ``handler`` made now, claimed and killed, as a worker that gave up leaves
     them (on the same database file the app has open)."""
-    jobs = [{"key": f"t-jobs/{prefix}/{handler}/{i}", "handler": handler, "route": "r",
-             "options": "{}", "task_id": "t-jobs", "trigger": "task.succeeded",
-             "delivery_id": None, "max_attempts": 1, "at": clock.now()} for i in range(n)]
+    specs = [JobSpec(key=f"t-jobs/{prefix}/{handler}/{i}", handler=handler, route="r",
+                     options={}, task_id="t-jobs", trigger="task.succeeded", delivery_id=None,
+                     max_attempts=1) for i in range(n)]
     async with sqlite_storage(tmp_path / "receiver.db", clock=clock) as store:
         # a job belongs to a task
         await store.ingest.register_task("t-jobs", task_type="create", now=clock.now())
-        await store.db.write(lambda tx: tx.run_many("insert_job", jobs))
+        await store.db.write(lambda tx: insert_jobs(tx, specs, at=clock.now()))
         claimed = await store.jobs.claim_jobs(owner="w", limit=n, now=clock.now(), lease_s=60)
         for job in claimed:
             await store.jobs.kill_job(job.id, owner="w", error=f"boom {job.id}", now=clock.now())

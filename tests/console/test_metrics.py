@@ -80,7 +80,7 @@ def test_job_timer_labels_how_the_handler_ended() -> None:
     from prometheus_client import REGISTRY
 
     from receiver import metrics
-    from receiver.jobs import PermanentError, RetryLater
+    from receiver.jobs import PermanentError, Retry
 
     def count(result: str) -> float:
         value = REGISTRY.get_sample_value("receiver_job_duration_seconds_count",
@@ -90,7 +90,7 @@ def test_job_timer_labels_how_the_handler_ended() -> None:
     before = {r: count(r) for r in ("done", "later", "permanent", "failed")}
     with metrics.job_timer("timer-test"):
         pass
-    for error in (RetryLater(1), PermanentError("no"), ValueError("x")):
+    for error in (Retry(after=1, counted=False), PermanentError("no"), ValueError("x")):
         with pytest.raises(type(error)), metrics.job_timer("timer-test"):
             raise error
     assert {r: count(r) - before[r] for r in before} == {

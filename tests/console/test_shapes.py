@@ -16,7 +16,9 @@ from referencing.jsonschema import DRAFT202012
 
 from receiver.app import create_app
 from receiver.clock import FakeClock
+from receiver.jobs import JobSpec
 from receiver.models import ChildState, ChildTask, Result, StoredFile
+from receiver.recording import insert_jobs
 from receiver.storage.roles import sqlite_storage
 from tests.support import app_client, callback, clip, post_signed, settings_for
 
@@ -63,10 +65,10 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
             await post_signed(c, done, clock=clock, delivery_id="d-2")
         await post_signed(c, b'{"code": 200, "data": "nope"}', clock=clock, delivery_id="d-bad")
         async with sqlite_storage(tmp_path / "receiver.db", clock=clock) as store:
-            jobs = [{"key": f"root/done/r/h/{i}", "handler": "h", "route": "r", "options": "{}",
-                     "task_id": "root", "trigger": "task.succeeded", "delivery_id": "d-2",
-                     "max_attempts": 2, "at": clock.now()} for i in range(2)]
-            await store.db.write(lambda tx: tx.run_many("insert_job", jobs))
+            specs = [JobSpec(key=f"root/done/r/h/{i}", handler="h", route="r", options={},
+                             task_id="root", trigger="task.succeeded", delivery_id="d-2",
+                             max_attempts=2) for i in range(2)]
+            await store.db.write(lambda tx: insert_jobs(tx, specs, at=clock.now()))
             [claimed] = await store.jobs.claim_jobs(owner="w", limit=1, now=clock.now(), lease_s=60)
             await store.jobs.kill_job(claimed.id, owner="w", error="boom", now=clock.now())
             await store.outputs.record_file(StoredFile(
