@@ -20,9 +20,11 @@ Route it on the triggers its rules use::
     request = { mv = "sonic-v4-5", custom_mode = true, prompt = "[Verse] ..." }
     times = 2                       # resubmit: how often a failed request is sent again
 
-Every child is recorded (parent, rule, depth, credits) before the create call, and gets this
-receiver's public webhook URL (``RECEIVER_PUBLIC_URL``) and first webhook secret; the request is
-validated by the contract before it is sent. A child is never created twice for one trigger:
+The table is :class:`FollowUpTable` and the route's options :class:`FollowUpOptions`, both
+checked with the rest of the file at start-up. Every child is recorded (parent, rule, depth,
+credits) before the create call, and gets this receiver's public webhook URL
+(``RECEIVER_PUBLIC_URL``) and first webhook secret; the request is validated by the contract
+before it is sent. A child is never created twice for one trigger:
 when an earlier attempt was cut off after recording the child but before learning the answer,
 the child is marked ``unknown`` and the job dies with that reason rather than risk a second
 charge (see ``scripts/replay``). bpm and vox keep their answers as results of the task.
