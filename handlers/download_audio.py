@@ -62,8 +62,8 @@ import mutagen.wave
 from mutagen import MutagenError
 from mutagen.id3 import ID3NoHeaderError
 
-from receiver.config import PositiveFloat, PositiveInt, Table
 from receiver.context import Event, HandlerContext
+from receiver.conversion import PositiveFloat, PositiveInt, Table
 from receiver.errors import ReceiverError, SettingsError
 from receiver.fetching import (
     FetchError,

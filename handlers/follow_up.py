@@ -38,8 +38,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from receiver.config import FieldError, NonNegativeInt, PositiveInt, Table, Text
 from receiver.context import Event, HandlerContext
+from receiver.conversion import FieldError, NonNegativeInt, PositiveInt, Table, Text
 from receiver.jobs import PermanentError
 from receiver.models import ChildState, ChildTask, Clip
 from receiver.registry import handler

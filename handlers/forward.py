@@ -65,8 +65,8 @@ from typing import Annotated, Any
 import httpx
 import msgspec
 
-from receiver.config import FieldError, HttpUrl, PositiveInt, Seconds, Table, Text
 from receiver.context import Event, HandlerContext
+from receiver.conversion import FieldError, HttpUrl, PositiveInt, Seconds, Table, Text
 from receiver.errors import SettingsError
 from receiver.fetching import FetchError, NetPolicy, safe_url
 from receiver.jobs import FINISHED, PermanentError, RetryLater

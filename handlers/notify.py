@@ -74,8 +74,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import apprise
 
-from receiver.config import Domain, Seconds, Table, Text, shown
 from receiver.context import Event, HandlerContext
+from receiver.conversion import Domain, Seconds, Table, Text, shown
 from receiver.errors import ReceiverError
 from receiver.jobs import PermanentError, RetryLater
 from receiver.models import Clip, StoredFile, TaskView

@@ -325,7 +325,7 @@ def _prune(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from receiver.config import Duration, convert
+    from receiver.conversion import Duration, convert
     from receiver.storage import store_for
 
     loaded = _load(args, insecure_no_verify=True)

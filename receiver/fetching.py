@@ -51,7 +51,8 @@ from typing import Any, ClassVar
 import httpx
 import structlog
 
-from receiver.config import NetworkTable, convert
+from receiver.config import NetworkTable
+from receiver.conversion import convert
 from receiver.errors import ReceiverError
 from receiver.redact import scrub_url
 

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import msgspec
 
-from receiver.config import ConfigError, HandlerPath, check, convert
+from receiver.config import HandlerPath, check
+from receiver.conversion import ConfigError, convert
 from receiver.errors import SettingsError
 from receiver.jobs import PermanentError
 

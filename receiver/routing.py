@@ -23,7 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from receiver.config import HandlerItem, RoutesFile, RouteTable, Trigger, convert, route_names
+from receiver.config import HandlerItem, RoutesFile, RouteTable, Trigger, route_names
+from receiver.conversion import convert
 from receiver.jobs import JobSpec, RetryPolicy, job_key
 from receiver.models import Transition
 from receiver.states import Entity, State

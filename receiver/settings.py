@@ -25,12 +25,11 @@ from receiver.config import (
     RETENTION_KEEP_IDS_S,
     CoreFile,
     Database,
-    Domain,
     Media,
     ReceiverTable,
     WorkerTable,
-    convert,
 )
+from receiver.conversion import Domain, convert
 from receiver.errors import SettingsError
 from receiver.jobs import DEFAULT_CONCURRENCY, RetryPolicy
 from receiver.redact import url_secrets

@@ -13,8 +13,9 @@ from typing import Literal
 
 import pytest
 
-from receiver.config import ConfigError, PositiveInt, Table, check
+from receiver.config import check
 from receiver.context import Event, HandlerContext
+from receiver.conversion import ConfigError, PositiveInt, Table
 from receiver.errors import SettingsError
 from receiver.jobs import PermanentError
 from receiver.models import Source, Transition

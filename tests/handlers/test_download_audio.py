@@ -19,8 +19,8 @@ from structlog.testing import capture_logs
 from handlers.download_audio import SIDECAR, contained, handle, safe_component
 from receiver.app import create_app
 from receiver.clock import FakeClock
-from receiver.config import ConfigError
 from receiver.context import Event, HandlerContext
+from receiver.conversion import ConfigError
 from receiver.jobs import Job, JobState, PermanentError
 from receiver.registry import load_registry
 from receiver.routing import Router, routes_from_config

@@ -17,7 +17,8 @@ from starlette.applications import Starlette
 
 from handlers import follow_up
 from receiver.app import create_app
-from receiver.config import ConfigError, check
+from receiver.config import check
+from receiver.conversion import ConfigError
 from receiver.models import ChildState, ChildTask
 from receiver.registry import Registry, load_registry
 from receiver.server import running

@@ -23,7 +23,8 @@ from structlog.testing import capture_logs
 
 from handlers import download_audio, forward
 from receiver.clock import FakeClock
-from receiver.config import ConfigError, check
+from receiver.config import check
+from receiver.conversion import ConfigError
 from receiver.jobs import JobState, PermanentError
 from receiver.registry import load_registry
 from receiver.runtime import Runtime

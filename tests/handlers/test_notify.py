@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from handlers import notify
 from handlers.notify import duration_text, scheme_of
 from receiver.clock import FakeClock
-from receiver.config import ConfigError
+from receiver.conversion import ConfigError
 from receiver.jobs import Job, JobState
 from receiver.models import StoredFile
 from receiver.registry import load_registry
