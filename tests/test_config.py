@@ -144,6 +144,15 @@ def test_every_command_checks_the_file_first(tmp_path: Path, command: list[str])
 
 
 @pytest.mark.slow
+def test_prune_reads_its_durations_like_the_retention_table(tmp_path: Path) -> None:
+    (tmp_path / "receiver.toml").write_text("")
+    done = run("prune", "--older-than", "3x", "--config", "receiver.toml", "--db", "r.db",
+               cwd=tmp_path)
+    assert one_error_line(done) == ("sonic-receiver: error: --older-than: expected a duration "
+                                    "like 90d, 12h or 30m, got '3x'")
+
+
+@pytest.mark.slow
 def test_config_check_passes_a_good_file_from_the_environment(tmp_path: Path) -> None:
     (tmp_path / "receiver.toml").write_text(GOOD)
     done = run("config", "check", cwd=tmp_path, env={"RECEIVER_CONFIG": "receiver.toml"})

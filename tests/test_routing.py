@@ -19,7 +19,13 @@ from receiver.conversion import ConfigError, PositiveInt, Table
 from receiver.errors import SettingsError
 from receiver.jobs import PermanentError
 from receiver.models import Source, Transition
-from receiver.registry import ENTRY_POINT_GROUP, Registry, handler, load_registry
+from receiver.registry import (
+    ENTRY_POINT_GROUP,
+    HandlerSpec,
+    Registry,
+    handler,
+    load_registry,
+)
 from receiver.routing import DEFAULT_ROUTES, Router, TaskFacts, routes_from_config, split_tags
 from receiver.states import Entity, State
 
@@ -162,6 +168,18 @@ def test_declared_options_reach_the_handler_typed_and_undeclared_ones_as_written
     check({"routes": routes}, registry)  # passes: free takes any table
 
 
+def test_a_declaration_must_be_a_struct() -> None:
+    with pytest.raises(TypeError, match=r"must be a msgspec\.Struct subclass"):
+        handler(options=dict)  # type: ignore[arg-type]
+    assert registry_spec_of_plain_function().options is None
+
+
+def registry_spec_of_plain_function() -> HandlerSpec:
+    registry = Registry()
+    registry.register("plain", sample_handler, origin="test")
+    return registry.spec("plain")
+
+
 def test_a_handler_table_is_checked_and_cannot_take_a_core_name() -> None:
     registry = Registry()
     registry.register("tabled", tabled_handler, origin="test")
@@ -169,6 +187,9 @@ def test_a_handler_table_is_checked_and_cannot_take_a_core_name() -> None:
     with pytest.raises(ConfigError, match=r"^tabled\.sise: unknown key$"):
         check({"tabled": {"sise": 2}}, registry)
     assert registry.spec("tabled").table_from("tabled", {}) == DeclaredOptions()
+    unfit = registry.spec("tabled").table_from("tabled", {"tabled": {"size": -1}})
+    with pytest.raises(PermanentError, match=r"^tabled\.size: expected a positive integer"):
+        _ = unfit.size
     clash = Registry()
     clash.register("worker", tabled_handler, origin="test")
     with pytest.raises(SettingsError, match=r"\[worker\] is the receiver's own"):
