@@ -156,11 +156,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    loaded = _load(args, insecure_no_verify=args.insecure_no_verify,
+                   insecure_open_admin=True if args.insecure_open_admin else None)
+    # The app and the server load after the check: a bad file stops before they are imported.
     from receiver import server
     from receiver.app import create_app
 
-    loaded = _load(args, insecure_no_verify=args.insecure_no_verify,
-                   insecure_open_admin=True if args.insecure_open_admin else None)
     _announce_admin(loaded, args.host, args.port)
     if args.workers < 1:
         raise SettingsError("--workers must be at least 1")
