@@ -27,14 +27,16 @@ under the clip's lock, which every writer of them holds. A media folder or bucke
 writes ends the job at once. Downloads follow :mod:`receiver.fetching`'s
 network policy (the config's ``[network]`` table).
 
-Options (all optional)::
+Options (all optional; :class:`DownloadOptions`, checked at start-up)::
 
-    handlers = [{ name = "download_audio", options = {
-        image = true, video = false,
-        max_bytes = 209715200,              # per file
-        timeout_s = 600,                    # per file, the whole download
-        allowed_types = { audio = ["audio/mpeg", "audio/wav"] },   # per kind, or "audio/*"
-    } }]
+    [[routes.handlers]]
+    name = "download_audio"
+    [routes.handlers.options]
+    image = true                        # the cover too
+    video = false
+    max_bytes = 209715200               # per file
+    timeout_s = 600                     # per file, the whole download
+    allowed_types = { audio = ["audio/mpeg", "audio/wav"] }   # per kind, or "audio/*"
 
 A refused URL or address, a file too large and a wrong content type end the job (``dead``,
 with the reason); a 5xx, a connection error, a timeout or a body cut short are retried with
@@ -50,16 +52,18 @@ import hashlib
 import json
 import re
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import mutagen.id3
 import mutagen.wave
 from mutagen import MutagenError
 from mutagen.id3 import ID3NoHeaderError
 
 from receiver.context import Event, HandlerContext
+from receiver.conversion import PositiveFloat, PositiveInt, Table
 from receiver.errors import ReceiverError, SettingsError
 from receiver.fetching import (
     FetchError,
@@ -72,6 +76,7 @@ from receiver.fetching import (
 from receiver.jobs import PermanentError
 from receiver.media import MediaError, MediaRefused, MediaStore
 from receiver.models import Clip, StoredFile
+from receiver.registry import handler
 from receiver.states import State
 
 MIB = 1024 * 1024
@@ -91,7 +96,6 @@ EXTENSIONS: Mapping[str, Mapping[str, str]] = {
     "video": {"video/mp4": ".mp4"},
 }
 UNKNOWN_EXTENSION = ".bin"  # a type let in by an "audio/*" override that the table lacks
-_OPTION_KEYS = frozenset({"image", "video", "max_bytes", "timeout_s", "allowed_types"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _MAX_COMPONENT = 96
 # mutagen ships py.typed but leaves its calls unannotated: use it through Any, here only.
@@ -103,49 +107,27 @@ class DownloadIncomplete(ReceiverError):
     """Some files of the task could not be downloaded yet."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class Options:
-    """The handler's options, checked."""
+class AllowedTypes(Table, kw_only=True, frozen=True):
+    """The content types kept, per kind (exact types, or ``"audio/*"``); a kind left out keeps
+    every type :data:`EXTENSIONS` knows."""
+
+    audio: tuple[str, ...] = tuple(EXTENSIONS["audio"])
+    image: tuple[str, ...] = tuple(EXTENSIONS["image"])
+    video: tuple[str, ...] = tuple(EXTENSIONS["video"])
+
+    def of(self, kind: str) -> frozenset[str]:
+        types: tuple[str, ...] = getattr(self, kind)
+        return frozenset(t.strip().lower() for t in types)
+
+
+class DownloadOptions(Table, kw_only=True, frozen=True):
+    """The handler's options (a route's ``options = { ... }``)."""
 
     image: bool = False
     video: bool = False
-    max_bytes: int = 200 * MIB
-    timeout_s: float = 600.0
-    allowed_types: Mapping[str, frozenset[str]] = field(
-        default_factory=lambda: {kind: frozenset(types) for kind, types in EXTENSIONS.items()}
-    )
-
-    @classmethod
-    def parse(cls, raw: Mapping[str, Any]) -> Options:
-        """Raises :class:`SettingsError` saying which option is wrong."""
-        unknown = set(raw) - _OPTION_KEYS
-        if unknown:
-            raise SettingsError(f"download_audio: unknown options {', '.join(sorted(unknown))} "
-                                f"(known: {', '.join(sorted(_OPTION_KEYS))})")
-        defaults = cls()
-        for name in ("image", "video"):
-            if not isinstance(raw.get(name, False), bool):
-                raise SettingsError(f"download_audio: option {name} must be true or false")
-        max_bytes = raw.get("max_bytes", defaults.max_bytes)
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
-            raise SettingsError("download_audio: option max_bytes must be a positive integer")
-        timeout_s = raw.get("timeout_s", defaults.timeout_s)
-        if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0:
-            raise SettingsError("download_audio: option timeout_s must be a positive number")
-        allowed = dict(defaults.allowed_types)
-        override = raw.get("allowed_types", {})
-        if not isinstance(override, Mapping):
-            raise SettingsError("download_audio: option allowed_types must be a table of kinds")
-        for kind, types in override.items():
-            if kind not in EXTENSIONS:
-                raise SettingsError(f"download_audio: allowed_types.{kind}: unknown kind "
-                                    f"(choose from {', '.join(KINDS)})")
-            if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
-                raise SettingsError(f"download_audio: allowed_types.{kind} must be a list of "
-                                    "content types")
-            allowed[kind] = frozenset(t.strip().lower() for t in types)
-        return cls(image=bool(raw.get("image", False)), video=bool(raw.get("video", False)),
-                   max_bytes=max_bytes, timeout_s=float(timeout_s), allowed_types=allowed)
+    max_bytes: PositiveInt = 200 * MIB  # per file
+    timeout_s: PositiveFloat = 600.0  # per file, the whole download
+    allowed_types: AllowedTypes = msgspec.field(default_factory=AllowedTypes)
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -160,10 +142,11 @@ class _Failure:
     error: FetchError | MediaError
 
 
+@handler(options=DownloadOptions)
 async def handle(event: Event, ctx: HandlerContext) -> None:
     """Download the media of every succeeded clip of ``event``'s task (see the module)."""
+    options: DownloadOptions = ctx.options
     try:
-        options = Options.parse(ctx.options)
         policy = NetPolicy.from_config(ctx.config)
     except SettingsError as exc:
         raise PermanentError(exc.message) from exc
@@ -230,7 +213,7 @@ async def _writing(folder: Path) -> AsyncIterator[None]:
 
 async def _keep(
     ctx: HandlerContext, store: MediaStore, clip: Clip, kind: str, url: str, *, folder: Path,
-    prefix: str, stem: str, options: Options, policy: NetPolicy,
+    prefix: str, stem: str, options: DownloadOptions, policy: NetPolicy,
 ) -> StoredFile:
     """The recorded file of ``(clip, kind)``: the one already kept if its bytes still match,
     else a new download, staged in ``folder`` and kept under ``prefix/<stem>.<ext>``."""
@@ -245,7 +228,7 @@ async def _keep(
             return done
         got = await download(
             ctx.http, url, folder / f"{stem}.{kind}", policy=policy,
-            max_bytes=options.max_bytes, allowed_types=options.allowed_types[kind],
+            max_bytes=options.max_bytes, allowed_types=options.allowed_types.of(kind),
             log=ctx.log, timeout_s=options.timeout_s,
             suffix_for=functools.partial(extension_for, kind),
             prepare=functools.partial(_tag, clip, ctx.log) if kind == "audio" else None,

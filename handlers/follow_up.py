@@ -20,9 +20,11 @@ Route it on the triggers its rules use::
     request = { mv = "sonic-v4-5", custom_mode = true, prompt = "[Verse] ..." }
     times = 2                       # resubmit: how often a failed request is sent again
 
-Every child is recorded (parent, rule, depth, credits) before the create call, and gets this
-receiver's public webhook URL (``RECEIVER_PUBLIC_URL``) and first webhook secret; the request is
-validated by the contract before it is sent. A child is never created twice for one trigger:
+The table is :class:`FollowUpTable` and the route's options :class:`FollowUpOptions`, both
+checked with the rest of the file at start-up. Every child is recorded (parent, rule, depth,
+credits) before the create call, and gets this receiver's public webhook URL
+(``RECEIVER_PUBLIC_URL``) and first webhook secret; the request is validated by the contract
+before it is sent. A child is never created twice for one trigger:
 when an earlier attempt was cut off after recording the child but before learning the answer,
 the child is marked ``unknown`` and the job dies with that reason rather than risk a second
 charge (see ``scripts/replay``). bpm and vox keep their answers as results of the task.
@@ -32,12 +34,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+import msgspec
 
 from receiver.context import Event, HandlerContext
-from receiver.errors import SettingsError
+from receiver.conversion import FieldError, NonNegativeInt, PositiveInt, Table, Text
 from receiver.jobs import PermanentError
 from receiver.models import ChildState, ChildTask, Clip
+from receiver.registry import handler
 from receiver.sonic.client import SonicClient
 from receiver.sonic.contract import TASKS, CreateRequest, TaskType, normalise_model
 from receiver.sonic.errors import (
@@ -48,13 +53,30 @@ from receiver.sonic.errors import (
 )
 from receiver.states import State
 
-ACTIONS = ("extend", "cover", "concat", "resubmit", "bpm", "vox")
-TRIGGERS = ("task.succeeded", "task.failed")
 DEFAULT_MODEL = "sonic-v4-5"
+
+
+Action = Literal["extend", "cover", "concat", "resubmit", "bpm", "vox"]
+On = Literal["task.succeeded", "task.failed"]
+
+
+class RuleTable(Table, kw_only=True, frozen=True):
+    """One ``[[follow_up.rules]]`` table."""
+
+    action: Action
+    name: Text | None = None  # <action>-<index> when left out
+    on: On | None = None  # task.failed for resubmit, else task.succeeded
+    task_type: str | list[str] = msgspec.field(default_factory=list)
+    clip: Literal["first", "all"] | NonNegativeInt = "first"
+    continue_at: float | None = None
+    request: dict[str, Any] = msgspec.field(default_factory=dict)
+    times: PositiveInt = 1
 
 
 @dataclass(frozen=True, kw_only=True)
 class Rule:
+    """A rule as the handler applies it: its name and trigger settled."""
+
     name: str
     on: str
     action: str
@@ -65,74 +87,46 @@ class Rule:
     times: int = 1
 
 
-@dataclass(frozen=True, kw_only=True)
-class Limits:
-    max_depth: int = 3
-    budget_credits: int = 100
+class FollowUpTable(Table, kw_only=True, frozen=True):
+    """``[follow_up]``: the limits of every chain, and the rules."""
+
+    max_depth: PositiveInt = 3  # a chain stops here
+    budget_credits: NonNegativeInt = 100  # what all follow-ups under one root task may cost
+    rules: list[RuleTable] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for index, rule in enumerate(self.plan()):
+            if rule.name in seen:
+                raise FieldError(f"rules[{index}].name", f"two rules are named {rule.name!r}")
+            seen.add(rule.name)
+
+    def plan(self) -> tuple[Rule, ...]:
+        """The rules, each with its name and trigger settled."""
+        return tuple(
+            Rule(name=rule.name or f"{rule.action}-{index}",
+                 on=rule.on or ("task.failed" if rule.action == "resubmit" else "task.succeeded"),
+                 action=rule.action,
+                 task_types=frozenset([rule.task_type] if isinstance(rule.task_type, str)
+                                      else rule.task_type),
+                 clip=rule.clip, continue_at=rule.continue_at, request=rule.request,
+                 times=rule.times)
+            for index, rule in enumerate(self.rules)
+        )
 
 
-def load_rules(config: Mapping[str, Any]) -> tuple[Limits, tuple[Rule, ...]]:
-    """The ``[follow_up]`` table; raises :class:`SettingsError` saying what is wrong."""
-    table = config.get("follow_up", {})
-    if not isinstance(table, dict):
-        raise SettingsError("config: [follow_up] must be a table")
-    limits = Limits(
-        max_depth=_int(table.get("max_depth", 3), "[follow_up] max_depth", minimum=1),
-        budget_credits=_int(table.get("budget_credits", 100), "[follow_up] budget_credits",
-                            minimum=0),
-    )
-    raw = table.get("rules", [])
-    if not isinstance(raw, list):
-        raise SettingsError("config: follow_up.rules must be an array of tables")
-    rules = tuple(_rule(item, i) for i, item in enumerate(raw))
-    if len({r.name for r in rules}) != len(rules):
-        raise SettingsError("config: two follow_up rules have the same name")
-    return limits, rules
+class FollowUpOptions(Table, kw_only=True, frozen=True):
+    """A route's options: ``rules`` names the rules to run (all when left out)."""
+
+    rules: list[Text] | None = None
 
 
-def _rule(item: Any, index: int) -> Rule:
-    where = f"[[follow_up.rules]] #{index}"
-    if not isinstance(item, dict):
-        raise SettingsError(f"config: {where} must be a table")
-    unknown = set(item) - {"name", "on", "task_type", "action", "clip", "continue_at",
-                           "request", "times"}
-    if unknown:
-        raise SettingsError(f"config: {where} has unknown keys: {', '.join(sorted(unknown))}")
-    action = item.get("action")
-    if action not in ACTIONS:
-        raise SettingsError(f"config: {where} action must be one of {', '.join(ACTIONS)}")
-    on = item.get("on", "task.failed" if action == "resubmit" else "task.succeeded")
-    if on not in TRIGGERS:
-        raise SettingsError(f"config: {where} on must be one of {', '.join(TRIGGERS)}")
-    task_type = item.get("task_type", [])
-    types = frozenset([task_type] if isinstance(task_type, str) else task_type)
-    clip = item.get("clip", "first")
-    if not (clip in ("first", "all") or (isinstance(clip, int) and clip >= 0)):
-        raise SettingsError(f'config: {where} clip must be "first", "all" or an index')
-    continue_at = item.get("continue_at")
-    if continue_at is not None and not isinstance(continue_at, int | float):
-        raise SettingsError(f"config: {where} continue_at must be a number of seconds")
-    request = item.get("request", {})
-    if not isinstance(request, dict):
-        raise SettingsError(f"config: {where} request must be a table")
-    return Rule(
-        name=str(item.get("name") or f"{action}-{index}"), on=on, action=action,
-        task_types=types, clip=clip,
-        continue_at=float(continue_at) if continue_at is not None else None,
-        request=request, times=_int(item.get("times", 1), f"{where} times", minimum=1),
-    )
-
-
-def _int(value: Any, where: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SettingsError(f"config: {where} must be an integer >= {minimum}")
-    return value
-
-
+@handler(options=FollowUpOptions, table=FollowUpTable)
 async def handle(event: Event, ctx: HandlerContext) -> None:
     """Run every follow-up rule that matches this transition."""
-    limits, rules = load_rules(ctx.config)
-    wanted = ctx.options.get("rules")
+    limits: FollowUpTable = ctx.table
+    rules = limits.plan()
+    wanted = ctx.options.rules
     view = await ctx.task()
     for rule in rules:
         if rule.on != event.trigger or (wanted is not None and rule.name not in wanted):
@@ -190,7 +184,8 @@ def _build(fields: Mapping[str, Any], **fixed: Any) -> CreateRequest:
 
 
 async def _create(
-    ctx: HandlerContext, rule: Rule, limits: Limits, request: CreateRequest, *, suffix: str = ""
+    ctx: HandlerContext, rule: Rule, limits: FollowUpTable, request: CreateRequest, *,
+    suffix: str = ""
 ) -> None:
     sonic = _client(ctx)
     task_type = str(request.task_type)
@@ -248,7 +243,7 @@ def _with_webhook(ctx: HandlerContext, request: CreateRequest) -> CreateRequest:
                                     "webhook_secret": secret})
 
 
-async def _resubmit(ctx: HandlerContext, rule: Rule, limits: Limits) -> None:
+async def _resubmit(ctx: HandlerContext, rule: Rule, limits: FollowUpTable) -> None:
     """Send a failed task's request again, up to ``times`` in a row."""
     own = await ctx.store.child_of(ctx.job.task_id)
     if own is None:

@@ -6,17 +6,18 @@ It POSTs one JSON event (schema below) to ``url``, signed with Standard Webhooks
 library verifies it. The ``webhook-id`` is the same on every attempt for one job: a receiver
 deduplicates on it.
 
-Options::
+Options (:class:`ForwardOptions`, checked at start-up)::
 
-    handlers = [{ name = "forward", options = {
-        url = "https://app.example/hooks/sonic",   # required
-        secret_env = "FORWARD_SECRET",             # the variable holding the whsec_ secret
-        # secret = "whsec_...",                    # or the secret itself (keep the file private)
-        timeout_s = 10,                            # per attempt
-        max_attempts = 8,                          # then the job dies with the last answer
-        backoff_s = [5, 30, 120, 600, 1800],       # waits between attempts (the last repeats)
-        wait_for_downloads_s = 900,                # see below
-    } }]
+    [[routes.handlers]]
+    name = "forward"
+    [routes.handlers.options]
+    url = "https://app.example/hooks/sonic"   # required
+    secret_env = "FORWARD_SECRET"             # the variable holding the whsec_ secret
+    # secret = "whsec_..."                    # or the secret itself (keep the file private)
+    timeout_s = 10                            # per attempt
+    max_attempts = 8                          # then the job dies with the last answer
+    backoff_s = [5, 30, 120, 600, 1800]       # waits between attempts (the last repeats)
+    wait_for_downloads_s = 900                # see below
 
 Delivery: a 2xx is success (recorded, never sent again for this job). A 5xx, 408, 425, 429,
 a timeout or a connection failure is retried after ``Retry-After`` when the answer has one
@@ -58,17 +59,19 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
+import msgspec
 
 from receiver.context import Event, HandlerContext
+from receiver.conversion import FieldError, HttpUrl, PositiveInt, Seconds, Table, Text
 from receiver.errors import SettingsError
 from receiver.fetching import FetchError, NetPolicy, safe_url
 from receiver.jobs import FINISHED, PermanentError, Retry
 from receiver.models import StoredFile, TaskView
+from receiver.registry import handler
 from receiver.signatures import sign_standard
 
 VERSION = 1
@@ -76,53 +79,34 @@ RETRYABLE = frozenset({408, 425, 429})
 MAX_RETRY_AFTER_S = 3600.0
 WAIT_STEP_S = 2.0
 DOWNLOAD_HANDLER = "download_audio"
-_KEYS = frozenset({"url", "secret", "secret_env", "timeout_s", "max_attempts", "backoff_s",
-                   "wait_for_downloads_s"})
 
 
-@dataclass(frozen=True, kw_only=True)
-class Options:
-    url: str
-    secret: str
-    timeout_s: float = 10.0
-    max_attempts: int = 8
-    backoff_s: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0, 1800.0)
-    wait_for_downloads_s: float = 900.0
+class ForwardOptions(Table, kw_only=True, frozen=True):
+    """The handler's options; ``secret`` or ``secret_env`` names the ``whsec_`` secret."""
 
-    @classmethod
-    def parse(cls, raw: Mapping[str, Any], env: Mapping[str, str]) -> Options:
-        """Raises :class:`SettingsError` naming the wrong option."""
-        unknown = set(raw) - _KEYS
-        if unknown:
-            raise SettingsError(f"forward: unknown options {', '.join(sorted(unknown))} "
-                                f"(known: {', '.join(sorted(_KEYS))})")
-        url = raw.get("url")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise SettingsError("forward: option url must be an http(s) URL")
-        secret = raw.get("secret")
-        if secret is None and isinstance(raw.get("secret_env"), str):
-            secret = env.get(raw["secret_env"])
-            if not secret:
-                raise SettingsError(f"forward: the variable {raw['secret_env']} is not set")
-        if not isinstance(secret, str) or not secret:
-            raise SettingsError("forward: set option secret_env (or secret) to a whsec_ secret")
-        defaults = cls(url=url, secret=secret)
-        numbers: dict[str, Any] = {}
-        for name in ("timeout_s", "wait_for_downloads_s"):
-            value = raw.get(name, getattr(defaults, name))
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise SettingsError(f"forward: option {name} must be a number >= 0")
-            numbers[name] = float(value)
-        attempts = raw.get("max_attempts", defaults.max_attempts)
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-            raise SettingsError("forward: option max_attempts must be a positive integer")
-        backoff = raw.get("backoff_s", list(defaults.backoff_s))
-        if (not isinstance(backoff, list) or not backoff
-                or not all(isinstance(b, int | float) and not isinstance(b, bool) and b >= 0
-                           for b in backoff)):
-            raise SettingsError("forward: option backoff_s must be a list of seconds")
-        return cls(url=url, secret=secret, max_attempts=attempts,
-                   backoff_s=tuple(float(b) for b in backoff), **numbers)
+    url: HttpUrl
+    secret: Text | None = None
+    secret_env: Text | None = None
+    timeout_s: Seconds = 10.0
+    max_attempts: PositiveInt = 8
+    backoff_s: Annotated[tuple[Seconds, ...], msgspec.Meta(
+        min_length=1, description="a non-empty list of seconds")] = (5.0, 30.0, 120.0, 600.0,
+                                                                      1800.0)
+    wait_for_downloads_s: Seconds = 900.0
+
+    def __post_init__(self) -> None:
+        if self.secret is None and self.secret_env is None:
+            raise FieldError("secret_env", "set secret_env (or secret) to a whsec_ secret")
+
+    def secret_in(self, env: Mapping[str, str]) -> str:
+        """The secret: given as it is, or read from the variable ``secret_env`` of ``env``
+        (when the job runs: a deploy checks the file without the secrets)."""
+        if self.secret is not None:
+            return self.secret
+        value = env.get(self.secret_env or "")
+        if not value:
+            raise PermanentError(f"forward: the variable {self.secret_env} is not set")
+        return value
 
 
 class ForwardFailed(Exception):
@@ -134,10 +118,12 @@ class ForwardFailed(Exception):
         self.retry_after = retry_after
 
 
+@handler(options=ForwardOptions)
 async def handle(event: Event, ctx: HandlerContext) -> None:
     """POST ``event``'s task as a signed event to the configured URL (see the module)."""
+    options: ForwardOptions = ctx.options
+    secret = options.secret_in(os.environ)
     try:
-        options = Options.parse(ctx.options, os.environ)
         policy = NetPolicy.from_config(ctx.config)
     except SettingsError as exc:
         raise PermanentError(exc.message) from exc
@@ -154,7 +140,7 @@ async def handle(event: Event, ctx: HandlerContext) -> None:
                       sort_keys=True, separators=(",", ":")).encode()
     msg_id = "msg_" + hashlib.sha256(event.key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     attempts = int(state.get("attempts", 0)) + 1
-    headers = sign_standard(options.secret, msg_id, body, int(ctx.clock.now()))
+    headers = sign_standard(secret, msg_id, body, int(ctx.clock.now()))
     try:
         status = await _post(ctx.http, options.url, body, headers, policy=policy,
                              timeout_s=options.timeout_s, now=ctx.clock.now())
@@ -177,7 +163,7 @@ async def handle(event: Event, ctx: HandlerContext) -> None:
                  url=safe_url(options.url))
 
 
-async def _wait_for_downloads(ctx: HandlerContext, options: Options) -> None:
+async def _wait_for_downloads(ctx: HandlerContext, options: ForwardOptions) -> None:
     """Run again later while a download job of this task is unfinished (up to the wait)."""
     jobs = await ctx.store.list_jobs(task_id=ctx.job.task_id)
     busy = [j for j in jobs if j.handler == DOWNLOAD_HANDLER and j.state not in FINISHED]

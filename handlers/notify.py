@@ -13,7 +13,8 @@ options, else from the config file's ``[notify]`` table, else from the default::
     on = ["task.succeeded", "task.failed"]
     handlers = [{ name = "notify", options = { targets = ["json://127.0.0.1:9000/hook"] } }]
 
-Settings (options and ``[notify]`` keys alike; anything else is refused as a typo):
+Settings (options and ``[notify]`` keys alike, :class:`NotifyOptions` and :class:`NotifyTable`;
+anything else is refused as a typo at start-up):
 
 ==========================  ============================================================
 ``targets``                 apprise URLs (a list, or one string); required somewhere
@@ -30,8 +31,8 @@ Settings (options and ``[notify]`` keys alike; anything else is refused as a typ
 
 Templates are :class:`string.Template` strings: ``$name`` or ``${name}``, ``$$`` for a dollar.
 They see a flat mapping of strings, never objects, so a template cannot reach attributes. A
-field that does not exist or a malformed placeholder kills the job at once with a
-:class:`PermanentError` naming the setting and the fields it may use. The fields:
+field that does not exist or a malformed placeholder stops start-up, naming the setting and the
+fields it may use. The fields:
 
 - ``task_id``, ``state`` (succeeded | failed), ``trigger``, ``route``, ``task_type``,
   ``platform`` (empty when unknown), ``error`` (why it failed; empty when it succeeded)
@@ -69,14 +70,19 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from string import Template
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import apprise
 
 from receiver.context import Event, HandlerContext
+from receiver.conversion import Domain, Seconds, Table, Text, shown
 from receiver.errors import ReceiverError
 from receiver.jobs import PermanentError, Retry
 from receiver.models import Clip, StoredFile, TaskView
+from receiver.registry import handler
+
+if TYPE_CHECKING:
+    from typing import Self
 
 TRIGGERS = frozenset({"task.succeeded", "task.failed"})
 FORMATS: Mapping[str, apprise.NotifyFormat] = {
@@ -86,7 +92,6 @@ FORMATS: Mapping[str, apprise.NotifyFormat] = {
 }
 TEMPLATE_KEYS = ("title_template", "body_template", "failed_title_template",
                  "failed_body_template", "clip_template")
-KEYS = frozenset({"targets", "format", "wait_for_files_s", *TEMPLATE_KEYS})
 
 DEFAULT_TEMPLATES: Mapping[str, str] = {
     "title_template": '🎵 "${title}" succeeded',
@@ -108,6 +113,51 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]{0,31})://")
 
 class NotificationFailed(ReceiverError):
     """A notification target did not accept the message (the job is retried)."""
+
+
+class TaskTemplate(str, Domain):
+    """A message template over the task's fields."""
+
+    description = "a template ($name or ${name}; $$ for a dollar sign)"
+    json_schema: ClassVar[dict[str, Any]] = {"description": description, "type": "string"}
+    fields: ClassVar[frozenset[str]] = TASK_FIELDS
+
+    @classmethod
+    def parse(cls, value: object) -> Self:
+        if not isinstance(value, str):
+            raise ValueError(f"expected {cls.description}, got {shown(value)}")
+        template = Template(value)
+        if not template.is_valid():
+            raise ValueError("has a malformed placeholder: write $name or ${name}, and $$ for a "
+                             "dollar sign")
+        unknown = sorted(set(template.get_identifiers()) - cls.fields)
+        if unknown:
+            raise ValueError(f"uses unknown field(s) {', '.join('$' + u for u in unknown)}; "
+                             f"fields: {', '.join(sorted(cls.fields))}")
+        return cls(value)
+
+
+class ClipTemplate(TaskTemplate):
+    """The template of one clip's block in ``${clips}``: the clip's fields too."""
+
+    fields = CLIP_FIELDS
+
+
+class NotifyTable(Table, kw_only=True, frozen=True):
+    """``[notify]``: what every notify route uses unless its options say otherwise."""
+
+    targets: Text | list[Text] | None = None  # apprise URLs
+    title_template: TaskTemplate | None = None
+    body_template: TaskTemplate | None = None
+    failed_title_template: TaskTemplate | None = None
+    failed_body_template: TaskTemplate | None = None
+    clip_template: ClipTemplate | None = None
+    format: Literal["text", "markdown", "html"] | None = None
+    wait_for_files_s: Seconds | None = None
+
+
+class NotifyOptions(NotifyTable, kw_only=True, frozen=True):
+    """A route's options: the keys of ``[notify]``, each replacing the table's value."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,12 +201,13 @@ def scheme_of(url: str) -> str:
     return match.group(1).lower() if match else "?"
 
 
+@handler(options=NotifyOptions, table=NotifyTable)
 async def handle(event: Event, ctx: HandlerContext) -> None:
     """Send the message for ``event`` to each target that has not accepted it yet."""
     if event.trigger not in TRIGGERS:
         ctx.log.debug("notify_ignored", trigger=event.trigger)
         return
-    settings = settings_from(ctx.options, ctx.config)
+    settings = settings_from(ctx.options, ctx.table)
     view = await ctx.task()
     files = [f for f in await ctx.files() if f.kind == "audio"]
     if event.trigger == "task.succeeded" and settings.wait_for_files_s > 0:
@@ -200,78 +251,26 @@ async def handle(event: Event, ctx: HandlerContext) -> None:
         )
 
 
-def settings_from(options: Mapping[str, Any], config: Mapping[str, Any]) -> NotifySettings:
-    """Route options over ``[notify]`` over defaults; a bad value is a :class:`PermanentError`
-    naming where it came from."""
-    table = config.get("notify", {})
-    if not isinstance(table, Mapping):
-        raise PermanentError("notify: [notify] in the config file must be a table")
-    for where, source in (("route options", options), ("[notify]", table)):
-        unknown = set(source) - KEYS
-        if unknown:
-            raise PermanentError(
-                f"notify: unknown setting(s) in {where}: {', '.join(sorted(unknown))} "
-                f"(known: {', '.join(sorted(KEYS))})"
-            )
+def settings_from(options: NotifyOptions, table: NotifyTable) -> NotifySettings:
+    """Route options over ``[notify]`` over defaults, key by key (each value was checked by its
+    type at start-up); no target anywhere is a :class:`PermanentError`."""
 
-    def pick(key: str) -> tuple[str, Any]:
-        if options.get(key) not in (None, [], ""):
-            return f"route option {key}", options[key]
-        if table.get(key) not in (None, [], ""):
-            return f"[notify] {key}", table[key]
-        return f"default {key}", None
+    def pick(key: str) -> Any:
+        return next((value for value in (getattr(options, key), getattr(table, key))
+                     if value not in (None, [])), None)
 
-    where, raw_targets = pick("targets")
-    if raw_targets is None:
+    targets = pick("targets")
+    if targets is None:
         raise PermanentError(
             "notify: no targets configured: give the route options.targets or [notify] targets "
             "(apprise URLs such as json://host/path, mailtos://..., ntfy://...)"
         )
-    if isinstance(raw_targets, str):
-        raw_targets = [raw_targets]
-    if not isinstance(raw_targets, list) or not all(
-        isinstance(t, str) and t.strip() for t in raw_targets
-    ):
-        raise PermanentError(f"notify: {where} must be a list of apprise URLs")
-
-    templates: dict[str, Template] = {}
-    for key in TEMPLATE_KEYS:
-        where, text = pick(key)
-        if text is None:
-            text = DEFAULT_TEMPLATES[key]
-        allowed = CLIP_FIELDS if key == "clip_template" else TASK_FIELDS
-        templates[key] = _template(text, allowed, where)
-
-    where, fmt = pick("format")
-    fmt = fmt or "text"
-    if fmt not in FORMATS:
-        raise PermanentError(f"notify: {where} must be one of {', '.join(FORMATS)}")
-    where, wait = pick("wait_for_files_s")
-    wait = 0 if wait is None else wait
-    if isinstance(wait, bool) or not isinstance(wait, int | float) or wait < 0:
-        raise PermanentError(f"notify: {where} must be a number of seconds >= 0")
     return NotifySettings(
-        targets=tuple(t.strip() for t in raw_targets), templates=templates,
-        body_format=FORMATS[fmt], wait_for_files_s=float(wait),
+        targets=tuple(t.strip() for t in ([targets] if isinstance(targets, str) else targets)),
+        templates={key: Template(pick(key) or DEFAULT_TEMPLATES[key]) for key in TEMPLATE_KEYS},
+        body_format=FORMATS[pick("format") or "text"],
+        wait_for_files_s=float(pick("wait_for_files_s") or 0),
     )
-
-
-def _template(text: Any, allowed: frozenset[str], where: str) -> Template:
-    if not isinstance(text, str):
-        raise PermanentError(f"notify: {where} must be a string")
-    template = Template(text)
-    if not template.is_valid():
-        raise PermanentError(
-            f"notify: {where} has a malformed placeholder: write $name or ${{name}}, "
-            "and $$ for a dollar sign"
-        )
-    unknown = sorted(set(template.get_identifiers()) - allowed)
-    if unknown:
-        raise PermanentError(
-            f"notify: {where} uses unknown field(s) {', '.join('$' + u for u in unknown)}; "
-            f"fields: {', '.join(sorted(allowed))}"
-        )
-    return template
 
 
 def compose(

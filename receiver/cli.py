@@ -1,8 +1,12 @@
 """The ``sonic-receiver`` command (also ``python -m receiver``).
 
 ``serve`` runs the receiver; ``sandbox`` (in :mod:`receiver.sonic.cli`) takes the rest of the
-command line as its own, so that each module owns its options. A bad setting stops start-up
-with one line on stderr and exit status 2, and so does a database that cannot be opened.
+command line as its own, so that each module owns its options. Every command that runs the
+receiver (``serve``, ``worker``, ``migrate``, ``prune``) first loads the settings and checks the
+whole config file against the installed handlers, before it opens anything; ``config check``
+does that alone, for a deploy pipeline, and ``config schema`` prints the file's JSON Schema. A
+bad setting stops with one line on stderr and exit status 2, and so does a database that cannot
+be opened.
 """
 
 from __future__ import annotations
@@ -116,6 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="count, delete nothing")
     prune.set_defaults(run=_prune)
 
+    config = sub.add_parser("config", help="check the config file, or print its JSON Schema")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = config_sub.add_parser(
+        "check", help="check a config file (and the environment) as start-up does, and exit",
+        description="Loads the settings (environment over the file's [receiver] table) and "
+        "every installed handler, then checks the whole file: exit 0 with one line when it "
+        "can start, 2 with one line naming the bad key otherwise. Nothing is opened.")
+    check.add_argument("file", nargs="?", type=Path,
+                       help="the TOML config file (default $RECEIVER_CONFIG)")
+    check.set_defaults(run=_config_check)
+    schema = config_sub.add_parser(
+        "schema", help="print the config file's JSON Schema",
+        description="The JSON Schema (2020-12) of receiver.toml for the installed handlers "
+        "(and those of FILE's [handlers] paths), for editors and CI.")
+    schema.add_argument("file", nargs="?", type=Path,
+                        help="a config file whose [handlers] paths to include")
+    schema.set_defaults(run=_config_schema)
+
     sub.add_parser("sandbox", help="run a local server that plays the Sonic API", add_help=False)
     sub.add_parser("replay", help="recover missed events: reconcile, redispatch, resend",
                    add_help=False)
@@ -134,11 +156,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    loaded = _load(args, insecure_no_verify=args.insecure_no_verify,
+                   insecure_open_admin=True if args.insecure_open_admin else None)
+    # The app and the server load after the check: a bad file stops before they are imported.
     from receiver import server
     from receiver.app import create_app
 
-    loaded = _load(args, insecure_no_verify=args.insecure_no_verify,
-                   insecure_open_admin=True if args.insecure_open_admin else None)
     _announce_admin(loaded, args.host, args.port)
     if args.workers < 1:
         raise SettingsError("--workers must be at least 1")
@@ -208,7 +231,9 @@ def _announce_admin(loaded: Settings, host: str, port: int) -> None:
 
 
 def _load(args: argparse.Namespace, **extra: object) -> Settings:
+    """The settings, once the whole config file is checked against the installed handlers."""
     from receiver import settings
+    from receiver.registry import load_checked
 
     loaded = settings.load(
         config_file=args.config,
@@ -219,8 +244,39 @@ def _load(args: argparse.Namespace, **extra: object) -> Settings:
             **extra,
         },
     )
+    load_checked(loaded.config)
     configure_logs(loaded)
     return loaded
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from receiver import settings
+    from receiver.registry import load_checked
+
+    file = args.file or (Path(os.environ["RECEIVER_CONFIG"])
+                         if os.environ.get("RECEIVER_CONFIG") else None)
+    if file is None:
+        raise SettingsError("no config file: give FILE or set RECEIVER_CONFIG")
+    # Whether a webhook secret is set is the server's concern, not the file's.
+    loaded = settings.load(config_file=file, overrides={"insecure_no_verify": True})
+    registry = load_checked(loaded.config)
+    routes = loaded.config.get("routes")
+    count = ("the default routes" if routes is None
+             else f"{len(routes)} route{'' if len(routes) == 1 else 's'}")
+    print(f"sonic-receiver: {file}: OK ({count}; handlers: {', '.join(registry.names)})")
+    return 0
+
+
+def _config_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from receiver.config import schema
+    from receiver.registry import load_registry
+    from receiver.settings import read_config
+
+    registry = load_registry(read_config(args.file) if args.file else {})
+    print(json.dumps(schema(registry), indent=2, ensure_ascii=False))
+    return 0
 
 
 def configure_logs(loaded: Settings) -> None:
@@ -270,19 +326,19 @@ def _prune(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from receiver.settings import parse_duration
+    from receiver.conversion import Duration, convert
     from receiver.storage.roles import storage_for
 
     loaded = _load(args, insecure_no_verify=True)
-    older = parse_duration("--older-than", args.older_than)
-    keep = parse_duration("--keep-ids", args.keep_ids)
+    older = convert(args.older_than, Duration, path="--older-than")
+    keep = convert(args.keep_ids, Duration, path="--keep-ids")
     if keep < older:
         raise SettingsError("--keep-ids must be at least --older-than")
 
     async def run() -> dict[str, object]:
         async with storage_for(loaded) as storage:
             report = await storage.admin.prune(older_than_s=older, keep_ids_s=keep,
-                                       dry_run=args.dry_run)
+                                               dry_run=args.dry_run)
             return dataclasses.asdict(report)
 
     print(json.dumps(asyncio.run(run())))

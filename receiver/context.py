@@ -43,9 +43,15 @@ class Event:
 
 @dataclass(kw_only=True)
 class HandlerContext:
-    """Everything a handler may use. ``sonic`` is the Sonic API client, when configured."""
+    """Everything a handler may use. ``sonic`` is the Sonic API client, when configured.
 
-    options: Mapping[str, Any]
+    ``options`` are the route's options for this handler, parsed once: an instance of the
+    Struct the handler declared (:func:`receiver.registry.handler`), or the mapping as written
+    for a handler that declared none. ``table`` is the handler's own table of the config file
+    (``[notify]``), as its declared Struct, or None.
+    """
+
+    options: Any
     http: httpx.AsyncClient
     sonic: SonicClient | None
     settings: Settings
@@ -54,6 +60,7 @@ class HandlerContext:
     store: HandlerOutput = field(repr=False)
     router: Router | None = field(default=None, repr=False)
     job: Job = field(repr=False)
+    table: Any = None
 
     @property
     def media_dir(self) -> Path:

@@ -51,7 +51,9 @@ from typing import Any, ClassVar
 import httpx
 import structlog
 
-from receiver.errors import ReceiverError, SettingsError
+from receiver.config import NetworkTable
+from receiver.conversion import convert
+from receiver.errors import ReceiverError
 from receiver.redact import scrub_url
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -128,27 +130,19 @@ class NetPolicy:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> NetPolicy:
-        """The policy of a parsed config file's ``[network]`` table::
+        """The policy of a parsed config file's ``[network]`` table
+        (:class:`receiver.config.NetworkTable`)::
 
             [network]
             allow_networks = ["127.0.0.0/8"]
             allow_hosts = ["media.lan"]
         """
-        table = config.get("network", {})
-        if not isinstance(table, Mapping):
-            raise SettingsError("config: [network] must be a table")
-        networks = _string_list(table.get("allow_networks"), "network.allow_networks")
-        hosts = _string_list(table.get("allow_hosts"), "network.allow_hosts")
-        parsed: list[IPNetwork] = []
-        for text in networks:
-            try:
-                parsed.append(ipaddress.ip_network(text.strip(), strict=False))
-            except ValueError as exc:
-                raise SettingsError(
-                    f"config: network.allow_networks: {text!r} is not a network ({exc})"
-                ) from exc
-        return cls(allow_networks=tuple(parsed),
-                   allow_hosts=frozenset(_normal_host(h) for h in hosts))
+        return cls.from_table(convert(config.get("network", {}), NetworkTable, path="network"))
+
+    @classmethod
+    def from_table(cls, table: NetworkTable) -> NetPolicy:
+        return cls(allow_networks=tuple(n.network for n in table.allow_networks),
+                   allow_hosts=frozenset(_normal_host(h) for h in table.allow_hosts))
 
     def refusal(self, address: IPAddress) -> str | None:
         """Why ``address`` may not be connected to, or None when it may."""
@@ -268,14 +262,6 @@ def _literal(host: str) -> IPAddress | None:
 
 def _normal_host(host: str) -> str:
     return host.strip().lower().rstrip(".")
-
-
-def _string_list(value: Any, where: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise SettingsError(f"config: {where} must be a list of strings")
 
 
 # ``url`` as logs and error messages may show it: no userinfo, query or fragment (signed CDN

@@ -1,4 +1,4 @@
-"""The handler registry: names → async callables.
+"""The handler registry: names → async callables, each with its declared options and table.
 
 Handlers load one way, built-in or not: the entry-point group ``sonic_receiver.handlers`` (the
 entry point's name is the handler's name), plus ``module:function`` paths in the config file::
@@ -6,8 +6,12 @@ entry point's name is the handler's name), plus ``module:function`` paths in the
     [handlers.archive]
     path = "my_package.archive:handle"
 
-Two handlers with one name, a path that does not import, or a route naming a handler that is not
-registered stop start-up with a :class:`SettingsError` saying which.
+A handler declares the Struct its route options must fit, and optionally a table of its own
+(``[<handler name>]`` in the config file), with :func:`handler`; one that declares nothing
+takes any options, as a plain mapping. :func:`load_checked` is what start-up runs: every
+handler loaded, then the whole file checked against them (:func:`receiver.config.check`). Two
+handlers with one name, a path that does not import, a route naming a handler that is not
+registered or options that do not fit stop start-up with a :class:`SettingsError` saying which.
 """
 
 from __future__ import annotations
@@ -15,20 +19,105 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
-from receiver.context import Event, HandlerContext
+import msgspec
+
+from receiver.config import HandlerPath, check
+from receiver.conversion import ConfigError, convert
 from receiver.errors import SettingsError
+from receiver.jobs import PermanentError
+
+if TYPE_CHECKING:
+    from receiver.context import Event, HandlerContext
 
 ENTRY_POINT_GROUP = "sonic_receiver.handlers"
 
-Handler = Callable[[Event, HandlerContext], Awaitable[None]]
-F = TypeVar("F", bound=Handler)
+Handler: TypeAlias = "Callable[[Event, HandlerContext], Awaitable[None]]"
+F = TypeVar("F", bound=Callable[..., Awaitable[None]])
+_SPEC = "__sonic_receiver_handler__"
+
+
+@dataclass(frozen=True, kw_only=True)
+class HandlerSpec:
+    """What a handler declared: the Struct its options must fit (None: any table, given as a
+    mapping) and the Struct of its own table in the config file (None: it has none)."""
+
+    options: type[msgspec.Struct] | None = None
+    table: type[msgspec.Struct] | None = None
+
+    def options_from(self, raw: Mapping[str, Any]) -> Any:
+        """A job's stored options as the handler takes them. Options that no longer fit (the
+        job was written under another config) give an :class:`Unfit` that ends the job."""
+        if self.options is None:
+            return raw
+        try:
+            return convert(raw, self.options, path="options")
+        except ConfigError as exc:
+            return Unfit(exc.message)
+
+    def table_from(self, name: str, config: Mapping[str, Any]) -> Any:
+        """The handler's table ``[name]`` of the parsed ``config``, or None if it has none."""
+        if self.table is None:
+            return None
+        try:
+            return convert(config.get(name, {}), self.table, path=name)
+        except ConfigError as exc:
+            return Unfit(exc.message)
+
+
+UNDECLARED = HandlerSpec()
+
+
+class Unfit:
+    """Stands for options or a table that do not fit the handler's declaration (a job written
+    under another config, or a context built without the start-up check): any use of it ends
+    the job at once with the reason, instead of a retry that could not help."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __getattr__(self, name: str) -> Any:
+        raise PermanentError(self.reason)
+
+    def __repr__(self) -> str:
+        return f"Unfit({self.reason!r})"
+
+
+def handler(*, options: type[msgspec.Struct] | None = None,
+            table: type[msgspec.Struct] | None = None) -> Callable[[F], F]:
+    """Declare a handler's options Struct and, optionally, the Struct of its own table::
+
+        @handler(options=DownloadOptions)
+        async def handle(event: Event, ctx: HandlerContext) -> None:
+            options: DownloadOptions = ctx.options
+
+    The function is returned as it is, with the declaration attached for the registry. Route
+    options and the table are checked at start-up; ``ctx.options`` and ``ctx.table`` are then
+    instances of these Structs.
+    """
+    for kind, declared in (("options", options), ("table", table)):
+        if declared is not None and not (isinstance(declared, type)
+                                         and issubclass(declared, msgspec.Struct)):
+            raise TypeError(f"handler {kind} must be a msgspec.Struct subclass, not {declared!r}")
+
+    def declare(function: F) -> F:
+        setattr(function, _SPEC, HandlerSpec(options=options, table=table))
+        return function
+
+    return declare
+
+
+def spec_of(function: object) -> HandlerSpec:
+    """What ``function`` declared with :func:`handler`, or :data:`UNDECLARED`."""
+    spec = getattr(function, _SPEC, UNDECLARED)
+    return spec if isinstance(spec, HandlerSpec) else UNDECLARED
 
 
 class Registry:
-    """Handlers by name, each with where it came from (for error messages)."""
+    """Handlers by name, each with its declaration and where it came from (for errors)."""
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
@@ -48,6 +137,10 @@ class Registry:
 
     def get(self, name: str) -> Handler | None:
         return self._handlers.get(name)
+
+    def spec(self, name: str) -> HandlerSpec:
+        """What the handler ``name`` declared (:data:`UNDECLARED` for an unknown name)."""
+        return spec_of(self._handlers.get(name))
 
     def __contains__(self, name: object) -> bool:
         return name in self._handlers
@@ -70,33 +163,35 @@ def load_registry(config: Mapping[str, Any], *, group: str = ENTRY_POINT_GROUP) 
     registry = Registry()
     for ep in entry_points(group=group):
         try:
-            handler = ep.load()
+            loaded = ep.load()
         except Exception as exc:
             raise SettingsError(
                 f"handler entry point {ep.name} = {ep.value} cannot be loaded: {exc}"
             ) from exc
         dist = ep.dist.name if ep.dist is not None else "?"
-        registry.register(ep.name, handler, origin=f"entry point {ep.value} ({dist})")
-    tables = config.get("handlers", {})
-    if not isinstance(tables, dict):
-        raise SettingsError("config: [handlers] must be a table of tables")
+        registry.register(ep.name, loaded, origin=f"entry point {ep.value} ({dist})")
+    tables: dict[str, Any] = convert(config.get("handlers", {}), dict[str, Any], path="handlers")
     for name, table in tables.items():
-        path = table.get("path") if isinstance(table, dict) else None
-        if not isinstance(path, str):
-            raise SettingsError(f'config: [handlers.{name}] needs path = "module:function"')
-        registry.register(name, import_path(path, where=f"[handlers.{name}]"),
+        path: str = convert(table, HandlerPath, path=f"handlers.{name}").path
+        registry.register(name, import_path(path, where=f"handlers.{name}.path"),
                           origin=f"config {path}")
+    return registry
+
+
+def load_checked(config: Mapping[str, Any], *, group: str = ENTRY_POINT_GROUP) -> Registry:
+    """The registry of ``config``, once the whole file is checked against its handlers: what
+    every command runs at start, before anything else."""
+    registry = load_registry(config, group=group)
+    check(config, registry)
     return registry
 
 
 def import_path(path: str, *, where: str) -> Any:
     module_name, _, attribute = path.partition(":")
-    if not module_name or not attribute:
-        raise SettingsError(f"config: {where} path {path!r} is not module:function")
     try:
         target: Any = importlib.import_module(module_name)
         for part in attribute.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError) as exc:
-        raise SettingsError(f"config: {where} path {path!r} cannot be imported: {exc}") from exc
+        raise SettingsError(f"{where}: {path!r} cannot be imported: {exc}") from exc
     return target

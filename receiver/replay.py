@@ -421,10 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from receiver import logs, settings
+    from receiver.registry import load_checked
 
     try:
         loaded = settings.load(config_file=args.config,
                                overrides={"db": args.db, "insecure_no_verify": True})
+        load_checked(loaded.config)  # the whole file, before the database
     except SettingsError as exc:
         print(f"sonic-receiver replay: error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE

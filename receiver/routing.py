@@ -12,26 +12,29 @@ tables of the config file::
     tags = ["pop"]
     handlers = ["download_audio", { name = "notify", options = { targets = ["json://..."] } }]
 
-With no routes configured, succeeded tasks are downloaded (:data:`DEFAULT_ROUTES`).
+With no routes configured, succeeded tasks are downloaded (:data:`DEFAULT_ROUTES`). The
+tables' shape is :class:`receiver.config.RouteTable`; a route's options are kept as written
+(a job stores them so), and checked against the handler's own at start-up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from receiver.errors import SettingsError
+from receiver.config import HandlerItem, RoutesFile, RouteTable, Trigger, route_names
+from receiver.conversion import convert
 from receiver.jobs import JobSpec, RetryPolicy, job_key
 from receiver.models import Transition
 from receiver.states import Entity, State
 
 TRIGGERS: Mapping[State, str] = {
-    State.RUNNING: "task.streaming",
-    State.SUCCEEDED: "task.succeeded",
-    State.FAILED: "task.failed",
+    State.RUNNING: Trigger.STREAMING.value,
+    State.SUCCEEDED: Trigger.SUCCEEDED.value,
+    State.FAILED: Trigger.FAILED.value,
 }
-KNOWN_TRIGGERS = frozenset(TRIGGERS.values())
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,68 +133,33 @@ class Router:
 
 
 def routes_from_config(config: Mapping[str, Any]) -> tuple[Route, ...]:
-    """The ``[[routes]]`` of a parsed config file, or :data:`DEFAULT_ROUTES` when absent."""
-    raw = config.get("routes")
-    if raw is None:
+    """The ``[[routes]]`` of a parsed config file, or :data:`DEFAULT_ROUTES` when absent; raises
+    :class:`receiver.config.ConfigError` naming the path of a bad key."""
+    parsed: RoutesFile = convert({"routes": config["routes"]} if "routes" in config else {},
+                                 RoutesFile)
+    if parsed.routes is None:
         return DEFAULT_ROUTES
-    if not isinstance(raw, list):
-        raise SettingsError("config: routes must be an array of tables ([[routes]])")
-    routes = tuple(_route(item, index) for index, item in enumerate(raw))
-    names = [r.name for r in routes]
-    if len(set(names)) != len(names):
-        raise SettingsError("config: two routes have the same name")
-    return routes
+    return tuple(_route(table, name)
+                 for table, name in zip(parsed.routes, route_names(parsed.routes), strict=True))
 
 
-def _route(item: Any, index: int) -> Route:
-    where = f"config: routes[{index}]"
-    if not isinstance(item, dict):
-        raise SettingsError(f"{where} must be a table")
-    unknown = set(item) - {"name", "on", "task_type", "platform", "tags", "handlers"}
-    if unknown:
-        raise SettingsError(f"{where} has unknown keys: {', '.join(sorted(unknown))}")
-    name = str(item.get("name") or f"route-{index}")
-    on = _strings(item.get("on"), f"{where}.on")
-    if not on:
-        raise SettingsError(f"{where}.on must name at least one trigger")
-    bad = on - KNOWN_TRIGGERS
-    if bad:
-        raise SettingsError(
-            f"{where}.on: unknown trigger {sorted(bad)[0]!r} "
-            f"(choose from {', '.join(sorted(KNOWN_TRIGGERS))})"
-        )
-    handlers = item.get("handlers")
-    if not isinstance(handlers, list) or not handlers:
-        raise SettingsError(f"{where}.handlers must list at least one handler")
+def _route(table: RouteTable, name: str) -> Route:
     return Route(
         name=name,
-        on=on,
-        handlers=tuple(_handler_ref(h, f"{where}.handlers[{i}]") for i, h in enumerate(handlers)),
-        task_types=_strings(item.get("task_type"), f"{where}.task_type"),
-        platforms=_strings(item.get("platform"), f"{where}.platform"),
-        tags=frozenset(t.lower() for t in _strings(item.get("tags"), f"{where}.tags")),
+        on=frozenset(Trigger(t).value for t in _listed(table.on)),
+        handlers=tuple(_handler_ref(item) for item in table.handlers),
+        task_types=frozenset(_listed(table.task_type)),
+        platforms=frozenset(_listed(table.platform)),
+        tags=frozenset(tag.lower() for tag in _listed(table.tags)),
     )
 
 
-def _handler_ref(item: Any, where: str) -> HandlerRef:
-    if isinstance(item, str) and item:
+def _handler_ref(item: str | HandlerItem) -> HandlerRef:
+    if isinstance(item, str):
         return HandlerRef(name=item)
-    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-        raise SettingsError(f"{where} must be a handler name or a table with a name")
-    options = item.get("options", {})
-    if not isinstance(options, dict):
-        raise SettingsError(f"{where}.options must be a table")
-    attempts = item.get("max_attempts")
-    if attempts is not None and (not isinstance(attempts, int) or attempts < 1):
-        raise SettingsError(f"{where}.max_attempts must be a positive integer")
-    return HandlerRef(name=item["name"], options=options, max_attempts=attempts)
+    return HandlerRef(name=item.name, options=item.options, max_attempts=item.max_attempts)
 
 
-def _strings(value: Any, where: str) -> frozenset[str]:
-    if value is None:
-        return frozenset()
-    if isinstance(value, str):
-        return frozenset({value})
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return frozenset(value)
-    raise SettingsError(f"{where} must be a string or a list of strings")
+def _listed(value: T | list[T]) -> list[T]:
+    """A key that takes one value or a list of them, as a list."""
+    return value if isinstance(value, list) else [value]

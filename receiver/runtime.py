@@ -38,11 +38,14 @@ class Runtime:
     worker: Worker | None = None
 
     def context_for(self, job: Job) -> HandlerContext:
-        """The context a job's handler runs with."""
+        """The context a job's handler runs with: its stored options (and its table) as the
+        handler declared them."""
+        spec = self.registry.spec(job.handler)
         return HandlerContext(
-            options=job.options, http=self.http, sonic=self.sonic, settings=self.settings,
-            clock=self.clock, log=structlog.get_logger("receiver.handler"),
-            store=self.storage.outputs,
+            options=spec.options_from(job.options),
+            table=spec.table_from(job.handler, self.settings.config),
+            http=self.http, sonic=self.sonic, settings=self.settings, clock=self.clock,
+            log=structlog.get_logger("receiver.handler"), store=self.storage.outputs,
             router=self.router, job=job,
         )
 

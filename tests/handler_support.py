@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from receiver.clock import Clock, FakeClock
+from receiver.config import check
 from receiver.models import RecordResult
 from receiver.registry import Handler, Registry
 from receiver.routing import Router, routes_from_config
@@ -35,11 +36,13 @@ async def handler_runtime(
     sonic: Any = None,
     **settings: Any,
 ) -> AsyncIterator[Runtime]:
-    """A runtime whose worker runs only ``handlers`` for ``routes`` (``[[routes]]`` tables)."""
+    """A runtime whose worker runs only ``handlers`` for ``routes`` (``[[routes]]`` tables),
+    once the whole config is checked against them as start-up checks it."""
     loaded = settings_for(tmp_path, config={**(config or {}), "routes": list(routes)}, **settings)
     registry = Registry()
     for name, handler in handlers.items():
         registry.register(name, handler, origin="test")
+    check(loaded.config, registry)
     router = Router(routes_from_config(loaded.config), policy=loaded.retry)
     registry.check(router.handler_names)
     async with open_runtime(

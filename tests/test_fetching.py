@@ -79,13 +79,18 @@ def test_configured_networks_are_allowed_and_nothing_else() -> None:
 
 
 def test_the_config_table_is_checked() -> None:
+    """[network] goes through its schema: each refusal names the key's path."""
     assert NetPolicy.from_config({}) == NetPolicy()
-    with pytest.raises(SettingsError, match="not a network"):
-        NetPolicy.from_config({"network": {"allow_networks": ["127.0.0.0/33"]}})
-    with pytest.raises(SettingsError, match="list of strings"):
-        NetPolicy.from_config({"network": {"allow_hosts": "localhost"}})
-    with pytest.raises(SettingsError, match="must be a table"):
-        NetPolicy.from_config({"network": ["127.0.0.0/8"]})
+    for table, message in (
+        ({"allow_networks": ["10.0.0.0/8", "127.0.0.0/33"]},
+         r"^network\.allow_networks\[1\]: '127\.0\.0\.0/33' is not a network"),
+        ({"allow_hosts": "localhost"},
+         r"^network\.allow_hosts: expected a list \(a non-empty string each\), got 'localhost'$"),
+        (["127.0.0.0/8"], r"^network: expected a table, got \['127\.0\.0\.0/8'\]$"),
+        ({"allow_network": []}, r"^network\.allow_network: unknown key$"),
+    ):
+        with pytest.raises(SettingsError, match=message):
+            NetPolicy.from_config({"network": table})
 
 
 def resolver(table: dict[str, list[str]], asked: list[str] | None = None) -> Any:

@@ -9,13 +9,23 @@ import sys
 import textwrap
 import zipfile
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
+from receiver.config import check
 from receiver.context import Event, HandlerContext
+from receiver.conversion import ConfigError, PositiveInt, Table
 from receiver.errors import SettingsError
+from receiver.jobs import PermanentError
 from receiver.models import Source, Transition
-from receiver.registry import ENTRY_POINT_GROUP, Registry, load_registry
+from receiver.registry import (
+    ENTRY_POINT_GROUP,
+    HandlerSpec,
+    Registry,
+    handler,
+    load_registry,
+)
 from receiver.routing import DEFAULT_ROUTES, Router, TaskFacts, routes_from_config, split_tags
 from receiver.states import Entity, State
 
@@ -27,6 +37,36 @@ def transition(to: State, entity: Entity = Entity.TASK) -> Transition:
 
 FACTS = TaskFacts(task_id="t", task_type="create_music", platform="sonic",
                   tags=split_tags(["Pop, dreamy", None]))
+
+
+async def sample_handler(event: Event, ctx: HandlerContext) -> None:
+    return None
+
+
+class DeclaredOptions(Table, kw_only=True, frozen=True):
+    size: PositiveInt = 1
+    mode: Literal["fast", "slow"] = "fast"
+
+
+@handler(table=DeclaredOptions)
+async def tabled_handler(event: Event, ctx: HandlerContext) -> None:
+    return None
+
+
+async def other_handler(event: Event, ctx: HandlerContext) -> None:
+    return None
+
+
+@handler(options=DeclaredOptions)
+async def declared_handler(event: Event, ctx: HandlerContext) -> None:
+    return None
+
+
+def declared_registry() -> Registry:
+    registry = Registry()
+    registry.register("declared", declared_handler, origin="test")
+    registry.register("free", sample_handler, origin="test")
+    return registry
 
 
 def test_without_routes_succeeded_tasks_are_downloaded() -> None:
@@ -63,26 +103,97 @@ def test_routes_match_on_trigger_task_type_platform_and_tags() -> None:
 @pytest.mark.parametrize(
     ("routes", "message"),
     [
-        ({"routes": {"x": 1}}, "routes must be an array of tables"),
-        ({"routes": [{"on": ["task.done"], "handlers": ["a"]}]}, "unknown trigger 'task.done'"),
-        ({"routes": [{"on": [], "handlers": ["a"]}]}, "must name at least one trigger"),
-        ({"routes": [{"on": "task.failed"}]}, "handlers must list at least one handler"),
-        ({"routes": [{"on": "task.failed", "handlers": ["a"], "when": 1}]}, "unknown keys: when"),
-        ({"routes": [{"name": "x", "on": "task.failed", "handlers": ["a"]},
-                     {"name": "x", "on": "task.failed", "handlers": ["a"]}]}, "same name"),
+        ({"x": 1}, "routes: expected a list (a table each), got a table"),
+        ([{"on": ["task.done"], "handlers": ["a"]}],
+         "routes[0].on[0]: unknown trigger 'task.done' (choose from task.failed, "
+         "task.streaming, task.succeeded)"),
+        ([{"on": [], "handlers": ["a"]}], "routes[0].on: expected one of task.failed, "
+         "task.streaming, task.succeeded or a non-empty list of triggers, got []"),
+        ([{"on": "task.failed"}], "routes[0].handlers: is required"),
+        ([{"on": "task.failed", "handlers": []}],
+         "routes[0].handlers: expected a non-empty list of handlers, got []"),
+        ([{"on": "task.failed", "handlers": ["a"], "when": 1}], "routes[0].when: unknown key"),
+        ([{"on": "task.failed", "handlers": [{"name": "a", "max_attempts": 0}]}],
+         "routes[0].handlers[0].max_attempts: expected a positive integer, got 0"),
+        ([{"on": "task.failed", "handlers": [{"options": {}}]}],
+         "routes[0].handlers[0].name: is required"),
+        ([{"name": "x", "on": "task.failed", "handlers": ["a"]},
+          {"name": "x", "on": "task.failed", "handlers": ["a"]}],
+         "routes[1].name: two routes are named 'x'"),
     ],
 )
-def test_bad_routes_stop_start_up_with_the_reason(routes: dict[str, object], message: str) -> None:
-    with pytest.raises(SettingsError, match=message):
-        routes_from_config(routes)
+def test_bad_routes_stop_start_up_with_the_path(routes: object, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        routes_from_config({"routes": routes})
+    assert caught.value.message == message
 
 
-async def sample_handler(event: Event, ctx: HandlerContext) -> None:
-    return None
+@pytest.mark.parametrize(
+    ("handlers", "message"),
+    [
+        ([{"name": "declared", "options": {"sizee": 2}}],
+         "routes[0].handlers[0].options.sizee: unknown option"),
+        ([{"name": "declared", "options": {"size": "2"}}],
+         "routes[0].handlers[0].options.size: expected a positive integer, got '2'"),
+        (["declard"], "routes[0].handlers[0]: unknown handler 'declard' (choose from "
+                      "declared, free)"),
+        ([{"name": "fre"}], "routes[0].handlers[0].name: unknown handler 'fre' (choose from "
+                            "declared, free)"),
+        (["free", {"name": "declared", "options": {"mode": "loud"}}],
+         "routes[0].handlers[1].options.mode: unknown value 'loud' (choose from fast, slow)"),
+    ],
+)
+def test_handler_options_are_checked_against_the_handler_declaration(
+    handlers: list[object], message: str,
+) -> None:
+    route = {"on": "task.succeeded", "handlers": handlers}
+    with pytest.raises(ConfigError) as caught:
+        check({"routes": [route]}, declared_registry())
+    assert caught.value.message == message
 
 
-async def other_handler(event: Event, ctx: HandlerContext) -> None:
-    return None
+def test_declared_options_reach_the_handler_typed_and_undeclared_ones_as_written() -> None:
+    registry = declared_registry()
+    assert registry.spec("declared").options is DeclaredOptions
+    assert registry.get("declared") is declared_handler  # the decorator returns the function
+    parsed = registry.spec("declared").options_from({"size": 3})
+    assert parsed == DeclaredOptions(size=3)
+    assert registry.spec("free").options_from({"anything": [1]}) == {"anything": [1]}
+    unfit = registry.spec("declared").options_from({"size": 0})
+    with pytest.raises(PermanentError, match=r"^options\.size: expected a positive integer"):
+        _ = unfit.size
+    routes = [{"on": "task.succeeded", "handlers": [
+        "free", {"name": "declared", "options": {"size": 3}},
+        {"name": "free", "options": {"x": 1}}]}]
+    check({"routes": routes}, registry)  # passes: free takes any table
+
+
+def test_a_declaration_must_be_a_struct() -> None:
+    with pytest.raises(TypeError, match=r"must be a msgspec\.Struct subclass"):
+        handler(options=dict)  # type: ignore[arg-type]
+    assert registry_spec_of_plain_function().options is None
+
+
+def registry_spec_of_plain_function() -> HandlerSpec:
+    registry = Registry()
+    registry.register("plain", sample_handler, origin="test")
+    return registry.spec("plain")
+
+
+def test_a_handler_table_is_checked_and_cannot_take_a_core_name() -> None:
+    registry = Registry()
+    registry.register("tabled", tabled_handler, origin="test")
+    check({"tabled": {"size": 2}}, registry)
+    with pytest.raises(ConfigError, match=r"^tabled\.sise: unknown key$"):
+        check({"tabled": {"sise": 2}}, registry)
+    assert registry.spec("tabled").table_from("tabled", {}) == DeclaredOptions()
+    unfit = registry.spec("tabled").table_from("tabled", {"tabled": {"size": -1}})
+    with pytest.raises(PermanentError, match=r"^tabled\.size: expected a positive integer"):
+        _ = unfit.size
+    clash = Registry()
+    clash.register("worker", tabled_handler, origin="test")
+    with pytest.raises(SettingsError, match=r"\[worker\] is the receiver's own"):
+        check({}, clash)
 
 
 def test_registry_refuses_duplicates_unknown_names_and_sync_functions() -> None:
@@ -101,10 +212,16 @@ def test_config_paths_register_handlers_by_name() -> None:
     config = {"handlers": {"mine": {"path": "tests.test_routing:sample_handler"}}}
     registry = load_registry(config, group="no.such.group")
     assert registry.get("mine") is sample_handler
-    with pytest.raises(SettingsError, match="cannot be imported"):
+    with pytest.raises(SettingsError, match=r"^handlers\.x\.path: 'tests\.nope:handle' cannot "
+                                            "be imported"):
         load_registry({"handlers": {"x": {"path": "tests.nope:handle"}}}, group="none")
-    with pytest.raises(SettingsError, match="needs path"):
+    with pytest.raises(SettingsError, match=r"^handlers\.x\.path: is required$"):
         load_registry({"handlers": {"x": {}}}, group="none")
+    with pytest.raises(SettingsError, match=r"^handlers\.x\.path: expected a \"module:function\" "
+                                            "path, got 'nocolon'$"):
+        load_registry({"handlers": {"x": {"path": "nocolon"}}}, group="none")
+    with pytest.raises(SettingsError, match=r"^handlers\.x\.pth: unknown key$"):
+        load_registry({"handlers": {"x": {"path": "a:b", "pth": 1}}}, group="none")
 
 
 def _wheel(folder: Path) -> Path:

@@ -20,12 +20,14 @@ from handlers.download_audio import SIDECAR, contained, handle, safe_component
 from receiver.app import create_app
 from receiver.clock import FakeClock
 from receiver.context import Event, HandlerContext
+from receiver.conversion import ConfigError
 from receiver.jobs import Job, JobState, PermanentError
 from receiver.registry import load_registry
+from receiver.routing import Router, routes_from_config
 from receiver.runtime import Runtime
 from receiver.server import running
 from receiver.sonic.sandbox import SandboxConfig, Speed
-from tests.handler_support import deliver, handler_runtime
+from tests.handler_support import deliver, deliver_to, handler_runtime
 from tests.handlers import (
     LOOPBACK_ONLY,
     PNG_BYTES,
@@ -272,13 +274,32 @@ async def test_refused_downloads_kill_the_job_with_the_reason(
     assert list((tmp_path / "media" / "t-1").iterdir()) == []  # no part, no lock left
 
 
-async def test_bad_options_kill_the_job_and_say_which(tmp_path: Path) -> None:
-    async with setup(tmp_path, [route({"images": True})]) as (runtime, server, sent, _):
-        await deliver(runtime, two_clips(server))
+async def test_bad_options_stop_start_up_and_say_which(tmp_path: Path) -> None:
+    """A misspelt or ill-typed option is refused before any job exists, by its path."""
+    for options, message in (
+        ({"images": True}, "routes[0].handlers[0].options.images: unknown option"),
+        ({"max_bytes": "big"}, "routes[0].handlers[0].options.max_bytes: expected a positive "
+                               "integer, got 'big'"),
+        ({"allowed_types": {"sound": ["audio/mpeg"]}},
+         "routes[0].handlers[0].options.allowed_types.sound: unknown option"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            async with setup(tmp_path, [route(options)]):
+                pass
+        assert caught.value.message == message
+
+
+async def test_options_stored_under_another_config_kill_the_job_and_say_which(
+    tmp_path: Path,
+) -> None:
+    """A job written before the options changed shape dies at once, naming the option."""
+    async with setup(tmp_path) as (runtime, server, sent, _):
+        older = Router(routes_from_config({"routes": [route({"images": True})]}))
+        await deliver_to(runtime.storage, older, two_clips(server), at=runtime.clock.now())
         await runtime.worker.run_once()  # type: ignore[union-attr]
         job = await only_job(runtime)
     assert job.state is JobState.DEAD
-    assert "unknown options images" in (job.last_error or "")
+    assert job.last_error == "PermanentError: options.images: unknown option"
     assert sent == []
 
 

@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from starlette.applications import Starlette
 
 from handlers import follow_up
 from receiver.app import create_app
-from receiver.errors import SettingsError
+from receiver.config import check
+from receiver.conversion import ConfigError
 from receiver.models import ChildState, ChildTask
-from receiver.registry import Registry
+from receiver.registry import Registry, load_registry
 from receiver.server import running
 from receiver.sonic.sandbox import SandboxConfig, Speed
 from receiver.sonic.sandbox.config import Schedule
@@ -205,16 +207,32 @@ async def test_a_child_left_requested_by_a_crash_is_never_sent_again(tmp_path: P
     assert balance == 1000 - 15  # nothing was sent for the child
 
 
-def test_bad_rules_stop_with_the_reason() -> None:
-    for table, message in (
-        ({"rules": [{"action": "remix"}]}, "action must be one of"),
-        ({"rules": [{"action": "extend", "on": "task.streaming"}]}, "on must be one of"),
-        ({"rules": [{"action": "bpm", "clip": "last"}]}, "clip must be"),
-        ({"rules": [{"action": "bpm", "color": 1}]}, "unknown keys: color"),
-        ({"max_depth": 0}, "max_depth must be an integer >= 1"),
-    ):
-        with pytest.raises(SettingsError, match=message):
-            follow_up.load_rules({"follow_up": table})
+@pytest.mark.parametrize(("table", "message"), [
+    ({"rules": [{"action": "remix"}]}, "rules[0].action: unknown value 'remix' (choose from "
+                                       "bpm, concat, cover, extend, resubmit, vox)"),
+    ({"rules": [{"action": "extend", "on": "task.streaming"}]},
+     "rules[0].on: unknown value 'task.streaming' (choose from task.failed, task.succeeded)"),
+    ({"rules": [{"action": "bpm", "clip": "last"}]},
+     "rules[0].clip: unknown value 'last' (choose from all, first, or an integer >= 0)"),
+    ({"rules": [{"action": "bpm", "color": 1}]}, "rules[0].color: unknown key"),
+    ({"rules": [{"action": "bpm"}, {"action": "vox", "name": "bpm-0"}]},
+     "rules[1].name: two rules are named 'bpm-0'"),
+    ({"max_depth": 0}, "max_depth: expected a positive integer, got 0"),
+    ({"rule": []}, "rule: unknown key"),
+])
+def test_bad_rules_stop_start_up_with_the_path(table: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        check({"follow_up": table}, load_registry({}))
+    assert caught.value.message == f"follow_up.{message}"
+
+
+def test_rules_are_named_and_triggered_by_default() -> None:
+    """A rule without a name is <action>-<index>; resubmit runs on failures, others on
+    successes."""
+    table = msgspec.convert({"rules": [{"action": "extend"}, {"action": "resubmit"}]},
+                            follow_up.FollowUpTable)
+    assert [(r.name, r.on) for r in table.plan()] == [
+        ("extend-0", "task.succeeded"), ("resubmit-1", "task.failed")]
 
 
 async def test_a_failed_follow_up_is_resubmitted_up_to_times(tmp_path: Path) -> None:

@@ -23,7 +23,9 @@ from structlog.testing import capture_logs
 
 from handlers import download_audio, forward
 from receiver.clock import FakeClock
-from receiver.jobs import JobState
+from receiver.config import check
+from receiver.conversion import ConfigError
+from receiver.jobs import JobState, PermanentError
 from receiver.registry import load_registry
 from receiver.runtime import Runtime
 from receiver.server import running
@@ -219,13 +221,31 @@ async def test_it_waits_for_the_downloads_and_names_the_stored_files(tmp_path: P
     assert audio["href"] == "https://receiver.example/files/t-1/c1/audio"
 
 
-def test_bad_options_are_named() -> None:
-    with pytest.raises(Exception, match="url must be"):
-        forward.Options.parse({"url": "ftp://x", "secret": "s"}, {})
-    with pytest.raises(Exception, match="FORWARD_SECRET is not set"):
-        forward.Options.parse({"url": "https://x", "secret_env": "FORWARD_SECRET"}, {})
-    with pytest.raises(Exception, match="unknown options"):
-        forward.Options.parse({"url": "https://x", "secret": "s", "retries": 3}, {})
+@pytest.mark.parametrize(("options", "message"), [
+    ({"url": "ftp://x", "secret": "s"}, "url: expected an http(s) URL, got 'ftp://x'"),
+    ({"url": "https://x", "secret": "s", "retries": 3}, "retries: unknown option"),
+    ({"url": "https://x"}, "secret_env: set secret_env (or secret) to a whsec_ secret"),
+    ({"url": "https://x", "secret": "s", "backoff_s": []},
+     "backoff_s: expected a non-empty list of seconds, got []"),
+    ({"url": "https://x", "secret": "s", "timeout_s": -1},
+     "timeout_s: expected a number of seconds >= 0, got -1"),
+    ({"secret": "s"}, "url: is required"),
+])
+def test_bad_options_are_named(options: dict[str, Any], message: str) -> None:
+    """Each refused option is named by its path when the file is checked, at start-up."""
+    route = {"on": "task.succeeded", "handlers": [{"name": "forward", "options": options}]}
+    with pytest.raises(ConfigError) as caught:
+        check({"routes": [route]}, load_registry({}))
+    assert caught.value.message == f"routes[0].handlers[0].options.{message}"
+
+
+def test_the_secret_variable_is_read_when_the_job_runs() -> None:
+    """A deploy checks the file without its secrets; the job is what needs the variable."""
+    options = forward.ForwardOptions(url="https://x", secret_env="FORWARD_SECRET")
+    assert options.secret_in({"FORWARD_SECRET": SECRET}) == SECRET
+    with pytest.raises(PermanentError, match="FORWARD_SECRET is not set"):
+        options.secret_in({})
+    assert forward.ForwardOptions(url="https://x", secret="s").secret_in({}) == "s"
 
 
 def test_retry_after_reads_seconds_and_dates() -> None:

@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 from handlers import notify
 from handlers.notify import duration_text, scheme_of
 from receiver.clock import FakeClock
+from receiver.conversion import ConfigError
 from receiver.jobs import Job, JobState
 from receiver.models import StoredFile
 from receiver.registry import load_registry
@@ -262,27 +263,34 @@ async def test_every_documented_field_renders(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("template", "expected"),
     [
-        ("Done: $song_name", "[notify] body_template uses unknown field(s) $song_name"),
-        ("Done: ${title.__class__}", "[notify] body_template has a malformed placeholder"),
-        ("cost: $5", "[notify] body_template has a malformed placeholder"),
+        ("Done: $song_name", "notify.body_template: uses unknown field(s) $song_name; fields: "
+                             "audio_urls, clip_count, clips"),
+        ("Done: ${title.__class__}", "notify.body_template: has a malformed placeholder"),
+        ("cost: $5", "notify.body_template: has a malformed placeholder"),
     ],
 )
-async def test_bad_template_kills_the_job_with_a_clear_error(
+async def test_bad_template_stops_start_up_with_a_clear_error(
     tmp_path: Path, template: str, expected: str
 ) -> None:
-    """A template naming a field that does not exist, or reaching for an attribute, is a
-    permanent error that says which setting and which fields exist; nothing is sent."""
-    async with json_sink() as sink:
-        config = {"notify": {"targets": [sink.url("hook")], "body_template": template}}
-        async with runtime_with(tmp_path, [route()], config) as (runtime, worker, _):
-            await deliver(runtime, succeeded_body())
-            await worker.run_once()
-            job = await only_job(runtime)
-    assert job.state is JobState.DEAD
-    assert job.last_error is not None
-    assert job.last_error.startswith("PermanentError: notify: ")
-    assert expected in job.last_error
-    assert sink.requests == []
+    """A template naming a field that does not exist, or reaching for an attribute, is refused
+    before anything runs, saying which setting and which fields exist."""
+    config = {"notify": {"targets": ["json://127.0.0.1:9/hook"], "body_template": template}}
+    with pytest.raises(ConfigError) as caught:
+        async with runtime_with(tmp_path, [route()], config):
+            pass
+    assert caught.value.message.startswith(expected)
+
+
+async def test_a_bad_clip_template_in_route_options_is_refused_with_its_path(
+    tmp_path: Path,
+) -> None:
+    """The clip template sees the clip's fields, and route options are checked like the
+    table."""
+    with pytest.raises(ConfigError) as caught:
+        async with runtime_with(tmp_path, [route("json://h/x", clip_template="$clip_id $nope")]):
+            pass
+    assert caught.value.message.startswith(
+        "routes[0].handlers[0].options.clip_template: uses unknown field(s) $nope")
 
 
 async def test_no_targets_kills_the_job(tmp_path: Path) -> None:
@@ -312,16 +320,14 @@ async def test_unusable_target_url_kills_the_job_before_sending(tmp_path: Path) 
 
 
 async def test_unknown_setting_is_refused(tmp_path: Path) -> None:
-    """A misspelt option is refused, not ignored."""
-    async with (
-        json_sink() as sink,
-        runtime_with(tmp_path, [route(sink.url("hook"), target="x")]) as (runtime, worker, _),
-    ):
-        await deliver(runtime, succeeded_body())
-        await worker.run_once()
-        job = await only_job(runtime)
-    assert job.state is JobState.DEAD
-    assert "unknown setting(s) in route options: target" in (job.last_error or "")
+    """A misspelt option, or a misspelt key of [notify], is refused, not ignored."""
+    with pytest.raises(ConfigError, match=r"^routes\[0\]\.handlers\[0\]\.options\.target: "
+                                          "unknown option$"):
+        async with runtime_with(tmp_path, [route("json://h/x", target="x")]):
+            pass
+    with pytest.raises(ConfigError, match=r"^notify\.title: unknown key$"):
+        async with runtime_with(tmp_path, [route("json://h/x")], {"notify": {"title": "x"}}):
+            pass
 
 
 async def test_streaming_is_ignored(tmp_path: Path) -> None:

@@ -1,0 +1,442 @@
+"""The config file's shape, written once as typed msgspec Structs, and the check of a whole file.
+
+``receiver.toml`` is one document: the receiver's own tables (``[receiver]``, ``[worker]``,
+``[reconcile]``, ``[retention]``, ``[network]``), ``[[routes]]``, ``[handlers.<name>]`` paths,
+and the table of each handler that declares one (``[notify]``, ``[follow_up]``). Every table is
+a :class:`receiver.conversion.Table`; the receiver's values that need parsing (database and
+media locations, networks, secrets, signature schemes, choices) are
+:class:`receiver.conversion.Domain` types defined here. In a route, each handler item is a
+union tagged by ``name`` with one member per registered handler, whose ``options`` are that
+handler's declared Struct (any table for a handler that declares none; see
+:mod:`receiver.registry`).
+
+:func:`check` converts a whole parsed file in one pass; any failure is a
+:class:`receiver.conversion.ConfigError` whose message names the path of the bad key
+(``routes[0].handlers[0].options.imgae: unknown option``). :func:`schema` is the same shape as
+JSON Schema. Nothing here reads a file, opens a database or imports a handler.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
+
+import msgspec
+
+from receiver.conversion import (
+    Choice,
+    ConfigError,
+    Domain,
+    Duration,
+    FieldError,
+    Flag,
+    Fraction,
+    HttpUrl,
+    PositiveFloat,
+    PositiveInt,
+    Table,
+    Text,
+    convert,
+    schema_hook,
+    shown,
+)
+from receiver.errors import SettingsError
+from receiver.signatures import Scheme, parse_schemes
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from receiver.registry import Registry
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+# ---- the receiver's values ---------------------------------------------------------------------
+
+
+class LogFormat(Choice):
+    choices = ("auto", "json", "console")
+
+
+class LogLevel(Choice):
+    choices = ("debug", "info", "warning", "error")
+
+
+class HttpParser(Choice):
+    choices = ("httptools", "h11")
+
+
+class Synchronous(Choice):
+    choices = ("normal", "full")
+
+
+class WorkerMode(Choice):
+    choices = ("inprocess", "off")
+
+
+class Secrets(tuple[str, ...], Domain):
+    """One secret or several: a list, or a comma-separated string (a rotation)."""
+
+    description = "a secret, a list of secrets, or secrets separated by commas"
+    json_schema: ClassVar[dict[str, Any]] = {
+        "description": description,
+        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+    }
+
+    @classmethod
+    def parse(cls, value: object) -> Self:
+        items = value if isinstance(value, list) else str(value).split(",")
+        if not all(isinstance(item, str) for item in items):
+            raise ValueError(f"expected {cls.description}")
+        secrets = cls(item.strip() for item in items if item.strip())
+        if not secrets:
+            raise ValueError("holds no secret")
+        return secrets
+
+
+class Schemes(tuple[Scheme, ...], Domain):
+    """Signature schemes: a list, or names separated by commas."""
+
+    choices = tuple(s.value for s in Scheme if s is not Scheme.NONE)
+    description = f"signature schemes, from {', '.join(choices)}"
+    json_schema: ClassVar[dict[str, Any]] = {
+        "description": description,
+        "anyOf": [{"type": "string"}, {"type": "array", "items": {"enum": list(choices)}}],
+    }
+
+    @classmethod
+    def parse(cls, value: object) -> Self:
+        text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        try:
+            return cls(parse_schemes(text))
+        except ValueError as exc:
+            raise ValueError(f"{exc} (choose from {', '.join(cls.choices)})") from None
+
+
+DB_SCHEMES = ("postgresql", "postgres")
+
+
+class Database(str, Domain):
+    """A SQLite file (a path, or ``sqlite:///path``) or a ``postgresql://`` URL."""
+
+    description = "a path or a postgresql:// URL"
+    json_schema: ClassVar[dict[str, Any]] = {
+        "description": "a SQLite file (a path or sqlite:///path) or postgresql://user:pass@host/db",
+        "type": "string", "minLength": 1,
+    }
+
+    @classmethod
+    def parse(cls, value: object) -> Self:
+        text = str(value) if isinstance(value, str | Path) else ""
+        if not text:
+            raise ValueError(f"expected {cls.description}, got {shown(value)}")
+        scheme, sep, rest = text.partition("://")
+        if sep and "/" not in scheme and "\\" not in scheme and not (
+            scheme.lower() in DB_SCHEMES or (scheme.lower() == "sqlite" and rest)
+        ):
+            raise ValueError(f"unknown database scheme {scheme!r} (use a file path, "
+                             "sqlite:///path or postgresql://user:password@host/db)")
+        return cls(text)
+
+    @property
+    def url(self) -> str | None:
+        """The PostgreSQL URL, or None for a SQLite file."""
+        return str(self) if self.partition("://")[0].lower() in DB_SCHEMES else None
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file, or None for PostgreSQL."""
+        if self.url is not None:
+            return None
+        scheme, sep, rest = self.partition("://")
+        if sep and scheme.lower() == "sqlite":
+            return Path(rest[1:] if rest.startswith("/") else rest)
+        return Path(self)
+
+
+OBJECT_STORE_SCHEMES = ("s3", "gs", "az")
+
+
+class Media(str, Domain):
+    """Where media live: a path or ``file:///abs/path`` (a local folder), or an object store
+    (``s3://bucket/prefix``, ``gs://``, ``az://``)."""
+
+    description = "a path, file:///path, or " + ", ".join(f"{s}://..." for s in
+                                                           OBJECT_STORE_SCHEMES)
+    json_schema: ClassVar[dict[str, Any]] = {
+        "description": description, "type": "string", "minLength": 1,
+    }
+
+    @classmethod
+    def parse(cls, value: object) -> Self:
+        text = str(value).strip() if isinstance(value, str | Path) else ""
+        if not text:
+            raise ValueError(f"expected {cls.description}, got {shown(value)}")
+        scheme, sep, rest = text.partition("://")
+        if sep and scheme.lower() == "file" and not rest.startswith("/"):
+            raise ValueError("a file:// URL needs an absolute path (file:///...)")
+        if sep and scheme.lower() not in ("file", *OBJECT_STORE_SCHEMES):
+            stores = ", ".join(f"{s}://" for s in OBJECT_STORE_SCHEMES)
+            raise ValueError(f"{scheme.lower()!r} is not a media store (a path, file://, "
+                             f"or {stores})")
+        return cls(text)
+
+    @property
+    def url(self) -> str | None:
+        """The object store's URL, or None for a local folder."""
+        scheme, sep, _ = self.partition("://")
+        return self.rstrip("/") if sep and scheme.lower() != "file" else None
+
+    @property
+    def folder(self) -> Path | None:
+        """The local folder, or None for an object store."""
+        if self.url is not None:
+            return None
+        return Path(self.removeprefix("file://"))
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Network(str, Domain):
+    """An IPv4 or IPv6 network (``127.0.0.0/8``, ``fd00::/8``; one address is a /32 or /128)."""
+
+    description = "a network such as 127.0.0.0/8"
+    json_schema: ClassVar[dict[str, Any]] = {"description": description, "type": "string"}
+
+    @classmethod
+    def parse(cls, value: object) -> Self:
+        try:
+            network = ipaddress.ip_network(str(value).strip(), strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{shown(value)} is not a network ({exc})") from None
+        return cls(network)
+
+    @property
+    def network(self) -> IPNetwork:
+        return ipaddress.ip_network(self, strict=False)
+
+
+# ---- the receiver's own tables ----------------------------------------------------------------
+
+class ReceiverTable(Table, kw_only=True, frozen=True):
+    """``[receiver]``: the settings the environment may also give (the same keys as
+    :data:`receiver.settings.ENV_KEYS`; the environment wins, flags win over both). A key left
+    out is None: the setting keeps its default."""
+
+    webhook_secret: Secrets | None = None
+    db: Database | None = None
+    db_synchronous: Synchronous | None = None
+    db_lock_timeout_s: PositiveFloat | None = None
+    media_dir: Text | None = None
+    media: Media | None = None
+    max_body_bytes: PositiveInt | None = None
+    signature_tolerance_s: PositiveInt | None = None
+    schemes: Schemes | None = None
+    admin_token: str | None = None
+    admin_token_file: Text | None = None
+    insecure_open_admin: Flag | None = None
+    log_format: LogFormat | None = None
+    log_level: LogLevel | None = None
+    log_level_third_party: LogLevel | None = None
+    header_timeout_s: PositiveFloat | None = None
+    body_timeout_s: PositiveFloat | None = None
+    keepalive_timeout_s: PositiveFloat | None = None
+    max_connections: PositiveInt | None = None
+    http_parser: HttpParser | None = None
+    public_url: HttpUrl | None = None
+    worker: WorkerMode | None = None
+    worker_concurrency: PositiveInt | None = None
+    sonic_api_base_url: HttpUrl | None = None
+    sonic_api_key: str | None = None
+
+
+class WorkerTable(Table, kw_only=True, frozen=True):
+    """``[worker]``: the job runner and its retry policy. ``concurrency`` yields to
+    ``RECEIVER_WORKER_CONCURRENCY`` (or ``[receiver] worker_concurrency``) when that is set."""
+
+    concurrency: PositiveInt | None = None
+    lease_s: PositiveFloat = 60.0
+    poll_s: PositiveFloat = 0.25
+    drain_s: PositiveFloat = 30.0
+    max_attempts: PositiveInt = 5
+    backoff: Annotated[tuple[PositiveFloat, ...], msgspec.Meta(
+        min_length=1, description="a non-empty list of seconds")] = (2.0, 10.0, 60.0, 300.0)
+    jitter: Fraction = 0.2
+
+
+class ReconcileTable(Table, kw_only=True, frozen=True):
+    """``[reconcile]``: the server polls get-music for tasks stale for ``stale_s``, every
+    ``every_s`` (never when left out)."""
+
+    every_s: PositiveFloat | None = None
+    stale_s: PositiveFloat = 600.0
+
+
+RETENTION_KEEP_IDS_S = 400 * 86400.0
+RETENTION_EVERY_S = 3600.0
+
+
+class RetentionTable(Table, kw_only=True, frozen=True):
+    """``[retention]``: raw bodies and finished jobs older than ``older_than`` go (never when
+    left out); delivery ids stay ``keep_ids`` (400d); the sweep runs ``every`` (1h)."""
+
+    older_than: Duration | None = None
+    keep_ids: Duration | None = None
+    every: Duration | None = None
+
+    def __post_init__(self) -> None:
+        keep = RETENTION_KEEP_IDS_S if self.keep_ids is None else self.keep_ids
+        if self.older_than is not None and keep < self.older_than:
+            raise FieldError("keep_ids", "must be at least older_than")
+
+
+class NetworkTable(Table, kw_only=True, frozen=True):
+    """``[network]``: addresses downloads (and ``forward``) may reach besides public ones."""
+
+    allow_networks: tuple[Network, ...] = ()
+    allow_hosts: tuple[Text, ...] = ()
+
+
+class HandlerPath(Table, kw_only=True, frozen=True):
+    """``[handlers.<name>]``: a handler registered from a ``module:function`` path."""
+
+    path: Annotated[str, msgspec.Meta(pattern=r"^[\w.]+:[\w.]+$",
+                                      description='a "module:function" path')]
+
+
+# ---- routes ----------------------------------------------------------------------------------
+
+
+class Trigger(enum.StrEnum):
+    """A task transition a route can run handlers on."""
+
+    STREAMING = "task.streaming"
+    SUCCEEDED = "task.succeeded"
+    FAILED = "task.failed"
+
+
+Names = str | list[str]
+
+
+class HandlerItemBase(Table, kw_only=True, frozen=True):
+    """What every handler item of a route has besides its name and options."""
+
+    kind: ClassVar[str] = "handler"  # how errors name an unknown tag of these items
+    max_attempts: PositiveInt | None = None
+
+
+class HandlerItem(HandlerItemBase, kw_only=True, frozen=True):
+    """A route's handler as written, its options not checked against the handler's own."""
+
+    name: Text
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class RouteTable(Table, kw_only=True, frozen=True):
+    """One ``[[routes]]`` table: which handlers run on which transitions."""
+
+    on: Trigger | Annotated[list[Trigger], msgspec.Meta(
+        min_length=1, description="a non-empty list of triggers")]
+    handlers: Annotated[list[Text | HandlerItem], msgspec.Meta(
+        min_length=1, description="a non-empty list of handlers")]
+    name: Text | None = None  # route-<index> when left out
+    task_type: Names = msgspec.field(default_factory=list)
+    platform: Names = msgspec.field(default_factory=list)
+    tags: Names = msgspec.field(default_factory=list)
+
+
+def route_names(routes: Sequence[RouteTable]) -> list[str]:
+    """Each route's name, ``route-<index>`` for one without."""
+    return [route.name or f"route-{index}" for index, route in enumerate(routes)]
+
+
+class RoutesFile(Table, kw_only=True, frozen=True):
+    """The ``[[routes]]`` of a file, alone (the router's view; :func:`check` sees the rest).
+    None: no routes were written (the default routes apply)."""
+
+    routes: list[RouteTable] | None = None
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for index, name in enumerate(route_names(self.routes or [])):
+            if name in seen:
+                raise FieldError(f"routes[{index}].name", f"two routes are named {name!r}")
+            seen.add(name)
+
+
+class CoreFile(RoutesFile, kw_only=True, frozen=True):
+    """The tables of the file that belong to the receiver itself."""
+
+    receiver: ReceiverTable = msgspec.field(default_factory=ReceiverTable)
+    worker: WorkerTable = msgspec.field(default_factory=WorkerTable)
+    reconcile: ReconcileTable = msgspec.field(default_factory=ReconcileTable)
+    retention: RetentionTable = msgspec.field(default_factory=RetentionTable)
+    network: NetworkTable = msgspec.field(default_factory=NetworkTable)
+    handlers: dict[str, HandlerPath] = msgspec.field(default_factory=dict)
+
+
+CORE_TABLES = frozenset(field.encode_name for field in msgspec.structs.fields(CoreFile))
+
+
+def file_type(registry: Registry) -> type[CoreFile]:
+    """The whole file's Struct for the handlers of ``registry``: each route's handler items
+    checked against the handler they name, and each declared handler table as a table."""
+    items: list[Any] = []
+    bare: list[str] = []  # handlers that may be named alone, without options
+    extra: list[tuple[str, Any, Any]] = []
+    for name in registry.names:
+        spec = registry.spec(name)
+        options: Any = spec.options if spec.options is not None else dict[str, Any]
+        optional = spec.options is None or not _required(spec.options)
+        default = msgspec.field(default_factory=options) if optional else msgspec.NODEFAULT
+        items.append(msgspec.defstruct(
+            f"handler.{name}", [("options", options, default)], bases=(HandlerItemBase,),
+            tag_field="name", tag=name, kw_only=True, module=__name__))
+        if optional:
+            bare.append(name)
+        if spec.table is not None:
+            if name in CORE_TABLES:
+                raise SettingsError(f"handler {name!r} declares a table, but [{name}] is the "
+                                    "receiver's own")
+            extra.append((name, spec.table, _default_of(spec.table)))
+    members: list[Any] = [Literal[tuple(bare)]] if bare else []
+    item: Any = Union[tuple(members + items)] if members or items else Text  # noqa: UP007
+    route = msgspec.defstruct("Route", [("handlers", Annotated[list[item], msgspec.Meta(
+        min_length=1, description="a non-empty list of handlers")])], bases=(RouteTable,),
+        kw_only=True, module=__name__)
+    file: Any = msgspec.defstruct(
+        "ReceiverConfig", [("routes", list[route] | None, None), *extra],  # type: ignore[valid-type]
+        bases=(CoreFile,), kw_only=True, module=__name__)
+    return file  # type: ignore[no-any-return]
+
+
+def check(raw: Mapping[str, Any], registry: Registry) -> CoreFile:
+    """The whole parsed file, checked against the schema of ``registry``'s handlers; raises
+    :class:`ConfigError` naming the first bad key, or :class:`SettingsError` for a route that
+    names a handler that is not registered (and no handler is)."""
+    parsed: CoreFile = convert(raw, file_type(registry))
+    if not registry.names and parsed.routes:
+        raise ConfigError("routes[0].handlers[0]", "unknown handler (none is registered)")
+    return parsed
+
+
+def schema(registry: Registry) -> dict[str, Any]:
+    """The JSON Schema (2020-12) of the whole file for the handlers of ``registry``."""
+    document = msgspec.json.schema(file_type(registry), schema_hook=schema_hook)
+    return {"$schema": JSON_SCHEMA_DIALECT, "title": "receiver.toml",
+            "description": "The sonic-receiver config file (sonic-receiver config schema)",
+            **document}
+
+
+def _required(type_: type) -> bool:
+    return any(field.required for field in msgspec.structs.fields(type_))
+
+
+def _default_of(type_: type) -> Any:
+    return msgspec.NODEFAULT if _required(type_) else msgspec.field(default_factory=type_)
+
+

@@ -1,0 +1,233 @@
+"""The config file checked whole before anything starts: every command stops at once with one
+line naming the bad key's path; ``config check`` says the same for a deploy pipeline; ``config
+schema`` is a JSON Schema that the README's examples fit and misspelt files do not."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from tests.processes import ROOT
+
+README = ROOT / "README.md"
+GOOD = """\
+[receiver]
+webhook_secret = "s3cret"
+max_body_bytes = 2097152
+
+[[routes]]
+name = "keep"
+on = ["task.succeeded"]
+handlers = [{ name = "download_audio", options = { image = true } }]
+
+[[routes]]
+name = "tell"
+on = ["task.succeeded", "task.failed"]
+handlers = [
+  "follow_up",
+  { name = "notify", options = { targets = ["json://127.0.0.1:9/hook"] } },
+  { name = "forward", options = { url = "https://app.example/hook", secret_env = "FWD" } },
+]
+
+[worker]
+concurrency = 4
+backoff = [1, 5]
+
+[retention]
+older_than = "90d"
+
+[notify]
+title_template = "Done: ${title}"
+"""
+# (what is wrong, the file, the one line): each a mistake the schema must catch by its path
+BAD = [
+    ("misspelt handler option",
+     GOOD.replace("options = { image = true }", "options = { imgae = true }"),
+     "routes[0].handlers[0].options.imgae: unknown option"),
+    ("misspelt route event",
+     GOOD.replace('on = ["task.succeeded"]', 'on = ["task.succeded"]'),
+     "routes[0].on[0]: unknown trigger 'task.succeded' (choose from task.failed, "
+     "task.streaming, task.succeeded)"),
+    ("option of the wrong type",
+     GOOD.replace("options = { image = true }", 'options = { image = "yes" }'),
+     "routes[0].handlers[0].options.image: expected true or false, got 'yes'"),
+    ("unknown worker key",
+     GOOD.replace("concurrency = 4", "concurency = 4"),
+     "worker.concurency: unknown key"),
+    ("ill-typed worker value",
+     GOOD.replace("concurrency = 4", 'concurrency = "x"'),
+     "worker.concurrency: expected a positive integer, got 'x'"),
+    ("misspelt handler name",
+     GOOD.replace('"follow_up"', '"folow_up"'),
+     "routes[1].handlers[0]: unknown handler 'folow_up' (choose from download_audio, "
+     "follow_up, forward, notify)"),
+    ("misspelt handler table",
+     GOOD.replace("[notify]", "[notfy]"),
+     "notfy: unknown table"),
+]
+
+
+def run(*args: str, cwd: Path, env: dict[str, str] | None = None,
+        ) -> subprocess.CompletedProcess[str]:
+    """``sonic-receiver ARGS`` as a deployment runs it, in ``cwd``."""
+    base = {"PATH": os.environ["PATH"], "HOME": str(cwd), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "receiver", *args], cwd=cwd,
+                          env={**base, **(env or {})}, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def file_schema(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    done = run("config", "schema", cwd=tmp_path_factory.mktemp("schema"))
+    assert done.returncode == 0, done.stderr
+    document: dict[str, Any] = json.loads(done.stdout)
+    jsonschema.Draft202012Validator.check_schema(document)
+    return document
+
+
+def errors(document: dict[str, Any], text: str) -> list[str]:
+    """What ``jsonschema`` finds wrong with the TOML ``text`` (nothing: valid)."""
+    validator = jsonschema.Draft202012Validator(document)
+    return [e.message for e in validator.iter_errors(tomllib.loads(text))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("what", "text", "line"), BAD, ids=[b[0] for b in BAD])
+def test_serve_stops_at_once_with_one_line_naming_the_key(
+    tmp_path: Path, what: str, text: str, line: str,
+) -> None:
+    """Before the database is opened: the file is checked whole, in seconds."""
+    (tmp_path / "bad.toml").write_text(text)
+    started = time.monotonic()
+    done = run("serve", "--config", "bad.toml", "--db", "r.db", cwd=tmp_path)
+    assert one_error_line(done) == f"sonic-receiver: error: {line}"
+    assert time.monotonic() - started < 10
+    assert not (tmp_path / "r.db").exists()
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("what", "text", "line"), BAD, ids=[b[0] for b in BAD])
+def test_config_check_says_the_same(tmp_path: Path, what: str, text: str, line: str) -> None:
+    (tmp_path / "bad.toml").write_text(text)
+    done = run("config", "check", "bad.toml", cwd=tmp_path)
+    assert one_error_line(done) == f"sonic-receiver: error: {line}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [
+    ["worker"], ["migrate"], ["prune", "--older-than", "1d"], ["replay", "redispatch"],
+])
+def test_every_command_checks_the_file_first(tmp_path: Path, command: list[str]) -> None:
+    (tmp_path / "bad.toml").write_text(BAD[0][1])
+    done = run(*command, "--config", "bad.toml", "--db", "r.db", cwd=tmp_path)
+    prefix = "sonic-receiver replay" if command[0] == "replay" else "sonic-receiver"
+    assert one_error_line(done) == f"{prefix}: error: {BAD[0][2]}"
+    assert not (tmp_path / "r.db").exists()
+
+
+@pytest.mark.slow
+def test_prune_reads_its_durations_like_the_retention_table(tmp_path: Path) -> None:
+    (tmp_path / "receiver.toml").write_text("")
+    done = run("prune", "--older-than", "3x", "--config", "receiver.toml", "--db", "r.db",
+               cwd=tmp_path)
+    assert one_error_line(done) == ("sonic-receiver: error: --older-than: expected a duration "
+                                    "like 90d, 12h or 30m, got '3x'")
+
+
+@pytest.mark.slow
+def test_config_check_passes_a_good_file_from_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "receiver.toml").write_text(GOOD)
+    done = run("config", "check", cwd=tmp_path, env={"RECEIVER_CONFIG": "receiver.toml"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ("sonic-receiver: receiver.toml: OK (2 routes; handlers: "
+                                   "download_audio, follow_up, forward, notify)")
+    assert done.stderr == ""
+    assert not (tmp_path / "data").exists()  # nothing opened
+
+
+@pytest.mark.slow
+def test_config_check_names_a_bad_variable_too(tmp_path: Path) -> None:
+    (tmp_path / "receiver.toml").write_text(GOOD)
+    done = run("config", "check", "receiver.toml", cwd=tmp_path,
+               env={"RECEIVER_WORKER_CONCURRENCY": "many"})
+    assert one_error_line(done) == ("sonic-receiver: error: RECEIVER_WORKER_CONCURRENCY: "
+                                    "expected a positive integer, got 'many'")
+    missing = run("config", "check", cwd=tmp_path)
+    assert one_error_line(missing) == ("sonic-receiver: error: no config file: give FILE or "
+                                       "set RECEIVER_CONFIG")
+
+
+@pytest.mark.slow
+def test_the_schema_takes_the_good_file_and_refuses_each_mistake(
+    file_schema: dict[str, Any],
+) -> None:
+    assert errors(file_schema, GOOD) == []
+    for what, text, _ in BAD:
+        assert errors(file_schema, text), what
+
+
+@pytest.mark.slow
+def test_the_schema_checks_each_handlers_options_by_its_name(
+    file_schema: dict[str, Any],
+) -> None:
+    """An option valid for one handler is refused under another's name; an undeclared
+    handler (a config path) takes any table."""
+    route = '[[routes]]\non = "task.failed"\nhandlers = [{{ name = "{}", options = {{ {} }} }}]\n'
+    assert errors(file_schema, route.format("notify", 'format = "html"')) == []
+    assert errors(file_schema, route.format("download_audio", 'format = "html"'))
+    assert errors(file_schema, route.format("download_audio", "max_bytes = 0"))
+    assert errors(file_schema, route.format("forward", "")), "forward needs its url"
+    assert errors(file_schema, '[[routes]]\non = "task.failed"\nhandlers = ["forward"]\n')
+    assert errors(file_schema, '[follow_up]\nmax_depth = 0\n')
+    assert errors(file_schema, '[retention]\nolder_than = "3 weeks"\n')
+
+
+def readme_configs() -> list[str]:
+    """Every ```toml block of the README but the one of a package's pyproject.toml."""
+    blocks = re.findall(r"^( *)```toml\n(.*?)^\1```$", README.read_text(), re.M | re.S)
+    texts = ["\n".join(line.removeprefix(indent) for line in body.splitlines())
+             for indent, body in blocks]
+    return [text for text in texts if not text.startswith("# pyproject.toml")]
+
+
+def test_the_readme_has_config_examples() -> None:
+    assert len(readme_configs()) >= 4
+
+
+@pytest.mark.slow
+def test_every_readme_example_fits_the_schema(file_schema: dict[str, Any]) -> None:
+    for text in readme_configs():
+        assert errors(file_schema, text) == [], text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(readme_configs())))
+def test_every_readme_example_passes_config_check(tmp_path: Path, index: int) -> None:
+    """The README's `[handlers.archive]` path is made to exist, as a package would be."""
+    package = tmp_path / "my_package"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "archive.py").write_text("async def handle(event, ctx):\n    return None\n")
+    (tmp_path / "receiver.toml").write_text(readme_configs()[index])
+    done = run("config", "check", "receiver.toml", cwd=tmp_path,
+               env={"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("sonic-receiver: receiver.toml: OK")
