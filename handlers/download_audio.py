@@ -24,8 +24,9 @@ in place locally; by a multipart upload, checked against the sha256, to an objec
 ``files.path`` records the local path or the object's URL. Leftover temporaries of a process
 killed while writing (``.<clip>.<kind>.part.meta.*.tmp``, ``.<clip>.json.*.tmp``) are removed
 under the clip's lock, which every writer of them holds. A media folder or bucket that refuses
-writes ends the job at once. Downloads follow :mod:`receiver.fetching`'s
-network policy (the config's ``[network]`` table).
+writes ends the job at once. Downloads follow the receiver's network policy (``ctx.network``:
+the config's ``[network]`` table). It ``provides`` the task's ``files``: the jobs of handlers
+that need them (``forward``) run once its job of the same task is finished.
 
 Options (all optional; :class:`DownloadOptions`, checked at start-up)::
 
@@ -62,22 +63,28 @@ import mutagen.wave
 from mutagen import MutagenError
 from mutagen.id3 import ID3NoHeaderError
 
-from receiver.context import Event, HandlerContext
-from receiver.conversion import PositiveFloat, PositiveInt, Table
-from receiver.errors import ReceiverError, SettingsError
-from receiver.fetching import (
+from receiver.plugin import (
+    Clip,
+    Context,
+    Event,
     FetchError,
     FetchFailed,
+    MediaError,
+    MediaRefused,
+    MediaStore,
     NetPolicy,
+    Options,
+    PermanentError,
+    PositiveFloat,
+    PositiveInt,
+    ReceiverError,
+    State,
+    StoredFile,
     download,
+    handler,
     locked,
     safe_url,
 )
-from receiver.jobs import PermanentError
-from receiver.media import MediaError, MediaRefused, MediaStore
-from receiver.models import Clip, StoredFile
-from receiver.registry import handler
-from receiver.states import State
 
 MIB = 1024 * 1024
 KINDS = ("audio", "image", "video")
@@ -107,7 +114,7 @@ class DownloadIncomplete(ReceiverError):
     """Some files of the task could not be downloaded yet."""
 
 
-class AllowedTypes(Table, kw_only=True, frozen=True):
+class AllowedTypes(Options, kw_only=True, frozen=True):
     """The content types kept, per kind (exact types, or ``"audio/*"``); a kind left out keeps
     every type :data:`EXTENSIONS` knows."""
 
@@ -120,7 +127,7 @@ class AllowedTypes(Table, kw_only=True, frozen=True):
         return frozenset(t.strip().lower() for t in types)
 
 
-class DownloadOptions(Table, kw_only=True, frozen=True):
+class DownloadOptions(Options, kw_only=True, frozen=True):
     """The handler's options (a route's ``options = { ... }``)."""
 
     image: bool = False
@@ -142,18 +149,11 @@ class _Failure:
     error: FetchError | MediaError
 
 
-@handler(options=DownloadOptions)
-async def handle(event: Event, ctx: HandlerContext) -> None:
+@handler(options=DownloadOptions, provides=["files"])
+async def handle(event: Event, ctx: Context) -> None:
     """Download the media of every succeeded clip of ``event``'s task (see the module)."""
     options: DownloadOptions = ctx.options
-    try:
-        policy = NetPolicy.from_config(ctx.config)
-    except SettingsError as exc:
-        raise PermanentError(exc.message) from exc
-    try:
-        store = ctx.media
-    except MediaError as exc:
-        raise PermanentError(exc.message) from exc
+    policy, store = ctx.network, ctx.media
     view = await ctx.task()
     prefix = safe_component(view.task.task_id)
     folder = contained(store.staging, prefix)
@@ -212,7 +212,7 @@ async def _writing(folder: Path) -> AsyncIterator[None]:
 
 
 async def _keep(
-    ctx: HandlerContext, store: MediaStore, clip: Clip, kind: str, url: str, *, folder: Path,
+    ctx: Context, store: MediaStore, clip: Clip, kind: str, url: str, *, folder: Path,
     prefix: str, stem: str, options: DownloadOptions, policy: NetPolicy,
 ) -> StoredFile:
     """The recorded file of ``(clip, kind)``: the one already kept if its bytes still match,
@@ -247,7 +247,7 @@ async def _keep(
         return done
 
 
-async def _recorded(ctx: HandlerContext, store: MediaStore, clip_id: str, kind: str, *,
+async def _recorded(ctx: Context, store: MediaStore, clip_id: str, kind: str, *,
                     verify: bool = True) -> StoredFile | None:
     """The record of ``(clip_id, kind)`` if there is one and (``verify``) the media store
     still holds it with its size and sha256."""
@@ -267,7 +267,7 @@ async def _recorded(ctx: HandlerContext, store: MediaStore, clip_id: str, kind: 
     return found
 
 
-async def _keep_sidecar(ctx: HandlerContext, store: MediaStore, clip: Clip,
+async def _keep_sidecar(ctx: Context, store: MediaStore, clip: Clip,
                         files: Mapping[str, StoredFile], *, folder: Path, prefix: str,
                         stem: str) -> None:
     data = sidecar(clip, files)

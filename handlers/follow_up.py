@@ -38,20 +38,30 @@ from typing import Any, Literal
 
 import msgspec
 
-from receiver.context import Event, HandlerContext
-from receiver.conversion import FieldError, NonNegativeInt, PositiveInt, Table, Text
-from receiver.jobs import PermanentError
-from receiver.models import ChildState, ChildTask, Clip
-from receiver.registry import handler
-from receiver.sonic.client import SonicClient
-from receiver.sonic.contract import TASKS, CreateRequest, TaskType, normalise_model
-from receiver.sonic.errors import (
+from receiver.plugin import (
+    TASKS,
+    ChildState,
+    ChildTask,
+    Clip,
+    Context,
     CreateOutcomeUnknown,
+    CreateRequest,
+    Event,
+    FieldError,
+    NonNegativeInt,
+    Options,
+    PermanentError,
+    PositiveInt,
+    SonicClient,
     SonicRequestError,
     SonicUnavailable,
     SonicValidationError,
+    State,
+    TaskType,
+    Text,
+    handler,
+    normalise_model,
 )
-from receiver.states import State
 
 DEFAULT_MODEL = "sonic-v4-5"
 
@@ -60,7 +70,7 @@ Action = Literal["extend", "cover", "concat", "resubmit", "bpm", "vox"]
 On = Literal["task.succeeded", "task.failed"]
 
 
-class RuleTable(Table, kw_only=True, frozen=True):
+class RuleTable(Options, kw_only=True, frozen=True):
     """One ``[[follow_up.rules]]`` table."""
 
     action: Action
@@ -87,7 +97,7 @@ class Rule:
     times: int = 1
 
 
-class FollowUpTable(Table, kw_only=True, frozen=True):
+class FollowUpTable(Options, kw_only=True, frozen=True):
     """``[follow_up]``: the limits of every chain, and the rules."""
 
     max_depth: PositiveInt = 3  # a chain stops here
@@ -115,14 +125,14 @@ class FollowUpTable(Table, kw_only=True, frozen=True):
         )
 
 
-class FollowUpOptions(Table, kw_only=True, frozen=True):
+class FollowUpOptions(Options, kw_only=True, frozen=True):
     """A route's options: ``rules`` names the rules to run (all when left out)."""
 
     rules: list[Text] | None = None
 
 
 @handler(options=FollowUpOptions, table=FollowUpTable)
-async def handle(event: Event, ctx: HandlerContext) -> None:
+async def handle(event: Event, ctx: Context) -> None:
     """Run every follow-up rule that matches this transition."""
     limits: FollowUpTable = ctx.table
     rules = limits.plan()
@@ -184,7 +194,7 @@ def _build(fields: Mapping[str, Any], **fixed: Any) -> CreateRequest:
 
 
 async def _create(
-    ctx: HandlerContext, rule: Rule, limits: FollowUpTable, request: CreateRequest, *,
+    ctx: Context, rule: Rule, limits: FollowUpTable, request: CreateRequest, *,
     suffix: str = ""
 ) -> None:
     sonic = _client(ctx)
@@ -234,7 +244,7 @@ async def _create(
     log.info("follow_up_created", child_task_id=created.task_id, credits=cost)
 
 
-def _with_webhook(ctx: HandlerContext, request: CreateRequest) -> CreateRequest:
+def _with_webhook(ctx: Context, request: CreateRequest) -> CreateRequest:
     url = ctx.settings.webhook_url
     if url is None:
         raise PermanentError("RECEIVER_PUBLIC_URL is not set: follow-up tasks need a webhook URL")
@@ -243,7 +253,7 @@ def _with_webhook(ctx: HandlerContext, request: CreateRequest) -> CreateRequest:
                                     "webhook_secret": secret})
 
 
-async def _resubmit(ctx: HandlerContext, rule: Rule, limits: FollowUpTable) -> None:
+async def _resubmit(ctx: Context, rule: Rule, limits: FollowUpTable) -> None:
     """Send a failed task's request again, up to ``times`` in a row."""
     own = await ctx.store.child_of(ctx.job.task_id)
     if own is None:
@@ -263,7 +273,7 @@ async def _resubmit(ctx: HandlerContext, rule: Rule, limits: FollowUpTable) -> N
     await _create(ctx, rule, limits, _build(request))
 
 
-async def _analyse(ctx: HandlerContext, rule: Rule, clips: Sequence[Clip]) -> None:
+async def _analyse(ctx: Context, rule: Rule, clips: Sequence[Clip]) -> None:
     """get-bpm or get-vox for the chosen clips; an answer already kept is not asked again."""
     sonic = _client(ctx)
     kept = {(r.clip_id, r.kind) for r in await ctx.results()}
@@ -284,7 +294,7 @@ async def _analyse(ctx: HandlerContext, rule: Rule, clips: Sequence[Clip]) -> No
         ctx.log.info("follow_up_result", rule=rule.name, clip_id=clip.clip_id, kind=rule.action)
 
 
-def _client(ctx: HandlerContext) -> SonicClient:
+def _client(ctx: Context) -> SonicClient:
     if ctx.sonic is None:
         raise PermanentError("no Sonic client: set SONIC_API_BASE_URL and SONIC_API_KEY")
     return ctx.sonic

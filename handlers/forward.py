@@ -15,22 +15,19 @@ Options (:class:`ForwardOptions`, checked at start-up)::
     secret_env = "FORWARD_SECRET"             # the variable holding the whsec_ secret
     # secret = "whsec_..."                    # or the secret itself (keep the file private)
     timeout_s = 10                            # per attempt
-    max_attempts = 8                          # then the job dies with the last answer
     backoff_s = [5, 30, 120, 600, 1800]       # waits between attempts (the last repeats)
-    wait_for_downloads_s = 900                # see below
 
 Delivery: a 2xx is success (recorded, never sent again for this job). A 5xx, 408, 425, 429,
 a timeout or a connection failure is retried after ``Retry-After`` when the answer has one
-(seconds or an HTTP date, at most an hour), else after the next ``backoff_s`` step; other
-answers (4xx, a redirect) and a refused address end the job at once. Attempts are counted in
-the handler's own result (``forward:<job key>``), so waits honour ``Retry-After`` exactly and
-still stop after ``max_attempts``. The URL follows the download network policy
-(``[network]``: no loopback, private or link-local address unless allowed there), checked on
-the address actually connected to.
+(seconds or an HTTP date, at most an hour), else after the next ``backoff_s`` step, each a
+counted attempt: the job has 8 unless the route's handler item says ``max_attempts``, and then
+dies with the last answer. Other answers (4xx, a redirect) and a refused address end the job at
+once. The URL follows the receiver's network policy (``[network]``: no loopback, private or
+link-local address unless allowed there), checked on the address actually connected to.
 
-Order: when ``download_audio`` jobs exist for the same task, the event waits (re-runs later)
-until they are finished, up to ``wait_for_downloads_s`` after this job was created, so that it
-can name the stored files; after that it is sent with what is stored.
+Order: it ``needs`` the task's ``files``, so its job runs once the jobs of the same task whose
+handlers provide them (``download_audio``) are finished, waiting at most the route's
+``after_wait_s`` (900 s) from its creation; then it names the stored files.
 
 The event (``version`` 1; fields are only ever added)::
 
@@ -65,34 +62,44 @@ from typing import Annotated, Any
 import httpx
 import msgspec
 
-from receiver.context import Event, HandlerContext
-from receiver.conversion import FieldError, HttpUrl, PositiveInt, Seconds, Table, Text
-from receiver.errors import SettingsError
-from receiver.fetching import FetchError, NetPolicy, safe_url
-from receiver.jobs import FINISHED, PermanentError, Retry
-from receiver.models import StoredFile, TaskView
-from receiver.registry import handler
-from receiver.signatures import sign_standard
+from receiver.plugin import (
+    Context,
+    Event,
+    FetchError,
+    FieldError,
+    HttpUrl,
+    NetPolicy,
+    Options,
+    PermanentError,
+    Retry,
+    Seconds,
+    StoredFile,
+    TaskView,
+    Text,
+    handler,
+    safe_url,
+    sign_standard,
+)
 
 VERSION = 1
 RETRYABLE = frozenset({408, 425, 429})
 MAX_RETRY_AFTER_S = 3600.0
-WAIT_STEP_S = 2.0
-DOWNLOAD_HANDLER = "download_audio"
 
 
-class ForwardOptions(Table, kw_only=True, frozen=True):
+class ForwardOptions(Options, kw_only=True, frozen=True):
     """The handler's options; ``secret`` or ``secret_env`` names the ``whsec_`` secret."""
 
     url: HttpUrl
     secret: Text | None = None
     secret_env: Text | None = None
     timeout_s: Seconds = 10.0
-    max_attempts: PositiveInt = 8
     backoff_s: Annotated[tuple[Seconds, ...], msgspec.Meta(
         min_length=1, description="a non-empty list of seconds")] = (5.0, 30.0, 120.0, 600.0,
                                                                       1800.0)
-    wait_for_downloads_s: Seconds = 900.0
+
+    def backoff(self, attempt: int) -> float:
+        """The wait after attempt ``attempt`` (1: the first); the last step repeats."""
+        return self.backoff_s[min(attempt, len(self.backoff_s)) - 1]
 
     def __post_init__(self) -> None:
         if self.secret is None and self.secret_env is None:
@@ -118,63 +125,38 @@ class ForwardFailed(Exception):
         self.retry_after = retry_after
 
 
-@handler(options=ForwardOptions)
-async def handle(event: Event, ctx: HandlerContext) -> None:
+@handler(options=ForwardOptions, needs=["files"], max_attempts=8)
+async def handle(event: Event, ctx: Context) -> None:
     """POST ``event``'s task as a signed event to the configured URL (see the module)."""
     options: ForwardOptions = ctx.options
     secret = options.secret_in(os.environ)
-    try:
-        policy = NetPolicy.from_config(ctx.config)
-    except SettingsError as exc:
-        raise PermanentError(exc.message) from exc
     kind = f"forward:{event.key}"
-    state = next((r.data for r in await ctx.results() if r.kind == kind and r.clip_id == ""),
-                 {})
-    if state.get("delivered"):
-        ctx.log.info("forward_already_delivered", attempts=state.get("attempts"))
+    if any(r.kind == kind and r.clip_id == "" and r.data.get("delivered")
+           for r in await ctx.results()):
+        ctx.log.info("forward_already_delivered")
         return
-    await _wait_for_downloads(ctx, options)
     view = await ctx.task()
     files = await ctx.files()
     body = json.dumps(await event_body(event, ctx, view, files), ensure_ascii=False,
                       sort_keys=True, separators=(",", ":")).encode()
     msg_id = "msg_" + hashlib.sha256(event.key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    attempts = int(state.get("attempts", 0)) + 1
     headers = sign_standard(secret, msg_id, body, int(ctx.clock.now()))
     try:
-        status = await _post(ctx.http, options.url, body, headers, policy=policy,
+        status = await _post(ctx.http, options.url, body, headers, policy=ctx.network,
                              timeout_s=options.timeout_s, now=ctx.clock.now())
     except ForwardFailed as exc:
-        await ctx.record_result(clip_id="", kind=kind, data={
-            "attempts": attempts, "delivered": False, "webhook_id": msg_id,
-            "last_error": exc.message})
-        if attempts >= options.max_attempts:
-            raise PermanentError(f"forward: gave up after {attempts} attempts: "
-                                 f"{exc.message}") from exc
-        delay = (exc.retry_after if exc.retry_after is not None
-                 else options.backoff_s[min(attempts, len(options.backoff_s)) - 1])
-        ctx.log.warning("forward_failed", attempt=attempts, error=exc.message,
+        delay = exc.retry_after if exc.retry_after is not None else options.backoff(event.attempt)
+        ctx.log.warning("forward_failed", attempt=event.attempt, error=exc.message,
                         retry_in_s=delay)
-        raise Retry(f"forward attempt {attempts} failed: {exc.message}", after=delay,
-                    counted=False) from exc
+        raise Retry(f"forward: {exc.message}", after=delay) from exc
+    # a 2xx is never sent again for this job, even if finishing the job is not recorded
     await ctx.record_result(clip_id="", kind=kind, data={
-        "attempts": attempts, "delivered": True, "webhook_id": msg_id, "status": status})
-    ctx.log.info("forward_delivered", attempt=attempts, status=status, webhook_id=msg_id,
+        "attempt": event.attempt, "delivered": True, "webhook_id": msg_id, "status": status})
+    ctx.log.info("forward_delivered", attempt=event.attempt, status=status, webhook_id=msg_id,
                  url=safe_url(options.url))
 
 
-async def _wait_for_downloads(ctx: HandlerContext, options: ForwardOptions) -> None:
-    """Run again later while a download job of this task is unfinished (up to the wait)."""
-    jobs = await ctx.store.list_jobs(task_id=ctx.job.task_id)
-    busy = [j for j in jobs if j.handler == DOWNLOAD_HANDLER and j.state not in FINISHED]
-    waited = ctx.clock.now() - ctx.job.created_at
-    if busy and waited < options.wait_for_downloads_s:
-        ctx.log.info("forward_waiting_for_downloads", jobs=len(busy), waited_s=round(waited, 1))
-        raise Retry("waiting for the task's downloads", counted=False,
-                    after=min(WAIT_STEP_S, options.wait_for_downloads_s - waited))
-
-
-async def event_body(event: Event, ctx: HandlerContext, view: TaskView,
+async def event_body(event: Event, ctx: Context, view: TaskView,
                      files: Sequence[StoredFile]) -> dict[str, Any]:
     """The event's document (schema in the module docstring)."""
     task = view.task

@@ -74,12 +74,22 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import apprise
 
-from receiver.context import Event, HandlerContext
-from receiver.conversion import Domain, Seconds, Table, Text, shown
-from receiver.errors import ReceiverError
-from receiver.jobs import PermanentError, Retry
-from receiver.models import Clip, StoredFile, TaskView
-from receiver.registry import handler
+from receiver.plugin import (
+    Clip,
+    Context,
+    Domain,
+    Event,
+    Options,
+    PermanentError,
+    ReceiverError,
+    Retry,
+    Seconds,
+    StoredFile,
+    TaskView,
+    Text,
+    handler,
+    shown,
+)
 
 if TYPE_CHECKING:
     from typing import Self
@@ -143,7 +153,7 @@ class ClipTemplate(TaskTemplate):
     fields = CLIP_FIELDS
 
 
-class NotifyTable(Table, kw_only=True, frozen=True):
+class NotifyTable(Options, kw_only=True, frozen=True):
     """``[notify]``: what every notify route uses unless its options say otherwise."""
 
     targets: Text | list[Text] | None = None  # apprise URLs
@@ -202,7 +212,7 @@ def scheme_of(url: str) -> str:
 
 
 @handler(options=NotifyOptions, table=NotifyTable)
-async def handle(event: Event, ctx: HandlerContext) -> None:
+async def handle(event: Event, ctx: Context) -> None:
     """Send the message for ``event`` to each target that has not accepted it yet."""
     if event.trigger not in TRIGGERS:
         ctx.log.debug("notify_ignored", trigger=event.trigger)
@@ -351,7 +361,7 @@ def _distinct(values: Iterable[str | None], empty: str) -> str:
 
 
 def _wait_for_files(
-    view: TaskView, files: Sequence[StoredFile], wait_s: float, ctx: HandlerContext
+    view: TaskView, files: Sequence[StoredFile], wait_s: float, ctx: Context
 ) -> None:
     """Ask to run again while a clip has no audio file yet and the wait is not over."""
     have = {f.clip_id for f in files}
@@ -407,7 +417,7 @@ async def _deliver(
     message: Message,
     settings: NotifySettings,
     event: Event,
-    ctx: HandlerContext,
+    ctx: Context,
 ) -> None:
     try:
         # async_notify runs blocking plugins in apprise's thread pool, off the event loop

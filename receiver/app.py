@@ -46,16 +46,14 @@ from receiver.console import console_routes
 from receiver.console.session import ConsoleAuth, Sessions
 from receiver.console.shapes import Error, ShapeResponse
 from receiver.creation import creation_routes
-from receiver.errors import StoreError
 from receiver.probes import probe_routes
 from receiver.registry import Registry, load_registry
-from receiver.replay import reconcile_every, turn_owner
-from receiver.routing import Router, routes_from_config
+from receiver.routing import router_for
 from receiver.runtime import open_runtime
+from receiver.schedules import prune_every, reconcile_every
 from receiver.settings import Settings
 from receiver.signatures import Verifier
 from receiver.sonic.client import SonicClient
-from receiver.storage.admin import Admin
 from receiver.storage.roles import Storage
 from receiver.webhook import WebhookEndpoint
 
@@ -74,9 +72,8 @@ def create_app(
     """The receiver as an ASGI app. ``storage``, ``http`` and ``sonic``, when given, must be open
     and are not closed by the app; ``registry`` defaults to every installed handler."""
     clock = clock or SystemClock()
-    router = Router(routes_from_config(settings.config), policy=settings.retry)
     registry = registry if registry is not None else load_registry(settings.config)
-    registry.check(router.handler_names)
+    router = router_for(settings.config, registry, policy=settings.retry)
     verifier = (
         None
         if settings.insecure_no_verify
@@ -190,21 +187,6 @@ class ReceiverApp(Starlette):
             await self.webhook(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
-
-
-async def prune_every(
-    every_s: float, *, admin: Admin, clock: Clock, older_than_s: float, keep_ids_s: float
-) -> None:
-    """The retention policy on a schedule (``[retention]``); a failed round is logged."""
-    owner = turn_owner()
-    while True:
-        await clock.sleep(every_s)
-        try:
-            # several web processes run this schedule: one of them prunes each round
-            if await admin.take_turn("prune", owner=owner, hold_s=every_s * 0.9):
-                await admin.prune(older_than_s=older_than_s, keep_ids_s=keep_ids_s)
-        except StoreError as exc:
-            log.error("prune_failed", error=exc.message)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

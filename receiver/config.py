@@ -37,6 +37,7 @@ from receiver.conversion import (
     HttpUrl,
     PositiveFloat,
     PositiveInt,
+    Seconds,
     Table,
     Text,
     convert,
@@ -323,10 +324,15 @@ Names = str | list[str]
 
 
 class HandlerItemBase(Table, kw_only=True, frozen=True):
-    """What every handler item of a route has besides its name and options."""
+    """What every handler item of a route has besides its name and options: its jobs' attempts
+    (else the handler's declared default, else ``[worker] max_attempts``), and the handlers
+    whose jobs of the same task it runs after (besides those providing what it needs), waiting
+    for them at most ``after_wait_s`` from the job's creation."""
 
     kind: ClassVar[str] = "handler"  # how errors name an unknown tag of these items
     max_attempts: PositiveInt | None = None
+    after: list[Text] = msgspec.field(default_factory=list)
+    after_wait_s: Seconds = 900.0
 
 
 class HandlerItem(HandlerItemBase, kw_only=True, frozen=True):
@@ -387,6 +393,9 @@ def file_type(registry: Registry) -> type[CoreFile]:
     checked against the handler they name, and each declared handler table as a table."""
     items: list[Any] = []
     bare: list[str] = []  # handlers that may be named alone, without options
+    # a route's `after` names registered handlers only
+    names: Any = Literal.__getitem__(tuple(registry.names)) if registry.names else Text
+    after: Any = list[names]
     extra: list[tuple[str, Any, Any]] = []
     for name in registry.names:
         spec = registry.spec(name)
@@ -394,8 +403,9 @@ def file_type(registry: Registry) -> type[CoreFile]:
         optional = spec.options is None or not _required(spec.options)
         default = msgspec.field(default_factory=options) if optional else msgspec.NODEFAULT
         items.append(msgspec.defstruct(
-            f"handler.{name}", [("options", options, default)], bases=(HandlerItemBase,),
-            tag_field="name", tag=name, kw_only=True, module=__name__))
+            f"handler.{name}", [("options", options, default), ("after", after, [])],
+            bases=(HandlerItemBase,), tag_field="name", tag=name, kw_only=True,
+            module=__name__))
         if optional:
             bare.append(name)
         if spec.table is not None:

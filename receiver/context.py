@@ -19,8 +19,9 @@ import httpx
 import structlog
 
 from receiver.clock import Clock
+from receiver.fetching import NetPolicy
 from receiver.jobs import Job, PermanentError
-from receiver.media import MediaStore, open_media
+from receiver.media import MediaStore
 from receiver.models import ChildState, ChildTask, Result, StoredFile, TaskView
 from receiver.routing import Router
 from receiver.settings import Settings
@@ -43,12 +44,15 @@ class Event:
 
 @dataclass(kw_only=True)
 class HandlerContext:
-    """Everything a handler may use. ``sonic`` is the Sonic API client, when configured.
+    """Everything a handler may use.
 
     ``options`` are the route's options for this handler, parsed once: an instance of the
     Struct the handler declared (:func:`receiver.registry.handler`), or the mapping as written
     for a handler that declared none. ``table`` is the handler's own table of the config file
-    (``[notify]``), as its declared Struct, or None.
+    (``[notify]``), as its declared Struct, or None. ``media`` is where files are kept (the
+    local folder or the object store of ``RECEIVER_MEDIA``); ``network`` the policy every URL a
+    callback named is fetched under (``[network]``); ``http`` the shared HTTP client; ``sonic``
+    the Sonic API client, when configured; ``settings`` the receiver's, read only.
     """
 
     options: Any
@@ -58,23 +62,11 @@ class HandlerContext:
     clock: Clock
     log: structlog.stdlib.BoundLogger
     store: HandlerOutput = field(repr=False)
+    media: MediaStore = field(repr=False)
+    network: NetPolicy = field(repr=False)
     router: Router | None = field(default=None, repr=False)
     job: Job = field(repr=False)
     table: Any = None
-
-    @property
-    def media_dir(self) -> Path:
-        return self.settings.media_dir
-
-    @property
-    def media(self) -> MediaStore:
-        """Where files are kept: the local folder or the object store of ``RECEIVER_MEDIA``."""
-        return open_media(self.settings)
-
-    @property
-    def config(self) -> Mapping[str, Any]:
-        """The whole parsed config file (for handlers with settings of their own)."""
-        return self.settings.config
 
     async def task(self) -> TaskView:
         """The task this job is about, with its clips and transitions, as stored now."""

@@ -40,7 +40,6 @@ import asyncio
 import hashlib
 import os
 import tempfile
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -511,22 +510,13 @@ def _translate(exc: Exception, what: str) -> MediaError:
 
 # ---- opening ---------------------------------------------------------------------------------
 
-_opened: dict[tuple[str, str], MediaStore] = {}
-_opening = threading.Lock()
-
-
 def open_media(settings: Settings) -> MediaStore:
-    """The media store ``settings`` name, one per place (an object store holds a connection
-    pool: it is shared by every job of the process)."""
+    """The media store ``settings`` name. The runtime opens it once and every job of the
+    process shares it (an object store's client holds a connection pool; it needs no closing:
+    it goes with its last reference)."""
     if settings.media_url is None:
         return LocalMedia(settings.media_dir)
-    staging = settings.db_path.parent / "media-staging"
-    cache_key = (settings.media_url, str(staging))
-    with _opening:
-        store = _opened.get(cache_key)
-        if store is None:
-            store = _opened[cache_key] = ObjectMedia(settings.media_url, staging=staging)
-        return store
+    return ObjectMedia(settings.media_url, staging=settings.db_path.parent / "media-staging")
 
 
 # ---- serving ---------------------------------------------------------------------------------

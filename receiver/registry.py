@@ -6,8 +6,10 @@ entry point's name is the handler's name), plus ``module:function`` paths in the
     [handlers.archive]
     path = "my_package.archive:handle"
 
-A handler declares the Struct its route options must fit, and optionally a table of its own
-(``[<handler name>]`` in the config file), with :func:`handler`; one that declares nothing
+A handler declares with :func:`handler` the Struct its route options must fit, optionally a
+table of its own (``[<handler name>]`` in the config file), what it ``provides`` to and
+``needs`` from the other handlers of a task (its jobs run after those of the handlers that
+provide what it needs), and its jobs' default number of attempts; one that declares nothing
 takes any options, as a plain mapping. :func:`load_checked` is what start-up runs: every
 handler loaded, then the whole file checked against them (:func:`receiver.config.check`). Two
 handlers with one name, a path that does not import, a route naming a handler that is not
@@ -43,20 +45,25 @@ _SPEC = "__sonic_receiver_handler__"
 @dataclass(frozen=True, kw_only=True)
 class HandlerSpec:
     """What a handler declared: the Struct its options must fit (None: any table, given as a
-    mapping) and the Struct of its own table in the config file (None: it has none)."""
+    mapping), the Struct of its own table in the config file (None: it has none), what it
+    provides to and needs from the other handlers of a task, and its jobs' default number of
+    attempts (None: the ``[worker]`` policy's)."""
 
     options: type[msgspec.Struct] | None = None
     table: type[msgspec.Struct] | None = None
+    provides: frozenset[str] = frozenset()
+    needs: frozenset[str] = frozenset()
+    max_attempts: int | None = None
 
     def options_from(self, raw: Mapping[str, Any]) -> Any:
-        """A job's stored options as the handler takes them. Options that no longer fit (the
-        job was written under another config) give an :class:`Unfit` that ends the job."""
+        """A job's stored options as the handler takes them; :class:`UnfitOptions` when they
+        no longer fit (the job was written under another config)."""
         if self.options is None:
             return raw
         try:
             return convert(raw, self.options, path="options")
         except ConfigError as exc:
-            return Unfit(exc.message)
+            raise UnfitOptions(exc.message) from None
 
     def table_from(self, name: str, config: Mapping[str, Any]) -> Any:
         """The handler's table ``[name]`` of the parsed ``config``, or None if it has none."""
@@ -65,46 +72,46 @@ class HandlerSpec:
         try:
             return convert(config.get(name, {}), self.table, path=name)
         except ConfigError as exc:
-            return Unfit(exc.message)
+            raise UnfitOptions(exc.message) from None
 
 
 UNDECLARED = HandlerSpec()
 
 
-class Unfit:
-    """Stands for options or a table that do not fit the handler's declaration (a job written
-    under another config, or a context built without the start-up check): any use of it ends
-    the job at once with the reason, instead of a retry that could not help."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-    def __getattr__(self, name: str) -> Any:
-        raise PermanentError(self.reason)
-
-    def __repr__(self) -> str:
-        return f"Unfit({self.reason!r})"
+class UnfitOptions(PermanentError):
+    """A job's options (or its handler's table) do not fit the handler's declaration: a job
+    written under another config. No retry could help: the job ends with the reason."""
 
 
-def handler(*, options: type[msgspec.Struct] | None = None,
-            table: type[msgspec.Struct] | None = None) -> Callable[[F], F]:
-    """Declare a handler's options Struct and, optionally, the Struct of its own table::
+def handler(
+    *, options: type[msgspec.Struct] | None = None, table: type[msgspec.Struct] | None = None,
+    provides: Iterable[str] = (), needs: Iterable[str] = (), max_attempts: int | None = None,
+) -> Callable[[F], F]:
+    """Declare a handler's options Struct and, optionally, the Struct of its own table, what it
+    provides to and needs from the other handlers of a task, and its jobs' default number of
+    attempts::
 
-        @handler(options=DownloadOptions)
+        @handler(options=DownloadOptions, provides=["files"])
         async def handle(event: Event, ctx: HandlerContext) -> None:
             options: DownloadOptions = ctx.options
 
     The function is returned as it is, with the declaration attached for the registry. Route
     options and the table are checked at start-up; ``ctx.options`` and ``ctx.table`` are then
-    instances of these Structs.
+    instances of these Structs. A job of a handler that ``needs`` something runs after the
+    unfinished jobs of the same task whose handlers ``provide`` it (up to the route's
+    ``after_wait_s``).
     """
     for kind, declared in (("options", options), ("table", table)):
         if declared is not None and not (isinstance(declared, type)
                                          and issubclass(declared, msgspec.Struct)):
             raise TypeError(f"handler {kind} must be a msgspec.Struct subclass, not {declared!r}")
+    if max_attempts is not None and max_attempts < 1:
+        raise ValueError("a handler's max_attempts must be at least 1")
+    spec = HandlerSpec(options=options, table=table, provides=frozenset(provides),
+                       needs=frozenset(needs), max_attempts=max_attempts)
 
     def declare(function: F) -> F:
-        setattr(function, _SPEC, HandlerSpec(options=options, table=table))
+        setattr(function, _SPEC, spec)
         return function
 
     return declare
@@ -148,6 +155,11 @@ class Registry:
     @property
     def names(self) -> list[str]:
         return sorted(self._handlers)
+
+    def providers(self, needs: Iterable[str]) -> frozenset[str]:
+        """The handlers that provide any of ``needs``."""
+        wanted = frozenset(needs)
+        return frozenset(name for name in self._handlers if self.spec(name).provides & wanted)
 
     def check(self, names: Iterable[str]) -> None:
         """Raise unless every handler in ``names`` is registered."""

@@ -18,40 +18,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
-import os
 import re
-import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
-import structlog
-from aiolimiter import AsyncLimiter
 from tqdm import tqdm
 
-from receiver.clock import Clock, SystemClock
-from receiver.errors import PayloadError, ReceiverError, SettingsError
-from receiver.jobs import JobState
-from receiver.models import Delivery, JobFilter, Outcome, RawDelivery, RecordResult, Source
-from receiver.payloads import Callback, envelope, try_parse
-from receiver.routing import Router
-from receiver.signatures import Scheme, header_bytes, header_text, sign
+from receiver.clock import SystemClock
+from receiver.errors import SettingsError
+from receiver.models import JobFilter, Outcome
+from receiver.recovery import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Summary,
+    reconcile,
+    redispatch,
+    resend,
+)
+from receiver.routing import Router, router_for
+from receiver.settings import Settings
+from receiver.signatures import Scheme
 from receiver.sonic.client import SonicClient
-from receiver.sonic.errors import SonicError, TaskNotFound
-from receiver.sonic.responses import Music
-from receiver.storage.admin import Admin
-from receiver.storage.ingest import Ingest
 
-log = structlog.get_logger("receiver.replay")
-
-EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -79,271 +72,12 @@ def parse_time(text: str, *, now: float | None = None) -> float:
     return moment.timestamp()
 
 
-@dataclass
-class Summary:
-    """What a replay command did, printed as JSON at the end."""
-
-    command: str
-    dry_run: bool
-    selected: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
-    failures: list[dict[str, str]] = field(default_factory=list)
-    interrupted: bool = False
-
-    def add(self, key: str, n: int = 1) -> None:
-        self.counts[key] = self.counts.get(key, 0) + n
-
-    def fail(self, item: str, error: str) -> None:
-        self.add("failed")
-        if len(self.failures) < 50:
-            self.failures.append({"item": item, "error": error})
-
-    @property
-    def exit_code(self) -> int:
-        if self.interrupted:
-            return EXIT_INTERRUPTED
-        return EXIT_FAILURES if self.counts.get("failed") else EXIT_OK
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-
-# ---- reconcile ---------------------------------------------------------------------------------
-
-
-def poll_delivery(task_id: str, music: Music, *, received_at: float) -> Delivery:
-    """A get-music answer, as the client read it, as a delivery of source ``poll``: its clips
-    are not read again. The body is the answer's JSON with ``task_id`` added, read again by
-    :func:`replayed` as this same callback; its id is a digest of the body, so polling a task
-    whose state has not changed is a duplicate, not a new delivery."""
-    callback: Callback | None
-    error: str | None
-    document = {**music.raw, "task_id": task_id}
-    try:
-        body = json.dumps(document, sort_keys=True).encode()
-    except (ValueError, TypeError, RecursionError) as exc:  # nested past the recursion limit
-        body = json.dumps({"task_id": task_id, "unserialisable_answer": type(exc).__name__},
-                          sort_keys=True).encode()
-        callback, error = None, f"get-music answer cannot be kept: {type(exc).__name__}"
-    else:
-        try:
-            callback, error = envelope(document, music.clips, task_id_hint=task_id), None
-        except PayloadError as exc:
-            callback, error = None, exc.message
-    delivery_id = "poll:" + hashlib.sha256(body).hexdigest()[:32]
-    return Delivery(
-        delivery_id=delivery_id, source=Source.POLL, scheme="poll", event=None, headers={},
-        body=body, received_at=received_at, callback=callback, error=error,
-        task_id_hint=task_id,
-    )
-
-
-async def reconcile(
-    task_ids: Sequence[str],
-    *,
-    store: Ingest,
-    sonic: SonicClient,
-    router: Router | None,
-    clock: Clock,
-    concurrency: int = 8,
-    rate_per_s: float = 20.0,
-    dry_run: bool = False,
-    progress: Callable[[int], None] | None = None,
-) -> Summary:
-    """Poll each task and record what it says, as :mod:`receiver.recording` does for a
-    webhook. With ``dry_run``, nothing is written: the summary says what would be."""
-    summary = Summary(command="reconcile", dry_run=dry_run, selected=len(task_ids))
-    limiter = AsyncLimiter(max_rate=max(rate_per_s, 0.001), time_period=1.0)
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for task_id in task_ids:
-        queue.put_nowait(task_id)
-
-    async def one(task_id: str) -> None:
-        async with limiter:
-            music = await sonic.get_music(task_id)
-        delivery = poll_delivery(task_id, music, received_at=clock.now())
-        record = store.preview_delivery if dry_run else store.record_delivery
-        result = await record(delivery, router=router)
-        _count(summary, result)
-
-    async def worker() -> None:
-        while True:
-            try:
-                task_id = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            try:
-                await one(task_id)
-            except TaskNotFound:
-                summary.add("not_found")
-            except (SonicError, ReceiverError) as exc:
-                summary.fail(task_id, exc.message)
-                log.warning("reconcile_failed", task_id=task_id, error=exc.message)
-            except Exception as exc:  # one odd answer must not end the run for every task
-                summary.fail(task_id, f"internal error: {type(exc).__name__}")
-                log.exception("reconcile_failed", task_id=task_id, error_type=type(exc).__name__)
-            summary.add("polled")
-            if progress:
-                progress(1)
-
-    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
-    return summary
-
-
-async def reconcile_every(
-    every_s: float,
-    stale_s: float,
-    *,
-    admin: Admin,
-    ingest: Ingest,
-    sonic: SonicClient,
-    router: Router | None,
-    clock: Clock,
-) -> None:
-    """The server's own reconciliation: every ``every_s``, poll the tasks whose last event
-    is older than ``stale_s``. Runs until cancelled; a failed round is logged, not fatal."""
-    owner = turn_owner()
-    while True:
-        await clock.sleep(every_s)
-        try:
-            # several web processes run this schedule: one of them polls each round
-            if not await admin.take_turn("reconcile", owner=owner, hold_s=every_s * 0.9):
-                continue
-            ids = await admin.tasks_to_reconcile(stale_before=clock.now() - stale_s)
-            if not ids:
-                continue
-            summary = await reconcile(ids, store=ingest, sonic=sonic, router=router,
-                                      clock=clock)
-            log.info("reconcile_round", selected=summary.selected, **summary.counts)
-        except ReceiverError as exc:
-            log.error("reconcile_round_failed", error=exc.message)
-
-
-def turn_owner() -> str:
-    """This process, as the owner of a scheduled turn."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _count(summary: Summary, result: RecordResult) -> None:
-    summary.add(result.outcome.value)
-    summary.add("transitions", len(result.transitions))
-    summary.add("jobs", result.jobs)
-
-
 def read_task_ids(args: Iterable[str], files: Iterable[Path]) -> list[str]:
     ids = [a.strip() for a in args if a.strip()]
     for path in files:
         text = sys.stdin.read() if str(path) == "-" else path.read_text()
         ids += [line.split("#")[0].strip() for line in text.splitlines()]
     return list(dict.fromkeys(i for i in ids if i))
-
-
-# ---- redispatch --------------------------------------------------------------------------------
-
-
-async def redispatch(
-    *,
-    store: Admin,
-    ingest: Ingest,
-    router: Router | None,
-    clock: Clock,
-    where: JobFilter,
-    deliveries_since: float | None = None,
-    deliveries_until: float | None = None,
-    quarantined: bool = False,
-    dry_run: bool = False,
-) -> Summary:
-    summary = Summary(command="redispatch", dry_run=dry_run)
-    if quarantined:
-        raws = await store.raw_deliveries(since=deliveries_since, until=deliveries_until,
-                                          task_id=where.task_id, outcome=Outcome.QUARANTINED)
-        summary.selected = len(raws)
-        for raw in raws:
-            result = await ingest.rerecord_quarantined(replayed(raw), router=router,
-                                                      preview=dry_run)
-            _count(summary, result)
-        return summary
-    if deliveries_since is not None or deliveries_until is not None:
-        raws = await store.raw_deliveries(since=deliveries_since, until=deliveries_until,
-                                          task_id=where.task_id, outcome=Outcome.RECORDED)
-        where = JobFilter(handler=where.handler, task_id=where.task_id,
-                          delivery_ids=frozenset(r.stored.delivery_id for r in raws))
-        jobs = [j for j in await store.find_jobs(where)
-                if j.state in (JobState.DONE, JobState.DEAD)]
-    else:
-        jobs = await store.find_jobs(
-            JobFilter(state=where.state or JobState.DEAD, handler=where.handler,
-                      task_id=where.task_id, since=where.since, until=where.until))
-    summary.selected = len(jobs)
-    for job in jobs:
-        summary.add(f"{job.state.value}_jobs")
-    if not dry_run:
-        summary.add("requeued", await store.requeue_jobs([j.id for j in jobs], now=clock.now()))
-    return summary
-
-
-def replayed(raw: RawDelivery) -> Delivery:
-    """A stored delivery, parsed again (with today's parser), as source ``replay``."""
-    event = raw.headers.get("x-webhook-event") or raw.stored.event
-    callback, error = try_parse(raw.body, event_header=event, task_id_hint=raw.stored.task_id)
-    return Delivery(
-        delivery_id=raw.stored.delivery_id, source=Source.REPLAY, scheme=raw.stored.scheme,
-        event=event, headers=raw.headers, body=raw.body, received_at=raw.stored.received_at,
-        callback=callback, error=error, task_id_hint=raw.stored.task_id,
-    )
-
-
-# ---- resend ------------------------------------------------------------------------------------
-
-
-async def resend(
-    raws: Sequence[RawDelivery],
-    *,
-    http: httpx.AsyncClient,
-    url: str,
-    secret: str,
-    scheme: Scheme,
-    clock: Clock,
-    concurrency: int = 4,
-    dry_run: bool = False,
-    progress: Callable[[int], None] | None = None,
-) -> Summary:
-    """POST each of ``raws`` (chosen with :meth:`~receiver.storage.admin.Admin.raw_deliveries`)
-    to ``url``."""
-    summary = Summary(command="resend", dry_run=dry_run, selected=len(raws))
-    if dry_run:
-        summary.add("would_send", len(raws))
-        return summary
-    semaphore = asyncio.Semaphore(max(1, concurrency))
-
-    async def one(delivery_id: str, body: bytes, event: str | None) -> None:
-        # An id (or event) may hold any byte the first sender put in its header: it goes out
-        # as those bytes, and a standard signature covers the text they spell, as the
-        # receiving end reads it (receiver.signatures.header_text).
-        headers = sign(scheme, secret, body, timestamp=int(clock.now()),
-                       msg_id=header_text(delivery_id))
-        headers.update({"X-Webhook-Id": delivery_id, "Idempotency-Key": delivery_id,
-                        "Content-Type": "application/json"})
-        if scheme is Scheme.STANDARD:
-            headers["webhook-id"] = delivery_id
-        if event:
-            headers["X-Webhook-Event"] = event
-        raw = [(name.encode(), header_bytes(value)) for name, value in headers.items()]
-        async with semaphore:
-            try:
-                response = await http.post(url, content=body, headers=raw)
-            except httpx.HTTPError as exc:
-                summary.fail(delivery_id, f"{type(exc).__name__}: {exc}")
-                return
-            finally:
-                if progress:
-                    progress(1)
-        summary.add(f"status_{response.status_code}")
-        if response.status_code >= 500 or response.status_code in (401, 403, 404):
-            summary.fail(delivery_id, f"HTTP {response.status_code}")
-
-    await asyncio.gather(*(one(r.stored.delivery_id, r.body, r.stored.event) for r in raws))
-    return summary
 
 
 # ---- the command line --------------------------------------------------------------------------
@@ -426,14 +160,15 @@ def main(argv: list[str]) -> int:
     try:
         loaded = settings.load(config_file=args.config,
                                overrides={"db": args.db, "insecure_no_verify": True})
-        load_checked(loaded.config)  # the whole file, before the database
+        registry = load_checked(loaded.config)  # the whole file, before the database
+        router = router_for(loaded.config, registry, policy=loaded.retry)
     except SettingsError as exc:
         print(f"sonic-receiver replay: error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     logs.configure(fmt=loaded.log_format, level=loaded.log_level,
                    third_party_level=loaded.log_level_third_party, secrets=loaded.secrets())
     try:
-        summary = asyncio.run(_run(args, loaded))
+        summary = asyncio.run(_run(args, loaded, router))
     except SettingsError as exc:
         print(f"sonic-receiver replay: error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
@@ -444,14 +179,10 @@ def main(argv: list[str]) -> int:
     return summary.exit_code
 
 
-async def _run(args: argparse.Namespace, loaded: Any) -> Summary:
-    from receiver.registry import load_registry
-    from receiver.routing import routes_from_config
+async def _run(args: argparse.Namespace, loaded: Settings, router: Router) -> Summary:
     from receiver.storage.roles import storage_for
 
     clock = SystemClock()
-    router = Router(routes_from_config(loaded.config), policy=loaded.retry)
-    load_registry(loaded.config).check(router.handler_names)
     if loaded.db_url is None and not loaded.db_path.exists():
         raise SettingsError(f"database {loaded.db_path} does not exist")
     async with storage_for(loaded, clock=clock) as storage:

@@ -15,19 +15,28 @@ tables of the config file::
 With no routes configured, succeeded tasks are downloaded (:data:`DEFAULT_ROUTES`). The
 tables' shape is :class:`receiver.config.RouteTable`; a route's options are kept as written
 (a job stores them so), and checked against the handler's own at start-up.
+
+Order: a planned job runs after the unfinished jobs of its task whose handlers it waits for:
+those a route names in ``after``, and those whose handler provides what its own needs (their
+declarations, :func:`receiver.registry.handler`); :meth:`Router.for_handlers` resolves both
+once, when the router is built.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from receiver.config import HandlerItem, RoutesFile, RouteTable, Trigger, route_names
 from receiver.conversion import convert
 from receiver.jobs import JobSpec, RetryPolicy, job_key
 from receiver.models import Transition
 from receiver.states import Entity, State
+
+if TYPE_CHECKING:
+    from receiver.registry import Registry
 
 TRIGGERS: Mapping[State, str] = {
     State.RUNNING: Trigger.STREAMING.value,
@@ -39,9 +48,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, kw_only=True)
 class HandlerRef:
+    """A route's handler: its options, its jobs' attempts, and whom its jobs wait for."""
+
     name: str
     options: Mapping[str, Any] = field(default_factory=dict)
     max_attempts: int | None = None
+    after: frozenset[str] = frozenset()  # handlers whose jobs of the task run first
+    after_wait_s: float = 900.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,10 +113,27 @@ class Router:
         # read the task's facts before planning (they change no other answer).
         self.reads_facts = any(r.task_types or r.platforms or r.tags for r in self.routes)
 
+    @classmethod
+    def for_handlers(
+        cls, routes: Sequence[Route], registry: Registry, *, policy: RetryPolicy | None = None
+    ) -> Router:
+        """The router of ``routes`` for the handlers of ``registry``: each reference waits, as
+        well, for the handlers providing what its own needs, and takes its handler's default
+        attempts when the route does not set them."""
+        resolved = []
+        for route in routes:
+            refs = []
+            for ref in route.handlers:
+                spec = registry.spec(ref.name)
+                refs.append(dataclasses.replace(
+                    ref, after=(ref.after | registry.providers(spec.needs)) - {ref.name},
+                    max_attempts=ref.max_attempts or spec.max_attempts))
+            resolved.append(dataclasses.replace(route, handlers=tuple(refs)))
+        return cls(resolved, policy=policy)
+
     @property
     def handler_names(self) -> frozenset[str]:
         return frozenset(ref.name for route in self.routes for ref in route.handlers)
-
 
     def plan(self, task: TaskFacts, transitions: Iterable[Transition]) -> list[JobSpec]:
         specs: list[JobSpec] = []
@@ -127,9 +157,19 @@ class Router:
                             trigger=trigger,
                             delivery_id=transition.delivery_id,
                             max_attempts=ref.max_attempts or self.policy.max_attempts,
+                            waits_for=tuple(sorted(ref.after)), wait_s=ref.after_wait_s,
                         )
                     )
         return specs
+
+
+def router_for(config: Mapping[str, Any], registry: Registry, *,
+               policy: RetryPolicy | None = None) -> Router:
+    """The router of ``config``'s routes (or the default ones) for ``registry``'s handlers, each
+    of which must be registered."""
+    router = Router.for_handlers(routes_from_config(config), registry, policy=policy)
+    registry.check(router.handler_names)
+    return router
 
 
 def routes_from_config(config: Mapping[str, Any]) -> tuple[Route, ...]:
@@ -157,7 +197,8 @@ def _route(table: RouteTable, name: str) -> Route:
 def _handler_ref(item: str | HandlerItem) -> HandlerRef:
     if isinstance(item, str):
         return HandlerRef(name=item)
-    return HandlerRef(name=item.name, options=item.options, max_attempts=item.max_attempts)
+    return HandlerRef(name=item.name, options=item.options, max_attempts=item.max_attempts,
+                      after=frozenset(item.after), after_wait_s=item.after_wait_s)
 
 
 def _listed(value: T | list[T]) -> list[T]:

@@ -1,13 +1,15 @@
-"""The runtime: the open I/O edges (storage, HTTP client, Sonic client) with the router and the
-handler registry, shared by the web app's lifespan and the ``worker`` command. What is passed
-in belongs to the caller; what is built here is closed here. A worker made here is woken by
-every commit of this process that queues jobs."""
+"""The runtime: the open I/O edges (storage, media store, HTTP client, Sonic client) with the
+router, the handler registry and what the config gives handlers (the network policy, each
+handler's table, parsed once), shared by the web app's lifespan and the ``worker`` command.
+What is passed in belongs to the caller; what is built here is closed here. A worker made here
+is woken by every commit of this process that queues jobs."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import structlog
@@ -15,7 +17,9 @@ from starlette.requests import HTTPConnection
 
 from receiver.clock import Clock
 from receiver.context import HandlerContext
+from receiver.fetching import NetPolicy
 from receiver.jobs import Job
+from receiver.media import MediaStore, open_media
 from receiver.registry import Registry
 from receiver.routing import Router
 from receiver.settings import Settings
@@ -35,18 +39,22 @@ class Runtime:
     router: Router
     registry: Registry
     sonic: SonicClient | None
+    media: MediaStore
+    network: NetPolicy
     worker: Worker | None = None
+    _tables: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def context_for(self, job: Job) -> HandlerContext:
-        """The context a job's handler runs with: its stored options (and its table) as the
-        handler declared them."""
+        """The context a job's handler runs with: its stored options as the handler declared
+        them (:class:`receiver.registry.UnfitOptions` when they no longer fit), its table."""
         spec = self.registry.spec(job.handler)
+        if job.handler not in self._tables:
+            self._tables[job.handler] = spec.table_from(job.handler, self.settings.config)
         return HandlerContext(
-            options=spec.options_from(job.options),
-            table=spec.table_from(job.handler, self.settings.config),
+            options=spec.options_from(job.options), table=self._tables[job.handler],
             http=self.http, sonic=self.sonic, settings=self.settings, clock=self.clock,
             log=structlog.get_logger("receiver.handler"), store=self.storage.outputs,
-            router=self.router, job=job,
+            media=self.media, network=self.network, router=self.router, job=job,
         )
 
     def make_worker(self, *, poll_s: float, listen: bool = False) -> Worker:
@@ -73,8 +81,13 @@ async def open_runtime(
     storage: Storage | None = None,
     http: httpx.AsyncClient | None = None,
     sonic: SonicClient | None = None,
+    media: MediaStore | None = None,
 ) -> AsyncIterator[Runtime]:
+    """Open what was not passed in, and close it again on the way out. The media store is
+    opened first: a media location that cannot be used stops start-up, not a job later."""
     async with contextlib.AsyncExitStack() as stack:
+        if media is None:
+            media = open_media(settings)
         if storage is None:
             storage = await stack.enter_async_context(storage_for(settings, clock=clock))
         if http is None:
@@ -84,7 +97,8 @@ async def open_runtime(
         if sonic is None and settings.sonic_api_base_url and settings.sonic_api_key:
             sonic = SonicClient(settings.sonic_api_base_url, settings.sonic_api_key, http=http)
         yield Runtime(settings=settings, storage=storage, clock=clock, http=http,
-                      router=router, registry=registry, sonic=sonic)
+                      router=router, registry=registry, sonic=sonic, media=media,
+                      network=NetPolicy.from_config(settings.config))
 
 
 def runtime_of(request: HTTPConnection) -> Runtime:

@@ -238,20 +238,21 @@ class Worker:
             return
         event = Event(trigger=job.trigger, task_id=job.task_id, route=job.route, key=job.key,
                       job_id=job.id, attempt=job.attempts, delivery_id=job.delivery_id)
-        ctx = self.contexts(job)
-        ctx.log = bound
         heartbeat = asyncio.create_task(self._heartbeat(job, asyncio.current_task()))
         bound.info("job_started")
         try:
             try:
                 with metrics.job_timer(job.handler):
+                    # options that no longer fit the handler end the job (UnfitOptions)
+                    ctx = self.contexts(job)
+                    ctx.log = bound
                     await handler(event, ctx)
             finally:
                 self._free_slot(job.id)  # the handler is done: the next job may start
         except Retry as exc:
             reason = scrub_text(exc.message)[:_MAX_ERROR]
             if exc.counted and job.attempts >= job.max_attempts:
-                await self._die(job, bound, reason)
+                await self._die(job, bound, f"gave up after {job.attempts} attempts: {reason}")
             else:
                 await self.queue.retry_job(job.id, owner=self.owner, error=reason,
                                            run_after=self.clock.now() + exc.after,

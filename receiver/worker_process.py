@@ -9,7 +9,7 @@ import structlog
 
 from receiver.clock import SystemClock
 from receiver.registry import load_checked
-from receiver.routing import Router, routes_from_config
+from receiver.routing import router_for
 from receiver.runtime import open_runtime
 from receiver.settings import Settings
 
@@ -19,8 +19,7 @@ log = structlog.get_logger("receiver.worker")
 async def run_worker(settings: Settings) -> int:
     """Run jobs until SIGTERM or SIGINT; returns the exit status."""
     registry = load_checked(settings.config)  # the whole file, before the database
-    router = Router(routes_from_config(settings.config), policy=settings.retry)
-    registry.check(router.handler_names)  # the default routes' handlers too
+    router = router_for(settings.config, registry, policy=settings.retry)
     async with open_runtime(settings, clock=SystemClock(), router=router,
                             registry=registry) as runtime:
         worker = runtime.make_worker(poll_s=min(settings.worker_poll_s, 0.25), listen=True)

@@ -18,10 +18,10 @@ from receiver.routing import HandlerRef, Route, Router
 from receiver.runtime import Runtime
 from receiver.signatures import Scheme, Verified
 from receiver.storage.roles import Storage
+from receiver.testing import deliver, handler_runtime
 from receiver.webhook import make_delivery
 from receiver.worker import Worker
 from tests.backends import store
-from tests.handler_support import deliver, handler_runtime
 from tests.support import callback, clip, settings_for
 
 pytestmark = pytest.mark.anyio
@@ -173,7 +173,7 @@ async def test_a_counted_retry_waits_as_asked_and_the_last_attempt_dies(
         await worker_of(runtime).run_once()
         [job] = await runtime.storage.admin.list_jobs()
     assert (job.state, job.attempts) == (JobState.DEAD, job.max_attempts)
-    assert job.last_error == "upstream busy"
+    assert job.last_error == f"gave up after {job.max_attempts} attempts: upstream busy"
 
 
 async def test_permanent_error_kills_the_job_at_once(runtime: Runtime, recorder: Recorder) -> None:
@@ -183,6 +183,58 @@ async def test_permanent_error_kills_the_job_at_once(runtime: Runtime, recorder:
     [job] = await runtime.storage.admin.list_jobs()
     assert (job.state, job.attempts) == (JobState.DEAD, 1)
     assert job.last_error == "PermanentError: no such clip"
+
+
+async def test_a_job_runs_after_the_unfinished_jobs_it_waits_for(tmp_path: Path) -> None:
+    """A route's ``after``: the job is postponed, its attempt given back, while the job it
+    waits for is unfinished, and runs once that one is done."""
+    ran: list[str] = []
+
+    async def first(event: Event, ctx: HandlerContext) -> None:
+        ran.append("first")
+        if ran.count("first") == 1:
+            raise Retry("not yet", after=10)
+
+    async def second(event: Event, ctx: HandlerContext) -> None:
+        ran.append("second")
+
+    routes = [{"on": "task.succeeded", "handlers": [
+        "first", {"name": "second", "after": ["first"], "after_wait_s": 100}]}]
+    async with handler_runtime(tmp_path, handlers={"first": first, "second": second},
+                               routes=routes) as rt:
+        await deliver(rt, DONE, event="song.completed")
+        await worker_of(rt).run_once()
+        jobs = {j.handler: j for j in await rt.storage.admin.list_jobs()}
+        assert ran == ["first"]
+        assert (jobs["second"].state, jobs["second"].attempts) == (JobState.RETRYING, 0)
+        while any(j.state is not JobState.DONE for j in jobs.values()):
+            clock_of(rt).set(min(j.run_after for j in jobs.values()
+                                 if j.state is not JobState.DONE))
+            await worker_of(rt).run_once()
+            jobs = {j.handler: j for j in await rt.storage.admin.list_jobs()}
+    assert ran == ["first", "first", "second"]
+    assert jobs["second"].attempts == 1
+
+
+async def test_a_job_stops_waiting_when_its_wait_runs_out(tmp_path: Path) -> None:
+    ran: list[str] = []
+
+    async def stuck(event: Event, ctx: HandlerContext) -> None:
+        raise Retry("never ready", after=30, counted=False)
+
+    async def second(event: Event, ctx: HandlerContext) -> None:
+        ran.append("second")
+
+    routes = [{"on": "task.succeeded", "handlers": [
+        "stuck", {"name": "second", "after": ["stuck"], "after_wait_s": 20}]}]
+    async with handler_runtime(tmp_path, handlers={"stuck": stuck, "second": second},
+                               routes=routes) as rt:
+        await deliver(rt, DONE, event="song.completed")
+        start = clock_of(rt).now()
+        while not ran:
+            await worker_of(rt).run_once()
+            clock_of(rt).advance(1)
+        assert 20 <= clock_of(rt).now() - start <= 23  # its wait, and one step of looking
 
 
 async def test_failed_tasks_route_to_their_own_handlers(runtime: Runtime) -> None:

@@ -25,7 +25,7 @@ from structlog.testing import capture_logs
 from handlers.download_audio import handle
 from receiver.app import create_app
 from receiver.clock import FakeClock
-from receiver.context import Event
+from receiver.context import Event, HandlerContext
 from receiver.jobs import JobState
 from receiver.media import (
     PART,
@@ -37,7 +37,7 @@ from receiver.media import (
 )
 from receiver.runtime import Runtime
 from receiver.settings import load
-from tests.handler_support import deliver, handler_runtime
+from receiver.testing import deliver, handler_runtime
 from tests.handlers import (
     LOOPBACK_ONLY,
     PNG_BYTES,
@@ -376,9 +376,19 @@ async def test_an_object_is_handed_out_as_a_short_lived_presigned_redirect(
     assert fetched.content == b"RIFF"
 
 
-def test_one_object_store_is_shared_per_place(aws_env: S3Server, tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, media_url="s3://songs/x")
-    assert open_media(settings) is open_media(settings)
+async def test_the_runtime_opens_one_media_store_that_every_job_shares(
+    aws_env: S3Server, tmp_path: Path
+) -> None:
+    async def noop(event: Event, ctx: HandlerContext) -> None:
+        return None
+
+    async with handler_runtime(tmp_path, handlers={"noop": noop}, routes=[
+            {"on": "task.succeeded", "handlers": ["noop"]}], media_url="s3://songs/x") as rt:
+        for n in (1, 2):
+            await deliver(rt, callback(f"t-{n}", [clip("c", "succeeded")]))
+        first, second = await rt.storage.admin.list_jobs()
+        assert isinstance(rt.media, ObjectMedia)
+        assert rt.context_for(first).media is rt.context_for(second).media is rt.media
     assert isinstance(open_media(settings_for(tmp_path)), LocalMedia)
 
 
@@ -391,7 +401,7 @@ from pathlib import Path
 import receiver.media as media
 from handlers.download_audio import handle
 from receiver.clock import FakeClock
-from tests.handler_support import deliver, handler_runtime
+from receiver.testing import deliver, handler_runtime
 from tests.handlers import LOOPBACK_ONLY
 from tests.test_media import route, big_song
 

@@ -23,14 +23,14 @@ from receiver.clock import SystemClock
 from receiver.context import Event, HandlerContext
 from receiver.jobs import JobState, PermanentError
 from receiver.models import JobFilter, Outcome
+from receiver.recovery import poll_delivery, reconcile, redispatch, replayed, resend
 from receiver.registry import Registry
-from receiver.replay import poll_delivery, reconcile, redispatch, replayed, resend
 from receiver.runtime import Runtime
 from receiver.server import running
 from receiver.signatures import Scheme
 from receiver.sonic.sandbox import SandboxConfig, Speed
 from receiver.storage.roles import sqlite_storage
-from tests.handler_support import deliver, handler_runtime
+from receiver.testing import deliver, handler_runtime
 from tests.sonic.support import KEY, SandboxHandle, serve_sandbox, wait_for
 from tests.support import (
     SECRET,

@@ -159,9 +159,8 @@ def test_declared_options_reach_the_handler_typed_and_undeclared_ones_as_written
     parsed = registry.spec("declared").options_from({"size": 3})
     assert parsed == DeclaredOptions(size=3)
     assert registry.spec("free").options_from({"anything": [1]}) == {"anything": [1]}
-    unfit = registry.spec("declared").options_from({"size": 0})
     with pytest.raises(PermanentError, match=r"^options\.size: expected a positive integer"):
-        _ = unfit.size
+        registry.spec("declared").options_from({"size": 0})
     routes = [{"on": "task.succeeded", "handlers": [
         "free", {"name": "declared", "options": {"size": 3}},
         {"name": "free", "options": {"x": 1}}]}]
@@ -187,9 +186,8 @@ def test_a_handler_table_is_checked_and_cannot_take_a_core_name() -> None:
     with pytest.raises(ConfigError, match=r"^tabled\.sise: unknown key$"):
         check({"tabled": {"sise": 2}}, registry)
     assert registry.spec("tabled").table_from("tabled", {}) == DeclaredOptions()
-    unfit = registry.spec("tabled").table_from("tabled", {"tabled": {"size": -1}})
     with pytest.raises(PermanentError, match=r"^tabled\.size: expected a positive integer"):
-        _ = unfit.size
+        registry.spec("tabled").table_from("tabled", {"tabled": {"size": -1}})
     clash = Registry()
     clash.register("worker", tabled_handler, origin="test")
     with pytest.raises(SettingsError, match=r"\[worker\] is the receiver's own"):
@@ -280,3 +278,44 @@ def test_a_handler_from_a_separately_installed_package_is_found_by_entry_point(
                           check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['t-9']"
+
+
+@handler(provides=["files"])
+async def keeper(event: Event, ctx: HandlerContext) -> None:
+    return None
+
+
+@handler(needs=["files"], max_attempts=8)
+async def teller(event: Event, ctx: HandlerContext) -> None:
+    return None
+
+
+def ordered_registry() -> Registry:
+    registry = Registry()
+    for name, function in (("keep", keeper), ("tell", teller), ("other", sample_handler)):
+        registry.register(name, function, origin="test")
+    return registry
+
+
+def test_a_job_waits_for_the_handlers_providing_what_it_needs_and_those_its_route_names() -> None:
+    """The order is declared, never coded: the router resolves it once, from the handlers'
+    declarations and the routes' ``after``."""
+    config = {"routes": [
+        {"name": "keep", "on": "task.succeeded", "handlers": ["keep", "other"]},
+        {"name": "tell", "on": "task.succeeded", "handlers": [
+            {"name": "tell", "after": ["other"], "after_wait_s": 60}]},
+    ]}
+    check(config, ordered_registry())
+    router = Router.for_handlers(routes_from_config(config), ordered_registry())
+    specs = {s.handler: s for s in router.plan(FACTS, [transition(State.SUCCEEDED)])}
+    assert (specs["tell"].waits_for, specs["tell"].wait_s) == (("keep", "other"), 60.0)
+    assert specs["keep"].waits_for == specs["other"].waits_for == ()
+    assert specs["tell"].max_attempts == 8  # the handler's declared default
+    assert specs["keep"].max_attempts == 5  # the worker policy's
+
+
+def test_after_names_registered_handlers_only() -> None:
+    config = {"routes": [{"on": "task.succeeded", "handlers": [
+        {"name": "tell", "after": ["kepp"]}]}]}
+    with pytest.raises(ConfigError, match=r"^routes\[0\]\.handlers\[0\]\.after\[0\]: "):
+        check(config, ordered_registry())

@@ -24,7 +24,7 @@ from receiver.routing import Router, routes_from_config
 from receiver.server import running
 from receiver.settings import load
 from receiver.storage.roles import sqlite_storage
-from tests.handler_support import deliver_to
+from receiver.testing import deliver_to
 from tests.support import callback, clip
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

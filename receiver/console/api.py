@@ -30,9 +30,9 @@ import receiver.console.shapes as shapes
 from receiver.console.shapes import ShapeResponse, builtins
 from receiver.errors import ReceiverError
 from receiver.jobs import JobState
-from receiver.media import file_response, open_media
+from receiver.media import file_response
 from receiver.models import JobFilter, Outcome, Source
-from receiver.replay import reconcile, replayed, resend
+from receiver.recovery import reconcile, replayed, resend
 from receiver.runtime import Runtime, runtime_of
 from receiver.signatures import Scheme
 from receiver.states import State
@@ -385,7 +385,7 @@ async def get_file(request: Request) -> Response:
                   if f.clip_id == p["clip_id"] and f.kind == p["kind"]), None)
     if found is None:
         return _error(404, "file_not_found")
-    return await file_response(open_media(runtime_of(request).settings), found, request)
+    return await file_response(runtime_of(request).media, found, request)
 
 
 async def _json_body(request: Request) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from receiver.routing import Router, routes_from_config
 from receiver.runtime import Runtime
 from receiver.server import running
 from receiver.sonic.sandbox import SandboxConfig, Speed
-from tests.handler_support import deliver, deliver_to, handler_runtime
+from receiver.testing import deliver, deliver_to, handler_runtime
 from tests.handlers import (
     LOOPBACK_ONLY,
     PNG_BYTES,

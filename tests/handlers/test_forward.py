@@ -29,7 +29,7 @@ from receiver.jobs import JobState, PermanentError
 from receiver.registry import load_registry
 from receiver.runtime import Runtime
 from receiver.server import running
-from tests.handler_support import deliver, handler_runtime
+from receiver.testing import deliver, handler_runtime
 from tests.handlers import LOOPBACK_ONLY, Media, media_server, watched_client, wav_bytes
 from tests.support import callback, clip
 
@@ -75,10 +75,12 @@ async def user_app() -> AsyncIterator[App]:
         yield peer
 
 
-def forward_route(url: str, **options: Any) -> dict[str, Any]:
-    return {"name": "tell", "on": ["task.succeeded", "task.failed"],
-            "handlers": [{"name": "forward",
-                          "options": {"url": url, "secret_env": "FORWARD_SECRET", **options}}]}
+def forward_route(url: str, max_attempts: int | None = None, **options: Any) -> dict[str, Any]:
+    item: dict[str, Any] = {"name": "forward",
+                            "options": {"url": url, "secret_env": "FORWARD_SECRET", **options}}
+    if max_attempts is not None:
+        item["max_attempts"] = max_attempts
+    return {"name": "tell", "on": ["task.succeeded", "task.failed"], "handlers": [item]}
 
 
 @asynccontextmanager
@@ -131,7 +133,7 @@ async def test_503_twice_then_200_delivers_the_event_once_in_three_attempts(
     assert peer.unverified == 0
     assert len(peer.accepted) == 1
     assert len({a["webhook-id"] for a in peer.attempts}) == 1  # one message, three attempts
-    assert result.data["attempts"] == 3
+    assert (job.attempts, result.data["attempt"]) == (3, 3)  # each a counted attempt
     assert result.data["delivered"] is True
     event = peer.accepted[0]
     assert event["type"] == "task.succeeded"
@@ -144,8 +146,9 @@ async def test_503_twice_then_200_delivers_the_event_once_in_three_attempts(
                               "children": []}
 
 
-def forward_route_for(peer: App, **options: Any) -> dict[str, Any]:
-    return forward_route(peer.url, **options)
+def forward_route_for(peer: App, max_attempts: int | None = None,
+                      **options: Any) -> dict[str, Any]:
+    return forward_route(peer.url, max_attempts, **options)
 
 
 async def test_retry_after_sets_when_the_next_attempt_runs(tmp_path: Path) -> None:
@@ -210,7 +213,9 @@ async def test_it_waits_for_the_downloads_and_names_the_stored_files(tmp_path: P
         jobs = {j.handler: j for j in await rt.storage.admin.list_jobs()}
     assert jobs["download_audio"].state is JobState.DONE
     assert jobs["forward"].state is JobState.DONE, jobs["forward"].last_error
-    assert any(e["event"] == "forward_waiting_for_downloads" for e in logs)
+    # it ran after the task's download (the handler that provides the files it needs)
+    assert any(e["event"] == "job_waiting" and e["waits_for"] == ["download_audio"]
+               for e in logs)
     (event,) = peer.accepted
     files = {f["kind"]: f for f in event["files"]}
     assert set(files) == {"audio", "sidecar"}

@@ -20,8 +20,8 @@ from receiver.jobs import Job, JobState
 from receiver.models import StoredFile
 from receiver.registry import load_registry
 from receiver.runtime import Runtime
+from receiver.testing import deliver, handler_runtime
 from receiver.worker import Worker
-from tests.handler_support import deliver, handler_runtime
 from tests.peers import json_sink, smtp_server
 from tests.support import callback, clip
 

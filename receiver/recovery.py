@@ -1,0 +1,269 @@
+"""Recovery for missed events, the library under ``sonic-receiver replay``, the console's
+actions and the server's schedules:
+
+- :func:`reconcile` polls get-music for tasks whose callbacks never came and feeds each answer
+  through the same record path as a webhook (source ``poll``): a missed transition is recorded
+  and its handlers run; what was already seen changes nothing (an identical answer is a
+  duplicate delivery, and states only move forward);
+- :func:`redispatch` queues finished jobs again: dead ones by default, or every job of the
+  deliveries of a time range; or records quarantined deliveries again;
+- :func:`resend` POSTs stored raw deliveries to a URL, signed afresh, keeping their delivery
+  ids (so the receiving end recognises repeats).
+
+Each returns a :class:`Summary`; with ``dry_run`` nothing is written and the summary says what
+would be. Each can be interrupted and run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import httpx
+import structlog
+from aiolimiter import AsyncLimiter
+
+from receiver.clock import Clock
+from receiver.errors import PayloadError, ReceiverError
+from receiver.jobs import JobState
+from receiver.models import Delivery, JobFilter, Outcome, RawDelivery, RecordResult, Source
+from receiver.payloads import Callback, envelope, try_parse
+from receiver.routing import Router
+from receiver.signatures import Scheme, header_bytes, header_text, sign
+from receiver.sonic.client import SonicClient
+from receiver.sonic.errors import SonicError, TaskNotFound
+from receiver.sonic.responses import Music
+from receiver.storage.admin import Admin
+from receiver.storage.ingest import Ingest
+
+log = structlog.get_logger("receiver.recovery")
+
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+@dataclass
+class Summary:
+    """What a replay command did, printed as JSON at the end."""
+
+    command: str
+    dry_run: bool
+    selected: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    interrupted: bool = False
+
+    def add(self, key: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    def fail(self, item: str, error: str) -> None:
+        self.add("failed")
+        if len(self.failures) < 50:
+            self.failures.append({"item": item, "error": error})
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_FAILURES if self.counts.get("failed") else EXIT_OK
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+# ---- reconcile ---------------------------------------------------------------------------------
+
+
+def poll_delivery(task_id: str, music: Music, *, received_at: float) -> Delivery:
+    """A get-music answer, as the client read it, as a delivery of source ``poll``: its clips
+    are not read again. The body is the answer's JSON with ``task_id`` added, read again by
+    :func:`replayed` as this same callback; its id is a digest of the body, so polling a task
+    whose state has not changed is a duplicate, not a new delivery."""
+    callback: Callback | None
+    error: str | None
+    document = {**music.raw, "task_id": task_id}
+    try:
+        body = json.dumps(document, sort_keys=True).encode()
+    except (ValueError, TypeError, RecursionError) as exc:  # nested past the recursion limit
+        body = json.dumps({"task_id": task_id, "unserialisable_answer": type(exc).__name__},
+                          sort_keys=True).encode()
+        callback, error = None, f"get-music answer cannot be kept: {type(exc).__name__}"
+    else:
+        try:
+            callback, error = envelope(document, music.clips, task_id_hint=task_id), None
+        except PayloadError as exc:
+            callback, error = None, exc.message
+    delivery_id = "poll:" + hashlib.sha256(body).hexdigest()[:32]
+    return Delivery(
+        delivery_id=delivery_id, source=Source.POLL, scheme="poll", event=None, headers={},
+        body=body, received_at=received_at, callback=callback, error=error,
+        task_id_hint=task_id,
+    )
+
+
+async def reconcile(
+    task_ids: Sequence[str],
+    *,
+    store: Ingest,
+    sonic: SonicClient,
+    router: Router | None,
+    clock: Clock,
+    concurrency: int = 8,
+    rate_per_s: float = 20.0,
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> Summary:
+    """Poll each task and record what it says, as :mod:`receiver.recording` does for a
+    webhook. With ``dry_run``, nothing is written: the summary says what would be."""
+    summary = Summary(command="reconcile", dry_run=dry_run, selected=len(task_ids))
+    limiter = AsyncLimiter(max_rate=max(rate_per_s, 0.001), time_period=1.0)
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for task_id in task_ids:
+        queue.put_nowait(task_id)
+
+    async def one(task_id: str) -> None:
+        async with limiter:
+            music = await sonic.get_music(task_id)
+        delivery = poll_delivery(task_id, music, received_at=clock.now())
+        record = store.preview_delivery if dry_run else store.record_delivery
+        result = await record(delivery, router=router)
+        _count(summary, result)
+
+    async def worker() -> None:
+        while True:
+            try:
+                task_id = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            try:
+                await one(task_id)
+            except TaskNotFound:
+                summary.add("not_found")
+            except (SonicError, ReceiverError) as exc:
+                summary.fail(task_id, exc.message)
+                log.warning("reconcile_failed", task_id=task_id, error=exc.message)
+            except Exception as exc:  # one odd answer must not end the run for every task
+                summary.fail(task_id, f"internal error: {type(exc).__name__}")
+                log.exception("reconcile_failed", task_id=task_id, error_type=type(exc).__name__)
+            summary.add("polled")
+            if progress:
+                progress(1)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+    return summary
+
+
+def _count(summary: Summary, result: RecordResult) -> None:
+    summary.add(result.outcome.value)
+    summary.add("transitions", len(result.transitions))
+    summary.add("jobs", result.jobs)
+
+
+# ---- redispatch --------------------------------------------------------------------------------
+
+
+async def redispatch(
+    *,
+    store: Admin,
+    ingest: Ingest,
+    router: Router | None,
+    clock: Clock,
+    where: JobFilter,
+    deliveries_since: float | None = None,
+    deliveries_until: float | None = None,
+    quarantined: bool = False,
+    dry_run: bool = False,
+) -> Summary:
+    summary = Summary(command="redispatch", dry_run=dry_run)
+    if quarantined:
+        raws = await store.raw_deliveries(since=deliveries_since, until=deliveries_until,
+                                          task_id=where.task_id, outcome=Outcome.QUARANTINED)
+        summary.selected = len(raws)
+        for raw in raws:
+            result = await ingest.rerecord_quarantined(replayed(raw), router=router,
+                                                      preview=dry_run)
+            _count(summary, result)
+        return summary
+    if deliveries_since is not None or deliveries_until is not None:
+        raws = await store.raw_deliveries(since=deliveries_since, until=deliveries_until,
+                                          task_id=where.task_id, outcome=Outcome.RECORDED)
+        where = JobFilter(handler=where.handler, task_id=where.task_id,
+                          delivery_ids=frozenset(r.stored.delivery_id for r in raws))
+        jobs = [j for j in await store.find_jobs(where)
+                if j.state in (JobState.DONE, JobState.DEAD)]
+    else:
+        jobs = await store.find_jobs(
+            JobFilter(state=where.state or JobState.DEAD, handler=where.handler,
+                      task_id=where.task_id, since=where.since, until=where.until))
+    summary.selected = len(jobs)
+    for job in jobs:
+        summary.add(f"{job.state.value}_jobs")
+    if not dry_run:
+        summary.add("requeued", await store.requeue_jobs([j.id for j in jobs], now=clock.now()))
+    return summary
+
+
+def replayed(raw: RawDelivery) -> Delivery:
+    """A stored delivery, parsed again (with today's parser), as source ``replay``."""
+    event = raw.headers.get("x-webhook-event") or raw.stored.event
+    callback, error = try_parse(raw.body, event_header=event, task_id_hint=raw.stored.task_id)
+    return Delivery(
+        delivery_id=raw.stored.delivery_id, source=Source.REPLAY, scheme=raw.stored.scheme,
+        event=event, headers=raw.headers, body=raw.body, received_at=raw.stored.received_at,
+        callback=callback, error=error, task_id_hint=raw.stored.task_id,
+    )
+
+
+# ---- resend ------------------------------------------------------------------------------------
+
+
+async def resend(
+    raws: Sequence[RawDelivery],
+    *,
+    http: httpx.AsyncClient,
+    url: str,
+    secret: str,
+    scheme: Scheme,
+    clock: Clock,
+    concurrency: int = 4,
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> Summary:
+    """POST each of ``raws`` (chosen with :meth:`~receiver.storage.admin.Admin.raw_deliveries`)
+    to ``url``."""
+    summary = Summary(command="resend", dry_run=dry_run, selected=len(raws))
+    if dry_run:
+        summary.add("would_send", len(raws))
+        return summary
+    semaphore = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(delivery_id: str, body: bytes, event: str | None) -> None:
+        # An id (or event) may hold any byte the first sender put in its header: it goes out
+        # as those bytes, and a standard signature covers the text they spell, as the
+        # receiving end reads it (receiver.signatures.header_text).
+        headers = sign(scheme, secret, body, timestamp=int(clock.now()),
+                       msg_id=header_text(delivery_id))
+        headers.update({"X-Webhook-Id": delivery_id, "Idempotency-Key": delivery_id,
+                        "Content-Type": "application/json"})
+        if scheme is Scheme.STANDARD:
+            headers["webhook-id"] = delivery_id
+        if event:
+            headers["X-Webhook-Event"] = event
+        raw = [(name.encode(), header_bytes(value)) for name, value in headers.items()]
+        async with semaphore:
+            try:
+                response = await http.post(url, content=body, headers=raw)
+            except httpx.HTTPError as exc:
+                summary.fail(delivery_id, f"{type(exc).__name__}: {exc}")
+                return
+            finally:
+                if progress:
+                    progress(1)
+        summary.add(f"status_{response.status_code}")
+        if response.status_code >= 500 or response.status_code in (401, 403, 404):
+            summary.fail(delivery_id, f"HTTP {response.status_code}")
+
+    await asyncio.gather(*(one(r.stored.delivery_id, r.body, r.stored.event) for r in raws))
+    return summary

@@ -1,0 +1,71 @@
+"""The server's own schedules: reconciliation of stale tasks (``[reconcile]``) and retention
+(``[retention]``), each a loop the app's lifespan runs until it stops. With several processes,
+one of them does each round: the turn is kept in the database (:meth:`Admin.take_turn`). A failed
+round is logged, never fatal.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import structlog
+
+from receiver.clock import Clock
+from receiver.errors import ReceiverError, StoreError
+from receiver.recovery import reconcile
+from receiver.routing import Router
+from receiver.sonic.client import SonicClient
+from receiver.storage.admin import Admin
+from receiver.storage.ingest import Ingest
+
+log = structlog.get_logger("receiver.schedules")
+
+
+async def reconcile_every(
+    every_s: float,
+    stale_s: float,
+    *,
+    admin: Admin,
+    ingest: Ingest,
+    sonic: SonicClient,
+    router: Router | None,
+    clock: Clock,
+) -> None:
+    """The server's own reconciliation: every ``every_s``, poll the tasks whose last event
+    is older than ``stale_s``. Runs until cancelled; a failed round is logged, not fatal."""
+    owner = turn_owner()
+    while True:
+        await clock.sleep(every_s)
+        try:
+            # several web processes run this schedule: one of them polls each round
+            if not await admin.take_turn("reconcile", owner=owner, hold_s=every_s * 0.9):
+                continue
+            ids = await admin.tasks_to_reconcile(stale_before=clock.now() - stale_s)
+            if not ids:
+                continue
+            summary = await reconcile(ids, store=ingest, sonic=sonic, router=router,
+                                      clock=clock)
+            log.info("reconcile_round", selected=summary.selected, **summary.counts)
+        except ReceiverError as exc:
+            log.error("reconcile_round_failed", error=exc.message)
+
+
+async def prune_every(
+    every_s: float, *, admin: Admin, clock: Clock, older_than_s: float, keep_ids_s: float
+) -> None:
+    """The retention policy on a schedule (``[retention]``); a failed round is logged."""
+    owner = turn_owner()
+    while True:
+        await clock.sleep(every_s)
+        try:
+            # several web processes run this schedule: one of them prunes each round
+            if await admin.take_turn("prune", owner=owner, hold_s=every_s * 0.9):
+                await admin.prune(older_than_s=older_than_s, keep_ids_s=keep_ids_s)
+        except StoreError as exc:
+            log.error("prune_failed", error=exc.message)
+
+
+def turn_owner() -> str:
+    """This process, as the owner of a scheduled turn."""
+    return f"{socket.gethostname()}:{os.getpid()}"
