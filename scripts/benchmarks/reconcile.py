@@ -1,4 +1,4 @@
-"""reconcile: tasks a second through ``receiver.replay.reconcile``, vs polling alone.
+"""reconcile: tasks a second through ``receiver.recovery.reconcile``, vs polling alone.
 
 The sandbox runs in a process of its own (``sonic-receiver sandbox --speed instant``) with
 ``--reconcile-tasks`` tasks seeded through ``POST /_sandbox/seed`` (already succeeded). In
@@ -9,7 +9,7 @@ concurrency and a rate limit far above what is reached:
     every task polled by ``concurrency`` workers through the same rate limiter, nothing
     recorded: the baseline;
 ``reconcile``
-    :func:`receiver.replay.reconcile` into a fresh SQLite file with the default routes (one
+    :func:`receiver.recovery.reconcile` into a fresh SQLite file with the default routes (one
     ``download_audio`` job written per succeeded task, no worker running).
 """
 
@@ -26,7 +26,7 @@ import httpx
 from aiolimiter import AsyncLimiter
 
 from receiver.clock import SystemClock
-from receiver.replay import reconcile
+from receiver.recovery import reconcile
 from receiver.routing import Router, routes_from_config
 from receiver.sonic.client import SonicClient
 from receiver.storage.roles import sqlite_storage
