@@ -174,9 +174,8 @@ class GuardedHttpToolsProtocol(_Guarded, HttpToolsProtocol):
 
 def protocol_class(*, header_timeout_s: float, max_connections: int,
                    implementation: str = "httptools") -> type[asyncio.Protocol]:
-    """The HTTP protocol class to give ``uvicorn.Config(http=...)``: ``httptools`` (its C
-    parser costs about 0.13 ms less CPU a delivery than h11's pure Python, measured end to
-    end) or ``h11``."""
+    """The HTTP protocol class to give ``uvicorn.Config(http=...)``: ``httptools`` (a C parser,
+    cheaper per request than h11's pure Python: ``scripts/bench ingest``) or ``h11``."""
     bases: dict[str, type[asyncio.Protocol]] = {
         "httptools": GuardedHttpToolsProtocol, "h11": GuardedH11Protocol}
     if implementation not in bases:

@@ -7,9 +7,8 @@ or ``az://container/prefix``. Object stores go through obstore (the Rust ``objec
 crate that DataFusion and others ship): it parses those URLs, reads the standard variables,
 uploads in parts, and signs URLs. Its blocking calls are used, in worker threads
 (``asyncio.to_thread``), not its ``*_async`` ones: on Python < 3.13 a process that awaited
-those aborts at exit now and then (SIGABRT, in 4 to 24 of 40 runs here, even for one plain
-``put_async``), when a runtime thread of the extension attaches to the interpreter while it
-finalizes; the blocking calls never touch the event loop, and 0 of 40 runs aborted.
+those can abort at exit (SIGABRT), when a runtime thread of the extension attaches to the
+interpreter while it finalizes; the blocking calls never touch the event loop.
 
 A :class:`MediaStore` keeps objects under keys (``<task>/<clip>.<ext>``) and promises:
 
@@ -28,8 +27,8 @@ A :class:`MediaStore` keeps objects under keys (``<task>/<clip>.<ext>``) and pro
 * **Bounded memory.** Bytes move in chunks of :data:`CHUNK` and (object stores) parts of
   :data:`PART`, at most :data:`PART_CONCURRENCY` of them in flight.
 
-Where files are recorded: ``files.path`` holds the local path for the local folder (as
-before) and the object's URL (``s3://bucket/prefix/task/clip.wav``) for an object store;
+Where files are recorded: ``files.path`` holds the local path for the local folder and the
+object's URL (``s3://bucket/prefix/task/clip.wav``) for an object store;
 :meth:`MediaStore.key_of` reads either back. ``files.url`` keeps the URL the file was
 downloaded from. :func:`file_response` hands a recorded file to an admin.
 """

@@ -89,9 +89,9 @@ class _EmbeddedServer(uvicorn.Server):
 
 def settle_heap() -> None:
     """Once the app has started: collect, then freeze what is alive (modules, settings, the
-    app: about 60,000 objects) out of the cyclic garbage collector's sight, as CPython's
-    ``gc.freeze`` documentation advises for servers. Unfrozen, every full collection walked
-    them all again: 12-38 ms pauses under load, the worst of the tail at half load."""
+    app) out of the cyclic garbage collector's sight, as CPython's ``gc.freeze``
+    documentation advises for servers: otherwise every full collection walks them all again,
+    a pause under load that made the worst of the latency tail."""
     gc.collect()
     gc.freeze()
 

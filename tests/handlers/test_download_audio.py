@@ -438,7 +438,7 @@ async def test_a_sandbox_task_is_downloaded_by_the_default_route(tmp_path: Path)
 
 
 async def test_temporaries_left_by_a_killed_process_are_swept(tmp_path: Path) -> None:
-    """A kill -9 between mkstemp and rename leaves 0-byte temporaries (issue 8): the next run
+    """A kill -9 between mkstemp and rename leaves 0-byte temporaries: the next run
     of each clip removes its own, under its lock."""
     folder = tmp_path / "media" / "t-1"
     folder.mkdir(parents=True)
