@@ -233,7 +233,7 @@ def _announce_admin(loaded: Settings, host: str, port: int) -> None:
 def _load(args: argparse.Namespace, **extra: object) -> Settings:
     """The settings, once the whole config file is checked against the installed handlers."""
     from receiver import settings
-    from receiver.registry import load_checked
+    from receiver.schema import load_checked
 
     loaded = settings.load(
         config_file=args.config,
@@ -251,7 +251,7 @@ def _load(args: argparse.Namespace, **extra: object) -> Settings:
 
 def _config_check(args: argparse.Namespace) -> int:
     from receiver import settings
-    from receiver.registry import load_checked
+    from receiver.schema import load_checked
 
     file = args.file or (Path(os.environ["RECEIVER_CONFIG"])
                          if os.environ.get("RECEIVER_CONFIG") else None)
@@ -270,8 +270,8 @@ def _config_check(args: argparse.Namespace) -> int:
 def _config_schema(args: argparse.Namespace) -> int:
     import json
 
-    from receiver.config import schema
     from receiver.registry import load_registry
+    from receiver.schema import schema
     from receiver.settings import read_config
 
     registry = load_registry(read_config(args.file) if args.file else {})

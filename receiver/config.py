@@ -1,4 +1,4 @@
-"""The config file's shape, written once as typed msgspec Structs, and the check of a whole file.
+"""The config file's shape, written once as typed msgspec Structs.
 
 ``receiver.toml`` is one document: the receiver's own tables (``[receiver]``, ``[worker]``,
 ``[reconcile]``, ``[retention]``, ``[network]``), ``[[routes]]``, ``[handlers.<name>]`` paths,
@@ -7,28 +7,22 @@ a :class:`receiver.conversion.Table`; the receiver's values that need parsing (d
 media locations, networks, secrets, signature schemes, choices) are
 :class:`receiver.conversion.Domain` types defined here. In a route, each handler item is a
 union tagged by ``name`` with one member per registered handler, whose ``options`` are that
-handler's declared Struct (any table for a handler that declares none; see
-:mod:`receiver.registry`).
-
-:func:`check` converts a whole parsed file in one pass; any failure is a
-:class:`receiver.conversion.ConfigError` whose message names the path of the bad key
-(``routes[0].handlers[0].options.imgae: unknown option``). :func:`schema` is the same shape as
-JSON Schema. Nothing here reads a file, opens a database or imports a handler.
+handler's declared Struct: :mod:`receiver.schema` composes the whole file for the handlers
+installed and checks it. Nothing here reads a file, opens a database or imports a handler.
 """
 
 from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
 
 from receiver.conversion import (
     Choice,
-    ConfigError,
     Domain,
     Duration,
     FieldError,
@@ -40,19 +34,12 @@ from receiver.conversion import (
     Seconds,
     Table,
     Text,
-    convert,
-    schema_hook,
     shown,
 )
-from receiver.errors import SettingsError
 from receiver.signatures import Scheme, parse_schemes
 
 if TYPE_CHECKING:
     from typing import Self
-
-    from receiver.registry import Registry
-
-JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
 # ---- the receiver's values ---------------------------------------------------------------------
@@ -386,67 +373,3 @@ class CoreFile(RoutesFile, kw_only=True, frozen=True):
 
 
 CORE_TABLES = frozenset(field.encode_name for field in msgspec.structs.fields(CoreFile))
-
-
-def file_type(registry: Registry) -> type[CoreFile]:
-    """The whole file's Struct for the handlers of ``registry``: each route's handler items
-    checked against the handler they name, and each declared handler table as a table."""
-    items: list[Any] = []
-    bare: list[str] = []  # handlers that may be named alone, without options
-    # a route's `after` names registered handlers only
-    names: Any = Literal.__getitem__(tuple(registry.names)) if registry.names else Text
-    after: Any = list[names]
-    extra: list[tuple[str, Any, Any]] = []
-    for name in registry.names:
-        spec = registry.spec(name)
-        options: Any = spec.options if spec.options is not None else dict[str, Any]
-        optional = spec.options is None or not _required(spec.options)
-        default = msgspec.field(default_factory=options) if optional else msgspec.NODEFAULT
-        items.append(msgspec.defstruct(
-            f"handler.{name}", [("options", options, default), ("after", after, [])],
-            bases=(HandlerItemBase,), tag_field="name", tag=name, kw_only=True,
-            module=__name__))
-        if optional:
-            bare.append(name)
-        if spec.table is not None:
-            if name in CORE_TABLES:
-                raise SettingsError(f"handler {name!r} declares a table, but [{name}] is the "
-                                    "receiver's own")
-            extra.append((name, spec.table, _default_of(spec.table)))
-    members: list[Any] = [Literal[tuple(bare)]] if bare else []
-    item: Any = Union[tuple(members + items)] if members or items else Text  # noqa: UP007
-    route = msgspec.defstruct("Route", [("handlers", Annotated[list[item], msgspec.Meta(
-        min_length=1, description="a non-empty list of handlers")])], bases=(RouteTable,),
-        kw_only=True, module=__name__)
-    file: Any = msgspec.defstruct(
-        "ReceiverConfig", [("routes", list[route] | None, None), *extra],  # type: ignore[valid-type]
-        bases=(CoreFile,), kw_only=True, module=__name__)
-    return file  # type: ignore[no-any-return]
-
-
-def check(raw: Mapping[str, Any], registry: Registry) -> CoreFile:
-    """The whole parsed file, checked against the schema of ``registry``'s handlers; raises
-    :class:`ConfigError` naming the first bad key, or :class:`SettingsError` for a route that
-    names a handler that is not registered (and no handler is)."""
-    parsed: CoreFile = convert(raw, file_type(registry))
-    if not registry.names and parsed.routes:
-        raise ConfigError("routes[0].handlers[0]", "unknown handler (none is registered)")
-    return parsed
-
-
-def schema(registry: Registry) -> dict[str, Any]:
-    """The JSON Schema (2020-12) of the whole file for the handlers of ``registry``."""
-    document = msgspec.json.schema(file_type(registry), schema_hook=schema_hook)
-    return {"$schema": JSON_SCHEMA_DIALECT, "title": "receiver.toml",
-            "description": "The sonic-receiver config file (sonic-receiver config schema)",
-            **document}
-
-
-def _required(type_: type) -> bool:
-    return any(field.required for field in msgspec.structs.fields(type_))
-
-
-def _default_of(type_: type) -> Any:
-    return msgspec.NODEFAULT if _required(type_) else msgspec.field(default_factory=type_)
-
-

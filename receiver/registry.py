@@ -10,10 +10,9 @@ A handler declares with :func:`handler` the Struct its route options must fit, o
 table of its own (``[<handler name>]`` in the config file), what it ``provides`` to and
 ``needs`` from the other handlers of a task (its jobs run after those of the handlers that
 provide what it needs), and its jobs' default number of attempts; one that declares nothing
-takes any options, as a plain mapping. :func:`load_checked` is what start-up runs: every
-handler loaded, then the whole file checked against them (:func:`receiver.config.check`). Two
-handlers with one name, a path that does not import, a route naming a handler that is not
-registered or options that do not fit stop start-up with a :class:`SettingsError` saying which.
+takes any options, as a plain mapping (:func:`receiver.schema.load_checked` checks the whole
+file against the declarations before anything starts). Two handlers with one name or a path
+that does not import stop start-up with a :class:`SettingsError` saying which.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import msgspec
 
-from receiver.config import HandlerPath, check
+from receiver.config import HandlerPath
 from receiver.conversion import ConfigError, convert
 from receiver.errors import SettingsError
 from receiver.jobs import PermanentError
@@ -187,14 +186,6 @@ def load_registry(config: Mapping[str, Any], *, group: str = ENTRY_POINT_GROUP) 
         path: str = convert(table, HandlerPath, path=f"handlers.{name}").path
         registry.register(name, import_path(path, where=f"handlers.{name}.path"),
                           origin=f"config {path}")
-    return registry
-
-
-def load_checked(config: Mapping[str, Any], *, group: str = ENTRY_POINT_GROUP) -> Registry:
-    """The registry of ``config``, once the whole file is checked against its handlers: what
-    every command runs at start, before anything else."""
-    registry = load_registry(config, group=group)
-    check(config, registry)
     return registry
 
 

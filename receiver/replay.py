@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from receiver import logs, settings
-    from receiver.registry import load_checked
+    from receiver.schema import load_checked
 
     try:
         loaded = settings.load(config_file=args.config,

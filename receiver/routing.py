@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from receiver.config import HandlerItem, RoutesFile, RouteTable, Trigger, route_names
 from receiver.conversion import convert
@@ -35,8 +35,25 @@ from receiver.jobs import JobSpec, RetryPolicy, job_key
 from receiver.models import Transition
 from receiver.states import Entity, State
 
-if TYPE_CHECKING:
-    from receiver.registry import Registry
+
+class Declaration(Protocol):
+    """What the router reads of a handler's declaration (:class:`receiver.registry.HandlerSpec`)."""
+
+    @property
+    def needs(self) -> frozenset[str]: ...
+
+    @property
+    def max_attempts(self) -> int | None: ...
+
+
+class Handlers(Protocol):
+    """What the router reads of the handler registry (:class:`receiver.registry.Registry`)."""
+
+    def spec(self, name: str) -> Declaration: ...
+
+    def providers(self, needs: Iterable[str]) -> frozenset[str]: ...
+
+    def check(self, names: Iterable[str]) -> None: ...
 
 TRIGGERS: Mapping[State, str] = {
     State.RUNNING: Trigger.STREAMING.value,
@@ -115,7 +132,7 @@ class Router:
 
     @classmethod
     def for_handlers(
-        cls, routes: Sequence[Route], registry: Registry, *, policy: RetryPolicy | None = None
+        cls, routes: Sequence[Route], registry: Handlers, *, policy: RetryPolicy | None = None
     ) -> Router:
         """The router of ``routes`` for the handlers of ``registry``: each reference waits, as
         well, for the handlers providing what its own needs, and takes its handler's default
@@ -163,7 +180,7 @@ class Router:
         return specs
 
 
-def router_for(config: Mapping[str, Any], registry: Registry, *,
+def router_for(config: Mapping[str, Any], registry: Handlers, *,
                policy: RetryPolicy | None = None) -> Router:
     """The router of ``config``'s routes (or the default ones) for ``registry``'s handlers, each
     of which must be registered."""
@@ -174,7 +191,7 @@ def router_for(config: Mapping[str, Any], registry: Registry, *,
 
 def routes_from_config(config: Mapping[str, Any]) -> tuple[Route, ...]:
     """The ``[[routes]]`` of a parsed config file, or :data:`DEFAULT_ROUTES` when absent; raises
-    :class:`receiver.config.ConfigError` naming the path of a bad key."""
+    :class:`receiver.conversion.ConfigError` naming the path of a bad key."""
     parsed: RoutesFile = convert({"routes": config["routes"]} if "routes" in config else {},
                                  RoutesFile)
     if parsed.routes is None:

@@ -28,12 +28,12 @@ from typing import Any, Self
 import httpx
 
 from receiver.clock import Clock, FakeClock
-from receiver.config import check
 from receiver.jobs import FINISHED, Job
 from receiver.models import RecordResult, Result, StoredFile, TaskView
 from receiver.registry import Handler, Registry
 from receiver.routing import Router, router_for
 from receiver.runtime import Runtime, open_runtime
+from receiver.schema import check
 from receiver.settings import Settings
 from receiver.signatures import Scheme, Verified, sign_musicapi
 from receiver.storage.roles import Storage

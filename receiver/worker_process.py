@@ -8,9 +8,9 @@ import signal
 import structlog
 
 from receiver.clock import SystemClock
-from receiver.registry import load_checked
 from receiver.routing import router_for
 from receiver.runtime import open_runtime
+from receiver.schema import load_checked
 from receiver.settings import Settings
 
 log = structlog.get_logger("receiver.worker")

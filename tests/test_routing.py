@@ -13,7 +13,6 @@ from typing import Literal
 
 import pytest
 
-from receiver.config import check
 from receiver.context import Event, HandlerContext
 from receiver.conversion import ConfigError, PositiveInt, Table
 from receiver.errors import SettingsError
@@ -27,6 +26,7 @@ from receiver.registry import (
     load_registry,
 )
 from receiver.routing import DEFAULT_ROUTES, Router, TaskFacts, routes_from_config, split_tags
+from receiver.schema import check
 from receiver.states import Entity, State
 
 

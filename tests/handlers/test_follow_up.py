@@ -17,10 +17,10 @@ from starlette.applications import Starlette
 
 from handlers import follow_up
 from receiver.app import create_app
-from receiver.config import check
 from receiver.conversion import ConfigError
 from receiver.models import ChildState, ChildTask
 from receiver.registry import Registry, load_registry
+from receiver.schema import check
 from receiver.server import running
 from receiver.sonic.sandbox import SandboxConfig, Speed
 from receiver.sonic.sandbox.config import Schedule

@@ -23,11 +23,11 @@ from structlog.testing import capture_logs
 
 from handlers import download_audio, forward
 from receiver.clock import FakeClock
-from receiver.config import check
 from receiver.conversion import ConfigError
 from receiver.jobs import JobState, PermanentError
 from receiver.registry import load_registry
 from receiver.runtime import Runtime
+from receiver.schema import check
 from receiver.server import running
 from receiver.testing import deliver, handler_runtime
 from tests.handlers import LOOPBACK_ONLY, Media, media_server, watched_client, wav_bytes
