@@ -180,7 +180,7 @@ def load(
         config_file = Path(env["RECEIVER_CONFIG"])
     config = read_config(config_file) if config_file else {}
     # The tables settings are made of; the whole file is checked at start-up, against the
-    # handlers too (receiver.registry.load_checked).
+    # handlers too (receiver.schema.load_checked).
     core: CoreFile = convert({k: v for k, v in config.items() if k in _CORE_KEYS}, CoreFile)
     flags = {k: os.fspath(v) if isinstance(v, os.PathLike) else v
              for k, v in (overrides or {}).items()}
