@@ -88,10 +88,10 @@ def bare_app() -> Starlette:
 
 @contextlib.asynccontextmanager
 async def receiver_app(stamps: Path | None) -> AsyncIterator[Any]:
+    # imported here and only as needed: an earlier checkout's receiver (--before) serves the
+    # plain app through this module too
     from receiver import logs, settings
     from receiver.app import create_app
-    from receiver.storage.roles import storage_for
-    from scripts.benchmarks.probes import StampingIngest
 
     loaded = settings.load()
     logs.configure(fmt=loaded.log_format, level=loaded.log_level,  # as `serve` does
@@ -99,6 +99,9 @@ async def receiver_app(stamps: Path | None) -> AsyncIterator[Any]:
     if stamps is None:
         yield create_app(loaded)
         return
+    from receiver.storage.roles import storage_for
+    from scripts.benchmarks.probes import StampingIngest
+
     storage = storage_for(loaded)
     ingest = StampingIngest(storage.db, stamps)
     async with dataclasses.replace(storage, ingest=ingest) as stamping:
