@@ -1,6 +1,6 @@
 """dispatch: from a delivery's commit to its handler's start.
 
-The receiver is served with :class:`scripts.benchmarks.probes.StampingIngest` (the real
+The receiver is served with :class:`scripts.benchmarks.stamping.StampingIngest` (the real
 ingest role, noting when each ``record_delivery`` returned) and one route: every succeeded task runs
 :func:`scripts.benchmarks.probes.probe`, which notes when it started. Deliveries come from the
 ingest load generator, paced (open loop) or back to back (under load). Variants:
