@@ -27,11 +27,6 @@ BODY = callback("t-1", [clip("c1", "succeeded")])
 ADMIN_CALLS = [("GET", "/tasks/t-1"), ("GET", "/jobs"), ("POST", "/tasks")]
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(1_800_000_000)
-
-
 def secure(tmp_path: Path, **changes: object) -> Settings:
     """Settings as an operator gets them: no opt-out unless asked."""
     return settings_for(tmp_path, **{"insecure_open_admin": False, **changes})

@@ -1,5 +1,5 @@
 """Jobs: written with the delivery, claimed with a lease, retried with backoff, and dead after
-the last attempt; on the real SQLite file and on the in-memory twin."""
+the last attempt; the leases on every backend, the rest on a real SQLite file."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from receiver.signatures import Scheme, Verified
 from receiver.storage.roles import Storage
 from receiver.webhook import make_delivery
 from receiver.worker import Worker
-from tests.backends import store
 from tests.handler_support import deliver, handler_runtime
 from tests.support import callback, clip, settings_for
 
@@ -190,9 +189,6 @@ async def test_failed_tasks_route_to_their_own_handlers(runtime: Runtime) -> Non
     await deliver(runtime, FAILED, event="song.failed")
     [job] = await runtime.storage.admin.list_jobs()
     assert job.trigger == "task.failed"
-
-
-__all__ = ["store"]  # the contract fixture, once per backend
 
 
 async def _one_job(store: Storage, tmp_path: Path) -> None:

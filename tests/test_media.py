@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -129,6 +130,7 @@ async def test_a_local_put_is_verified_and_a_mismatch_keeps_the_old_file(tmp_pat
     assert await store.head("t/none.json") is None
 
 
+@pytest.mark.s3
 async def test_an_object_is_uploaded_in_parts_and_read_signed_and_deleted(
     aws_env: S3Server, s3_bucket: str, tmp_path: Path,
 ) -> None:
@@ -152,6 +154,7 @@ async def test_an_object_is_uploaded_in_parts_and_read_signed_and_deleted(
     assert await store.head("t/c.wav") is None
 
 
+@pytest.mark.s3
 async def test_a_mismatched_upload_leaves_no_object_and_no_pending_upload(
     aws_env: S3Server, s3_bucket: str, tmp_path: Path,
 ) -> None:
@@ -165,6 +168,7 @@ async def test_a_mismatched_upload_leaves_no_object_and_no_pending_upload(
     assert pending_uploads(aws_env, s3_bucket) == []
 
 
+@pytest.mark.s3
 async def test_a_bucket_that_does_not_exist_refuses_the_write(
     aws_env: S3Server, tmp_path: Path,
 ) -> None:
@@ -215,6 +219,7 @@ def song(server: MediaServer, task_id: str = "t-1") -> bytes:
     ], event="song.completed")
 
 
+@pytest.mark.s3
 async def test_download_audio_keeps_every_file_in_the_bucket_with_its_recorded_sha256(
     aws_env: S3Server, s3_bucket: str, tmp_path: Path,
 ) -> None:
@@ -241,6 +246,7 @@ async def test_download_audio_keeps_every_file_in_the_bucket_with_its_recorded_s
     assert staged == []
 
 
+@pytest.mark.s3
 async def test_a_rerun_skips_objects_that_match_and_refetches_one_that_does_not(
     aws_env: S3Server, s3_bucket: str, tmp_path: Path,
 ) -> None:
@@ -270,6 +276,7 @@ async def handle_again(runtime: Runtime) -> None:
     await handle(event, runtime.context_for(job))
 
 
+@pytest.mark.s3
 async def test_a_bucket_that_does_not_exist_kills_the_job_saying_so(
     aws_env: S3Server, tmp_path: Path,
 ) -> None:
@@ -356,6 +363,7 @@ async def test_a_local_file_is_served_with_ranges(tmp_path: Path) -> None:
     assert anonymous.status_code == 401
 
 
+@pytest.mark.s3
 async def test_an_object_is_handed_out_as_a_short_lived_presigned_redirect(
     aws_env: S3Server, s3_bucket: str, tmp_path: Path,
 ) -> None:
@@ -376,6 +384,7 @@ async def test_an_object_is_handed_out_as_a_short_lived_presigned_redirect(
     assert fetched.content == b"RIFF"
 
 
+@pytest.mark.s3
 def test_one_object_store_is_shared_per_place(aws_env: S3Server, tmp_path: Path) -> None:
     settings = settings_for(tmp_path, media_url="s3://songs/x")
     assert open_media(settings) is open_media(settings)
@@ -384,8 +393,9 @@ def test_one_object_store_is_shared_per_place(aws_env: S3Server, tmp_path: Path)
 
 # ---- SIGKILL in the middle of an upload ----------------------------------------------------
 
+# The child gets its route and its delivery's body from the parent, as JSON and text.
 CHILD = """
-import asyncio, sys
+import asyncio, json, sys
 from pathlib import Path
 
 import receiver.media as media
@@ -393,7 +403,6 @@ from handlers.download_audio import handle
 from receiver.clock import FakeClock
 from tests.handler_support import deliver, handler_runtime
 from tests.handlers import LOOPBACK_ONLY
-from tests.test_media import route, big_song
 
 slow_chunks = media.file_chunks
 
@@ -405,11 +414,11 @@ async def throttled(*args, **kwargs):
 
 media.file_chunks = throttled
 
-async def main(tmp: str, media_url: str, audio_url: str) -> None:
-    async with handler_runtime(Path(tmp), handlers={"download_audio": handle}, routes=[route()],
-                               config=LOOPBACK_ONLY, clock=FakeClock(),
-                               media_url=media_url) as runtime:
-        await deliver(runtime, big_song(audio_url))
+async def main(tmp: str, media_url: str, route: str, body: str) -> None:
+    async with handler_runtime(Path(tmp), handlers={"download_audio": handle},
+                               routes=[json.loads(route)], config=LOOPBACK_ONLY,
+                               clock=FakeClock(), media_url=media_url) as runtime:
+        await deliver(runtime, body.encode())
         print("delivered", flush=True)
         await runtime.worker.run_once()
         print("finished", flush=True)
@@ -423,6 +432,7 @@ def big_song(audio_url: str) -> bytes:
                     event="song.completed")
 
 
+@pytest.mark.s3
 @pytest.mark.slow
 async def test_a_download_killed_mid_upload_leaves_no_object_and_a_restart_keeps_the_right_one(
     aws_env: S3Server, s3_bucket: str, tmp_path: Path,
@@ -432,7 +442,8 @@ async def test_a_download_killed_mid_upload_leaves_no_object_and_a_restart_keeps
     async with media_server() as server:
         server.files["/long.mp3"] = Media(body=body, chunk=1024 * 1024)
         child = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", CHILD, str(tmp_path), media_url, server.url("/long.mp3"),
+            sys.executable, "-c", CHILD, str(tmp_path), media_url, json.dumps(route()),
+            big_song(server.url("/long.mp3")).decode(),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             cwd=ROOT,
         )
@@ -482,6 +493,7 @@ def full_song(out: str) -> tuple[float, float]:
     return float(found.group(1)), float(found.group(2))
 
 
+@pytest.mark.s3
 @pytest.mark.slow
 async def test_the_demo_keeps_its_songs_in_s3_and_lists_the_objects(
     aws_env: S3Server, s3_bucket: str, tmp_path: Path,

@@ -12,12 +12,9 @@ from receiver.recording import insert_jobs
 from receiver.states import State
 from receiver.storage.admin import BadCursor, DeliveryFilter, TaskFilter
 from receiver.storage.roles import Storage
-from tests.backends import store
-from tests.support import callback, clip
-from tests.test_store import delivery
+from tests.support import callback, clip, delivery
 
 pytestmark = pytest.mark.anyio
-__all__ = ["store"]
 
 
 def song(task_id: str, state: str = "succeeded", title: str = "Song", tags: str = "pop") -> bytes:

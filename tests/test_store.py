@@ -13,49 +13,16 @@ from pathlib import Path
 import pytest
 
 from receiver import recording
-from receiver.errors import PayloadError, StoreError
-from receiver.models import Delivery, Outcome, Source, Transition
-from receiver.payloads import parse_callback
+from receiver.errors import StoreError
+from receiver.models import Outcome, Transition
 from receiver.recording import UNKNOWN_TASK, record
 from receiver.states import Entity, State
 from receiver.storage.connector import Tx
 from receiver.storage.roles import Storage, sqlite_storage
 from receiver.storage.sqlite import DIALECT, SQLiteConnector
-from tests.backends import store
-from tests.support import EMPTY_COUNTS, callback, clip
+from tests.support import COMPLETED, EMPTY_COUNTS, PARTIAL, STREAMING, callback, clip, delivery
 
 pytestmark = pytest.mark.anyio
-
-
-__all__ = ["store"]  # the contract fixture, once per backend
-
-
-def delivery(
-    delivery_id: str,
-    body: bytes,
-    *,
-    event: str | None = None,
-    at: float = 1000.0,
-    task_id_hint: str | None = None,
-) -> Delivery:
-    try:
-        cb = parse_callback(body, event_header=event, task_id_hint=task_id_hint)
-        error = None
-    except PayloadError as exc:
-        cb, error = None, exc.message
-    return Delivery(
-        delivery_id=delivery_id, source=Source.WEBHOOK, scheme="musicapi", event=event,
-        headers={"x-webhook-id": delivery_id}, body=body, received_at=at, callback=cb,
-        error=error, task_id_hint=task_id_hint,
-    )
-
-
-STREAMING = callback("t-1", [clip("a", "running", audio_url="http://stream/a"),
-                             clip("b", "running", audio_url="http://stream/b")])
-PARTIAL = callback("t-1", [clip("a", "succeeded", audio_url="http://cdn/a.mp3"),
-                           clip("b", "running")])
-COMPLETED = callback("t-1", [clip("a", "succeeded", audio_url="http://cdn/a.mp3"),
-                             clip("b", "succeeded", audio_url="http://cdn/b.mp3")])
 
 
 async def test_first_delivery_is_recorded_with_its_transitions(store: Storage) -> None:

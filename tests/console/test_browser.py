@@ -77,6 +77,7 @@ async def signed_post(url: str, body: bytes, delivery_id: str) -> httpx.Response
             **signed_headers(body, delivery_id=delivery_id), "Content-Type": "application/json"})
 
 
+@pytest.mark.browser
 async def test_an_operator_session_in_chromium(
     browser: Browser, tmp_path: Path, screenshots: Path
 ) -> None:
@@ -201,6 +202,7 @@ async def _dead_count(url: str, handler: str, n: int) -> bool:
     return len(page["items"]) == n
 
 
+@pytest.mark.browser
 async def test_the_overview_fits_a_phone(browser: Browser, tmp_path: Path,
                                          screenshots: Path) -> None:
     """On a phone-sized screen the pages do not scroll sideways (tables scroll in their box)."""
