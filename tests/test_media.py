@@ -51,6 +51,7 @@ from tests.handlers import (
 )
 from tests.services import S3Server
 from tests.support import SECRET, app_client, callback, clip, settings_for
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -407,7 +408,7 @@ from tests.handlers import LOOPBACK_ONLY
 slow_chunks = media.file_chunks
 
 async def throttled(*args, **kwargs):
-    # Slowed down so that the parent can kill us while parts are in flight.
+    # Not a wait: slowed down so that the parent can kill us while parts are in flight.
     async for chunk in slow_chunks(*args, **kwargs):
         await asyncio.sleep(0.1)
         yield chunk
@@ -447,14 +448,16 @@ async def test_a_download_killed_mid_upload_leaves_no_object_and_a_restart_keeps
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             cwd=ROOT,
         )
+
+        async def uploading() -> bool:
+            if await asyncio.to_thread(pending_uploads, aws_env, s3_bucket):
+                return True
+            assert child.returncode is None, await child.stdout.read()  # type: ignore[union-attr]
+            return False
+
         try:
-            for _ in range(600):  # until the child's multipart upload is under way
-                if await asyncio.to_thread(pending_uploads, aws_env, s3_bucket):
-                    break
-                assert child.returncode is None, await child.stdout.read()  # type: ignore[union-attr]
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail("the upload never started")
+            await wait_until(uploading, within=30, every=0.05,
+                             what="the child's multipart upload to be under way")
             child.send_signal(signal.SIGKILL)
         finally:
             await child.wait()

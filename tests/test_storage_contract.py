@@ -396,8 +396,9 @@ async def test_two_postgresql_batches_locking_the_same_tasks_in_opposite_orders_
         async def work(tx: Tx) -> None:
             runs.append(name)
             await tx.one("lock_task", {"task_id": task})
-            # A unit runs on the writer's own thread and must not suspend (see drive()): it
-            # blocks, and meanwhile the other process's batch takes its first lock.
+            # Not a wait: the unit holds its task's lock a while, which is the scenario. A unit
+            # runs on the writer's own thread and must not suspend (see drive()): it blocks,
+            # and meanwhile the other process's batch takes its first lock.
             time.sleep(0.3)  # noqa: ASYNC251
 
         return work
