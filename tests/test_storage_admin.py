@@ -134,6 +134,8 @@ async def test_audit_pages_newest_first(store: Storage) -> None:
 
 
 async def test_overview_and_totals(store: Storage) -> None:
+    """The overview counts the last hour's deliveries per minute, outcomes, duplicates, dead
+    jobs and task states, and the oldest queued job by when it became due; totals by outcome."""
     now = 100_000.0
     await store.ingest.record_delivery(delivery("d1", song("t1"), at=now - 30))
     await store.ingest.record_delivery(delivery("d1", song("t1"), at=now - 20))

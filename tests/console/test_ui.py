@@ -98,6 +98,7 @@ async def test_bulk_retry_asks_with_the_count_first(
 
 
 async def test_logout_ends_the_session(visitor: httpx.AsyncClient) -> None:
+    """After logging out, a page asks for the login again."""
     csrf = await log_in(visitor)
     out = await visitor.post("/ui/logout", data={"csrf": csrf}, headers={"Origin": BASE})
     assert out.status_code == 303

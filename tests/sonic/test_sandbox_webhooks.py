@@ -203,6 +203,7 @@ async def test_dropping_exactly_the_first_tasks_completed_event() -> None:
 
 
 async def test_dropping_every_delivery() -> None:
+    """With every delivery dropped, the sandbox settles both as dropped; the receiver gets none."""
     async with serve_receiver() as receiver, serve_sandbox(_config(drop=1.0)) as sb:
         task_id = await sb.create(_create(receiver))
         await _settled(sb, task_id, 2)
