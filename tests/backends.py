@@ -1,12 +1,11 @@
-"""The store under test, on every backend: the contract suite takes the ``store`` fixture and
-runs once per engine. PostgreSQL comes from the ``pg_dsn`` fixture (a fresh database on the
-server ``scripts/test`` starts); without one, those runs are skipped by that fixture's rule."""
+"""The storage backends the contract runs on: ``BACKENDS`` (the PostgreSQL one carries the
+``postgres`` marker) and the store on a database of either. The fixtures over them (``backend``,
+``backend_store``, ``store``) are in :mod:`tests.fixtures.storage`."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -18,24 +17,22 @@ from receiver.storage.sqlite import SQLiteConnector
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
-def connector_of(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Connector:
-    if kind == "sqlite":
-        return SQLiteConnector(tmp_path / "store.db")
+def connector_at(database: Path | str) -> Connector:
+    """The connector of ``database``: a SQLite file, or a PostgreSQL DSN."""
+    if isinstance(database, Path):
+        return SQLiteConnector(database)
     from receiver.storage.postgres import PostgresConnector
 
-    dsn: str = request.getfixturevalue("pg_dsn")
-    return PostgresConnector(dsn)
+    return PostgresConnector(database)
 
 
-@contextlib.asynccontextmanager
-async def backend_store(
-    kind: str, request: pytest.FixtureRequest, tmp_path: Path, *, clock: Clock | None = None
-) -> AsyncIterator[Storage]:
-    async with Storage.over(connector_of(kind, request, tmp_path), clock=clock) as store:
-        yield store
+def storage_at(database: Path | str, *, clock: Clock | None = None) -> Storage:
+    """The storage on ``database``, not yet open (``async with``)."""
+    return Storage.over(connector_at(database), clock=clock)
 
 
-@pytest.fixture(params=BACKENDS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
-    async with backend_store(request.param, request, tmp_path) as opened:
-        yield opened
+class StoreOpener(Protocol):
+    """The ``backend_store`` fixture: the storage on this test's database, not yet open; each
+    call is another connection to the same database (as another process would hold)."""
+
+    def __call__(self, *, clock: Clock | None = None) -> Storage: ...

@@ -5,6 +5,7 @@ afterwards, read straight from the SQLite file or the PostgreSQL database."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import sqlite3
 import time
@@ -15,6 +16,7 @@ import httpx
 import psycopg
 
 from tests.support import callback, clip, signed_headers
+from tests.waiting import wait_until
 
 
 def effect_config(path: Path, effects: Path, *, lease_s: float = 2, hold_s: float = 0) -> Path:
@@ -111,7 +113,7 @@ class Senders:
             if len(self.acked) >= self.expected // 2:
                 self.half_way.set()
         if self.pace_s:
-            await asyncio.sleep(self.pace_s)
+            await asyncio.sleep(self.pace_s)  # not a wait: the pace of the load
 
     async def _deliver(self, client: httpx.AsyncClient, delivery_id: str, body: bytes,
                        deadline: float) -> bool:
@@ -123,7 +125,7 @@ class Senders:
                     return True
             except httpx.TransportError:
                 pass
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # not a wait: a sender's pause before it tries again
         return False
 
 
@@ -159,13 +161,17 @@ def stored(db: Path | str) -> Stored:
 
 
 async def until_jobs_done(db: Path | str, jobs: int, *, timeout_s: float = 60) -> Stored:
-    """Read ``db`` until it holds ``jobs`` jobs, all done (or ``timeout_s`` passes)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        now = await asyncio.to_thread(stored, db)
-        if (len(now.jobs) >= jobs and not now.unfinished_jobs()) or time.monotonic() > deadline:
-            return now
-        await asyncio.sleep(0.1)
+    """Read ``db`` until it holds ``jobs`` jobs, all done; what it holds then, or after
+    ``timeout_s`` (the caller's assertions say what is missing)."""
+    last: list[Stored] = []
+
+    async def done() -> bool:
+        last[:] = [await asyncio.to_thread(stored, db)]
+        return len(last[0].jobs) >= jobs and not last[0].unfinished_jobs()
+
+    with contextlib.suppress(AssertionError):
+        await wait_until(done, within=timeout_s, every=0.1, what=f"{jobs} jobs done")
+    return last[0]
 
 
 def check_effects(effects: Path, tasks: list[str]) -> None:

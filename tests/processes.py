@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from tests.support import SECRET
+from tests.waiting import wait_until_blocking
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,16 +30,16 @@ def receiver_env(config: Path, extra_env: dict[str, str] | None = None) -> dict[
 def wait_healthy(port: int, proc: subprocess.Popen[bytes], log: Path,
                  timeout_s: float = 60) -> None:
     """Until ``/healthz`` answers on ``port``; fails with the log when the process exits first."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def healthy() -> bool:
+        assert proc.poll() is None, f"server exited at start:\n{log.read_text()[-3000:]}"
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
         except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"server did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.05)
+            return False
+
+    wait_until_blocking(healthy, within=timeout_s, what=f"the server on port {port} to start",
+                        detail=lambda: log.read_text()[-3000:])
 
 
 @contextmanager
@@ -100,11 +100,14 @@ def wait_children(pid: int, count: int, timeout_s: float = 60) -> list[int]:
     """The web processes of ``serve --workers`` (process ``pid``) once there are ``count`` of
     them: one killed a moment ago is started again, and a child shows as one once it runs
     ``spawn_main``."""
-    deadline = time.monotonic() + timeout_s
-    while len(found := children(pid)) != count:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{pid} has web processes {found}, not {count}")
-        time.sleep(0.05)
+    found: list[int] = []
+
+    def counted() -> bool:
+        found[:] = children(pid)
+        return len(found) == count
+
+    wait_until_blocking(counted, within=timeout_s, what=f"{count} web processes of {pid}",
+                        detail=lambda: f"it has {found}")
     return found
 
 
@@ -135,8 +138,12 @@ def wait_logged(log: Path, event: str, proc: subprocess.Popen[bytes],
                 timeout_s: float = 60) -> None:
     """Until ``log`` holds a line of ``event`` (a worker's ``worker_started``: its signal
     handlers are in place); fails with the log when the process exits first."""
-    deadline = time.monotonic() + timeout_s
-    while not log_events([log], event):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"no {event} in {log}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.05)
+
+    def logged() -> bool:
+        if log_events([log], event):
+            return True
+        assert proc.poll() is None, f"exited before {event}:\n{log.read_text()[-3000:]}"
+        return False
+
+    wait_until_blocking(logged, within=timeout_s, what=f"{event} in {log}",
+                        detail=lambda: log.read_text()[-3000:])

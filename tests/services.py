@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import pytest
 from psycopg import sql
 
 from tests.support import free_port
+from tests.waiting import wait_until_blocking
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 # headless in a container as root: no sandbox (needs user namespaces), /dev/shm is often tiny
@@ -241,17 +241,24 @@ def running_s3() -> Iterator[S3Server]:
 def _moto_endpoint(process: subprocess.Popen[bytes], log: Path, *, timeout: float) -> str:
     """The URL moto's server says it runs on (werkzeug logs `Running on http://HOST:PORT`),
     once it answers."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    endpoint: list[str] = []
+
+    def answering() -> bool:
         if process.poll() is not None:
             raise ServiceUnavailable(f"moto server exited at start:\n{_tail(log)}")
         found = re.search(r"Running on (http://127\.0\.0\.1:\d+)", log.read_text(errors="replace"))
         if found:
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{found[1]}/moto-api/", timeout=2).status_code == 200:
-                    return found[1]
-        time.sleep(0.05)
-    raise ServiceUnavailable(f"moto server not ready after {timeout:.0f} s:\n{_tail(log)}")
+                    endpoint.append(found[1])
+        return bool(endpoint)
+
+    try:
+        wait_until_blocking(answering, within=timeout, what="moto's server to answer")
+    except AssertionError as exc:
+        raise ServiceUnavailable(
+            f"moto server not ready after {timeout:.0f} s:\n{_tail(log)}") from exc
+    return endpoint[0]
 
 
 # --- Chromium -----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Helpers shared by the tests: signed requests, callback bodies, and the app over
-``httpx.ASGITransport`` with its lifespan running (ASGITransport alone does not run it)."""
+"""Helpers shared by the tests: signed requests, callback bodies and the delivery records the
+webhook makes of them, and the app over ``httpx.ASGITransport`` with its lifespan running
+(ASGITransport alone does not run it)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import httpx
 from starlette.applications import Starlette
 
 from receiver.clock import Clock
+from receiver.errors import PayloadError
+from receiver.models import Delivery, Source
+from receiver.payloads import parse_callback
 from receiver.settings import Settings
 from receiver.signatures import sign_musicapi
 
@@ -52,6 +56,37 @@ def callback(
     if event is not None:
         body["event"] = event
     return json.dumps(body).encode()
+
+
+def delivery(
+    delivery_id: str,
+    body: bytes,
+    *,
+    event: str | None = None,
+    at: float = 1000.0,
+    task_id_hint: str | None = None,
+) -> Delivery:
+    """The record the webhook makes of ``body`` received at ``at`` (a body that does not parse
+    keeps its error, as a quarantined delivery does), for tests that go straight to storage."""
+    try:
+        cb = parse_callback(body, event_header=event, task_id_hint=task_id_hint)
+        error = None
+    except PayloadError as exc:
+        cb, error = None, exc.message
+    return Delivery(
+        delivery_id=delivery_id, source=Source.WEBHOOK, scheme="musicapi", event=event,
+        headers={"x-webhook-id": delivery_id}, body=body, received_at=at, callback=cb,
+        error=error, task_id_hint=task_id_hint,
+    )
+
+
+# task t-1 through its life: both clips streaming, one done, both done
+STREAMING = callback("t-1", [clip("a", "running", audio_url="http://stream/a"),
+                             clip("b", "running", audio_url="http://stream/b")])
+PARTIAL = callback("t-1", [clip("a", "succeeded", audio_url="http://cdn/a.mp3"),
+                           clip("b", "running")])
+COMPLETED = callback("t-1", [clip("a", "succeeded", audio_url="http://cdn/a.mp3"),
+                             clip("b", "succeeded", audio_url="http://cdn/b.mp3")])
 
 
 def signed_headers(

@@ -47,11 +47,6 @@ COMPLETED = callback("t-1", [clip("c1", "succeeded", duration="104.88"),
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(1_800_000_000)
-
-
-@pytest.fixture
 async def client(tmp_path: Path, clock: FakeClock) -> AsyncIterator[httpx.AsyncClient]:
     async with app_client(create_app(settings_for(tmp_path), clock=clock)) as c:
         yield c

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ from receiver.auth import authorized, how_to_use
 from receiver.clock import FakeClock
 from receiver.errors import SettingsError
 from receiver.settings import Settings, load
+from tests.processes import wait_healthy
 from tests.support import app_client, callback, clip, free_port, post_signed, settings_for
 
 pytestmark = pytest.mark.anyio
@@ -25,11 +25,6 @@ pytestmark = pytest.mark.anyio
 TOKEN = "adm1n-t0ken-for-tests"
 BODY = callback("t-1", [clip("c1", "succeeded")])
 ADMIN_CALLS = [("GET", "/tasks/t-1"), ("GET", "/jobs"), ("POST", "/tasks")]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(1_800_000_000)
 
 
 def secure(tmp_path: Path, **changes: object) -> Settings:
@@ -176,14 +171,7 @@ def test_a_real_serve_process_is_closed_unless_opted_out(
             env=env, stdout=out, stderr=out)
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.05)
+        wait_healthy(port, proc, log, timeout_s=30)
         jobs = httpx.get(f"{base}/jobs", timeout=5)
         task = httpx.get(f"{base}/tasks/t-1", timeout=5)
         created = httpx.post(f"{base}/tasks", json={"task_type": "create_music"}, timeout=5)

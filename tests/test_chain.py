@@ -17,8 +17,9 @@ from receiver.app import create_app
 from receiver.server import running
 from receiver.sonic.sandbox import SandboxConfig, Speed
 from tests.peers import json_sink, smtp_server
-from tests.sonic.support import KEY, serve_sandbox, wait_for
+from tests.sonic.support import KEY, serve_sandbox
 from tests.support import free_port, settings_for
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -84,7 +85,7 @@ async def test_every_effect_happens_once_under_duplicated_reordered_webhooks(
                             return False
                         task_id = kids[0]["child_task_id"]
 
-                await wait_for(closed, within=60, what="the chain to close")
+                await wait_until(closed, within=60, what="the chain to close")
                 balance = await sandbox.balance()
                 sent = await sandbox.deliveries()
 

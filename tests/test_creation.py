@@ -11,8 +11,9 @@ import pytest
 from receiver.app import create_app
 from receiver.server import running
 from receiver.sonic.sandbox import SandboxConfig, Speed
-from tests.sonic.support import KEY, serve_sandbox, wait_for
+from tests.sonic.support import KEY, serve_sandbox
 from tests.support import free_port, settings_for
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -38,7 +39,7 @@ async def test_post_tasks_creates_registers_and_refuses_with_the_seed_messages(
                 view = (await http.get(f"/tasks/{task_id}")).json()
                 return bool(view.get("task", {}).get("state") == "succeeded")
 
-            await wait_for(succeeded, within=20, what="the created task to succeed")
+            await wait_until(succeeded, within=20, what="the created task to succeed")
             view = (await http.get(f"/tasks/{task_id}")).json()
             balance = await sandbox.balance()
     assert (bad.status_code, bad.json()["message"]) == (400, "mv field is invalid")
@@ -73,7 +74,7 @@ async def test_the_server_reconciles_stale_tasks_on_its_own(tmp_path: Path) -> N
                 view = (await http.get(f"/tasks/{task_id}")).json()
                 return bool(view.get("task", {}).get("state") == "succeeded")
 
-            await wait_for(healed, within=20, what="reconciliation to recover the drop")
+            await wait_until(healed, within=20, what="reconciliation to recover the drop")
             view = (await http.get(f"/tasks/{task_id}")).json()
             dropped = await sandbox.deliveries(task_id=task_id, outcome="dropped")
     assert [d["event"] for d in dropped] == ["song.completed"]

@@ -75,6 +75,7 @@ def test_the_demo_stays_to_open_the_console(tmp_path: Path) -> None:
     assert proc.returncode == 0, rest[-3000:]
 
 
+@pytest.mark.postgres
 @pytest.mark.slow
 def test_the_demo_closes_the_loop_on_postgresql_with_two_web_processes_and_a_worker(
     tmp_path: Path, pg_dsn: str,

@@ -14,8 +14,9 @@ import pytest
 from receiver.app import create_app
 from receiver.server import running
 from receiver.sonic.sandbox import SandboxConfig, Speed
-from tests.sonic.support import KEY, serve_sandbox, wait_for
+from tests.sonic.support import KEY, serve_sandbox
 from tests.support import SECRET, settings_for
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -43,7 +44,7 @@ async def test_a_sandbox_task_is_verified_and_recorded_by_the_receiver(
                 return response.status_code == 200 and response.json()["task"]["state"] in (
                     "succeeded", "failed")
 
-            await wait_for(settled, within=20, what="the receiver to see the task settle")
+            await wait_until(settled, within=20, what="the receiver to see the task settle")
             view = (await http.get(f"/tasks/{created.task_id}")).json()
             audio = [await sandbox.http.get(c["audio_url"]) for c in view["clips"]]
 

@@ -1,15 +1,17 @@
 """Jobs: written with the delivery, claimed with a lease, retried with backoff, and dead after
-the last attempt; on the real SQLite file and on the in-memory twin."""
+the last attempt; the leases on every backend, the rest on a real SQLite file."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from receiver.app import create_app
 from receiver.clock import FakeClock
 from receiver.context import Event, HandlerContext
 from receiver.jobs import JobState, PermanentError, Retry, RetryPolicy
@@ -17,12 +19,12 @@ from receiver.registry import Handler, Registry
 from receiver.routing import HandlerRef, Route, Router
 from receiver.runtime import Runtime
 from receiver.signatures import Scheme, Verified
-from receiver.storage.roles import Storage
+from receiver.storage.queue import JobQueue
+from receiver.storage.roles import Storage, sqlite_storage
 from receiver.testing import deliver, handler_runtime
 from receiver.webhook import make_delivery
 from receiver.worker import Worker
-from tests.backends import store
-from tests.support import callback, clip, settings_for
+from tests.support import app_client, callback, clip, post_signed, settings_for
 
 pytestmark = pytest.mark.anyio
 
@@ -244,9 +246,6 @@ async def test_failed_tasks_route_to_their_own_handlers(runtime: Runtime) -> Non
     assert job.trigger == "task.failed"
 
 
-__all__ = ["store"]  # the contract fixture, once per backend
-
-
 async def _one_job(store: Storage, tmp_path: Path) -> None:
     router = Router([Route(name="r", on=frozenset({"task.succeeded"}),
                            handlers=(HandlerRef(name="h"),))])
@@ -332,7 +331,7 @@ async def test_a_running_worker_commits_its_successes_and_runs_every_job_once(
 
     async def h(event: Event, ctx: HandlerContext) -> None:
         ran.append(event.task_id)
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # not a wait: it yields, so that the three slots interleave
         if len(ran) == 40:
             every.set()
 
@@ -358,27 +357,42 @@ async def test_a_running_worker_commits_its_successes_and_runs_every_job_once(
         assert all(len(attempts) == 1 for attempts in rows)
 
 
+class IdleWatch(JobQueue):
+    """The job queue, telling when a worker has asked when its next job is due: the last thing
+    a worker does before its idle wait, which nothing suspends in between."""
+
+    def __init__(self, storage: Storage) -> None:
+        super().__init__(storage.db)
+        self.asked = asyncio.Event()
+
+    async def next_due(self) -> float | None:
+        due = await super().next_due()
+        self.asked.set()
+        return due
+
+
 async def test_the_in_process_worker_is_woken_by_the_delivery(tmp_path: Path) -> None:
+    """A delivery that writes a job wakes the app's idle worker at once, not at its next poll."""
     ran = asyncio.Event()
 
     async def h(event: Event, ctx: HandlerContext) -> None:
         ran.set()
-
-    from receiver.app import create_app
-    from tests.support import app_client, post_signed
 
     registry = Registry()
     registry.register("h", h, origin="test")
     # The worker polls once an hour here: only the wake-up can make the handler run.
     settings = settings_for(tmp_path, worker_poll_s=3600.0,
                             config={"routes": [{"on": ["task.succeeded"], "handlers": ["h"]}]})
-    app = create_app(settings, registry=registry)
-    async with app_client(app) as client:
-        worker = app.state.runtime.worker
-        assert worker is not None
-        assert worker.poll_s == 3600.0
-        await asyncio.sleep(0.05)  # let the worker settle into its idle wait
-        await post_signed(client, DONE)
-        await asyncio.wait_for(ran.wait(), timeout=30)
-        jobs = (await client.get("/tasks/t-1")).json()["jobs"]
-        assert [j["handler"] for j in jobs] == ["h"]
+    async with sqlite_storage(settings.db_path) as opened:
+        watch = IdleWatch(opened)
+        app = create_app(settings, registry=registry, storage=replace(opened, jobs=watch))
+        async with app_client(app) as client:
+            worker = app.state.runtime.worker
+            assert worker is not None
+            assert worker.poll_s == 3600.0
+            # idle: its first look found nothing, so the job below can only be found by waking
+            await asyncio.wait_for(watch.asked.wait(), timeout=30)
+            await post_signed(client, DONE)
+            await asyncio.wait_for(ran.wait(), timeout=30)
+            jobs = (await client.get("/tasks/t-1")).json()["jobs"]
+            assert [j["handler"] for j in jobs] == ["h"]

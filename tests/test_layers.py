@@ -1,5 +1,6 @@
 """The layers of the project, read from its import graph: no import cycle among the modules of
-``receiver/`` and ``handlers/``, and the core never imports the operator's console.
+``receiver/`` and ``handlers/``, the core never imports the operator's console, and no test
+module imports another (what tests share lives in helper modules and ``tests/fixtures/``).
 
 The graph is read from the source with :mod:`ast`, not by importing: an import inside a function
 counts (it is a dependency all the same, only deferred), one under ``if TYPE_CHECKING:`` does
@@ -10,7 +11,7 @@ module, on ``package.name``.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,3 +156,106 @@ def test_the_graph_sees_deferred_imports_and_skips_type_checking(tmp_path: Path)
     assert edges == {"pkg": {"pkg.a"}, "pkg.a": {"pkg", "pkg.b"}, "pkg.b": {"pkg", "pkg.c"},
                      "pkg.c": set()}
     assert _show(cycles(edges)) == ["pkg <-> pkg.a <-> pkg.b"]
+
+
+# ---- the tests' own layers ---------------------------------------------------------------------
+
+FIXTURES = "tests.fixtures"
+
+
+def is_test_module(name: str) -> bool:
+    return name.rpartition(".")[2].startswith("test_")
+
+
+def importers_of(edges: Mapping[str, set[str]],
+                 wanted: Callable[[str], bool]) -> list[str]:
+    """``module -> target`` for each test module importing a module that ``wanted`` picks."""
+    return sorted(f"{name} -> {target}" for name, targets in edges.items()
+                  if is_test_module(name) for target in targets if wanted(target))
+
+
+def test_no_test_module_imports_another() -> None:
+    """A test module imports helpers (tests/support.py, tests/waiting.py, ...), never another
+    test module: what two modules share moves to a helper."""
+    edges = graph(modules(ROOT, ["tests"]))
+    assert importers_of(edges, is_test_module) == []
+
+
+def test_fixtures_are_requested_by_name_never_imported() -> None:
+    """No test module imports from tests/fixtures/ (pytest loads it through ``pytest_plugins``),
+    and every fixture outside it is defined in the test module that uses it."""
+    known = modules(ROOT, ["tests"])
+    edges = graph(known)
+
+    def in_fixtures(module: str) -> bool:
+        return module == FIXTURES or module.startswith(FIXTURES + ".")
+
+    assert importers_of(edges, in_fixtures) == []
+    elsewhere = sorted(
+        name for name, path in known.items()
+        if not is_test_module(name) and not in_fixtures(name) and name != "tests.conftest"
+        and any("pytest.fixture" in ast.unparse(decorator)
+                for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                for decorator in node.decorator_list))
+    assert elsewhere == [], "helper modules defining fixtures: move them to tests/fixtures/"
+
+
+def test_the_check_finds_a_test_module_imported_by_another(tmp_path: Path) -> None:
+    """``from tests.test_a import x``, ``from tests import test_a`` and a deferred import all
+    count; an import of a helper does not."""
+    folder = tmp_path / "tests"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("__init__.py", "sub/__init__.py", "support.py", "test_a.py"):
+        (folder / name).write_text("")
+    (folder / "test_b.py").write_text("from tests.test_a import x\nfrom tests.support import y\n")
+    (folder / "sub" / "test_c.py").write_text("from tests import test_a\n")
+    (folder / "sub" / "test_d.py").write_text("def f() -> None:\n    import tests.test_a\n")
+    edges = graph(modules(tmp_path, ["tests"]))
+    assert importers_of(edges, is_test_module) == [
+        "tests.sub.test_c -> tests.test_a", "tests.sub.test_d -> tests.test_a",
+        "tests.test_b -> tests.test_a"]
+
+
+# ---- no fixed sleep used to wait for something ---------------------------------------------
+
+# Sleeps that wait for nothing say so on their line, or in the comment just above it: "not a
+# wait", then why (a client trickling bytes, a job held while a kill lands, a paced load).
+# Anything else waits for a condition with tests/waiting.py, which alone polls.
+NOT_A_WAIT = "not a wait"
+MAY_SLEEP = {"tests/waiting.py"}
+# Files owned by the handler-surface rewrite, each with the sleeps it still holds unexplained:
+# an entry that no longer matches fails the test too, so the list only names what is true.
+UNEXPLAINED: dict[str, int] = {"tests/handlers/__init__.py": 1}
+
+
+def sleeps_without_a_reason(path: Path) -> list[int]:
+    """The lines of ``sleep(...)`` calls in ``path`` whose line and the comment lines just above
+    it do not say they are not a wait."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    found = []
+    for node in ast.walk(ast.parse("\n".join(lines))):
+        if not (isinstance(node, ast.Call) and ast.unparse(node.func).split(".")[-1] == "sleep"):
+            continue
+        said = [lines[node.lineno - 1]]
+        above = node.lineno - 2
+        while above >= 0 and lines[above].strip().startswith("#"):
+            said.append(lines[above])
+            above -= 1
+        if not any(NOT_A_WAIT in line.lower() for line in said):
+            found.append(node.lineno)
+    return found
+
+
+def test_every_sleep_in_the_tests_says_why_it_is_not_a_wait() -> None:
+    """A fixed sleep never stands in for waiting on a condition: every ``sleep()`` under
+    tests/ outside tests/waiting.py says why it is the behaviour under test."""
+    found = {}
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        relative = path.relative_to(ROOT).as_posix()
+        if relative not in MAY_SLEEP and (lines := sleeps_without_a_reason(path)):
+            found[relative] = lines
+    unexplained = {name: len(lines) for name, lines in found.items()}
+    assert {name: found[name] for name in unexplained.keys() - UNEXPLAINED.keys()} == {}
+    assert {name: n for name, n in UNEXPLAINED.items() if unexplained.get(name) != n} == {}, (
+        "listed as unexplained but changed: update the entry")

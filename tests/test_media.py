@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -50,6 +51,7 @@ from tests.handlers import (
 )
 from tests.services import S3Server
 from tests.support import SECRET, app_client, callback, clip, settings_for
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -129,6 +131,7 @@ async def test_a_local_put_is_verified_and_a_mismatch_keeps_the_old_file(tmp_pat
     assert await store.head("t/none.json") is None
 
 
+@pytest.mark.s3
 async def test_an_object_is_uploaded_in_parts_and_read_signed_and_deleted(
     aws_env: S3Server, s3_bucket: str, tmp_path: Path,
 ) -> None:
@@ -152,6 +155,7 @@ async def test_an_object_is_uploaded_in_parts_and_read_signed_and_deleted(
     assert await store.head("t/c.wav") is None
 
 
+@pytest.mark.s3
 async def test_a_mismatched_upload_leaves_no_object_and_no_pending_upload(
     aws_env: S3Server, s3_bucket: str, tmp_path: Path,
 ) -> None:
@@ -165,6 +169,7 @@ async def test_a_mismatched_upload_leaves_no_object_and_no_pending_upload(
     assert pending_uploads(aws_env, s3_bucket) == []
 
 
+@pytest.mark.s3
 async def test_a_bucket_that_does_not_exist_refuses_the_write(
     aws_env: S3Server, tmp_path: Path,
 ) -> None:
@@ -215,6 +220,7 @@ def song(server: MediaServer, task_id: str = "t-1") -> bytes:
     ], event="song.completed")
 
 
+@pytest.mark.s3
 async def test_download_audio_keeps_every_file_in_the_bucket_with_its_recorded_sha256(
     aws_env: S3Server, s3_bucket: str, tmp_path: Path,
 ) -> None:
@@ -241,6 +247,7 @@ async def test_download_audio_keeps_every_file_in_the_bucket_with_its_recorded_s
     assert staged == []
 
 
+@pytest.mark.s3
 async def test_a_rerun_skips_objects_that_match_and_refetches_one_that_does_not(
     aws_env: S3Server, s3_bucket: str, tmp_path: Path,
 ) -> None:
@@ -270,6 +277,7 @@ async def handle_again(runtime: Runtime) -> None:
     await handle(event, runtime.context_for(job))
 
 
+@pytest.mark.s3
 async def test_a_bucket_that_does_not_exist_kills_the_job_saying_so(
     aws_env: S3Server, tmp_path: Path,
 ) -> None:
@@ -356,6 +364,7 @@ async def test_a_local_file_is_served_with_ranges(tmp_path: Path) -> None:
     assert anonymous.status_code == 401
 
 
+@pytest.mark.s3
 async def test_an_object_is_handed_out_as_a_short_lived_presigned_redirect(
     aws_env: S3Server, s3_bucket: str, tmp_path: Path,
 ) -> None:
@@ -376,6 +385,7 @@ async def test_an_object_is_handed_out_as_a_short_lived_presigned_redirect(
     assert fetched.content == b"RIFF"
 
 
+@pytest.mark.s3
 async def test_the_runtime_opens_one_media_store_that_every_job_shares(
     aws_env: S3Server, tmp_path: Path
 ) -> None:
@@ -394,8 +404,9 @@ async def test_the_runtime_opens_one_media_store_that_every_job_shares(
 
 # ---- SIGKILL in the middle of an upload ----------------------------------------------------
 
+# The child gets its route and its delivery's body from the parent, as JSON and text.
 CHILD = """
-import asyncio, sys
+import asyncio, json, sys
 from pathlib import Path
 
 import receiver.media as media
@@ -403,23 +414,22 @@ from handlers.download_audio import handle
 from receiver.clock import FakeClock
 from receiver.testing import deliver, handler_runtime
 from tests.handlers import LOOPBACK_ONLY
-from tests.test_media import route, big_song
 
 slow_chunks = media.file_chunks
 
 async def throttled(*args, **kwargs):
-    # Slowed down so that the parent can kill us while parts are in flight.
+    # Not a wait: slowed down so that the parent can kill us while parts are in flight.
     async for chunk in slow_chunks(*args, **kwargs):
         await asyncio.sleep(0.1)
         yield chunk
 
 media.file_chunks = throttled
 
-async def main(tmp: str, media_url: str, audio_url: str) -> None:
-    async with handler_runtime(Path(tmp), handlers={"download_audio": handle}, routes=[route()],
-                               config=LOOPBACK_ONLY, clock=FakeClock(),
-                               media_url=media_url) as runtime:
-        await deliver(runtime, big_song(audio_url))
+async def main(tmp: str, media_url: str, route: str, body: str) -> None:
+    async with handler_runtime(Path(tmp), handlers={"download_audio": handle},
+                               routes=[json.loads(route)], config=LOOPBACK_ONLY,
+                               clock=FakeClock(), media_url=media_url) as runtime:
+        await deliver(runtime, body.encode())
         print("delivered", flush=True)
         await runtime.worker.run_once()
         print("finished", flush=True)
@@ -433,6 +443,7 @@ def big_song(audio_url: str) -> bytes:
                     event="song.completed")
 
 
+@pytest.mark.s3
 @pytest.mark.slow
 async def test_a_download_killed_mid_upload_leaves_no_object_and_a_restart_keeps_the_right_one(
     aws_env: S3Server, s3_bucket: str, tmp_path: Path,
@@ -442,18 +453,21 @@ async def test_a_download_killed_mid_upload_leaves_no_object_and_a_restart_keeps
     async with media_server() as server:
         server.files["/long.mp3"] = Media(body=body, chunk=1024 * 1024)
         child = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", CHILD, str(tmp_path), media_url, server.url("/long.mp3"),
+            sys.executable, "-c", CHILD, str(tmp_path), media_url, json.dumps(route()),
+            big_song(server.url("/long.mp3")).decode(),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             cwd=ROOT,
         )
+
+        async def uploading() -> bool:
+            if await asyncio.to_thread(pending_uploads, aws_env, s3_bucket):
+                return True
+            assert child.returncode is None, await child.stdout.read()  # type: ignore[union-attr]
+            return False
+
         try:
-            for _ in range(600):  # until the child's multipart upload is under way
-                if await asyncio.to_thread(pending_uploads, aws_env, s3_bucket):
-                    break
-                assert child.returncode is None, await child.stdout.read()  # type: ignore[union-attr]
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail("the upload never started")
+            await wait_until(uploading, within=30, every=0.05,
+                             what="the child's multipart upload to be under way")
             child.send_signal(signal.SIGKILL)
         finally:
             await child.wait()
@@ -492,6 +506,7 @@ def full_song(out: str) -> tuple[float, float]:
     return float(found.group(1)), float(found.group(2))
 
 
+@pytest.mark.s3
 @pytest.mark.slow
 async def test_the_demo_keeps_its_songs_in_s3_and_lists_the_objects(
     aws_env: S3Server, s3_bucket: str, tmp_path: Path,

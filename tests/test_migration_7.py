@@ -14,9 +14,8 @@ from receiver.models import JobFilter, Outcome
 from receiver.routing import HandlerRef, Route, Router
 from receiver.states import State
 from receiver.storage import sqlite
-from tests.backends import BACKENDS, backend_store
-from tests.support import callback, clip
-from tests.test_store import delivery
+from tests.backends import StoreOpener
+from tests.support import callback, clip, delivery
 
 pytestmark = pytest.mark.anyio
 
@@ -77,15 +76,14 @@ def _version_6_postgres(dsn: str) -> None:
         conn.execute("INSERT INTO schema_version (version) VALUES (6)")
 
 
-@pytest.mark.parametrize("kind", BACKENDS)
 async def test_a_version_6_database_keeps_its_rows_and_takes_writes_by_task_number(
-    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+    backend_database: Path | str, backend_store: StoreOpener,
 ) -> None:
-    if kind == "sqlite":
-        _version_6_sqlite(tmp_path / "store.db")
+    if isinstance(backend_database, Path):
+        _version_6_sqlite(backend_database)
     else:
-        _version_6_postgres(request.getfixturevalue("pg_dsn"))
-    async with backend_store(kind, request, tmp_path) as store:
+        _version_6_postgres(backend_database)
+    async with backend_store() as store:
         one = await store.admin.get_task("t-1")
         assert one is not None
         assert one.task.state is State.SUCCEEDED

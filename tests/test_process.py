@@ -9,14 +9,15 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.processes import serve, start_worker
 from tests.support import callback, clip, free_port, signed_headers
+from tests.waiting import wait_until_blocking
 
 pytestmark = pytest.mark.slow
 
@@ -127,15 +128,15 @@ def test_a_separate_worker_process_runs_the_jobs_the_web_process_records(
             assert answer.status_code == 200
         assert not runs.exists()  # RECEIVER_WORKER=off: the web process runs nothing
         worker = start_worker(db, tmp_path / "worker.log", config)
+        jobs: list[dict[str, Any]] = []
+
+        def done() -> bool:
+            jobs[:] = httpx.get(f"http://127.0.0.1:{port}/jobs").json()["items"]
+            return runs.exists() and jobs[0]["state"] == "done"
+
         try:
-            deadline = time.monotonic() + 30
-            while not runs.exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            jobs = httpx.get(f"http://127.0.0.1:{port}/jobs").json()["items"]
-            deadline = time.monotonic() + 30
-            while jobs[0]["state"] != "done" and time.monotonic() < deadline:
-                time.sleep(0.05)
-                jobs = httpx.get(f"http://127.0.0.1:{port}/jobs").json()["items"]
+            wait_until_blocking(done, within=30, what="the worker process to run the job",
+                                detail=(tmp_path / "worker.log").read_text)
         finally:
             worker.send_signal(signal.SIGTERM)
             assert worker.wait(timeout=30) == 0

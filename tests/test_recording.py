@@ -1,5 +1,5 @@
 """The recording algorithm's rules that the mutation run found unchecked, on the real SQLite
-file and on PostgreSQL (the contract fixture of tests/backends.py)."""
+file and on PostgreSQL (the ``store`` fixture, tests/fixtures/storage.py)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,9 @@ from receiver.recording import UNKNOWN_TASK
 from receiver.routing import Router, routes_from_config
 from receiver.states import Entity, State
 from receiver.storage.roles import Storage
-from tests.backends import store
 from tests.support import callback, clip
 
 pytestmark = pytest.mark.anyio
-
-
-__all__ = ["store"]  # the contract fixture, once per backend
 
 
 def delivery(delivery_id: str, body: bytes, *, event: str | None = None,

@@ -9,7 +9,6 @@ import logging
 import os
 import sqlite3
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from receiver.logs import FloodFilter, _dumps, redact_processor, redact_value, r
 from receiver.server import running
 from receiver.settings import Settings
 from tests.support import callback, clip, free_port, signed_headers
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -256,16 +256,15 @@ async def test_a_real_run_leaks_no_planted_secret(tmp_path: Path, level: str) ->
 
 async def _wait_up(http: httpx.AsyncClient, url: str, proc: asyncio.subprocess.Process,
                    log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    async def up() -> bool:
         assert proc.returncode is None, _read(log)
         try:
-            if (await http.get(url, timeout=1)).status_code == 200:
-                return
+            return (await http.get(url, timeout=1)).status_code == 200
         except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the receiver did not start:\n{_read(log)}")
+            return False
+
+    await wait_until(up, within=30, what="the receiver to start", every=0.05,
+                     detail=lambda: _read(log))
 
 
 def _read(path: Path) -> str:
@@ -297,11 +296,12 @@ async def _exercise(http: httpx.AsyncClient, base: str, peer_url: str) -> None:
 
 
 async def _wait_jobs_finished(db: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    states: list[str] = []
+
+    def finished() -> bool:
         with sqlite3.connect(db) as conn:
-            states = [row[0] for row in conn.execute("SELECT state FROM jobs")]
-        if len(states) == 2 and all(s in ("dead", "done") for s in states):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"jobs did not finish: {states}")
+            states[:] = [row[0] for row in conn.execute("SELECT state FROM jobs")]
+        return len(states) == 2 and all(s in ("dead", "done") for s in states)
+
+    await wait_until(finished, within=60, what="both jobs to finish", every=0.1,
+                     detail=lambda: f"job states: {states}")

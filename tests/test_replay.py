@@ -31,7 +31,7 @@ from receiver.signatures import Scheme
 from receiver.sonic.sandbox import SandboxConfig, Speed
 from receiver.storage.roles import sqlite_storage
 from receiver.testing import deliver, handler_runtime
-from tests.sonic.support import KEY, SandboxHandle, serve_sandbox, wait_for
+from tests.sonic.support import KEY, SandboxHandle, serve_sandbox
 from tests.support import (
     SECRET,
     app_client,
@@ -41,6 +41,7 @@ from tests.support import (
     settings_for,
     signed_headers,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -96,7 +97,7 @@ async def settled_at_sandbox(s: Setup, task_ids: list[str]) -> None:
                 return False
         return True
 
-    await wait_for(done, within=20, what="the sandbox to send or drop every webhook")
+    await wait_until(done, within=20, what="the sandbox to send or drop every webhook")
 
 
 async def test_reconcile_recovers_dropped_webhooks_dry_run_first_then_once(
@@ -128,7 +129,7 @@ async def test_reconcile_recovers_dropped_webhooks_dry_run_first_then_once(
                               clock=rt.clock)
         assert (wet.counts["recorded"], wet.counts["jobs"], wet.exit_code) == (3, 2, 0)
         assert [await s.state(t) for t in ids] == ["succeeded"] * 3
-        await wait_for(lambda: len(RAN) == 3, within=10, what="handlers to run")
+        await wait_until(lambda: len(RAN) == 3, within=10, what="handlers to run")
 
         after = await rt.storage.admin.counts()
         again = await reconcile(ids, store=rt.storage.ingest, sonic=rt.sonic, router=rt.router,

@@ -218,6 +218,7 @@ def _chaos(db: Path | str, tmp_path: Path, *, workers: int, senders: int, tasks_
     check_effects(effects, load.tasks)
 
 
+@pytest.mark.postgres
 def test_two_web_and_two_worker_processes_on_postgresql_killed_at_random(
     pg_dsn: str, tmp_path: Path,
 ) -> None:
@@ -289,6 +290,7 @@ def test_serve_workers_on_a_port_in_use_stops_with_one_line(tmp_path: Path) -> N
     assert line.startswith(f"sonic-receiver: error: cannot listen on 127.0.0.1:{port}")
 
 
+@pytest.mark.postgres
 @pytest.mark.anyio
 async def test_a_worker_in_its_own_process_hears_jobs_written_just_after_it_first_looked(
     pg_dsn: str, tmp_path: Path,
@@ -304,7 +306,7 @@ async def test_a_worker_in_its_own_process_hears_jobs_written_just_after_it_firs
     from receiver.storage.postgres import PostgresConnector
     from receiver.storage.queue import JobQueue
     from receiver.storage.roles import Storage
-    from tests.test_store import delivery
+    from tests.support import delivery
 
     router = Router([Route(name="r", on=frozenset({"task.succeeded"}),
                            handlers=(HandlerRef(name="h"),))])

@@ -22,6 +22,7 @@ from tests.services import PostgresServer, S3Server, fresh_database, unavailable
 pytestmark = pytest.mark.anyio
 
 
+@pytest.mark.postgres
 async def test_postgres_answers_in_a_fresh_database(pg_dsn: str) -> None:
     """pg_dsn is a new, empty database of the throwaway cluster, reached with psycopg async."""
     async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
@@ -32,6 +33,7 @@ async def test_postgres_answers_in_a_fresh_database(pg_dsn: str) -> None:
         assert await cursor.fetchone() == (0,)
 
 
+@pytest.mark.postgres
 def test_a_test_database_is_dropped_after_it_even_with_a_connection_open(
     pg_server: PostgresServer,
 ) -> None:
@@ -70,6 +72,7 @@ def _signed(server: S3Server, method: str, url: str, body: bytes = b"") -> dict[
     return {str(k): str(v) for k, v in request.headers.items()}
 
 
+@pytest.mark.s3
 async def test_s3_stores_and_returns_an_object(s3_server: S3Server, s3_bucket: str) -> None:
     """A signed PUT then GET gives the same bytes back; an anonymous GET is refused."""
     url = f"{s3_server.endpoint_url}/{s3_bucket}/songs/a.txt"
@@ -95,6 +98,7 @@ async def _page(_: object) -> HTMLResponse:
     return HTMLResponse(PAGE)
 
 
+@pytest.mark.browser
 async def test_browser_sees_a_click_change_the_page(browser: Browser, screenshots: Path) -> None:
     """Chromium loads a page served by uvicorn on loopback; a click changes its text."""
     async with running(Starlette(routes=[Route("/", _page)])) as base:

@@ -180,6 +180,7 @@ def test_worker_table_and_public_url(tmp_path: Path) -> None:
     ],
 )
 def test_bad_worker_settings(tmp_path: Path, text: str, message: str) -> None:
+    """An ill-typed or out-of-range worker setting stops loading with one message naming it."""
     config = tmp_path / "c.toml"
     config.write_text(text)
     with pytest.raises(SettingsError) as caught:

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from asyncio.constants import ACCEPT_RETRY_DELAY
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ from receiver.errors import SettingsError
 from receiver.server import running
 from receiver.settings import load
 from tests.support import callback, clip, free_port, settings_for, signed_headers
+from tests.waiting import wait_until, wait_until_blocking
 
 pytestmark = pytest.mark.anyio
 
@@ -75,7 +77,7 @@ async def sent_slowly(port: int, start: bytes, then: bytes | None) -> tuple[byte
         with contextlib.suppress(ConnectionError):
             while then is not None:
                 await writer.drain()
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # not a wait: the trickle is the slow client itself
                 writer.write(then)
 
     feeding = asyncio.create_task(trickle())
@@ -119,7 +121,7 @@ async def normal_sender(url: str, count: int) -> list[int]:
             answer = await http.post(f"{url}/webhooks/sonic", content=body,
                                      headers=signed_headers(body, delivery_id=f"d-{n}"))
             statuses.append(answer.status_code)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # not a wait: paced, to keep sending while abused
     return statuses
 
 
@@ -165,13 +167,13 @@ async def test_past_the_connection_cap_new_connections_get_503_and_are_closed(
             await w.wait_closed()
         # Once the held connections are gone, the server takes requests again.
         async with httpx.AsyncClient(timeout=GIVE_UP_S) as http:
-            for _ in range(200):
+
+            async def answered() -> bool:
                 with contextlib.suppress(httpx.TransportError):
-                    if (await http.get(f"{url}/healthz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the server never took a request again")
+                    return (await http.get(f"{url}/healthz")).status_code == 200
+                return False
+
+            await wait_until(answered, within=10, what="the server to take a request again")
 
 
 def test_the_open_files_limit_is_raised_to_the_hard_limit() -> None:
@@ -213,8 +215,9 @@ runpy.run_module("receiver", run_name="__main__")
 
 @pytest.mark.slow
 def test_running_out_of_file_descriptors_does_not_flood_the_log(tmp_path: Path) -> None:
-    """A server with 100 file descriptors, 300 connections held for 5 s: asyncio reports every
-    failed accept() (tens of thousands of lines without the filter); the log gets it once."""
+    """A server with 100 file descriptors, 300 connections held for seconds after its first
+    failed accept(): asyncio reports every failed accept() (tens of thousands of lines without
+    the filter); the log gets it once."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RECEIVER_", "SONIC_"))}
     env |= {"SONIC_WEBHOOK_SECRET": "s3cret-1", "RECEIVER_LOG_FORMAT": "json",
@@ -227,16 +230,24 @@ def test_running_out_of_file_descriptors_does_not_flood_the_log(tmp_path: Path) 
         proc = subprocess.Popen([sys.executable, "-c", FEW_FILES, "serve", "--port", str(port)],
                                 env=env, stdout=out, stderr=out)
     held: list[socket.socket] = []
+
+    def connected() -> bool:
+        with contextlib.suppress(OSError):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=1))
+        return len(held) > 0
+
     try:
-        for _ in range(600):
-            with contextlib.suppress(OSError):
-                held.append(socket.create_connection(("127.0.0.1", port), timeout=1))
-                break
-            time.sleep(0.05)
+        wait_until_blocking(connected, within=30, what="the server to listen",
+                            detail=log.read_text)
         for _ in range(299):
             with contextlib.suppress(OSError):
                 held.append(socket.create_connection(("127.0.0.1", port), timeout=1))
-        time.sleep(5)
+        wait_until_blocking(lambda: "out of system resource" in log.read_text(), within=30,
+                            what="the server to run out of file descriptors",
+                            detail=log.read_text)
+        # Not a wait: the connections stay held past the first failure, for asyncio's
+        # accept() retries (one a second) to fail again, the flood the log must hold back.
+        time.sleep(3 * ACCEPT_RETRY_DELAY)
     finally:
         for sock in held:
             sock.close()
@@ -257,8 +268,10 @@ class Exchange:
     def __init__(self) -> None:
         self.incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.sent: list[Message] = []
+        self.reads = 0  # receive() calls, the one waiting included
 
     async def receive(self) -> dict[str, Any]:
+        self.reads += 1
         return await self.incoming.get()
 
     async def send(self, message: Message) -> None:
@@ -291,7 +304,7 @@ async def test_a_stalled_body_gets_408_and_a_complete_one_is_never_cut_off() -> 
 
     async def slow_after_reading(scope: Any, receive: Any, send: Any) -> None:
         await receive()
-        await asyncio.sleep(0.6)  # the store is slow: three times the body timeout
+        await asyncio.sleep(0.6)  # not a wait: the store is slow, three times the body timeout
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
@@ -305,7 +318,7 @@ async def test_a_stalled_body_gets_408_and_a_complete_one_is_never_cut_off() -> 
 async def test_a_body_late_between_reads_is_cut_off_at_the_next_read() -> None:
     async def slow_reader(scope: Any, receive: Any, send: Any) -> None:
         first = await receive()
-        await asyncio.sleep(0.6)  # busy with the first chunk past the deadline
+        await asyncio.sleep(0.6)  # not a wait: busy with the first chunk past the deadline
         second = await receive()
         kinds = f"{first['type']} {second['type']}".encode()
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -324,7 +337,8 @@ async def test_a_cancellation_from_elsewhere_is_not_taken_for_a_late_body() -> N
     exchange.incoming.put_nowait({"type": "http.request", "body": b"{", "more_body": True})
     running = asyncio.create_task(
         BodyTimeout(reading_app, timeout_s=30)({"type": "http"}, exchange.receive, exchange.send))
-    await asyncio.sleep(0.05)  # waiting for the rest of the body
+    await wait_until(lambda: exchange.reads == 2 and exchange.incoming.empty(), within=5,
+                     what="the app to wait for the rest of the body")
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
@@ -373,7 +387,7 @@ async def test_the_writes_of_one_turn_leave_in_one_send_and_close_sends_what_is_
     coalescing.write(b"")
     coalescing.write(b"ok")
     assert counting.sends == 0  # held until the end of this turn of the loop
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # not a wait: the one turn of the loop the writes are held for
     assert counting.sends == 1
     assert await reader.readexactly(40) == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
     coalescing.write(b"last words")

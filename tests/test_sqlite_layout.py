@@ -10,7 +10,7 @@ import pytest
 
 from receiver.storage.roles import sqlite_storage
 from receiver.storage.sqlite import DIALECT, PAGE_SIZE
-from tests.test_store import COMPLETED, delivery
+from tests.support import COMPLETED, delivery
 
 pytestmark = pytest.mark.anyio
 

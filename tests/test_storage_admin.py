@@ -12,12 +12,9 @@ from receiver.recording import insert_jobs
 from receiver.states import State
 from receiver.storage.admin import BadCursor, DeliveryFilter, TaskFilter
 from receiver.storage.roles import Storage
-from tests.backends import store
-from tests.support import callback, clip
-from tests.test_store import delivery
+from tests.support import callback, clip, delivery
 
 pytestmark = pytest.mark.anyio
-__all__ = ["store"]
 
 
 def song(task_id: str, state: str = "succeeded", title: str = "Song", tags: str = "pop") -> bytes:
@@ -137,6 +134,8 @@ async def test_audit_pages_newest_first(store: Storage) -> None:
 
 
 async def test_overview_and_totals(store: Storage) -> None:
+    """The overview counts the last hour's deliveries per minute, outcomes, duplicates, dead
+    jobs and task states, and the oldest queued job by when it became due; totals by outcome."""
     now = 100_000.0
     await store.ingest.record_delivery(delivery("d1", song("t1"), at=now - 30))
     await store.ingest.record_delivery(delivery("d1", song("t1"), at=now - 20))

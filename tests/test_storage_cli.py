@@ -33,6 +33,7 @@ def test_migrate_brings_a_new_sqlite_file_to_the_latest_schema(tmp_path: Path) -
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(DIALECT.migrations())
 
 
+@pytest.mark.postgres
 def test_migrate_on_postgresql_from_database_url(pg_dsn: str) -> None:
     done = cli("migrate", env={"DATABASE_URL": pg_dsn})
     assert done.returncode == 0, done.stderr

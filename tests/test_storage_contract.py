@@ -1,4 +1,4 @@
-"""The storage contract, once per backend (the ``store`` fixture of :mod:`tests.backends`):
+"""The storage contract, once per backend (the ``store`` fixture, tests/fixtures/storage.py):
 group commit, leases and takeovers, attempts, child claims, files and results, the reconcile
 selection, requeueing, retention and migrations."""
 
@@ -21,12 +21,10 @@ from receiver.states import State
 from receiver.storage.connector import Tx, Unit, Work
 from receiver.storage.roles import Storage, sqlite_storage
 from receiver.storage.sqlite import DIALECT, SQLiteConnector
-from tests.backends import BACKENDS, backend_store, store
-from tests.support import callback, clip
-from tests.test_store import COMPLETED, STREAMING, delivery
+from tests.backends import StoreOpener, storage_at
+from tests.support import COMPLETED, STREAMING, callback, clip, delivery, free_port
 
 pytestmark = pytest.mark.anyio
-__all__ = ["store"]
 
 ROUTER = Router([Route(name="r", on=frozenset({"task.succeeded"}),
                        handlers=(HandlerRef(name="h"),))])
@@ -286,12 +284,11 @@ async def test_reconcile_selects_stale_unfinished_tasks_and_recent_ones(store: S
         "old", "new"]
 
 
-@pytest.mark.parametrize("kind", BACKENDS)
 async def test_prune_dry_run_counts_and_keeps_everything(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+    backend_store: StoreOpener,
 ) -> None:
     clock = FakeClock(10_000.0)
-    async with backend_store(kind, request, tmp_path, clock=clock) as store:
+    async with backend_store(clock=clock) as store:
         await _prune_scenario(store, clock)
 
 
@@ -386,7 +383,7 @@ async def test_recording_names_the_task_it_will_lock(tmp_path: Path) -> None:
 
 @pytest.mark.postgres
 async def test_two_postgresql_batches_locking_the_same_tasks_in_opposite_orders_do_not_deadlock(
-    request: pytest.FixtureRequest, tmp_path: Path
+    pg_dsn: str,
 ) -> None:
     """Two processes' batches each record two tasks, in opposite orders, and each unit holds
     its task a while before the next unit locks the other. Taken unit by unit, the locks
@@ -399,14 +396,14 @@ async def test_two_postgresql_batches_locking_the_same_tasks_in_opposite_orders_
         async def work(tx: Tx) -> None:
             runs.append(name)
             await tx.one("lock_task", {"task_id": task})
-            # A unit runs on the writer's own thread and must not suspend (see drive()): it
-            # blocks, and meanwhile the other process's batch takes its first lock.
+            # Not a wait: the unit holds its task's lock a while, which is the scenario. A unit
+            # runs on the writer's own thread and must not suspend (see drive()): it blocks,
+            # and meanwhile the other process's batch takes its first lock.
             time.sleep(0.3)  # noqa: ASYNC251
 
         return work
 
-    async with backend_store("postgresql", request, tmp_path) as one, \
-            backend_store("postgresql", request, tmp_path) as two:
+    async with storage_at(pg_dsn) as one, storage_at(pg_dsn) as two:
         await asyncio.gather(
             one.db.write(unit("1a", "t-a"), locks=("t-a",)),
             one.db.write(unit("1b", "t-b"), locks=("t-b",)),
@@ -417,19 +414,16 @@ async def test_two_postgresql_batches_locking_the_same_tasks_in_opposite_orders_
 
 
 @pytest.mark.postgres
-async def test_a_postgresql_writer_whose_connection_was_cut_connects_again(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
+async def test_a_postgresql_writer_whose_connection_was_cut_connects_again(pg_dsn: str) -> None:
     """The server ends the writer's connection (a restart, an administrator): the batch that
     meets the cut fails as a StoreError (a 503, retried by the sender), the next one runs on a
     new connection, and nothing half-written is kept."""
     import psycopg
 
-    async with backend_store("postgresql", request, tmp_path) as store:
+    async with storage_at(pg_dsn) as store:
         assert (await store.ingest.record_delivery(delivery("before", done("t1")))).outcome \
             is Outcome.RECORDED
-        url = store.db.connector.url  # type: ignore[attr-defined]
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as admin:
             cut = await admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid() "
@@ -449,25 +443,22 @@ async def test_a_postgresql_writer_whose_connection_was_cut_connects_again(
 
 
 @pytest.mark.postgres
-async def test_a_postgresql_database_newer_than_the_code_is_refused(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
+async def test_a_postgresql_database_newer_than_the_code_is_refused(pg_dsn: str) -> None:
     import psycopg
 
-    async with backend_store("postgresql", request, tmp_path) as opened:
-        url = opened.db.connector.url  # type: ignore[attr-defined]
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+    async with storage_at(pg_dsn):
+        pass  # migrated to this code's version
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
         await conn.execute(
             "UPDATE schema_version SET version = %s", (len(DIALECT.migrations()) + 1,)
         )
     with pytest.raises(StoreError, match="newer than this code"):
-        async with backend_store("postgresql", request, tmp_path):
+        async with storage_at(pg_dsn):
             pass
 
 
 async def test_a_database_that_cannot_be_reached_is_one_line(tmp_path: Path) -> None:
     from receiver.storage.postgres import PostgresConnector
-    from tests.support import free_port
 
     store = Storage.over(PostgresConnector(f"postgresql://u:secret@127.0.0.1:{free_port()}/db"))
     with pytest.raises(StoreError) as caught:
@@ -477,9 +468,8 @@ async def test_a_database_that_cannot_be_reached_is_one_line(tmp_path: Path) -> 
     assert "\n" not in caught.value.message
 
 
-@pytest.mark.parametrize("kind", BACKENDS)
 async def test_two_processes_recording_one_task_at_once_never_move_it_back(
-    kind: str, request: pytest.FixtureRequest, tmp_path: Path,
+    backend_store: StoreOpener,
 ) -> None:
     """Two stores on one database (two web processes): a task's streaming and completed
     deliveries recorded side by side end with the task and its clips succeeded, one job."""
@@ -491,8 +481,7 @@ async def test_two_processes_recording_one_task_at_once_never_move_it_back(
     def completed(task: str) -> bytes:
         return callback(task, [clip(f"{task}-a", "succeeded"), clip(f"{task}-b", "succeeded")])
 
-    async with backend_store(kind, request, tmp_path) as one, \
-            backend_store(kind, request, tmp_path) as two:
+    async with backend_store() as one, backend_store() as two:
         for task in tasks:
             results = await asyncio.gather(
                 one.ingest.record_delivery(delivery(f"{task}-s", streaming(task)), router=ROUTER),
@@ -513,9 +502,8 @@ async def test_two_processes_recording_one_task_at_once_never_move_it_back(
     assert sorted(j.task_id for j in jobs) == sorted(tasks)
 
 
-@pytest.mark.parametrize("kind", BACKENDS)
 async def test_a_task_registered_while_its_webhook_is_recorded_elsewhere_gets_its_job(
-    kind: str, request: pytest.FixtureRequest, tmp_path: Path,
+    backend_store: StoreOpener,
 ) -> None:
     """POST /tasks in one web process registers the task's type while its webhook is recorded
     in another: a route on that type plans the job either way, once."""
@@ -530,8 +518,7 @@ async def test_a_task_registered_while_its_webhook_is_recorded_elsewhere_gets_it
         ]
     )
     tasks = [f"reg-{n}" for n in range(40)]
-    async with backend_store(kind, request, tmp_path) as one, \
-            backend_store(kind, request, tmp_path) as two:
+    async with backend_store() as one, backend_store() as two:
         for task in tasks:
             await asyncio.gather(
                 one.ingest.register_task(task, task_type="create_music", now=1000.0, router=typed),
@@ -540,14 +527,12 @@ async def test_a_task_registered_while_its_webhook_is_recorded_elsewhere_gets_it
     assert sorted(j.task_id for j in jobs) == sorted(tasks)
 
 
-@pytest.mark.parametrize("kind", BACKENDS)
 async def test_a_worker_elsewhere_is_woken_by_jobs_written_not_by_its_poll(
-    kind: str, request: pytest.FixtureRequest, tmp_path: Path,
+    backend_store: StoreOpener,
 ) -> None:
     """wait_for_jobs in one process returns when another commits jobs (PostgreSQL's NOTIFY,
     SQLite's data_version), long before the wait it was given runs out."""
-    async with backend_store(kind, request, tmp_path) as worker, \
-            backend_store(kind, request, tmp_path) as web:
+    async with backend_store() as worker, backend_store() as web:
         await worker.jobs.wait_for_jobs(0)  # listening from here on
         waiting = asyncio.create_task(worker.jobs.wait_for_jobs(600))
         for n in range(100):  # a write each 0.1 s until it wakes: none can be missed for long
@@ -562,14 +547,12 @@ async def test_a_worker_elsewhere_is_woken_by_jobs_written_not_by_its_poll(
     assert woken, "still waiting after 100 commits of new jobs"
 
 
-@pytest.mark.parametrize("kind", BACKENDS)
 async def test_one_delivery_recorded_by_two_processes_at_once_is_a_duplicate_not_an_error(
-    kind: str, request: pytest.FixtureRequest, tmp_path: Path,
+    backend_store: StoreOpener,
 ) -> None:
     """A provider's retry overlapping its first attempt, the two at two web processes: one is
     recorded and the other answered as a duplicate (not a 503 for the conflict)."""
-    async with backend_store(kind, request, tmp_path) as one, \
-            backend_store(kind, request, tmp_path) as two:
+    async with backend_store() as one, backend_store() as two:
         outcomes = []
         for n in range(30):
             same = delivery(f"twice-{n}", done(f"twice-{n}"))
@@ -581,12 +564,11 @@ async def test_one_delivery_recorded_by_two_processes_at_once_is_a_duplicate_not
     assert (counts["deliveries"], counts["jobs"]) == (30, 30)
 
 
-@pytest.mark.parametrize("kind", BACKENDS)
 async def test_one_process_at_a_time_has_a_scheduled_turn(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+    backend_store: StoreOpener,
 ) -> None:
     clock = FakeClock(1000.0)
-    async with backend_store(kind, request, tmp_path, clock=clock) as store:
+    async with backend_store(clock=clock) as store:
         assert await store.admin.take_turn("reconcile", owner="a", hold_s=60)
         assert not await store.admin.take_turn("reconcile", owner="b", hold_s=60)
         assert await store.admin.take_turn("prune", owner="b", hold_s=60)  # another schedule

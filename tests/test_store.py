@@ -13,49 +13,17 @@ from pathlib import Path
 import pytest
 
 from receiver import recording
-from receiver.errors import PayloadError, StoreError
-from receiver.models import Delivery, Outcome, Source, Transition
-from receiver.payloads import parse_callback
+from receiver.errors import StoreError
+from receiver.models import Outcome, Transition
 from receiver.recording import UNKNOWN_TASK, record
 from receiver.states import Entity, State
 from receiver.storage.connector import Tx
 from receiver.storage.roles import Storage, sqlite_storage
 from receiver.storage.sqlite import DIALECT, SQLiteConnector
-from tests.backends import store
-from tests.support import EMPTY_COUNTS, callback, clip
+from tests.support import COMPLETED, EMPTY_COUNTS, PARTIAL, STREAMING, callback, clip, delivery
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-__all__ = ["store"]  # the contract fixture, once per backend
-
-
-def delivery(
-    delivery_id: str,
-    body: bytes,
-    *,
-    event: str | None = None,
-    at: float = 1000.0,
-    task_id_hint: str | None = None,
-) -> Delivery:
-    try:
-        cb = parse_callback(body, event_header=event, task_id_hint=task_id_hint)
-        error = None
-    except PayloadError as exc:
-        cb, error = None, exc.message
-    return Delivery(
-        delivery_id=delivery_id, source=Source.WEBHOOK, scheme="musicapi", event=event,
-        headers={"x-webhook-id": delivery_id}, body=body, received_at=at, callback=cb,
-        error=error, task_id_hint=task_id_hint,
-    )
-
-
-STREAMING = callback("t-1", [clip("a", "running", audio_url="http://stream/a"),
-                             clip("b", "running", audio_url="http://stream/b")])
-PARTIAL = callback("t-1", [clip("a", "succeeded", audio_url="http://cdn/a.mp3"),
-                           clip("b", "running")])
-COMPLETED = callback("t-1", [clip("a", "succeeded", audio_url="http://cdn/a.mp3"),
-                             clip("b", "succeeded", audio_url="http://cdn/b.mp3")])
 
 
 async def test_first_delivery_is_recorded_with_its_transitions(store: Storage) -> None:
@@ -227,7 +195,7 @@ async def test_sqlite_a_unit_that_awaits_real_io_is_refused_and_rolled_back(
 
         async def body(tx: Tx) -> None:
             await record(tx, delivery("d1", COMPLETED))
-            await asyncio.sleep(0)  # suspends: not allowed on the database thread
+            await asyncio.sleep(0)  # not a wait: it suspends, which the database thread refuses
 
         with pytest.raises(RuntimeError, match="awaited something other"):
             await store.db.write(body)
@@ -252,11 +220,8 @@ async def test_checkpoints_run_in_the_background(tmp_path: Path) -> None:
         for n in range(300):
             body = callback(f"t-{n}", [clip(f"c-{n}", "succeeded", lyrics="la " * 2000)])
             await store.ingest.record_delivery(delivery(f"d-{n}", body))
-        for _ in range(100):  # the background checkpoint moves it into the database
-            if path.stat().st_size > size:
-                break
-            await asyncio.sleep(0.05)
-        assert path.stat().st_size > size
+        await wait_until(lambda: path.stat().st_size > size, within=5,
+                         what="the background checkpoint to move the WAL into the database")
 
 
 async def test_side_checkpoints_sync_the_database_file_themselves(
@@ -278,18 +243,31 @@ async def test_side_checkpoints_sync_the_database_file_themselves(
     monkeypatch.setattr(os, "fdatasync", fdatasync)
     connector = SQLiteConnector(path, checkpoint_every_s=0.02)
     async with Storage.over(connector) as store:
+        # The side checkpoint's passes, counted as they begin (on aiosqlite's thread): the
+        # connector says nothing when one runs.
+        passes: list[str] = []
+        side = connector._checkpoint_conn
+        assert side is not None
+        await side.set_trace_callback(
+            lambda statement: passes.append(statement) if "wal_checkpoint" in statement else None)
+
+        async def passes_after(n: int, what: str) -> int:
+            """Until ``n`` more passes have begun; how many there have been."""
+            goal = len(passes) + n
+            await wait_until(lambda: len(passes) >= goal, within=10, what=what)
+            return len(passes)
+
         for n in range(50):
             body = callback(f"t-{n}", [clip(f"c-{n}", "succeeded", lyrics="la " * 500)])
             await store.ingest.record_delivery(delivery(f"d-{n}", body))
-        for _ in range(100):
-            if path.stat().st_ino in synced:
-                break
-            await asyncio.sleep(0.02)
-        assert path.stat().st_ino in synced
-        await asyncio.sleep(0.3)  # some fifteen passes: the last frames copied, and synced
+        await wait_until(lambda: path.stat().st_ino in synced, within=5,
+                         what="a side checkpoint to sync the database file")
+        # A pass begun after the last write copies its last frames and syncs them before the
+        # next one begins; two more make sure that it has.
+        await passes_after(3, "the side checkpoint to copy and sync the last frames")
         idle = len(synced)
-        await asyncio.sleep(0.3)  # nothing written meanwhile: nothing to sync
-        assert len(synced) == idle
+        await passes_after(5, "passes over a WAL with nothing new")
+        assert len(synced) == idle  # nothing written meanwhile: nothing to sync
         fd = connector._sync_fd
         assert fd is not None
     with pytest.raises(OSError, match="Bad file descriptor"):  # closed with the store, last

@@ -26,6 +26,7 @@ from receiver.settings import load
 from receiver.storage.roles import sqlite_storage
 from receiver.testing import deliver_to
 from tests.support import callback, clip
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -53,7 +54,7 @@ def slow_media(body: bytes, ranges: list[str | None]) -> Starlette:
         async def chunks() -> AsyncIterator[bytes]:
             for offset in range(start, len(body), CHUNK):
                 yield body[offset : offset + CHUNK]
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # not a wait: the slowness a kill lands in
 
         headers = {"content-length": str(len(body) - start), "accept-ranges": "bytes"}
         if header:
@@ -93,26 +94,27 @@ async def test_a_download_killed_mid_stream_finishes_after_restart(tmp_path: Pat
 
             worker = await start_worker("worker-1.log")
             final = media / "t-crash" / "c1.wav"
-            parts: list[Path] = []
-            for _ in range(600):  # until a good part of the body is on disk
-                parts = [p for p in (media / "t-crash").glob("*.part")
-                         if p.stat().st_size > 200_000] if (media / "t-crash").exists() else []
-                if parts:
-                    break
-                await asyncio.sleep(0.02)
-            assert parts, (tmp_path / "worker-1.log").read_text()[-2000:]
+
+            def part_way() -> bool:
+                return any(p.stat().st_size > 200_000
+                           for p in (media / "t-crash").glob("*.part"))
+
+            await wait_until(part_way, within=12, what="a good part of the body on disk",
+                             detail=lambda: (tmp_path / "worker-1.log").read_text()[-2000:])
             os.kill(worker.pid, signal.SIGKILL)
             await worker.wait()
             assert not final.exists()  # only the .part, never a final name
             assert [j.state for j in await store.admin.list_jobs()] == [JobState.RUNNING]
 
             worker = await start_worker("worker-2.log")
+
+            async def settled() -> bool:
+                [job] = await store.admin.list_jobs()
+                return job.state not in (JobState.RUNNING, JobState.QUEUED)
+
             try:
-                for _ in range(1500):
-                    [job] = await store.admin.list_jobs()
-                    if job.state is not JobState.RUNNING and job.state is not JobState.QUEUED:
-                        break
-                    await asyncio.sleep(0.02)
+                await wait_until(settled, within=30, what="the restarted worker to settle the job",
+                                 detail=lambda: (tmp_path / "worker-2.log").read_text()[-2000:])
             finally:
                 worker.send_signal(signal.SIGTERM)
                 await worker.wait()

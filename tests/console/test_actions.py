@@ -14,8 +14,9 @@ from receiver.server import running
 from receiver.sonic.sandbox import SandboxConfig, Speed
 from receiver.sonic.sandbox.faults import EventDrop, FaultConfig
 from receiver.states import WebhookEvent
-from tests.sonic.support import KEY, serve_sandbox, wait_for
+from tests.sonic.support import KEY, serve_sandbox
 from tests.support import SECRET, callback, clip, settings_for, signed_headers
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 TOKEN = "actions-token"
@@ -63,7 +64,7 @@ async def test_reconcile_now_recovers_a_dropped_completion(tmp_path: Path) -> No
                 answer = await http.get(f"/tasks/{created.task_id}")
                 return answer.status_code == 200 and answer.json()["task"]["state"] == "running"
 
-            await wait_for(running_seen, within=10, what="the task to be seen running")
+            await wait_until(running_seen, within=10, what="the task to be seen running")
             done = await http.post(f"/tasks/{created.task_id}/reconcile")
             assert done.status_code == 200, done.text
             assert done.json()["counts"]["recorded"] == 1

@@ -3,44 +3,20 @@ deliveries with their raw body, jobs, and the audited actions."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from receiver.app import create_app
 from receiver.clock import FakeClock
-from receiver.jobs import JobSpec, JobState
+from receiver.jobs import JobState
 from receiver.models import JobFilter
-from receiver.recording import insert_jobs
 from receiver.storage.roles import sqlite_storage
-from tests.support import app_client, callback, clip, post_signed, settings_for
+from tests.console.support import dead_jobs, deliver
+from tests.support import callback, clip, post_signed
 
 pytestmark = pytest.mark.anyio
-TOKEN = "admin-token-for-tests"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(1_800_000_000)
-
-
-@pytest.fixture
-async def client(tmp_path: Path, clock: FakeClock) -> AsyncIterator[httpx.AsyncClient]:
-    settings = settings_for(tmp_path, admin_token=TOKEN, worker="off")
-    async with app_client(create_app(settings, clock=clock)) as c:
-        c.headers.update(AUTH)
-        yield c
-
-
-async def deliver(client: httpx.AsyncClient, clock: FakeClock, task_id: str, state: str,
-                  delivery_id: str, title: str = "Song", tags: str = "pop") -> httpx.Response:
-    body = callback(task_id, [clip(f"{task_id}-c", state, title=title, tags=tags)],
-                    event="song.completed" if state == "succeeded" else "song.started")
-    return await post_signed(client, body, clock=clock, delivery_id=delivery_id)
 
 
 async def all_pages(client: httpx.AsyncClient, path: str, **params: Any) -> list[Any]:
@@ -56,21 +32,21 @@ async def all_pages(client: httpx.AsyncClient, path: str, **params: Any) -> list
 
 
 async def test_tasks_page_through_every_match_exactly_once(
-    client: httpx.AsyncClient, clock: FakeClock
+    api: httpx.AsyncClient, clock: FakeClock
 ) -> None:
     """GET /tasks?state=succeeded&limit=2 pages through every succeeded task once, even with
     several first seen in the same second, and a task arriving meanwhile changes nothing."""
     for i in range(7):
         if i % 3 == 0:
             clock.advance(1)
-        await deliver(client, clock, f"t-{i}", "succeeded" if i != 4 else "running", f"d-{i}")
-    first = (await client.get("/tasks", params={"state": "succeeded", "limit": 2})).json()
+        await deliver(api, clock, f"t-{i}", "succeeded" if i != 4 else "running", f"d-{i}")
+    first = (await api.get("/tasks", params={"state": "succeeded", "limit": 2})).json()
     assert len(first["items"]) == 2
-    await deliver(client, clock, "t-new", "succeeded", "d-new")  # sorts first: not in later pages
+    await deliver(api, clock, "t-new", "succeeded", "d-new")  # sorts first: not in later pages
     seen = [t["task_id"] for t in first["items"]]
     cursor = first["next_cursor"]
     while cursor:
-        page = (await client.get("/tasks", params={"state": "succeeded", "limit": 2,
+        page = (await api.get("/tasks", params={"state": "succeeded", "limit": 2,
                                                    "cursor": cursor})).json()
         seen += [t["task_id"] for t in page["items"]]
         cursor = page["next_cursor"]
@@ -78,14 +54,14 @@ async def test_tasks_page_through_every_match_exactly_once(
     assert len(seen) == len(set(seen))
 
 
-async def test_task_filters(client: httpx.AsyncClient, clock: FakeClock) -> None:
+async def test_task_filters(api: httpx.AsyncClient, clock: FakeClock) -> None:
     """Filters on state, title text, tag and creation time each narrow the list."""
-    await deliver(client, clock, "t-a", "succeeded", "d-a", title="Starry Night", tags="pop")
+    await deliver(api, clock, "t-a", "succeeded", "d-a", title="Starry Night", tags="pop")
     clock.advance(100)
-    await deliver(client, clock, "t-b", "running", "d-b", title="Rainy Day", tags="jazz, slow")
+    await deliver(api, clock, "t-b", "running", "d-b", title="Rainy Day", tags="jazz, slow")
 
     async def ids(**params: Any) -> list[str]:
-        return [t["task_id"] for t in await all_pages(client, "/tasks", **params)]
+        return [t["task_id"] for t in await all_pages(api, "/tasks", **params)]
 
     assert await ids() == ["t-b", "t-a"]
     assert await ids(state="running") == ["t-b"]
@@ -93,87 +69,70 @@ async def test_task_filters(client: httpx.AsyncClient, clock: FakeClock) -> None
     assert await ids(tag="jazz") == ["t-b"]
     assert await ids(since=str(clock.now() - 50)) == ["t-b"]
     assert await ids(until=str(clock.now() - 50)) == ["t-a"]
-    listed = (await client.get("/tasks")).json()["items"][0]
+    listed = (await api.get("/tasks")).json()["items"][0]
     assert listed["title"] == "Rainy Day"
     assert listed["clips"] == 1
-    assert (await client.get("/tasks", params={"state": "nope"})).status_code == 400
-    assert (await client.get("/tasks", params={"cursor": "%%%"})).status_code == 400
-    assert (await client.get("/tasks", params={"limit": "0"})).status_code == 400
+    assert (await api.get("/tasks", params={"state": "nope"})).status_code == 400
+    assert (await api.get("/tasks", params={"cursor": "%%%"})).status_code == 400
+    assert (await api.get("/tasks", params={"limit": "0"})).status_code == 400
 
 
-async def test_needs_the_admin_token(client: httpx.AsyncClient) -> None:
+async def test_needs_the_admin_token(api: httpx.AsyncClient) -> None:
     """Without the Bearer token every console route answers 401."""
     for path in ("/tasks", "/deliveries", "/jobs", "/metrics", "/audit", "/openapi.json"):
-        answer = await client.get(path, headers={"Authorization": "Bearer wrong"})
+        answer = await api.get(path, headers={"Authorization": "Bearer wrong"})
         assert answer.status_code == 401, path
-    assert (await client.post("/jobs/retry", headers={"Authorization": ""})).status_code == 401
+    assert (await api.post("/jobs/retry", headers={"Authorization": ""})).status_code == 401
 
 
 async def test_delivery_detail_keeps_headers_body_and_transitions(
-    client: httpx.AsyncClient, clock: FakeClock
+    api: httpx.AsyncClient, clock: FakeClock
 ) -> None:
     """A delivery shows its kept headers (no signature), raw body, and what it moved."""
-    await deliver(client, clock, "t-1", "succeeded", "d-1")
-    bad = await post_signed(client, b'{"code": 200, "data": "nope"}', clock=clock,
+    await deliver(api, clock, "t-1", "succeeded", "d-1")
+    bad = await post_signed(api, b'{"code": 200, "data": "nope"}', clock=clock,
                             delivery_id="d-bad")
     assert bad.status_code == 422
-    listed = await all_pages(client, "/deliveries")
+    listed = await all_pages(api, "/deliveries")
     assert [d["delivery_id"] for d in listed] == ["d-bad", "d-1"]
-    quarantined = await all_pages(client, "/deliveries", outcome="quarantined")
+    quarantined = await all_pages(api, "/deliveries", outcome="quarantined")
     assert [d["delivery_id"] for d in quarantined] == ["d-bad"]
-    detail = (await client.get("/deliveries/d-1")).json()
+    detail = (await api.get("/deliveries/d-1")).json()
     assert detail["outcome"] == "recorded"
     assert detail["body_json"]["task_id"] == "t-1"
     assert "x-webhook-signature" not in detail["headers"]
     assert detail["headers"]["x-webhook-id"] == "d-1"
     assert {(t["entity"], t["to"]) for t in detail["transitions"]} == {
         ("task", "succeeded"), ("clip", "succeeded")}
-    assert (await client.get("/deliveries/nope")).status_code == 404
+    assert (await api.get("/deliveries/nope")).status_code == 404
 
 
 async def test_record_again_is_idempotent_and_audited(
-    client: httpx.AsyncClient, clock: FakeClock
+    api: httpx.AsyncClient, clock: FakeClock
 ) -> None:
     """A quarantined delivery whose task becomes known is recorded on the first call; the
     second changes nothing; both are in the audit log."""
     body = callback(None, [clip("orphan-c", "succeeded", title="Lost")], event="song.completed")
-    answer = await post_signed(client, body, clock=clock, delivery_id="d-orphan")
+    answer = await post_signed(api, body, clock=clock, delivery_id="d-orphan")
     assert answer.status_code == 422
     # the task becomes known through another delivery naming the same clip
-    await post_signed(client, callback("t-known", [clip("orphan-c", "running")]), clock=clock,
+    await post_signed(api, callback("t-known", [clip("orphan-c", "running")]), clock=clock,
                       delivery_id="d-known")
-    first = (await client.post("/deliveries/d-orphan/record-again")).json()
+    first = (await api.post("/deliveries/d-orphan/record-again")).json()
     assert first["changed"] is True
     assert first["outcome"] == "recorded"
     assert first["task_id"] == "t-known"
-    again = (await client.post("/deliveries/d-orphan/record-again")).json()
+    again = (await api.post("/deliveries/d-orphan/record-again")).json()
     assert again == {"delivery_id": "d-orphan", "changed": False, "outcome": "recorded"}
-    audit = (await client.get("/audit")).json()["items"]
+    audit = (await api.get("/audit")).json()["items"]
     assert [a["action"] for a in audit] == ["record_again", "record_again"]
     assert audit[0]["actor"].startswith("token@")
-    task = (await client.get("/tasks/t-known")).json()
+    task = (await api.get("/tasks/t-known")).json()
     assert task["task"]["state"] == "succeeded"
 
 
-async def dead_jobs(tmp_path: Path, clock: FakeClock, n: int, handler: str,
-                    prefix: str = "old") -> list[int]:
-    """``n`` jobs of ``handler`` made now, claimed and killed, as a worker that gave up leaves
-    them (on the same database file the app has open)."""
-    specs = [JobSpec(key=f"t-jobs/{prefix}/{handler}/{i}", handler=handler, route="r",
-                     options={}, task_id="t-jobs", trigger="task.succeeded", delivery_id=None,
-                     max_attempts=1) for i in range(n)]
-    async with sqlite_storage(tmp_path / "receiver.db", clock=clock) as store:
-        # a job belongs to a task
-        await store.ingest.register_task("t-jobs", task_type="create", now=clock.now())
-        await store.db.write(lambda tx: insert_jobs(tx, specs, at=clock.now()))
-        claimed = await store.jobs.claim_jobs(owner="w", limit=n, now=clock.now(), lease_s=60)
-        for job in claimed:
-            await store.jobs.kill_job(job.id, owner="w", error=f"boom {job.id}", now=clock.now())
-        return [j.id for j in claimed]
-
-
 async def test_bulk_retry_retries_every_match_not_a_page(
-    client: httpx.AsyncClient, clock: FakeClock, tmp_path: Path
+    api: httpx.AsyncClient, clock: FakeClock, tmp_path: Path
 ) -> None:
     """'Every dead download_audio job since T': counted first, then all of them requeued (more
     than a page), other handlers' and older jobs untouched; a second call requeues none."""
@@ -183,50 +142,50 @@ async def test_bulk_retry_retries_every_match_not_a_page(
     await dead_jobs(tmp_path, clock, 60, "download_audio", prefix="new")
     await dead_jobs(tmp_path, clock, 5, "notify", prefix="new")
     where = {"state": "dead", "handler": "download_audio", "since": since}
-    counted = (await client.post("/jobs/retry", json={**where, "dry_run": True})).json()
+    counted = (await api.post("/jobs/retry", json={**where, "dry_run": True})).json()
     assert counted["matched"] == 60
     assert "requeued" not in counted
-    page = (await client.get("/jobs", params={"state": "dead", "handler": "download_audio",
+    page = (await api.get("/jobs", params={"state": "dead", "handler": "download_audio",
                                               "limit": 10})).json()
     assert len(page["items"]) == 10
-    done = (await client.post("/jobs/retry", json=where)).json()
+    done = (await api.post("/jobs/retry", json=where)).json()
     assert done["requeued"] == 60
     async with sqlite_storage(tmp_path / "receiver.db") as store:
         left = await store.admin.find_jobs(JobFilter(state=JobState.DEAD))
         queued = await store.admin.find_jobs(JobFilter(state=JobState.QUEUED))
     assert sorted(j.handler for j in left) == ["download_audio"] * 3 + ["notify"] * 5
     assert len(queued) == 60
-    again = (await client.post("/jobs/retry", json=where)).json()
+    again = (await api.post("/jobs/retry", json=where)).json()
     assert again["matched"] == 0
     assert again["requeued"] == 0
-    assert (await client.post("/jobs/retry", json={"state": "queued"})).status_code == 400
+    assert (await api.post("/jobs/retry", json={"state": "queued"})).status_code == 400
 
 
 async def test_job_detail_and_single_retry(
-    client: httpx.AsyncClient, clock: FakeClock, tmp_path: Path
+    api: httpx.AsyncClient, clock: FakeClock, tmp_path: Path
 ) -> None:
     """A dead job shows its error; retrying it queues it once, the second retry does nothing."""
     [job_id] = await dead_jobs(tmp_path, clock, 1, "download_audio")
-    detail = (await client.get(f"/jobs/{job_id}")).json()
+    detail = (await api.get(f"/jobs/{job_id}")).json()
     assert detail["state"] == "dead"
     assert [(a["attempt"], a["outcome"], a["error"]) for a in detail["attempt_log"]] == [
         (1, "dead", f"boom {job_id}")]
-    first = (await client.post(f"/jobs/{job_id}/retry")).json()
+    first = (await api.post(f"/jobs/{job_id}/retry")).json()
     assert first == {"job_id": job_id, "was": "dead", "requeued": True}
-    second = (await client.post(f"/jobs/{job_id}/retry")).json()
+    second = (await api.post(f"/jobs/{job_id}/retry")).json()
     assert second == {"job_id": job_id, "was": "queued", "requeued": False}
-    assert (await client.get("/jobs/999999")).status_code == 404
-    assert (await client.post("/jobs/abc/retry")).status_code == 404
+    assert (await api.get("/jobs/999999")).status_code == 404
+    assert (await api.post("/jobs/abc/retry")).status_code == 404
 
 
 async def test_task_shows_its_chain_both_ways(
-    client: httpx.AsyncClient, clock: FakeClock, tmp_path: Path
+    api: httpx.AsyncClient, clock: FakeClock, tmp_path: Path
 ) -> None:
     """create → extend → concat: the root lists its follow-ups with their level, the last one
     lists its parents up to the root, what created it, and the credits spent under the root."""
     from receiver.models import ChildState, ChildTask
 
-    await deliver(client, clock, "root", "succeeded", "d-root")
+    await deliver(api, clock, "root", "succeeded", "d-root")
     async with sqlite_storage(tmp_path / "receiver.db", clock=clock) as store:
         for parent, child, rule, kind, credits in (("root", "ext", "extend", "extend_music", 15),
                                                   ("ext", "cat", "concat", "concat_music", 2)):
@@ -237,10 +196,10 @@ async def test_task_shows_its_chain_both_ways(
                 created_at=clock.now(), updated_at=clock.now()))
             await store.outputs.update_child(f"{parent}/{rule}", state=ChildState.CREATED,
                                      child_task_id=child, now=clock.now())
-    root = (await client.get("/tasks/root")).json()
+    root = (await api.get("/tasks/root")).json()
     assert [(d["child_task_id"], d["level"]) for d in root["descendants"]] == [
         ("ext", 1), ("cat", 2)]
-    leaf = (await client.get("/tasks/cat")).json()
+    leaf = (await api.get("/tasks/cat")).json()
     assert [(p["task_id"], p["rule"]) for p in leaf["parents"]] == [("root", None),
                                                                     ("ext", "extend")]
     assert leaf["created_by"]["rule"] == "concat"

@@ -20,8 +20,9 @@ from playwright.async_api import Browser, ConsoleMessage, Dialog, Page, expect
 from receiver.app import create_app
 from receiver.server import running
 from receiver.sonic.sandbox import SandboxConfig, Speed
-from tests.sonic.support import KEY, SandboxHandle, serve_sandbox, wait_for
+from tests.sonic.support import KEY, SandboxHandle, serve_sandbox
 from tests.support import SECRET, callback, clip, settings_for, signed_headers
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 TOKEN = "browser-test-admin-token"
@@ -77,6 +78,7 @@ async def signed_post(url: str, body: bytes, delivery_id: str) -> httpx.Response
             **signed_headers(body, delivery_id=delivery_id), "Content-Type": "application/json"})
 
 
+@pytest.mark.browser
 async def test_an_operator_session_in_chromium(
     browser: Browser, tmp_path: Path, screenshots: Path
 ) -> None:
@@ -124,7 +126,7 @@ async def test_an_operator_session_in_chromium(
         body = callback("t-dead", [clip("c-dead", "succeeded", title="Unreachable",
                                         audio_url="http://10.255.255.1/x.wav")])
         assert (await signed_post(url, body, "d-dead")).status_code == 200
-        await wait_for(lambda: _dead_count(url, "download_audio", 1), within=15,
+        await wait_until(lambda: _dead_count(url, "download_audio", 1), within=15,
                        what="the refused download to die")
         await ui.go("/ui/jobs?state=dead")
         dead_row = page.locator("tr[data-job]").filter(has_text="download_audio").first
@@ -150,7 +152,7 @@ async def test_an_operator_session_in_chromium(
         await expect(page.locator(".flash")).to_contain_text("Recorded again: recorded")
 
         # bulk retry: every dead download_audio job, counted first, then all of them
-        await wait_for(lambda: _dead_count(url, "download_audio", 1), within=15,
+        await wait_until(lambda: _dead_count(url, "download_audio", 1), within=15,
                        what="the retried job to die again")
         await ui.go("/ui/jobs?state=dead&handler=download_audio")
         await page.get_by_role("button", name="Retry every dead job matching this filter…").click()
@@ -186,12 +188,14 @@ async def sandbox_create(sandbox: SandboxHandle, url: str) -> str:
 
 async def _wait_for_download(page: Page, audio: Any) -> None:
     """The download job runs after the task succeeded: reload until the player is there."""
-    for _ in range(60):
+
+    async def shown() -> bool:
         if await audio.count():
-            return
-        await asyncio.sleep(0.5)
+            return True
         await page.reload()
-    raise AssertionError("the audio player never appeared")
+        return False
+
+    await wait_until(shown, within=30, every=0.5, what="the audio player to appear")
 
 
 async def _dead_count(url: str, handler: str, n: int) -> bool:
@@ -201,6 +205,7 @@ async def _dead_count(url: str, handler: str, n: int) -> bool:
     return len(page["items"]) == n
 
 
+@pytest.mark.browser
 async def test_the_overview_fits_a_phone(browser: Browser, tmp_path: Path,
                                          screenshots: Path) -> None:
     """On a phone-sized screen the pages do not scroll sideways (tables scroll in their box)."""

@@ -13,7 +13,7 @@ from receiver.clock import FakeClock
 from receiver.states import State
 from receiver.storage.admin import TaskFilter
 from receiver.storage.roles import sqlite_storage
-from tests.console.test_api import AUTH, TOKEN, dead_jobs
+from tests.console.support import AUTH, TOKEN, dead_jobs
 from tests.support import app_client, callback, clip, post_signed, settings_for
 
 pytestmark = pytest.mark.anyio

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from schemathesis import checks
 from receiver.app import create_app
 from receiver.console.openapi import document
 from tests.support import SECRET, settings_for, signed_headers
+from tests.waiting import wait_until_blocking
 
 TOKEN = "schema-token"
 # POST /tasks creates a task at the Sonic API: without one configured it answers 503 by design
@@ -39,11 +39,12 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                                            lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the receiver did not start")
-        time.sleep(0.01)
+
+    def started() -> bool:
+        assert thread.is_alive(), "the receiver's thread ended at start"
+        return server.started
+
+    wait_until_blocking(started, within=20, every=0.01, what="the receiver to start")
     port = server.servers[0].sockets[0].getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     # something to find: a task, a delivery and a quarantined one

@@ -29,7 +29,7 @@ async def effect_once(event: Event, ctx: HandlerContext) -> None:
     folder = Path(str(ctx.options["dir"]))
     hold_s = float(str(ctx.options.get("hold_s", 0)))
     if hold_s > 0:
-        await asyncio.sleep(hold_s)
+        await asyncio.sleep(hold_s)  # not a wait: the job held while a kill lands
 
     def write() -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -4,14 +4,12 @@ rule table, and small readers of WAV/PNG bytes."""
 from __future__ import annotations
 
 import array
-import asyncio
 import contextlib
 import io
 import itertools
-import time
 import wave
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +27,7 @@ from receiver.sonic.client import RetryPolicy, SonicClient
 from receiver.sonic.contract import Message, OwnMessage
 from receiver.sonic.sandbox import SandboxConfig, Speed, create_sandbox_app
 from receiver.sonic.sandbox.app import Sandbox
+from tests.waiting import wait_until
 
 KEY = "test-key"
 SECRET = "whsec-test-secret"
@@ -152,20 +151,8 @@ async def serve_receiver(
         yield receiver
 
 
-async def wait_for(
-    check: Callable[[], bool | Awaitable[bool]], *, within: float = 5.0, what: str = "condition"
-) -> None:
-    """Poll ``check`` every few milliseconds until it holds (fails after ``within`` seconds)."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+# The old name of tests.waiting.wait_until, kept for the modules that still import it from here
+wait_for = wait_until
 
 
 # --- media readers ----------------------------------------------------------------------------

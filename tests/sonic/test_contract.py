@@ -174,6 +174,7 @@ def test_one_stop_requests_take_a_url_instead_of_a_clip() -> None:
 
 
 def test_persona_and_vox_rules() -> None:
+    """A persona needs a clip and a name; a vox range must end after it starts."""
     assert validate_persona(PersonaRequest(name="A", continue_clip_id="")) == (
         Message.CONTINUE_CLIP_ID_REQUIRED
     )

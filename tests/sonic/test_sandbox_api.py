@@ -41,6 +41,8 @@ async def test_rule_table_against_the_sandbox() -> None:
 
 
 async def test_malformed_requests() -> None:
+    """Without the Bearer key a create is 401; a body that is not JSON or has an ill-typed
+    field is 400 with the service's message."""
     async with serve_sandbox() as sb:
         no_auth = await sb.http.post(CREATE, json=OK_CUSTOM)
         assert no_auth.status_code == 401
@@ -319,6 +321,7 @@ async def test_the_same_seed_makes_the_same_run() -> None:
 
 
 async def test_the_sandbox_logs_events() -> None:
+    """A create logs its charge and the created task (type and ordinal) as events."""
     async with serve_sandbox() as sb:
         with structlog.testing.capture_logs() as logs:
             await sb.create(OK_CUSTOM)

@@ -61,6 +61,8 @@ async def test_the_cover_is_a_valid_png() -> None:
 
 
 async def test_byte_ranges() -> None:
+    """The audio URL honours single byte ranges (206 with Content-Range, 416 past the end) and
+    answers several ranges with the whole file."""
     async with serve_sandbox() as sb:
         url = (await _clips(sb))[0]["audio_url"]
         whole = (await sb.http.get(url)).content
@@ -126,6 +128,7 @@ async def test_media_fault_truncated_body() -> None:
 
 
 async def test_media_fault_redirect() -> None:
+    """A redirect fault answers the audio URL with a 302 to the configured place."""
     target = "http://127.0.0.1:9/elsewhere.wav"
     fault = MediaFault(kind=MediaFaultKind.REDIRECT, url=target)
     async with serve_sandbox(_with_media(fault)) as sb:

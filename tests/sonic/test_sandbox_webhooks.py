@@ -23,8 +23,8 @@ from tests.sonic.support import (
     read_wav,
     serve_receiver,
     serve_sandbox,
-    wait_for,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -47,7 +47,7 @@ async def _settled(sb: SandboxHandle, task_id: str, count: int) -> None:
         rows = await sb.deliveries(task_id=task_id)
         return sum(r["outcome"] in ("answered", "gave_up", "dropped") for r in rows) >= count
 
-    await wait_for(done, what=f"{count} final deliveries of {task_id}")
+    await wait_until(done, what=f"{count} final deliveries of {task_id}")
 
 
 def _config(**faults: Any) -> SandboxConfig:
@@ -60,7 +60,7 @@ def _config(**faults: Any) -> SandboxConfig:
 async def test_a_receiver_gets_streaming_then_completed_signed_and_complete() -> None:
     async with serve_receiver() as receiver, serve_sandbox() as sb:
         task_id = await sb.create(_create(receiver))
-        await wait_for(lambda: len(receiver.got) >= 2, what="two webhooks")
+        await wait_until(lambda: len(receiver.got) >= 2, what="two webhooks")
         await _settled(sb, task_id, 2)
         assert receiver.events() == [STREAMING, COMPLETED]
         assert all(r.verified for r in receiver.got), [r.reason for r in receiver.got]
@@ -203,6 +203,7 @@ async def test_dropping_exactly_the_first_tasks_completed_event() -> None:
 
 
 async def test_dropping_every_delivery() -> None:
+    """With every delivery dropped, the sandbox settles both as dropped; the receiver gets none."""
     async with serve_receiver() as receiver, serve_sandbox(_config(drop=1.0)) as sb:
         task_id = await sb.create(_create(receiver))
         await _settled(sb, task_id, 2)
