@@ -238,6 +238,7 @@ class ReceiverTable(Table, kw_only=True, frozen=True):
     public_url: HttpUrl | None = None
     worker: WorkerMode | None = None
     worker_concurrency: PositiveInt | None = None
+    web_restart_limit_s: PositiveFloat | None = None
     sonic_api_base_url: HttpUrl | None = None
     sonic_api_key: str | None = None
 

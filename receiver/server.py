@@ -21,12 +21,14 @@ import gc
 import multiprocessing
 import multiprocessing.connection
 import os
+import random
 import signal
 import socket
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -102,9 +104,10 @@ class StartupGuard:
     of a traceback in the log; :func:`serve` raises it once uvicorn has stopped. Once the
     lifespan has started, the heap is settled (:func:`settle_heap`)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, on_started: Callable[[], None] | None = None) -> None:
         self.app = app
         self.error: ReceiverError | None = None
+        self.on_started = on_started
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -120,6 +123,8 @@ class StartupGuard:
                 await settle_failed_connections()
             elif message["type"] == "lifespan.startup.complete":
                 settle_heap()
+                if self.on_started is not None:
+                    self.on_started()
             await send(message)
 
         try:
@@ -189,6 +194,7 @@ def serve(app: Any, *, host: str, port: int, settings: Settings | None = None) -
 AppFactory = Callable[[Settings], ASGIApp]
 STARTUP_FAILURE = 3  # a child's exit status when its app could not start (uvicorn's too)
 RESTART_PAUSE_S = 1.0  # a child that dies this soon after starting is started again this late
+RESTART_BACKOFF_MAX_S = 10.0  # the longest wait between two starts of a failing child
 
 
 def bind(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
@@ -207,11 +213,28 @@ def bind(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
     return sock
 
 
+@dataclass
+class _Slot:
+    """One web process's place: its current child, and how its starts have gone."""
+
+    child: multiprocessing.process.BaseProcess | None = None
+    ready: Any = None  # a multiprocessing Event the child sets once its app has started
+    started_at: float = 0.0
+    restart_at: float | None = None  # when to start it again (None: it runs, or is starting)
+    failures: int = 0  # failed starts in a row
+    failing_since: float | None = None  # when the first of them failed
+
+
 def serve_processes(settings: Settings, factory: AppFactory, *, host: str, port: int,
                     processes: int, configure: Callable[[Settings], None] | None = None) -> int:
     """Serve ``factory(settings)`` in ``processes`` child processes sharing one listening socket,
-    until SIGTERM/SIGINT; returns the exit status (:data:`STARTUP_FAILURE` when a child's app
-    could not start, after stopping the others).
+    until SIGTERM/SIGINT; returns the exit status.
+
+    A child that dies is started again. A child whose app cannot start (the database away)
+    stops everything only at the first start, before any child has served
+    (:data:`STARTUP_FAILURE`); after that it is started again with backoff while the others
+    keep serving, and ``serve`` gives up (:data:`STARTUP_FAILURE`, with one line saying why)
+    only when one keeps failing for longer than ``settings.web_restart_limit_s``.
 
     ``factory`` and ``configure`` (logging, run first in each child) must be importable
     functions: children are started with ``spawn`` and receive them, the settings and the
@@ -225,51 +248,46 @@ def serve_processes(settings: Settings, factory: AppFactory, *, host: str, port:
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGTERM, signal.SIGINT)}
 
-    def start() -> multiprocessing.process.BaseProcess:
-        child = context.Process(target=_child, name="sonic-receiver-web", daemon=False,
-                                args=(settings, factory, configure, sock, host, os.getpid()))
-        child.start()
-        started_at[child.pid or 0] = time.monotonic()
-        return child
+    def start(slot: _Slot) -> None:
+        slot.ready = context.Event()
+        slot.child = context.Process(
+            target=_child, name="sonic-receiver-web", daemon=False,
+            args=(settings, factory, configure, sock, host, os.getpid(), slot.ready))
+        slot.child.start()
+        slot.started_at, slot.restart_at = time.monotonic(), None
 
-    started_at: dict[int, float] = {}
-    children: list[multiprocessing.process.BaseProcess] = []
+    slots = [_Slot() for _ in range(processes)]
+    served = False  # whether some child's app has started: the first start is behind us
     status = 0
     try:
-        for _ in range(processes):
-            children.append(start())
+        for slot in slots:
+            start(slot)
         log.info("web_processes_started", processes=processes, host=host,
-                 port=sock.getsockname()[1], pids=[c.pid for c in children])
+                 port=sock.getsockname()[1], pids=[s.child.pid for s in slots if s.child])
         while not stop.is_set():
-            multiprocessing.connection.wait([c.sentinel for c in children], timeout=0.5)
-            for index, child in enumerate(children):
-                if child.exitcode is None or stop.is_set():
-                    continue
-                child.join()
-                if child.exitcode == STARTUP_FAILURE:
-                    log.error("web_process_failed_to_start", pid=child.pid)
-                    status = STARTUP_FAILURE
-                    stop.set()
+            running = [s.child.sentinel for s in slots if s.child is not None]
+            due = [s.restart_at for s in slots if s.restart_at is not None]
+            wait_s = min([0.5, *(max(0.0, at - time.monotonic()) for at in due)])
+            multiprocessing.connection.wait(running, timeout=wait_s)
+            for slot in slots:
+                if stop.is_set():
                     break
-                log.warning("web_process_died", pid=child.pid, exitcode=child.exitcode)
-                lived = time.monotonic() - started_at.pop(child.pid or 0, 0.0)
-                if lived < RESTART_PAUSE_S:
-                    stop.wait(RESTART_PAUSE_S - lived)
-                if not stop.is_set():
-                    children[index] = start()
-                    log.info("web_process_restarted", pid=children[index].pid)
+                if slot.ready is not None and slot.ready.is_set():
+                    served = True
+                    slot.failures, slot.failing_since = 0, None
+                if slot.child is None:
+                    if slot.restart_at is not None and time.monotonic() >= slot.restart_at:
+                        start(slot)
+                        log.info("web_process_restarted", pid=slot.child.pid if slot.child
+                                 else None)
+                    continue
+                if slot.child.exitcode is None:
+                    continue
+                status = _ended(slot, served=served, limit_s=settings.web_restart_limit_s)
+                if status:
+                    stop.set()
     finally:
-        for child in children:
-            if child.exitcode is None and child.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.pid, signal.SIGTERM)
-        deadline = time.monotonic() + GRACEFUL_S + 5
-        for child in children:
-            child.join(max(0.0, deadline - time.monotonic()))
-            if child.exitcode is None:
-                log.warning("web_process_killed", pid=child.pid)
-                child.kill()
-                child.join()
+        _stop_all([s.child for s in slots if s.child is not None])
         sock.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -277,13 +295,60 @@ def serve_processes(settings: Settings, factory: AppFactory, *, host: str, port:
     return status
 
 
+def _ended(slot: _Slot, *, served: bool, limit_s: float) -> int:
+    """A slot's child has exited: when to start it again, or (a status) why to stop all."""
+    child = slot.child
+    assert child is not None
+    child.join()
+    slot.child = None
+    now = time.monotonic()
+    if child.exitcode != STARTUP_FAILURE:
+        log.warning("web_process_died", pid=child.pid, exitcode=child.exitcode)
+        slot.restart_at = max(now, slot.started_at + RESTART_PAUSE_S)
+        return 0
+    if not served:  # the first start: a setting or a database that is not there at all
+        log.error("web_process_failed_to_start", pid=child.pid)
+        return STARTUP_FAILURE
+    slot.failures += 1
+    slot.failing_since = slot.failing_since or now
+    if now - slot.failing_since > limit_s:
+        reason = (f"a web process failed to start again for {now - slot.failing_since:.0f} s "
+                  f"(RECEIVER_WEB_RESTART_LIMIT_S={limit_s:g}): stopping")
+        log.error("web_process_keeps_failing", pid=child.pid, failures=slot.failures,
+                  limit_s=limit_s)
+        print(f"sonic-receiver: error: {reason}", file=sys.stderr, flush=True)
+        return STARTUP_FAILURE
+    delay = min(RESTART_BACKOFF_MAX_S, RESTART_PAUSE_S * 2 ** (slot.failures - 1))
+    delay *= random.uniform(0.8, 1.2)
+    slot.restart_at = now + delay
+    log.warning("web_process_failed_to_start_again", pid=child.pid, failures=slot.failures,
+                retry_in_s=round(delay, 2))
+    return 0
+
+
+def _stop_all(children: list[multiprocessing.process.BaseProcess]) -> None:
+    """SIGTERM every child still running, wait for the graceful shutdown, then kill."""
+    for child in children:
+        if child.exitcode is None and child.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGTERM)
+    deadline = time.monotonic() + GRACEFUL_S + 5
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.exitcode is None:
+            log.warning("web_process_killed", pid=child.pid)
+            child.kill()
+            child.join()
+
+
 def _child(settings: Settings, factory: AppFactory, configure: Callable[[Settings], None] | None,
-           sock: socket.socket, host: str, parent: int) -> None:
+           sock: socket.socket, host: str, parent: int, ready: Any) -> None:
     """One web process: the app on the inherited socket, until SIGTERM/SIGINT or until the
-    parent is gone (a parent killed with SIGKILL leaves no one to stop us)."""
+    parent is gone (a parent killed with SIGKILL leaves no one to stop us). ``ready`` is set
+    once the app has started."""
     if configure is not None:
         configure(settings)
-    guard = StartupGuard(factory(settings))
+    guard = StartupGuard(factory(settings), on_started=ready.set)
     server = uvicorn.Server(config(guard, host=host, port=sock.getsockname()[1],
                                    settings=settings, timeout_graceful_shutdown=GRACEFUL_S))
 

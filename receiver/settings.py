@@ -62,6 +62,7 @@ ENV_KEYS: dict[str, str] = {
     "RECEIVER_PUBLIC_URL": "public_url",
     "RECEIVER_WORKER": "worker",
     "RECEIVER_WORKER_CONCURRENCY": "worker_concurrency",
+    "RECEIVER_WEB_RESTART_LIMIT_S": "web_restart_limit_s",
     "SONIC_API_BASE_URL": "sonic_api_base_url",
     "SONIC_API_KEY": "sonic_api_key",
 }
@@ -70,7 +71,7 @@ SAME_NAME = frozenset({
     "db_synchronous", "db_lock_timeout_s", "max_body_bytes", "signature_tolerance_s",
     "insecure_open_admin", "log_format", "log_level", "log_level_third_party",
     "header_timeout_s", "body_timeout_s", "keepalive_timeout_s", "max_connections",
-    "http_parser", "worker", "worker_concurrency",
+    "http_parser", "worker", "worker_concurrency", "web_restart_limit_s",
 })
 _WORKER = WorkerTable()
 
@@ -120,6 +121,9 @@ class Settings:
     public_url: str | None = None  # how the Sonic service reaches this receiver
     sonic_api_base_url: str | None = None
     sonic_api_key: str | None = field(default=None, repr=False)
+    # serve --workers N: how long a web process started again after the first start may keep
+    # failing to start (the database away) before serve gives up
+    web_restart_limit_s: float = 300.0
     worker: str = "inprocess"  # inprocess: jobs run in the web process; off: a worker process
     worker_concurrency: int = DEFAULT_CONCURRENCY  # see receiver.jobs
     worker_lease_s: float = _WORKER.lease_s

@@ -25,6 +25,7 @@ from receiver.server import running
 from tests.load import Senders, Stored, check_effects, deliveries, effect_config, until_jobs_done
 from tests.processes import done_twice, serve, start_worker, wait_children, wait_logged
 from tests.support import callback, clip, free_port, settings_for, signed_headers
+from tests.waiting import wait_until_blocking
 
 pytestmark = pytest.mark.slow
 
@@ -368,3 +369,86 @@ def test_web_processes_that_cannot_start_stop_serve_instead_of_restarting(
     planted = [line for line in done.stderr.splitlines()
                if line == "sonic-receiver: error: planted: the database went away"]
     assert 1 <= len(planted) <= 2, done.stderr[-3000:]  # once per child at most: no restarts
+
+
+def _serve_marked(tmp_path: Path, port: int, marker: Path,
+                  limit_s: float = 300.0) -> subprocess.Popen[str]:
+    """``serve_processes`` of two web processes of :func:`app_that_fails_while_marked`."""
+    script = (
+        "import dataclasses, sys\n"
+        "from pathlib import Path\n"
+        "from receiver.server import serve_processes\n"
+        "from tests.plugins import app_that_fails_while_marked\n"
+        "from tests.support import settings_for\n"
+        f"settings = dataclasses.replace(settings_for(Path({str(tmp_path)!r})),"
+        f" web_restart_limit_s={limit_s})\n"
+        "sys.exit(serve_processes(settings, app_that_fails_while_marked,"
+        f" host='127.0.0.1', port={port}, processes=2))\n"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent),
+                        "PLANTED_FAILURE_FILE": str(marker), "RECEIVER_LOG_FORMAT": "json"})
+
+
+def _pids_answering(port: int, tries: int = 40) -> set[int]:
+    """The web processes that answer ``/pid``, over ``tries`` new connections."""
+    found = set()
+    for _ in range(tries):
+        try:
+            found.add(int(httpx.get(f"http://127.0.0.1:{port}/pid", timeout=2).text))
+        except httpx.HTTPError:
+            continue
+    return found
+
+
+def test_a_web_process_that_cannot_start_again_is_retried_while_its_sibling_serves(
+    tmp_path: Path,
+) -> None:
+    """After the first start, a web process that dies while the database is away cannot
+    start again: serve keeps the other one serving and starts it again, with backoff, until
+    the database is back; then both serve."""
+    port, marker = free_port(), tmp_path / "database-away"
+    proc = _serve_marked(tmp_path, port, marker)
+    try:
+        first = wait_children(proc.pid, 2)
+        wait_until_blocking(lambda: _pids_answering(port) == set(first), within=60,
+                            what="both web processes to answer")
+        marker.touch()  # the database goes away
+        os.kill(first[0], signal.SIGKILL)
+        wait_until_blocking(lambda: _pids_answering(port, tries=5) == {first[1]}, within=30,
+                            what="the sibling alone to answer")
+        still = _pids_answering(port, tries=20)
+        assert proc.poll() is None  # serve did not give up on its healthy sibling
+        assert still == {first[1]}
+        marker.unlink()  # the database is back
+        wait_until_blocking(lambda: len(_pids_answering(port)) == 2, within=60,
+                            what="a new web process to answer beside the sibling")
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        stdout, stderr = proc.communicate(timeout=90)
+    retried = [line for line in stdout.splitlines()
+               if "web_process_failed_to_start_again" in line]
+    assert retried, stdout[-3000:] + stderr[-3000:]
+
+
+def test_serve_gives_up_on_a_web_process_that_keeps_failing_past_its_limit(
+    tmp_path: Path,
+) -> None:
+    port, marker = free_port(), tmp_path / "database-away"
+    proc = _serve_marked(tmp_path, port, marker, limit_s=2.0)
+    try:
+        first = wait_children(proc.pid, 2)
+        wait_until_blocking(lambda: bool(_pids_answering(port, tries=5)), within=60,
+                            what="the web processes to answer")
+        marker.touch()
+        os.kill(first[0], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 3
+    assert "sonic-receiver: error: a web process failed to start again for" in stderr, \
+        stderr[-3000:]

@@ -66,3 +66,28 @@ def app_that_cannot_start(settings: Any) -> Any:
         yield
 
     return Starlette(lifespan=lifespan)
+
+
+def app_that_fails_while_marked(settings: Any) -> Any:
+    """An app factory whose app answers ``GET /pid`` with its process id, and fails to start
+    (the receiver's own error, as when its database is away) while the file named by
+    ``$PLANTED_FAILURE_FILE`` exists."""
+    import contextlib
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from receiver.errors import StoreError
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        if await asyncio.to_thread(Path(os.environ["PLANTED_FAILURE_FILE"]).exists):
+            raise StoreError("planted: the database is away")
+        yield
+
+    async def pid(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(str(os.getpid()))
+
+    return Starlette(routes=[Route("/pid", pid)], lifespan=lifespan)
