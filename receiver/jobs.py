@@ -35,6 +35,7 @@ class AttemptOutcome(StrEnum):
     LATER = "later"  # postponed by the handler; the attempt does not count
     DEAD = "dead"
     RELEASED = "released"  # handed back by a worker that stopped
+    LOST = "lost"  # its worker died or lost the lease; another worker took the job over
 
 
 CLAIMABLE = frozenset({JobState.QUEUED, JobState.RETRYING})
@@ -99,6 +100,7 @@ class Job:
     updated_at: float
     waits_for: tuple[str, ...] = ()
     wait_until: float | None = None
+    runs: int = 0  # claims so far; the current run's row in the attempt log has this number
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,6 +7,11 @@ every 250 ms as a fallback). While a handler runs, its lease is renewed; a worke
 stops renewing, the lease expires, and another claim takes the job up again (that attempt
 counts). Stopping stops claiming, waits for running handlers up to a deadline, cancels the rest
 and hands their jobs back without charging the attempt.
+
+While the database is away every loop waits between its tries (claims back off up to
+:data:`BACK_OFF_MAX_S`, jittered, so that claims resume within about that long after it is
+back), and a job's outcome is written again until it is written: nothing is lost in a task
+nobody awaits.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -37,6 +42,7 @@ log = structlog.get_logger("receiver.worker")
 ContextFactory = Callable[[Job], HandlerContext]
 _MAX_ERROR = 2000
 WAIT_STEP_S = 2.0  # how often a job that runs after others looks whether they finished
+BACK_OFF_MAX_S = 1.0  # the longest wait between two tries while the database is away
 
 
 class Worker:
@@ -79,6 +85,7 @@ class Worker:
         # it (one unit of work, not one each); the future says whether the lease still held
         self._looping = False
         self._done: list[tuple[int, asyncio.Future[bool]]] = []
+        self._failing = 0  # claims in a row that the database refused
 
     def wake(self) -> None:
         """A job was just recorded: look now instead of at the next poll."""
@@ -127,11 +134,21 @@ class Worker:
                     task.add_done_callback(functools.partial(self._finished, job.id))
             if claimed and len(claimed) == free:
                 continue  # there may be more: claim again once a slot frees
+            if self._failing:  # the database is away: wait a while, then try again
+                await self._sleep(self._back_off(self._failing))
+                continue
             if self._wake.is_set():
                 continue  # a slot freed or a job was recorded meanwhile: claim now
             # With every slot taken only a freed slot can start a job: no need to ask when
             # the next one is due (a read, a trip to the reader's thread, every cycle).
             await self._sleep(self.poll_s if free <= 0 else await self._idle_wait())
+
+    def _back_off(self, failures: int) -> float:
+        """How long to wait after ``failures`` tries in a row failed: doubling from the poll
+        interval up to :data:`BACK_OFF_MAX_S`, spread by ±20% so processes do not retry in
+        step."""
+        base = min(BACK_OFF_MAX_S, min(self.poll_s, BACK_OFF_MAX_S) * 2.0 ** (failures - 1))
+        return base * self.rng.uniform(0.8, 1.2)
 
     async def _commit_done(self, *, limit: int, last: bool = False) -> list[Job]:
         """Finish the successes waiting in ``_done`` and claim up to ``limit`` jobs, in one
@@ -146,6 +163,7 @@ class Worker:
             self._done[:0] = done  # for the last write of run()
             raise
         except Exception as exc:  # a locked or broken database: log, wait, try again
+            self._failing += 1
             log.error("claim_failed", error=str(exc))
             metrics.store_error("claim")
             if not last:
@@ -155,6 +173,9 @@ class Worker:
                 if not future.done():
                     future.set_exception(exc)
             return []
+        if self._failing:
+            log.info("claims_resumed", after_failures=self._failing)
+            self._failing = 0
         for job_id, future in done:
             if not future.done():
                 future.set_result(job_id in kept)
@@ -173,6 +194,8 @@ class Worker:
     def _finished(self, job_id: int, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._free_slot(job_id)
+        if not task.cancelled() and task.exception() is not None:  # a bug: say so, here
+            log.error("job_run_failed", job_id=job_id, exc_info=task.exception())
 
     def _free_slot(self, job_id: int) -> None:
         if self._running.pop(job_id, None) is not None:
@@ -187,19 +210,26 @@ class Worker:
                 async with asyncio.timeout(wait_s):
                     await self._wake.wait()
             return
-        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
-        if self.listen:
-            waits.append(asyncio.ensure_future(self.queue.wait_for_jobs(wait_s)))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait()),
+                                            asyncio.ensure_future(self.queue.wait_for_jobs(wait_s))]
+        failed = False
         try:
             done, _ = await asyncio.wait(waits, timeout=wait_s,
                                          return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
+                    failed = True
                     log.error("wait_failed", error=str(task.exception()))
         finally:
             for task in waits:
                 task.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
+        if failed:  # no listener (the database away): wait out the rest, do not spin
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    await self._wake.wait()
 
     async def _idle_wait(self) -> float:
         try:
@@ -230,9 +260,7 @@ class Worker:
                          handler=job.handler, attempt=job.attempts)
         handler = self.registry.get(job.handler)
         if handler is None:
-            await self.queue.kill_job(job.id, owner=self.owner, now=self.clock.now(),
-                                      error=f"handler {job.handler!r} is not registered")
-            bound.error("job_dead", error="unknown handler")
+            await self._die(job, bound, f"handler {job.handler!r} is not registered")
             return
         if await self._waits(job, bound):
             return
@@ -251,14 +279,14 @@ class Worker:
                 self._free_slot(job.id)  # the handler is done: the next job may start
         except Retry as exc:
             reason = scrub_text(exc.message)[:_MAX_ERROR]
-            if exc.counted and job.attempts >= job.max_attempts:
+            counted, after = exc.counted, exc.after
+            if counted and job.attempts >= job.max_attempts:
                 await self._die(job, bound, f"gave up after {job.attempts} attempts: {reason}")
-            else:
-                await self.queue.retry_job(job.id, owner=self.owner, error=reason,
-                                           run_after=self.clock.now() + exc.after,
-                                           now=self.clock.now(), count_attempt=exc.counted)
-                bound.info("job_retrying" if exc.counted else "job_retry_later",
-                           delay_s=exc.after, reason=reason)
+            elif await self._written(bound, "retry", lambda: self.queue.retry_job(
+                    job.id, owner=self.owner, error=reason, count_attempt=counted,
+                    run_after=self.clock.now() + after, now=self.clock.now())):
+                bound.info("job_retrying" if counted else "job_retry_later",
+                           delay_s=after, reason=reason)
         except PermanentError as exc:
             await self._die(job, bound, scrub_text(f"PermanentError: {exc.message}"))
         except asyncio.CancelledError:
@@ -270,20 +298,13 @@ class Worker:
                 await self._die(job, bound, error)
             else:
                 delay = self.policy.delay(job.attempts, self.rng)
-                await self.queue.retry_job(job.id, owner=self.owner, error=error,
-                                           run_after=self.clock.now() + delay,
-                                           now=self.clock.now())
-                bound.warning("job_retrying", error=error, delay_s=round(delay, 3))
+                if await self._written(bound, "retry", lambda: self.queue.retry_job(
+                        job.id, owner=self.owner, error=error,
+                        run_after=self.clock.now() + delay, now=self.clock.now())):
+                    bound.warning("job_retrying", error=error, delay_s=round(delay, 3))
         else:
-            try:
-                kept = await self._finish(job)
-            except StoreError as exc:  # not recorded: the lease runs out, and the job runs again
-                bound.error("job_finish_failed", error=str(exc))
-            else:
-                if kept:
-                    bound.info("job_done")
-                else:
-                    bound.warning("job_lease_lost")
+            if await self._written(bound, "done", lambda: self._finish(job)):
+                bound.info("job_done")
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -295,19 +316,45 @@ class Worker:
         now = self.clock.now()
         if not job.waits_for or job.wait_until is None or now >= job.wait_until:
             return False
-        if not await self.queue.unfinished(job, job.waits_for):
+        try:
+            busy = await self.queue.unfinished(job, job.waits_for)
+        except StoreError:
+            busy = 1  # cannot tell now: wait, as for an unfinished job (the write below waits)
+        if not busy:
             return False
         delay = min(WAIT_STEP_S, job.wait_until - now)
-        await self.queue.retry_job(job.id, owner=self.owner, run_after=now + delay, now=now,
-                                   error=f"waiting for {', '.join(job.waits_for)}",
-                                   count_attempt=False)
-        bound.info("job_waiting", waits_for=list(job.waits_for), delay_s=round(delay, 3))
+        if await self._written(bound, "later", lambda: self.queue.retry_job(
+                job.id, owner=self.owner, run_after=self.clock.now() + delay,
+                now=self.clock.now(), error=f"waiting for {', '.join(job.waits_for)}",
+                count_attempt=False)):
+            bound.info("job_waiting", waits_for=list(job.waits_for), delay_s=round(delay, 3))
         return True
 
     async def _die(self, job: Job, bound: structlog.stdlib.BoundLogger, error: str) -> None:
-        await self.queue.kill_job(job.id, owner=self.owner, error=error[:_MAX_ERROR],
-                                  now=self.clock.now())
-        bound.error("job_dead", error=error)
+        if await self._written(bound, "dead", lambda: self.queue.kill_job(
+                job.id, owner=self.owner, error=error[:_MAX_ERROR], now=self.clock.now())):
+            bound.error("job_dead", error=error)
+
+    async def _written(self, bound: structlog.stdlib.BoundLogger, outcome: str,
+                       write: Callable[[], Awaitable[bool]]) -> bool:
+        """Write a job's ``outcome`` with ``write``, again (backing off) while the database
+        refuses it, until it is written or the worker is stopped; whether this worker still
+        held the job (False: its lease was lost, and another worker took it over)."""
+        failures = 0
+        while True:
+            try:
+                kept = await write()
+            except StoreError as exc:
+                failures += 1
+                metrics.store_error("outcome")
+                delay = self._back_off(failures)
+                bound.warning("job_outcome_not_written", outcome=outcome, error=exc.message,
+                              retry_in_s=round(delay, 2))
+                await asyncio.sleep(delay)
+                continue
+            if not kept:
+                bound.warning("job_lease_lost", outcome=outcome)
+            return kept
 
     async def _heartbeat(self, job: Job, runner: asyncio.Task[object] | None) -> None:
         """Renew the lease every third of its length; if it was lost, stop the handler."""

@@ -8,13 +8,16 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from receiver.app import create_app
 from receiver.clock import FakeClock
 from receiver.context import Event, HandlerContext
-from receiver.jobs import JobState, PermanentError, Retry, RetryPolicy
+from receiver.errors import StoreError
+from receiver.jobs import Job, JobState, PermanentError, Retry, RetryPolicy
 from receiver.registry import Handler, Registry
 from receiver.routing import HandlerRef, Route, Router
 from receiver.runtime import Runtime
@@ -25,6 +28,7 @@ from receiver.testing import deliver, handler_runtime
 from receiver.webhook import make_delivery
 from receiver.worker import Worker
 from tests.support import app_client, callback, clip, post_signed, settings_for
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -396,3 +400,94 @@ async def test_the_in_process_worker_is_woken_by_the_delivery(tmp_path: Path) ->
             await asyncio.wait_for(ran.wait(), timeout=30)
             jobs = (await client.get("/tasks/t-1")).json()["jobs"]
             assert [j["handler"] for j in jobs] == ["h"]
+
+
+# ---- the database away -----------------------------------------------------------------------
+
+
+class FlakyQueue(JobQueue):
+    """The real queue whose writes of an outcome, claims or waits fail while ``away`` (a
+    database that went away), counting the tries."""
+
+    away = False
+    outcome_tries = 0
+    claim_tries = 0
+    wait_tries = 0
+
+    async def retry_job(self, job_id: int, **kwargs: Any) -> bool:
+        self.outcome_tries += 1
+        if self.away:
+            raise StoreError("transaction failed: the database is away (planted)")
+        return await super().retry_job(job_id, **kwargs)
+
+    async def finish_and_claim(self, **kwargs: Any) -> tuple[frozenset[int], list[Job]]:
+        self.claim_tries += 1
+        if self.away:
+            raise StoreError("transaction failed: the database is away (planted)")
+        return await super().finish_and_claim(**kwargs)
+
+    async def wait_for_jobs(self, wait_s: float) -> None:
+        self.wait_tries += 1
+        if self.away:
+            raise StoreError("cannot listen for jobs: the database is away (planted)")
+        await super().wait_for_jobs(wait_s)
+
+
+async def test_an_outcome_that_cannot_be_written_is_written_once_the_database_is_back(
+    tmp_path: Path,
+) -> None:
+    """A job fails while the database is away: its outcome is tried again (backing off, each
+    try logged) until it is written, never dropped in a task nobody awaits."""
+
+    async def failing(event: Event, ctx: HandlerContext) -> None:
+        raise RuntimeError("the handler failed")
+
+    async with handler_runtime(tmp_path, handlers={"failing": failing},
+                               routes=[{"on": "task.succeeded", "handlers": ["failing"]}]) as rt:
+        flaky = FlakyQueue(rt.storage.db)
+        worker = Worker(queue=flaky, registry=rt.registry, contexts=rt.context_for,
+                        clock=rt.clock, poll_s=0.05)
+        await deliver(rt, DONE, event="song.completed")
+        [job] = await flaky.claim_jobs(owner=worker.owner, limit=1, now=rt.clock.now(),
+                                       lease_s=60)
+        flaky.away = True
+        with capture_logs() as logs:
+            running = asyncio.create_task(worker._run(job))
+            await wait_until(lambda: flaky.outcome_tries >= 3, within=10,
+                             what="the outcome to be tried three times")
+            flaky.away = False
+            await asyncio.wait_for(running, timeout=10)
+        [after] = await rt.storage.admin.list_jobs()
+    assert (after.state, after.last_error) == (JobState.RETRYING,
+                                               "RuntimeError: the handler failed")
+    assert [e["outcome"] for e in logs if e["event"] == "job_outcome_not_written"] == [
+        "retry"] * (flaky.outcome_tries - 1)
+    assert any(e["event"] == "job_retrying" for e in logs)
+
+
+@pytest.mark.parametrize("listen", [False, True])
+async def test_a_worker_waits_between_tries_while_the_database_is_away(
+    tmp_path: Path, listen: bool
+) -> None:
+    """Claims (and a listening worker's waits) fail at once while the database is away: the
+    worker backs off between tries instead of spinning, and claims again once it is back."""
+    async with handler_runtime(tmp_path, handlers={}, routes=[]) as rt:
+        flaky = FlakyQueue(rt.storage.db)
+        flaky.away = True
+        worker = Worker(queue=flaky, registry=rt.registry, contexts=rt.context_for,
+                        clock=rt.clock, poll_s=0.25, listen=listen)
+        running = asyncio.create_task(worker.run())
+        try:
+            await wait_until(lambda: flaky.claim_tries >= 4, within=10,
+                             what="four tries to claim")
+            tries = flaky.claim_tries + flaky.wait_tries
+            flaky.away = False
+            back = flaky.claim_tries
+            await wait_until(lambda: flaky.claim_tries > back, within=5,
+                             what="a claim once the database is back")
+        finally:
+            await worker.stop(deadline_s=1)
+            await running
+    # four claims are at least 0.25 + 0.5 + 1 s of backing off apart: a spinning worker
+    # would have tried thousands of times meanwhile
+    assert tries <= 12, tries

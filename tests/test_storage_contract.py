@@ -164,11 +164,11 @@ async def test_successes_committed_with_the_next_claim_change_only_jobs_still_he
         return [(a.owner, a.outcome) for a in await store.admin.job_attempts(job_id)]
 
     assert await attempts(a.id) == [("w1", "done")]
-    assert await attempts(b.id) == [("w1", None), ("w2", None)]
+    assert await attempts(b.id) == [("w1", "lost"), ("w2", None)]  # w2 took it over
     kept, claimed = await store.jobs.finish_and_claim(owner="w2", finished=[b.id, c.id], limit=0,
                                                  now=2072.0, lease_s=60)
     assert (kept, claimed) == (frozenset({b.id, c.id}), [])
-    assert await attempts(b.id) == [("w1", None), ("w2", "done")]
+    assert await attempts(b.id) == [("w1", "lost"), ("w2", "done")]
 
 
 async def test_every_attempt_is_kept_with_its_outcome(store: Storage) -> None:
@@ -192,6 +192,22 @@ async def test_every_attempt_is_kept_with_its_outcome(store: Storage) -> None:
     attempts = await store.admin.job_attempts(job.id)
     assert [(a.attempt, a.owner, a.outcome) for a in attempts] == [
         (1, "w1", "retry"), (2, "w2", "dead"), (1, "w3", "done")]
+
+
+async def test_each_run_is_closed_alone_even_when_one_owner_claims_a_job_twice(
+    store: Storage,
+) -> None:
+    """A worker whose outcome could not be written (the database away) claims the job again
+    once its lease ran out: the first run is closed as lost when the second starts, and the
+    second's end closes only the second, at its own time."""
+    await store.ingest.record_delivery(delivery("d1", done("t1")), router=ROUTER)
+    [first] = await store.jobs.claim_jobs(owner="w", limit=1, now=2000.0, lease_s=60)
+    [again] = await store.jobs.claim_jobs(owner="w", limit=1, now=2061.0, lease_s=60)
+    assert (first.id, first.runs, again.runs) == (again.id, 1, 2)
+    assert await store.jobs.finish_job(again.id, owner="w", now=2070.0)
+    attempts = await store.admin.job_attempts(first.id)
+    assert [(a.attempt, a.outcome, a.finished_at) for a in attempts] == [
+        (1, "lost", 2061.0), (2, "done", 2070.0)]
 
 
 async def test_requeue_takes_only_finished_jobs_and_resets_attempts(store: Storage) -> None:

@@ -157,8 +157,8 @@ ORDER BY id
 -- than an index scan of the OR. On PostgreSQL, concurrent claims skip each other's locked rows
 -- within :window.
 -- name: claim_jobs
-UPDATE jobs SET state = :JobState.RUNNING, attempts = attempts + 1, lease_owner = :owner,
-                lease_expires_at = :until, updated_at = :now
+UPDATE jobs SET state = :JobState.RUNNING, attempts = attempts + 1, runs = runs + 1,
+                lease_owner = :owner, lease_expires_at = :until, updated_at = :now
 WHERE id IN (
     SELECT id FROM jobs
     WHERE id IN (
@@ -181,16 +181,21 @@ WHERE id IN (
 )
 RETURNING *
 
--- Every claim is a row of its own: a lost lease leaves its row unfinished (the worker died),
--- a postponed or released run keeps its outcome, a requeue keeps the history.
+-- Every claim is a row of its own, numbered by the job's runs (never reset, so a requeued job
+-- keeps its history); what ends the run closes its row with the outcome.
 -- name: start_attempt
 INSERT INTO job_attempts (job_id, run, attempt, owner, started_at)
-SELECT :job_id, COALESCE(MAX(run), 0) + 1, :attempt, :owner, :now
-FROM job_attempts WHERE job_id = :job_id
+VALUES (:job_id, :run, :attempt, :owner, :now)
 
 -- name: end_attempt
 UPDATE job_attempts SET finished_at = :now, outcome = :outcome, error = :error
-WHERE job_id = :job_id AND owner = :owner AND finished_at IS NULL
+WHERE job_id = :job_id AND run = :run AND finished_at IS NULL
+
+-- A claim that takes a job over: the earlier runs still open were a worker's that died or
+-- lost its lease.
+-- name: close_lost_attempts
+UPDATE job_attempts SET finished_at = :now, outcome = :AttemptOutcome.LOST
+WHERE job_id = :job_id AND run < :run AND finished_at IS NULL
 
 -- name: renew_lease
 UPDATE jobs SET lease_expires_at = :until, updated_at = :now
@@ -201,7 +206,7 @@ WHERE id = :id AND state = :JobState.RUNNING AND lease_owner = :owner
 UPDATE jobs SET state = :JobState.DONE, lease_owner = NULL, lease_expires_at = NULL,
                 updated_at = :now
 WHERE id IN (JSON_INTS(:ids)) AND state = :JobState.RUNNING AND lease_owner = :owner
-RETURNING id
+RETURNING id, runs
 
 -- :refund is 1 when the attempt is not counted
 -- name: retry_job
@@ -209,11 +214,13 @@ UPDATE jobs SET state = :JobState.RETRYING, lease_owner = NULL, lease_expires_at
                 last_error = :error, run_after = :run_after, updated_at = :now,
                 attempts = attempts - :refund
 WHERE id = :id AND state = :JobState.RUNNING AND lease_owner = :owner
+RETURNING runs
 
 -- name: kill_job
 UPDATE jobs SET state = :JobState.DEAD, lease_owner = NULL, lease_expires_at = NULL,
                 last_error = :error, updated_at = :now
 WHERE id = :id AND state = :JobState.RUNNING AND lease_owner = :owner
+RETURNING runs
 
 -- A graceful stop hands running jobs back without charging the attempt.
 -- name: release_jobs
@@ -221,7 +228,7 @@ UPDATE jobs SET state = :JobState.QUEUED, lease_owner = NULL, lease_expires_at =
                 attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,
                 run_after = :now, updated_at = :now
 WHERE state = :JobState.RUNNING AND lease_owner = :owner
-RETURNING id
+RETURNING id, runs
 
 -- name: next_due
 SELECT MIN(CASE WHEN state = :JobState.RUNNING THEN lease_expires_at ELSE run_after END) AS due

@@ -1,8 +1,9 @@
 """The job queue role: what a worker claims, renews and ends.
 
 Every change to a claimed job checks the lease owner, so a worker that lost its lease (too
-slow; another took the job over) changes nothing. Every claim opens a row in the job's
-attempt log, closed with its outcome by the call that ends it.
+slow; another took the job over) changes nothing. Every claim opens a row in the job's attempt
+log, numbered by the job's runs; the call that ends the run closes that row alone with its
+outcome, and a claim that takes a job over closes the earlier runs still open as ``lost``.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ class JobQueue:
                     "ids": json.dumps(sorted(finished)), "owner": owner, "now": now})
                 done = frozenset(int(r["id"]) for r in rows)
                 await tx.run_many("end_attempt", [
-                    {"job_id": job_id, "owner": owner, "now": now,
+                    {"job_id": r["id"], "run": r["runs"], "now": now,
                      "outcome": AttemptOutcome.DONE.value, "error": None}
-                    for job_id in sorted(done)
+                    for r in sorted(rows, key=lambda r: int(r["id"]))
                 ])
             claimed = await _claim(tx, owner=owner, limit=limit, now=now,
                                    lease_s=lease_s) if limit > 0 else []
@@ -79,9 +80,10 @@ class JobQueue:
     ) -> bool:
         async def work(tx: Tx) -> bool:
             params = {"id": job_id, "owner": owner, "now": now, "error": error, **extra}
-            if await tx.run(statement, params) != 1:
+            ended = await tx.one(statement, params)
+            if ended is None:  # not this owner's any more: another worker took it over
                 return False
-            await tx.run("end_attempt", {"job_id": job_id, "owner": owner, "now": now,
+            await tx.run("end_attempt", {"job_id": job_id, "run": ended["runs"], "now": now,
                                          "outcome": outcome.value, "error": error})
             return True
 
@@ -93,7 +95,7 @@ class JobQueue:
         async def work(tx: Tx) -> int:
             released = await tx.rows("release_jobs", {"owner": owner, "now": now})
             await tx.run_many("end_attempt", [
-                {"job_id": r["id"], "owner": owner, "now": now,
+                {"job_id": r["id"], "run": r["runs"], "now": now,
                  "outcome": AttemptOutcome.RELEASED.value, "error": None} for r in released
             ])
             return len(released)
@@ -123,7 +125,10 @@ async def _claim(tx: Tx, *, owner: str, limit: int, now: float, lease_s: float) 
     rows = await tx.rows("claim_jobs", {"owner": owner, "until": now + lease_s, "now": now,
                                         "limit": limit, "window": limit + 64})
     jobs = sorted((record(Job, r) for r in rows), key=lambda j: (j.run_after, j.id))
+    await tx.run_many("close_lost_attempts", [
+        {"job_id": j.id, "run": j.runs, "now": now} for j in jobs if j.runs > 1])
     await tx.run_many("start_attempt", [
-        {"job_id": j.id, "attempt": j.attempts, "owner": owner, "now": now} for j in jobs
+        {"job_id": j.id, "run": j.runs, "attempt": j.attempts, "owner": owner, "now": now}
+        for j in jobs
     ])
     return jobs
