@@ -42,6 +42,14 @@ STORE_ERRORS = Counter(
     "Store operations that failed (the database could not be read or written), by where.",
     ["where"],
 )
+STORE_OUTAGES = Counter(
+    "receiver_store_outages",
+    "Times this process found the database away (an operation failed after one succeeded).",
+)
+STORE_RECONNECTS = Counter(
+    "receiver_store_reconnects",
+    "Times this process found the database back (an operation succeeded after it was away).",
+)
 
 
 _OUTCOMES = {200: "recorded", 422: "quarantined", 401: "refused", 413: "too_large",
@@ -90,3 +98,11 @@ class job_timer:
 
 def store_error(where: str) -> None:
     STORE_ERRORS.labels(where=where).inc()
+
+
+def store_outage() -> None:
+    STORE_OUTAGES.inc()
+
+
+def store_reconnect() -> None:
+    STORE_RECONNECTS.inc()

@@ -10,6 +10,11 @@ commit. Under load that turns N commits into one; alone, a write is its own batc
 Jobs: a unit that queued jobs says so (``Tx.jobs_written``); once its batch committed, the
 listeners given to :meth:`Database.on_jobs` are called, so that this process's worker starts
 them at once. Workers in other processes are woken by the backend.
+
+Outages: a write or read that fails as a whole (the database away, its lock held elsewhere)
+marks the database away, once, and the first one that succeeds after marks it back (a log
+line and a counter each, :mod:`receiver.metrics`). Nothing waits in here: every call tries
+the database again, and the backend connects again then, without a backoff of its own.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from receiver import metrics
 from receiver.clock import Clock, SystemClock
 from receiver.errors import StoreError
 from receiver.storage.connector import Connector, Unit, Work
@@ -39,6 +45,8 @@ class Database:
         self._queue: list[tuple[Unit, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._job_listeners: list[Callable[[], None]] = []
+        self.available = True  # whether the last operation that reached the database passed
+        self._away_since = 0.0
 
     async def open(self) -> Database:
         await self.connector.open()
@@ -64,7 +72,27 @@ class Database:
         return lambda: self._job_listeners.remove(listener)
 
     async def read(self, work: Work[T]) -> T:
-        return await self.connector.read(work)
+        try:
+            result = await self.connector.read(work)
+        except StoreError as exc:
+            self._went_away(exc)
+            raise
+        self._came_back()
+        return result
+
+    def _went_away(self, exc: StoreError) -> None:
+        if self.available:
+            self.available = False
+            self._away_since = self.clock.now()
+            metrics.store_outage()
+            log.error("store_unavailable", db=self.describe(), error=exc.message)
+
+    def _came_back(self) -> None:
+        if not self.available:
+            self.available = True
+            metrics.store_reconnect()
+            log.info("store_back", db=self.describe(),
+                     away_s=round(self.clock.now() - self._away_since, 3))
 
     async def write(
         self, work: Work[T], *, keep: bool = True, locks: tuple[str, ...] = ()
@@ -91,6 +119,8 @@ class Database:
             except BaseException as exc:
                 failure = exc if isinstance(exc, StoreError) else StoreError(
                     f"transaction failed: {type(exc).__name__}: {exc}")
+                if isinstance(exc, Exception):
+                    self._went_away(failure)
                 # Whoever queued meanwhile would wait on the same lock or the same full disk:
                 # answer them now too, instead of making each wait its turn for a timeout.
                 waiting, self._queue = self._queue, []
@@ -100,6 +130,7 @@ class Database:
                 if not isinstance(exc, Exception):
                     raise
                 continue
+            self._came_back()
             for unit, future in batch:
                 if future.done():
                     continue  # its caller went away; the work is done all the same

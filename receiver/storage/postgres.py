@@ -7,7 +7,9 @@ processes on one database. Connection handling only; the rules are in the roles 
   costs the client far less CPU than one through the async API. The loop is free while the
   thread waits for the server. Like SQLite's writer, a unit of work never suspends there
   (:func:`receiver.storage.connector.drive`).
-- Reads run on an async pool. Rows are dicts: read by column name.
+- Reads run on a few async connections of their own, made when a read needs one and dropped
+  when broken: after the server was away, the next read connects at once (a pool that grows
+  back in the background waits 1, 2, 4... s between its tries). Rows are dicts: read by name.
 - A batch of units of work is one transaction, each unit in a savepoint (psycopg's nested
   ``transaction()``); ``NOTIFY`` in the same transaction tells workers elsewhere about new jobs
   the moment it commits (``LISTEN`` on a connection of their own; the worker still polls as a
@@ -23,11 +25,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
-import psycopg_pool
 from psycopg import conninfo
 from psycopg.rows import dict_row
 
@@ -40,6 +41,7 @@ T = TypeVar("T")
 CHANNEL = "sonic_receiver_jobs"
 MIGRATION_LOCK = 7_318_004_217  # pg_advisory_lock key: "the receiver's migrations"
 WRITER_NAME = "sonic-receiver writer"  # the writer's application_name in pg_stat_activity
+CONNECT_S = 5  # how long a new connection may take before the operation fails (a 503)
 
 DIALECT = Dialect(
     name="postgresql",
@@ -63,7 +65,7 @@ class PostgresConnector:
         self.lock_timeout_s = lock_timeout_s
         self.max_connections = max_connections
         self._sql = DIALECT.statements()
-        self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
+        self._readers: _Readers | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._writer: psycopg.Connection[Any] | None = None  # used on the writer's thread only
         self._listener: psycopg.AsyncConnection[Any] | None = None
@@ -86,17 +88,8 @@ class PostgresConnector:
                 await _migrate(conn, self.describe())
         except (psycopg.Error, OSError) as exc:
             raise StoreError(f"cannot open database {self.describe()}: {_one_line(exc)}") from exc
-        pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
-            self.url, min_size=1, max_size=self.max_connections, open=False,
-            kwargs={"autocommit": True, "row_factory": dict_row}, configure=self._configure,
-            timeout=10.0,
-        )
-        try:
-            await pool.open(wait=True, timeout=10.0)
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            await pool.close()
-            raise StoreError(f"cannot open database {self.describe()}: {_one_line(exc)}") from exc
-        self._pool = pool
+        self._readers = _Readers(self.url, size=self.max_connections,
+                                 setup=self._lock_timeout_sql())
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="postgres-writer")
         try:
@@ -104,9 +97,6 @@ class PostgresConnector:
         except (psycopg.Error, OSError) as exc:
             await self.close()
             raise StoreError(f"cannot open database {self.describe()}: {_one_line(exc)}") from exc
-
-    async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        await conn.execute(self._lock_timeout_sql())
 
     def _lock_timeout_sql(self) -> str:
         return f"SET lock_timeout = '{int(self.lock_timeout_s * 1000)}ms'"
@@ -120,7 +110,7 @@ class PostgresConnector:
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
-        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10,
+        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_S,
                                application_name=WRITER_NAME, row_factory=dict_row)
         try:
             conn.execute(self._lock_timeout_sql())
@@ -145,19 +135,14 @@ class PostgresConnector:
         if self._listener is not None:
             listener, self._listener = self._listener, None
             await listener.close()
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
+        if self._readers is not None:
+            readers, self._readers = self._readers, None
+            await readers.close()
         if self._executor is not None:
             with contextlib.suppress(StoreError):
                 await self._on_writer(self._close_writer)
             executor, self._executor = self._executor, None
             executor.shutdown(wait=True)
-
-    def _open_pool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
-        if self._pool is None:
-            raise StoreError("the store is not open")
-        return self._pool
 
     async def write(self, units: Sequence[Unit]) -> None:
         try:
@@ -185,10 +170,13 @@ class PostgresConnector:
                 conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
 
     async def read(self, work: Work[T]) -> T:
+        readers = self._readers
+        if readers is None:
+            raise StoreError("the store is not open")
         try:
-            async with self._open_pool().connection() as conn, conn.transaction():
+            async with readers.connection() as conn, conn.transaction():
                 return await work(_ReaderTx(conn, self._sql))
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        except (psycopg.Error, OSError) as exc:
             raise StoreError(f"read failed: {_one_line(exc)}") from exc
 
     async def wait_for_jobs(self, wait_s: float) -> None:
@@ -196,7 +184,7 @@ class PostgresConnector:
             try:
                 if self._listener is None:
                     self._listener = await psycopg.AsyncConnection.connect(
-                        self.url, autocommit=True)
+                        self.url, autocommit=True, connect_timeout=CONNECT_S)
                     await self._listener.execute(f"LISTEN {CHANNEL}")
                 async for _ in self._listener.notifies(timeout=wait_s, stop_after=1):
                     break
@@ -210,6 +198,40 @@ class PostgresConnector:
 
     async def check_space(self) -> None:
         """The server refuses a write when its disk is full: the probe write tells."""
+
+
+class _Readers:
+    """Up to ``size`` connections for reads, made when a read needs one (no background work,
+    no backoff) and kept while they work; one that broke (the server restarted) is dropped."""
+
+    def __init__(self, url: str, *, size: int, setup: str) -> None:
+        self.url = url
+        self.setup = setup
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._slots = asyncio.Semaphore(size)
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        async with self._slots:
+            conn = self._idle.pop() if self._idle else None
+            if conn is None or conn.closed or conn.broken:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, row_factory=dict_row, connect_timeout=CONNECT_S)
+                await conn.execute(self.setup)
+            try:
+                yield conn
+            finally:
+                if conn.closed or conn.broken:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.close()
+                else:
+                    self._idle.append(conn)
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
 
 
 def _all_at_once(conn: psycopg.Connection[Any], tx: _WriterTx, units: Sequence[Unit]) -> bool:
