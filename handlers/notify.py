@@ -62,11 +62,6 @@ and scheme (``#1 json``), never by its URL.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import importlib
-import re
-import sys
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from string import Template
@@ -79,16 +74,22 @@ from receiver.plugin import (
     Context,
     Domain,
     Event,
+    NotSent,
     Options,
     PermanentError,
     ReceiverError,
     Retry,
     Seconds,
     StoredFile,
+    Target,
     TaskView,
     Text,
+    UnusableTarget,
     handler,
+    send,
+    services,
     shown,
+    targets_of,
 )
 
 if TYPE_CHECKING:
@@ -118,7 +119,6 @@ CLIP_FIELDS = (TASK_FIELDS - {"clips"}) | {
     "clip_id", "number", "duration", "clip_state", "audio_url", "location",
 }
 _WAIT_STEP_S = 5.0
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]{0,31})://")
 
 
 class NotificationFailed(ReceiverError):
@@ -187,30 +187,6 @@ class Message:
     notify_type: apprise.NotifyType
 
 
-@dataclass(frozen=True, kw_only=True)
-class Target:
-    """One target URL; ``label`` (index and scheme) is all that may be logged of it."""
-
-    index: int
-    url: str
-
-    @property
-    def label(self) -> str:
-        return f"#{self.index} {scheme_of(self.url)}"
-
-    @property
-    def fingerprint(self) -> str:
-        # Recorded to notice a target list that changed between attempts; a truncated digest,
-        # so the stored record does not carry the URL's secrets.
-        return hashlib.sha256(self.url.encode()).hexdigest()[:16]
-
-
-def scheme_of(url: str) -> str:
-    """The URL's scheme (``json``, ``mailtos``...), or ``?``: the only part safe to log."""
-    match = _SCHEME.match(url.strip())
-    return match.group(1).lower() if match else "?"
-
-
 @handler(options=NotifyOptions, table=NotifyTable)
 async def handle(event: Event, ctx: Context) -> None:
     """Send the message for ``event`` to each target that has not accepted it yet."""
@@ -228,7 +204,7 @@ async def handle(event: Event, ctx: Context) -> None:
         r.kind: r.data for r in await ctx.results()
         if r.job_key == event.key and r.kind.startswith(f"notify:{event.key}:")
     }
-    targets = [Target(index=i, url=url) for i, url in enumerate(settings.targets)]
+    targets = targets_of(settings.targets)
     pending: list[Target] = []
     for target in targets:
         record = sent.get(_result_kind(event, target))
@@ -239,7 +215,6 @@ async def handle(event: Event, ctx: Context) -> None:
     if not pending:
         ctx.log.info("notify_nothing_left", targets=len(targets))
         return
-    _quiet_imghdr()
     # Parsing URLs is quick, but the first call loads apprise's ~180 plugin modules (a few
     # tenths of a second): off the event loop.
     services = await asyncio.to_thread(_services, pending)
@@ -377,38 +352,13 @@ def _result_kind(event: Event, target: Target) -> str:
     return f"notify:{event.key}:{target.index}"
 
 
-def _quiet_imghdr() -> None:
-    """Import ``imghdr`` once with its DeprecationWarning silenced.
-
-    apprise's e-mail plugin imports it (through PGPy) on Python < 3.13 when plugins first
-    load. That is apprise's business, not a failure of ours, but the warning would be raised
-    in the loading thread, where a filter cannot be scoped (``catch_warnings`` is
-    process-wide); once the module is imported here, that import finds it and stays quiet.
-    """
-    if sys.version_info >= (3, 13) or "imghdr" in sys.modules:
-        return
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*'imghdr' is deprecated",
-                                category=DeprecationWarning)
-        importlib.import_module("imghdr")
-
-
 def _services(targets: Sequence[Target]) -> dict[int, apprise.Apprise]:
-    """One apprise instance per target, so each succeeds or fails on its own. Every URL is
-    checked before anything is sent: one unusable URL stops the job before any message."""
-    asset = apprise.AppriseAsset(app_id="sonic-receiver", app_desc="Sonic webhook receiver")
-    services: dict[int, apprise.Apprise] = {}
-    for target in targets:
-        plugin = apprise.Apprise.instantiate(target.url, asset=asset)
-        if plugin is None:
-            raise PermanentError(
-                f"notify: target {target.label} is not a usable apprise URL (unknown scheme, "
-                "missing parts, or a plugin that is not installed)"
-            )
-        service = apprise.Apprise(asset=asset)
-        service.add(plugin)
-        services[target.index] = service
-    return services
+    """Every URL checked before anything is sent: one unusable URL stops the job before any
+    message."""
+    try:
+        return services(targets)
+    except UnusableTarget as exc:
+        raise PermanentError(f"notify: {exc}") from None
 
 
 async def _deliver(
@@ -420,19 +370,11 @@ async def _deliver(
     ctx: Context,
 ) -> None:
     try:
-        # async_notify runs blocking plugins in apprise's thread pool, off the event loop
-        result = await service.async_notify(
-            body=message.body, title=message.title, notify_type=message.notify_type,
-            body_format=settings.body_format,
-        )
-    except Exception as exc:
-        ctx.log.warning("notify_failed", target=target.label, error=type(exc).__name__)
-        raise NotificationFailed(f"apprise raised {type(exc).__name__}") from exc
-    if not result:
-        status = getattr(result, "status", None)
-        reason = f"not delivered ({status.name.lower()})" if status is not None else "refused"
-        ctx.log.warning("notify_failed", target=target.label, reason=reason)
-        raise NotificationFailed(reason)
+        await send(service, title=message.title, body=message.body,
+                   notify_type=message.notify_type, body_format=settings.body_format)
+    except NotSent as exc:
+        ctx.log.warning("notify_failed", target=target.label, reason=exc.message)
+        raise NotificationFailed(exc.message) from exc
     await ctx.record_result(
         clip_id="", kind=_result_kind(event, target),
         data={"target": target.label, "fingerprint": target.fingerprint,

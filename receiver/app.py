@@ -40,6 +40,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from receiver.alerts import Alerting
 from receiver.clock import Clock, SystemClock
 from receiver.connections import BodyTimeout
 from receiver.console import console_routes
@@ -50,11 +51,12 @@ from receiver.probes import probe_routes
 from receiver.registry import Registry, load_registry
 from receiver.routing import router_for
 from receiver.runtime import open_runtime
-from receiver.schedules import prune_every, reconcile_every
+from receiver.schedules import deadlines_every, prune_every, reconcile_every, turn_owner
 from receiver.settings import Settings
 from receiver.signatures import Verifier
 from receiver.sonic.client import SonicClient
 from receiver.storage.roles import Storage
+from receiver.tallies import Tally
 from receiver.webhook import WebhookEndpoint
 
 log = structlog.get_logger("receiver.app")
@@ -85,8 +87,10 @@ def create_app(
         )
     )
     # Served from the start (503 until the lifespan opens it with the store).
+    refusals = Tally()  # refused deliveries, counted for the alerts
     endpoint = WebhookEndpoint(verifier=verifier, clock=clock,
-                               max_body_bytes=settings.max_body_bytes, router=router)
+                               max_body_bytes=settings.max_body_bytes, router=router,
+                               refusals=refusals)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -111,6 +115,23 @@ def create_app(
                     admin=opened.storage.admin, ingest=opened.storage.ingest,
                     sonic=opened.sonic, router=router, clock=clock,
                 ), name="reconcile"))
+            if settings.deadlines.enabled:
+                background.append(asyncio.create_task(deadlines_every(
+                    settings.deadlines, admin=opened.storage.admin, watch=opened.storage.watch,
+                    ingest=opened.storage.ingest, sonic=opened.sonic, router=router,
+                    clock=clock,
+                ), name="deadlines"))
+            alerting = Alerting(
+                table=settings.alerts, targets=settings.alert_targets,
+                watch=opened.storage.watch, admin=opened.storage.admin, clock=clock,
+                owner=turn_owner(), refusals=refusals,
+                db_path=settings.db_path if settings.db_url is None else None,
+                media_dir=settings.media_dir if settings.media_url is None else None,
+                keepers=registry.providers({"files"}) & router.handler_names,
+                base_url=settings.public_url,
+            )
+            app.state.alerting = alerting
+            background.append(asyncio.create_task(alerting.run(), name="alerts"))
             if settings.retention_s is not None:
                 background.append(asyncio.create_task(prune_every(
                     settings.retention_every_s, admin=opened.storage.admin, clock=clock,

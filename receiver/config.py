@@ -1,11 +1,11 @@
 """The config file's shape, written once as typed msgspec Structs.
 
 ``receiver.toml`` is one document: the receiver's own tables (``[receiver]``, ``[worker]``,
-``[reconcile]``, ``[retention]``, ``[network]``), ``[[routes]]``, ``[handlers.<name>]`` paths,
-and the table of each handler that declares one (``[notify]``, ``[follow_up]``). Every table is
-a :class:`receiver.conversion.Table`; the receiver's values that need parsing (database and
-media locations, networks, secrets, signature schemes, choices) are
-:class:`receiver.conversion.Domain` types defined here. In a route, each handler item is a
+``[reconcile]``, ``[retention]``, ``[network]``, ``[alerts]``, ``[deadlines]``), ``[[routes]]``,
+``[handlers.<name>]`` paths, and the table of each handler that declares one (``[notify]``,
+``[follow_up]``). Every table is a :class:`receiver.conversion.Table`; the receiver's values
+that need parsing (database and media locations, networks, secrets, signature schemes, choices)
+are :class:`receiver.conversion.Domain` types defined here. In a route, each handler item is a
 union tagged by ``name`` with one member per registered handler, whose ``options`` are that
 handler's declared Struct: :mod:`receiver.schema` composes the whole file for the handlers
 installed and checks it. Nothing here reads a file, opens a database or imports a handler.
@@ -17,7 +17,7 @@ import enum
 import ipaddress
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, cast
 
 import msgspec
 
@@ -113,7 +113,8 @@ class Database(str, Domain):
     description = "a path or a postgresql:// URL"
     json_schema: ClassVar[dict[str, Any]] = {
         "description": "a SQLite file (a path or sqlite:///path) or postgresql://user:pass@host/db",
-        "type": "string", "minLength": 1,
+        "type": "string",
+        "minLength": 1,
     }
 
     @classmethod
@@ -122,11 +123,16 @@ class Database(str, Domain):
         if not text:
             raise ValueError(f"expected {cls.description}, got {shown(value)}")
         scheme, sep, rest = text.partition("://")
-        if sep and "/" not in scheme and "\\" not in scheme and not (
-            scheme.lower() in DB_SCHEMES or (scheme.lower() == "sqlite" and rest)
+        if (
+            sep
+            and "/" not in scheme
+            and "\\" not in scheme
+            and not (scheme.lower() in DB_SCHEMES or (scheme.lower() == "sqlite" and rest))
         ):
-            raise ValueError(f"unknown database scheme {scheme!r} (use a file path, "
-                             "sqlite:///path or postgresql://user:password@host/db)")
+            raise ValueError(
+                f"unknown database scheme {scheme!r} (use a file path, "
+                "sqlite:///path or postgresql://user:password@host/db)"
+            )
         return cls(text)
 
     @property
@@ -152,10 +158,13 @@ class Media(str, Domain):
     """Where media live: a path or ``file:///abs/path`` (a local folder), or an object store
     (``s3://bucket/prefix``, ``gs://``, ``az://``)."""
 
-    description = "a path, file:///path, or " + ", ".join(f"{s}://..." for s in
-                                                           OBJECT_STORE_SCHEMES)
+    description = "a path, file:///path, or " + ", ".join(
+        f"{s}://..." for s in OBJECT_STORE_SCHEMES
+    )
     json_schema: ClassVar[dict[str, Any]] = {
-        "description": description, "type": "string", "minLength": 1,
+        "description": description,
+        "type": "string",
+        "minLength": 1,
     }
 
     @classmethod
@@ -168,8 +177,9 @@ class Media(str, Domain):
             raise ValueError("a file:// URL needs an absolute path (file:///...)")
         if sep and scheme.lower() not in ("file", *OBJECT_STORE_SCHEMES):
             stores = ", ".join(f"{s}://" for s in OBJECT_STORE_SCHEMES)
-            raise ValueError(f"{scheme.lower()!r} is not a media store (a path, file://, "
-                             f"or {stores})")
+            raise ValueError(
+                f"{scheme.lower()!r} is not a media store (a path, file://, or {stores})"
+            )
         return cls(text)
 
     @property
@@ -209,6 +219,7 @@ class Network(str, Domain):
 
 
 # ---- the receiver's own tables ----------------------------------------------------------------
+
 
 class ReceiverTable(Table, kw_only=True, frozen=True):
     """``[receiver]``: the settings the environment may also give (the same keys as
@@ -252,8 +263,10 @@ class WorkerTable(Table, kw_only=True, frozen=True):
     poll_s: PositiveFloat = 0.25
     drain_s: PositiveFloat = 30.0
     max_attempts: PositiveInt = 5
-    backoff: Annotated[tuple[PositiveFloat, ...], msgspec.Meta(
-        min_length=1, description="a non-empty list of seconds")] = (2.0, 10.0, 60.0, 300.0)
+    backoff: Annotated[
+        tuple[PositiveFloat, ...],
+        msgspec.Meta(min_length=1, description="a non-empty list of seconds"),
+    ] = (2.0, 10.0, 60.0, 300.0)
     jitter: Fraction = 0.2
 
 
@@ -290,11 +303,148 @@ class NetworkTable(Table, kw_only=True, frozen=True):
     allow_hosts: tuple[Text, ...] = ()
 
 
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+# Defaults of Domain-typed fields, as the plain values they are (what the JSON schema shows).
+ON = cast(Flag, True)
+
+
+def span(seconds: float) -> Duration:
+    return cast(Duration, seconds)
+
+
+
+class RuleTable(Table, kw_only=True, frozen=True):
+    """What every alert rule has: whether it runs, how far back it looks (``window``), and how
+    long a firing alert stays quiet before it is sent again while it holds (``cooldown``)."""
+
+    enabled: Flag = ON
+    window: Duration = span(15 * MINUTE)
+    cooldown: Duration = span(HOUR)
+
+
+class SignaturesFailingRule(RuleTable, kw_only=True, frozen=True):
+    """``[alerts.signatures_failing]``: at least ``threshold`` deliveries refused (bad
+    signature or timestamp) within ``window``."""
+
+    window: Duration = span(5 * MINUTE)
+    threshold: PositiveInt = 10
+
+
+class CallbacksStoppedRule(RuleTable, kw_only=True, frozen=True):
+    """``[alerts.callbacks_stopped]``: a poll found task transitions that no callback brought
+    (``threshold`` within ``window``), a task is overdue, or no delivery came for ``quiet``
+    while a task older than that is open."""
+
+    window: Duration = span(30 * MINUTE)
+    threshold: PositiveInt = 1
+    quiet: Duration = span(30 * MINUTE)
+
+
+class TasksFailingRule(RuleTable, kw_only=True, frozen=True):
+    """``[alerts.tasks_failing]``: more than ``share`` of the tasks that ended within
+    ``window`` failed, once at least ``min_tasks`` ended."""
+
+    window: Duration = span(HOUR)
+    share: Fraction = 0.25
+    min_tasks: PositiveInt = 10
+
+
+class JobsDeadRule(RuleTable, kw_only=True, frozen=True):
+    """``[alerts.jobs_dead]``: a job gave up within ``window`` (one alert per handler)."""
+
+
+class DeliveriesQuarantinedRule(RuleTable, kw_only=True, frozen=True):
+    """``[alerts.deliveries_quarantined]``: a verified delivery could not be used, within
+    ``window``."""
+
+
+class DownloadsAtRiskRule(RuleTable, kw_only=True, frozen=True):
+    """``[alerts.downloads_at_risk]``: a task succeeded more than ``at_risk`` of its links'
+    lifetime ago and its audio is not kept yet. A link lives ``link_lifetime``, or
+    ``lifetimes.<platform>`` for the tasks of that platform."""
+
+    link_lifetime: Duration = span(DAY)
+    lifetimes: dict[Text, Duration] = msgspec.field(default_factory=dict)
+    at_risk: Fraction = 0.5
+
+
+class StorageRule(RuleTable, kw_only=True, frozen=True):
+    """``[alerts.storage]``: less than ``min_free_mb`` free under the database or the media
+    folder, a SQLite write-ahead log above ``max_wal_mb``, or the database unreachable from
+    the evaluating process for ``unreachable_after``."""
+
+    min_free_mb: PositiveInt = 1024
+    max_wal_mb: PositiveInt = 1024
+    unreachable_after: Duration = span(MINUTE)
+
+
+class AlertsTable(Table, kw_only=True, frozen=True):
+    """``[alerts]``: the receiver's own alerts, evaluated every ``every`` by one process, sent
+    to ``targets`` (apprise URLs; ``RECEIVER_ALERT_TARGETS`` wins), each rule a table."""
+
+    enabled: Flag = ON
+    targets: Text | list[Text] = msgspec.field(default_factory=list)
+    every: Duration = span(15.0)
+    signatures_failing: SignaturesFailingRule = msgspec.field(default_factory=SignaturesFailingRule)
+    callbacks_stopped: CallbacksStoppedRule = msgspec.field(default_factory=CallbacksStoppedRule)
+    tasks_failing: TasksFailingRule = msgspec.field(default_factory=TasksFailingRule)
+    jobs_dead: JobsDeadRule = msgspec.field(default_factory=JobsDeadRule)
+    deliveries_quarantined: DeliveriesQuarantinedRule = msgspec.field(
+        default_factory=DeliveriesQuarantinedRule
+    )
+    downloads_at_risk: DownloadsAtRiskRule = msgspec.field(default_factory=DownloadsAtRiskRule)
+    storage: StorageRule = msgspec.field(default_factory=StorageRule)
+
+
+# How long each task type may take from its creation to a terminal state: three times the
+# slowest of the sandbox's realistic timings (3 min) and of the provider's usual 1-3 min for a
+# generation, rounded up; uploads fetch audio first, concat only joins clips.
+DEFAULT_DEADLINES: dict[str, float] = {
+    "create_music": 10 * MINUTE,
+    "extend_music": 10 * MINUTE,
+    "cover_music": 10 * MINUTE,
+    "persona_music": 10 * MINUTE,
+    "concat_music": 5 * MINUTE,
+    "extend_upload_music": 15 * MINUTE,
+    "cover_upload_music": 15 * MINUTE,
+}
+
+
+class DeadlinesTable(Table, kw_only=True, frozen=True):
+    """``[deadlines]``: a task still not terminal this long after its creation (its type's key,
+    else ``default``) is reconciled at once, and marked overdue if it is still not; checked
+    every ``every``. A type left out keeps :data:`DEFAULT_DEADLINES`."""
+
+    enabled: Flag = ON
+    every: Duration = span(10.0)
+    default: Duration = span(15 * MINUTE)
+    create_music: Duration | None = None
+    extend_music: Duration | None = None
+    cover_music: Duration | None = None
+    persona_music: Duration | None = None
+    concat_music: Duration | None = None
+    extend_upload_music: Duration | None = None
+    cover_upload_music: Duration | None = None
+
+    def deadline_s(self, task_type: str | None) -> float:
+        """The deadline of a task of ``task_type`` (None: unknown), in seconds."""
+        if task_type in DEFAULT_DEADLINES:
+            given = getattr(self, task_type)
+            return float(given if given is not None else DEFAULT_DEADLINES[task_type])
+        return float(self.default)
+
+    @property
+    def shortest_s(self) -> float:
+        """The shortest deadline of any task: no task is overdue before it."""
+        return min(self.deadline_s(t) for t in (*DEFAULT_DEADLINES, None))
+
+
 class HandlerPath(Table, kw_only=True, frozen=True):
     """``[handlers.<name>]``: a handler registered from a ``module:function`` path."""
 
-    path: Annotated[str, msgspec.Meta(pattern=r"^[\w.]+:[\w.]+$",
-                                      description='a "module:function" path')]
+    path: Annotated[
+        str, msgspec.Meta(pattern=r"^[\w.]+:[\w.]+$", description='a "module:function" path')
+    ]
 
 
 # ---- routes ----------------------------------------------------------------------------------
@@ -333,10 +483,16 @@ class HandlerItem(HandlerItemBase, kw_only=True, frozen=True):
 class RouteTable(Table, kw_only=True, frozen=True):
     """One ``[[routes]]`` table: which handlers run on which transitions."""
 
-    on: Trigger | Annotated[list[Trigger], msgspec.Meta(
-        min_length=1, description="a non-empty list of triggers")]
-    handlers: Annotated[list[Text | HandlerItem], msgspec.Meta(
-        min_length=1, description="a non-empty list of handlers")]
+    on: (
+        Trigger
+        | Annotated[
+            list[Trigger], msgspec.Meta(min_length=1, description="a non-empty list of triggers")
+        ]
+    )
+    handlers: Annotated[
+        list[Text | HandlerItem],
+        msgspec.Meta(min_length=1, description="a non-empty list of handlers"),
+    ]
     name: Text | None = None  # route-<index> when left out
     task_type: Names = msgspec.field(default_factory=list)
     platform: Names = msgspec.field(default_factory=list)
@@ -370,6 +526,8 @@ class CoreFile(RoutesFile, kw_only=True, frozen=True):
     reconcile: ReconcileTable = msgspec.field(default_factory=ReconcileTable)
     retention: RetentionTable = msgspec.field(default_factory=RetentionTable)
     network: NetworkTable = msgspec.field(default_factory=NetworkTable)
+    alerts: AlertsTable = msgspec.field(default_factory=AlertsTable)
+    deadlines: DeadlinesTable = msgspec.field(default_factory=DeadlinesTable)
     handlers: dict[str, HandlerPath] = msgspec.field(default_factory=dict)
 
 

@@ -37,6 +37,7 @@ class VerificationError(ReceiverError):
 
     def __init__(self, reason: str, message: str | None = None) -> None:
         self.reason = reason
+        self.scheme: str | None = None  # the scheme whose header was checked, when one was
         super().__init__(message or reason.replace("_", " "))
 
 

@@ -89,6 +89,8 @@ class Task:
     last_delivery_id: str | None
     task_type: str | None = None
     parent_task_id: str | None = None
+    failure_category: str | None = None  # receiver.failures.FailureCategory, when failed
+    overdue_at: float | None = None  # when it went past its deadline ([deadlines])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -206,3 +208,55 @@ class Result:
     data: Mapping[str, Any]
     job_key: str | None
     created_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Alert:
+    """An alert the receiver raised (:mod:`receiver.alerts`): open while ``resolved_at`` is
+    None. ``notified_at``: when its last firing or repeat message was queued."""
+
+    id: int
+    rule: str
+    subject: str
+    text: str
+    advice: str
+    link: str | None
+    fired_at: float
+    seen_at: float
+    notified_at: float
+    repeats: int
+    resolved_at: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlertMessage:
+    """A message an alert owes its targets (``kind``: firing, repeat, resolved); ``sent_to``
+    holds the fingerprints of the targets that took it."""
+
+    id: int
+    alert_id: int
+    kind: str
+    title: str
+    body: str
+    created_at: float
+    sent_to: tuple[str, ...]
+    attempts: int
+    last_error: str | None = None
+    done_at: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlertChange:
+    """One change a round of the alert rules makes: ``fire`` a new alert, ``repeat`` or keep
+    (``seen``) an open one, ``resolve`` one that cleared; ``title`` and ``body``: the message
+    it queues for the targets (none for ``seen``)."""
+
+    kind: str
+    rule: str
+    subject: str
+    text: str
+    advice: str
+    link: str | None = None
+    alert_id: int | None = None
+    title: str | None = None
+    body: str | None = None

@@ -55,6 +55,7 @@ from receiver.fetching import FetchError, FetchFailed, NetPolicy, download, lock
 from receiver.jobs import PermanentError, Retry
 from receiver.media import MediaError, MediaRefused, MediaStore
 from receiver.models import ChildState, ChildTask, Clip, Result, StoredFile, Task, TaskView
+from receiver.notifying import NotSent, Target, UnusableTarget, send, services, targets_of
 from receiver.registry import handler
 from receiver.signatures import sign_standard
 from receiver.sonic.client import SonicClient
@@ -87,6 +88,7 @@ __all__ = [
     "MediaStore",
     "NetPolicy",
     "NonNegativeInt",
+    "NotSent",
     "Options",
     "PermanentError",
     "PositiveFloat",
@@ -102,15 +104,20 @@ __all__ = [
     "SonicValidationError",
     "State",
     "StoredFile",
+    "Target",
     "Task",
     "TaskType",
     "TaskView",
     "Text",
+    "UnusableTarget",
     "download",
     "handler",
     "locked",
     "normalise_model",
     "safe_url",
+    "send",
+    "services",
     "shown",
     "sign_standard",
+    "targets_of",
 ]

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from receiver.clips import ClipReport
+from receiver.failures import classify
 from receiver.jobs import JobSpec
 from receiver.models import Delivery, Outcome, RecordResult, StoredDelivery, Transition
 from receiver.routing import Router, TaskFacts, split_tags
@@ -74,10 +75,11 @@ async def record(tx: Tx, delivery: Delivery, *, router: Router | None = None) ->
         for move in change.moves
     )
     task_failed = any(t.entity is Entity.TASK and t.to_state is State.FAILED for t in transitions)
+    failure = callback.failure if task_failed else None
     await tx.send("upsert_task", {
         "task_id": task_id, "state": change.task_state.value, "platform": callback.platform,
-        "error": callback.failure if task_failed else None, "at": at,
-        "delivery_id": delivery.delivery_id,
+        "error": failure, "at": at, "delivery_id": delivery.delivery_id,
+        "failure_category": None if failure is None else classify(callback.code, failure).value,
     })
     refreshed = [(c, reported[c.clip_id]) for c in callback.clips if c.clip_id in change.refresh]
     if refreshed:

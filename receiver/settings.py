@@ -11,6 +11,7 @@ in the file, the variable or the flag); the CLI prints it and exits with status 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -23,8 +24,10 @@ import msgspec
 from receiver.config import (
     RETENTION_EVERY_S,
     RETENTION_KEEP_IDS_S,
+    AlertsTable,
     CoreFile,
     Database,
+    DeadlinesTable,
     Media,
     ReceiverTable,
     WorkerTable,
@@ -133,6 +136,12 @@ class Settings:
     # The server polls get-music for stale tasks every reconcile_every_s (None: never).
     reconcile_every_s: float | None = None
     reconcile_stale_s: float = 600.0
+    # The receiver's own alerts ([alerts]) and where they go: apprise URLs, from
+    # RECEIVER_ALERT_TARGETS (comma separated) else [alerts] targets.
+    alerts: AlertsTable = field(default_factory=AlertsTable)
+    alert_targets: tuple[str, ...] = field(default=(), repr=False)
+    # Each task type's deadline ([deadlines]).
+    deadlines: DeadlinesTable = field(default_factory=DeadlinesTable)
     config_file: Path | None = None
     # The parsed config file: routes, handlers and their settings live here.
     config: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -156,6 +165,7 @@ class Settings:
         """Every secret value of the configuration, to be blanked in logs and errors."""
         values = [*self.webhook_secrets, self.admin_token, self.sonic_api_key,
                   _password_of(self.db_url)]
+        values += [piece for url in self.alert_targets for piece in url_secrets(url)]
         # Notification targets and any other URL in the config file (handler options).
         values += [piece for url in _config_urls(self.config) for piece in url_secrets(url)]
         return tuple(dict.fromkeys(v for v in values if v))
@@ -208,13 +218,24 @@ def load(
             "give the admin token one way"
         )
     changes = _tables(core)
+    changes["alert_targets"] = split_targets(
+        env.get("RECEIVER_ALERT_TARGETS", "") or core.alerts.targets)
     changes.update(_resolve(given))
     if insecure:
         changes["insecure_no_verify"] = True
     return replace(Settings(config_file=config_file, config=config), **changes).validated()
 
 
-_CORE_KEYS = frozenset({"receiver", "worker", "reconcile", "retention"})
+_CORE_KEYS = frozenset({"receiver", "worker", "reconcile", "retention", "alerts", "deadlines"})
+# Where one apprise URL ends in a list written as one string: a comma before the next scheme
+# (a comma inside a URL, as in mailto's ?to=a,b, is kept).
+_NEXT_URL = re.compile(r"\s*,\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def split_targets(value: str | list[str]) -> tuple[str, ...]:
+    """Apprise URLs: a list, or one string of URLs separated by commas."""
+    items = value if isinstance(value, list) else _NEXT_URL.split(value)
+    return tuple(item.strip() for item in items if item.strip())
 _ENV_NAMES = {key: name for name, key in ENV_KEYS.items()}
 
 
@@ -249,6 +270,7 @@ def _tables(core: CoreFile) -> dict[str, Any]:
         "retention_s": None if retention.older_than is None else float(retention.older_than),
         "retention_keep_ids_s": float(retention.keep_ids or RETENTION_KEEP_IDS_S),
         "retention_every_s": float(retention.every or RETENTION_EVERY_S),
+        "alerts": core.alerts, "deadlines": core.deadlines,
     }
     if worker.concurrency is not None:
         changes["worker_concurrency"] = worker.concurrency

@@ -171,7 +171,11 @@ class Verifier:
             lowered = {k.lower(): v for k, v in headers.items() if isinstance(k, str)}
             for scheme in self._schemes:
                 if _SIGNATURE_HEADER[scheme] in lowered:
-                    return self._verify(scheme, lowered, body)
+                    try:
+                        return self._verify(scheme, lowered, body)
+                    except VerificationError as exc:
+                        exc.scheme = scheme.value
+                        raise
         except VerificationError:
             raise
         except Exception as exc:  # a header map no check foresaw: refuse, never crash

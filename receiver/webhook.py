@@ -38,6 +38,7 @@ from receiver.payloads import try_parse
 from receiver.routing import Router
 from receiver.signatures import SIGNATURE_HEADERS, Scheme, Verified, Verifier
 from receiver.storage.ingest import Ingest
+from receiver.tallies import Tally
 
 log = structlog.get_logger("receiver.webhook")
 
@@ -138,7 +139,8 @@ async def send_json(send: Send, status: int, content: Any,
 class WebhookEndpoint:
     """The ASGI app of ``POST /webhooks/sonic``; ``verifier`` is None only when verification
     is switched off. It answers 503 until :meth:`open` gives it the store (the app's lifespan
-    does), and after :meth:`close`."""
+    does), and after :meth:`close`. Each refusal is counted in ``refusals`` (by scheme and
+    reason) for the signatures-failing alert."""
 
     def __init__(
         self,
@@ -148,8 +150,10 @@ class WebhookEndpoint:
         max_body_bytes: int,
         router: Router | None = None,
         store: Ingest | None = None,
+        refusals: Tally | None = None,
     ) -> None:
         self.store = store
+        self.refusals = refusals
         self.verifier = verifier
         self.clock = clock
         self.max_body_bytes = max_body_bytes
@@ -192,8 +196,11 @@ class WebhookEndpoint:
         try:
             verified = self._verify(headers, body)
         except VerificationError as exc:
-            log.warning("signature_rejected", reason=exc.reason,
+            log.warning("signature_rejected", reason=exc.reason, scheme=exc.scheme,
                         headers=sorted(h for h in headers if h in SIGNATURE_HEADERS), **where)
+            if self.refusals is not None:
+                self.refusals.add("refused", f"{exc.scheme or 'none'}:{exc.reason}",
+                                  at=self.clock.now())
             return 401, {"error": exc.reason}
         query = scope.get("query_string", b"")
         delivery = make_delivery(

@@ -43,6 +43,19 @@ SEARCHES = {
     "stale_tasks": "tasks_state",
     "tasks_since": "tasks_first_seen",
     "list_tasks": "tasks_first_seen",
+    # what the alert rules and the deadlines read each round (receiver/storage/watch.py)
+    "tally_since": "sqlite_autoindex_tallies_1",
+    "polled_since": "transitions_polled",
+    "overdue_open": "tasks_state",
+    "ended_since": "tasks_state",
+    "dead_since": "jobs_due",
+    "quarantined_since": "deliveries_quarantined",
+    "downloads_pending": "jobs_due",
+    "open_alerts": "alerts_open",
+    "due_alert_messages": "alert_messages_due",
+    "past_deadline": "tasks_state",
+    "failed_by_category": "tasks_state",
+    "recoveries": "transitions_polled",
 }
 
 

@@ -18,8 +18,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from receiver.alerts import RULES
 from receiver.console.api import reads_of
 from receiver.errors import StoreError
+from receiver.failures import FailureCategory
 from receiver.metrics import store_error
 from receiver.runtime import runtime_of
 from receiver.storage.admin import JOB_STATES, Totals
@@ -69,6 +71,26 @@ class TotalsCollector(Collector):
         yield CounterMetricFamily("receiver_reconcile_recoveries",
                                   "Task transitions recorded from a poll (reconciliation).",
                                   value=t.recoveries)
+        failed = CounterMetricFamily(
+            "receiver_tasks_failed", "Tasks that failed, by why (receiver.failures).",
+            labels=["category"])
+        for category in FailureCategory:
+            failed.add_metric([category.value], t.failed_by_category.get(category.value, 0))
+        yield failed
+        yield GaugeMetricFamily("receiver_tasks_overdue",
+                                "Open tasks past their type's deadline ([deadlines]).",
+                                value=t.overdue)
+        fired = CounterMetricFamily("receiver_alerts_fired",
+                                    "Alerts the receiver raised, by rule.", labels=["rule"])
+        active = GaugeMetricFamily("receiver_alerts_active",
+                                   "Alerts firing now, by rule (0 or more per subject).",
+                                   labels=["rule"])
+        for rule in RULES:
+            count, open_now = t.alerts.get(rule, (0, 0))
+            fired.add_metric([rule], count)
+            active.add_metric([rule], open_now)
+        yield fired
+        yield active
 
 
 def process_registry() -> CollectorRegistry:

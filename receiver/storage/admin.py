@@ -190,8 +190,9 @@ class Totals:
     oldest_queued_at: float | None
     bytes_downloaded: int
     recoveries: int  # task transitions recorded from a poll (reconciliation)
-
-
+    failed_by_category: Mapping[str, int] = field(default_factory=dict)
+    overdue: int = 0  # open tasks past their deadline
+    alerts: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # rule -> fired, open
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -463,6 +464,7 @@ class Admin(TaskReads):
             oldest = await tx.one("oldest_queued", {"now": now})
             kept = await tx.one("bytes_kept")
             recoveries = await tx.one("recoveries")
+            overdue = await tx.one("overdue_open")
             return Totals(
                 deliveries=deliveries, duplicates=duplicates,
                 transitions={(r["entity"], r["to_state"]): int(r["n"])
@@ -472,6 +474,11 @@ class Admin(TaskReads):
                 oldest_queued_at=oldest["due"] if oldest else None,
                 bytes_downloaded=int(kept["n"]) if kept else 0,
                 recoveries=int(recoveries["n"]) if recoveries else 0,
+                failed_by_category={r["category"]: int(r["n"])
+                                    for r in await tx.rows("failed_by_category")},
+                overdue=int(overdue["n"]) if overdue else 0,
+                alerts={r["rule"]: (int(r["fired"]), int(r["active"] or 0))
+                        for r in await tx.rows("alerts_by_rule")},
             )
 
         return await self.db.read(work)

@@ -59,15 +59,16 @@ UNION ALL
 SELECT clip_id, state FROM clips WHERE task_seq = (SELECT seq FROM tasks WHERE task_id = :task_id)
 
 -- name: upsert_task
-INSERT INTO tasks (task_id, state, platform, error, first_seen_at, updated_at, last_event_at,
-                   last_delivery_id)
-VALUES (:task_id, :state, :platform, :error, :at, :at, :at, :delivery_id)
+INSERT INTO tasks (task_id, state, platform, error, failure_category, first_seen_at,
+                   updated_at, last_event_at, last_delivery_id)
+VALUES (:task_id, :state, :platform, :error, :failure_category, :at, :at, :at, :delivery_id)
 ON CONFLICT (task_id) DO UPDATE SET
     updated_at = CASE WHEN tasks.state = excluded.state THEN tasks.updated_at
                       ELSE excluded.updated_at END,
     state = excluded.state,
     platform = COALESCE(excluded.platform, tasks.platform),
     error = COALESCE(excluded.error, tasks.error),
+    failure_category = COALESCE(excluded.failure_category, tasks.failure_category),
     last_event_at = CASE WHEN tasks.last_event_at > excluded.last_event_at
                          THEN tasks.last_event_at ELSE excluded.last_event_at END,
     last_delivery_id = excluded.last_delivery_id
@@ -503,6 +504,129 @@ SELECT COALESCE(SUM(size), 0) AS n FROM files
 SELECT COUNT(*) AS n FROM transitions
 WHERE entity = :Entity.TASK AND source = :Source.POLL
 
+
+-- ---- watching: counts by ten seconds, the alert rules' windows, alerts, deadlines ----------
+
+-- name: add_tally
+INSERT INTO tallies (name, bucket, label, count) VALUES (:name, :bucket, :label, :count)
+ON CONFLICT (name, bucket, label) DO UPDATE SET count = tallies.count + excluded.count
+
+-- name: tally_since
+SELECT label, SUM(count) AS n FROM tallies WHERE name = :name AND bucket >= :since
+GROUP BY label
+
+-- name: prune_tallies
+DELETE FROM tallies WHERE bucket < :before
+
+-- Task transitions a poll recorded (no callback had brought them), in a window
+-- name: polled_since
+SELECT COUNT(*) AS n, COUNT(DISTINCT task_id) AS tasks FROM transitions
+WHERE source = :Source.POLL AND at >= :since AND entity = :Entity.TASK
+
+-- name: overdue_open
+SELECT COUNT(*) AS n FROM tasks
+WHERE state IN (:State.PENDING, :State.RUNNING) AND overdue_at IS NOT NULL
+
+-- The open task seen first, and the last webhook delivery (the callbacks-stopped rule's quiet)
+-- name: quiet_since
+SELECT (SELECT MIN(first_seen_at) FROM tasks
+        WHERE state IN (:State.PENDING, :State.RUNNING)) AS oldest_open,
+       (SELECT MAX(received_at) FROM deliveries
+        WHERE source = :Source.WEBHOOK) AS last_webhook
+
+-- Tasks that ended in a window: how many succeeded, how many failed by category
+-- name: ended_since
+SELECT state, COALESCE(failure_category, 'unknown') AS category, COUNT(*) AS n FROM tasks
+WHERE state IN (:State.SUCCEEDED, :State.FAILED) AND last_event_at >= :since
+GROUP BY state, COALESCE(failure_category, 'unknown')
+
+-- name: dead_since
+SELECT handler, COUNT(*) AS n, MAX(id) AS last_id FROM jobs
+WHERE state = :JobState.DEAD AND updated_at >= :since
+GROUP BY handler ORDER BY handler
+
+-- name: job_brief
+SELECT task_id, last_error FROM jobs WHERE id = :id
+
+-- name: quarantined_since
+SELECT COUNT(*) AS n, MAX(id) AS last_id FROM deliveries
+WHERE outcome = :Outcome.QUARANTINED AND received_at >= :since
+
+-- name: delivery_by_row
+SELECT delivery_id, reason FROM deliveries WHERE id = :id
+
+-- Unfinished jobs of the handlers that keep audio, created before :before, with their task's
+-- platform (the downloads-at-risk rule); dead ones too: the links may still be there to retry
+-- name: downloads_pending
+SELECT jobs.id, jobs.task_id, jobs.handler, jobs.state, jobs.created_at, tasks.platform
+FROM jobs LEFT JOIN tasks ON tasks.task_id = jobs.task_id
+WHERE jobs.state IN (:JobState.QUEUED, :JobState.RUNNING, :JobState.RETRYING, :JobState.DEAD)
+  AND jobs.handler IN (JSON_TEXTS(:handlers)) AND jobs.created_at < :before
+  AND jobs.created_at >= :after
+ORDER BY jobs.created_at LIMIT 500
+
+-- name: open_alerts
+SELECT * FROM alerts WHERE resolved_at IS NULL ORDER BY rule, subject
+
+-- name: insert_alert
+INSERT INTO alerts (rule, subject, text, advice, link, fired_at, seen_at, notified_at)
+VALUES (:rule, :subject, :text, :advice, :link, :at, :at, :at)
+ON CONFLICT (rule, subject) WHERE resolved_at IS NULL DO NOTHING
+RETURNING id
+
+-- name: insert_past_alert
+INSERT INTO alerts (rule, subject, text, advice, fired_at, seen_at, notified_at, resolved_at)
+VALUES (:rule, :subject, :text, :advice, :fired_at, :resolved_at, :fired_at, :resolved_at)
+RETURNING id
+
+-- name: alert_seen
+UPDATE alerts SET text = :text, advice = :advice, link = :link, seen_at = :at
+WHERE id = :id AND resolved_at IS NULL
+
+-- name: alert_repeated
+UPDATE alerts SET text = :text, advice = :advice, link = :link, seen_at = :at,
+                  notified_at = :at, repeats = repeats + 1
+WHERE id = :id AND resolved_at IS NULL
+
+-- name: alert_resolved
+UPDATE alerts SET resolved_at = :at WHERE id = :id AND resolved_at IS NULL
+
+-- name: insert_alert_message
+INSERT INTO alert_messages (alert_id, kind, title, body, created_at)
+VALUES (:alert_id, :kind, :title, :body, :at)
+
+-- name: due_alert_messages
+SELECT * FROM alert_messages WHERE done_at IS NULL ORDER BY id LIMIT :limit
+
+-- name: alert_message_tried
+UPDATE alert_messages SET sent_to = :sent_to, attempts = attempts + 1, last_error = :error,
+                          done_at = :done_at
+WHERE id = :id
+
+-- name: list_alerts
+SELECT * FROM alerts
+WHERE (CAST(:active AS INTEGER) = 0 OR resolved_at IS NULL)
+  AND (CAST(:before AS BIGINT) IS NULL OR id < :before)
+ORDER BY id DESC LIMIT :limit
+
+-- name: alerts_by_rule
+SELECT rule, COUNT(*) AS fired, SUM(CASE WHEN resolved_at IS NULL THEN 1 ELSE 0 END) AS active
+FROM alerts GROUP BY rule
+
+-- name: failed_by_category
+SELECT COALESCE(failure_category, 'unknown') AS category, COUNT(*) AS n FROM tasks
+WHERE state = :State.FAILED GROUP BY COALESCE(failure_category, 'unknown')
+
+-- Open tasks first seen before :before and not yet found overdue (the deadlines' candidates)
+-- name: past_deadline
+SELECT task_id, task_type, first_seen_at FROM tasks
+WHERE state IN (:State.PENDING, :State.RUNNING) AND overdue_at IS NULL
+  AND first_seen_at < :before
+ORDER BY first_seen_at LIMIT :limit
+
+-- name: mark_overdue
+UPDATE tasks SET overdue_at = :at
+WHERE task_id = :task_id AND overdue_at IS NULL AND state IN (:State.PENDING, :State.RUNNING)
 
 -- ---- engine steps -------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ Each caller holds the role it uses, typed as that role, so that what it may touc
 its signature: the webhook, reconciliation and replay :class:`~receiver.storage.ingest.Ingest`;
 the worker the :class:`~receiver.storage.queue.JobQueue`; handlers their
 :class:`~receiver.storage.tasks.HandlerOutput`; the console and the scripts the
-:class:`~receiver.storage.admin.Admin`. All of them write through the one
+:class:`~receiver.storage.admin.Admin`; alerts and deadlines the
+:class:`~receiver.storage.watch.Watch`. All of them write through the one
 :class:`~receiver.storage.database.Database` (one writer, group commit) underneath.
 """
 
@@ -22,6 +23,7 @@ from receiver.storage.database import Database
 from receiver.storage.ingest import Ingest
 from receiver.storage.queue import JobQueue
 from receiver.storage.tasks import HandlerOutput
+from receiver.storage.watch import Watch
 
 
 @dataclass(frozen=True)
@@ -33,13 +35,14 @@ class Storage:
     jobs: JobQueue
     outputs: HandlerOutput
     admin: Admin
+    watch: Watch
 
     @classmethod
     def over(cls, connector: Connector, *, clock: Clock | None = None) -> Storage:
         """The roles over ``connector``, not yet open."""
         db = Database(connector, clock=clock)
         return cls(db=db, ingest=Ingest(db), jobs=JobQueue(db), outputs=HandlerOutput(db),
-                   admin=Admin(db))
+                   admin=Admin(db), watch=Watch(db))
 
     async def __aenter__(self) -> Storage:
         await self.db.open()

@@ -13,11 +13,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from handlers import notify
-from handlers.notify import duration_text, scheme_of
+from handlers.notify import duration_text
 from receiver.clock import FakeClock
 from receiver.conversion import ConfigError
 from receiver.jobs import Job, JobState
 from receiver.models import StoredFile
+from receiver.notifying import scheme_of
 from receiver.registry import load_registry
 from receiver.runtime import Runtime
 from receiver.testing import deliver, handler_runtime
