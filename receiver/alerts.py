@@ -105,6 +105,10 @@ def span(seconds: float) -> str:
     return "".join(parts[:2]) or "0s"
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
+
+
 def plural(n: int, word: str, words: str | None = None) -> str:
     return f"{n} {word if n == 1 else (words or word + 's')}"
 
@@ -156,7 +160,7 @@ async def callbacks_stopped(scope: Scope) -> list[Finding]:
     if not reasons:
         return []
     return [Finding(
-        rule="callbacks_stopped", text="; ".join(reasons).capitalize() + ".",
+        rule="callbacks_stopped", text=_sentence("; ".join(reasons)),
         advice="Check that the Sonic service can reach RECEIVER_PUBLIC_URL/webhooks/sonic "
                "(DNS, TLS, a proxy or firewall, a changed URL) and that tasks are created with "
                "this webhook_url. Meanwhile `sonic-receiver replay reconcile` (or [reconcile] "
@@ -432,10 +436,11 @@ class Alerting:
             except BaseException:
                 self.refusals.give_back(counts, now=now)
                 raise
-            await self._back(now)
-            self._evaluator = await self.admin.take_turn(
+            evaluator = await self.admin.take_turn(
                 "alerts", owner=self.owner, hold_s=self.table.every * 0.9)
-            if not self._evaluator:
+            await self._back(now)  # the database answered
+            self._evaluator = evaluator
+            if not evaluator:
                 return []
             changes = await self.evaluate(now)
             await self.send_due(now)

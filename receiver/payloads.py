@@ -34,6 +34,8 @@ from receiver.states import EVENT_STATE, State, WebhookEvent
 
 log = structlog.get_logger("receiver.payloads")
 
+# What an envelope's message says when it gives no reason (the get-music shape's "success").
+_NO_REASON = frozenset({"", "success", "ok"})
 # Lookups by name (an enum's constructor costs about ten times a dict's get).
 _EVENTS = {e.value: e for e in WebhookEvent}
 
@@ -61,7 +63,9 @@ class Callback:
         """Why the task failed, when this callback says it did."""
         if self.event is WebhookEvent.FAILED or any(c.state is State.FAILED for c in self.clips):
             reasons = (c.error_message for c in self.clips)
-            return next((r for r in reasons if r), None) or self.message or "failed"
+            message = self.message if (self.message or "").strip().lower() not in _NO_REASON \
+                else None
+            return next((r for r in reasons if r), None) or message or "failed"
         return None
 
 

@@ -17,11 +17,11 @@ from receiver.storage.watch import bucket_of
 log = structlog.get_logger("receiver.tallies")
 
 KEEP_S = 86400.0  # what the store could not take for this long is of no use to a rule
-Key = tuple[str, int, str]  # name, ten-second bucket, label
+Key = tuple[str, int, str]  # name, second (unix), label
 
 
 class Tally:
-    """Counts by name, ten-second bucket and label, in this process."""
+    """Counts by name, second and label, in this process."""
 
     def __init__(self) -> None:
         self._counts: dict[Key, int] = {}

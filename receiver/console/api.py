@@ -1,7 +1,7 @@
 """The console's JSON API: cursor-paged reads and the operator's actions.
 
 Reads: ``GET /tasks``, ``GET /tasks/{id}``, ``GET /deliveries``, ``GET /deliveries/{id}``,
-``GET /jobs``, ``GET /jobs/{id}``, ``GET /audit``, each answering a shape of
+``GET /jobs``, ``GET /jobs/{id}``, ``GET /audit``, ``GET /alerts``, each answering a shape of
 :mod:`receiver.console.shapes`; and ``GET /files/{task_id}/{clip_id}/{kind}``, a kept file. A
 list answers ``{"items": [...], "next_cursor": "..." | null}``; pass ``cursor`` back to get the
 next page.
@@ -18,6 +18,7 @@ import json
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import httpx
@@ -43,6 +44,8 @@ from receiver.storage.admin import (
     DeliveryDetail,
     DeliveryFilter,
     TaskFilter,
+    decode_cursor,
+    encode_cursor,
 )
 
 DEFAULT_LIMIT = 50
@@ -377,6 +380,28 @@ async def list_audit(request: Request) -> Response:
     return ShapeResponse(shapes.AuditPage.of(page))
 
 
+async def list_alerts(request: Request) -> Response:
+    """The receiver's alerts, newest first; ``active=1``: only those that hold now."""
+    params = request.query_params
+    active = _choice(params.get("active"), _Active, "active") is _Active.YES
+    key = decode_cursor(params.get("cursor"), 1)
+    if key is not None and not isinstance(key[0], int):
+        raise BadCursor("cursor is not one this receiver made")
+    limit = _limit(params)
+    found = await runtime_of(request).storage.watch.alerts(
+        active=active, before=key[0] if key else None, limit=limit + 1)
+    items = found[:limit]
+    more = len(found) > limit
+    return ShapeResponse(shapes.AlertPage(
+        items=[shapes.Alert.of(a) for a in items],
+        next_cursor=encode_cursor([items[-1].id]) if more and items else None))
+
+
+class _Active(StrEnum):
+    YES = "1"
+    NO = "0"
+
+
 async def get_file(request: Request) -> Response:
     """A kept file: with HTTP Range from a local folder, a redirect to a presigned URL from
     an object store."""
@@ -485,5 +510,6 @@ def api_routes() -> list[BaseRoute]:
         Route("/jobs/{job_id:str}", _guard(get_job), methods=["GET"]),
         Route("/jobs/{job_id:str}/retry", _guard(retry_job), methods=["POST"]),
         Route("/audit", _guard(list_audit), methods=["GET"]),
+        Route("/alerts", _guard(list_alerts), methods=["GET"]),
         Route("/files/{task_id:str}/{clip_id:str}/{kind:str}", get_file, methods=["GET"]),
     ]

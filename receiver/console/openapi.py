@@ -174,6 +174,9 @@ PATHS: dict[str, S] = {
         },
     }},
     "/audit": _read("The operators' actions, newest first", _ref("AuditPage"), PAGING),
+    "/alerts": _read("The receiver's alerts, newest first", _ref("AlertPage"), [
+        _q("active", "1: only the alerts that hold now", {"type": "string", "enum": ["0", "1"]}),
+        *PAGING]),
     "/healthz": {"get": {"summary": "Alive", "responses": {"200": _json(ANY_OBJECT)}}},
     "/readyz": {"get": {"summary": "The database takes a write",
                         "responses": {"200": _json(ANY_OBJECT), "503": _json(ANY_OBJECT)}}},

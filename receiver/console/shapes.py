@@ -21,6 +21,7 @@ from typing import Any, Self
 import msgspec
 from starlette.responses import Response
 
+from receiver.failures import FailureCategory
 from receiver.jobs import JobState
 from receiver.models import ChildState, Outcome, Source
 from receiver.states import Entity, State
@@ -65,6 +66,8 @@ class Task(Shape):
     last_delivery_id: str | None
     task_type: str | None
     parent_task_id: str | None
+    failure_category: FailureCategory | None
+    overdue_at: float | None
 
 
 class TaskRow(Task):
@@ -262,6 +265,23 @@ class Audit(Shape):
     detail: dict[str, Any]
 
 
+class Alert(Shape):
+    """An alert the receiver raised (receiver.alerts): what holds, what to do, where the
+    console shows it; ``resolved_at`` null while it holds."""
+
+    id: int
+    rule: str
+    subject: str
+    text: str
+    advice: str
+    link: str | None
+    fired_at: float
+    seen_at: float
+    notified_at: float
+    repeats: int
+    resolved_at: float | None
+
+
 # ---- pages and errors ------------------------------------------------------------------------
 
 
@@ -293,6 +313,13 @@ class AuditPage(Shape):
     next_cursor: str | None
 
 
+class AlertPage(Shape):
+    """A page of alerts, newest first; pass ``next_cursor`` back as ``cursor`` for the next."""
+
+    items: list[Alert]
+    next_cursor: str | None
+
+
 class Error(Shape):
     """An error, named by ``error``; the other fields are present only when they say more."""
 
@@ -304,8 +331,8 @@ class Error(Shape):
 
 SHAPES: Sequence[type[Shape]] = (
     Error, Task, TaskRow, Clip, Transition, Job, Attempt, JobDetail, JobFilter, File, Child,
-    Descendant, Result, ChainLink, TaskDetail, Delivery, DeliveryDetail, Audit,
-    TaskPage, DeliveryPage, JobPage, AuditPage,
+    Descendant, Result, ChainLink, TaskDetail, Delivery, DeliveryDetail, Audit, Alert,
+    TaskPage, DeliveryPage, JobPage, AuditPage, AlertPage,
 )
 
 

@@ -505,7 +505,7 @@ SELECT COUNT(*) AS n FROM transitions
 WHERE entity = :Entity.TASK AND source = :Source.POLL
 
 
--- ---- watching: counts by ten seconds, the alert rules' windows, alerts, deadlines ----------
+-- ---- watching: counts by the second, the alert rules' windows, alerts, deadlines ---------
 
 -- name: add_tally
 INSERT INTO tallies (name, bucket, label, count) VALUES (:name, :bucket, :label, :count)

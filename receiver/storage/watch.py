@@ -1,7 +1,7 @@
 """The watch role: what the receiver's alerts and deadlines read and write
 (:mod:`receiver.alerts`, :func:`receiver.schedules.deadlines_every`).
 
-- Counts by ten seconds (:meth:`Watch.add_tallies`) for what is not stored row by row: refused
+- Counts by the second (:meth:`Watch.add_tallies`) for what is not stored row by row: refused
   deliveries, counted in each process and added here every round.
 - The rules' windows, each one indexed read (a partial index where the rows it counts are few).
 - Alerts and their outbox: :meth:`Watch.settle` reads the open alerts, asks the caller what
@@ -22,11 +22,11 @@ from receiver.storage.connector import Tx
 from receiver.storage.database import Database
 from receiver.storage.records import record
 
-BUCKET_S = 10
+BUCKET_S = 1
 
 
 def bucket_of(at: float) -> int:
-    """The start of ``at``'s ten seconds, in unix seconds: the key of a tally."""
+    """The second of ``at``, in unix seconds: the key of a tally."""
     return int(at // BUCKET_S) * BUCKET_S
 
 

@@ -17,7 +17,7 @@ from referencing.jsonschema import DRAFT202012
 from receiver.app import create_app
 from receiver.clock import FakeClock
 from receiver.jobs import JobSpec
-from receiver.models import ChildState, ChildTask, Result, StoredFile
+from receiver.models import AlertChange, ChildState, ChildTask, Result, StoredFile
 from receiver.recording import insert_jobs
 from receiver.storage.roles import sqlite_storage
 from tests.support import app_client, callback, clip, post_signed, settings_for
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.anyio
 TOKEN = "shapes-token"
 
 TASK = ["task_id", "state", "platform", "error", "first_seen_at", "updated_at", "last_event_at",
-        "last_delivery_id", "task_type", "parent_task_id"]
+        "last_delivery_id", "task_type", "parent_task_id", "failure_category", "overdue_at"]
 CLIP = ["clip_id", "state", "title", "tags", "lyrics", "audio_url", "image_url", "video_url",
         "duration", "mv", "created_at", "updated_at", "data"]
 TRANSITION = ["entity", "entity_id", "from", "to", "delivery_id", "source", "at"]
@@ -41,6 +41,8 @@ CHAIN_LINK = ["task_id", "task_type", "state", "rule", "credits"]
 DELIVERY = ["delivery_id", "source", "scheme", "event", "task_id", "outcome", "reason",
             "received_at", "duplicates", "last_duplicate_at"]
 AUDIT = ["id", "at", "actor", "action", "target", "detail"]
+ALERT = ["id", "rule", "subject", "text", "advice", "link", "fired_at", "seen_at", "notified_at",
+         "repeats", "resolved_at"]
 TASK_DETAIL = ["task", "clips", "transitions", "jobs", "files", "children", "results", "parents",
                "descendants", "created_by", "root_task_id", "credits_under_root"]
 PAGE = ["items", "next_cursor"]
@@ -92,9 +94,11 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def test_every_read_answers_the_keys_it_always_has(client: httpx.AsyncClient) -> None:
-    """Tasks, the task detail, jobs with their attempts, deliveries with their body, and the
-    audit log answer these keys in this order, nulls included."""
+async def test_every_read_answers_the_keys_it_always_has(
+    client: httpx.AsyncClient, tmp_path: Path,
+) -> None:
+    """Tasks, the task detail, jobs with their attempts, deliveries with their body, the audit
+    log and the alerts answer these keys in this order, nulls included."""
     tasks = (await client.get("/tasks")).json()
     assert list(tasks) == PAGE
     assert {tuple(t) for t in tasks["items"]} == {(*TASK, "title", "clips")}
@@ -138,6 +142,17 @@ async def test_every_read_answers_the_keys_it_always_has(client: httpx.AsyncClie
     audit = (await client.get("/audit")).json()
     assert list(audit) == PAGE
     assert [list(a) for a in audit["items"]] == [AUDIT]
+
+    failed = (await client.get("/tasks/cat")).json()["task"]
+    assert (failed["error"], failed["failure_category"]) == ("failed", "unknown")
+    async with sqlite_storage(tmp_path / "receiver.db") as store:
+        await store.watch.settle(lambda opened: [AlertChange(
+            kind="fire", rule="jobs_dead", subject="h", text="1 job of h gave up.",
+            advice="Retry it.", link="/ui/jobs?state=dead")], now=1_800_000_100.0)
+    alerts = (await client.get("/alerts", params={"active": "1"})).json()
+    assert list(alerts) == PAGE
+    assert [list(a) for a in alerts["items"]] == [ALERT]
+    assert (await client.get("/alerts", params={"active": "yes"})).status_code == 400
 
     assert (await client.get("/tasks/nope")).json() == {"error": "task_not_found"}
     assert (await client.get("/nope")).json() == {"error": "not_found"}

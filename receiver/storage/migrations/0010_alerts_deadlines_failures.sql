@@ -1,7 +1,7 @@
 -- 10: why a task failed (one of receiver.failures.FailureCategory), when it went past its
 -- deadline; the alerts the receiver raised and the messages they owe their targets (an outbox:
 -- an alert's change and its message commit together, and a message is sent until every target
--- took it); counts kept by ten-second bucket rather than row by row (refused deliveries, which
+-- took it); counts kept by the second rather than row by row (refused deliveries, which
 -- are not stored); and partial indexes for what the alert rules read in a window (quarantined
 -- deliveries, transitions found by a poll), which cost nothing on the rows they
 -- leave out.
