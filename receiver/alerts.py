@@ -33,7 +33,7 @@ import structlog
 
 from receiver.clock import Clock
 from receiver.config import AlertsTable, RuleTable
-from receiver.errors import StoreError
+from receiver.errors import SettingsError, StoreError
 from receiver.failures import ADVICE, FailureCategory
 from receiver.models import Alert, AlertChange, AlertMessage
 from receiver.notifying import NotSent, Target, UnusableTarget, send, services, targets_of
@@ -386,6 +386,16 @@ def _body(text: str, advice: str, link: str | None, base_url: str | None) -> str
 
 
 # ---- the round -------------------------------------------------------------------------------
+
+
+def check_targets(urls: Sequence[str]) -> None:
+    """Raise :class:`receiver.errors.SettingsError` for the first alert target apprise cannot
+    use (at start-up, so that a typo is not found when an alert is due)."""
+    try:
+        services(targets_of(urls))
+    except UnusableTarget as exc:
+        raise SettingsError(f"RECEIVER_ALERT_TARGETS / [alerts] targets: {exc.message}") from None
+
 
 
 @dataclass

@@ -40,7 +40,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from receiver.alerts import Alerting
+from receiver.alerts import Alerting, check_targets
 from receiver.clock import Clock, SystemClock
 from receiver.connections import BodyTimeout
 from receiver.console import console_routes
@@ -75,6 +75,8 @@ def create_app(
     and are not closed by the app; ``registry`` defaults to every installed handler."""
     clock = clock or SystemClock()
     registry = registry if registry is not None else load_registry(settings.config)
+    if settings.alert_targets:
+        check_targets(settings.alert_targets)
     router = router_for(settings.config, registry, policy=settings.retry)
     verifier = (
         None

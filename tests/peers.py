@@ -1,13 +1,17 @@
 """Real peers on loopback for handler tests: a JSON webhook sink (uvicorn) and an SMTP server
-(aiosmtpd) that keep what they receive."""
+(aiosmtpd) that keep what they receive, and an inbox served from a thread for tests that block
+on real processes."""
 
 from __future__ import annotations
 
 import asyncio
 import email
 import email.policy
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+import http.server
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
@@ -95,3 +99,59 @@ async def smtp_server() -> AsyncIterator[tuple[Mailbox, int]]:
     finally:
         server.close()
         await server.wait_closed()
+
+
+class _Inbox(http.server.BaseHTTPRequestHandler):
+    """POST: keep the JSON body; GET: answer the status the path names (``/status/410``)."""
+
+    server: InboxServer
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        with self.server.lock:
+            self.server.posts.append((self.path, json.loads(body or b"null")))
+        self._answer(200, b'{"ok": true}')
+
+    def do_GET(self) -> None:
+        _, _, code = self.path.rpartition("/")
+        self._answer(int(code) if code.isdigit() else 404, b"gone")
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class InboxServer(http.server.ThreadingHTTPServer):
+    """A peer for tests that run blocking (real processes): keeps what is POSTed to it."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Inbox)
+        self.lock = threading.Lock()
+        self.posts: list[tuple[str, Any]] = []
+
+    @property
+    def base(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+    def bodies(self, path: str) -> list[Any]:
+        with self.lock:
+            return [body for p, body in self.posts if p == path]
+
+
+@contextmanager
+def inbox() -> Iterator[InboxServer]:
+    """An :class:`InboxServer` on loopback, served from a thread while the block runs."""
+    server = InboxServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -264,6 +264,14 @@ def _moto_endpoint(process: subprocess.Popen[bytes], log: Path, *, timeout: floa
 # --- Chromium -----------------------------------------------------------------------------
 
 
+def promtool_executable() -> Path:
+    """Prometheus's ``promtool`` (Debian's ``prometheus`` package; ``$PROMTOOL`` for another)."""
+    found = os.environ.get("PROMTOOL") or shutil.which("promtool")
+    if not found or not os.access(found, os.X_OK):
+        raise ServiceUnavailable("no promtool on PATH (scripts/test installs Debian's prometheus)")
+    return Path(found)
+
+
 def chromium_executable() -> Path:
     """Debian's Chromium (``$CHROMIUM`` to use another); Playwright never downloads one here."""
     if not os.access(CHROMIUM, os.X_OK):

@@ -44,7 +44,8 @@ async def test_a_task_past_its_deadline_is_marked_overdue_once(
         clock.advance(30)
         assert await due(store, table, clock) == []  # marked once, not again
         view = await store.admin.get_task("slow")
-        assert view is not None and view.task.overdue_at == overdue_at
+        assert view is not None
+        assert view.task.overdue_at == overdue_at
         assert await store.watch.overdue_open() == 1
 
 
