@@ -19,12 +19,15 @@ from tests.support import callback, clip, signed_headers
 from tests.waiting import wait_until
 
 
-def effect_config(path: Path, effects: Path, *, lease_s: float = 2, hold_s: float = 0) -> Path:
+def effect_config(path: Path, effects: Path, *, lease_s: float = 2, hold_s: float = 0,
+                  concurrency: int | None = None) -> Path:
     """A receiver config: on ``task.succeeded``, ``tests.plugins:effect_once`` writes one file
     per task into ``effects`` (after ``hold_s``, so that kills land mid-job). A short lease:
-    the jobs of a killed process are taken over after ``lease_s``."""
+    the jobs of a killed process are taken over after ``lease_s``. ``concurrency``: the jobs a
+    worker runs at once (fewer than the default leaves work for every worker)."""
+    slots = "" if concurrency is None else f"concurrency = {concurrency}\n"
     path.write_text(
-        f"[worker]\nlease_s = {lease_s}\n\n"
+        f"[worker]\nlease_s = {lease_s}\n{slots}\n"
         '[handlers.effect]\npath = "tests.plugins:effect_once"\n\n'
         '[[routes]]\non = ["task.succeeded"]\n'
         f'handlers = [{{ name = "effect", '
@@ -180,3 +183,38 @@ def check_effects(effects: Path, tasks: list[str]) -> None:
     assert not doubled.exists(), doubled.read_text()
     # (a process killed mid-write may leave its staged .tmp file: not an effect)
     assert sorted(p.name for p in effects.iterdir() if not p.name.startswith(".")) == sorted(tasks)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One row of the job attempt log, with its job's key and state."""
+
+    job_id: int
+    key: str
+    job_state: str
+    run: int
+    owner: str
+    started_at: float
+    finished_at: float | None
+    outcome: str | None
+
+    @property
+    def pid(self) -> int:
+        """The process of the worker that made it (owners read ``host:pid:nonce``)."""
+        return int(self.owner.split(":")[1])
+
+
+_ATTEMPTS = ("SELECT a.job_id, j.key, j.state, a.run, a.owner, a.started_at, a.finished_at, "
+             "a.outcome FROM job_attempts a JOIN jobs j ON j.id = a.job_id "
+             "ORDER BY a.job_id, a.run")
+
+
+def attempts(db: Path | str) -> list[Attempt]:
+    """Every attempt of every job in ``db`` (a SQLite file, or a ``postgresql://`` URL)."""
+    if isinstance(db, str) and db.startswith("postgres"):
+        with psycopg.connect(db) as conn:
+            rows = conn.execute(_ATTEMPTS).fetchall()
+    else:
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute(_ATTEMPTS).fetchall()
+    return [Attempt(*row) for row in rows]
