@@ -114,9 +114,9 @@ def wait_children(pid: int, count: int, timeout_s: float = 60) -> list[int]:
     return found
 
 
-def log_events(logs: Iterable[Path], event: str) -> list[dict[str, object]]:
-    """The JSON log lines named ``event`` in ``logs`` (lines that are not JSON are skipped:
-    a process killed mid-line leaves half of one)."""
+def log_lines(logs: Iterable[Path]) -> list[dict[str, object]]:
+    """The JSON log lines in ``logs`` (lines that are not JSON are skipped: a process killed
+    mid-line leaves half of one)."""
     found = []
     for path in logs:
         if not path.exists():
@@ -126,9 +126,14 @@ def log_events(logs: Iterable[Path], event: str) -> list[dict[str, object]]:
                 item = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(item, dict) and item.get("event") == event:
+            if isinstance(item, dict):
                 found.append(item)
     return found
+
+
+def log_events(logs: Iterable[Path], event: str) -> list[dict[str, object]]:
+    """The JSON log lines named ``event`` in ``logs``."""
+    return [item for item in log_lines(logs) if item.get("event") == event]
 
 
 def done_twice(logs: Iterable[Path]) -> list[str]:
@@ -224,3 +229,18 @@ def ask(port: int, path: str, pids: Iterable[int], *, timeout_s: float = 10) -> 
             return Answer(status, connection_owner(pids, port, sock.getsockname()[1]))
     except OSError:
         return Answer(None, None)
+
+
+def holds_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has the file ``path`` open."""
+    try:
+        links = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for link in links:
+        try:
+            if os.readlink(link) == str(path):
+                return True
+        except OSError:
+            continue
+    return False
