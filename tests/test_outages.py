@@ -1,19 +1,20 @@
 """The database going away under load (issue 18): PostgreSQL stopped abruptly and started again,
 a SQLite file's write lock held by another process, while ``serve --workers 2``
-(``RECEIVER_WORKER=off``) and two ``worker`` processes take retrying senders' deliveries; while
-it is away a web process and a worker are killed with SIGKILL (the worker is started again once
-the database is back, as a platform would).
+(``RECEIVER_WORKER=off``) and two ``worker`` processes take retrying senders' deliveries. While
+it is away, the jobs that end fail (``tests.load:effect_or_planted_failure``), and a web process
+and a worker are killed with SIGKILL (the worker is started again once the database is back, as
+a platform would).
 
 What must hold, each written down when it does not and all reported together: ``serve`` and
 the workers never exit, and the killed web process is replaced and serves; ``/readyz`` answers
 503 in every web process while the database is away and 200 within :data:`READY_WITHIN_S` after
 it is back; every worker that lived through the outage claims again within
-:data:`CLAIM_WITHIN_S`, and wrote no warning more than :data:`MAX_REPEATS_PER_S` times a
-second meanwhile (no loop spins);
-every acknowledged delivery is stored, every task, clip and job ends right, no job is done
-twice; every attempt in the attempt log is closed with what really happened (one ``done`` per
-job, its last, made by the worker that logged ``job_done``; those of the killed worker
-:data:`LOST`); and, on PostgreSQL, ``/metrics`` counts the outage and the reconnects.
+:data:`CLAIM_WITHIN_S`, and wrote no warning more than :data:`MAX_REPEATS_PER_S` times a second
+meanwhile (no loop spins); every acknowledged delivery is stored, every task, clip and job ends
+right, no job is done twice; the attempt log tells what happened: every attempt closed, one
+``done`` per job (its last, by the worker that logged ``job_done``), the failed ones ``retry``
+and logged with their job, the killed worker's :data:`LOST`; and, on PostgreSQL, ``/metrics``
+counts the outage and the reconnects.
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ import psycopg
 import pytest
 
 from tests.load import (
+    PLANTED,
     Senders,
     Stored,
     attempts,
     check_effects,
     deliveries,
     effect_config,
+    planted_failures,
     until_jobs_done,
 )
 from tests.processes import (
@@ -186,9 +189,12 @@ class Rig:
         self.web_log = self.folder / "web.log"
         self.effects = self.folder / "effects"
         # a short lease (the killed worker's jobs are taken over soon after the outage), a held
-        # job (the outage lands while jobs run) and few slots (a backlog is left for each worker)
+        # job (the outage lands while jobs run), few slots (a backlog is left for each worker),
+        # and jobs that fail while the database is away (their outcome cannot be written)
         self.config = effect_config(self.folder / "receiver.toml", self.effects, lease_s=2,
-                                    hold_s=0.2, concurrency=2)
+                                    hold_s=0.2, concurrency=2,
+                                    handler="tests.load:effect_or_planted_failure")
+        self.effects.mkdir()
         metrics = self.folder / "metrics"  # one folder: a scrape sums every process
         metrics.mkdir()
         self.env = {"RECEIVER_WORKER": "off", "RECEIVER_ADMIN_TOKEN": ADMIN_TOKEN,
@@ -333,6 +339,7 @@ async def _outage_under_load(rig: Rig, fault: Fault, load: Senders, *, down_s: f
     before = await asyncio.to_thread(wait_children, rig.serve_pid, 2)
 
     out.began = time.time()  # (the processes may see it go while begin() waits for it to go)
+    (rig.effects / PLANTED).touch()  # the jobs that end while the database is away fail
     await asyncio.to_thread(fault.begin)
     rig.note(f"database away; {len(load.acked)} of {load.expected} deliveries acknowledged")
     try:
@@ -371,6 +378,7 @@ async def _outage_under_load(rig: Rig, fault: Fault, load: Senders, *, down_s: f
     except AssertionError:
         rig.note("the killed web process's replacement did not run into the outage")
 
+    (rig.effects / PLANTED).unlink()
     await asyncio.to_thread(fault.end)
     out.back = time.time()
     out.replacement_worker = rig.start_worker().pid
@@ -521,6 +529,39 @@ def _check_attempts(rig: Rig, out: Outage) -> None:
                           f"{Counter(a.outcome for a in cut_off)}")
 
 
+def _check_failures(rig: Rig, out: Outage) -> None:
+    """A job that failed while the database was away left a trace: its worker logged it with
+    the job (``job_retrying``, or that the outcome could not be written yet), and its attempt
+    is closed as ``retry``; no task's exception went unretrieved."""
+    failures = planted_failures(rig.effects)
+    rig.note(f"jobs failed while the database was away (key, attempt, pid): {failures}")
+    lived = [f for f in failures if f[2] != out.killed_worker]
+    if not lived:
+        rig.broken.append("no job of a worker that lived through the outage failed while the "
+                          "database was away: what follows a failure was not tried")
+    rows = attempts(rig.db)
+    untraced, untrue = [], []
+    for key, attempt, pid in lived:
+        said = [e.get("event") for e in log_lines([rig.log_of[pid]])
+                if e.get("job_key") == key and e.get("level") in ("warning", "error")]
+        if not said:
+            untraced.append(key)
+        closed = [a.outcome for a in rows if a.key == key and a.pid == pid
+                  and a.attempt == attempt]
+        if closed != ["retry"]:
+            untrue.append((key, attempt, closed))
+    if untraced:
+        rig.broken.append(f"{len(untraced)} jobs failed while the database was away and their "
+                          f"worker logged nothing about them (no job_retrying): {untraced[:3]}")
+    if untrue:
+        rig.broken.append(f"{len(untrue)} attempts that failed while the database was away are "
+                          f"not closed as 'retry' (key, attempt, outcomes): {untrue[:3]}")
+    unretrieved = [log.name for log in rig.logs
+                   if "Task exception was never retrieved" in _text(log)]
+    if unretrieved:
+        rig.broken.append(f"'Task exception was never retrieved' in {unretrieved}")
+
+
 def _check_metrics(rig: Rig) -> None:
     """/metrics counts the outage and the reconnects (summed over labels and processes)."""
     text = httpx.get(f"http://127.0.0.1:{rig.port}/metrics", timeout=10,
@@ -580,6 +621,7 @@ def test_postgresql_restarted_under_load_with_a_web_process_and_a_worker_killed_
     assert out.stored is not None
     _check_stored(rig, load, out.stored)
     _check_attempts(rig, out)
+    _check_failures(rig, out)
     _verdict(rig)
 
 
@@ -605,4 +647,5 @@ def test_a_sqlite_file_taken_away_under_load_with_a_web_process_and_a_worker_kil
     assert out.stored is not None
     _check_stored(rig, load, out.stored)
     _check_attempts(rig, out)
+    _check_failures(rig, out)
     _verdict(rig)
