@@ -607,15 +607,17 @@ def test_a_restartable_cluster_keeps_its_data_and_port_across_an_abrupt_stop(
 def test_postgresql_restarted_under_load_with_a_web_process_and_a_worker_killed_meanwhile(
     pg_restartable: PostgresCluster, tmp_path: Path,
 ) -> None:
-    """PostgreSQL stopped abruptly for ~3 s under load, a web process and a worker killed while
+    """PostgreSQL stopped abruptly for ~3.5 s under load, a web process and a worker killed while
     it is down: nothing else exits, nothing acknowledged is lost, /readyz and the workers are
     back at once, the attempt log is true, /metrics counts the outage and the reconnects."""
     rig = Rig(pg_restartable.server.admin_dsn, tmp_path, env={})
     with rig.running():
         load = Senders(f"http://127.0.0.1:{rig.port}/webhooks/sonic", 8, 25, shuffle=True,
                        duplicates=0.5, overlap=0.5, seed=18, pace_s=0.03)
+        # 3.5 s: past the second of psycopg_pool's reconnection attempts (1 s, then 2 s more,
+        # ±10%), so that a pool left to its backoff tries next ~3 s after the server is back
         out = asyncio.run(_outage_under_load(rig, PostgresRestart(pg_restartable), load,
-                                             down_s=3))
+                                             down_s=3.5))
         _check_workers(rig, out)
         _check_metrics(rig)
     assert out.stored is not None
