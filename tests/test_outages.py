@@ -28,6 +28,7 @@ import sqlite3
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -183,6 +184,7 @@ class Rig:
     pool: list[subprocess.Popen[bytes]] = field(default_factory=list)  # the live workers
     log_of: dict[int, Path] = field(default_factory=dict)  # every worker's log, by pid
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    _serve_lock: threading.Lock = field(default_factory=threading.Lock)
     _t0: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
@@ -243,6 +245,10 @@ class Rig:
 
     def check_serve(self, when: str) -> None:
         """Write down a ``serve`` that exited, and start it again."""
+        with self._serve_lock:  # (called from a watchdog's thread and from the test)
+            self._check_serve(when)
+
+    def _check_serve(self, when: str) -> None:
         assert self.web is not None
         code = self.web.poll()
         if code is None:
@@ -335,6 +341,7 @@ async def _outage_under_load(rig: Rig, fault: Fault, load: Senders, *, down_s: f
     out = Outage()
     probes = Probes(rig)
     traffic = asyncio.create_task(load.run())
+    watchdog = asyncio.create_task(_restart_serve_when_it_exits(rig, out))
     await load.until_acked(load.expected // 4)
     before = await asyncio.to_thread(wait_children, rig.serve_pid, 2)
 
@@ -389,7 +396,6 @@ async def _outage_under_load(rig: Rig, fault: Fault, load: Senders, *, down_s: f
     if any(a.status == 200 for a in during):
         rig.broken.append(f"/readyz answered 200 while the database was away: "
                           f"{Counter((a.pid, a.status) for a in during)}")
-    await asyncio.to_thread(rig.check_serve, "while the database was away")
     await _follow_readiness(rig, probes, out, before)
 
     await traffic
@@ -397,11 +403,28 @@ async def _outage_under_load(rig: Rig, fault: Fault, load: Senders, *, down_s: f
              "distinct ones required)")
     out.stored = await until_jobs_done(rig.db, len(load.tasks), timeout_s=30)
     rig.note(f"jobs: {Counter(state for *_, state in out.stored.jobs)}")
-    await asyncio.to_thread(rig.check_serve, "after the load")
+    watchdog.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watchdog
+    await asyncio.to_thread(rig.check_serve, "at the end")
     replacement = next(p for p in rig.pool if p.pid == out.replacement_worker)
     await asyncio.to_thread(wait_logged, rig.log_of[replacement.pid], "worker_started",
                             replacement)
     return out
+
+
+async def _restart_serve_when_it_exits(rig: Rig, out: Outage) -> None:
+    """Until cancelled: a ``serve`` that exited is written down and started again, once the
+    database is back (before, it could not start)."""
+    while True:
+        await wait_until(lambda: rig.web is not None and rig.web.poll() is not None,
+                         within=24 * 3600, every=0.05, what="serve to exit")
+        exited = time.time()
+        await wait_until(lambda: bool(out.back), within=24 * 3600, every=0.05,
+                         what="the database to be back")
+        when = ("while the database was away" if exited < out.back else
+                f"{exited - out.back:.1f} s after the database was back")
+        await asyncio.to_thread(rig.check_serve, when)
 
 
 async def _follow_readiness(rig: Rig, probes: Probes, out: Outage, before: list[int]) -> None:
@@ -613,7 +636,7 @@ def test_postgresql_restarted_under_load_with_a_web_process_and_a_worker_killed_
     rig = Rig(pg_restartable.server.admin_dsn, tmp_path, env={})
     with rig.running():
         load = Senders(f"http://127.0.0.1:{rig.port}/webhooks/sonic", 8, 25, shuffle=True,
-                       duplicates=0.5, overlap=0.5, seed=18, pace_s=0.03)
+                       duplicates=0.5, overlap=0.5, seed=18, pace_s=0.03, deadline_s=45)
         # 3.5 s: past the second of psycopg_pool's reconnection attempts (1 s, then 2 s more,
         # ±10%), so that a pool left to its backoff tries next ~3 s after the server is back
         out = asyncio.run(_outage_under_load(rig, PostgresRestart(pg_restartable), load,
@@ -642,7 +665,7 @@ def test_a_sqlite_file_taken_away_under_load_with_a_web_process_and_a_worker_kil
     rig = Rig(db, tmp_path, env={"RECEIVER_DB_LOCK_TIMEOUT_S": "1"})
     with rig.running():
         load = Senders(f"http://127.0.0.1:{rig.port}/webhooks/sonic", 6, 20, shuffle=True,
-                       duplicates=0.5, overlap=0.5, seed=19, pace_s=0.03)
+                       duplicates=0.5, overlap=0.5, seed=19, pace_s=0.03, deadline_s=45)
         chosen: Fault = WriteLockHeld(db) if fault == "write_lock" else FolderUnwritable(db.parent)
         out = asyncio.run(_outage_under_load(rig, chosen, load, down_s=4))
         _check_workers(rig, out)
