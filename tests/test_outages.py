@@ -13,8 +13,8 @@ it is back; every worker that lived through the outage claims again within
 meanwhile (no loop spins); every acknowledged delivery is stored, every task, clip and job ends
 right, no job is done twice; the attempt log tells what happened: every attempt closed, one
 ``done`` per job (its last, by the worker that logged ``job_done``), the failed ones ``retry``
-and logged with their job, the killed worker's :data:`LOST`; and, on PostgreSQL, ``/metrics``
-counts the outage and the reconnects.
+(or :data:`LOST` if taken over first) and logged with their job, the killed worker's
+:data:`LOST`; and, on PostgreSQL, ``/metrics`` counts the outage and the reconnects.
 """
 
 from __future__ import annotations
@@ -555,7 +555,9 @@ def _check_attempts(rig: Rig, out: Outage) -> None:
 def _check_failures(rig: Rig, out: Outage) -> None:
     """A job that failed while the database was away left a trace: its worker logged it with
     the job (``job_retrying``, or that the outcome could not be written yet), and its attempt
-    is closed as ``retry``; no task's exception went unretrieved."""
+    is closed as ``retry`` (or LOST, when its lease ran out in the outage and another worker
+    took the job over before the outcome could be written); no task's exception went
+    unretrieved."""
     failures = planted_failures(rig.effects)
     rig.note(f"jobs failed while the database was away (key, attempt, pid): {failures}")
     lived = [f for f in failures if f[2] != out.killed_worker]
@@ -571,14 +573,15 @@ def _check_failures(rig: Rig, out: Outage) -> None:
             untraced.append(key)
         closed = [a.outcome for a in rows if a.key == key and a.pid == pid
                   and a.attempt == attempt]
-        if closed != ["retry"]:
+        if closed not in (["retry"], [LOST]):
             untrue.append((key, attempt, closed))
     if untraced:
         rig.broken.append(f"{len(untraced)} jobs failed while the database was away and their "
                           f"worker logged nothing about them (no job_retrying): {untraced[:3]}")
     if untrue:
         rig.broken.append(f"{len(untrue)} attempts that failed while the database was away are "
-                          f"not closed as 'retry' (key, attempt, outcomes): {untrue[:3]}")
+                          f"not closed as 'retry' (or {LOST!r}), (key, attempt, outcomes): "
+                          f"{untrue[:3]}")
     unretrieved = [log.name for log in rig.logs
                    if "Task exception was never retrieved" in _text(log)]
     if unretrieved:
