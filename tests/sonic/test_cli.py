@@ -115,3 +115,13 @@ def test_the_command_serves_until_interrupted() -> None:
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+def test_link_fault_options_make_the_link_faults() -> None:
+    config = build_config(build_parser().parse_args([
+        "--expire-links", "20", "--placeholder-for", "5", "--placeholder-on-failed",
+        "--media-fault", "html", "--media-fault-times", "1"]))
+    links = config.faults.links
+    assert (links.expire_s, links.placeholder_s, links.placeholder_failed) == (20.0, 5.0, True)
+    assert config.faults.media is not None
+    assert config.faults.media.kind is MediaFaultKind.HTML
