@@ -44,6 +44,7 @@ from receiver.context import HandlerContext as Context
 from receiver.conversion import (
     Domain,
     FieldError,
+    Fraction,
     HttpUrl,
     NonNegativeInt,
     PositiveFloat,
@@ -99,6 +100,7 @@ __all__ = [
     "FetchFailed",
     "FetchGone",
     "FieldError",
+    "Fraction",
     "HttpUrl",
     "MediaError",
     "MediaRefused",
