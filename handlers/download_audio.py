@@ -28,7 +28,8 @@ the task again (``ctx.refresh_task``: recorded as a ``poll`` delivery, so the cl
 the store are the fresh ones) and downloads from the fresh URLs when
 
 * a link answers 403, 404 or 410 for the second time (the first may pass by itself: a CDN
-  object can be refused for a moment right after the task succeeds), or
+  object can be refused for a moment right after the task succeeds), or for the first time
+  once the clip's links were refreshed before (they are known to expire), or
 * the clip's links are older than their provider's known lifetime (``link_lifetime_s``,
   counted from when the receiver recorded them) before a file is fetched, or
 * a body was wrong, or the clip's audio URL is a placeholder (``None``, ``null``,
@@ -379,10 +380,11 @@ class _Run:
         sonic = self.ctx.sonic is not None
         if isinstance(exc, LINK_REFUSED):
             denied = await self.links.refused(clip.clip_id, kind, url)
+            # A clip refreshed before has shown that its links expire: no grace again.
+            expiring = denied >= DENIALS_BEFORE_REFRESH or self.links.refreshes(clip.clip_id) > 0
             # With a way to fresh links, even a 410 is not the end of the file.
             return _Failure(clip_id=clip.clip_id, kind=kind, error=exc,
-                            permanent=exc.permanent and not sonic,
-                            fresh=sonic and denied >= DENIALS_BEFORE_REFRESH)
+                            permanent=exc.permanent and not sonic, fresh=sonic and expiring)
         if isinstance(exc, FetchBadBody):
             wrong = await self.links.wrong_body(clip.clip_id, kind, exc.message)
             if wrong >= self.options.max_wrong_bodies:
@@ -585,6 +587,10 @@ class _Links:
         last refreshed them (a refresh that brought the same links records nothing new)."""
         refreshed = self.rows.get(clip.clip_id, {}).get("refreshed_at")
         return max(clip.updated_at, refreshed if isinstance(refreshed, int | float) else 0.0)
+
+    def refreshes(self, clip_id: str) -> int:
+        """How many times ``clip_id``'s links were refreshed."""
+        return int(self.rows.get(clip_id, {}).get("refreshes", 0))
 
     async def refused(self, clip_id: str, kind: str, url: str) -> int:
         """Count a refusal of ``url``; how many its link has had."""

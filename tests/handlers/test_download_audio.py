@@ -643,3 +643,20 @@ async def test_a_placeholder_is_waited_for_up_to_its_bound(tmp_path: Path) -> No
     assert job.state is JobState.DEAD
     assert "no audio URL after waiting 300s" in (job.last_error or "")
     assert job.attempts == 1
+
+
+async def test_once_a_clips_links_were_refreshed_a_refused_link_is_refreshed_at_once(
+    tmp_path: Path,
+) -> None:
+    """Links that live 5 s, and a first body that is an HTML page: the refreshed link serves
+    the page, has expired by the next attempt, and is refreshed at its first 403 (the clip
+    has shown that its links expire), not left for one more retry."""
+    faults = {"links": {"expire_s": 5}, "media": {"kind": "html", "times": 1}}
+    async with with_sandbox(tmp_path, faults, {"image": False}) as (runtime, sb, clock):
+        task_id, _ = await song_completed(runtime, sb)
+        clock.advance(10)
+        job = await settle(runtime, clock)
+        results = [r.data for r in await runtime.storage.admin.list_results(task_id)]
+    assert job.state is JobState.DONE, job.last_error
+    assert job.attempts == 3  # 403; 403, refresh, HTML page; 403, refresh, the audio
+    assert [(r["refreshes"], r["audio"]["wrong_bodies"]) for r in results] == [(2, 1), (2, 1)]
