@@ -654,8 +654,10 @@ def check_body(kind: str, declared_s: float | None, options: DownloadOptions, pa
 def _audio_length(path: Path, content_type: str, head: bytes) -> float:
     """How long the audio at ``path`` plays, read as ``content_type`` says it is."""
     # Each reader of the type in turn (Ogg holds several codecs); a type the table lacks (let
-    # in by "audio/*") is read by whatever mutagen recognises it as.
-    readers = _AUDIO_READERS.get(extension_for("audio", content_type)) or (_mutagen.File,)
+    # in by "audio/*") by whatever mutagen recognises from its header, else by any reader
+    # (mutagen.File knows a raw MP3 only by its file name, which a part does not have).
+    readers = _AUDIO_READERS.get(extension_for("audio", content_type)) or (
+        _mutagen.File, *(r for kind in _AUDIO_READERS.values() for r in kind))
     audio: Any = None
     failure: Exception | None = None
     for reader in readers:
