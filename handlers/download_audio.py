@@ -246,6 +246,13 @@ class _Failure:
     fresh: bool = False  # a fresh link may help: ask the upstream for one
     waiting: bool = False  # no real URL yet: wait for one
 
+    @property
+    def why_fresh(self) -> str:
+        """Why a fresh link is asked for, as the ``links`` row and the log say it."""
+        if isinstance(self.error, FetchBadBody):
+            return "wrong_body"
+        return "placeholder" if self.waiting else "refused"
+
 
 @handler(options=DownloadOptions, provides=["files"])
 async def handle(event: Event, ctx: Context) -> None:
@@ -259,8 +266,7 @@ async def handle(event: Event, ctx: Context) -> None:
     if stale:
         view = await run.refresh(view, stale)
     failures = await run.keep(view, _succeeded(view))
-    fresh = {f.clip_id: "wrong_body" if isinstance(f.error, FetchBadBody) else
-             "placeholder" if f.waiting else "refused" for f in failures if f.fresh}
+    fresh = {f.clip_id: f.why_fresh for f in failures if f.fresh}
     if fresh and run.may_refresh:
         view = await run.refresh(view, fresh)
         again = [c for c in _succeeded(view) if c.clip_id in fresh]
