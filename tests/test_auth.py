@@ -22,7 +22,7 @@ from tests.support import app_client, callback, clip, free_port, post_signed, se
 
 pytestmark = pytest.mark.anyio
 
-TOKEN = "adm1n-t0ken-for-tests"
+TOKEN = "adm1n-t0ken-for-tests-4f9c2e81b7"
 BODY = callback("t-1", [clip("c1", "succeeded")])
 ADMIN_CALLS = [("GET", "/tasks/t-1"), ("GET", "/jobs"), ("POST", "/tasks")]
 
@@ -138,7 +138,7 @@ def test_the_token_can_come_from_a_file_and_the_startup_line_names_the_file(
 @pytest.mark.parametrize(("env", "message"), [
     ({"RECEIVER_ADMIN_TOKEN_FILE": "/nonexistent/admin-token"}, "cannot read"),
     ({"RECEIVER_ADMIN_TOKEN_FILE": "/dev/null"}, "is empty"),
-    ({"RECEIVER_ADMIN_TOKEN_FILE": "/dev/null", "RECEIVER_ADMIN_TOKEN": "x"}, "both set"),
+    ({"RECEIVER_ADMIN_TOKEN_FILE": "/dev/null", "RECEIVER_ADMIN_TOKEN": TOKEN}, "both set"),
     ({"RECEIVER_INSECURE_OPEN_ADMIN": "perhaps"}, "must be 1 or 0"),
 ])
 def test_bad_admin_settings_stop_start_up(env: dict[str, str], message: str) -> None:
