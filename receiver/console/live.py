@@ -3,7 +3,9 @@
 ``GET /ui/live?page=<a page's path and query>`` is a stream of server-sent events: every
 :data:`EVERY_S` the page's view (:data:`receiver.console.ui.LIVE_VIEWS`) is built again and its
 ``live_*`` blocks rendered; when they differ from what was last sent, an ``event: blocks``
-carries them (``{"block name": "html", ...}``). The page's script swaps each block whose HTML
+carries them (``{"block name": "html", ...}``); what changes only because time passed (how
+long ago, :func:`receiver.console.templating.ticking`) is not a change: the page keeps those
+current itself. The page's script swaps each block whose HTML
 changed, keeping the scroll position, the focus, open details and a playing player. With
 ``once=1`` the same blocks are answered once as JSON: the fallback the script polls where
 EventSource is missing or keeps failing.
@@ -26,6 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Match, Route
 
 from receiver.console.session import sessions_of, visitor_of
+from receiver.console.templating import TICKING
 from receiver.console.ui import LIVE_VIEWS, View, ViewOf, live_blocks, render_block
 from receiver.runtime import runtime_of
 
@@ -85,9 +88,10 @@ async def _events(request: Request, page: Request, view_of: ViewOf) -> AsyncIter
             yield "event: ended\ndata: {}\n\n"
             return
         data = json.dumps(blocks(page, await view_of(page)), separators=(",", ":"))
-        if data != last:
+        shown = TICKING.sub("", data)  # time passing alone is no change: the page ticks
+        if shown != last:
             yield f"event: blocks\ndata: {data}\n\n"
-            last = data
+            last = shown
         else:
             yield ": unchanged\n\n"
         if loop.time() + EVERY_S >= end:

@@ -121,12 +121,30 @@ def ago(ts: float | None, now: float) -> str:
 
 def moment(ts: float | None, now: float) -> Markup:
     """A time as both: the UTC time and how long ago, each visible (touch screens have no
-    tooltips)."""
+    tooltips). The "ago" part is a :func:`ticking` span."""
     if ts is None:
         return escape(DASH)
     iso = datetime.fromtimestamp(ts, UTC).isoformat()
-    return Markup('<time datetime="{}" class="moment">{} <span class="ago">({})</span></time>'
-                  ).format(iso, when(ts), ago(ts, now))
+    return Markup('<time datetime="{}" class="moment">{} ({})</time>').format(
+        iso, when(ts), ticking(ts, now))
+
+
+def ticking(ts: float | None, now: float) -> Markup:
+    """How long ago, in a span the page's script keeps current (``data-at``) and that live
+    updates ignore when they compare a block with the last one sent: a block is sent again
+    when what it shows changed, not because time passed."""
+    if ts is None:
+        return escape(DASH)
+    return Markup('<span class="ago" data-at="{:.3f}">{}</span>').format(ts, ago(ts, now))
+
+
+def tick(value: Any) -> Markup:
+    """Any text that changes with the clock alone (see :func:`ticking`)."""
+    return Markup('<span class="tick">{}</span>').format(visible(str(value)))
+
+
+# what differs between two renderings of one block only because time passed
+TICKING = re.compile(r'<span class="(?:ago|tick)"[^>]*>[^<]*</span>')
 
 
 def size(n: int | float | None) -> str:
@@ -171,7 +189,8 @@ def environment() -> Environment:
                       autoescape=select_autoescape(default=True), finalize=_finalize,
                       auto_reload=False)
     env.filters.update(
-        when=when, clock=clock, ago=ago, moment=moment, size=size, cut=cut, short=short,
+        when=when, clock=clock, ago=ago, moment=moment, ticking=ticking, tick=tick, size=size,
+        cut=cut, short=short,
         pretty=pretty, exact=exact, http_url=http_url, task_href=task_href,
         delivery_href=delivery_href, file_href=file_href, cover_href=cover_href,
         segment=segment, visible=visible)

@@ -8,6 +8,24 @@
 // returns here.
 "use strict";
 
+// "3 min ago" kept current from each span's time (data-at), on the server's clock
+const serverSkew = Number(document.body.dataset.now || 0) - Date.now() / 1000;
+const agoText = (seconds) => {
+  const s = Math.trunc(seconds);
+  if (Math.abs(s) < 5) return "just now";
+  const units = [["d", 86400], ["h", 3600], ["min", 60], ["s", 1]];
+  const [unit, size] = units.find(([, n]) => Math.abs(s) >= n);
+  const amount = `${Math.trunc(Math.abs(s) / size)} ${unit}`;
+  return s < 0 ? `in ${amount}` : `${amount} ago`;
+};
+const tick = () => {
+  const now = Date.now() / 1000 + serverSkew;
+  for (const span of document.querySelectorAll(".ago[data-at]")) {
+    span.textContent = agoText(now - Number(span.dataset.at));
+  }
+};
+window.setInterval(tick, 10000);
+
 document.addEventListener("submit", (event) => {
   const form = event.target;
   const question = form.dataset && form.dataset.confirm;
@@ -47,14 +65,17 @@ document.addEventListener("submit", (event) => {
     window.scrollTo(x, y);
   };
 
+  // what differs only because time passed is no change (the spans tick on their own)
+  const shown = (html) => html.replace(/<span class="(?:ago|tick)"[^>]*>[^<]*<\/span>/g, "");
+
   const apply = (blocks) => {
     pending = null;
     for (const [name, html] of Object.entries(blocks)) {
       const block = document.querySelector(`[data-live="${name}"]`);
-      if (!block || last[name] === html) continue;
+      if (!block || last[name] === shown(html)) continue;
       if (busy(block)) { pending = blocks; continue; }
       swap(block, html);
-      last[name] = html;
+      last[name] = shown(html);
     }
   };
 
