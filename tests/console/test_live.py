@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -30,7 +30,7 @@ async def deliver(http: httpx.AsyncClient, task_id: str, state: str, delivery_id
     assert answer.status_code == 200
 
 
-async def events(answer: httpx.Response) -> Any:
+async def events(answer: httpx.Response) -> AsyncIterator[tuple[str, str]]:
     """The stream's events, as (name, data) pairs."""
     name, data = "message", ""
     async for line in answer.aiter_lines():
