@@ -68,15 +68,28 @@ document.addEventListener("submit", (event) => {
   // what differs only because time passed is no change (the spans tick on their own)
   const shown = (html) => html.replace(/<span class="(?:ago|tick)"[^>]*>[^<]*<\/span>/g, "");
 
+  // the block as this browser serializes it, to compare with what the page already shows
+  const serialized = (html) => {
+    const template = document.createElement("template");
+    template.innerHTML = html;
+    return shown(template.innerHTML);
+  };
+
   const apply = (blocks) => {
     pending = null;
     for (const [name, html] of Object.entries(blocks)) {
       const block = document.querySelector(`[data-live="${name}"]`);
-      if (!block || last[name] === shown(html)) continue;
+      if (!block) continue;
+      if (last[name] === undefined && serialized(html) === shown(block.innerHTML)) {
+        last[name] = shown(html);  // the first news is what the page already shows
+        continue;
+      }
+      if (last[name] === shown(html)) continue;
       if (busy(block)) { pending = blocks; continue; }
       swap(block, html);
       last[name] = shown(html);
     }
+    document.body.dataset.liveSeen = "1";
   };
 
   // a block waiting for its player to stop is swapped once it does
