@@ -13,7 +13,8 @@ Actions (``POST``), each idempotent and written to the audit log (who, when, wha
 :mod:`receiver.console.ui` call the same functions (:class:`Actions`).
 
 An id in a path may hold any character the store accepts: a task's or a delivery's id takes
-the rest of the path (``/`` included, percent-encoded by the caller). A resend goes to
+the rest of the path (``/`` included, percent-encoded by the caller; a kept file's clip id and
+kind are the last two segments). A resend goes to
 ``RECEIVER_PUBLIC_URL``'s webhook, never to where a request's ``Host`` points: without it, it
 is refused.
 """
@@ -539,5 +540,5 @@ def api_routes() -> list[BaseRoute]:
         Route("/jobs/{job_id:str}", _guard(get_job), methods=["GET"]),
         Route("/jobs/{job_id:str}/retry", _guard(retry_job), methods=["POST"]),
         Route("/audit", _guard(list_audit), methods=["GET"]),
-        Route("/files/{task_id:str}/{clip_id:str}/{kind:str}", get_file, methods=["GET"]),
+        Route("/files/{task_id:path}/{clip_id:str}/{kind:str}", get_file, methods=["GET"]),
     ]

@@ -258,3 +258,23 @@ async def test_kept_files_run_nothing_and_download_what_a_browser_could_render(
             assert "sandbox" in answer.headers["content-security-policy"]
             assert "default-src 'none'" in answer.headers["content-security-policy"]
             assert answer.headers["cross-origin-resource-policy"] == "same-origin"
+
+
+async def test_a_kept_file_of_a_task_whose_id_holds_a_slash_is_served(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    settings = settings_for(tmp_path, admin_token=TOKEN, worker="off")
+    media = tmp_path / "media" / "t"
+    media.mkdir(parents=True)
+    (media / "c.wav").write_bytes(b"RIFF")
+    async with app_client(create_app(settings, clock=clock)) as client:
+        await post_signed(client, callback("t/1", [clip("c", "succeeded")]), clock=clock)
+        async with sqlite_storage(tmp_path / "receiver.db", clock=clock) as store:
+            await store.outputs.record_file(StoredFile(
+                task_id="t/1", clip_id="c", kind="audio", path=str(media / "c.wav"), size=4,
+                sha256="0" * 64, url=None, content_type="audio/wav", job_key=None,
+                created_at=clock.now()))
+        answer = await client.get("/files/t%2F1/c/audio",
+                                  headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 200
+    assert answer.content == b"RIFF"
