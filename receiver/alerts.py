@@ -230,15 +230,15 @@ async def downloads_at_risk(scope: Scope) -> list[Finding]:
     rule = scope.table.downloads_at_risk
     if not scope.keepers:
         return []
-    lifetimes = {platform: float(s) for platform, s in rule.lifetimes.items()}
-    longest = max([float(rule.link_lifetime), *lifetimes.values()])
-    shortest = min([float(rule.link_lifetime), *lifetimes.values()])
+    lifetimes = {platform: float(s) for platform, s in rule.kept_for_by_platform.items()}
+    longest = max([float(rule.kept_for), *lifetimes.values()])
+    shortest = min([float(rule.kept_for), *lifetimes.values()])
     pending = await scope.watch.downloads_pending(
         sorted(scope.keepers), before=scope.now - shortest * rule.at_risk,
         after=scope.now - longest)
     risky = []
     for job in pending:
-        lifetime = lifetimes.get(job.platform or "", float(rule.link_lifetime))
+        lifetime = lifetimes.get(job.platform or "", float(rule.kept_for))
         age = scope.now - job.created_at
         if lifetime * rule.at_risk <= age < lifetime:
             risky.append((lifetime - age, job))
@@ -252,10 +252,10 @@ async def downloads_at_risk(scope: Scope) -> list[Finding]:
     return [Finding(
         rule="downloads_at_risk",
         text=f"{plural(len(risky), 'task')} succeeded but {'its' if len(risky) == 1 else 'their'}"
-             f" files are not kept yet, and the links expire soon (the first in "
+             f" files are not kept yet, and the provider drops them soon (the first in "
              f"{span(soonest)}): {named}{more}.",
         advice="See why the download jobs have not finished (console, Jobs). A dead one can "
-               "still be run again before its links expire: `sonic-receiver replay redispatch "
+               "still be run again before the files go: `sonic-receiver replay redispatch "
                f"--handler {first.handler}`.",
         link=f"/ui/tasks/{quote(first.task_id, safe='')}",
     )]

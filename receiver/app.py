@@ -15,7 +15,9 @@ admin surface is one ``Mount`` behind :class:`receiver.console.session.ConsoleAu
 session cookie, or an explicit opt-out); the probes stay open so that orchestrators can call
 them. Request bodies are read under :class:`receiver.connections.BodyTimeout`. Deliveries skip
 Starlette's middleware and router (:class:`ReceiverApp`): the webhook is the route that takes
-load.
+load. Every response carries :mod:`receiver.headers`' headers, deliveries' too; the client,
+scheme and host a trusted proxy forwarded are applied before anything else reads them
+(:mod:`receiver.proxies`).
 
 Handlers are loaded and routes checked here, in the factory, so that a route naming an unknown
 handler stops start-up before the server binds. With ``RECEIVER_WORKER=inprocess`` (the
@@ -41,13 +43,17 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver.alerts import Alerting, check_targets
+from receiver.auth import Throttle
 from receiver.clock import Clock, SystemClock
 from receiver.connections import BodyTimeout
 from receiver.console import console_routes
 from receiver.console.session import ConsoleAuth, Sessions
 from receiver.console.shapes import Error, ShapeResponse
+from receiver.console.ui import not_found_page
 from receiver.creation import creation_routes
+from receiver.headers import SecurityHeaders
 from receiver.probes import probe_routes
+from receiver.proxies import ForwardedHeaders
 from receiver.registry import Registry, load_registry
 from receiver.routing import router_for
 from receiver.runtime import open_runtime
@@ -167,9 +173,10 @@ def create_app(
         # the operator's console: read API, kept files, actions, /metrics, /openapi.json, /ui
         *console_routes(),
     ]
-    sessions = Sessions(settings.admin_token, open_key=next(iter(settings.webhook_secrets), None))
+    sessions = Sessions(settings, throttle=Throttle(clock),
+                        open_key=next(iter(settings.webhook_secrets), None))
     app = ReceiverApp(
-        webhook=BodyTimeout(endpoint, timeout_s=settings.body_timeout_s),
+        webhook=SecurityHeaders(BodyTimeout(endpoint, timeout_s=settings.body_timeout_s)),
         routes=[
             # Every method, so that a GET is told 405 here rather than taken by the admin Mount.
             # (Served by ReceiverApp's shortcut; the route names it and serves a root_path.)
@@ -180,7 +187,9 @@ def create_app(
             Mount("", routes=admin, middleware=[
                 Middleware(ConsoleAuth, settings=settings, sessions=sessions)]),
         ],
-        middleware=[Middleware(BodyTimeout, timeout_s=settings.body_timeout_s)],
+        middleware=[Middleware(ForwardedHeaders, trusted=settings.trusted_proxies),
+                    Middleware(SecurityHeaders),
+                    Middleware(BodyTimeout, timeout_s=settings.body_timeout_s)],
         exception_handlers={404: _http_error, 405: _http_error},
         lifespan=lifespan,
     )
@@ -213,8 +222,11 @@ class ReceiverApp(Starlette):
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    """Unknown paths and methods answer JSON, like every other error of the API."""
+    """Unknown paths and methods answer JSON, like every other error of the API; an unknown
+    page of the console (once let in) answers the console's own page."""
     status = exc.status_code if isinstance(exc, HTTPException) else 500
+    if status == 404 and request.url.path.startswith("/ui"):
+        return not_found_page(request)
     name = {404: "not_found", 405: "method_not_allowed"}.get(status, "error")
     headers = getattr(exc, "headers", None)
     return ShapeResponse(Error(error=name), status, headers=headers)

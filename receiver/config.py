@@ -1,20 +1,22 @@
 """The config file's shape, written once as typed msgspec Structs.
 
 ``receiver.toml`` is one document: the receiver's own tables (``[receiver]``, ``[worker]``,
-``[reconcile]``, ``[retention]``, ``[network]``, ``[alerts]``, ``[deadlines]``), ``[[routes]]``,
-``[handlers.<name>]`` paths, and the table of each handler that declares one (``[notify]``,
-``[follow_up]``). Every table is a :class:`receiver.conversion.Table`; the receiver's values
-that need parsing (database and media locations, networks, secrets, signature schemes, choices)
-are :class:`receiver.conversion.Domain` types defined here. In a route, each handler item is a
-union tagged by ``name`` with one member per registered handler, whose ``options`` are that
-handler's declared Struct: :mod:`receiver.schema` composes the whole file for the handlers
-installed and checks it. Nothing here reads a file, opens a database or imports a handler.
+``[reconcile]``, ``[retention]``, ``[network]``, ``[admin]``, ``[alerts]``, ``[deadlines]``),
+``[[routes]]``, ``[handlers.<name>]`` paths, and the table of each handler that declares one
+(``[notify]``, ``[follow_up]``). Every table is a :class:`receiver.conversion.Table`; the
+receiver's values that need parsing (database and media locations, networks, secrets, tokens,
+proxies, signature schemes, choices) are :class:`receiver.conversion.Domain` types defined
+here. In a route, each handler item is a union tagged by ``name`` with one member per
+registered handler, whose ``options`` are that handler's declared Struct: :mod:`receiver.schema`
+composes the whole file for the handlers installed and checks it. Nothing here reads a file,
+opens a database or imports a handler.
 """
 
 from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, cast
@@ -218,6 +220,82 @@ class Network(str, Domain):
         return ipaddress.ip_network(self, strict=False)
 
 
+MIN_TOKEN_LENGTH = 24
+MAKE_TOKEN = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"  # noqa: S105
+# What an example or a template leaves in a token: refused however long it is.
+_PLACEHOLDER = re.compile(
+    r"change[-_ ]?me|replace[-_ ]?me|placeholder|example|your[-_ ]?(admin[-_ ]?)?(token|secret)"
+    r"|<[^>]*>|\$\{|xxxx|dummy|not[-_ ]?secret|insecure|password|redacted|todo|fixme",
+    re.IGNORECASE)
+_DISTINCT_CHARACTERS = 8  # fewer than this ("aaaa...", "abab...") is not a random token
+
+
+def token_weakness(token: str) -> str | None:
+    """Why ``token`` is too weak to guard the admin surface (never showing it), or None."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        why = f"is too short ({len(token)} characters; at least {MIN_TOKEN_LENGTH})"
+    elif _PLACEHOLDER.search(token):
+        why = "looks like a placeholder"
+    elif len(set(token)) < _DISTINCT_CHARACTERS:
+        why = f"repeats too few characters ({len(set(token))} different ones)"
+    else:
+        return None
+    return f"{why}: make a random one with {MAKE_TOKEN}"
+
+
+class AdminToken(str, Domain):
+    """An operator's token: at least 24 characters, not a placeholder. The value is a secret:
+    an error says what is wrong with it, never the value."""
+
+    description = f"a random token of at least {MIN_TOKEN_LENGTH} characters"
+    json_schema: ClassVar[dict[str, Any]] = {
+        "description": description, "type": "string", "minLength": MIN_TOKEN_LENGTH,
+    }
+
+    @classmethod
+    def parse(cls, value: object) -> Self:
+        if not isinstance(value, str):
+            raise ValueError(f"expected {cls.description}")
+        token = value.strip()
+        weakness = token_weakness(token)
+        if weakness is not None:
+            raise ValueError(weakness)
+        return cls(token)
+
+    def plain(self) -> str:
+        return str(self)
+
+
+class TrustedProxies(tuple[str, ...], Domain):
+    """The proxies whose ``X-Forwarded-*`` headers are believed: addresses or networks
+    (``10.0.0.0/8``, ``fd00::/8``), a list or separated by commas; ``*`` for any peer."""
+
+    description = "addresses or networks (10.0.0.0/8), separated by commas, or *"
+    json_schema: ClassVar[dict[str, Any]] = {
+        "description": description,
+        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+    }
+
+    @classmethod
+    def parse(cls, value: object) -> Self:
+        items = value if isinstance(value, list) else str(value).split(",")
+        found: list[str] = []
+        for item in items:
+            text = str(item).strip()
+            if not text:
+                continue
+            if text == "*":
+                found.append("*")
+                continue
+            try:
+                found.append(str(ipaddress.ip_network(text, strict=False)))
+            except ValueError:
+                raise ValueError(f"{shown(text)} is not an address, a network or *") from None
+        if not found:
+            raise ValueError("names no proxy (give addresses, networks or *)")
+        return cls(dict.fromkeys(found))
+
+
 # ---- the receiver's own tables ----------------------------------------------------------------
 
 
@@ -235,7 +313,7 @@ class ReceiverTable(Table, kw_only=True, frozen=True):
     max_body_bytes: PositiveInt | None = None
     signature_tolerance_s: PositiveInt | None = None
     schemes: Schemes | None = None
-    admin_token: str | None = None
+    admin_token: AdminToken | None = None
     admin_token_file: Text | None = None
     insecure_open_admin: Flag | None = None
     log_format: LogFormat | None = None
@@ -247,6 +325,7 @@ class ReceiverTable(Table, kw_only=True, frozen=True):
     max_connections: PositiveInt | None = None
     http_parser: HttpParser | None = None
     public_url: HttpUrl | None = None
+    trusted_proxies: TrustedProxies | None = None
     worker: WorkerMode | None = None
     worker_concurrency: PositiveInt | None = None
     web_restart_limit_s: PositiveFloat | None = None
@@ -301,6 +380,37 @@ class NetworkTable(Table, kw_only=True, frozen=True):
 
     allow_networks: tuple[Network, ...] = ()
     allow_hosts: tuple[Text, ...] = ()
+
+
+class OperatorToken(Table, kw_only=True, frozen=True):
+    """One ``[[admin.tokens]]`` item: an operator's own token (``token``, or ``token_file``
+    holding it), so that the audit log names who did what."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[\w.@-]{1,64}$",
+                                      description="a name of letters, digits, . _ @ -")]
+    token: AdminToken | None = None
+    token_file: Text | None = None
+
+    def __post_init__(self) -> None:
+        if (self.token is None) == (self.token_file is None):
+            raise FieldError("token", "give token or token_file (one of them)")
+
+
+class AdminTable(Table, kw_only=True, frozen=True):
+    """``[admin]``: named operator tokens (besides ``RECEIVER_ADMIN_TOKEN``, named
+    ``admin``), and how long a console session lasts: it ends after ``session_idle`` without
+    a request, and ``session_max`` after the login whatever happens."""
+
+    tokens: list[OperatorToken] = msgspec.field(default_factory=list)
+    session_idle: Duration | None = None
+    session_max: Duration | None = None
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for index, item in enumerate(self.tokens):
+            if item.name in seen:
+                raise FieldError(f"tokens[{index}].name", f"two tokens are named {item.name!r}")
+            seen.add(item.name)
 
 
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
@@ -359,12 +469,13 @@ class DeliveriesQuarantinedRule(RuleTable, kw_only=True, frozen=True):
 
 
 class DownloadsAtRiskRule(RuleTable, kw_only=True, frozen=True):
-    """``[alerts.downloads_at_risk]``: a task succeeded more than ``at_risk`` of its links'
-    lifetime ago and its audio is not kept yet. A link lives ``link_lifetime``, or
-    ``lifetimes.<platform>`` for the tasks of that platform."""
+    """``[alerts.downloads_at_risk]``: a task succeeded more than ``at_risk`` of the time its
+    provider keeps files (``kept_for``, or ``kept_for_by_platform.<platform>``) ago, and its
+    files are not kept yet. (One link may expire much sooner: ``download_audio`` asks
+    get-music for fresh ones, its ``link_lifetime_s``; the files themselves go later.)"""
 
-    link_lifetime: Duration = span(DAY)
-    lifetimes: dict[Text, Duration] = msgspec.field(default_factory=dict)
+    kept_for: Duration = span(DAY)
+    kept_for_by_platform: dict[Text, Duration] = msgspec.field(default_factory=dict)
     at_risk: Fraction = 0.5
 
 
@@ -526,6 +637,7 @@ class CoreFile(RoutesFile, kw_only=True, frozen=True):
     reconcile: ReconcileTable = msgspec.field(default_factory=ReconcileTable)
     retention: RetentionTable = msgspec.field(default_factory=RetentionTable)
     network: NetworkTable = msgspec.field(default_factory=NetworkTable)
+    admin: AdminTable = msgspec.field(default_factory=AdminTable)
     alerts: AlertsTable = msgspec.field(default_factory=AlertsTable)
     deadlines: DeadlinesTable = msgspec.field(default_factory=DeadlinesTable)
     handlers: dict[str, HandlerPath] = msgspec.field(default_factory=dict)

@@ -23,9 +23,11 @@ from receiver.fetching import NetPolicy
 from receiver.jobs import Job, PermanentError
 from receiver.media import MediaStore
 from receiver.models import ChildState, ChildTask, Result, StoredFile, TaskView
+from receiver.recovery import poll_delivery
 from receiver.routing import Router
 from receiver.settings import Settings
 from receiver.sonic.client import SonicClient
+from receiver.storage.ingest import Ingest
 from receiver.storage.tasks import HandlerOutput
 
 
@@ -52,7 +54,8 @@ class HandlerContext:
     (``[notify]``), as its declared Struct, or None. ``media`` is where files are kept (the
     local folder or the object store of ``RECEIVER_MEDIA``); ``network`` the policy every URL a
     callback named is fetched under (``[network]``); ``http`` the shared HTTP client; ``sonic``
-    the Sonic API client, when configured; ``settings`` the receiver's, read only.
+    the Sonic API client, when configured (then :meth:`refresh_task` asks it for the task
+    again); ``settings`` the receiver's, read only.
     """
 
     options: Any
@@ -67,6 +70,9 @@ class HandlerContext:
     router: Router | None = field(default=None, repr=False)
     job: Job = field(repr=False)
     table: Any = None
+    # Where refresh_task records what the upstream says; None: the ingest role over the
+    # handler output's database (the same database, the same recording rules).
+    ingest: Ingest | None = field(default=None, repr=False)
 
     async def task(self) -> TaskView:
         """The task this job is about, with its clips and transitions, as stored now."""
@@ -74,6 +80,29 @@ class HandlerContext:
         if view is None:
             raise PermanentError(f"task {self.job.task_id} is not in the store")
         return view
+
+    async def refresh_task(self) -> TaskView:
+        """Ask the upstream for this job's task again (get-music, through ``sonic``) and record
+        its answer the receiver's own way: as a delivery of source ``poll`` through the ingest
+        path (:func:`receiver.recovery.poll_delivery`), exactly as reconciliation does. The
+        clips' URLs are refreshed by the one set of recording rules (a placeholder never
+        replaces a URL; a clip's data is refreshed only by a report of its state or a later
+        one), any transition the answer brings plans its jobs, and the answer is kept, raw,
+        like every delivery; an answer identical to one recorded before changes nothing.
+
+        Returns the task as stored afterwards. Raises :class:`receiver.sonic.errors.SonicError`
+        when get-music fails, and RuntimeError when no Sonic client is configured (check
+        ``sonic`` first)."""
+        if self.sonic is None:
+            raise RuntimeError("no Sonic client is configured: the task cannot be refreshed")
+        music = await self.sonic.get_music(self.job.task_id)
+        delivery = poll_delivery(self.job.task_id, music, received_at=self.clock.now())
+        ingest = self.ingest if self.ingest is not None else Ingest(self.store.db)
+        result = await ingest.record_delivery(delivery, router=self.router)
+        self.log.info("task_refreshed", task_id=self.job.task_id,
+                      delivery_id=delivery.delivery_id, outcome=result.outcome.value,
+                      transitions=len(result.transitions))
+        return await self.task()
 
     async def files(self) -> list[StoredFile]:
         return await self.store.list_files(self.job.task_id)

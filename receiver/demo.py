@@ -11,6 +11,13 @@ loop did not close within the timeout.
 The same loop runs as a deployment would: ``--db postgresql://...`` (or ``RECEIVER_DB`` set to
 such a URL) on an empty PostgreSQL database, ``--web-processes N`` web processes
 (``serve --workers N``) and ``--separate-worker`` (the jobs in ``sonic-receiver worker``).
+
+``--sandbox-faults JSON|@FILE`` gives the sandbox more to do wrong (a fault config, as
+``PUT /_sandbox/faults`` takes it; the dropped ``song.completed`` is kept), e.g. links that
+expire before late webhooks arrive, and a CDN that first answers with an HTML page::
+
+    scripts/demo --sandbox-faults \
+        '{"links": {"expire_s": 2}, "delay_s": 3, "media": {"kind": "html", "times": 1}}'
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import io
+import json
 import os
 import secrets
 import shutil
@@ -40,6 +48,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from receiver.server import running
+from receiver.sonic.sandbox.faults import FaultConfig
 
 API_KEY = "demo-key"
 CONTINUE_AT = -8  # the extension continues the song 8 s before its end
@@ -95,6 +104,22 @@ name = "concat"
 task_type = "extend_music"
 action = "concat"
 """
+
+
+DROPPED = {"task": 1, "event": "song.completed"}  # the song's: reconciliation recovers it
+
+
+def sandbox_faults(text: str | None) -> str:
+    """The sandbox's ``--faults`` for the demo: ``text`` (a fault config as JSON, or
+    ``@file``) with the demo's dropped webhook added; raises ValueError when it is not one."""
+    if text and text.startswith("@"):
+        text = Path(text[1:]).read_text(encoding="utf-8")
+    given = json.loads(text) if text else {}
+    if not isinstance(given, dict):
+        raise ValueError("--sandbox-faults must be a JSON object (a fault config)")
+    faults = {**given, "drop_events": [*(given.get("drop_events") or []), DROPPED]}
+    FaultConfig.from_json(faults)  # FaultConfigError (a ValueError) says which field
+    return json.dumps({"global": faults})
 
 
 def free_port() -> int:
@@ -217,7 +242,9 @@ async def serve_until_stopped() -> None:
 
 
 async def run(workdir: Path, limit_s: float, sink_port: int, *, stay: bool = False,
-              deployment: Deployment = Deployment()) -> int:
+              deployment: Deployment = Deployment(), faults: str | None = None) -> int:
+    """The loop, once; ``faults`` is the sandbox's ``--faults`` (:func:`sandbox_faults`),
+    None for the demo's own."""
     start = time.monotonic()
     sandbox_port, receiver_port = free_port(), free_port()
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
@@ -246,7 +273,8 @@ async def run(workdir: Path, limit_s: float, sink_port: int, *, stay: bool = Fal
     print(f"sonic-receiver demo: everything lives in {workdir}/ (logs: *.log)", flush=True)
     sandbox = await spawn(
         ["sandbox", "--port", str(sandbox_port), "--api-key", API_KEY, "--credits",
-         str(CREDITS), "--speed", "demo", "--seed", "7", "--drop-event", "1:song.completed",
+         str(CREDITS), "--speed", "demo", "--seed", "7", "--faults",
+         faults or sandbox_faults(None),
          "--log-format", "json"],
         base_env, workdir / "sandbox.log")
     receiver = await spawn(["serve", "--port", str(receiver_port),
@@ -462,14 +490,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--stay", action="store_true",
                         help="keep serving after the loop closes, to look around in the "
                              "console (/ui), until Ctrl-C")
+    parser.add_argument("--sandbox-faults", metavar="JSON|@FILE",
+                        help="more faults for the sandbox, as PUT /_sandbox/faults takes "
+                             "them (e.g. '{\"links\": {\"expire_s\": 2}, \"delay_s\": 3}')")
     args = parser.parse_args(argv)
+    try:
+        faults = sandbox_faults(args.sandbox_faults)
+    except (ValueError, OSError) as exc:
+        print(f"sonic-receiver demo: --sandbox-faults: {exc}", file=sys.stderr)
+        return 2
     deployment = Deployment(db=args.db, web_processes=args.web_processes,
                             separate_worker=args.separate_worker)
     sink_port = free_port()
     prepare(args.dir, sink_port)
     try:
         return asyncio.run(run(args.dir, args.timeout, sink_port, stay=args.stay,
-                               deployment=deployment))
+                               deployment=deployment, faults=faults))
     except RuntimeError as exc:
         print(f"sonic-receiver demo: {exc}", file=sys.stderr)
         return 1

@@ -17,9 +17,11 @@ connected to, and :func:`download` enforces it on the first request and on every
 
 The body is streamed to ``<dest>.part`` beside the destination, checked against the allowed
 content types and ``max_bytes`` (``Content-Length`` first, then while streaming), resumed
-with ``Range`` when an earlier attempt left a part of the same URL, fsynced, renamed over the
+with ``Range`` when an earlier attempt left a part of the same URL, fsynced, checked by the
+caller's ``check`` (are these bytes what the content type says?), renamed over the
 destination with ``os.replace`` and the directory fsynced. A file under its final name is
-always complete; a body cut short stays a ``.part`` and raises :class:`FetchFailed`.
+always complete and passed its check; a body cut short stays a ``.part`` and raises
+:class:`FetchFailed`; a body that fails its check is discarded.
 
 Failures (all :class:`receiver.errors.ReceiverError`)::
 
@@ -27,8 +29,14 @@ Failures (all :class:`receiver.errors.ReceiverError`)::
     ├── FetchRefused            the policy refused a URL, an address or a redirect (permanent)
     ├── FetchTooLarge           the body is over max_bytes (permanent)
     ├── FetchWrongType          the content type is not an allowed one (permanent)
-    ├── FetchBadStatus          a 4xx that retrying cannot fix: 400, 401, 410... (permanent)
-    └── FetchFailed             5xx, 403/404/408/429, connection, timeout, short body (retry)
+    ├── FetchBadBody            the bytes are not what the content type says (retry)
+    ├── FetchBadStatus          a 4xx that retrying cannot fix: 400, 401... (permanent)
+    │   └── FetchGone           410: this link is gone (permanent for this URL)
+    └── FetchFailed             5xx, 408/429, connection, timeout, short body (retry)
+        └── FetchDenied         403/404: the link is refused, for a moment or for good (retry)
+
+:class:`FetchDenied` and :class:`FetchGone` are what an expired link answers: a caller that
+can get a fresh URL for the same file (:data:`LINK_REFUSED`) does so rather than retrying.
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Worth another attempt: a CDN object may not be there yet (403/404 right after a task
 # succeeds) and a later attempt re-reads the task, whose URLs a newer event may have renewed.
 RETRYABLE_STATUSES = frozenset({403, 404, 408, 425, 429})
+DENIED_STATUSES = frozenset({403, 404})
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+)\s*$", re.IGNORECASE)
 
 _log = structlog.get_logger("receiver.fetching")
@@ -96,6 +105,11 @@ class FetchWrongType(FetchError):
     permanent = True
 
 
+class FetchBadBody(FetchError):
+    """The body is not what its content type says (an HTML page or no bytes under an audio
+    type): another attempt, or another URL, may serve the right bytes."""
+
+
 class FetchBadStatus(FetchError):
     """The server answered with a status that another attempt cannot change."""
 
@@ -106,9 +120,26 @@ class FetchBadStatus(FetchError):
         super().__init__(message or f"HTTP {status}")
 
 
+class FetchGone(FetchBadStatus):
+    """410: the link is gone for good (a fresh link to the same file may not be)."""
+
+
 class FetchFailed(FetchError):
     """The download failed in a way another attempt may not: a 5xx, a connection error, a
     timeout, a body cut short."""
+
+
+class FetchDenied(FetchFailed):
+    """403 or 404: the link is refused. Right after a file is made this passes by itself;
+    a link that expired answers it from then on."""
+
+    def __init__(self, status: int, message: str | None = None) -> None:
+        self.status = status
+        super().__init__(message or f"HTTP {status}")
+
+
+LINK_REFUSED = (FetchDenied, FetchGone)
+"""What a link that expired (or was withdrawn) answers."""
 
 
 # ---- the policy ------------------------------------------------------------------------------
@@ -330,6 +361,7 @@ async def download(
     allowed_types: Collection[str],
     log: Any = None,
     suffix_for: Callable[[str], str] | None = None,
+    check: Callable[[Path, str], None] | None = None,
     prepare: Callable[[Path, str], None] | None = None,
     max_redirects: int = MAX_REDIRECTS,
     timeout_s: float | None = None,
@@ -340,8 +372,11 @@ async def download(
     ``allowed_types`` are media types or ``"type/*"`` prefixes. ``suffix_for(media_type)``,
     when given, picks the final name's suffix from the content type (``dest`` is then a
     stem: ``clip.audio`` becomes ``clip.mp3``; the part is ``clip.audio.part`` whatever the
-    type, so that it can be resumed before the type is known). ``prepare(part, media_type)``
-    runs in a thread on the complete part before it is hashed and renamed (to tag it, say).
+    type, so that it can be resumed before the type is known). ``check(part, media_type)``
+    runs in a thread on the complete part and raises :class:`FetchBadBody` when its bytes are
+    not what the type says (the part is then discarded: it is never resumed nor kept).
+    ``prepare(part, media_type)`` runs in a thread on the checked part before it is hashed and
+    renamed (to tag it, say).
     ``timeout_s`` bounds the whole download (the client's own timeouts bound each read).
     Raises a :class:`FetchError`.
     """
@@ -365,6 +400,12 @@ async def download(
         if exc.permanent:
             await asyncio.to_thread(_discard, part)
         raise
+    if check is not None:
+        try:
+            await asyncio.to_thread(check, part, response_type)
+        except FetchError:
+            await asyncio.to_thread(_discard, part)
+            raise
     final = dest.with_suffix(suffix_for(response_type)) if suffix_for else dest
     size, sha256 = await asyncio.to_thread(_commit, part, final, prepare, response_type)
     return Downloaded(path=final, size=size, sha256=sha256, content_type=response_type,
@@ -503,9 +544,14 @@ def _check_status(response: httpx.Response, url: httpx.URL) -> None:
     status = response.status_code
     if status in (200, 206):
         return
+    message = f"{safe_url(url)} answered HTTP {status}"
+    if status in DENIED_STATUSES:
+        raise FetchDenied(status, message)
     if status >= 500 or status in RETRYABLE_STATUSES:
-        raise FetchFailed(f"{safe_url(url)} answered HTTP {status}")
-    raise FetchBadStatus(status, f"{safe_url(url)} answered HTTP {status}")
+        raise FetchFailed(message)
+    if status == 410:
+        raise FetchGone(status, message)
+    raise FetchBadStatus(status, message)
 
 
 def _resume_offset(response: httpx.Response, earlier: _Part) -> int | None:

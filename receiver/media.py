@@ -521,10 +521,31 @@ def open_media(settings: Settings) -> MediaStore:
 # ---- serving ---------------------------------------------------------------------------------
 
 
+# A kept file is a payload's bytes: shown by the browser as media at most, never as a page.
+KEPT_FILE_CSP = ("default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline';"
+                 " frame-ancestors 'none'; sandbox")
+# Types a browser shows as they are, without running anything: inline; any other is a download.
+INLINE_TYPES = ("audio/", "video/", "image/png", "image/jpeg", "image/gif", "image/webp",
+                "image/avif")
+
+
+def kept_file_headers(content_type: str | None, name: str) -> dict[str, str]:
+    """The headers a kept file is served with: a CSP that runs nothing, and an attachment
+    (a download) for any type a browser could render as a page or a script (HTML, SVG, XML,
+    JSON, unknown)."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    inline = media.startswith(INLINE_TYPES)
+    disposition = "inline" if inline else "attachment"
+    safe_name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:100] or "file"
+    return {"Content-Security-Policy": KEPT_FILE_CSP, "X-Frame-Options": "DENY",
+            "Content-Disposition": f'{disposition}; filename="{safe_name}"'}
+
+
 async def file_response(store: MediaStore, file: StoredFile, request: Request) -> Response:
     """``file`` for an admin: from a local folder, the bytes with HTTP Range (206, 416,
     ``Accept-Ranges``); from an object store, a redirect to a presigned GET valid for
-    :data:`PRESIGN_S` seconds (or, where the store cannot sign, the bytes streamed through)."""
+    :data:`PRESIGN_S` seconds (or, where the store cannot sign, the bytes streamed through).
+    The bytes come with :func:`kept_file_headers`."""
     key = store.key_of(file.path)
     if key is None:
         return Response(f"{file.path} is not in the configured media store\n", status_code=404,
@@ -534,8 +555,9 @@ async def file_response(store: MediaStore, file: StoredFile, request: Request) -
         if not await asyncio.to_thread(path.is_file):
             return Response("the file is gone from the media folder\n", status_code=404,
                             media_type="text/plain")
-        return FileResponse(path, media_type=file.content_type, filename=path.name,
-                            content_disposition_type="inline")
+        response = FileResponse(path, media_type=file.content_type)
+        response.headers.update(kept_file_headers(file.content_type, path.name))
+        return response
     url = await store.presigned_url(key)
     if url is not None:
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
@@ -544,4 +566,5 @@ async def file_response(store: MediaStore, file: StoredFile, request: Request) -
         return Response("the object is gone from the media store\n", status_code=404,
                         media_type="text/plain")
     return StreamingResponse(store.read(key), media_type=file.content_type,
-                             headers={"Content-Length": str(found.size)})
+                             headers={"Content-Length": str(found.size),
+                                      **kept_file_headers(file.content_type, key)})

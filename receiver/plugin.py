@@ -30,6 +30,9 @@ Contract:
   bounded wait; a route can add ``after = ["name", ...]`` for one of its handlers.
 - Fetching a URL a callback named goes through ``ctx.network`` (no loopback, private or
   link-local address unless ``[network]`` allows it); files are kept in ``ctx.media``.
+- A handler that needs the upstream's current view of its task (fresh media links, say) calls
+  ``ctx.refresh_task()`` when ``ctx.sonic`` is configured: get-music, recorded as a ``poll``
+  delivery through the same path as every event, never written around it.
 
 :mod:`receiver.testing` runs a handler against a real store in a few lines.
 """
@@ -41,6 +44,7 @@ from receiver.context import HandlerContext as Context
 from receiver.conversion import (
     Domain,
     FieldError,
+    Fraction,
     HttpUrl,
     NonNegativeInt,
     PositiveFloat,
@@ -51,7 +55,18 @@ from receiver.conversion import (
 )
 from receiver.conversion import Table as Options
 from receiver.errors import ReceiverError
-from receiver.fetching import FetchError, FetchFailed, NetPolicy, download, locked, safe_url
+from receiver.fetching import (
+    LINK_REFUSED,
+    FetchBadBody,
+    FetchDenied,
+    FetchError,
+    FetchFailed,
+    FetchGone,
+    NetPolicy,
+    download,
+    locked,
+    safe_url,
+)
 from receiver.jobs import PermanentError, Retry
 from receiver.media import MediaError, MediaRefused, MediaStore
 from receiver.models import ChildState, ChildTask, Clip, Result, StoredFile, Task, TaskView
@@ -70,6 +85,7 @@ from receiver.sonic.errors import (
 from receiver.states import State
 
 __all__ = [
+    "LINK_REFUSED",
     "TASKS",
     "ChildState",
     "ChildTask",
@@ -79,9 +95,13 @@ __all__ = [
     "CreateRequest",
     "Domain",
     "Event",
+    "FetchBadBody",
+    "FetchDenied",
     "FetchError",
     "FetchFailed",
+    "FetchGone",
     "FieldError",
+    "Fraction",
     "HttpUrl",
     "MediaError",
     "MediaRefused",

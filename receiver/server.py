@@ -47,8 +47,11 @@ def config(app: Any, *, host: str, port: int, settings: Settings | None = None,
            **options: Any) -> uvicorn.Config:
     """uvicorn settings shared by every entry point: logging is ours (structlog), not uvicorn's.
     With ``settings``, slow and abusive clients are cut off as :mod:`receiver.connections`
-    says (header and keep-alive timeouts, connection cap)."""
+    says (header and keep-alive timeouts, connection cap). uvicorn's proxy headers are off:
+    it would believe any loopback peer; the app believes the trusted proxies only
+    (:mod:`receiver.proxies`)."""
     options.setdefault("access_log", False)
+    options.setdefault("proxy_headers", False)
     options.setdefault("lifespan", "on")
     if settings is not None:
         options.setdefault("http", protocol_class(settings))

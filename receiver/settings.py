@@ -24,6 +24,7 @@ import msgspec
 from receiver.config import (
     RETENTION_EVERY_S,
     RETENTION_KEEP_IDS_S,
+    AdminTable,
     AlertsTable,
     CoreFile,
     Database,
@@ -31,6 +32,7 @@ from receiver.config import (
     Media,
     ReceiverTable,
     WorkerTable,
+    token_weakness,
 )
 from receiver.conversion import Domain, convert
 from receiver.errors import SettingsError
@@ -63,12 +65,16 @@ ENV_KEYS: dict[str, str] = {
     "RECEIVER_MAX_CONNECTIONS": "max_connections",
     "RECEIVER_HTTP_PARSER": "http_parser",
     "RECEIVER_PUBLIC_URL": "public_url",
+    "RECEIVER_TRUSTED_PROXIES": "trusted_proxies",
     "RECEIVER_WORKER": "worker",
     "RECEIVER_WORKER_CONCURRENCY": "worker_concurrency",
     "RECEIVER_WEB_RESTART_LIMIT_S": "web_restart_limit_s",
     "SONIC_API_BASE_URL": "sonic_api_base_url",
     "SONIC_API_KEY": "sonic_api_key",
 }
+# Other names the environment may give a key by (the first is the key's own variable, which
+# wins): uvicorn's and gunicorn's name for the trusted proxies.
+ENV_ALIASES: dict[str, str] = {"FORWARDED_ALLOW_IPS": "RECEIVER_TRUSTED_PROXIES"}
 # [receiver] keys that are Settings fields of the same name, taken as they are.
 SAME_NAME = frozenset({
     "db_synchronous", "db_lock_timeout_s", "max_body_bytes", "signature_tolerance_s",
@@ -104,6 +110,12 @@ class Settings:
     admin_token: str | None = field(default=None, repr=False)
     # Where the admin token came from, for the start-up line (never the token itself).
     admin_token_source: str | None = None
+    # Named operators' tokens ([[admin.tokens]]), (name, token) each; the admin token above
+    # is the operator named "admin".
+    operator_tokens: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # A console session ends after this long without a request, and this long after login.
+    session_idle_s: float = 3600.0
+    session_max_s: float = 12 * 3600.0
     # Serve the admin API (/tasks, /jobs) to anyone: an explicit choice, never a default.
     insecure_open_admin: bool = False
     insecure_no_verify: bool = False
@@ -122,6 +134,9 @@ class Settings:
     # either (receiver.connections); "h11" is the fallback if httptools misbehaves somewhere.
     http_parser: str = "httptools"
     public_url: str | None = None  # how the Sonic service reaches this receiver
+    # Peers (addresses, networks, "*") whose X-Forwarded-For/-Proto/-Host are believed
+    # (receiver.proxies); none by default: a forwarded header from anyone else is ignored.
+    trusted_proxies: tuple[str, ...] = ()
     sonic_api_base_url: str | None = None
     sonic_api_key: str | None = field(default=None, repr=False)
     # serve --workers N: how long a web process started again after the first start may keep
@@ -159,12 +174,19 @@ class Settings:
     @property
     def admin_open(self) -> bool:
         """Whether the admin API is served without a token (the operator opted out)."""
-        return self.admin_token is None and self.insecure_open_admin
+        return not self.operators and self.insecure_open_admin
+
+    @property
+    def operators(self) -> tuple[tuple[str, str], ...]:
+        """Every (name, token) that opens the admin surface: the admin token as ``admin``,
+        then the named operators' tokens."""
+        own = ((ADMIN_OPERATOR, self.admin_token),) if self.admin_token else ()
+        return own + self.operator_tokens
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value of the configuration, to be blanked in logs and errors."""
         values = [*self.webhook_secrets, self.admin_token, self.sonic_api_key,
-                  _password_of(self.db_url)]
+                  _password_of(self.db_url), *(token for _, token in self.operator_tokens)]
         values += [piece for url in self.alert_targets for piece in url_secrets(url)]
         # Notification targets and any other URL in the config file (handler options).
         values += [piece for url in _config_urls(self.config) for piece in url_secrets(url)]
@@ -203,8 +225,13 @@ def load(
     # key → (where it came from, value): the file's table, then the environment, then flags
     given: dict[str, tuple[str, Any]] = _given(core.receiver, lambda key: f"receiver.{key}")
     from_env = {key: env[name] for name, key in ENV_KEYS.items() if env.get(name, "") != ""}
+    env_names = dict(_ENV_NAMES)
+    for alias, name in ENV_ALIASES.items():
+        if env.get(name, "") == "" and env.get(alias, "") != "":
+            from_env[ENV_KEYS[name]] = env[alias]
+            env_names[ENV_KEYS[name]] = alias
     given.update(_given(
-        convert(from_env, ReceiverTable, strict=False, names=_ENV_NAMES), _ENV_NAMES.get))
+        convert(from_env, ReceiverTable, strict=False, names=env_names), env_names.get))
     if "db" not in given and env.get("DATABASE_URL", "") != "":  # the platforms' convention
         names = {"db": "DATABASE_URL"}
         given.update(_given(convert({"db": env["DATABASE_URL"]}, ReceiverTable, strict=False,
@@ -221,12 +248,15 @@ def load(
     changes["alert_targets"] = split_targets(
         env.get("RECEIVER_ALERT_TARGETS", "") or core.alerts.targets)
     changes.update(_resolve(given))
+    changes.update(_admin(core.admin))
     if insecure:
         changes["insecure_no_verify"] = True
     return replace(Settings(config_file=config_file, config=config), **changes).validated()
 
 
-_CORE_KEYS = frozenset({"receiver", "worker", "reconcile", "retention", "alerts", "deadlines"})
+_CORE_KEYS = frozenset({"receiver", "worker", "reconcile", "retention", "admin", "alerts",
+                        "deadlines"})
+ADMIN_OPERATOR = "admin"  # the operator the admin token (RECEIVER_ADMIN_TOKEN) names
 # Where one apprise URL ends in a list written as one string: a comma before the next scheme
 # (a comma inside a URL, as in mailto's ?to=a,b, is kept).
 _NEXT_URL = re.compile(r"\s*,\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
@@ -236,6 +266,8 @@ def split_targets(value: str | list[str]) -> tuple[str, ...]:
     """Apprise URLs: a list, or one string of URLs separated by commas."""
     items = value if isinstance(value, list) else _NEXT_URL.split(value)
     return tuple(item.strip() for item in items if item.strip())
+
+
 _ENV_NAMES = {key: name for name, key in ENV_KEYS.items()}
 
 
@@ -294,16 +326,41 @@ def _resolve(given: Mapping[str, tuple[str, Any]]) -> dict[str, Any]:
                                                  else {}))
     if "schemes" in given:
         changes["schemes"] = tuple(given["schemes"][1])
+    if "trusted_proxies" in given:
+        changes["trusted_proxies"] = tuple(given["trusted_proxies"][1])
     for key in ("public_url", "sonic_api_base_url"):
         if key in given:
             changes[key] = given[key][1].rstrip("/")
-    for key in ("sonic_api_key", "admin_token"):
-        if key in given:
-            changes[key] = given[key][1] or None
+    if "sonic_api_key" in given:
+        changes["sonic_api_key"] = given["sonic_api_key"][1] or None
+    if "admin_token" in given:
+        changes["admin_token"] = str(given["admin_token"][1])
     if changes.get("admin_token"):
         changes["admin_token_source"] = given["admin_token"][0]
     if "admin_token_file" in given:
         changes.update(_token_file(*given["admin_token_file"]))
+    return changes
+
+
+def _admin(table: AdminTable) -> dict[str, Any]:
+    """The Settings fields of the ``[admin]`` table: each operator's token read (from the
+    file named, for ``token_file``) and checked, and the session limits."""
+    tokens: list[tuple[str, str]] = []
+    for index, item in enumerate(table.tokens):
+        origin = f"admin.tokens[{index}]"
+        if item.token is not None:
+            token = str(item.token)
+        else:
+            token = _token_file(f"{origin}.token_file", item.token_file)["admin_token"]
+        if item.name == ADMIN_OPERATOR:
+            raise SettingsError(f"{origin}.name: {ADMIN_OPERATOR!r} is the admin token's "
+                                "operator (RECEIVER_ADMIN_TOKEN): choose another name")
+        tokens.append((item.name, token))
+    changes: dict[str, Any] = {"operator_tokens": tuple(tokens)}
+    if table.session_idle is not None:
+        changes["session_idle_s"] = float(table.session_idle)
+    if table.session_max is not None:
+        changes["session_max_s"] = float(table.session_max)
     return changes
 
 
@@ -332,4 +389,7 @@ def _token_file(origin: str, value: Any) -> dict[str, Any]:
         raise SettingsError(f"{origin}: cannot read {path}: {exc.strerror or exc}") from None
     if not token:
         raise SettingsError(f"{origin}: {path} is empty")
+    weakness = token_weakness(token)
+    if weakness is not None:
+        raise SettingsError(f"{origin}: the token in {path} {weakness}")
     return {"admin_token": token, "admin_token_source": str(path)}

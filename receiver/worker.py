@@ -348,10 +348,14 @@ class Worker:
                 failures += 1
                 metrics.store_error("outcome")
                 delay = self._back_off(failures)
-                bound.warning("job_outcome_not_written", outcome=outcome, error=exc.message,
-                              retry_in_s=round(delay, 2))
+                # said once per outcome, and again when it is written: not at every try
+                (bound.warning if failures == 1 else bound.debug)(
+                    "job_outcome_not_written", outcome=outcome, error=exc.message,
+                    tries=failures, retry_in_s=round(delay, 2))
                 await asyncio.sleep(delay)
                 continue
+            if failures:
+                bound.info("job_outcome_written", outcome=outcome, tries=failures + 1)
             if not kept:
                 bound.warning("job_lease_lost", outcome=outcome)
             return kept

@@ -1,11 +1,13 @@
 """Load for the reliability tests: senders that retry until answered (with duplicates and
-reordering, as providers deliver), the effect handler's config, and what the database holds
-afterwards, read straight from the SQLite file or the PostgreSQL database."""
+reordering, as providers deliver), the effect handler's config (and a variant of it that fails
+on demand), and what the database holds afterwards (its attempt log too), read straight from
+the SQLite file or the PostgreSQL database."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import sqlite3
 import time
@@ -15,22 +17,53 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from receiver.context import Event, HandlerContext
+from tests.plugins import effect_once
 from tests.support import callback, clip, signed_headers
 from tests.waiting import wait_until
 
+PLANTED = "FAIL-NOW"  # while a file of this name is in the effects folder, handlers fail
+FAILED = "FAILED"  # where each planted failure is written down: "key attempt pid" a line
 
-def effect_config(path: Path, effects: Path, *, lease_s: float = 2, hold_s: float = 0) -> Path:
-    """A receiver config: on ``task.succeeded``, ``tests.plugins:effect_once`` writes one file
-    per task into ``effects`` (after ``hold_s``, so that kills land mid-job). A short lease:
-    the jobs of a killed process are taken over after ``lease_s``."""
+
+def effect_config(path: Path, effects: Path, *, lease_s: float = 2, hold_s: float = 0,
+                  concurrency: int | None = None,
+                  handler: str = "tests.plugins:effect_once") -> Path:
+    """A receiver config: on ``task.succeeded``, ``tests.plugins:effect_once`` (or
+    ``handler``, which takes the same options) writes one file per task into ``effects`` (after
+    ``hold_s``, so that kills land mid-job). A short lease: the jobs of a killed process are
+    taken over after ``lease_s``. ``concurrency``: the jobs a worker runs at once (fewer than
+    the default leaves work for every worker)."""
+    slots = "" if concurrency is None else f"concurrency = {concurrency}\n"
     path.write_text(
-        f"[worker]\nlease_s = {lease_s}\n\n"
-        '[handlers.effect]\npath = "tests.plugins:effect_once"\n\n'
+        f"[worker]\nlease_s = {lease_s}\n{slots}\n"
+        f'[handlers.effect]\npath = "{handler}"\n\n'
         '[[routes]]\non = ["task.succeeded"]\n'
         f'handlers = [{{ name = "effect", '
         f'options = {{ dir = "{effects}", hold_s = {hold_s} }} }}]\n'
     )
     return path
+
+
+async def effect_or_planted_failure(event: Event, ctx: HandlerContext) -> None:
+    """``tests.plugins:effect_once``, then a failure while a file named :data:`PLANTED` is in
+    its folder (the handler of a notification whose answer timed out, say): a job that fails
+    at a chosen moment, such as while the database is away. Each failure is written down in
+    :data:`FAILED`, with the job's key, its attempt and the worker's pid."""
+    await effect_once(event, ctx)
+    folder = Path(str(ctx.options["dir"]))
+    if (folder / PLANTED).exists():
+        with (folder / FAILED).open("a") as handle:
+            handle.write(f"{event.key} {event.attempt} {os.getpid()}\n")
+        raise RuntimeError("planted failure")
+
+
+def planted_failures(effects: Path) -> list[tuple[str, int, int]]:
+    """The failures :func:`effect_or_planted_failure` made: ``(job key, attempt, pid)``."""
+    path = effects / FAILED
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [(key, int(attempt), int(pid)) for key, attempt, pid in
+            (line.split(" ") for line in lines)]
 
 
 def deliveries(task: str) -> list[tuple[str, bytes]]:
@@ -179,4 +212,43 @@ def check_effects(effects: Path, tasks: list[str]) -> None:
     doubled = effects / "DOUBLED"
     assert not doubled.exists(), doubled.read_text()
     # (a process killed mid-write may leave its staged .tmp file: not an effect)
-    assert sorted(p.name for p in effects.iterdir() if not p.name.startswith(".")) == sorted(tasks)
+    made = [p.name for p in effects.iterdir()
+            if not p.name.startswith(".") and p.name not in (PLANTED, FAILED)]
+    assert sorted(made) == sorted(tasks)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One row of the job attempt log, with its job's key and state."""
+
+    job_id: int
+    key: str
+    job_state: str
+    run: int
+    attempt: int  # the job's counted attempt at this claim
+    owner: str
+    started_at: float
+    finished_at: float | None
+    outcome: str | None
+
+    @property
+    def pid(self) -> int:
+        """The process of the worker that made it (owners read ``host:pid:nonce``)."""
+        return int(self.owner.split(":")[1])
+
+
+_ATTEMPTS = ("SELECT a.job_id, j.key, j.state, a.run, a.attempt, a.owner, a.started_at, "
+             "a.finished_at, "
+             "a.outcome FROM job_attempts a JOIN jobs j ON j.id = a.job_id "
+             "ORDER BY a.job_id, a.run")
+
+
+def attempts(db: Path | str) -> list[Attempt]:
+    """Every attempt of every job in ``db`` (a SQLite file, or a ``postgresql://`` URL)."""
+    if isinstance(db, str) and db.startswith("postgres"):
+        with psycopg.connect(db) as conn:
+            rows = conn.execute(_ATTEMPTS).fetchall()
+    else:
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute(_ATTEMPTS).fetchall()
+    return [Attempt(*row) for row in rows]

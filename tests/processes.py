@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -111,9 +114,9 @@ def wait_children(pid: int, count: int, timeout_s: float = 60) -> list[int]:
     return found
 
 
-def log_events(logs: Iterable[Path], event: str) -> list[dict[str, object]]:
-    """The JSON log lines named ``event`` in ``logs`` (lines that are not JSON are skipped:
-    a process killed mid-line leaves half of one)."""
+def log_lines(logs: Iterable[Path]) -> list[dict[str, object]]:
+    """The JSON log lines in ``logs`` (lines that are not JSON are skipped: a process killed
+    mid-line leaves half of one)."""
     found = []
     for path in logs:
         if not path.exists():
@@ -123,9 +126,14 @@ def log_events(logs: Iterable[Path], event: str) -> list[dict[str, object]]:
                 item = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(item, dict) and item.get("event") == event:
+            if isinstance(item, dict):
                 found.append(item)
     return found
+
+
+def log_events(logs: Iterable[Path], event: str) -> list[dict[str, object]]:
+    """The JSON log lines named ``event`` in ``logs``."""
+    return [item for item in log_lines(logs) if item.get("event") == event]
 
 
 def done_twice(logs: Iterable[Path]) -> list[str]:
@@ -147,3 +155,92 @@ def wait_logged(log: Path, event: str, proc: subprocess.Popen[bytes],
 
     wait_until_blocking(logged, within=timeout_s, what=f"{event} in {log}",
                         detail=lambda: log.read_text()[-3000:])
+
+
+def logged_at(event: dict[str, object]) -> float:
+    """When a JSON log line was written, in Unix seconds (its ISO ``timestamp``, UTC)."""
+    return datetime.fromisoformat(str(event["timestamp"])).timestamp()
+
+
+def connection_owner(pids: Iterable[int], server_port: int, client_port: int) -> int | None:
+    """Which of ``pids`` holds the server's end of the TCP connection ``client_port`` →
+    ``server_port`` (read from ``/proc`` while the connection is open); None if none does."""
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, remote = fields[1], fields[2]
+            if (int(local.rsplit(":", 1)[1], 16) == server_port
+                    and int(remote.rsplit(":", 1)[1], 16) == client_port and int(fields[9])):
+                inode = fields[9]
+    if inode is None:
+        return None
+    for pid in pids:
+        try:
+            links = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for link in links:
+            try:
+                if os.readlink(link) == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request's answer: its status (None when the connection failed or was cut) and the
+    process that answered it (None when not known)."""
+
+    status: int | None
+    pid: int | None
+
+
+def ask(port: int, path: str, pids: Iterable[int], *, timeout_s: float = 10) -> Answer:
+    """``GET path`` on a new connection to ``port``, and which of ``pids`` (the web processes
+    sharing the port) answered it: the one holding the connection while it is kept open."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return Answer(None, None)
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            while len(body) < length:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return Answer(None, None)
+                body += chunk
+            status = int(head.split(b" ", 2)[1])
+            return Answer(status, connection_owner(pids, port, sock.getsockname()[1]))
+    except OSError:
+        return Answer(None, None)
+
+
+def holds_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has the file ``path`` open."""
+    try:
+        links = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for link in links:
+        try:
+            if os.readlink(link) == str(path):
+                return True
+        except OSError:
+            continue
+    return False

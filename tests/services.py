@@ -112,10 +112,67 @@ def _unprivileged_account() -> _Account:
     raise ServiceUnavailable("running as root and neither a 'postgres' nor a 'nobody' user exists")
 
 
+@dataclass(kw_only=True)
+class PostgresCluster:
+    """A running throwaway cluster that its owner may stop abruptly and start again, on the
+    same port and data folder (a database server restarted under load): :attr:`server` says
+    where it answers while it runs."""
+
+    server: PostgresServer
+    data: Path
+    log: Path
+    bindir: Path
+    options: str
+    account: _Account
+    env: dict[str, str]
+
+    def pg_ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``pg_ctl ARGS -D data`` as the cluster's owner; its output captured, never raised."""
+        return subprocess.run(
+            [str(self.bindir / "pg_ctl"), *args, "-D", str(self.data)],
+            cwd=self.data.parent, env=self.env, user=self.account.uid, group=self.account.gid,
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+
+    def start(self) -> subprocess.CompletedProcess[str]:
+        """``pg_ctl start``, waiting until the server accepts connections (``-w``)."""
+        return self.pg_ctl("start", "-l", str(self.log), "-w", "-t", "60", "-o", self.options)
+
+    def stop(self, mode: str = "immediate") -> None:
+        """``pg_ctl stop -m MODE`` (``immediate``: every server process quits at once, without
+        a checkpoint, as in a crash; the next start recovers from the WAL). Raises when the
+        server did not stop."""
+        done = self.pg_ctl("stop", "-m", mode, "-w", "-t", "30")
+        if done.returncode != 0:
+            raise ServiceUnavailable(f"pg_ctl stop failed: {done.stderr.strip()}\n"
+                                     f"{_tail(self.log)}")
+
+    def restart(self) -> None:
+        """Start it again after :meth:`stop`; raises with the server's log when it did not."""
+        done = self.start()
+        if done.returncode != 0:
+            raise ServiceUnavailable(f"pg_ctl start failed: {done.stderr.strip()}\n"
+                                     f"{_tail(self.log)}")
+
+
 @contextlib.contextmanager
 def running_postgres() -> Iterator[PostgresServer]:
     """Start a throwaway cluster in a temporary folder, tuned for tests (no fsync), on a free
     loopback port; stop it (immediate) and remove the folder at the end."""
+    with running_postgres_cluster() as cluster:
+        yield cluster.server
+
+
+@contextlib.contextmanager
+def running_postgres_cluster(*, crash_safe: bool = False) -> Iterator[PostgresCluster]:
+    """:func:`running_postgres`, yielding the cluster itself, which the caller may stop and
+    start again (:class:`PostgresCluster`); it is stopped and removed at the end, whether it
+    runs then or not.
+
+    ``crash_safe``: a commit is in the WAL on disk before it is acknowledged
+    (``synchronous_commit`` on), so that it survives ``pg_ctl stop -m immediate``; otherwise
+    the last commits before such a stop may be lost. (Without fsync all the same: the server's
+    processes are killed, not the machine; what they wrote stays in the OS's page cache.)"""
     bindir = postgres_bindir()
     account = _unprivileged_account()
     root = Path(tempfile.mkdtemp(prefix="sonic-pg-"))
@@ -125,39 +182,38 @@ def running_postgres() -> Iterator[PostgresServer]:
         data, log = root / "data", root / "server.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env.update(LC_ALL="C", LANG="C")
-
-        def run(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                args, cwd=root, env=env, user=account.uid, group=account.gid,
-                capture_output=True, text=True, timeout=120, check=False,
-            )
-
-        done = run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
-                   "-E", "UTF8", "--locale=C", "--no-sync")
+        done = subprocess.run(
+            [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
+             "-E", "UTF8", "--locale=C", "--no-sync"],
+            cwd=root, env=env, user=account.uid, group=account.gid,
+            capture_output=True, text=True, timeout=120, check=False,
+        )
         if done.returncode != 0:
             raise ServiceUnavailable(
                 f"initdb failed as {account.name}: {(done.stderr or done.stdout).strip()}")
 
-        started = False
+        cluster: PostgresCluster | None = None
         for _ in range(3):  # a free port can be taken between free_port() and the bind
             port = free_port()
             options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off "
-                       "-c synchronous_commit=off -c full_page_writes=off "
-                       "-c max_connections=200 -c log_min_messages=warning")
-            done = run(str(bindir / "pg_ctl"), "start", "-D", str(data), "-l", str(log),
-                       "-w", "-t", "60", "-o", options)
+                       f"-c synchronous_commit={'on' if crash_safe else 'off'} "
+                       "-c full_page_writes=off -c max_connections=200 "
+                       "-c log_min_messages=warning")
+            candidate = PostgresCluster(
+                server=PostgresServer(host="127.0.0.1", port=port, socket_dir=root),
+                data=data, log=log, bindir=bindir, options=options, account=account, env=env)
+            done = candidate.start()
             if done.returncode == 0:
-                started = True
+                cluster = candidate
                 break
-        if not started:
+        if cluster is None:
             raise ServiceUnavailable(
                 f"pg_ctl start failed: {done.stderr.strip()}\n{_tail(log)}")
         try:
-            yield PostgresServer(host="127.0.0.1", port=port, socket_dir=root)
+            yield cluster
         finally:
-            stopped = run(str(bindir / "pg_ctl"), "stop", "-D", str(data), "-m", "immediate",
-                          "-w", "-t", "30")
-            if stopped.returncode != 0:
+            stopped = cluster.pg_ctl("stop", "-m", "immediate", "-w", "-t", "30")
+            if stopped.returncode != 0:  # (or its owner left it stopped: nothing to kill)
                 _kill_postmaster(data)
     finally:
         shutil.rmtree(root, ignore_errors=True)

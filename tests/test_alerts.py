@@ -135,7 +135,7 @@ async def quarantined(w: World, alerting: Alerting) -> None:
 
 
 async def at_risk(w: World, alerting: Alerting) -> None:
-    # the task succeeded 0.6 of its links' lifetime (1000 s) ago; its download has not run
+    # the task succeeded 0.6 of the time its files are kept (1000 s) ago; not downloaded yet
     await w.storage.ingest.record_delivery(delivery("r-1", COMPLETED, at=w.clock.now() - 600),
                                            router=ROUTER)
 
@@ -174,7 +174,7 @@ SCENARIOS = [
     Scenario("deliveries_quarantined", quarantined, says="1 delivery quarantined"),
     Scenario("downloads_at_risk", at_risk, clear=download_done, keepers=frozenset({"keep"}),
              says="1 task succeeded but its files are not kept yet",
-             table={"downloads_at_risk": {"link_lifetime": 1000}}),
+             table={"downloads_at_risk": {"kept_for": 1000}}),
     Scenario("storage", disk_low, subject="database_space", says="free under the database"),
 ]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 from starlette.requests import HTTPConnection
 
 from receiver.app import create_app
-from receiver.auth import authorized, how_to_use
+from receiver.auth import authorized, how_to_use, operator_of
 from receiver.clock import FakeClock
 from receiver.errors import SettingsError
 from receiver.settings import Settings, load
@@ -22,7 +23,7 @@ from tests.support import app_client, callback, clip, free_port, post_signed, se
 
 pytestmark = pytest.mark.anyio
 
-TOKEN = "adm1n-t0ken-for-tests"
+TOKEN = "adm1n-t0ken-for-tests-4f9c2e81b7"
 BODY = callback("t-1", [clip("c1", "succeeded")])
 ADMIN_CALLS = [("GET", "/tasks/t-1"), ("GET", "/jobs"), ("POST", "/tasks")]
 
@@ -138,7 +139,7 @@ def test_the_token_can_come_from_a_file_and_the_startup_line_names_the_file(
 @pytest.mark.parametrize(("env", "message"), [
     ({"RECEIVER_ADMIN_TOKEN_FILE": "/nonexistent/admin-token"}, "cannot read"),
     ({"RECEIVER_ADMIN_TOKEN_FILE": "/dev/null"}, "is empty"),
-    ({"RECEIVER_ADMIN_TOKEN_FILE": "/dev/null", "RECEIVER_ADMIN_TOKEN": "x"}, "both set"),
+    ({"RECEIVER_ADMIN_TOKEN_FILE": "/dev/null", "RECEIVER_ADMIN_TOKEN": TOKEN}, "both set"),
     ({"RECEIVER_INSECURE_OPEN_ADMIN": "perhaps"}, "must be 1 or 0"),
 ])
 def test_bad_admin_settings_stop_start_up(env: dict[str, str], message: str) -> None:
@@ -211,3 +212,89 @@ async def test_a_console_extends_the_check_with_its_own_credential() -> None:
             "dashboard")
         bearer = {"Authorization": f"Bearer {TOKEN}"}
         assert (await client.get("/ui/", headers=bearer)).text == "dashboard"
+
+
+@pytest.mark.parametrize(("token", "why"), [
+    ("x", "too short (1 characters"),
+    ("a" * 23, "too short (23 characters"),
+    ("changeme-changeme-changeme-2024", "placeholder"),
+    ("<your admin token goes here please>", "placeholder"),
+    ("your-token-0123456789abcdefghij", "placeholder"),
+    ("abababababababababababababab", "too few characters"),
+])
+def test_a_weak_admin_token_stops_start_up_saying_how_to_make_one(token: str, why: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load({"SONIC_WEBHOOK_SECRET": "s3cret-1", "RECEIVER_ADMIN_TOKEN": token})
+    message = raised.value.message
+    assert message.startswith("RECEIVER_ADMIN_TOKEN: ")
+    assert why in message
+    assert "secrets.token_urlsafe(32)" in message
+    assert token not in message  # a secret is never repeated back
+
+
+def test_a_weak_token_in_a_file_or_the_config_is_refused_too(tmp_path: Path) -> None:
+    path = tmp_path / "admin-token"
+    path.write_text("short\n")
+    with pytest.raises(SettingsError, match=r"^RECEIVER_ADMIN_TOKEN_FILE: .* too short"):
+        load({"SONIC_WEBHOOK_SECRET": "s3cret-1", "RECEIVER_ADMIN_TOKEN_FILE": str(path)})
+    config = tmp_path / "receiver.toml"
+    config.write_text('[receiver]\nadmin_token = "changeme"\n')
+    with pytest.raises(SettingsError, match=r"^receiver\.admin_token: is too short"):
+        load({"SONIC_WEBHOOK_SECRET": "s3cret-1"}, config_file=config)
+
+
+def test_named_operators_tokens_come_from_the_config_file(tmp_path: Path) -> None:
+    bob_file = tmp_path / "bob-token"
+    bob_file.write_text("bob-token-5b1f0e9d8c7a6b5c4d3e\n")
+    config = tmp_path / "receiver.toml"
+    config.write_text(
+        '[admin]\nsession_idle = "30m"\nsession_max = "8h"\n'
+        '[[admin.tokens]]\nname = "alice"\ntoken = "alice-token-1a2b3c4d5e6f7a8b9c0d"\n'
+        f'[[admin.tokens]]\nname = "bob"\ntoken_file = "{bob_file}"\n')
+    loaded = load({"SONIC_WEBHOOK_SECRET": "s3cret-1"}, config_file=config)
+    assert loaded.operators == (("alice", "alice-token-1a2b3c4d5e6f7a8b9c0d"),
+                                ("bob", "bob-token-5b1f0e9d8c7a6b5c4d3e"))
+    assert (loaded.session_idle_s, loaded.session_max_s) == (1800.0, 8 * 3600.0)
+    assert "alice-token-1a2b3c4d5e6f7a8b9c0d" in loaded.secrets()
+    assert not loaded.admin_open
+    line = how_to_use(loaded, "http://h")
+    assert "alice, bob" in line
+    assert "alice-token" not in line
+    assert operator_of("bob-token-5b1f0e9d8c7a6b5c4d3e", loaded) == "bob"
+    assert operator_of(TOKEN, loaded) is None
+    assert operator_of(TOKEN, replace(loaded, admin_token=TOKEN)) == "admin"
+
+
+@pytest.mark.parametrize(("tokens", "message"), [
+    ('[[admin.tokens]]\nname = "a"\ntoken = "short"\n', r"^admin\.tokens\[0\]\.token: is too"),
+    ('[[admin.tokens]]\nname = "a"\n', r"^admin\.tokens\[0\]\.token: give token or token_file"),
+    ('[[admin.tokens]]\nname = "a b"\ntoken = "alice-token-1a2b3c4d5e6f7a8b9c0d"\n',
+     r"^admin\.tokens\[0\]\.name"),
+    ('[[admin.tokens]]\nname = "a"\ntoken = "alice-token-1a2b3c4d5e6f7a8b9c0d"\n'
+     '[[admin.tokens]]\nname = "a"\ntoken = "other-token-1a2b3c4d5e6f7a8b9c0d"\n',
+     r"^admin\.tokens\[1\]\.name: two tokens are named 'a'"),
+    ('[[admin.tokens]]\nname = "admin"\ntoken = "alice-token-1a2b3c4d5e6f7a8b9c0d"\n',
+     r"^admin\.tokens\[0\]\.name: 'admin' is the admin token's"),
+    ('[[admin.tokens]]\nname = "a"\ntoken_file = "/nonexistent/t"\n',
+     r"^admin\.tokens\[0\]\.token_file: cannot read"),
+])
+def test_bad_operator_tokens_stop_start_up_with_their_path(
+    tmp_path: Path, tokens: str, message: str
+) -> None:
+    config = tmp_path / "receiver.toml"
+    config.write_text(tokens)
+    with pytest.raises(SettingsError, match=message):
+        load({"SONIC_WEBHOOK_SECRET": "s3cret-1"}, config_file=config)
+
+
+@pytest.mark.slow
+def test_a_short_admin_token_stops_serve_with_exit_2(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECEIVER_", "SONIC_"))}
+    env |= {"SONIC_WEBHOOK_SECRET": "s3cret-1", "RECEIVER_ADMIN_TOKEN": "hunter2",
+            "RECEIVER_DB": str(tmp_path / "r.db")}
+    done = subprocess.run([sys.executable, "-m", "receiver", "serve", "--port", str(free_port())],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "RECEIVER_ADMIN_TOKEN: is too short (7 characters; at least 24)" in done.stderr
+    assert "secrets.token_urlsafe(32)" in done.stderr
+    assert "hunter2" not in done.stderr + done.stdout

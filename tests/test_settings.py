@@ -31,13 +31,13 @@ def test_every_variable_is_read() -> None:
         "RECEIVER_MAX_BODY_BYTES": "2048",
         "RECEIVER_SIGNATURE_TOLERANCE_S": "60",
         "RECEIVER_SCHEMES": "standard,legacy",
-        "RECEIVER_ADMIN_TOKEN": "tok",
+        "RECEIVER_ADMIN_TOKEN": "tok-9f8e7d6c5b4a39281706f5e4",
     })
     assert s.webhook_secrets == ("new", "old")
     assert (s.db_path, s.media_dir) == (Path("/tmp/x.db"), Path("/tmp/m"))
     assert (s.max_body_bytes, s.signature_tolerance_s) == (2048, 60)
     assert s.schemes == (Scheme.STANDARD, Scheme.LEGACY)
-    assert s.admin_token == "tok"
+    assert s.admin_token == "tok-9f8e7d6c5b4a39281706f5e4"
 
 
 def test_config_file_then_env_then_flags(tmp_path: Path) -> None:

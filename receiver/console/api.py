@@ -8,8 +8,15 @@ next page.
 
 Actions (``POST``), each idempotent and written to the audit log (who, when, what):
 ``/jobs/{id}/retry``, ``/jobs/retry`` (every match of a filter; ``dry_run`` counts first),
-``/deliveries/{id}/record-again``, ``/deliveries/{id}/resend``, ``/tasks/{id}/reconcile``.
-The pages of :mod:`receiver.console.ui` call the same functions (:class:`Actions`).
+``/deliveries/{id}/record-again``, ``/deliveries/{id}/resend``, ``/tasks/{id}/reconcile``,
+``/sessions/{id}/end``; and ``GET /sessions``, the open console sessions. The pages of
+:mod:`receiver.console.ui` call the same functions (:class:`Actions`).
+
+An id in a path may hold any character the store accepts: a task's or a delivery's id takes
+the rest of the path (``/`` included, percent-encoded by the caller; a kept file's clip id and
+kind are the last two segments). A resend goes to
+``RECEIVER_PUBLIC_URL``'s webhook, never to where a request's ``Host`` points: without it, it
+is refused.
 """
 
 from __future__ import annotations
@@ -28,11 +35,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 import receiver.console.shapes as shapes
+from receiver.auth import client_address
+from receiver.console.session import visitor_of
 from receiver.console.shapes import ShapeResponse, builtins
 from receiver.errors import ReceiverError
 from receiver.jobs import JobState
 from receiver.media import file_response
-from receiver.models import JobFilter, Outcome, Source
+from receiver.models import ChildTask, JobFilter, Outcome, Source
 from receiver.recovery import reconcile, replayed, resend
 from receiver.runtime import Runtime, runtime_of
 from receiver.signatures import Scheme
@@ -43,7 +52,9 @@ from receiver.storage.admin import (
     BadCursor,
     DeliveryDetail,
     DeliveryFilter,
+    Page,
     TaskFilter,
+    TaskRow,
     decode_cursor,
     encode_cursor,
 )
@@ -157,11 +168,9 @@ def reads_of(request: Request) -> Admin:
 
 
 def actor_of(request: Request) -> str:
-    """Who acts, for the audit log: the API's token or the dashboard's session, and from
-    which address."""
-    how = request.scope.get("console_auth", "open")
-    client = request.client.host if request.client else "?"
-    return f"{how}@{client}"
+    """Who acts, for the audit log: the operator (by the token's name), how (a Bearer token,
+    the dashboard's session, the open console) and from which address."""
+    return visitor_of(request).actor(client_address(request))
 
 
 # ---- the actions ---------------------------------------------------------------------------
@@ -217,11 +226,16 @@ class Actions:
         await self._audit(actor, "record_again", f"delivery:{delivery_id}", result)
         return result
 
-    async def resend(self, delivery_id: str, *, url: str, actor: str) -> dict[str, Any] | None:
+    async def resend(self, delivery_id: str, *, actor: str) -> dict[str, Any] | None:
+        """Sign and POST the stored delivery to this receiver's public webhook again."""
         detail = await self.reads.get_delivery(delivery_id)
         if detail is None:
             return None
         settings = self.runtime.settings
+        url = settings.webhook_url
+        if url is None:
+            raise ActionRefused("RECEIVER_PUBLIC_URL is not set: a resend goes to the public "
+                                "webhook URL only")
         scheme = settings.schemes[0] if settings.webhook_secrets else Scheme.NONE
         secret = settings.webhook_secrets[0] if settings.webhook_secrets else ""
         summary = await resend([detail.raw], http=self.runtime.http, url=url, secret=secret,
@@ -229,6 +243,13 @@ class Actions:
         result = {"delivery_id": delivery_id, "url": url, "counts": summary.counts,
                   "failures": summary.failures}
         await self._audit(actor, "resend", f"delivery:{delivery_id}", result)
+        return result
+
+    async def end_session(self, session_id: int, *, actor: str) -> dict[str, Any]:
+        ended = await self.reads.end_session(session_id, now=self.runtime.clock.now(),
+                                             by=actor)
+        result = {"session_id": session_id, "ended": ended}
+        await self._audit(actor, "end_session", f"session:{session_id}", result)
         return result
 
     async def reconcile_task(self, task_id: str, *, actor: str) -> dict[str, Any]:
@@ -271,10 +292,18 @@ def _guard(endpoint: Endpoint) -> Endpoint:
 
 async def list_tasks(request: Request) -> Response:
     params = request.query_params
-    page = await reads_of(request).list_tasks(task_filter(params), limit=_limit(params),
-                                              cursor=params.get("cursor"))
-    return ShapeResponse(shapes.TaskPage.of(
-        page, items=[shapes.TaskRow.of(row.task, row) for row in page.items]))
+    reads = reads_of(request)
+    page = await reads.list_tasks(task_filter(params), limit=_limit(params),
+                                  cursor=params.get("cursor"))
+    return ShapeResponse(await task_page(reads, page))
+
+
+async def task_page(reads: Admin, page: Page[TaskRow]) -> shapes.TaskPage:
+    """A page of tasks as ``GET /tasks`` shows it: each row with every title of its clips."""
+    titles = await reads.titles_of([row.task.task_id for row in page.items])
+    return shapes.TaskPage.of(page, items=[
+        shapes.TaskRow.of(row.task, row, titles=titles.get(row.task.task_id, []))
+        for row in page.items])
 
 
 async def task_detail(reads: Admin, task_id: str) -> shapes.TaskDetail | None:
@@ -296,6 +325,9 @@ async def task_detail(reads: Admin, task_id: str) -> shapes.TaskDetail | None:
             credits=made.credits if made else None))
         parent = up.task.parent_task_id if up else None
     root = chain[0].task_id if chain else task_id
+    descendants = await _descendants(reads, task_id)
+    states = await reads.states_of([d.child.child_task_id for d in descendants
+                                    if d.child.child_task_id])
     return shapes.TaskDetail.of(
         view,
         jobs=await reads.list_jobs(task_id=task_id),
@@ -303,17 +335,26 @@ async def task_detail(reads: Admin, task_id: str) -> shapes.TaskDetail | None:
         children=await reads.list_children(task_id),
         results=await reads.list_results(task_id),
         parents=chain,
-        descendants=await _descendants(reads, task_id),
+        descendants=[shapes.Descendant.of(
+            d.child, level=d.level, task_state=states.get(d.child.child_task_id or ""))
+            for d in descendants],
         created_by=await reads.child_of(task_id),
         root_task_id=root,
         credits_under_root=await reads.credits_under(root),
     )
 
 
-async def _descendants(reads: Admin, task_id: str,
-                       limit: int = 50) -> list[shapes.Descendant]:
+@dataclass(frozen=True)
+class _Under:
+    """A follow-up under a task and its level (1: a child), before its task's state is read."""
+
+    child: ChildTask
+    level: int
+
+
+async def _descendants(reads: Admin, task_id: str, limit: int = 50) -> list[_Under]:
     """The follow-ups under a task, depth first, each with its ``level`` (1: a child)."""
-    found: list[shapes.Descendant] = []
+    found: list[_Under] = []
     stack: list[tuple[int, str]] = [(0, task_id)]
     seen = {task_id}
     while stack and len(found) < limit:
@@ -323,9 +364,9 @@ async def _descendants(reads: Admin, task_id: str,
             if child.child_task_id is not None and child.child_task_id not in seen:
                 seen.add(child.child_task_id)
                 stack.append((level + 1, child.child_task_id))
-        found_here = [shapes.Descendant.of(c, level=level + 1) for c in children]
+        found_here = [_Under(c, level + 1) for c in children]
         # keep depth-first order: insert this parent's children right after it
-        at = next((i + 1 for i, f in enumerate(found) if f.child_task_id == parent),
+        at = next((i + 1 for i, f in enumerate(found) if f.child.child_task_id == parent),
                   len(found))
         found[at:at] = found_here
     return found[:limit]
@@ -464,19 +505,14 @@ async def record_again(request: Request) -> Response:
     return JSONResponse(result)
 
 
-def webhook_url(request: Request) -> str:
-    """Where a resent delivery goes: the public webhook URL, else this server's own."""
-    configured = runtime_of(request).settings.webhook_url
-    return configured or str(request.url_for("webhook"))
-
-
 async def resend_delivery(request: Request) -> Response:
     try:
         result = await actions_of(request).resend(request.path_params["delivery_id"],
-                                                  url=webhook_url(request),
                                                   actor=actor_of(request))
     except httpx.InvalidURL as exc:
         return _error(409, "cannot_resend", reason=str(exc))
+    except ActionRefused as exc:
+        return _error(409, "cannot_resend", reason=exc.message)
     if result is None:
         return _error(404, "delivery_not_found")
     return JSONResponse(result)
@@ -493,23 +529,42 @@ async def reconcile_task(request: Request) -> Response:
     return JSONResponse(result)
 
 
+async def list_sessions(request: Request) -> Response:
+    runtime = runtime_of(request)
+    found = await reads_of(request).list_sessions(now=runtime.clock.now(),
+                                                  idle_s=runtime.settings.session_idle_s)
+    return ShapeResponse(shapes.SessionPage(items=[shapes.Session.of(s) for s in found],
+                                            next_cursor=None))
+
+
+async def end_session(request: Request) -> Response:
+    session_id = _int_param(request, "session_id")
+    if session_id is None:
+        return _error(404, "session_not_found")
+    return JSONResponse(await actions_of(request).end_session(session_id,
+                                                              actor=actor_of(request)))
+
+
 def api_routes() -> list[BaseRoute]:
-    """The JSON routes, to be mounted behind the admin authentication."""
+    """The JSON routes, to be mounted behind the admin authentication. A task's or a
+    delivery's id takes the rest of the path (``/`` included), its actions matched first."""
     return [
         Route("/tasks", _guard(list_tasks), methods=["GET"]),
-        Route("/tasks/{task_id:str}", _guard(get_task), methods=["GET"]),
-        Route("/tasks/{task_id:str}/reconcile", _guard(reconcile_task), methods=["POST"]),
+        Route("/tasks/{task_id:path}/reconcile", _guard(reconcile_task), methods=["POST"]),
+        Route("/tasks/{task_id:path}", _guard(get_task), methods=["GET"]),
         Route("/deliveries", _guard(list_deliveries), methods=["GET"]),
-        Route("/deliveries/{delivery_id:str}", _guard(get_delivery), methods=["GET"]),
-        Route("/deliveries/{delivery_id:str}/record-again", _guard(record_again),
+        Route("/deliveries/{delivery_id:path}/record-again", _guard(record_again),
               methods=["POST"]),
-        Route("/deliveries/{delivery_id:str}/resend", _guard(resend_delivery),
+        Route("/deliveries/{delivery_id:path}/resend", _guard(resend_delivery),
               methods=["POST"]),
+        Route("/deliveries/{delivery_id:path}", _guard(get_delivery), methods=["GET"]),
+        Route("/sessions", _guard(list_sessions), methods=["GET"]),
+        Route("/sessions/{session_id:str}/end", _guard(end_session), methods=["POST"]),
         Route("/jobs", _guard(list_jobs), methods=["GET"]),
         Route("/jobs/retry", _guard(retry_jobs), methods=["POST"]),
         Route("/jobs/{job_id:str}", _guard(get_job), methods=["GET"]),
         Route("/jobs/{job_id:str}/retry", _guard(retry_job), methods=["POST"]),
         Route("/audit", _guard(list_audit), methods=["GET"]),
         Route("/alerts", _guard(list_alerts), methods=["GET"]),
-        Route("/files/{task_id:str}/{clip_id:str}/{kind:str}", get_file, methods=["GET"]),
+        Route("/files/{task_id:path}/{clip_id:str}/{kind:str}", get_file, methods=["GET"]),
     ]

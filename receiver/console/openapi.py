@@ -74,8 +74,14 @@ PAGING = [
 TIME = "unix seconds or ISO 8601"
 
 
+TOO_MANY = {"description": "Too many wrong tokens from this address: wait Retry-After seconds",
+            "headers": {"Retry-After": {"schema": INT}},
+            "content": {"application/json": {"schema": {"$ref": REF_TEMPLATE.format(
+                name="Error")}}}}
+
+
 def _read(summary: str, schema: S, params: list[S], *, missing: bool = False) -> S:
-    responses: S = {"200": _json(schema), "400": ERROR, "401": UNAUTHORIZED}
+    responses: S = {"200": _json(schema), "400": ERROR, "401": UNAUTHORIZED, "429": TOO_MANY}
     if missing:
         responses["404"] = ERROR
     return {"get": {"summary": summary, "parameters": params, "responses": responses,
@@ -86,7 +92,8 @@ def _action(summary: str, params: list[S], *, body: S | None = None,
             extra: dict[str, S] | None = None) -> S:
     op: S = {"summary": summary, "parameters": params, "security": [{"admin": []}],
              "responses": {"200": _json(ANY_OBJECT, "What the action did (also audited)"),
-                           "401": UNAUTHORIZED, "403": ERROR, "404": ERROR, **(extra or {})}}
+                           "401": UNAUTHORIZED, "403": ERROR, "404": ERROR, "429": TOO_MANY,
+                           **(extra or {})}}
     if body is not None:
         op["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
     return {"post": op}
@@ -141,7 +148,8 @@ PATHS: dict[str, S] = {
         "Record a quarantined delivery again (idempotent: a recorded one is left alone)",
         [_p("delivery_id")]),
     "/deliveries/{delivery_id}/resend": _action(
-        "Sign and POST a stored delivery to the webhook again", [_p("delivery_id")],
+        "Sign and POST a stored delivery to the webhook again (RECEIVER_PUBLIC_URL's; 409 "
+        "without it)", [_p("delivery_id")],
         extra={"409": ERROR}),
     "/jobs": _read("List jobs, newest first", _ref("JobPage"), [
         _q("state", "job state", _enum(JobState)), _q("handler", "handler name"),
@@ -177,6 +185,10 @@ PATHS: dict[str, S] = {
     "/alerts": _read("The receiver's alerts, newest first", _ref("AlertPage"), [
         _q("active", "1: only the alerts that hold now", {"type": "string", "enum": ["0", "1"]}),
         *PAGING]),
+    "/sessions": _read("The open console sessions, the most recently used first",
+                       _ref("SessionPage"), []),
+    "/sessions/{session_id}/end": _action("End a console session (in every process)",
+                                          [_p("session_id", INT)]),
     "/healthz": {"get": {"summary": "Alive", "responses": {"200": _json(ANY_OBJECT)}}},
     "/readyz": {"get": {"summary": "The database takes a write",
                         "responses": {"200": _json(ANY_OBJECT), "503": _json(ANY_OBJECT)}}},

@@ -71,9 +71,11 @@ class Task(Shape):
 
 
 class TaskRow(Task):
-    """A task as a list shows it: with its first clip's title and its number of clips."""
+    """A task as a list shows it: with its first clip's title, every clip's title (each
+    once, in the clips' order) and its number of clips."""
 
     title: str | None
+    titles: list[str]
     clips: int
 
 
@@ -184,9 +186,12 @@ class Child(Shape):
 
 
 class Descendant(Child):
-    """A follow-up under a task, ``level`` 1 being its child."""
+    """A follow-up under a task, ``level`` 1 being its child; ``task_state`` is the state of
+    the follow-up task itself (null until it is created or while this receiver has not heard
+    of it), ``state`` that of its creation."""
 
     level: int
+    task_state: State | None
 
 
 class Result(Shape):
@@ -252,6 +257,19 @@ class DeliveryDetail(Delivery):
     body_json: Any
     pruned_at: float | None
     transitions: list[Transition]
+
+
+class Session(Shape):
+    """An open console session: whose, since when, last used when, and from where (the
+    address and browser it logged in from); never its secret."""
+
+    id: int
+    operator: str
+    created_at: float
+    seen_at: float
+    expires_at: float
+    client: str | None
+    user_agent: str | None
 
 
 class Audit(Shape):
@@ -320,6 +338,14 @@ class AlertPage(Shape):
     next_cursor: str | None
 
 
+class SessionPage(Shape):
+    """The open console sessions, the most recently used first (``next_cursor`` is always
+    null: they fit in one page)."""
+
+    items: list[Session]
+    next_cursor: str | None
+
+
 class Error(Shape):
     """An error, named by ``error``; the other fields are present only when they say more."""
 
@@ -332,7 +358,7 @@ class Error(Shape):
 SHAPES: Sequence[type[Shape]] = (
     Error, Task, TaskRow, Clip, Transition, Job, Attempt, JobDetail, JobFilter, File, Child,
     Descendant, Result, ChainLink, TaskDetail, Delivery, DeliveryDetail, Audit, Alert,
-    TaskPage, DeliveryPage, JobPage, AuditPage, AlertPage,
+    Session, TaskPage, DeliveryPage, JobPage, AuditPage, AlertPage, SessionPage,
 )
 
 

@@ -1,7 +1,8 @@
 """``sonic-receiver sandbox``: serve the Sonic sandbox until interrupted.
 
     sonic-receiver sandbox --port 8600 --api-key KEY [--api-key KEY2] --credits 1000 \\
-        --speed demo --seed 7 --drop-event 1:song.completed --spell succeeded=completed
+        --speed demo --seed 7 --drop-event 1:song.completed --spell succeeded=completed \\
+        --expire-links 20 --media-fault html --media-fault-times 1
 
 Logs are structlog JSON lines on stderr; the first, ``sandbox_listening``, gives the URL.
 """
@@ -86,10 +87,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     faults.add_argument("--delay", type=float, default=0.0, metavar="SECONDS")
     faults.add_argument("--bad-signature", type=float, default=0.0, metavar="P")
-    faults.add_argument("--media-fault", choices=[k.value for k in MediaFaultKind])
+    faults.add_argument(
+        "--media-fault",
+        choices=[k.value for k in MediaFaultKind],
+        help="media answers: 500, a body cut short, slow, a redirect, an HTML page or no bytes "
+        "under the media's type (html, empty), audio a quarter as long as declared (short)",
+    )
     faults.add_argument("--media-fault-rate", type=float, default=1.0, metavar="P")
     faults.add_argument("--media-fault-times", type=int, metavar="N")
     faults.add_argument("--media-fault-url", metavar="URL", help="redirect target")
+    faults.add_argument(
+        "--expire-links",
+        type=float,
+        metavar="SECONDS",
+        help="media links answer 403 once this old (a webhook's count from its event); "
+        "get-music gives fresh ones",
+    )
+    faults.add_argument(
+        "--placeholder-for",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="a succeeded clip's audio_url is .../None.mp3 for this long after its task settles",
+    )
+    faults.add_argument(
+        "--placeholder-on-failed",
+        action="store_true",
+        help="a failed clip carries .../None.mp3 as its audio_url",
+    )
     faults.add_argument(
         "--spell",
         action="append",
@@ -125,6 +150,11 @@ def build_config(args: argparse.Namespace) -> SandboxConfig:
             "delay_s": args.delay,
             "bad_signature": args.bad_signature,
             "media": media,
+            "links": {
+                "expire_s": args.expire_links,
+                "placeholder_s": args.placeholder_for,
+                "placeholder_failed": args.placeholder_on_failed,
+            },
             "spellings": dict(parse_spelling(text) for text in args.spell),
         }
     )

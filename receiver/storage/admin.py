@@ -1,8 +1,9 @@
 """The administration role: what operators and scripts read and do. Cursor-paged lists of
 tasks, deliveries, jobs and the audit log, a delivery with what it did, a job's attempts,
 "every job matching a filter" (counted, then requeued in one statement), the reconcile
-selection, raw deliveries for replay, turns among processes, retention, and the numbers of the
-overview and of ``/metrics``.
+selection, raw deliveries for replay, turns among processes, retention, the numbers of the
+overview and of ``/metrics``, and the console's sessions (open, found, touched, listed, ended:
+kept here so that every process agrees on which are open).
 
 Every list is a :class:`Page` in a stable order (newest first, ties broken by id) with an opaque
 cursor: the base64 of the last item's sort key. Paging never repeats or skips a row that existed
@@ -193,6 +194,21 @@ class Totals:
     failed_by_category: Mapping[str, int] = field(default_factory=dict)
     overdue: int = 0  # open tasks past their deadline
     alerts: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # rule -> fired, open
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsoleSession:
+    """A console login kept in the store: the cookie carries a secret whose hash is
+    ``secret_hash``; ``token_hash`` ties it to the token it was opened with."""
+
+    id: int
+    operator: str
+    token_hash: str
+    created_at: float
+    seen_at: float
+    expires_at: float
+    client: str | None = None
+    user_agent: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -484,6 +500,71 @@ class Admin(TaskReads):
         return await self.db.read(work)
 
 
+    # -- what the console's rows show of other tasks ------------------------------------------
+
+    async def titles_of(self, task_ids: Sequence[str]) -> dict[str, list[str]]:
+        """Each task's clip titles, in its clips' order, repeats left out."""
+        if not task_ids:
+            return {}
+        rows = await self.db.read(lambda tx: tx.rows(
+            "titles_of_tasks", {"task_ids": json.dumps(list(task_ids))}))
+        found: dict[str, list[str]] = {}
+        for r in rows:
+            titles = found.setdefault(r["task_id"], [])
+            if r["title"] not in titles:
+                titles.append(r["title"])
+        return found
+
+    async def states_of(self, task_ids: Sequence[str]) -> dict[str, State]:
+        """The state of each task of ``task_ids`` this receiver knows."""
+        if not task_ids:
+            return {}
+        rows = await self.db.read(lambda tx: tx.rows(
+            "states_of_tasks", {"task_ids": json.dumps(list(task_ids))}))
+        return {r["task_id"]: State(r["state"]) for r in rows}
+
+    # -- the console's sessions -----------------------------------------------------------
+
+    async def open_session(self, *, secret_hash: str, operator: str, token_hash: str,
+                           now: float, max_s: float, client: str | None,
+                           user_agent: str | None) -> None:
+        """Keep a new session (and forget sessions over for a week)."""
+
+        async def work(tx: Tx) -> None:
+            await tx.run("forget_sessions", {"before": now - SESSION_MEMORY_S})
+            await tx.run("insert_session", {
+                "secret_hash": secret_hash, "operator": operator, "token_hash": token_hash,
+                "now": now, "expires_at": now + max_s, "client": client,
+                "user_agent": (user_agent or "")[:300] or None})
+
+        await self.db.write(work)
+
+    async def find_session(self, secret_hash: str, *, now: float,
+                           idle_s: float) -> ConsoleSession | None:
+        """The open session whose cookie's secret hashes to ``secret_hash``, or None."""
+        row = await self.db.read(lambda tx: tx.one("find_session", {
+            "secret_hash": secret_hash, "now": now, "idle_before": now - idle_s}))
+        return record(ConsoleSession, row) if row is not None else None
+
+    async def touch_session(self, session_id: int, *, now: float) -> None:
+        """The session was used at ``now`` (its idle limit counts from here)."""
+        await self.db.write(lambda tx: tx.run("touch_session", {"id": session_id, "now": now}))
+
+    async def end_session(self, session_id: int, *, now: float, by: str) -> bool:
+        """End a session (logout, or an operator ending it); whether it was open."""
+        changed = await self.db.write(lambda tx: tx.run(
+            "end_session", {"id": session_id, "now": now, "ended_by": by}))
+        return changed == 1
+
+    async def list_sessions(self, *, now: float, idle_s: float,
+                            limit: int = MAX_LIMIT) -> list[ConsoleSession]:
+        """The open sessions, the most recently used first."""
+        rows = await self.db.read(lambda tx: tx.rows("list_sessions", {
+            "now": now, "idle_before": now - idle_s, "limit": limit}))
+        return [record(ConsoleSession, r) for r in rows]
+
+
+SESSION_MEMORY_S = 7 * 86400.0  # how long a session's row outlives its end
 TABLES = ("deliveries", "tasks", "clips", "transitions", "jobs", "files", "children")
 _CHUNK = 500
 

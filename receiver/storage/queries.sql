@@ -638,3 +638,47 @@ WHERE task_id = :task_id AND overdue_at IS NULL AND state IN (:State.PENDING, :S
 SELECT pg_advisory_xact_lock(7318, key)
 FROM (SELECT DISTINCT hashtext(task) AS key FROM unnest(CAST(:task_ids AS TEXT[])) AS task
       ORDER BY key) AS keys
+
+
+-- ---- the console's sessions --------------------------------------------------------------
+-- A session is open while it is not ended, not past expires_at (its absolute end) and was
+-- seen after :idle_before (its idle limit). Only a hash of the cookie's secret is stored.
+
+-- name: insert_session
+INSERT INTO console_sessions (secret_hash, operator, token_hash, created_at, seen_at,
+                              expires_at, client, user_agent)
+VALUES (:secret_hash, :operator, :token_hash, :now, :now, :expires_at, :client, :user_agent)
+
+-- name: find_session
+SELECT * FROM console_sessions
+WHERE secret_hash = :secret_hash AND ended_at IS NULL AND expires_at > :now
+  AND seen_at > :idle_before
+
+-- name: touch_session
+UPDATE console_sessions SET seen_at = :now WHERE id = :id AND ended_at IS NULL
+
+-- name: end_session
+UPDATE console_sessions SET ended_at = :now, ended_by = :ended_by
+WHERE id = :id AND ended_at IS NULL
+
+-- name: list_sessions
+SELECT * FROM console_sessions
+WHERE ended_at IS NULL AND expires_at > :now AND seen_at > :idle_before
+ORDER BY seen_at DESC, id DESC LIMIT :limit
+
+-- rows of sessions over long enough ago that nobody needs them to say who was logged in
+-- name: forget_sessions
+DELETE FROM console_sessions
+WHERE expires_at < :before OR ended_at < :before OR seen_at < :before
+
+
+-- ---- the console's pages: what a list row or a chain shows of other tasks ----------------
+
+-- every title of each task's clips, in the clips' order (:task_ids is a JSON array)
+-- name: titles_of_tasks
+SELECT t.task_id, c.title FROM clips c JOIN tasks t ON t.seq = c.task_seq
+WHERE t.task_id IN (JSON_TEXTS(:task_ids)) AND c.title IS NOT NULL
+ORDER BY t.task_id, c.created_at, c.clip_id
+
+-- name: states_of_tasks
+SELECT task_id, state FROM tasks WHERE task_id IN (JSON_TEXTS(:task_ids))

@@ -15,7 +15,7 @@ from receiver.sonic.sandbox import SandboxConfig, Speed
 from receiver.sonic.sandbox.faults import EventDrop, FaultConfig
 from receiver.states import WebhookEvent
 from tests.sonic.support import KEY, serve_sandbox
-from tests.support import SECRET, callback, clip, settings_for, signed_headers
+from tests.support import SECRET, callback, clip, free_port, settings_for, signed_headers
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -24,8 +24,10 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 async def test_resend_is_recognised_as_a_duplicate_and_audited(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, admin_token=TOKEN, worker="off")
-    async with running(create_app(settings)) as url, httpx.AsyncClient(
+    port = free_port()
+    settings = settings_for(tmp_path, admin_token=TOKEN, worker="off",
+                            public_url=f"http://127.0.0.1:{port}")
+    async with running(create_app(settings), port=port) as url, httpx.AsyncClient(
         base_url=url, timeout=10, headers=AUTH
     ) as http:
         body = callback("t-1", [clip("c-1", "succeeded")])

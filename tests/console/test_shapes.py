@@ -101,7 +101,7 @@ async def test_every_read_answers_the_keys_it_always_has(
     log and the alerts answer these keys in this order, nulls included."""
     tasks = (await client.get("/tasks")).json()
     assert list(tasks) == PAGE
-    assert {tuple(t) for t in tasks["items"]} == {(*TASK, "title", "clips")}
+    assert {tuple(t) for t in tasks["items"]} == {(*TASK, "title", "titles", "clips")}
 
     root = (await client.get("/tasks/root")).json()
     assert list(root) == TASK_DETAIL
@@ -115,7 +115,7 @@ async def test_every_read_answers_the_keys_it_always_has(
     assert [list(f) for f in root["files"]] == [FILE]
     assert [list(c) for c in root["children"]] == [CHILD]
     assert [list(r) for r in root["results"]] == [RESULT]
-    assert [list(d) for d in root["descendants"]] == [[*CHILD, "level"]] * 2
+    assert [list(d) for d in root["descendants"]] == [[*CHILD, "level", "task_state"]] * 2
     assert (root["parents"], root["created_by"], root["root_task_id"]) == ([], None, "root")
 
     leaf = (await client.get("/tasks/cat")).json()

@@ -21,12 +21,13 @@ from receiver.app import create_app
 from receiver.clock import FakeClock
 from receiver.context import Event, HandlerContext
 from receiver.conversion import ConfigError
-from receiver.jobs import Job, JobState, PermanentError
+from receiver.jobs import FINISHED, Job, JobState, PermanentError
+from receiver.models import Source
 from receiver.registry import load_registry
 from receiver.routing import Router, routes_from_config
 from receiver.runtime import Runtime
 from receiver.server import running
-from receiver.sonic.sandbox import SandboxConfig, Speed
+from receiver.sonic.sandbox import FaultConfig, SandboxConfig, Speed
 from receiver.testing import deliver, deliver_to, handler_runtime
 from tests.handlers import (
     LOOPBACK_ONLY,
@@ -38,7 +39,7 @@ from tests.handlers import (
     watched_client,
     wav_bytes,
 )
-from tests.sonic.support import KEY, serve_sandbox, wait_for
+from tests.sonic.support import KEY, OK_CUSTOM, SandboxHandle, serve_sandbox, wait_for
 from tests.support import SECRET, callback, clip, settings_for
 
 pytestmark = pytest.mark.anyio
@@ -95,9 +96,9 @@ def two_clips(server: MediaServer, task_id: str = "t-1") -> bytes:
     server.files["/c1.png"] = Media(body=PNG_BYTES, content_type="image/png")
     return callback(task_id, [
         clip("c1", "succeeded", title="Neon Rain", tags="synthwave, dreamy", lyrics=LYRICS,
-             duration="104.88", mv="sonic-v5", audio_url=server.url("/c1.mp3"),
+             duration="0.63", mv="sonic-v5", audio_url=server.url("/c1.mp3"),
              image_url=server.url("/c1.png"), video_url=None),
-        clip("c2", "succeeded", title="Second", tags="lofi", lyrics="la la", duration=99,
+        clip("c2", "succeeded", title="Second", tags="lofi", lyrics="la la", duration=1,
              mv="sonic-v5", audio_url=server.url("/c2.wav")),
     ], event="song.completed")
 
@@ -143,7 +144,7 @@ async def test_succeeded_clips_are_kept_tagged_and_recorded(tmp_path: Path) -> N
     side = json.loads((folder / "c1.json").read_text("utf-8"))
     assert side["title"] == "Neon Rain"
     assert side["lyrics"] == LYRICS
-    assert side["duration"] == pytest.approx(104.88)
+    assert side["duration"] == pytest.approx(0.63)
     assert side["model"] == "sonic-v5"
     assert side["sources"]["audio"] == server.url("/c1.mp3")
     assert side["files"]["audio"]["sha256"] == files["c1", "audio"].sha256
@@ -452,3 +453,210 @@ async def test_temporaries_left_by_a_killed_process_are_swept(tmp_path: Path) ->
         job = await only_job(runtime)
     assert job.state is JobState.DONE, job.last_error
     assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+# ---- links that expire, placeholders and wrong bodies, played by the sandbox -----------------
+
+
+@asynccontextmanager
+async def with_sandbox(
+    tmp_path: Path, faults: Mapping[str, Any], options: Mapping[str, Any] | None = None, *,
+    sonic: bool = True,
+) -> AsyncIterator[tuple[Runtime, SandboxHandle, FakeClock]]:
+    """The receiver's runtime (its Sonic client on the sandbox unless ``sonic`` is false) and
+    a sandbox with ``faults``, on one fake clock: a link's age and a job's retries move
+    together, with no waiting."""
+    clock = FakeClock()
+    config = SandboxConfig(api_keys={KEY: 1_000}, speed=Speed.INSTANT,
+                           faults=FaultConfig.from_json(dict(faults)))
+    async with serve_sandbox(config, clock=clock) as sb, watched_client() as (client, _), \
+            handler_runtime(tmp_path, handlers={"download_audio": handle},
+                            routes=[route({"image": True, **(options or {})})],
+                            config=LOOPBACK_ONLY, http=client, clock=clock,
+                            sonic=sb.client() if sonic else None) as runtime:
+        yield runtime, sb, clock
+
+
+async def song_completed(runtime: Runtime, sb: SandboxHandle) -> tuple[str, list[dict[str, Any]]]:
+    """Create a song in the sandbox and record its song.completed as the webhook brings it
+    (the body is get-music's answer, as the service's webhooks are)."""
+    task_id = await sb.create(OK_CUSTOM)
+    clips: list[dict[str, Any]] = (await sb.music(task_id))["data"]
+    await deliver(runtime, callback(task_id, clips, event="song.completed", platform="sonic"))
+    return task_id, clips
+
+
+async def settle(runtime: Runtime, clock: FakeClock, *, steps: int = 40) -> Job:
+    """Run the job, moving the clock to each of its retries, until it is finished."""
+    for _ in range(steps):
+        await runtime.worker.run_once()  # type: ignore[union-attr]
+        job = await only_job(runtime)
+        if job.state in FINISHED:
+            return job
+        clock.set(max(clock.now(), job.run_after))
+    raise AssertionError(f"the job did not finish: {job}")
+
+
+def media_requests(sb: SandboxHandle) -> int:
+    return sum(sb.sandbox.state.media_requests.values())
+
+
+async def test_a_link_that_answers_403_from_then_on_is_completed_from_get_musics_fresh_one(
+    tmp_path: Path,
+) -> None:
+    """The webhook's links expire (60 s) before the job runs: the first 403 is retried as it
+    is (it may pass), the second asks get-music again and downloads from the fresh links,
+    recorded as a poll, in the clip's row and in a links result."""
+    async with with_sandbox(tmp_path, {"links": {"expire_s": 60}}) as (runtime, sb, clock):
+        task_id, clips = await song_completed(runtime, sb)
+        clock.advance(120)  # the receiver was busy: the links are dead when the job runs
+        with capture_logs() as logs:
+            job = await settle(runtime, clock)
+        files = {(f.clip_id, f.kind): f for f in await runtime.storage.admin.list_files(task_id)}
+        view = await runtime.storage.admin.get_task(task_id)
+        results = {r.clip_id: r.data for r in await runtime.storage.admin.list_results(task_id)
+                   if r.kind == "links"}
+        polls = [d for d in await runtime.storage.admin.raw_deliveries(task_id=task_id)
+                 if d.stored.source is Source.POLL]
+    assert job.state is JobState.DONE, job.last_error
+    assert job.attempts == 2  # one 403 retried as it is, then the fresh links in the second
+    assert view is not None
+    old = {c["clip_id"]: c for c in clips}
+    for clip_row in view.clips:
+        audio, image = files[clip_row.clip_id, "audio"], files[clip_row.clip_id, "image"]
+        assert audio.url != old[clip_row.clip_id]["audio_url"]
+        assert (audio.url, image.url) == (clip_row.audio_url, clip_row.image_url)  # the store's
+        assert read(audio.path)[:4] == b"RIFF"
+        assert wav_file(Path(audio.path)).info.length == pytest.approx(
+            float(old[clip_row.clip_id]["duration"]), abs=0.01)
+        assert results[clip_row.clip_id]["refreshes"] == 1
+        assert results[clip_row.clip_id]["reason"] == "refused"
+        assert results[clip_row.clip_id]["audio"]["refused"] == 2
+    assert len(polls) == 1
+    refreshed = [e for e in logs if e["event"] == "links_refreshed"]
+    assert sorted(e["clip_id"] for e in refreshed) == sorted(old)
+    assert all(e["changed"] == ["audio", "image"] for e in refreshed)
+
+
+async def test_links_older_than_their_lifetime_are_refreshed_before_any_fetch(
+    tmp_path: Path,
+) -> None:
+    async with with_sandbox(tmp_path, {"links": {"expire_s": 60}},
+                            {"link_lifetime_s": {"sonic": 30}}) as (runtime, sb, clock):
+        task_id, clips = await song_completed(runtime, sb)
+        clock.advance(45)  # still valid for the CDN, but past what we know of their life
+        job = await settle(runtime, clock)
+        files = await runtime.storage.admin.list_files(task_id)
+        results = [r.data for r in await runtime.storage.admin.list_results(task_id)]
+    assert job.state is JobState.DONE, job.last_error
+    assert job.attempts == 1
+    assert {f.url for f in files if f.kind == "audio"}.isdisjoint(c["audio_url"] for c in clips)
+    assert [r["reason"] for r in results] == ["expired", "expired"]
+    assert not any("refused" in r.get("audio", {}) for r in results)  # no 403 was met
+
+
+async def test_without_a_sonic_client_an_expired_link_is_retried_as_it_is(
+    tmp_path: Path,
+) -> None:
+    async with with_sandbox(tmp_path, {"links": {"expire_s": 60}}, sonic=False) as (
+            runtime, sb, clock):
+        task_id, _ = await song_completed(runtime, sb)
+        clock.advance(120)
+        job = await settle(runtime, clock)
+        files = await runtime.storage.admin.list_files(task_id)
+    assert job.state is JobState.DEAD
+    assert "answered HTTP 403" in (job.last_error or "")
+    assert files == []
+
+
+@pytest.mark.parametrize(("kind", "reason"), [
+    ("html", "the body is not audio/wav (it is an HTML page"),
+    ("empty", "the body is empty (0 bytes of audio/wav)"),
+    ("short", "the clip says"),
+])
+async def test_a_wrong_body_is_never_kept_and_ends_the_job_with_the_reason(
+    tmp_path: Path, kind: str, reason: str,
+) -> None:
+    """A 200 with an HTML page, no bytes, or audio far shorter than declared, under the
+    audio's own type: each body is checked before it is recorded, refused, retried from a
+    fresh link, and after the third the job ends saying what came."""
+    async with with_sandbox(tmp_path, {"media": {"kind": kind}}) as (runtime, sb, clock):
+        task_id, _ = await song_completed(runtime, sb)
+        job = await settle(runtime, clock)
+        files = await runtime.storage.admin.list_files(task_id)
+        results = [r.data for r in await runtime.storage.admin.list_results(task_id)]
+    assert job.state is JobState.DEAD
+    assert (job.last_error or "").startswith("PermanentError: ")
+    assert "3 wrong bodies, the last: " in (job.last_error or "")
+    assert reason in (job.last_error or "")
+    assert [f for f in files if f.kind in ("audio", "sidecar")] == []
+    assert [r["audio"]["wrong_bodies"] for r in results] == [3, 3]
+    if kind != "short":  # the cover got the same body: refused by its magic bytes
+        assert not [f for f in files if f.kind == "image"]
+        assert "image: 3 wrong bodies" in (job.last_error or "")
+    kept = [p.name for p in (tmp_path / "media" / task_id).iterdir()]
+    assert not [name for name in kept if not name.endswith(".png")], kept  # no part, no .wav
+
+
+async def test_a_wrong_body_once_is_fetched_again_from_a_fresh_link(tmp_path: Path) -> None:
+    async with with_sandbox(tmp_path, {"media": {"kind": "html", "times": 1}}) as (
+            runtime, sb, clock):
+        task_id, _ = await song_completed(runtime, sb)
+        job = await settle(runtime, clock)
+        files = await runtime.storage.admin.list_files(task_id)
+    assert job.state is JobState.DONE, job.last_error
+    assert job.attempts == 1  # refused, refreshed and fetched again in the same attempt
+    for audio in (f for f in files if f.kind == "audio"):
+        assert read(audio.path)[:4] == b"RIFF"
+
+
+async def test_a_placeholder_url_waits_then_downloads_once_a_real_one_comes(
+    tmp_path: Path,
+) -> None:
+    """The clips come with ``.../None.mp3`` for two minutes: the job waits (its attempts given
+    back), asks get-music again each time, and downloads the real audio when it comes."""
+    async with with_sandbox(tmp_path, {"links": {"placeholder_s": 120}}) as (
+            runtime, sb, clock):
+        task_id, clips = await song_completed(runtime, sb)
+        assert all(c["audio_url"].endswith("/None.mp3") for c in clips)
+        start = clock.now()
+        await runtime.worker.run_once()  # type: ignore[union-attr]
+        first = await only_job(runtime)
+        assert first.state is JobState.RETRYING
+        assert "waiting for a real audio URL" in (first.last_error or "")
+        assert media_requests(sb) == 0  # a placeholder is never fetched
+        job = await settle(runtime, clock)
+        files = await runtime.storage.admin.list_files(task_id)
+    assert job.state is JobState.DONE, job.last_error
+    assert job.attempts == 1  # every wait was given back
+    assert clock.now() - start >= 120
+    audio = [f for f in files if f.kind == "audio"]
+    assert len(audio) == 2
+    assert all(f.url and f.url.endswith(".wav") for f in audio)
+
+
+async def test_a_placeholder_is_waited_for_up_to_its_bound(tmp_path: Path) -> None:
+    async with with_sandbox(tmp_path, {"links": {"placeholder_s": 10_000}},
+                            {"wait_for_url_s": 300}) as (runtime, sb, clock):
+        await song_completed(runtime, sb)
+        job = await settle(runtime, clock)
+    assert job.state is JobState.DEAD
+    assert "no audio URL after waiting 300s" in (job.last_error or "")
+    assert job.attempts == 1
+
+
+async def test_once_a_clips_links_were_refreshed_a_refused_link_is_refreshed_at_once(
+    tmp_path: Path,
+) -> None:
+    """Links that live 5 s, and a first body that is an HTML page: the refreshed link serves
+    the page, has expired by the next attempt, and is refreshed at its first 403 (the clip
+    has shown that its links expire), not left for one more retry."""
+    faults = {"links": {"expire_s": 5}, "media": {"kind": "html", "times": 1}}
+    async with with_sandbox(tmp_path, faults, {"image": False}) as (runtime, sb, clock):
+        task_id, _ = await song_completed(runtime, sb)
+        clock.advance(10)
+        job = await settle(runtime, clock)
+        results = [r.data for r in await runtime.storage.admin.list_results(task_id)]
+    assert job.state is JobState.DONE, job.last_error
+    assert job.attempts == 3  # 403; 403, refresh, HTML page; 403, refresh, the audio
+    assert [(r["refreshes"], r["audio"]["wrong_bodies"]) for r in results] == [(2, 1), (2, 1)]

@@ -205,8 +205,9 @@ async def test_it_waits_for_the_downloads_and_names_the_stored_files(tmp_path: P
     download = {"name": "keep", "on": ["task.succeeded"], "handlers": ["download_audio"]}
     async with media_server() as media, user_app() as peer, setup(
         tmp_path, [download, forward_route_for(peer)]) as (rt, clock):
-        media.files["/a.wav"] = Media(body=wav_bytes(), content_type="audio/wav",
-                                      pause_s=0.2, chunk=4096)
+        # 12.5 s, as song() declares: the body is checked against the clip's duration
+        media.files["/a.wav"] = Media(body=wav_bytes(100_000), content_type="audio/wav",
+                                      pause_s=0.2, chunk=50_000)
         await deliver(rt, song(media.url("/a.wav")))
         with capture_logs() as logs:
             await run_until_settled(rt, clock)

@@ -115,3 +115,30 @@ def test_the_command_serves_until_interrupted() -> None:
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+def test_link_fault_options_make_the_link_faults() -> None:
+    config = build_config(build_parser().parse_args([
+        "--expire-links", "20", "--placeholder-for", "5", "--placeholder-on-failed",
+        "--media-fault", "html", "--media-fault-times", "1"]))
+    links = config.faults.links
+    assert (links.expire_s, links.placeholder_s, links.placeholder_failed) == (20.0, 5.0, True)
+    assert config.faults.media is not None
+    assert config.faults.media.kind is MediaFaultKind.HTML
+
+
+def test_the_demos_sandbox_faults_keep_its_dropped_webhook_and_are_checked(
+    tmp_path: Path,
+) -> None:
+    """``scripts/demo --sandbox-faults``: the sandbox gets them with the demo's own drop."""
+    from receiver.demo import sandbox_faults
+
+    path = tmp_path / "faults.json"
+    path.write_text(json.dumps({"links": {"expire_s": 2}, "media": {"kind": "html"}}))
+    config = build_config(build_parser().parse_args(["--faults", sandbox_faults(f"@{path}")]))
+    assert config.faults.links.expire_s == 2.0
+    assert config.faults.drop_events == (EventDrop(task=1, event=WebhookEvent.COMPLETED),)
+    assert config.faults.media is not None
+    assert config.faults.media.kind is MediaFaultKind.HTML
+    with pytest.raises(ValueError, match=r"links\.expire_s"):
+        sandbox_faults('{"links": {"expire_s": -1}}')

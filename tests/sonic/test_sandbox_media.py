@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from typing import Any
@@ -11,7 +12,17 @@ import pytest
 
 from receiver.clock import FakeClock
 from receiver.sonic.sandbox import FaultConfig, MediaFault, MediaFaultKind, SandboxConfig, Speed
-from tests.sonic.support import KEY, OK_CUSTOM, SandboxHandle, measured_bpm, read_wav, serve_sandbox
+from tests.sonic.support import (
+    KEY,
+    OK_CUSTOM,
+    SECRET,
+    SandboxHandle,
+    measured_bpm,
+    read_wav,
+    serve_receiver,
+    serve_sandbox,
+)
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -161,3 +172,99 @@ async def test_media_faults_can_be_set_at_runtime() -> None:
         bad = await sb.http.put("/_sandbox/faults", json={"media": {"kind": "redirect"}})
         assert bad.status_code == 400
         assert "url" in bad.json()["message"]
+
+
+@pytest.mark.parametrize("kind", [MediaFaultKind.HTML, MediaFaultKind.EMPTY])
+async def test_media_faults_html_and_empty_answer_200_under_the_media_type(
+    kind: MediaFaultKind,
+) -> None:
+    """What a CDN does wrong while saying all is well: a 200 with an error page, or with no
+    bytes, under the audio's own content type."""
+    async with serve_sandbox(_with_media(MediaFault(kind=kind, times=1))) as sb:
+        url = (await _clips(sb))[0]["audio_url"]
+        wrong, right = await sb.http.get(url), await sb.http.get(url)
+    assert (wrong.status_code, wrong.headers["content-type"]) == (200, "audio/wav")
+    if kind is MediaFaultKind.HTML:
+        assert wrong.content.startswith(b"<!DOCTYPE html>")
+    else:
+        assert wrong.content == b""
+    assert right.content[:4] == b"RIFF"
+
+
+async def test_media_fault_short_serves_valid_audio_a_quarter_as_long() -> None:
+    async with serve_sandbox(_with_media(MediaFault(kind=MediaFaultKind.SHORT))) as sb:
+        clip = (await _clips(sb))[0]
+        _, _, rate, samples = read_wav((await sb.http.get(clip["audio_url"])).content)
+    assert len(samples) / rate == pytest.approx(float(clip["duration"]) / 4, abs=0.01)
+
+
+def _with_links(**links: Any) -> SandboxConfig:
+    return SandboxConfig(api_keys={KEY: 1_000, "clean": 1_000}, speed=Speed.INSTANT,
+                         key_faults={KEY: FaultConfig.from_json({"links": links})})
+
+
+async def test_expiring_links_answer_403_once_old_and_get_music_gives_fresh_ones() -> None:
+    clock = FakeClock()
+    async with serve_sandbox(_with_links(expire_s=20), clock=clock) as sb:
+        task_id = await sb.create(OK_CUSTOM)
+        first = (await sb.music(task_id))["data"][0]
+        assert "expires=" in first["audio_url"]
+        assert (await sb.http.get(first["audio_url"])).status_code == 200
+        assert (await sb.http.get(first["image_url"])).status_code == 200
+        clock.advance(20)
+        old = await sb.http.get(first["audio_url"])
+        assert (await sb.http.get(first["image_url"])).status_code == 403
+        unsigned = await sb.http.get(first["audio_url"].split("?", 1)[0])
+        fresh = (await sb.music(task_id))["data"][0]
+        again = await sb.http.get(fresh["audio_url"])
+        clean = (await _clips(sb, key="clean"))[0]["audio_url"]
+        assert "expires=" not in clean  # another key: links do not expire
+    assert (old.status_code, old.headers["content-type"]) == (403, "application/xml")
+    assert b"AccessDenied" in old.content
+    assert unsigned.status_code == 403
+    assert fresh["audio_url"] != first["audio_url"]
+    assert again.status_code == 200
+    assert again.content[:4] == b"RIFF"
+
+
+async def test_a_webhooks_links_are_as_old_as_its_event() -> None:
+    """A delivery sent late (here: delayed 6 s) carries links made when its event happened,
+    expired already (after 5 s)."""
+    clock = FakeClock()
+    config = SandboxConfig(api_keys={KEY: 1_000}, speed=Speed.INSTANT, faults=FaultConfig.from_json(
+        {"links": {"expire_s": 5}, "delay_s": 6}))
+    async with serve_receiver() as hook, serve_sandbox(config, clock=clock) as sb:
+        await sb.create({**OK_CUSTOM, "webhook_url": f"{hook.url}/hook",
+                         "webhook_secret": SECRET})
+        await wait_until(lambda: "song.completed" in hook.events(), what="song.completed")
+        completed = next(r for r in hook.got if r.headers["x-webhook-event"] == "song.completed")
+        clip = json.loads(completed.body)["data"][0]
+        answer = await sb.http.get(clip["audio_url"])
+    assert answer.status_code == 403
+
+
+async def test_placeholders_on_succeeded_clips_for_a_while_and_on_failed_clips() -> None:
+    clock = FakeClock()
+    config = SandboxConfig(api_keys={KEY: 1_000}, speed=Speed.INSTANT, faults=FaultConfig.from_json(
+        {"links": {"placeholder_s": 30, "placeholder_failed": True}}))
+    async with serve_sandbox(config, clock=clock) as sb:
+        task_id = await sb.create(OK_CUSTOM)
+        early = (await sb.music(task_id))["data"][0]["audio_url"]
+        clock.advance(30)
+        late = (await sb.music(task_id))["data"][0]["audio_url"]
+        await sb.set_faults({"fail_tasks": 1.0, "links": {"placeholder_failed": True}})
+        failed = (await sb.music(await sb.create(OK_CUSTOM)))["data"][0]
+        placeholder = await sb.http.get(early)
+    assert early.endswith("/media/audio/None.mp3")
+    assert late.endswith(".wav")
+    assert (failed["state"], failed["audio_url"].rsplit("/", 1)[1]) == ("failed", "None.mp3")
+    assert placeholder.status_code == 404
+
+
+async def test_link_faults_are_checked_when_set() -> None:
+    async with serve_sandbox() as sb:
+        for links, word in (({"expire_s": 0}, "expire_s"), ({"placeholder_s": -1}, "placeholder_s"),
+                            ({"expires": 3}, "expires"), ({"placeholder_failed": 1}, "true")):
+            answer = await sb.http.put("/_sandbox/faults", json={"links": links})
+            assert answer.status_code == 400
+            assert word in answer.json()["message"]

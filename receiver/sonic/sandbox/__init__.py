@@ -9,11 +9,18 @@ from __future__ import annotations
 
 from receiver.sonic.sandbox.app import Sandbox, create_sandbox_app
 from receiver.sonic.sandbox.config import SandboxConfig, Schedule, Speed
-from receiver.sonic.sandbox.faults import EventDrop, FaultConfig, MediaFault, MediaFaultKind
+from receiver.sonic.sandbox.faults import (
+    EventDrop,
+    FaultConfig,
+    LinkFaults,
+    MediaFault,
+    MediaFaultKind,
+)
 
 __all__ = [
     "EventDrop",
     "FaultConfig",
+    "LinkFaults",
     "MediaFault",
     "MediaFaultKind",
     "Sandbox",

@@ -18,6 +18,9 @@ Media (no auth, like a CDN; GET and HEAD, byte ranges)::
     /media/audio/{clip_id}.wav   /media/stream/{clip_id}.wav   /media/image/{clip_id}.png
     /media/vox/{clip_id}/{vocals|instrumental}.wav?start_cs=&end_cs=
 
+With the ``links.expire_s`` fault, audio, stream and image links carry
+``?expires=&signature=`` and answer 403 once expired (get-music gives fresh ones).
+
 Controls (no auth: the sandbox is a local tool)::
 
     GET  /_sandbox/health
@@ -314,7 +317,7 @@ class Sandbox:
         task = self.state.task_for(request.path_params["task_id"], api_key)
         if task is None:
             raise _Refused(404, Message.TASK_NOT_FOUND)
-        clips = self.state.render(task, task.state_at(self.clock.now()))
+        clips = self.state.render(task, task.state_at(self.clock.now()))  # links issued now
         return JSONResponse({"code": 200, "message": "success", "data": clips})
 
     async def upload(self, request: Request) -> Response:
@@ -407,10 +410,23 @@ class Sandbox:
         log.info("media_fault", clip_id=clip_id, kind=fault.kind)
         return fault
 
-    def _serve(self, request: Request, clip_id: str, content: bytes, kind: str) -> Response:
+    def _serve(
+        self, request: Request, clip_id: str, content: bytes, kind: str, *, linked: bool = False
+    ) -> Response:
+        """``content`` with the clip's media faults; ``linked``: at a link answers give, which
+        the link faults may have expired."""
+        if linked and (refusal := self._link_refusal(request, clip_id)) is not None:
+            return refusal
         return media.media_response(
             request, content, kind, fault=self._media_fault(clip_id), clock=self.clock
         )
+
+    def _link_refusal(self, request: Request, clip_id: str) -> Response | None:
+        reason = self.state.link_refusal(clip_id, request.query_params)
+        if reason is None:
+            return None
+        log.info("media_link_refused", clip_id=clip_id, reason=reason)
+        return media.expired_link(reason)
 
     def _clip_in(self, name: str, states: set[ClipState]) -> ClipPlan:
         clip_id = name.rsplit(".", 1)[0]
@@ -467,7 +483,7 @@ class Sandbox:
             plan = self._clip_in(name, {ClipState.SUCCEEDED})
         except _Refused as exc:
             return _answer(exc.status, exc.message)
-        return self._serve(request, clip_id, self._wav(plan), media.WAV)
+        return self._serve(request, clip_id, self._wav(plan), media.WAV, linked=True)
 
     async def stream(self, request: Request) -> Response:
         self.state.settle_due()
@@ -477,6 +493,8 @@ class Sandbox:
             )
         except _Refused as exc:
             return _answer(exc.status, exc.message)
+        if (refusal := self._link_refusal(request, plan.clip_id)) is not None:
+            return refusal
         if (fault := self._media_fault(plan.clip_id)) is not None:
             return media.media_response(request, b"", media.WAV, fault=fault, clock=self.clock)
         return media.streaming_response(self._wav(plan), media.WAV)
@@ -493,7 +511,8 @@ class Sandbox:
                 rgb = self._clip_in(name, {ClipState.RUNNING, ClipState.SUCCEEDED}).rgb
             except _Refused as exc:
                 return _answer(exc.status, exc.message)
-        return self._serve(request, clip_id, media.cover_png(rgb), media.PNG)
+        return self._serve(request, clip_id, media.cover_png(rgb), media.PNG,
+                           linked=clip_id not in self.state.uploads)
 
     async def vox_media(self, request: Request) -> Response:
         self.state.settle_due()

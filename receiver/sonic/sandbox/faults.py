@@ -17,11 +17,17 @@ The JSON form (``PUT /_sandbox/faults``, ``--faults``), every field optional::
       "bad_signature": 0.0,    # a delivery is signed with the wrong secret (every attempt)
       "fail_tasks": 0.0,       # a task fails (credits refunded when it does)
       "media": {               # media answers (audio, stream, image, vox)
-        "kind": "status_500" | "truncate" | "slow" | "redirect",
+        "kind": "status_500" | "truncate" | "slow" | "redirect" | "html" | "empty" | "short",
         "rate": 1.0,           # share of clips struck
         "times": null,         # strike only the first N requests per clip (null: all)
         "url": null,           # redirect target (kind "redirect")
         "bytes_per_s": 16000   # body speed (kind "slow")
+      },
+      "links": {               # the media links answers carry
+        "expire_s": null,      # a link answers 403 once this old; get-music gives fresh ones
+        "placeholder_s": 0,    # a succeeded clip's audio_url is ".../None.mp3" for this long
+                               # after its task settles (then the real one)
+        "placeholder_failed": false   # a failed clip carries ".../None.mp3" as audio_url
       },
       "spellings": {           # how answers (get-music, webhooks) spell a clip state
         "succeeded": "completed",   # or "complete", "success"...; any text, unknown ones too
@@ -29,6 +35,15 @@ The JSON form (``PUT /_sandbox/faults``, ``--faults``), every field optional::
         "running": "streaming"
       }
     }
+
+Media kinds: ``html`` answers 200 with an HTML error page under the media's own content type
+(what a CDN does when it serves its error page as the object), ``empty`` answers 200 with no
+bytes, ``short`` serves valid audio a quarter as long as the clip says it is.
+
+Links: with ``expire_s``, every media URL an answer gives is signed with its expiry
+(``?expires=<unix s>&signature=...``), counted from when the answer was made: get-music now, a
+webhook when its event happened (a late delivery carries links as old as its event). A URL
+past its expiry, or not signed for it, answers 403 from then on.
 
 A key with a config of its own uses it instead of the global one (no merging).
 """
@@ -54,6 +69,9 @@ class MediaFaultKind(StrEnum):
     TRUNCATE = "truncate"  # Content-Length promises more than is sent; the connection closes
     SLOW = "slow"
     REDIRECT = "redirect"
+    HTML = "html"  # 200, an HTML error page under the media's content type
+    EMPTY = "empty"  # 200, zero bytes
+    SHORT = "short"  # valid audio, a quarter of the clip's length
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +81,19 @@ class MediaFault:
     times: int | None = None
     url: str | None = None
     bytes_per_s: int = 16_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinkFaults:
+    """How the media links of answers misbehave."""
+
+    expire_s: float | None = None  # None: links never expire
+    placeholder_s: float = 0.0  # after the task settles, a succeeded clip's audio_url is one
+    placeholder_failed: bool = False  # a failed clip's audio_url is ".../None.mp3"
+
+    def placeholder(self, *, settled_at: float, issued_at: float) -> bool:
+        """Whether a succeeded clip's audio link, issued at ``issued_at``, is a placeholder."""
+        return self.placeholder_s > 0 and issued_at < settled_at + self.placeholder_s
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +117,7 @@ class FaultConfig:
     bad_signature: float = 0.0
     fail_tasks: float = 0.0
     media: MediaFault | None = None
+    links: LinkFaults = field(default_factory=LinkFaults)
     spellings: Mapping[ClipState, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -120,6 +152,7 @@ class FaultConfig:
             delay_s=delay,
             drop_events=tuple(_event_drop(item) for item in drops),
             media=_media(data.get("media")),
+            links=_links(data.get("links")),
             spellings=_spellings(data.get("spellings")),
         )
 
@@ -219,6 +252,35 @@ def _media(value: object) -> MediaFault | None:
         url=url if isinstance(url, str) else None,
         bytes_per_s=speed,
     )
+
+
+def _links(value: object) -> LinkFaults:
+    if value is None:
+        return LinkFaults()
+    if not isinstance(value, Mapping):
+        raise FaultConfigError("links must be an object")
+    unknown = set(value) - set(LinkFaults.__dataclass_fields__)
+    if unknown:
+        raise FaultConfigError(f"unknown links field(s): {', '.join(sorted(unknown))}")
+    expire: float | None = None
+    if value.get("expire_s") is not None:
+        expire = _number({"links.expire_s": value["expire_s"]}, "links.expire_s", 0.0)
+        if expire <= 0:
+            raise FaultConfigError("links.expire_s must be > 0 (or null: never)")
+    placeholder = _number({"links.placeholder_s": value.get("placeholder_s")},
+                          "links.placeholder_s", 0.0)
+    if placeholder < 0:
+        raise FaultConfigError("links.placeholder_s must be >= 0")
+    failed = value.get("placeholder_failed", False)
+    if not isinstance(failed, bool):
+        raise FaultConfigError("links.placeholder_failed must be true or false")
+    return LinkFaults(expire_s=expire, placeholder_s=placeholder, placeholder_failed=failed)
+
+
+def link_signature(seed: int, clip_id: str, expires: int) -> str:
+    """The signature of a media link of ``clip_id`` valid until ``expires`` (unix seconds)."""
+    text = f"{seed}:link:{clip_id}:{expires}".encode()
+    return hashlib.blake2b(text, digest_size=8).hexdigest()
 
 
 def chance(seed: int, kind: str, *ids: object) -> float:

@@ -5,7 +5,9 @@
   report the tempo actually used and a test can measure it back from the samples.
 * Cover: a small valid PNG (a gradient in the clip's colour).
 * HTTP: single byte ranges (206 + Content-Range, 416 when unsatisfiable), HEAD, and the media
-  faults of :mod:`.faults` (500, a body cut short, a slow body, a redirect).
+  faults of :mod:`.faults` (500, a body cut short, a slow body, a redirect, an HTML page or no
+  bytes under the media's type, audio shorter than the clip says), and the 403 of a link
+  that expired.
 """
 
 from __future__ import annotations
@@ -94,6 +96,39 @@ def pcm_of(content: bytes, sample_rate: int) -> bytes | None:
             return wav.readframes(wav.getnframes())
     except (wave.Error, EOFError):
         return None
+
+
+def shortened(content: bytes, fraction: float = 0.25) -> bytes:
+    """A WAV holding the first ``fraction`` of ``content``'s frames (valid audio, shorter than
+    it should be); anything that is not a WAV comes back unchanged."""
+    try:
+        with wave.open(io.BytesIO(content), "rb") as wav:
+            params = wav.getparams()
+            pcm = wav.readframes(int(wav.getnframes() * fraction))
+    except (wave.Error, EOFError):
+        return content
+    out = io.BytesIO()
+    with wave.open(out, "wb") as short:
+        short.setparams(params)
+        short.writeframes(pcm)
+    return out.getvalue()
+
+
+# What a CDN sends when it serves its own error page as the object (with a 200).
+ERROR_PAGE = (
+    b"<!DOCTYPE html>\n<html><head><title>Access denied</title></head>"
+    b"<body><h1>Access denied</h1><p>The link you followed has expired or is not valid."
+    b"</p></body></html>\n"
+)
+
+
+def expired_link(reason: str) -> Response:
+    """The 403 an object store answers to a link that expired (or was never signed)."""
+    body = (
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code>"
+        f"<Message>Request {reason}</Message></Error>\n"
+    )
+    return Response(body, status_code=403, media_type="application/xml")
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -219,6 +254,13 @@ def media_response(
         return Response("media fault: 500", status_code=500, media_type="text/plain")
     if fault is not None and fault.kind is MediaFaultKind.REDIRECT:
         return RedirectResponse(fault.url or "/", status_code=302)
+    if fault is not None and fault.kind is MediaFaultKind.HTML:
+        # Range ignored, as an error page does
+        return Response(ERROR_PAGE, status_code=200, headers={"Content-Type": content_type})
+    if fault is not None and fault.kind is MediaFaultKind.EMPTY:
+        return Response(b"", status_code=200, headers={"Content-Type": content_type})
+    if fault is not None and fault.kind is MediaFaultKind.SHORT:
+        content = shortened(content)
     size = len(content)
     headers = {"Accept-Ranges": "bytes", "Cache-Control": "public, max-age=3600"}
     try:

@@ -23,9 +23,11 @@ Durations (in hundredths of a second, so the WAV length is exact):
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -42,7 +44,7 @@ from receiver.sonic.contract import (
     TaskType,
 )
 from receiver.sonic.sandbox.config import SandboxConfig
-from receiver.sonic.sandbox.faults import Faults, chance
+from receiver.sonic.sandbox.faults import Faults, chance, link_signature
 
 log = structlog.get_logger("receiver.sonic.sandbox")
 
@@ -402,13 +404,44 @@ class SandboxState:
 
     # --- rendering ----------------------------------------------------------------------------
 
-    def render(self, task: Task, state: ClipState) -> list[dict[str, Any]]:
+    def render(
+        self, task: Task, state: ClipState, *, issued_at: float | None = None
+    ) -> list[dict[str, Any]]:
         """The task's clips as get-music and webhooks show them, in ``state`` (spelled as the
-        task's key's faults say)."""
-        return [self._render_clip(task, plan, state) for plan in task.clips]
+        task's key's faults say), their media links issued at ``issued_at`` (default: now;
+        what link faults count from)."""
+        issued = self.clock.now() if issued_at is None else issued_at
+        return [self._render_clip(task, plan, state, issued) for plan in task.clips]
 
-    def _render_clip(self, task: Task, plan: ClipPlan, state: ClipState) -> dict[str, Any]:
+    def link(self, task: Task, url: str, clip_id: str, issued_at: float) -> str:
+        """``url`` as an answer issued at ``issued_at`` gives it: signed with its expiry when
+        the key's links expire."""
+        expire_s = self.faults.for_key(task.api_key).links.expire_s
+        if expire_s is None:
+            return url
+        expires = math.ceil(issued_at + expire_s)
+        signature = link_signature(self.config.seed, clip_id, expires)
+        return f"{url}?expires={expires}&signature={signature}"
+
+    def link_refusal(self, clip_id: str, query: Mapping[str, str]) -> str | None:
+        """Why a media link of ``clip_id`` with ``query`` answers 403 now, or None."""
+        api_key = self.key_of_clip(clip_id)
+        if api_key is None or self.faults.for_key(api_key).links.expire_s is None:
+            return None
+        expires_text = query.get("expires", "")
+        if not expires_text.isdigit() or query.get("signature") != link_signature(
+            self.config.seed, clip_id, int(expires_text)
+        ):
+            return "not signed"
+        if self.clock.now() >= int(expires_text):
+            return "expired"
+        return None
+
+    def _render_clip(
+        self, task: Task, plan: ClipPlan, state: ClipState, issued_at: float
+    ) -> dict[str, Any]:
         request = task.request
+        links = self.faults.for_key(task.api_key).links
         base = (self.config.public_base_url or task.base_url).rstrip("/")
         mv = str(task.model) if task.model is not None else request.mv
         # Answers name sonic-v5 "chirp-v5": clients must normalise.
@@ -428,12 +461,22 @@ class SandboxState:
             "gpt_description_prompt": request.gpt_description_prompt or "",
             "duration": None,
         }
+
+        def link(url: str) -> str:
+            return self.link(task, url, plan.clip_id, issued_at)
+
         if state in (ClipState.RUNNING, ClipState.SUCCEEDED):
-            clip["image_url"] = f"{base}/media/image/{plan.clip_id}.png"
+            clip["image_url"] = link(f"{base}/media/image/{plan.clip_id}.png")
         if state is ClipState.RUNNING:
-            clip["audio_url"] = f"{base}/media/stream/{plan.clip_id}.wav"
+            clip["audio_url"] = link(f"{base}/media/stream/{plan.clip_id}.wav")
+        if state is ClipState.FAILED and links.placeholder_failed:
+            clip["audio_url"] = f"{base}/media/audio/None.mp3"
         if state is ClipState.SUCCEEDED:
-            clip["audio_url"] = f"{base}/media/audio/{plan.clip_id}.wav"
+            clip["audio_url"] = (
+                f"{base}/media/audio/None.mp3"
+                if links.placeholder(settled_at=task.timeline.settled_at, issued_at=issued_at)
+                else link(f"{base}/media/audio/{plan.clip_id}.wav")
+            )
             seconds = plan.duration_cs / 100
             # Half the clips say their duration as a decimal string ("104.88"), as the
             # service sometimes does.

@@ -71,6 +71,13 @@ class DeliveryRecord:
         return asdict(self)
 
 
+def _happened_at(task: Task, event: WebhookEvent) -> float:
+    """When ``event`` of ``task`` happened (what its links' age counts from)."""
+    if event is WebhookEvent.STREAMING:
+        return task.timeline.running_at
+    return task.timeline.settled_at
+
+
 def delivery_id(seed: int, task_id: str, event: WebhookEvent) -> str:
     return "wh_" + hashlib.blake2b(f"{seed}:{task_id}:{event}".encode(), digest_size=12).hexdigest()
 
@@ -177,7 +184,10 @@ class Webhooks:
                 "task_id": task.task_id,
                 "platform": PLATFORM,
                 "event": str(event),
-                "data": state.render(task, _EVENT_STATE[event]),
+                # links as old as the event: a late delivery's may have expired
+                "data": state.render(
+                    task, _EVENT_STATE[event], issued_at=_happened_at(task, event)
+                ),
             },
             separators=(",", ":"),
         ).encode()

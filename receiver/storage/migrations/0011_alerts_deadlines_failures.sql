@@ -1,4 +1,4 @@
--- 10: why a task failed (one of receiver.failures.FailureCategory), when it went past its
+-- 11: why a task failed (one of receiver.failures.FailureCategory), when it went past its
 -- deadline; the alerts the receiver raised and the messages they owe their targets (an outbox:
 -- an alert's change and its message commit together, and a message is sent until every target
 -- took it); counts kept by the second rather than row by row (refused deliveries, which
