@@ -124,17 +124,30 @@ async def signatures_failing(scope: Scope) -> list[Finding]:
         return []
     by_reason = ", ".join(f"{n} {label.partition(':')[2]} ({label.partition(':')[0]})"
                           for label, n in sorted(counts.items(), key=lambda i: (-i[1], i[0])))
+    reasons = {label.partition(":")[2] for label in counts}
+    advice = [text for words, text in _REFUSAL_ADVICE if reasons & words]
     return [Finding(
         rule="signatures_failing",
         text=f"{plural(total, 'delivery', 'deliveries')} refused in the last "
              f"{span(rule.window)}: {by_reason} (reason and signature scheme).",
-        advice="signature_mismatch: the webhook secret differs between the tasks and this "
-               "receiver (rotated on one side only?): compare SONIC_WEBHOOK_SECRET with the "
-               "webhook_secret the tasks are created with, and during a rotation give both, "
-               "comma separated. timestamp_expired or timestamp_in_future: a clock is off; "
-               "check NTP on both sides. missing_signature: the sender does not sign with a "
-               "scheme enabled here (RECEIVER_SCHEMES).",
+        advice=" ".join(advice) or _REFUSAL_ADVICE[0][1],
     )]
+
+
+_REFUSAL_ADVICE: tuple[tuple[frozenset[str], str], ...] = (
+    (frozenset({"signature_mismatch"}),
+     "A signature that does not match: the webhook secret differs between the tasks and this "
+     "receiver (rotated on one side only?). Compare SONIC_WEBHOOK_SECRET with the "
+     "webhook_secret the tasks are created with; during a rotation give both, comma "
+     "separated."),
+    (frozenset({"timestamp_expired", "timestamp_in_future"}),
+     "A timestamp out of tolerance: a clock is off (check NTP on both sides), or old "
+     "deliveries are being replayed."),
+    (frozenset({"missing_signature", "malformed_signature", "missing_timestamp",
+                "malformed_timestamp"}),
+     "No usable signature: the sender does not sign with a scheme enabled here "
+     "(RECEIVER_SCHEMES), or something in between strips the headers."),
+)
 
 
 async def callbacks_stopped(scope: Scope) -> list[Finding]:

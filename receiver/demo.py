@@ -313,9 +313,12 @@ async def run(workdir: Path, limit_s: float, sink_port: int, *, stay: bool = Fal
             say(start, "the loop closed: done" if closed
                 else "the loop did not close in time: see the logs")
             last = list(progress.views)[-1] if progress.views else root
-            print(console_hint(receiver_url, token_file, last), flush=True)
             if stay:
+                print(console_hint(receiver_url, token_file, last), flush=True)
                 await serve_until_stopped()
+            else:  # the servers stop as this returns: their URLs would open nothing
+                print("\nto look around in the console afterwards, run scripts/demo --stay "
+                      "(it keeps the receiver and the sandbox up until Ctrl-C)", flush=True)
             return 0 if closed else 1
     finally:
         if worker is not None:

@@ -29,6 +29,9 @@ def test_the_demo_closes_the_loop_and_recovers_the_dropped_webhook(tmp_path: Pat
     assert len(wavs) == 5  # two clips of the song, two of the extension, one full song
     assert not list((tmp_path / "demo" / "media").rglob("*.part"))
     assert "cannot read back" not in out  # every WAV was measured through GET /files
+    # the servers are gone once it exits: it points to --stay, not to URLs that open nothing
+    assert "run scripts/demo --stay" in out
+    assert "/ui" not in out
     # the full song lasts as long as the source up to continue_at plus the extension
     song = re.search(r"full song: ([\d.]+) s = .* \(([\d.]+) s\)", out)
     assert song is not None, out[-3000:]

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,24 @@ def test_the_readme_handler_example_passes_its_own_test(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
+
+
+TOML = re.compile(r"^```toml\n(.*?)^```$", re.M | re.S)
+
+
+def test_the_readme_config_examples_pass_the_checks_serve_runs() -> None:
+    """Each ``receiver.toml`` example passes the whole file's check (the handler example's
+    files aside: they name a package written by the plugin test above), and its alert targets
+    the apprise check ``serve`` runs at start."""
+    from receiver.alerts import check_targets
+    from receiver.schema import load_checked
+    from receiver.settings import split_targets
+
+    blocks = [tomllib.loads(b) for b in TOML.findall((ROOT / "README.md").read_text())]
+    configs = [b for b in blocks if "project" not in b and "handlers" not in b]
+    assert any("alerts" in c for c in configs)
+    for config in configs:
+        load_checked(config)
+        targets = config.get("alerts", {}).get("targets")
+        if targets:
+            check_targets(split_targets(targets))

@@ -27,6 +27,8 @@ from urllib.parse import quote, urlencode, urlsplit
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
 
+from receiver.alerts import TITLES
+
 HERE = Path(__file__).parent
 DASH = "\N{EN DASH}"
 # Characters that reorder the text around them: shown, never obeyed.
@@ -179,6 +181,12 @@ def short(value: str | None, n: int = 8) -> str:
     return value if len(value) <= n + 2 else value[:n] + "\N{HORIZONTAL ELLIPSIS}"
 
 
+def alert_title(rule: str) -> str:
+    """An alert rule's name as people read it (``jobs_dead`` → ``Jobs dead``)."""
+    title = TITLES.get(rule, rule.replace("_", " "))
+    return title[:1].upper() + title[1:]
+
+
 def pretty(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
 
@@ -193,5 +201,5 @@ def environment() -> Environment:
         cut=cut, short=short,
         pretty=pretty, exact=exact, http_url=http_url, task_href=task_href,
         delivery_href=delivery_href, file_href=file_href, cover_href=cover_href,
-        segment=segment, visible=visible)
+        segment=segment, visible=visible, alert_title=alert_title)
     return env

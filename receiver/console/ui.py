@@ -221,7 +221,9 @@ async def overview_view(request: Request) -> View:
     peak = max((n for _, n in per_minute), default=0)
     busiest = max(per_minute, key=lambda m: m[1]) if peak else None
     ticks = [per_minute[i][0] for i in (0, 15, 30, 45)] + [numbers.now] if per_minute else []
+    alerts = await runtime.storage.watch.alerts(active=True, limit=20)
     return View("overview.html", {
+        "alerts": alerts,
         "o": numbers, "peak": max(peak, 1), "peak_real": peak, "busiest": busiest,
         "ticks": ticks, "received": sum(numbers.outcomes.values()),
         "public_url": runtime.settings.public_url,
