@@ -76,7 +76,7 @@ LOST = "lost"  # the outcome of an attempt whose worker died or lost its lease
 READY_WITHIN_S = 1.0  # /readyz is 200 in every web process this soon after the database is back
 CLAIM_WITHIN_S = 2.0  # every worker starts a job this soon after the database is back
 MAX_REPEATS_PER_S = 5  # times a worker writes one warning in any one second of an outage
-ADMIN_TOKEN = "outage-admin-token"
+ADMIN_TOKEN = "outage-admin-token-7c1e9a52b4d8"
 START_FAILED = "cannot open database"  # a web process's one line when it could not start
 
 
