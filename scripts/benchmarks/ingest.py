@@ -134,10 +134,8 @@ class Postgres:
 
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")
-            # The throwaway cluster runs with fsync=off and synchronous_commit=off (tests);
-            # synchronous_commit=on here makes a commit wait until its WAL is written to the
-            # OS: it survives the database's or the receiver's process being killed, not a
-            # power loss, the same promise as SQLite's synchronous=NORMAL in WAL mode.
+            # The cluster runs as deployed (fsync on): a commit waits until its WAL is on
+            # disk, so it survives a power loss, which SQLite's synchronous=NORMAL does not.
             conn.execute(f"ALTER DATABASE {name} SET synchronous_commit = on")
         return self.dsn(name)
 
@@ -145,13 +143,15 @@ class Postgres:
 @contextlib.contextmanager
 def postgres_or_none(notes: list[str]) -> Iterator[Postgres | None]:
     try:
-        from tests.services import ServiceUnavailable, running_postgres
+        from tests.services import ServiceUnavailable, running_postgres_cluster
     except ImportError as exc:  # psycopg missing
         notes.append(f"postgresql: skipped ({exc})")
         yield None
         return
     try:
-        with running_postgres() as server:
+        # as deployed: fsync and full-page writes on, each commit flushed to disk
+        with running_postgres_cluster(crash_safe=True, durable=True) as cluster:
+            server = cluster.server
             yield Postgres(admin_dsn=server.admin_dsn, dsn=server.dsn,
                            data=server.socket_dir / "data")
     except ServiceUnavailable as exc:
@@ -462,8 +462,8 @@ def run(options: argparse.Namespace, work: Path) -> list[Report]:
         "they caused to be written (/proc/PID/io write_bytes: WAL, pages, checkpoints, the "
         "JSON log) per delivery; host busy = cores busy machine-wide.",
         "sqlite = the real app on a fresh SQLite file (WAL, synchronous=normal); postgresql = "
-        "the same on a fresh database (synchronous_commit=on on a cluster with fsync=off: the "
-        "same durability promise as SQLite's synchronous=normal); JSON logs to a file; one "
+        "the same on a fresh database of a cluster as deployed (fsync, full-page writes and "
+        "synchronous_commit on: every commit flushed to disk); JSON logs to a file; one "
         "job written per delivery (a no-op handler's route), worker off; sqlite+worker = "
         "with the in-process worker running those jobs. x2 = two processes accepting on one "
         "socket: `sonic-receiver serve --workers 2` for the receiver, the serve module's "
