@@ -57,6 +57,9 @@ TITLES = {
 GIVE_UP_S = 86400.0  # a message no target took for this long is given up (and logged)
 _SHOWN = 200  # characters of a value that came from a callback or a handler
 _CATEGORIES = {c.value: c for c in FailureCategory}
+# what chat services would read as markup: quotation marks, a broken bar, a zero-width space
+_INERT = str.maketrans({"<": "\u2039", ">": "\u203a", "@": "@\u200b", "`": "'",
+                        "|": "\u00a6"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
 
 
@@ -89,9 +92,14 @@ Rule = Callable[[Scope], Awaitable[list[Finding]]]
 
 
 def shown(value: object) -> str:
-    """A value from outside (a callback, a handler's error) as alert text: one line, short."""
+    """A value from outside (a callback, a handler's error) as alert text: one line, short,
+    and inert where chat services read markup: a URL defanged (``http[:]//``, never a link to
+    click in an operator's channel), angle brackets (Slack's ``<url|text>``) and mentions
+    (``@everyone``) made plain."""
     text = _CONTROL.sub(" ", str(value)).strip()
-    return text if len(text) <= _SHOWN else text[: _SHOWN - 1] + "…"
+    if len(text) > _SHOWN:
+        text = text[: _SHOWN - 1] + "…"
+    return text.translate(_INERT).replace("://", "[:]//")
 
 
 def span(seconds: float) -> str:

@@ -121,12 +121,11 @@ async def failing(w: World, alerting: Alerting) -> None:
         await w.storage.ingest.record_delivery(delivery(f"s-{n}", body, at=w.clock.now()))
 
 
-async def dead(w: World, alerting: Alerting) -> None:
+async def dead(w: World, alerting: Alerting, error: str = "boom\nat line 2") -> None:
     await w.storage.ingest.record_delivery(delivery("d-1", COMPLETED, at=w.clock.now()),
                                            router=ROUTER)
     [job] = await w.storage.jobs.claim_jobs(owner="w", limit=1, now=w.clock.now(), lease_s=60)
-    assert await w.storage.jobs.kill_job(job.id, owner="w", error="boom\nat line 2",
-                                         now=w.clock.now())
+    assert await w.storage.jobs.kill_job(job.id, owner="w", error=error, now=w.clock.now())
 
 
 async def quarantined(w: World, alerting: Alerting) -> None:
@@ -314,7 +313,8 @@ async def test_alerts_texts_name_no_secret_and_show_no_control_characters(
         await p.round()
         texts = {m["title"]: m["message"] for m in w.messages()}
         assert "boom at line 2" in texts["[sonic-receiver] jobs dead (keep)"]
-        assert "q-<b>1</b> [31m: " in texts["[sonic-receiver] deliveries quarantined"]
+        kept_raw = texts["[sonic-receiver] deliveries quarantined"]
+        assert "q-\u2039b\u203a1\u2039/b\u203a [31m: " in kept_raw
         for text in texts.values():
             assert "\x1b" not in text
             assert "whsec" not in text
@@ -381,6 +381,50 @@ async def test_a_process_that_did_not_evaluate_last_does_not_tell_of_an_outage(
             told = sink.delivered("alerts")
             assert told
             assert all("from web-1:" in m["message"] for m in told), told
+
+
+async def test_what_came_from_outside_is_inert_in_a_chat_message(
+    backend_store: StoreOpener, tmp_path: Path,
+) -> None:
+    """A dead job's error carries a URL, Slack's link markup and a mention from a callback:
+    the alert shows them, but as text no chat service turns into a link or a ping."""
+    async with world(backend_store, tmp_path) as w:
+        p = await w.process("web-1")
+        await dead(w, p, error="GET https://evil.example/login <https://evil.example|click> "
+                               "@everyone `code`")
+        await p.round()
+        [message] = w.messages()
+        text = message["message"]
+        assert "https[:]//evil.example/login" in text
+        assert "\u2039https[:]//evil.example\u00a6click\u203a" in text
+        assert "@\u200beveryone" in text
+        for raw in ("https://evil", "<https", "@everyone", "`code`"):
+            assert raw not in text
+
+
+async def test_retention_takes_the_sent_messages_and_keeps_the_alerts(
+    backend_store: StoreOpener, tmp_path: Path,
+) -> None:
+    async with world(backend_store, tmp_path) as w:
+        w.sink.status["alerts"] = 503  # the first alert's message stays due
+        p = await w.process("web-1")
+        await refused(w, p)
+        await p.round()
+        w.sink.status["alerts"] = 200
+        await dead(w, p)
+        w.clock.advance(EVERY)
+        await p.round()  # both sent now
+        w.sink.status["alerts"] = 503
+        await quarantined(w, p)
+        w.clock.advance(EVERY)
+        await p.round()  # a third, not sent
+        assert await w.storage.watch.outbox_size() == (1, 2)
+        w.clock.advance(3 * 3600.0)
+        await w.storage.admin.prune(older_than_s=3600.0, keep_ids_s=7200.0)
+        assert await w.storage.watch.outbox_size() == (1, 0)
+        [left] = await w.storage.watch.due_messages()  # the unsent one stays due
+        assert "quarantined" in left.title
+        assert len(await w.storage.watch.alerts()) == 3
 
 
 # ---- deciding, without a store -------------------------------------------------------------------

@@ -603,6 +603,14 @@ UPDATE alert_messages SET sent_to = :sent_to, attempts = attempts + 1, last_erro
                           done_at = :done_at
 WHERE id = :id
 
+-- name: outbox_size
+SELECT COALESCE(SUM(CASE WHEN done_at IS NULL THEN 1 ELSE 0 END), 0) AS due,
+       COALESCE(SUM(CASE WHEN done_at IS NULL THEN 0 ELSE 1 END), 0) AS done
+FROM alert_messages
+
+-- name: prune_alert_messages
+DELETE FROM alert_messages WHERE done_at IS NOT NULL AND done_at < :before
+
 -- name: list_alerts
 SELECT * FROM alerts
 WHERE (CAST(:active AS INTEGER) = 0 OR resolved_at IS NULL)
