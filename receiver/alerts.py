@@ -54,6 +54,7 @@ TITLES = {
     "downloads_at_risk": "downloads at risk",
     "storage": "storage",
 }
+TURN, HOLD_ROUNDS = "alerts", 4  # the turn among processes, held this many periods
 GIVE_UP_S = 86400.0  # a message no target took for this long is given up (and logged)
 _SHOWN = 200  # characters of a value that came from a callback or a handler
 _CATEGORIES = {c.value: c for c in FailureCategory}
@@ -451,9 +452,22 @@ class Alerting:
     async def run(self) -> None:
         # The period is wall time, whatever the clock: a test's fake clock (whose sleep moves
         # it) must not be spun by a loop that runs in every app.
-        while True:
-            await asyncio.sleep(self.table.every)
-            await self.round()
+        try:
+            while True:
+                await asyncio.sleep(self.table.every)
+                await self.round()
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        """Give the turn back, if this process holds it, so that another one evaluates the
+        next round rather than after the hold runs out."""
+        if not self._evaluator:
+            return
+        try:
+            await self.admin.release_turn(TURN, owner=self.owner)
+        except StoreError as exc:
+            log.warning("alerts_turn_not_released", error=exc.message)
 
     async def round(self) -> list[AlertChange]:
         """Add this process's counts; on this process's turn, evaluate, decide and send.
@@ -467,8 +481,10 @@ class Alerting:
             except BaseException:
                 self.refusals.give_back(counts, now=now)
                 raise
+            # held for several rounds: a round that sends to a slow target may outlast one
+            # period, and another process must not send the same messages meanwhile
             evaluator = await self.admin.take_turn(
-                "alerts", owner=self.owner, hold_s=self.table.every * 0.9)
+                TURN, owner=self.owner, hold_s=max(self.table.every * HOLD_ROUNDS, 30.0))
             await self._back(now)  # the database answered
             self._evaluator = evaluator
             if not evaluator:

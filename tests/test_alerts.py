@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from receiver.alerts import RULES, Alerting, decide
+from receiver.alerts import HOLD_ROUNDS, RULES, Alerting, decide
 from receiver.clock import FakeClock
 from receiver.config import AlertsTable
 from receiver.conversion import convert
@@ -205,7 +205,9 @@ async def test_a_rule_fires_once_repeats_per_cooldown_resolves_and_survives_a_re
         assert len(w.titles()) == 2
         assert "still:" in w.titles()[1]
 
-        # another process, started afterwards (a restart): what was sent is not sent again
+        # a restart: the process stops (giving its turn back), another one starts; what was
+        # sent is not sent again
+        await first.stop()
         again = await w.process("web-1-restarted")
         if scenario.rule == "storage":
             await disk_low(w, again)
@@ -250,6 +252,21 @@ async def test_several_processes_evaluate_in_turn_and_send_each_message_once(
         assert len(w.titles()) == 1, w.titles()
         assert scenario.says.replace("12 ", "36 ") in w.messages()[0]["message"]
         assert len(await w.storage.watch.alerts(active=True)) == 1
+
+
+async def test_a_process_that_died_holding_the_turn_is_replaced_after_the_hold(
+    backend_store: StoreOpener, tmp_path: Path,
+) -> None:
+    async with world(backend_store, tmp_path) as w:
+        died, other = await w.process("web-1"), await w.process("web-2")
+        await died.round()  # web-1 evaluates, then dies without giving the turn back
+        await refused(w, other)
+        w.clock.advance(EVERY)
+        await other.round()
+        assert w.messages() == []  # web-1's turn still holds
+        w.clock.advance(max(EVERY * HOLD_ROUNDS, 30.0))
+        await other.round()
+        assert w.titles() == ["[sonic-receiver] webhook signatures failing"]
 
 
 async def test_a_message_no_target_takes_is_kept_and_sent_once_the_target_is_back(

@@ -282,6 +282,10 @@ class Admin(TaskReads):
         params = {"name": name, "owner": owner, "until": now + hold_s, "now": now}
         return await self.db.write(lambda tx: tx.run("take_turn", params)) == 1
 
+    async def release_turn(self, name: str, *, owner: str) -> None:
+        """Give back ``owner``'s turn at ``name`` (it is stopping): the next asker takes it."""
+        await self.db.write(lambda tx: tx.run("release_turn", {"name": name, "owner": owner}))
+
     async def audit(
         self, *, actor: str, action: str, target: str | None, detail: Mapping[str, Any]
     ) -> None:

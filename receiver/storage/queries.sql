@@ -363,6 +363,10 @@ INSERT INTO turns (name, owner, until) VALUES (:name, :owner, :until)
 ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until
 WHERE turns.until <= :now OR turns.owner = excluded.owner
 
+-- A holder that stops gives its turn back, so that the next process need not wait it out.
+-- name: release_turn
+UPDATE turns SET until = 0 WHERE name = :name AND owner = :owner
+
 -- name: insert_audit
 INSERT INTO audit (at, actor, action, target, detail)
 VALUES (:at, :actor, :action, :target, :detail)
