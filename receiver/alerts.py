@@ -131,16 +131,22 @@ async def signatures_failing(scope: Scope) -> list[Finding]:
     total = sum(counts.values())
     if total < rule.threshold:
         return []
-    by_reason = ", ".join(f"{n} {label.partition(':')[2]} ({label.partition(':')[0]})"
-                          for label, n in sorted(counts.items(), key=lambda i: (-i[1], i[0])))
+    by_reason = ", ".join(f"{n} {_refusal(label)}" for label, n in
+                          sorted(counts.items(), key=lambda i: (-i[1], i[0])))
     reasons = {label.partition(":")[2] for label in counts}
     advice = [text for words, text in _REFUSAL_ADVICE if reasons & words]
     return [Finding(
         rule="signatures_failing",
         text=f"{plural(total, 'delivery', 'deliveries')} refused in the last "
-             f"{span(rule.window)}: {by_reason} (reason and signature scheme).",
+             f"{span(rule.window)}: {by_reason}.",
         advice=" ".join(advice) or _REFUSAL_ADVICE[0][1],
     )]
+
+
+def _refusal(label: str) -> str:
+    """``musicapi:signature_mismatch`` → ``signature_mismatch with the musicapi scheme``."""
+    scheme, _, reason = label.partition(":")
+    return f"{reason} with {'no signature scheme' if scheme == 'none' else f'the {scheme} scheme'}"
 
 
 _REFUSAL_ADVICE: tuple[tuple[frozenset[str], str], ...] = (
