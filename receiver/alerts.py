@@ -249,7 +249,8 @@ async def deliveries_quarantined(scope: Scope) -> list[Finding]:
         advice="Each is kept raw with its reason: see it in the console. Once the cause is "
                "fixed (a parser, a task that was unknown), record it again with "
                "`sonic-receiver replay redispatch --quarantined` or the console's Record again.",
-        link=(f"/ui/deliveries/{quote(delivery_id, safe='')}" if delivery_id
+        # by query: any id works there (a path cannot hold "." or "..")
+        link=(f"/ui/delivery?id={quote(delivery_id, safe='')}" if delivery_id
               else "/ui/deliveries?outcome=quarantined"),
     )]
 
@@ -285,7 +286,7 @@ async def downloads_at_risk(scope: Scope) -> list[Finding]:
         advice="See why the download jobs have not finished (console, Jobs). A dead one can "
                "still be run again before the files go: `sonic-receiver replay redispatch "
                f"--handler {first.handler}`.",
-        link=f"/ui/tasks/{quote(first.task_id, safe='')}",
+        link=f"/ui/task?id={quote(first.task_id, safe='')}",
     )]
 
 

@@ -338,7 +338,7 @@ async def test_alerts_texts_name_no_secret_and_show_no_control_characters(
             assert w.sink.base.removeprefix("http://") not in text
         [quarantine] = [a for a in await w.storage.watch.alerts()
                         if a.rule == "deliveries_quarantined"]
-        assert quarantine.link == "/ui/deliveries/q-%3Cb%3E1%3C%2Fb%3E%1B%5B31m"
+        assert quarantine.link == "/ui/delivery?id=q-%3Cb%3E1%3C%2Fb%3E%1B%5B31m"
         assert "\n" not in quarantine.text
 
 
