@@ -152,6 +152,12 @@ class Postgres:
             conn.execute(f"ALTER DATABASE {name} SET synchronous_commit = on")
         return self.dsn(name)
 
+    def drop(self, name: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name}")
+
     def size(self, dsn: str) -> int:
         import psycopg
 
@@ -396,6 +402,7 @@ def prefilled(count: int, backends: list[str], procs: list[int], pg: Postgres | 
                             folder=work / f"postgresql-{stored(count)}-{n}")
             server.db = pg.create(f"bench_prefill_{n}", template="bench_prefill")
             servers.append(server)
+        pg.drop("bench_prefill")  # the copies are what is measured
     return servers
 
 
