@@ -54,6 +54,8 @@ class Table(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
 
 _FINITE = sys.float_info.max
 PositiveInt = Annotated[int, msgspec.Meta(gt=0, description="a positive integer")]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535,
+                                   description="a port number from 0 to 65535 (0: any free one)")]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0, description="an integer >= 0")]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0, le=_FINITE, description="a positive number")]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=_FINITE,
