@@ -21,7 +21,9 @@ class Probe(Operation):
     async def __call__(self, tx: Tx) -> int:
         written = await tx.run("probe_write", {"name": self.name, "at": self.at})
         if self.hold_s:
-            time.sleep(self.hold_s)  # noqa: ASYNC251 -- the writer is to be found mid-transaction
+            # Not a wait: the writer holds its transaction open, to be found (and killed)
+            # mid-transaction; the unit runs on the writer's thread and must not suspend.
+            time.sleep(self.hold_s)  # noqa: ASYNC251
         return written
 
 

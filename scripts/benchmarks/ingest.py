@@ -17,9 +17,17 @@ Servers, each in processes of their own under the same uvicorn settings
     ``sqlite`` with the in-process worker on, running those no-op jobs as they come (one
     process only: several processes would each run a worker).
 
+``webhook``
+    adnanh/webhook (Go) running ``/bin/true`` for every delivery, beside ``bare`` when it is
+    installed: the peer the receiver is compared with.
+
+With ``--prefill N``, ``sqlite`` and ``postgresql`` are measured again on databases filled to
+N deliveries first (:mod:`scripts.benchmarks.prefill`), with their ratios to the empty ones.
+
 Each runs from 1 and from 2 processes sharing one listening socket (``--procs``); ratios are
-to ``bare`` with as many processes. Every delivery is a distinct, validly signed body, so each
-is committed. Afterwards the database must hold every delivery that was answered 200.
+to ``bare`` with as many processes, and to the same server with one. Every delivery is a
+distinct, validly signed body, so each is committed. Afterwards the database must hold
+every delivery that was answered 200.
 
 Then a sustained run (``--sustain`` seconds of saturating load on ``sqlite`` x1) samples the
 size of the WAL every few seconds: it must stay bounded.
