@@ -164,7 +164,8 @@ def running_postgres() -> Iterator[PostgresServer]:
 
 
 @contextlib.contextmanager
-def running_postgres_cluster(*, crash_safe: bool = False) -> Iterator[PostgresCluster]:
+def running_postgres_cluster(*, crash_safe: bool = False,
+                             durable: bool = False) -> Iterator[PostgresCluster]:
     """:func:`running_postgres`, yielding the cluster itself, which the caller may stop and
     start again (:class:`PostgresCluster`); it is stopped and removed at the end, whether it
     runs then or not.
@@ -172,7 +173,10 @@ def running_postgres_cluster(*, crash_safe: bool = False) -> Iterator[PostgresCl
     ``crash_safe``: a commit is in the WAL on disk before it is acknowledged
     (``synchronous_commit`` on), so that it survives ``pg_ctl stop -m immediate``; otherwise
     the last commits before such a stop may be lost. (Without fsync all the same: the server's
-    processes are killed, not the machine; what they wrote stays in the OS's page cache.)"""
+    processes are killed, not the machine; what they wrote stays in the OS's page cache.)
+
+    ``durable``: as deployed, not tuned for tests: ``fsync`` and full-page writes on, every
+    commit flushed to disk (the benchmarks measure this)."""
     bindir = postgres_bindir()
     account = _unprivileged_account()
     root = Path(tempfile.mkdtemp(prefix="sonic-pg-"))
@@ -195,10 +199,11 @@ def running_postgres_cluster(*, crash_safe: bool = False) -> Iterator[PostgresCl
         cluster: PostgresCluster | None = None
         for _ in range(3):  # a free port can be taken between free_port() and the bind
             port = free_port()
-            options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off "
-                       f"-c synchronous_commit={'on' if crash_safe else 'off'} "
-                       "-c full_page_writes=off -c max_connections=200 "
-                       "-c log_min_messages=warning")
+            tuning = "" if durable else (
+                f"-c fsync=off -c synchronous_commit={'on' if crash_safe else 'off'} "
+                "-c full_page_writes=off ")
+            options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {root} {tuning}"
+                       "-c max_connections=200 -c log_min_messages=warning")
             candidate = PostgresCluster(
                 server=PostgresServer(host="127.0.0.1", port=port, socket_dir=root),
                 data=data, log=log, bindir=bindir, options=options, account=account, env=env)

@@ -5,19 +5,23 @@ selection, requeueing, retention and migrations."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from receiver.clock import FakeClock
 from receiver.errors import StoreError
 from receiver.jobs import JobState
-from receiver.models import ChildState, ChildTask, JobFilter, Outcome, Result, StoredFile
+from receiver.models import ChildState, ChildTask, Delivery, JobFilter, Outcome, Result, StoredFile
 from receiver.routing import HandlerRef, Route, Router
 from receiver.states import State
+from receiver.storage import postgres
 from receiver.storage.connector import Tx, Unit, Work
 from receiver.storage.roles import Storage, sqlite_storage
 from receiver.storage.sqlite import DIALECT, SQLiteConnector
@@ -592,3 +596,76 @@ async def test_one_process_at_a_time_has_a_scheduled_turn(
         clock.advance(61)
         assert await store.admin.take_turn("reconcile", owner="b", hold_s=60)  # a ran out
         assert not await store.admin.take_turn("reconcile", owner="a", hold_s=60)
+
+
+def _variety() -> list[Delivery]:
+    """Deliveries that take every branch of recording, in an order whose outcome one at a
+    time and in one batch must agree: tasks seen twice (streaming, then done), one delivery
+    id under two tasks, a repeat, a task found by its clips only, a clip reported twice, an
+    unusable body, and text that JSON and SQL both have to carry as it is."""
+    out = [delivery("shared", done("x-1")), delivery("shared", done("x-2"))]
+    for n in range(6):
+        task = f"t{n}"
+        out.append(delivery(f"{task}-s", callback(task, [
+            clip(f"{task}-a", "streaming", tags="Dreamy, pop", title="a\u2028\"'\\ü\U0001f3b5"),
+            clip(f"{task}-b", "running")], event="song.streaming", platform="sonic"),
+            at=1000.0 + n / 7))
+        out.append(delivery(f"{task}-d", callback(task, [
+            clip(f"{task}-a", "succeeded", audio_url="http://cdn/a.mp3", duration=12.345678901),
+            clip(f"{task}-b", "succeeded", audio_url="http://cdn/b.mp3")]), at=1001.0 + n / 3))
+    out += [delivery("t0-d", done("t0")),  # a repeat of an id kept above
+            delivery("by-clips", callback(None, [clip("t1-a", "succeeded", title="again")])),
+            delivery("twice", callback("tw", [clip("z", "running"), clip("z", "succeeded")])),
+            delivery("bad", b"{not json \xff", task_id_hint="t-hint"),
+            delivery("quote'); --", done("t'); DROP TABLE tasks; --"))]
+    return out
+
+
+def _dump(database: Path | str) -> dict[str, list[tuple[Any, ...]]]:
+    """What recording keeps, with no row numbers (they follow the order of the inserts)."""
+    dumped: dict[str, list[tuple[Any, ...]]] = {}
+    with (contextlib.closing(sqlite3.connect(database)) if isinstance(database, Path)
+          else psycopg.connect(database)) as conn:
+        for table in ("deliveries", "tasks", "clips", "transitions", "jobs"):
+            cursor = conn.execute(f"SELECT * FROM {table}")  # noqa: S608 (names above)
+            names = [d[0] for d in cursor.description or ()]
+            rows = [tuple((n, bytes(v) if isinstance(v, bytes | memoryview) else v)
+                          for n, v in zip(names, row, strict=True)
+                          if n not in ("id", "seq", "task_seq"))
+                    for row in cursor.fetchall()]
+            dumped[table] = sorted(rows, key=repr)
+    return dumped
+
+
+@pytest.mark.postgres
+async def test_a_postgresql_batch_records_what_sqlite_records_one_at_a_time(
+    pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL runs a batch's units of distinct tasks together, one statement per step for
+    all of them (``[postgresql_batch]`` statements): the answers and the rows must be those of
+    the same deliveries recorded one at a time, here on SQLite, the reference."""
+    router = Router([
+        Route(name="done", on=frozenset({"task.succeeded"}), handlers=(HandlerRef(name="h"),)),
+        Route(name="pop", on=frozenset({"task.succeeded"}), handlers=(HandlerRef(name="p"),),
+              tags=frozenset({"pop"}), platforms=frozenset({"sonic"}))])
+    together: list[int] = []
+    real_run = postgres._Together.run
+
+    def counted(self: postgres._Together) -> None:  # a spy: the real step runs
+        real_run(self)
+        together.append(len(self.units))
+
+    monkeypatch.setattr(postgres._Together, "run", counted)
+    reference = tmp_path / "one-at-a-time.db"
+    async with storage_at(reference) as one:
+        alone = [await one.ingest.record_delivery(d, router=router) for d in _variety()]
+    async with storage_at(pg_dsn) as store:
+        batch = await asyncio.gather(*(store.ingest.record_delivery(d, router=router)
+                                       for d in _variety()))
+    assert together, "no batch ran its units together"
+    assert max(together) >= 6, together  # the first wave: a unit per task
+    assert [r.outcome for r in alone].count(Outcome.DUPLICATE) == 2
+    assert batch == alone
+    expected, found = _dump(reference), _dump(pg_dsn)
+    for table, rows in expected.items():
+        assert found[table] == rows, table

@@ -23,11 +23,15 @@ processes on one database. Connection handling only; the rules are in the roles 
 from __future__ import annotations
 
 import asyncio
+import base64
+import collections
 import concurrent.futures
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Generator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
 import psycopg
 from psycopg import conninfo
 from psycopg.rows import dict_row
@@ -59,12 +63,14 @@ class PostgresConnector:
     """The PostgreSQL database at ``url`` (``postgresql://user:password@host:port/db``)."""
 
     dialect = DIALECT
+    pipelined = False  # one batch at a time: one connection writes
 
     def __init__(self, url: str, *, lock_timeout_s: float = 5.0, max_connections: int = 8) -> None:
         self.url = url
         self.lock_timeout_s = lock_timeout_s
         self.max_connections = max_connections
         self._sql = DIALECT.statements()
+        self._batch_sql = DIALECT.variants(BATCH)
         self._readers: _Readers | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._writer: psycopg.Connection[Any] | None = None  # used on the writer's thread only
@@ -163,7 +169,8 @@ class PostgresConnector:
                 conn.execute(self._sql["lock_tasks"], {"task_ids": tasks})
             if len(units) == 1:
                 _run_unit(conn, tx, units[0], savepoint=False)
-            elif not (all(u.keep for u in units) and _all_at_once(conn, tx, units)):
+            elif not (all(u.keep for u in units)
+                      and _all_at_once(conn, pipeline, tx, self._batch_sql, units)):
                 for unit in units:
                     _run_unit(conn, tx, unit, savepoint=True)
             if any(unit.wrote_jobs for unit in units):
@@ -234,22 +241,282 @@ class _Readers:
                 await conn.close()
 
 
-def _all_at_once(conn: psycopg.Connection[Any], tx: _WriterTx, units: Sequence[Unit]) -> bool:
-    """Run every unit of a batch in one savepoint: True when none raised (the common case:
-    two round trips a batch instead of two a unit). When one raises, the batch's savepoint is
-    rolled back and False says to run them again, each in its own savepoint, so that the
-    others are kept."""
+def _all_at_once(conn: psycopg.Connection[Any], pipeline: psycopg.Pipeline, tx: _WriterTx,
+                 batch_sql: Mapping[str, str], units: Sequence[Unit]) -> bool:
+    """Run every unit of a batch in one savepoint: True when none raised (the common case).
+    Units of distinct tasks run together, a statement for all of them at each step
+    (:class:`_Together`); the others one after the other. When one raises, the batch's
+    savepoint is rolled back and False says to run them again, each in its own savepoint,
+    so that the others are kept."""
     try:
         with conn.transaction():
-            for unit in units:
+            for wave in _waves(units):
+                if len(wave) > 1:
+                    _Together(conn, pipeline, tx.sql, batch_sql, wave).run()
+                    continue
                 tx.jobs = False
-                unit.result = drive(unit.work(tx))
-                unit.wrote_jobs = tx.jobs
+                wave[0].result = drive(wave[0].work(tx))
+                wave[0].wrote_jobs = tx.jobs
     except Exception:
         for unit in units:
             unit.result, unit.wrote_jobs = None, False
         return False
     return True
+
+
+def _waves(units: Sequence[Unit]) -> list[list[Unit]]:
+    """The units in waves that run one after the other: in a wave, units that name their tasks
+    (``locks``) and share none; a task's units keep their order. A unit that names none (it
+    may find its task only as it runs: by its clips; or it is no recording) runs alone, after
+    every unit before it in the batch and before every unit after it."""
+    out: list[list[Unit]] = []
+    waves: list[tuple[set[str], list[Unit]]] = []
+    for unit in units:
+        if not unit.locks:
+            out += [wave for _, wave in waves]
+            out.append([unit])
+            waves = []
+            continue
+        # the wave after the last one holding one of its tasks
+        last = max((index for index, (taken, _) in enumerate(waves)
+                    if not taken.isdisjoint(unit.locks)), default=-1)
+        if last + 1 == len(waves):
+            waves.append((set(), []))
+        waves[last + 1][0].update(unit.locks)
+        waves[last + 1][1].append(unit)
+    return out + [wave for _, wave in waves]
+
+
+@dataclass(frozen=True)
+class _Batched:
+    """How a statement runs for many units at once (its ``[postgresql_batch]`` form)."""
+
+    route: str | None = None  # the parameter whose value a row of its answer has as unit_key
+    unique: tuple[str, ...] = ()  # parameters whose values may not repeat in one statement
+
+
+BATCH = "postgresql_batch"
+BATCHED: Mapping[str, _Batched] = {
+    "insert_delivery": _Batched(route="delivery_id", unique=("delivery_id",)),
+    "lock_task": _Batched(),
+    "task_before": _Batched(route="task_id"),
+    "upsert_task": _Batched(unique=("task_id",)),
+    "upsert_clip": _Batched(unique=("task_id", "clip_id")),
+    "insert_transition": _Batched(),
+    "task_facts": _Batched(route="task_id"),
+    "insert_job": _Batched(route="task_id", unique=("task_id", "key")),
+}
+
+
+class _Ask:
+    """A unit's statement whose answer it waits for: rows, or the count of rows changed."""
+
+    __slots__ = ("params", "q", "rows")
+
+    def __init__(self, rows: bool, q: str, params: list[Params]) -> None:
+        self.rows, self.q, self.params = rows, q, params
+
+    def __await__(self) -> Generator[_Ask, Any, Any]:
+        answer = yield self
+        return answer
+
+
+class _StepTx:
+    """:class:`receiver.storage.connector.Tx` of one unit run with others (:class:`_Together`):
+    a statement that answers suspends the unit until the step's statements have run; writes
+    whose count nobody needs wait for the next step, with the others' of the same name."""
+
+    def __init__(self) -> None:
+        self.sends: list[tuple[str, list[Params]]] = []
+        self.jobs = False
+
+    async def rows(self, q: str, params: Params | None = None) -> list[Row]:
+        rows: list[Row] = await _Ask(True, q, [params or {}])
+        return rows
+
+    async def one(self, q: str, params: Params | None = None) -> Row | None:
+        rows = await self.rows(q, params)
+        return rows[0] if rows else None
+
+    async def run(self, q: str, params: Params | None = None) -> int:
+        count: int = await _Ask(False, q, [params or {}])
+        return count
+
+    async def run_many(self, q: str, params: Sequence[Params]) -> int:
+        if not params:
+            return 0
+        count: int = await _Ask(False, q, list(params))
+        return count
+
+    async def send(self, q: str, params: Params | None = None) -> None:
+        self.sends.append((q, [params or {}]))
+
+    async def send_many(self, q: str, params: Sequence[Params]) -> None:
+        if params:
+            self.sends.append((q, list(params)))
+
+    def jobs_written(self) -> None:
+        self.jobs = True
+
+
+class _Together:
+    """Units of distinct tasks run in steps: each runs until it waits for an answer; then the
+    writes they queued and the statements they wait on run, one statement per name for all of
+    them (the ``[postgresql_batch]`` form where there is one), pipelined, with one round trip
+    to the server; then each goes on with its answer. Recording a batch of new deliveries
+    takes three round trips this way, whatever its size. Anything that raises is raised: the
+    caller runs the units again one by one."""
+
+    def __init__(self, conn: psycopg.Connection[Any], pipeline: psycopg.Pipeline,
+                 sql: Mapping[str, str], batch_sql: Mapping[str, str],
+                 units: Sequence[Unit]) -> None:
+        self.conn, self.pipeline, self.sql, self.batch_sql = conn, pipeline, sql, batch_sql
+        self.units = units
+        self.txs = [_StepTx() for _ in units]
+        self.asks: dict[int, _Ask] = {}
+
+    def run(self) -> None:
+        coroutines = [unit.work(tx) for unit, tx in zip(self.units, self.txs, strict=True)]
+        try:
+            for index in range(len(coroutines)):
+                self._advance(coroutines, index, None)
+            while True:
+                self._write_sends()
+                if not self.asks:
+                    break
+                asks, self.asks = self.asks, {}
+                for index, answer in self._answer(asks).items():
+                    self._advance(coroutines, index, answer)
+        finally:
+            for coroutine in coroutines:
+                coroutine.close()
+        for unit, tx in zip(self.units, self.txs, strict=True):
+            unit.wrote_jobs = tx.jobs
+
+    def _advance(self, coroutines: list[Coroutine[Any, Any, Any]], index: int,
+                 answer: Any) -> None:
+        try:
+            ask = coroutines[index].send(answer)
+        except StopIteration as done:
+            self.units[index].result = done.value
+            return
+        if not isinstance(ask, _Ask):
+            raise RuntimeError("a unit of work awaited something other than its transaction")
+        self.asks[index] = ask
+
+    def _write_sends(self) -> None:
+        """The writes queued since the last step, each unit's in its order, one statement per
+        name for as many units as have that name next."""
+        queues = [collections.deque(tx.sends) for tx in self.txs if tx.sends]
+        for tx in self.txs:
+            tx.sends = []
+        while queues:
+            name = queues[0][0][0]
+            rows: list[Params] = []
+            for queue in queues:
+                while queue and queue[0][0] == name:
+                    rows.extend(queue.popleft()[1])
+            queues = [queue for queue in queues if queue]
+            if self.sql[name]:
+                self._write(name, rows)
+
+    def _write(self, name: str, rows: list[Params]) -> None:
+        batched = BATCHED.get(name) if name in self.batch_sql else None
+        if batched is None or len(rows) == 1:
+            self.conn.cursor().executemany(self.sql[name], rows)
+            return
+        first, later = _split(rows, batched.unique)
+        self.conn.execute(self.batch_sql[name], _columns(first))
+        if later:  # a repeated key: after the rows it repeats, as one unit after another would
+            self.conn.cursor().executemany(self.sql[name], later)
+
+    def _answer(self, asks: dict[int, _Ask]) -> dict[int, Any]:
+        """Run the statements ``asks`` wait on; what each answers."""
+        pending: list[tuple[list[int], psycopg.Cursor[Any], _Ask, str | None]] = []
+        by_name: dict[str, list[int]] = {}
+        for index, ask in asks.items():
+            by_name.setdefault(ask.q, []).append(index)
+        for name, indexes in by_name.items():
+            batched = BATCHED.get(name) if name in self.batch_sql else None
+            alone = indexes
+            if batched is not None and batched.route is not None and len(indexes) > 1:
+                together, alone = _distinct(indexes, asks, batched)
+                if len(together) > 1:
+                    rows = [row for index in together for row in asks[index].params]
+                    cursor = self.conn.execute(self.batch_sql[name], _columns(rows))
+                    pending.append((together, cursor, asks[together[0]], batched.route))
+                else:
+                    alone = together + alone
+            for index in sorted(alone):
+                ask = asks[index]
+                if len(ask.params) == 1:
+                    cursor = self.conn.execute(self.sql[name], ask.params[0])
+                else:
+                    cursor = self.conn.cursor()
+                    cursor.executemany(self.sql[name], ask.params)
+                pending.append(([index], cursor, ask, None))
+        self.pipeline.sync()
+        answers: dict[int, Any] = {}
+        for indexes, cursor, ask, route in pending:
+            if route is None:
+                answers[indexes[0]] = ((cursor.fetchall() if cursor.description else [])
+                                       if ask.rows else cursor.rowcount)
+                continue
+            found: dict[Any, list[Row]] = {}
+            for row in cursor.fetchall():
+                found.setdefault(row["unit_key"], []).append(row)
+            for index in indexes:
+                mine = found.get(asks[index].params[0][route], [])
+                answers[index] = mine if asks[index].rows else len(mine)
+        return answers
+
+
+def _columns(rows: Sequence[Params]) -> dict[str, str]:
+    """Parameter rows as a ``[postgresql_batch]`` statement takes them: one JSON array of
+    objects (bytes in base64). One text to send: psycopg writes a Python list into an array
+    value by value, in Python, and that cost more than the statements it saved."""
+    return {"rows": orjson.dumps(rows, default=_bytes_in_json).decode()}
+
+
+def _bytes_in_json(value: Any) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"{type(value).__name__} in a batch statement's parameters")
+
+
+def _split(rows: list[Params], unique: tuple[str, ...]) -> tuple[list[Params], list[Params]]:
+    """The rows whose ``unique`` values come first, and those that repeat an earlier one."""
+    if not unique:
+        return rows, []
+    seen: set[tuple[Any, ...]] = set()
+    first: list[Params] = []
+    later: list[Params] = []
+    for row in rows:
+        key = tuple(row[name] for name in unique)
+        (later if key in seen else first).append(row)
+        seen.add(key)
+    return first, later
+
+
+def _distinct(indexes: list[int], asks: Mapping[int, _Ask], batched: _Batched
+              ) -> tuple[list[int], list[int]]:
+    """Of the units asking one statement, those that may share it (their route values and
+    unique rows all distinct), and the others, which ask it alone, after them."""
+    routes: set[Any] = set()
+    keys: set[tuple[Any, ...]] = set()
+    together, alone = [], []
+    for index in sorted(indexes):
+        params = asks[index].params
+        route = params[0][batched.route] if batched.route else None
+        mine = {tuple(row[name] for name in batched.unique) for row in params}
+        if route in routes or not keys.isdisjoint(mine) or (
+                batched.unique and len(mine) < len(params)):
+            alone.append(index)
+            continue
+        routes.add(route)
+        keys |= mine
+        together.append(index)
+    return together, alone
 
 
 def _run_unit(conn: psycopg.Connection[Any], tx: _WriterTx, unit: Unit, *,
@@ -287,6 +554,7 @@ class _WriterTx:
         self._conn = conn
         self._pipeline = pipeline
         self._sql = sql
+        self.sql = sql
         self.jobs = False  # the unit running now called jobs_written()
 
     async def rows(self, q: str, params: Params | None = None) -> list[Row]:

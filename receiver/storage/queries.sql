@@ -12,6 +12,12 @@
 --
 -- A task's clips, transitions and jobs are keyed by the task's number (tasks.seq), found with
 -- `(SELECT seq FROM tasks WHERE task_id = :task_id)`.
+--
+-- `[postgresql_batch]` is a statement's form for many units of work at once (PostgreSQL's
+-- writer records a group-commit batch in a few statements: receiver/storage/postgres.py):
+-- :rows is a JSON array of the parameter sets the units gave, one object each (bytes in
+-- base64), read as rows by json_to_recordset; what a unit reads back is found by the
+-- `unit_key` column, the value of the parameter the writer keys that statement by.
 
 
 -- ---- recording ---------------------------------------------------------------------------
@@ -31,6 +37,17 @@ VALUES (:delivery_id, :source, :scheme, :event, :task_id, :outcome, :reason, :he
         :received_at)
 ON CONFLICT (delivery_id) DO NOTHING
 
+-- name: insert_delivery [postgresql_batch]
+INSERT INTO deliveries (delivery_id, source, scheme, event, task_id, outcome, reason, headers,
+                        body, received_at)
+SELECT delivery_id, source, scheme, event, task_id, outcome, reason, headers,
+       decode(body, 'base64'), received_at
+FROM json_to_recordset(CAST(:rows AS JSON))
+     AS b (delivery_id TEXT, source TEXT, scheme TEXT, event TEXT, task_id TEXT, outcome TEXT,
+           reason TEXT, headers TEXT, body TEXT, received_at DOUBLE PRECISION)
+ON CONFLICT (delivery_id) DO NOTHING
+RETURNING delivery_id AS unit_key
+
 -- name: delete_quarantined
 DELETE FROM deliveries
 WHERE delivery_id = :delivery_id AND outcome = :Outcome.QUARANTINED
@@ -49,6 +66,11 @@ SELECT task_id FROM clips WHERE clip_id IN (JSON_TEXTS(:clip_ids)) LIMIT 1
 -- name: lock_task [postgresql]
 SELECT pg_advisory_xact_lock(7318, hashtext(:task_id))
 
+-- name: lock_task [postgresql_batch]
+SELECT pg_advisory_xact_lock(7318, key)
+FROM (SELECT DISTINCT hashtext(task_id) AS key
+      FROM json_to_recordset(CAST(:rows AS JSON)) AS b (task_id TEXT) ORDER BY key) AS keys
+
 -- name: task_state
 SELECT state FROM tasks WHERE task_id = :task_id
 
@@ -58,10 +80,35 @@ SELECT NULL AS clip_id, state FROM tasks WHERE task_id = :task_id
 UNION ALL
 SELECT clip_id, state FROM clips WHERE task_seq = (SELECT seq FROM tasks WHERE task_id = :task_id)
 
+-- name: task_before [postgresql_batch]
+SELECT t.task_id AS unit_key, NULL AS clip_id, t.state FROM tasks t
+WHERE t.task_id IN (SELECT task_id FROM json_to_recordset(CAST(:rows AS JSON)) AS b (task_id TEXT))
+UNION ALL
+SELECT t.task_id, c.clip_id, c.state FROM tasks t JOIN clips c ON c.task_seq = t.seq
+WHERE t.task_id IN (SELECT task_id FROM json_to_recordset(CAST(:rows AS JSON)) AS b (task_id TEXT))
+
 -- name: upsert_task
 INSERT INTO tasks (task_id, state, platform, error, failure_category, first_seen_at,
                    updated_at, last_event_at, last_delivery_id)
 VALUES (:task_id, :state, :platform, :error, :failure_category, :at, :at, :at, :delivery_id)
+ON CONFLICT (task_id) DO UPDATE SET
+    updated_at = CASE WHEN tasks.state = excluded.state THEN tasks.updated_at
+                      ELSE excluded.updated_at END,
+    state = excluded.state,
+    platform = COALESCE(excluded.platform, tasks.platform),
+    error = COALESCE(excluded.error, tasks.error),
+    failure_category = COALESCE(excluded.failure_category, tasks.failure_category),
+    last_event_at = CASE WHEN tasks.last_event_at > excluded.last_event_at
+                         THEN tasks.last_event_at ELSE excluded.last_event_at END,
+    last_delivery_id = excluded.last_delivery_id
+
+-- name: upsert_task [postgresql_batch]
+INSERT INTO tasks (task_id, state, platform, error, failure_category, first_seen_at,
+                   updated_at, last_event_at, last_delivery_id)
+SELECT task_id, state, platform, error, failure_category, at, at, at, delivery_id
+FROM json_to_recordset(CAST(:rows AS JSON))
+     AS b (task_id TEXT, state TEXT, platform TEXT, error TEXT, failure_category TEXT,
+           at DOUBLE PRECISION, delivery_id TEXT)
 ON CONFLICT (task_id) DO UPDATE SET
     updated_at = CASE WHEN tasks.state = excluded.state THEN tasks.updated_at
                       ELSE excluded.updated_at END,
@@ -93,11 +140,43 @@ ON CONFLICT (task_seq, clip_id) DO UPDATE SET
     data = excluded.data,
     updated_at = excluded.updated_at
 
+-- name: upsert_clip [postgresql_batch]
+INSERT INTO clips (task_seq, task_id, clip_id, state, title, tags, lyrics, audio_url, image_url,
+                   video_url, duration, mv, created_at, data, updated_at)
+SELECT (SELECT seq FROM tasks WHERE task_id = b.task_id), task_id, clip_id, state, title, tags,
+       lyrics, audio_url, image_url, video_url, duration, mv, created_at, data, at
+FROM json_to_recordset(CAST(:rows AS JSON))
+     AS b (task_id TEXT, clip_id TEXT, state TEXT, title TEXT, tags TEXT, lyrics TEXT,
+           audio_url TEXT, image_url TEXT, video_url TEXT, duration DOUBLE PRECISION, mv TEXT,
+           created_at TEXT, data TEXT, at DOUBLE PRECISION)
+ON CONFLICT (task_seq, clip_id) DO UPDATE SET
+    state = excluded.state,
+    title = COALESCE(excluded.title, clips.title),
+    tags = COALESCE(excluded.tags, clips.tags),
+    lyrics = COALESCE(excluded.lyrics, clips.lyrics),
+    audio_url = COALESCE(excluded.audio_url, clips.audio_url),
+    image_url = COALESCE(excluded.image_url, clips.image_url),
+    video_url = COALESCE(excluded.video_url, clips.video_url),
+    duration = COALESCE(excluded.duration, clips.duration),
+    mv = COALESCE(excluded.mv, clips.mv),
+    created_at = COALESCE(excluded.created_at, clips.created_at),
+    data = excluded.data,
+    updated_at = excluded.updated_at
+
 -- name: insert_transition
 INSERT INTO transitions (task_seq, task_id, entity, entity_id, from_state, to_state,
                          delivery_id, source, at)
 VALUES ((SELECT seq FROM tasks WHERE task_id = :task_id), :task_id, :entity, :entity_id,
         :from_state, :to_state, :delivery_id, :source, :at)
+
+-- name: insert_transition [postgresql_batch]
+INSERT INTO transitions (task_seq, task_id, entity, entity_id, from_state, to_state,
+                         delivery_id, source, at)
+SELECT (SELECT seq FROM tasks WHERE task_id = b.task_id), task_id, entity, entity_id,
+       from_state, to_state, delivery_id, source, at
+FROM json_to_recordset(CAST(:rows AS JSON))
+     AS b (task_id TEXT, entity TEXT, entity_id TEXT, from_state TEXT, to_state TEXT,
+           delivery_id TEXT, source TEXT, at DOUBLE PRECISION)
 
 -- the task's type and platform (the row whose kind is 'task'), then its clips' tags
 -- name: task_facts
@@ -105,6 +184,13 @@ SELECT 'task' AS kind, task_type AS value, platform FROM tasks WHERE task_id = :
 UNION ALL
 SELECT 'clip', tags, NULL FROM clips
 WHERE task_seq = (SELECT seq FROM tasks WHERE task_id = :task_id)
+
+-- name: task_facts [postgresql_batch]
+SELECT t.task_id AS unit_key, 'task' AS kind, t.task_type AS value, t.platform FROM tasks t
+WHERE t.task_id IN (SELECT task_id FROM json_to_recordset(CAST(:rows AS JSON)) AS b (task_id TEXT))
+UNION ALL
+SELECT t.task_id, 'clip', c.tags, NULL FROM tasks t JOIN clips c ON c.task_seq = t.seq
+WHERE t.task_id IN (SELECT task_id FROM json_to_recordset(CAST(:rows AS JSON)) AS b (task_id TEXT))
 
 -- :waits_for is a JSON array of handler names, or NULL
 -- name: insert_job
@@ -114,6 +200,19 @@ VALUES ((SELECT seq FROM tasks WHERE task_id = :task_id), :key, :handler, :route
         :task_id, :trigger, :delivery_id, :JobState.QUEUED, :max_attempts, :at, :at, :at,
         :waits_for, :wait_until)
 ON CONFLICT (task_seq, key) DO NOTHING
+
+-- name: insert_job [postgresql_batch]
+INSERT INTO jobs (task_seq, key, handler, route, options, task_id, trigger, delivery_id, state,
+                  max_attempts, run_after, created_at, updated_at, waits_for, wait_until)
+SELECT (SELECT seq FROM tasks WHERE task_id = b.task_id), key, handler, route, options,
+       task_id, trigger, delivery_id, :JobState.QUEUED, max_attempts, at, at, at, waits_for,
+       wait_until
+FROM json_to_recordset(CAST(:rows AS JSON))
+     AS b (key TEXT, handler TEXT, route TEXT, options TEXT, task_id TEXT, trigger TEXT,
+           delivery_id TEXT, max_attempts INTEGER, at DOUBLE PRECISION, waits_for TEXT,
+           wait_until DOUBLE PRECISION)
+ON CONFLICT (task_seq, key) DO NOTHING
+RETURNING task_id AS unit_key
 
 -- name: register_task
 INSERT INTO tasks (task_id, state, first_seen_at, updated_at, last_event_at, task_type,

@@ -2,8 +2,9 @@
 (``migrations/NNNN_name.sql``), each compiled for one dialect.
 
 - A statement stands once, under ``-- name: <name>``; a dialect's variant follows it under
-  ``-- name: <name> [<dialect>]``. An empty statement runs nothing (a step a dialect needs
-  nothing for).
+  ``-- name: <name> [<dialect>]``, and other forms of it under other tags (``[postgresql_batch]``:
+  :meth:`Dialect.variants`). An empty statement runs nothing (a step a dialect needs nothing
+  for).
 - ``:Enum.MEMBER`` names a member of one of :data:`CONSTANTS` and is compiled into its value,
   quoted: the values stand in Python only, and the planner still sees constants.
 - Migration *n* takes the schema from version *n-1* to *n*: ``NNNN_name.sql`` for every
@@ -70,6 +71,13 @@ class Dialect:
         chosen.update({name: text for (name, dialect), text in parsed.items()
                        if dialect == self.name})
         return {name: self.compile(text) for name, text in chosen.items()}
+
+    def variants(self, tag: str) -> dict[str, str]:
+        """The statements that have a ``[tag]`` variant (such as ``postgresql_batch``), as
+        that variant, compiled for this dialect."""
+        return {name: self.compile(text)
+                for (name, variant), text in parse(_read("queries.sql")).items()
+                if variant == tag}
 
     def compile(self, text: str) -> str:
         text = _CONSTANT.sub(_constant, text)

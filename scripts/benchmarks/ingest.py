@@ -17,9 +17,17 @@ Servers, each in processes of their own under the same uvicorn settings
     ``sqlite`` with the in-process worker on, running those no-op jobs as they come (one
     process only: several processes would each run a worker).
 
+``webhook``
+    adnanh/webhook (Go) running ``/bin/true`` for every delivery, beside ``bare`` when it is
+    installed: the peer the receiver is compared with.
+
+With ``--prefill N``, ``sqlite`` and ``postgresql`` are measured again on databases filled to
+N deliveries first (:mod:`scripts.benchmarks.prefill`), with their ratios to the empty ones.
+
 Each runs from 1 and from 2 processes sharing one listening socket (``--procs``); ratios are
-to ``bare`` with as many processes. Every delivery is a distinct, validly signed body, so each
-is committed. Afterwards the database must hold every delivery that was answered 200.
+to ``bare`` with as many processes, and to the same server with one. Every delivery is a
+distinct, validly signed body, so each is committed. Afterwards the database must hold
+every delivery that was answered 200.
 
 Then a sustained run (``--sustain`` seconds of saturating load on ``sqlite`` x1) samples the
 size of the WAL every few seconds: it must stay bounded.
@@ -31,6 +39,7 @@ import argparse
 import contextlib
 import math
 import os
+import shutil
 import socket
 import sqlite3
 import statistics
@@ -56,6 +65,7 @@ from scripts.benchmarks.report import Report, percentile, ratio
 NAME = "ingest"
 SECRET = "bench-secret"  # noqa: S105 -- signs loopback test traffic only
 BACKENDS = ("bare", "bare-h11", "sqlite", "postgresql", "sqlite+worker")
+PEER = "webhook"  # adnanh/webhook, measured beside bare when it is installed
 ROUTES = """\
 [handlers.bench_noop]
 path = "scripts.benchmarks.probes:noop"
@@ -90,6 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--before", type=Path, metavar="CHECKOUT",
                        help="ingest: also serve the receiver of another checkout (e.g. `git "
                        "worktree add /tmp/before main`) as sqlite-before, in the same rounds")
+    group.add_argument("--prefill", type=int, default=0, metavar="N",
+                       help="ingest: also measure sqlite and postgresql on a database filled "
+                            "to N deliveries first (scripts/benchmarks/prefill.py)")
     group.add_argument("--sustain", type=float,
                        help="ingest: seconds of saturating load on sqlite x1 sampling the WAL "
                        "(default 120, quick 3; 0 skips it)")
@@ -108,10 +121,18 @@ class Server:
     child: Child | None = None
     url: str = ""
     pids: list[int] = field(default_factory=list)
+    prefill: int = 0  # deliveries in its database before it is measured
 
     @property
     def label(self) -> str:
-        return f"{self.backend} x{self.procs}"
+        return f"{self.backend}{'@' + stored(self.prefill) if self.prefill else ''} x{self.procs}"
+
+
+def stored(count: int) -> str:
+    """1000000 -> 1M, 200000 -> 200k."""
+    if count >= 1_000_000 and count % 1_000_000 == 0:
+        return f"{count // 1_000_000}M"
+    return f"{count // 1000}k" if count >= 1000 and count % 1000 == 0 else str(count)
 
 
 @dataclass
@@ -129,29 +150,42 @@ class Postgres:
             return []
         return [master, *children_of(master)]
 
-    def create(self, name: str) -> str:
+    def create(self, name: str, *, template: str = "") -> str:
         import psycopg
 
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
-            # The throwaway cluster runs with fsync=off and synchronous_commit=off (tests);
-            # synchronous_commit=on here makes a commit wait until its WAL is written to the
-            # OS: it survives the database's or the receiver's process being killed, not a
-            # power loss, the same promise as SQLite's synchronous=NORMAL in WAL mode.
+            conn.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
+            # The cluster runs as deployed (fsync on): a commit waits until its WAL is on
+            # disk, so it survives a power loss, which SQLite's synchronous=NORMAL does not.
             conn.execute(f"ALTER DATABASE {name} SET synchronous_commit = on")
         return self.dsn(name)
+
+    def drop(self, name: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name}")
+
+    def size(self, dsn: str) -> int:
+        import psycopg
+
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        return int(row[0]) if row else 0
 
 
 @contextlib.contextmanager
 def postgres_or_none(notes: list[str]) -> Iterator[Postgres | None]:
     try:
-        from tests.services import ServiceUnavailable, running_postgres
+        from tests.services import ServiceUnavailable, running_postgres_cluster
     except ImportError as exc:  # psycopg missing
         notes.append(f"postgresql: skipped ({exc})")
         yield None
         return
     try:
-        with running_postgres() as server:
+        # as deployed: fsync and full-page writes on, each commit flushed to disk
+        with running_postgres_cluster(crash_safe=True, durable=True) as cluster:
+            server = cluster.server
             yield Postgres(admin_dsn=server.admin_dsn, dsn=server.dsn,
                            data=server.socket_dir / "data")
     except ServiceUnavailable as exc:
@@ -338,6 +372,88 @@ def free_port() -> int:
         return port
 
 
+def all_cpu(point: dict[str, Any]) -> float:
+    """The CPU a delivery cost the server and its database's processes."""
+    return float(point["cpu_ms"]) + float(point["db_cpu_ms"])
+
+
+def prefilled(count: int, backends: list[str], procs: list[int], pg: Postgres | None,
+              work: Path, notes: list[str]) -> list[Server]:
+    """``sqlite`` and ``postgresql`` servers again, on databases filled to ``count``
+    deliveries (:mod:`scripts.benchmarks.prefill`): filled once a backend, copied for each
+    process count."""
+    from scripts.benchmarks.prefill import prefill
+
+    servers: list[Server] = []
+    if count <= 0:
+        return servers
+    if "sqlite" in backends:
+        master = work / "prefill-sqlite" / "receiver.db"
+        master.parent.mkdir(parents=True, exist_ok=True)
+        took = prefill(master, count)
+        notes.append(f"sqlite@{stored(count)}: filled in {took:.0f} s, "
+                     f"{master.stat().st_size / count:,.0f} bytes a delivery in the file.")
+        for n in procs:
+            server = Server(backend="sqlite", procs=n, prefill=count,
+                            folder=work / f"sqlite-{stored(count)}-{n}")
+            server.folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(master, server.folder / "receiver.db")
+            servers.append(server)
+        master.unlink()
+    if "postgresql" in backends and pg is not None:
+        dsn = pg.create("bench_prefill")
+        took = prefill(dsn, count)
+        notes.append(f"postgresql@{stored(count)}: filled in {took:.0f} s, "
+                     f"{pg.size(dsn) / count:,.0f} bytes a delivery in the database.")
+        for n in procs:
+            server = Server(backend="postgresql", procs=n, prefill=count,
+                            folder=work / f"postgresql-{stored(count)}-{n}")
+            server.db = pg.create(f"bench_prefill_{n}", template="bench_prefill")
+            servers.append(server)
+        pg.drop("bench_prefill")  # the copies are what is measured
+    return servers
+
+
+def start_peer(work: Path, stack: contextlib.ExitStack, notes: list[str]) -> Server | None:
+    """adnanh/webhook (Go), when installed: a hook that runs ``/bin/true`` for every request,
+    answered when it exits (its default)."""
+    binary = shutil.which("webhook")
+    if binary is None:
+        notes.append("webhook (adnanh/webhook, the Go peer): not installed, not measured.")
+        return None
+    server = Server(backend=PEER, procs=1, folder=work / "peer")
+    server.folder.mkdir(parents=True, exist_ok=True)
+    hooks = server.folder / "hooks.json"
+    hooks.write_text('[{"id": "sonic", "execute-command": "/bin/true"}]')
+    port = free_port()
+    server.child = stack.enter_context(started(
+        [binary, "-hooks", str(hooks), "-ip", "127.0.0.1", "-port", str(port)],
+        env=child_env(), log=server.folder / "server.log"))
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while not _answers(base + "/hooks/sonic"):
+        if server.child.proc.poll() is not None or time.monotonic() > deadline:
+            notes.append("webhook (the Go peer): did not start; see "
+                         f"{server.folder / 'server.log'}")
+            return None
+        time.sleep(0.2)
+    server.url = base + "/hooks/sonic"
+    server.pids = [server.child.pid]
+    notes.append(f"webhook = adnanh/webhook ({binary}), one process, a hook that runs "
+                 "/bin/true for every delivery (stores nothing); its CPU counts its own "
+                 "process only, not the forked /bin/true.")
+    return server
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.post(url, content=b"{}", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def run(options: argparse.Namespace, work: Path) -> list[Report]:
     concurrencies = [int(c) for c in options.concurrency.split(",") if c.strip()]
     duration = options.ingest_duration or (1.0 if options.quick else 4.0)
@@ -384,6 +500,14 @@ def run(options: argparse.Namespace, work: Path) -> list[Report]:
                 start(server, stack)  # all up at once: an idle server costs nothing
                 servers.append(server)
                 acked[server.label] = []
+        for server in prefilled(options.prefill, backends, procs, pg, work, notes):
+            start(server, stack)
+            servers.append(server)
+            acked[server.label] = []
+        peer = start_peer(work, stack, notes) if "bare" in backends else None
+        if peer is not None:
+            servers.append(peer)
+            acked[peer.label] = []
         # Rounds interleave the servers, so that a slow spell of the machine falls on all.
         for r in range(rounds):
             for concurrency in concurrencies:
@@ -392,7 +516,8 @@ def run(options: argparse.Namespace, work: Path) -> list[Report]:
                         else None
                     point = load(server.url, concurrency=concurrency, clients=options.clients,
                                  client=options.client, warmup=warmup, duration=duration,
-                                 prefix=f"{server.label}-r{r}-c{concurrency}".replace(" ", ""),
+                                 prefix=f"{server.label}-r{r}-c{concurrency}".replace(" ", "")
+                                 .replace("@", "-"),
                                  pids=lambda s=server: s.pids, db_pids=db_pids,
                                  work=server.folder)
                     acked[server.label] += point.pop("acked")
@@ -405,13 +530,14 @@ def run(options: argparse.Namespace, work: Path) -> list[Report]:
                           f"host busy {point['host_busy_cores']:.2f}", flush=True)
         # Half load: each receiver paced (open loop, 32 connections) at half its best rate.
         for server in servers:
-            if server.backend.startswith("bare"):
+            if server.backend.startswith("bare") or server.backend == PEER or server.prefill:
                 continue
             best = max(statistics.median(r["rps"] for r in measured[(server.label, c)])
                        for c in concurrencies)
             point = load(server.url, concurrency=32, clients=options.clients,
                          client=options.client, warmup=warmup, duration=duration,
-                         rate=best / 2, prefix=f"{server.label}-half".replace(" ", ""),
+                         rate=best / 2,
+                         prefix=f"{server.label}-half".replace(" ", "").replace("@", "-"),
                          pids=lambda s=server: s.pids, work=server.folder)
             acked[server.label] += point.pop("acked")
             half[server.label] = point
@@ -434,7 +560,7 @@ def run(options: argparse.Namespace, work: Path) -> list[Report]:
                   f"{sustained['disk_kb']:.1f} KB/delivery", flush=True)
         time.sleep(1.0)  # the in-process worker finishes the last jobs before the drain
         for server in servers:
-            if not server.backend.startswith("bare"):
+            if not server.backend.startswith("bare") and server.backend != PEER:
                 checks[server.label] = verify(server, acked[server.label])
     points = {key: median_point(rs) for key, rs in measured.items()}
     for point in points.values():
@@ -445,13 +571,19 @@ def run(options: argparse.Namespace, work: Path) -> list[Report]:
         for concurrency in concurrencies:
             p = points[(server.label, concurrency)]
             base = points.get((f"bare x{server.procs}", concurrency))
+            one = points.get((f"{server.label.rsplit(' x', 1)[0]} x1", concurrency))
+            empty = points.get((f"{server.backend} x{server.procs}", concurrency))
             others = sum(n for s, n in p["statuses"].items() if s != "200") + sum(
                 p["errors"].values())
             rows.append((
-                server.backend, server.procs, concurrency, p["rps"], p["p50_ms"], p["p99_ms"],
+                server.backend, stored(server.prefill) if server.prefill else "-",
+                server.procs, concurrency, p["rps"], p["p50_ms"], p["p99_ms"],
                 ratio(p["rps"], base["rps"]) if base else math.nan,
+                ratio(p["rps"], one["rps"]) if one and server.procs > 1 else math.nan,
+                ratio(p["rps"], empty["rps"]) if empty and server.prefill else math.nan,
                 ratio(p["p99_ms"], base["p99_ms"]) if base else math.nan,
                 p["cpu_ms"], p["db_cpu_ms"] if server.backend == "postgresql" else math.nan,
+                ratio(all_cpu(p), all_cpu(empty)) if empty and server.prefill else math.nan,
                 p["disk_kb"], p["host_busy_cores"], others,
             ))
     notes[:0] = [
@@ -462,8 +594,8 @@ def run(options: argparse.Namespace, work: Path) -> list[Report]:
         "they caused to be written (/proc/PID/io write_bytes: WAL, pages, checkpoints, the "
         "JSON log) per delivery; host busy = cores busy machine-wide.",
         "sqlite = the real app on a fresh SQLite file (WAL, synchronous=normal); postgresql = "
-        "the same on a fresh database (synchronous_commit=on on a cluster with fsync=off: the "
-        "same durability promise as SQLite's synchronous=normal); JSON logs to a file; one "
+        "the same on a fresh database of a cluster as deployed (fsync, full-page writes and "
+        "synchronous_commit on: every commit flushed to disk); JSON logs to a file; one "
         "job written per delivery (a no-op handler's route), worker off; sqlite+worker = "
         "with the in-process worker running those jobs. x2 = two processes accepting on one "
         "socket: `sonic-receiver serve --workers 2` for the receiver, the serve module's "
@@ -480,8 +612,9 @@ def run(options: argparse.Namespace, work: Path) -> list[Report]:
         name=NAME,
         title="ingest: signed deliveries/s, latency and cost, receiver vs bare Starlette "
               "endpoint",
-        columns=("server", "procs", "conc", "req/s", "p50 ms", "p99 ms", "req/s ÷ bare",
-                 "p99 ÷ bare", "CPU ms", "db CPU ms", "disk KB", "host busy", "non-200"),
+        columns=("server", "stored", "procs", "conc", "req/s", "p50 ms", "p99 ms",
+                 "req/s ÷ bare", "req/s ÷ x1", "req/s ÷ empty", "p99 ÷ bare", "CPU ms",
+                 "db CPU ms", "CPU ÷ empty", "disk KB", "host busy", "non-200"),
         rows=rows,
         notes=notes,
         data={"points": {f"{t}@{c}": p for (t, c), p in points.items()}, "checks": checks},
