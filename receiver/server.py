@@ -5,10 +5,7 @@ Several web processes (:func:`serve_processes`, ``sonic-receiver serve --workers
 parent binds the port once and starts N children with Python's ``spawn``; each receives the
 listening socket and the loaded :class:`Settings` (pickled: command-line options included, no
 environment to re-read) and runs the app in its own uvicorn server, accepting from the shared
-socket. On SQLite the parent also starts one writer process (:mod:`receiver.storage.writer`,
-``sonic-writer`` in ``ps``), listening on a Unix socket the parent binds: the web processes
-send it their writes, so that they share one group commit. A child that dies, the writer
-included, is started again; SIGTERM/SIGINT stop them all gracefully, the writer last. The
+socket. A child that dies is started again; SIGTERM/SIGINT stop them all gracefully. The
 protocol sets ``TCP_NODELAY`` on every accepted connection (:class:`NoDelay`), whoever made
 the listening socket: one made without ``IPPROTO_TCP`` (uvicorn's ``--workers`` before 0.55,
 uvicorn issue 3149; an inherited descriptor) leaves Nagle's algorithm on in asyncio.
@@ -18,17 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import multiprocessing
 import multiprocessing.connection
 import os
 import random
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -223,17 +217,10 @@ def bind(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
     return sock
 
 
-WRITER_NAME = b"sonic-writer"  # the writer's process name (/proc/PID/comm, ps)
-# In the writer's environment from its start (/proc/PID/environ), before it could name itself.
-ROLE_VARIABLE, WRITER_ROLE = "SONIC_RECEIVER_ROLE", "writer"
-
-
 @dataclass
 class _Slot:
-    """One child's place (a web process, or the writer): its current child, and how its
-    starts have gone."""
+    """One web process's place: its current child, and how its starts have gone."""
 
-    writer: bool = False
     child: multiprocessing.process.BaseProcess | None = None
     ready: Any = None  # a multiprocessing Event the child sets once its app has started
     started_at: float = 0.0
@@ -260,12 +247,6 @@ def serve_processes(settings: Settings, factory: AppFactory, *, host: str, port:
     """
     factory(settings)
     sock = bind(host, port)
-    # SQLite: one writer for every web process (receiver.storage.writer), on a Unix socket
-    # bound here, so that it outlives a writer that dies (connections wait in its backlog)
-    folder = tempfile.mkdtemp(prefix="sonic-receiver-") if settings.db_url is None \
-        and processes > 1 else None
-    writer_sock = _bind_unix(os.path.join(folder, "writer.sock")) if folder else None
-    address = writer_sock.getsockname() if writer_sock is not None else None
     context = multiprocessing.get_context("spawn")
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
@@ -273,33 +254,20 @@ def serve_processes(settings: Settings, factory: AppFactory, *, host: str, port:
 
     def start(slot: _Slot) -> None:
         slot.ready = context.Event()
-        if slot.writer:
-            slot.child = context.Process(
-                target=_writer_child, name="sonic-receiver-writer", daemon=False,
-                args=(settings, configure, writer_sock, os.getpid(), slot.ready))
-        else:
-            slot.child = context.Process(
-                target=_child, name="sonic-receiver-web", daemon=False,
-                args=(settings, factory, configure, sock, host, os.getpid(), slot.ready,
-                      address))
-        if slot.writer:
-            os.environ[ROLE_VARIABLE] = WRITER_ROLE  # (the parent runs nothing meanwhile)
-        try:
-            slot.child.start()
-        finally:
-            os.environ.pop(ROLE_VARIABLE, None)
+        slot.child = context.Process(
+            target=_child, name="sonic-receiver-web", daemon=False,
+            args=(settings, factory, configure, sock, host, os.getpid(), slot.ready))
+        slot.child.start()
         slot.started_at, slot.restart_at = time.monotonic(), None
 
-    webs = [_Slot() for _ in range(processes)]
-    slots = ([_Slot(writer=True)] if writer_sock is not None else []) + webs
+    slots = [_Slot() for _ in range(processes)]
     served = False  # whether some child's app has started: the first start is behind us
     status = 0
     try:
         for slot in slots:
             start(slot)
         log.info("web_processes_started", processes=processes, host=host,
-                 port=sock.getsockname()[1], pids=[s.child.pid for s in webs if s.child],
-                 writer=next((s.child.pid for s in slots if s.writer and s.child), None))
+                 port=sock.getsockname()[1], pids=[s.child.pid for s in slots if s.child])
         while not stop.is_set():
             running = [s.child.sentinel for s in slots if s.child is not None]
             due = [s.restart_at for s in slots if s.restart_at is not None]
@@ -309,13 +277,13 @@ def serve_processes(settings: Settings, factory: AppFactory, *, host: str, port:
                 if stop.is_set():
                     break
                 if slot.ready is not None and slot.ready.is_set():
-                    served = served or not slot.writer
+                    served = True
                     slot.failures, slot.failing_since = 0, None
                 if slot.child is None:
                     if slot.restart_at is not None and time.monotonic() >= slot.restart_at:
                         start(slot)
-                        log.info("writer_restarted" if slot.writer else "web_process_restarted",
-                                 pid=slot.child.pid if slot.child else None)
+                        log.info("web_process_restarted", pid=slot.child.pid if slot.child
+                                 else None)
                     continue
                 if slot.child.exitcode is None:
                     continue
@@ -323,31 +291,12 @@ def serve_processes(settings: Settings, factory: AppFactory, *, host: str, port:
                 if status:
                     stop.set()
     finally:
-        # the web processes first: while they finish their requests, the writer still writes
-        _stop_all([s.child for s in webs if s.child is not None])
-        _stop_all([s.child for s in slots if s.writer and s.child is not None])
+        _stop_all([s.child for s in slots if s.child is not None])
         sock.close()
-        if writer_sock is not None:
-            writer_sock.close()
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("web_processes_stopped", status=status)
     return status
-
-
-def _bind_unix(path: str) -> socket.socket:
-    """A listening Unix socket at ``path``, for the writer to inherit."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-        sock.listen(1024)
-    except OSError as exc:
-        sock.close()
-        raise ServeError(f"cannot listen on {path}: {exc.strerror or exc}") from exc
-    sock.set_inheritable(True)
-    return sock
 
 
 def _ended(slot: _Slot, *, served: bool, limit_s: float) -> int:
@@ -358,8 +307,7 @@ def _ended(slot: _Slot, *, served: bool, limit_s: float) -> int:
     slot.child = None
     now = time.monotonic()
     if child.exitcode != STARTUP_FAILURE:
-        log.warning("writer_died" if slot.writer else "web_process_died", pid=child.pid,
-                    exitcode=child.exitcode)
+        log.warning("web_process_died", pid=child.pid, exitcode=child.exitcode)
         slot.restart_at = max(now, slot.started_at + RESTART_PAUSE_S)
         return 0
     if not served:  # the first start: a setting or a database that is not there at all
@@ -398,17 +346,12 @@ def _stop_all(children: list[multiprocessing.process.BaseProcess]) -> None:
 
 
 def _child(settings: Settings, factory: AppFactory, configure: Callable[[Settings], None] | None,
-           sock: socket.socket, host: str, parent: int, ready: Any,
-           writer: str | None = None) -> None:
+           sock: socket.socket, host: str, parent: int, ready: Any) -> None:
     """One web process: the app on the inherited socket, until SIGTERM/SIGINT or until the
     parent is gone (a parent killed with SIGKILL leaves no one to stop us). ``ready`` is set
-    once the app has started; ``writer``: where the shared writer listens, if there is one."""
+    once the app has started."""
     if configure is not None:
         configure(settings)
-    if writer is not None:
-        from receiver.storage.roles import write_through
-
-        write_through(writer)
     guard = StartupGuard(factory(settings), on_started=ready.set)
     server = uvicorn.Server(config(guard, host=host, port=sock.getsockname()[1],
                                    settings=settings, timeout_graceful_shutdown=GRACEFUL_S))
@@ -430,28 +373,3 @@ def _child(settings: Settings, factory: AppFactory, configure: Callable[[Setting
     if guard.error is not None:
         print(f"sonic-receiver: error: {guard.error.message}", file=sys.stderr, flush=True)
         raise SystemExit(STARTUP_FAILURE)
-
-
-def _writer_child(settings: Settings, configure: Callable[[Settings], None] | None,
-                  sock: socket.socket, parent: int, ready: Any) -> None:
-    """The writer (:mod:`receiver.storage.writer`) on the inherited Unix socket, until SIGTERM
-    or until the parent is gone. SIGINT is left to the parent, which stops the web processes
-    first: they still need the writer while they finish their requests."""
-    if configure is not None:
-        configure(settings)
-    _name_process(WRITER_NAME)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from receiver.storage.writer import run
-
-    try:
-        asyncio.run(run(settings, sock, parent=parent, on_ready=ready.set))
-    except ReceiverError as exc:
-        print(f"sonic-receiver: error: {exc.message}", file=sys.stderr, flush=True)
-        raise SystemExit(STARTUP_FAILURE) from exc
-
-
-def _name_process(name: bytes) -> None:
-    """This process's name as ``ps`` and ``/proc/PID/comm`` show it (Linux; else nothing)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(15, ctypes.c_char_p(name[:15]), 0, 0, 0)  # PR_SET_NAME

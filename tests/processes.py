@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 
-from receiver.server import ROLE_VARIABLE, WRITER_ROLE
 from tests.support import SECRET
 from tests.waiting import wait_until_blocking
 
@@ -84,18 +83,7 @@ def start_worker(db: Path | str, log: Path, config: Path,
 
 def children(pid: int) -> list[int]:
     """The web processes ``serve --workers N`` (process ``pid``) has started: its children
-    that run ``multiprocessing.spawn`` (not its resource tracker, nor its SQLite writer)."""
-    return [child for child, writer in _spawned(pid) if not writer]
-
-
-def writer_of(pid: int) -> int | None:
-    """The SQLite writer process of ``serve --workers N`` (process ``pid``), if it runs."""
-    return next((child for child, writer in _spawned(pid) if writer), None)
-
-
-def _spawned(pid: int) -> list[tuple[int, bool]]:
-    """The children of ``pid`` that run ``multiprocessing.spawn``, and whether each is the
-    writer (told by its environment, which it has from its start)."""
+    that run ``multiprocessing.spawn`` (not its resource tracker)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -103,12 +91,11 @@ def _spawned(pid: int) -> list[tuple[int, bool]]:
         try:
             stat = (entry / "stat").read_text()
             cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
         parent = int(stat.rsplit(")", 1)[1].split()[1])
         if parent == pid and b"spawn_main" in cmdline:
-            found.append((int(entry.name), f"{ROLE_VARIABLE}={WRITER_ROLE}".encode() in environ))
+            found.append(int(entry.name))
     return sorted(found)
 
 

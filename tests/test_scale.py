@@ -19,21 +19,11 @@ import sys
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 
 from receiver.server import running
-from receiver.storage.postgres import WRITER_NAME
 from tests.load import Senders, Stored, check_effects, deliveries, effect_config, until_jobs_done
-from tests.processes import (
-    done_twice,
-    serve,
-    start_worker,
-    wait_children,
-    wait_logged,
-    writer_of,
-)
-from tests.services import PostgresCluster
+from tests.processes import done_twice, serve, start_worker, wait_children, wait_logged
 from tests.support import callback, clip, free_port, settings_for, signed_headers
 from tests.waiting import wait_until_blocking
 
@@ -154,17 +144,14 @@ def test_every_web_process_of_serve_workers_sets_tcp_nodelay(tmp_path: Path) -> 
 
 
 def _chaos(db: Path | str, tmp_path: Path, *, workers: int, senders: int, tasks_each: int,
-           victims: list[str], seed: int) -> None:
+           kills: int, seed: int) -> None:
     """``serve --workers 2`` (RECEIVER_WORKER=off) and ``workers`` worker processes on ``db``
-    under retrying senders with duplicates and reordering; once each further share of the
-    deliveries is acknowledged, the next of ``victims`` is killed with SIGKILL: ``web`` (one
-    picked at random) and ``writer`` are started again by serve, a ``worker`` by us; on
-    PostgreSQL, ``writer`` is the database's backend process serving a web process's writer
-    connection (PostgreSQL then restarts every backend). Then every acknowledged delivery is
-    stored, every task and clip succeeded, and every task's job ran once to done, its effect
-    written once."""
+    under retrying senders with duplicates and reordering; ``kills`` times, once a further
+    share of the deliveries is acknowledged, one web or worker process picked at random is
+    killed with SIGKILL (the web ones are started again by serve, the workers by us). Then
+    every acknowledged delivery is stored, every task and clip succeeded, and every task's
+    job ran once to done, its effect written once."""
     rng = random.Random(seed)
-    kills = len(victims)
     effects = tmp_path / "effects"
     config = effect_config(tmp_path / "receiver.toml", effects, lease_s=2, hold_s=0.2)
     port = free_port()
@@ -185,16 +172,12 @@ def _chaos(db: Path | str, tmp_path: Path, *, workers: int, senders: int, tasks_
 
     async def drive(web: subprocess.Popen[bytes]) -> Stored:
         traffic = asyncio.create_task(load.run())
-        for k, kind in enumerate(victims, start=1):
+        for k in range(1, kills + 1):
             await load.until_acked(load.expected * k // (kills + 1))
-            if kind == "web":
+            if rng.random() < 0.5:
                 victim = rng.choice(await asyncio.to_thread(wait_children, web.pid, 2))
                 os.kill(victim, signal.SIGKILL)
                 killed.append(f"web {victim}")
-            elif kind == "writer":
-                victim = await asyncio.to_thread(_writer, db, web.pid)
-                os.kill(victim, signal.SIGKILL)
-                killed.append(f"writer {victim}")
             else:
                 index = rng.randrange(len(pool))
                 pool[index].kill()
@@ -207,12 +190,10 @@ def _chaos(db: Path | str, tmp_path: Path, *, workers: int, senders: int, tasks_
     with serve(db, port, logs[0], config=config, args=["--workers", "2"],
                extra_env={"RECEIVER_WORKER": "off"}) as web:
         started = wait_children(web.pid, 2)
-        web_pid = web.pid
         pool.extend(new_worker() for _ in range(workers))
         try:
             final = asyncio.run(drive(web))
             now = wait_children(web.pid, 2)
-            writer = _writer(db, web_pid) if isinstance(db, Path) else None
             for proc in pool:  # a worker killed during its start-up has no SIGTERM handler yet
                 wait_logged(log_of[proc.pid], "worker_started", proc)
         finally:
@@ -226,8 +207,6 @@ def _chaos(db: Path | str, tmp_path: Path, *, workers: int, senders: int, tasks_
     assert len(now) == 2, context
     if any(k.startswith("web") for k in killed):
         assert now != started, context  # the killed web processes were replaced
-    if isinstance(db, Path) and any(k.startswith("writer") for k in killed):
-        assert writer not in {int(k.split()[1]) for k in killed}, context  # started again
     every = {d for task in load.tasks for d, _ in deliveries(task)}
     assert every <= load.acked, f"not acknowledged in time: {sorted(every - load.acked)[:5]}"
     assert load.acked <= final.deliveries, sorted(load.acked - final.deliveries)[:5]
@@ -240,43 +219,17 @@ def _chaos(db: Path | str, tmp_path: Path, *, workers: int, senders: int, tasks_
     check_effects(effects, load.tasks)
 
 
-def _writer(db: Path | str, serve_pid: int) -> int:
-    """The process that writes for ``serve``: its SQLite writer, or the PostgreSQL backend
-    of a web process's writer connection."""
-    if isinstance(db, Path):
-        found: list[int] = []
-
-        def running() -> bool:
-            pid = writer_of(serve_pid)
-            found[:] = [pid] if pid is not None else []
-            return bool(found)
-
-        wait_until_blocking(running, within=30, what="serve's writer to run")
-        return found[0]
-    with psycopg.connect(db, autocommit=True) as conn:
-        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
-                            (WRITER_NAME,)).fetchall()
-    assert rows, "no web process holds a writer connection"
-    return int(rows[0][0])
-
-
 @pytest.mark.postgres
 def test_two_web_and_two_worker_processes_on_postgresql_killed_at_random(
-    pg_restartable: PostgresCluster, tmp_path: Path,
+    pg_dsn: str, tmp_path: Path,
 ) -> None:
-    """Web processes, workers and a writer's database backend killed with SIGKILL (on a
-    cluster of the test's own, whose commits survive the restart that follows: the session's
-    is tuned for speed, not for that)."""
-    _chaos(pg_restartable.server.admin_dsn, tmp_path, workers=2, senders=6, tasks_each=8, seed=9,
-           victims=["web", "writer", "worker", "web", "writer"])
+    _chaos(pg_dsn, tmp_path, workers=2, senders=6, tasks_each=8, kills=4, seed=9)
 
 
 def test_two_web_and_one_worker_process_on_one_sqlite_file_killed_at_random(
     tmp_path: Path,
 ) -> None:
-    """Web processes, the worker and serve's SQLite writer killed with SIGKILL."""
-    _chaos(tmp_path / "r.db", tmp_path, workers=1, senders=4, tasks_each=5, seed=12,
-           victims=["writer", "web", "worker", "writer", "web"])
+    _chaos(tmp_path / "r.db", tmp_path, workers=1, senders=4, tasks_each=5, kills=2, seed=12)
 
 
 def test_a_metrics_scrape_of_serve_workers_sums_every_web_process(tmp_path: Path) -> None:

@@ -65,17 +65,6 @@ class Tx(Protocol):
 Work = Callable[[Tx], Coroutine[Any, Any, T]]
 
 
-class Operation:
-    """A unit of work that is data: an instance of a module-level class whose fields pickle,
-    called with the :class:`Tx`. Where several processes share one writer (``serve --workers
-    N`` on SQLite, :mod:`receiver.storage.writer`), an operation is sent to that writer and
-    runs there; any other unit of work runs in the process that made it. Its result and its
-    errors must pickle too."""
-
-    async def __call__(self, tx: Tx) -> Any:
-        raise NotImplementedError
-
-
 class ReadOnlyTx:
     """The writes of a :class:`Tx` for read-only work (:meth:`Connector.read`): each refuses.
     A backend's reader adds ``rows`` and ``one``."""
@@ -127,9 +116,6 @@ class Connector(Protocol):
     """What a backend gives the storage logic."""
 
     dialect: Dialect
-    # True: :meth:`write` may be called again before an earlier call returned (the batches
-    # go to a writer that queues them itself); False: one batch at a time.
-    pipelined: bool
 
     async def open(self) -> None:
         """Connect and migrate. Raises :class:`receiver.errors.StoreError` with one line."""

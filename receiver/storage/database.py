@@ -44,7 +44,6 @@ class Database:
         self.clock = clock or SystemClock()
         self._queue: list[tuple[Unit, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._in_flight: set[asyncio.Task[None]] = set()  # batches sent (pipelined)
         self._job_listeners: list[Callable[[], None]] = []
         self.available = True  # whether the last operation that reached the database passed
         self._away_since = 0.0
@@ -56,8 +55,6 @@ class Database:
     async def close(self) -> None:
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
-        if self._in_flight:
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
         await self.connector.close()
 
     async def __aenter__(self) -> Database:
@@ -104,23 +101,11 @@ class Database:
         savepoint), and return once that transaction committed (or, not ``keep``, once its
         savepoint was rolled back: a preview). ``locks``: the tasks ``work`` will lock, when
         known (see :class:`receiver.storage.connector.Unit`)."""
-        future: asyncio.Future[T] = self.submit(work, keep=keep, locks=locks)
-        return await future
-
-    def submit(
-        self, work: Work[T], *, keep: bool = True, locks: tuple[str, ...] = ()
-    ) -> asyncio.Future[T]:
-        """:meth:`write` without waiting: the future it would have awaited."""
-        return self.submit_unit(Unit(work=work, keep=keep, locks=locks))
-
-    def submit_unit(self, unit: Unit) -> asyncio.Future[Any]:
-        """Queue ``unit`` for the next batch; the future of its result. ``unit`` tells, once
-        that is done, whether it queued jobs."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((unit, future))
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((Unit(work=work, keep=keep, locks=locks), future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="store-writer")
-        return future
+        return await future
 
     async def _flush(self) -> None:
         # One turn of the loop first: requests whose bytes arrived in the same turn reach their
@@ -128,42 +113,33 @@ class Database:
         await asyncio.sleep(0)
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            if self.connector.pipelined:
-                # the connector's writer queues batches itself: send this one, do not wait
-                task = asyncio.create_task(self._write(batch), name="store-batch")
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
-            else:
-                await self._write(batch)
-
-    async def _write(self, batch: list[tuple[Unit, asyncio.Future[Any]]]) -> None:
-        units = [unit for unit, _ in batch]
-        try:
-            await self.connector.write(units)
-        except BaseException as exc:
-            failure = exc if isinstance(exc, StoreError) else StoreError(
-                f"transaction failed: {type(exc).__name__}: {exc}")
-            if isinstance(exc, Exception):
-                self._went_away(failure)
-            # Whoever queued meanwhile would wait on the same lock or the same full disk:
-            # answer them now too, instead of making each wait its turn for a timeout.
-            waiting, self._queue = self._queue, []
-            for _, future in (*batch, *waiting):
-                if not future.done():
-                    future.set_exception(failure)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        self._came_back()
-        for unit, future in batch:
-            if future.done():
-                continue  # its caller went away; the work is done all the same
-            if unit.error is not None:
-                future.set_exception(unit.error)
-            else:
-                future.set_result(unit.result)
-        if any(unit.wrote_jobs for unit in units):
-            self._jobs_committed()
+            units = [unit for unit, _ in batch]
+            try:
+                await self.connector.write(units)
+            except BaseException as exc:
+                failure = exc if isinstance(exc, StoreError) else StoreError(
+                    f"transaction failed: {type(exc).__name__}: {exc}")
+                if isinstance(exc, Exception):
+                    self._went_away(failure)
+                # Whoever queued meanwhile would wait on the same lock or the same full disk:
+                # answer them now too, instead of making each wait its turn for a timeout.
+                waiting, self._queue = self._queue, []
+                for _, future in (*batch, *waiting):
+                    if not future.done():
+                        future.set_exception(failure)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            self._came_back()
+            for unit, future in batch:
+                if future.done():
+                    continue  # its caller went away; the work is done all the same
+                if unit.error is not None:
+                    future.set_exception(unit.error)
+                else:
+                    future.set_result(unit.result)
+            if any(unit.wrote_jobs for unit in units):
+                self._jobs_committed()
 
     def _jobs_committed(self) -> None:
         for listener in tuple(self._job_listeners):

@@ -1,57 +1,15 @@
 """The ingest role: what the webhook endpoint, reconciliation, replay and ``POST /tasks`` write.
 Each call is one unit of work running :mod:`receiver.recording`, committed (or, for a
-preview, rolled back) before it returns. The units are operations (data: they run in the
-writer of another process where several share one, :mod:`receiver.storage.writer`).
+preview, rolled back) before it returns.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from receiver.models import Delivery, RecordResult
 from receiver.recording import record, register
 from receiver.routing import Router
-from receiver.storage.connector import Operation, Tx
+from receiver.storage.connector import Tx
 from receiver.storage.database import Database
-
-
-@dataclass(frozen=True)
-class Record(Operation):
-    """Record ``delivery`` and the jobs ``router`` plans for it; ``again``: a quarantined
-    delivery recorded anew (its quarantined row replaced)."""
-
-    delivery: Delivery
-    router: Router | None
-    again: bool = False
-
-    async def __call__(self, tx: Tx) -> RecordResult:
-        if self.again:
-            await tx.run("delete_quarantined", {"delivery_id": self.delivery.delivery_id})
-        return await record(tx, self.delivery, router=self.router)
-
-
-@dataclass(frozen=True)
-class Register(Operation):
-    """A task this receiver created itself, with the jobs its recorded transitions owe."""
-
-    task_id: str
-    task_type: str
-    at: float
-    router: Router | None
-
-    async def __call__(self, tx: Tx) -> None:
-        await register(tx, self.task_id, task_type=self.task_type, parent=None, at=self.at,
-                       router=self.router)
-
-
-@dataclass(frozen=True)
-class Probe(Operation):
-    """A write that proves the store takes one now."""
-
-    at: float
-
-    async def __call__(self, tx: Tx) -> None:
-        await tx.run("probe_write", {"name": "ready", "at": self.at})
 
 
 class Ingest:
@@ -64,13 +22,14 @@ class Ingest:
         self, delivery: Delivery, *, router: Router | None = None
     ) -> RecordResult:
         """Record one verified delivery and the jobs ``router`` plans for it, atomically."""
-        return await self.db.write(Record(delivery, router), locks=_task_locks(delivery))
+        return await self.db.write(lambda tx: record(tx, delivery, router=router),
+                                   locks=_task_locks(delivery))
 
     async def preview_delivery(
         self, delivery: Delivery, *, router: Router | None = None
     ) -> RecordResult:
         """What :meth:`record_delivery` would do, with nothing written (rolled back)."""
-        return await self.db.write(Record(delivery, router), keep=False,
+        return await self.db.write(lambda tx: record(tx, delivery, router=router), keep=False,
                                    locks=_task_locks(delivery))
 
     async def rerecord_quarantined(
@@ -78,20 +37,26 @@ class Ingest:
     ) -> RecordResult:
         """Record a quarantined delivery again (after a fix, or once its task is known): the
         quarantined row is replaced by whatever recording it now gives, in one transaction."""
-        return await self.db.write(Record(delivery, router, again=True), keep=not preview,
-                                   locks=_task_locks(delivery))
+
+        async def work(tx: Tx) -> RecordResult:
+            await tx.run("delete_quarantined", {"delivery_id": delivery.delivery_id})
+            return await record(tx, delivery, router=router)
+
+        return await self.db.write(work, keep=not preview, locks=_task_locks(delivery))
 
     async def register_task(
         self, task_id: str, *, task_type: str, now: float, router: Router | None = None
     ) -> None:
         """Record a task this receiver created itself (a root), with its type, and write the
         jobs its already-recorded transitions owe."""
-        await self.db.write(Register(task_id, task_type, now, router))
+        await self.db.write(lambda tx: register(tx, task_id, task_type=task_type, parent=None,
+                                                at=now, router=router))
 
     async def check_writable(self) -> None:
         """Raise :class:`receiver.errors.StoreError` unless a delivery can be committed now."""
         await self.db.connector.check_space()
-        await self.db.write(Probe(self.db.clock.now()))
+        now = self.db.clock.now()
+        await self.db.write(lambda tx: tx.run("probe_write", {"name": "ready", "at": now}))
 
 
 def _task_locks(delivery: Delivery) -> tuple[str, ...]:

@@ -63,7 +63,6 @@ class PostgresConnector:
     """The PostgreSQL database at ``url`` (``postgresql://user:password@host:port/db``)."""
 
     dialect = DIALECT
-    pipelined = False  # one batch at a time: one connection writes
 
     def __init__(self, url: str, *, lock_timeout_s: float = 5.0, max_connections: int = 8) -> None:
         self.url = url

@@ -4,19 +4,15 @@ Every change to a claimed job checks the lease owner, so a worker that lost its 
 slow; another took the job over) changes nothing. Every claim opens a row in the job's attempt
 log, numbered by the job's runs; the call that ends the run closes that row alone with its
 outcome, and a claim that takes a job over closes the earlier runs still open as ``lost``.
-Each write is an operation (data), so that it runs in the shared writer where there is one
-(:mod:`receiver.storage.writer`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 from receiver.jobs import AttemptOutcome, Job
-from receiver.storage.connector import Operation, Tx
+from receiver.storage.connector import Tx
 from receiver.storage.database import Database
 from receiver.storage.records import record
 
@@ -29,8 +25,8 @@ class JobQueue:
 
     async def claim_jobs(self, *, owner: str, limit: int, now: float, lease_s: float) -> list[Job]:
         """Take up to ``limit`` due jobs (or jobs whose lease expired) for ``owner``."""
-        _, claimed = await self.db.write(FinishAndClaim(owner, (), limit, now, lease_s))
-        return claimed
+        return await self.db.write(lambda tx: _claim(tx, owner=owner, limit=limit, now=now,
+                                                     lease_s=lease_s))
 
     async def finish_and_claim(
         self, *, owner: str, finished: Sequence[int], limit: int, now: float, lease_s: float
@@ -39,7 +35,22 @@ class JobQueue:
         returned) and claim up to ``limit`` more, in one unit of work: a worker's outcomes
         ride with its next claim instead of costing a write each."""
 
-        return await self.db.write(FinishAndClaim(owner, tuple(finished), limit, now, lease_s))
+        async def work(tx: Tx) -> tuple[frozenset[int], list[Job]]:
+            done: frozenset[int] = frozenset()
+            if finished:
+                rows = await tx.rows("finish_jobs", {
+                    "ids": json.dumps(sorted(finished)), "owner": owner, "now": now})
+                done = frozenset(int(r["id"]) for r in rows)
+                await tx.run_many("end_attempt", [
+                    {"job_id": r["id"], "run": r["runs"], "now": now,
+                     "outcome": AttemptOutcome.DONE.value, "error": None}
+                    for r in sorted(rows, key=lambda r: int(r["id"]))
+                ])
+            claimed = await _claim(tx, owner=owner, limit=limit, now=now,
+                                   lease_s=lease_s) if limit > 0 else []
+            return done, claimed
+
+        return await self.db.write(work)
 
     async def finish_job(self, job_id: int, *, owner: str, now: float) -> bool:
         done, _ = await self.finish_and_claim(owner=owner, finished=[job_id], limit=0, now=now,
@@ -47,7 +58,8 @@ class JobQueue:
         return job_id in done
 
     async def renew_lease(self, job_id: int, *, owner: str, until: float, now: float) -> bool:
-        return await self.db.write(Renew(job_id, owner, until, now))
+        params = {"id": job_id, "owner": owner, "until": until, "now": now}
+        return await self.db.write(lambda tx: tx.run("renew_lease", params)) == 1
 
     async def retry_job(
         self, job_id: int, *, owner: str, error: str, run_after: float, now: float,
@@ -66,13 +78,29 @@ class JobQueue:
         self, statement: str, outcome: AttemptOutcome, job_id: int, *, owner: str, now: float,
         error: str | None, **extra: object,
     ) -> bool:
-        return await self.db.write(End(statement, outcome, job_id, owner, now, error,
-                                       tuple(extra.items())))
+        async def work(tx: Tx) -> bool:
+            params = {"id": job_id, "owner": owner, "now": now, "error": error, **extra}
+            ended = await tx.one(statement, params)
+            if ended is None:  # not this owner's any more: another worker took it over
+                return False
+            await tx.run("end_attempt", {"job_id": job_id, "run": ended["runs"], "now": now,
+                                         "outcome": outcome.value, "error": error})
+            return True
+
+        return await self.db.write(work)
 
     async def release_jobs(self, *, owner: str, now: float) -> int:
         """Hand ``owner``'s running jobs back (graceful stop), without charging the attempt."""
 
-        return await self.db.write(Release(owner, now))
+        async def work(tx: Tx) -> int:
+            released = await tx.rows("release_jobs", {"owner": owner, "now": now})
+            await tx.run_many("end_attempt", [
+                {"job_id": r["id"], "run": r["runs"], "now": now,
+                 "outcome": AttemptOutcome.RELEASED.value, "error": None} for r in released
+            ])
+            return len(released)
+
+        return await self.db.write(work)
 
     async def unfinished(self, job: Job, handlers: Sequence[str]) -> int:
         """How many other jobs of ``job``'s task, of ``handlers``, are not finished yet."""
@@ -89,88 +117,6 @@ class JobQueue:
     async def wait_for_jobs(self, wait_s: float) -> None:
         """Return when another process may have queued jobs, or after ``wait_s``."""
         await self.db.connector.wait_for_jobs(wait_s)
-
-
-@dataclass(frozen=True)
-class FinishAndClaim(Operation):
-    """Finish ``finished`` (those ``owner`` still holds: returned) and claim up to
-    ``limit``."""
-
-    owner: str
-    finished: tuple[int, ...]
-    limit: int
-    now: float
-    lease_s: float
-
-    async def __call__(self, tx: Tx) -> tuple[frozenset[int], list[Job]]:
-        done: frozenset[int] = frozenset()
-        if self.finished:
-            rows = await tx.rows("finish_jobs", {
-                "ids": json.dumps(sorted(self.finished)), "owner": self.owner, "now": self.now})
-            done = frozenset(int(r["id"]) for r in rows)
-            await tx.run_many("end_attempt", [
-                {"job_id": r["id"], "run": r["runs"], "now": self.now,
-                 "outcome": AttemptOutcome.DONE.value, "error": None}
-                for r in sorted(rows, key=lambda r: int(r["id"]))
-            ])
-        claimed = await _claim(tx, owner=self.owner, limit=self.limit, now=self.now,
-                               lease_s=self.lease_s) if self.limit > 0 else []
-        return done, claimed
-
-
-@dataclass(frozen=True)
-class Renew(Operation):
-    """Extend ``owner``'s lease of a running job; whether it still held it."""
-
-    job_id: int
-    owner: str
-    until: float
-    now: float
-
-    async def __call__(self, tx: Tx) -> bool:
-        return await tx.run("renew_lease", {"id": self.job_id, "owner": self.owner,
-                                            "until": self.until, "now": self.now}) == 1
-
-
-@dataclass(frozen=True)
-class End(Operation):
-    """End ``owner``'s run of a job with ``statement`` (retry_job, kill_job) and close its
-    attempt with ``outcome``; False when the job is not ``owner``'s any more."""
-
-    statement: str
-    outcome: AttemptOutcome
-    job_id: int
-    owner: str
-    now: float
-    error: str | None
-    extra: tuple[tuple[str, Any], ...] = ()
-
-    async def __call__(self, tx: Tx) -> bool:
-        params = {"id": self.job_id, "owner": self.owner, "now": self.now,
-                  "error": self.error, **dict(self.extra)}
-        ended = await tx.one(self.statement, params)
-        if ended is None:  # not this owner's any more: another worker took it over
-            return False
-        await tx.run("end_attempt", {"job_id": self.job_id, "run": ended["runs"],
-                                     "now": self.now, "outcome": self.outcome.value,
-                                     "error": self.error})
-        return True
-
-
-@dataclass(frozen=True)
-class Release(Operation):
-    """Hand ``owner``'s running jobs back without charging the attempt; how many."""
-
-    owner: str
-    now: float
-
-    async def __call__(self, tx: Tx) -> int:
-        released = await tx.rows("release_jobs", {"owner": self.owner, "now": self.now})
-        await tx.run_many("end_attempt", [
-            {"job_id": r["id"], "run": r["runs"], "now": self.now,
-             "outcome": AttemptOutcome.RELEASED.value, "error": None} for r in released
-        ])
-        return len(released)
 
 
 async def _claim(tx: Tx, *, owner: str, limit: int, now: float, lease_s: float) -> list[Job]:

@@ -55,18 +55,6 @@ class Storage:
         return self.db.describe()
 
 
-# Where this process's shared SQLite writer listens, when it has one (set by ``serve
-# --workers N`` in each web process it starts: receiver.server).
-_shared_writer: str | None = None
-
-
-def write_through(address: str | None) -> None:
-    """Make every SQLite storage this process opens from settings send its operations to the
-    writer listening at ``address`` (:mod:`receiver.storage.writer`); None: write here."""
-    global _shared_writer
-    _shared_writer = address
-
-
 def connector_for(settings: Settings) -> Connector:
     """The backend the settings name, not yet open."""
     if settings.db_url is not None:
@@ -77,13 +65,6 @@ def connector_for(settings: Settings) -> Connector:
         return connector
     from receiver.storage.sqlite import SQLiteConnector
 
-    if _shared_writer is not None:
-        from receiver.storage.writer import SharedWriterConnector
-
-        return SharedWriterConnector(
-            SQLiteConnector(settings.db_path, synchronous=settings.db_synchronous,
-                            lock_timeout_s=settings.db_lock_timeout_s, checkpoints=False),
-            _shared_writer)
     return SQLiteConnector(settings.db_path, synchronous=settings.db_synchronous,
                            lock_timeout_s=settings.db_lock_timeout_s)
 

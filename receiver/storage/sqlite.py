@@ -67,7 +67,6 @@ class SQLiteConnector:
     """The SQLite file at ``path``."""
 
     dialect = DIALECT
-    pipelined = False  # one batch at a time: one connection writes
 
     def __init__(
         self,
@@ -78,8 +77,6 @@ class SQLiteConnector:
         min_free_bytes: int = 64 * 1024 * 1024,
         wal_limit_bytes: int = 32 * 1024 * 1024,
         checkpoint_every_s: float = CHECKPOINT_EVERY_S,
-        checkpoints: bool = True,
-        inline_max: int = INLINE_MAX,
     ) -> None:
         if synchronous not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS}")
@@ -89,11 +86,6 @@ class SQLiteConnector:
         self.min_free_bytes = min_free_bytes
         self.wal_limit_bytes = wal_limit_bytes
         self.checkpoint_every_s = checkpoint_every_s
-        # False: another process (the shared writer) checkpoints and bounds the WAL
-        self.checkpoints = checkpoints
-        # batches up to this many units may run on the event loop; a process that only writes
-        # (the shared writer) runs every batch there: its loop has nothing else to do meanwhile
-        self.inline_max = inline_max
         self._sql = DIALECT.statements()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._raw: sqlite3.Connection | None = None  # the writer's, used on its thread only
@@ -121,21 +113,19 @@ class SQLiteConnector:
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
             self._reader.row_factory = sqlite3.Row
             await self._reader.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-            if self.checkpoints:
-                # opened here, not in its task: a task cancelled while connecting would leave
-                # an unclosed connection whose thread outlives the event loop
-                self._checkpoint_conn = await aiosqlite.connect(self.path, isolation_level=None)
-                await self._checkpoint_conn.execute("PRAGMA busy_timeout = 100")
-                self._sync_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            # opened here, not in its task: a task cancelled while connecting would leave an
+            # unclosed connection whose thread outlives the event loop
+            self._checkpoint_conn = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._checkpoint_conn.execute("PRAGMA busy_timeout = 100")
+            self._sync_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except (OSError, sqlite3.Error) as exc:
             await self.close()
             raise StoreError(f"cannot open database {self.path}: {exc}") from exc
         except BaseException:
             await self.close()
             raise
-        if self.checkpoints:
-            self._checkpointer = asyncio.create_task(
-                self._checkpoint_loop(self._checkpoint_conn), name="checkpoint")
+        self._checkpointer = asyncio.create_task(
+            self._checkpoint_loop(self._checkpoint_conn), name="checkpoint")
 
     @property
     def _busy_ms(self) -> int:
@@ -189,9 +179,8 @@ class SQLiteConnector:
     def _close_writer(self) -> None:
         if self._raw is not None:
             raw, self._raw = self._raw, None
-            if self.checkpoints:
-                with contextlib.suppress(sqlite3.Error):
-                    raw.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            with contextlib.suppress(sqlite3.Error):
+                raw.execute("PRAGMA wal_checkpoint(PASSIVE)")
             raw.close()
 
     async def _on_writer(self, fn: Any, *args: Any) -> Any:
@@ -219,11 +208,10 @@ class SQLiteConnector:
         # the writer's thread at once.
         try:
             raw = self._raw
-            if (raw is not None and len(units) <= self.inline_max and self.synchronous == "normal"
+            if (raw is not None and len(units) <= INLINE_MAX and self.synchronous == "normal"
                     and _try_begin(raw)):
                 self._write_batch(units, begun=True)
-                if self.checkpoints and (self._restart_due
-                                         or self._wal_size() > self.wal_limit_bytes):
+                if self._restart_due or self._wal_size() > self.wal_limit_bytes:
                     await self._on_writer(self._bound_wal, raw)
                 return
             await self._on_writer(self._write_batch_bounded, units)
@@ -232,8 +220,8 @@ class SQLiteConnector:
 
     def _write_batch_bounded(self, units: Sequence[Unit]) -> None:
         self._write_batch(units)
-        if self._raw is not None and self.checkpoints and (
-                self._restart_due or self._wal_size() > self.wal_limit_bytes):
+        if self._raw is not None and (self._restart_due
+                                      or self._wal_size() > self.wal_limit_bytes):
             self._bound_wal(self._raw)
 
     def _write_batch(self, units: Sequence[Unit], *, begun: bool = False) -> None:
