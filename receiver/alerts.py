@@ -54,9 +54,13 @@ TITLES = {
     "downloads_at_risk": "downloads at risk",
     "storage": "storage",
 }
+TURN, HOLD_ROUNDS = "alerts", 4  # the turn among processes, held this many periods
 GIVE_UP_S = 86400.0  # a message no target took for this long is given up (and logged)
 _SHOWN = 200  # characters of a value that came from a callback or a handler
 _CATEGORIES = {c.value: c for c in FailureCategory}
+# what chat services would read as markup: quotation marks, a broken bar, a zero-width space
+_INERT = str.maketrans({"<": "\u2039", ">": "\u203a", "@": "@\u200b", "`": "'",
+                        "|": "\u00a6"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
 
 
@@ -89,9 +93,14 @@ Rule = Callable[[Scope], Awaitable[list[Finding]]]
 
 
 def shown(value: object) -> str:
-    """A value from outside (a callback, a handler's error) as alert text: one line, short."""
+    """A value from outside (a callback, a handler's error) as alert text: one line, short,
+    and inert where chat services read markup: a URL defanged (``http[:]//``, never a link to
+    click in an operator's channel), angle brackets (Slack's ``<url|text>``) and mentions
+    (``@everyone``) made plain."""
     text = _CONTROL.sub(" ", str(value)).strip()
-    return text if len(text) <= _SHOWN else text[: _SHOWN - 1] + "…"
+    if len(text) > _SHOWN:
+        text = text[: _SHOWN - 1] + "…"
+    return text.translate(_INERT).replace("://", "[:]//")
 
 
 def span(seconds: float) -> str:
@@ -122,16 +131,22 @@ async def signatures_failing(scope: Scope) -> list[Finding]:
     total = sum(counts.values())
     if total < rule.threshold:
         return []
-    by_reason = ", ".join(f"{n} {label.partition(':')[2]} ({label.partition(':')[0]})"
-                          for label, n in sorted(counts.items(), key=lambda i: (-i[1], i[0])))
+    by_reason = ", ".join(f"{n} {_refusal(label)}" for label, n in
+                          sorted(counts.items(), key=lambda i: (-i[1], i[0])))
     reasons = {label.partition(":")[2] for label in counts}
     advice = [text for words, text in _REFUSAL_ADVICE if reasons & words]
     return [Finding(
         rule="signatures_failing",
         text=f"{plural(total, 'delivery', 'deliveries')} refused in the last "
-             f"{span(rule.window)}: {by_reason} (reason and signature scheme).",
+             f"{span(rule.window)}: {by_reason}.",
         advice=" ".join(advice) or _REFUSAL_ADVICE[0][1],
     )]
+
+
+def _refusal(label: str) -> str:
+    """``musicapi:signature_mismatch`` → ``signature_mismatch with the musicapi scheme``."""
+    scheme, _, reason = label.partition(":")
+    return f"{reason} with {'no signature scheme' if scheme == 'none' else f'the {scheme} scheme'}"
 
 
 _REFUSAL_ADVICE: tuple[tuple[frozenset[str], str], ...] = (
@@ -234,7 +249,8 @@ async def deliveries_quarantined(scope: Scope) -> list[Finding]:
         advice="Each is kept raw with its reason: see it in the console. Once the cause is "
                "fixed (a parser, a task that was unknown), record it again with "
                "`sonic-receiver replay redispatch --quarantined` or the console's Record again.",
-        link=(f"/ui/deliveries/{quote(delivery_id, safe='')}" if delivery_id
+        # by query: any id works there (a path cannot hold "." or "..")
+        link=(f"/ui/delivery?id={quote(delivery_id, safe='')}" if delivery_id
               else "/ui/deliveries?outcome=quarantined"),
     )]
 
@@ -270,7 +286,7 @@ async def downloads_at_risk(scope: Scope) -> list[Finding]:
         advice="See why the download jobs have not finished (console, Jobs). A dead one can "
                "still be run again before the files go: `sonic-receiver replay redispatch "
                f"--handler {first.handler}`.",
-        link=f"/ui/tasks/{quote(first.task_id, safe='')}",
+        link=f"/ui/task?id={quote(first.task_id, safe='')}",
     )]
 
 
@@ -443,9 +459,22 @@ class Alerting:
     async def run(self) -> None:
         # The period is wall time, whatever the clock: a test's fake clock (whose sleep moves
         # it) must not be spun by a loop that runs in every app.
-        while True:
-            await asyncio.sleep(self.table.every)
-            await self.round()
+        try:
+            while True:
+                await asyncio.sleep(self.table.every)
+                await self.round()
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        """Give the turn back, if this process holds it, so that another one evaluates the
+        next round rather than after the hold runs out."""
+        if not self._evaluator:
+            return
+        try:
+            await self.admin.release_turn(TURN, owner=self.owner)
+        except StoreError as exc:
+            log.warning("alerts_turn_not_released", error=exc.message)
 
     async def round(self) -> list[AlertChange]:
         """Add this process's counts; on this process's turn, evaluate, decide and send.
@@ -459,8 +488,10 @@ class Alerting:
             except BaseException:
                 self.refusals.give_back(counts, now=now)
                 raise
+            # held for several rounds: a round that sends to a slow target may outlast one
+            # period, and another process must not send the same messages meanwhile
             evaluator = await self.admin.take_turn(
-                "alerts", owner=self.owner, hold_s=self.table.every * 0.9)
+                TURN, owner=self.owner, hold_s=max(self.table.every * HOLD_ROUNDS, 30.0))
             await self._back(now)  # the database answered
             self._evaluator = evaluator
             if not evaluator:

@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from receiver.alerts import RULES, Alerting, decide
+from receiver.alerts import HOLD_ROUNDS, RULES, Alerting, decide
 from receiver.clock import FakeClock
 from receiver.config import AlertsTable
 from receiver.conversion import convert
@@ -121,12 +121,11 @@ async def failing(w: World, alerting: Alerting) -> None:
         await w.storage.ingest.record_delivery(delivery(f"s-{n}", body, at=w.clock.now()))
 
 
-async def dead(w: World, alerting: Alerting) -> None:
+async def dead(w: World, alerting: Alerting, error: str = "boom\nat line 2") -> None:
     await w.storage.ingest.record_delivery(delivery("d-1", COMPLETED, at=w.clock.now()),
                                            router=ROUTER)
     [job] = await w.storage.jobs.claim_jobs(owner="w", limit=1, now=w.clock.now(), lease_s=60)
-    assert await w.storage.jobs.kill_job(job.id, owner="w", error="boom\nat line 2",
-                                         now=w.clock.now())
+    assert await w.storage.jobs.kill_job(job.id, owner="w", error=error, now=w.clock.now())
 
 
 async def quarantined(w: World, alerting: Alerting) -> None:
@@ -206,7 +205,9 @@ async def test_a_rule_fires_once_repeats_per_cooldown_resolves_and_survives_a_re
         assert len(w.titles()) == 2
         assert "still:" in w.titles()[1]
 
-        # another process, started afterwards (a restart): what was sent is not sent again
+        # a restart: the process stops (giving its turn back), another one starts; what was
+        # sent is not sent again
+        await first.stop()
         again = await w.process("web-1-restarted")
         if scenario.rule == "storage":
             await disk_low(w, again)
@@ -251,6 +252,21 @@ async def test_several_processes_evaluate_in_turn_and_send_each_message_once(
         assert len(w.titles()) == 1, w.titles()
         assert scenario.says.replace("12 ", "36 ") in w.messages()[0]["message"]
         assert len(await w.storage.watch.alerts(active=True)) == 1
+
+
+async def test_a_process_that_died_holding_the_turn_is_replaced_after_the_hold(
+    backend_store: StoreOpener, tmp_path: Path,
+) -> None:
+    async with world(backend_store, tmp_path) as w:
+        died, other = await w.process("web-1"), await w.process("web-2")
+        await died.round()  # web-1 evaluates, then dies without giving the turn back
+        await refused(w, other)
+        w.clock.advance(EVERY)
+        await other.round()
+        assert w.messages() == []  # web-1's turn still holds
+        w.clock.advance(max(EVERY * HOLD_ROUNDS, 30.0))
+        await other.round()
+        assert w.titles() == ["[sonic-receiver] webhook signatures failing"]
 
 
 async def test_a_message_no_target_takes_is_kept_and_sent_once_the_target_is_back(
@@ -314,14 +330,15 @@ async def test_alerts_texts_name_no_secret_and_show_no_control_characters(
         await p.round()
         texts = {m["title"]: m["message"] for m in w.messages()}
         assert "boom at line 2" in texts["[sonic-receiver] jobs dead (keep)"]
-        assert "q-<b>1</b> [31m: " in texts["[sonic-receiver] deliveries quarantined"]
+        kept_raw = texts["[sonic-receiver] deliveries quarantined"]
+        assert "q-\u2039b\u203a1\u2039/b\u203a [31m: " in kept_raw
         for text in texts.values():
             assert "\x1b" not in text
             assert "whsec" not in text
             assert w.sink.base.removeprefix("http://") not in text
         [quarantine] = [a for a in await w.storage.watch.alerts()
                         if a.rule == "deliveries_quarantined"]
-        assert quarantine.link == "/ui/deliveries/q-%3Cb%3E1%3C%2Fb%3E%1B%5B31m"
+        assert quarantine.link == "/ui/delivery?id=q-%3Cb%3E1%3C%2Fb%3E%1B%5B31m"
         assert "\n" not in quarantine.text
 
 
@@ -381,6 +398,50 @@ async def test_a_process_that_did_not_evaluate_last_does_not_tell_of_an_outage(
             told = sink.delivered("alerts")
             assert told
             assert all("from web-1:" in m["message"] for m in told), told
+
+
+async def test_what_came_from_outside_is_inert_in_a_chat_message(
+    backend_store: StoreOpener, tmp_path: Path,
+) -> None:
+    """A dead job's error carries a URL, Slack's link markup and a mention from a callback:
+    the alert shows them, but as text no chat service turns into a link or a ping."""
+    async with world(backend_store, tmp_path) as w:
+        p = await w.process("web-1")
+        await dead(w, p, error="GET https://evil.example/login <https://evil.example|click> "
+                               "@everyone `code`")
+        await p.round()
+        [message] = w.messages()
+        text = message["message"]
+        assert "https[:]//evil.example/login" in text
+        assert "\u2039https[:]//evil.example\u00a6click\u203a" in text
+        assert "@\u200beveryone" in text
+        for raw in ("https://evil", "<https", "@everyone", "`code`"):
+            assert raw not in text
+
+
+async def test_retention_takes_the_sent_messages_and_keeps_the_alerts(
+    backend_store: StoreOpener, tmp_path: Path,
+) -> None:
+    async with world(backend_store, tmp_path) as w:
+        w.sink.status["alerts"] = 503  # the first alert's message stays due
+        p = await w.process("web-1")
+        await refused(w, p)
+        await p.round()
+        w.sink.status["alerts"] = 200
+        await dead(w, p)
+        w.clock.advance(EVERY)
+        await p.round()  # both sent now
+        w.sink.status["alerts"] = 503
+        await quarantined(w, p)
+        w.clock.advance(EVERY)
+        await p.round()  # a third, not sent
+        assert await w.storage.watch.outbox_size() == (1, 2)
+        w.clock.advance(3 * 3600.0)
+        await w.storage.admin.prune(older_than_s=3600.0, keep_ids_s=7200.0)
+        assert await w.storage.watch.outbox_size() == (1, 0)
+        [left] = await w.storage.watch.due_messages()  # the unsent one stays due
+        assert "quarantined" in left.title
+        assert len(await w.storage.watch.alerts()) == 3
 
 
 # ---- deciding, without a store -------------------------------------------------------------------

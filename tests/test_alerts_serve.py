@@ -61,7 +61,7 @@ def test_bad_signatures_and_a_dead_download_each_alert_once_and_the_first_resolv
         [fired] = peer.bodies("/alerts")
         assert fired["title"] == "[sonic-receiver] webhook signatures failing"
         assert "30 deliveries refused" in fired["message"]
-        assert "signature_mismatch (musicapi)" in fired["message"]
+        assert "30 signature_mismatch with the musicapi scheme" in fired["message"]
         assert "the-old-secret" not in json.dumps(fired)
 
         # good deliveries resume; once the window passes, one "resolved"

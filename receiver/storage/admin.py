@@ -283,6 +283,10 @@ class Admin(TaskReads):
         params = {"name": name, "owner": owner, "until": now + hold_s, "now": now}
         return await self.db.write(lambda tx: tx.run("take_turn", params)) == 1
 
+    async def release_turn(self, name: str, *, owner: str) -> None:
+        """Give back ``owner``'s turn at ``name`` (it is stopping): the next asker takes it."""
+        await self.db.write(lambda tx: tx.run("release_turn", {"name": name, "owner": owner}))
+
     async def audit(
         self, *, actor: str, action: str, target: str | None, detail: Mapping[str, Any]
     ) -> None:
@@ -296,8 +300,9 @@ class Admin(TaskReads):
     ) -> PruneReport:
         """Retention: raw bodies of deliveries of finished tasks, and finished jobs (with their
         attempts), older than ``older_than_s``; the delivery rows themselves (the ids that
-        deduplication needs) only after ``keep_ids_s``. Tasks, clips, transitions, files,
-        results and quarantined deliveries are kept."""
+        deduplication needs) only after ``keep_ids_s``. Alert messages sent (or given up)
+        before it go too. Tasks, clips, transitions, files, results, quarantined deliveries and
+        the alerts themselves are kept."""
         if keep_ids_s < older_than_s:
             raise ValueError("delivery ids must be kept at least as long as bodies")
         now = self.db.clock.now()
@@ -321,6 +326,7 @@ class Admin(TaskReads):
             await tx.run("prune_attempts", {"before": before})
             jobs = await tx.run("prune_jobs", {"before": before})
             ids = await tx.run("prune_ids", {"before": ids_before})
+            await tx.run("prune_alert_messages", {"before": before})
             return PruneReport(bodies=bodies, jobs=jobs, delivery_ids=ids, dry_run=False)
 
         report = await self.db.write(work)

@@ -369,6 +369,10 @@ INSERT INTO turns (name, owner, until) VALUES (:name, :owner, :until)
 ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until
 WHERE turns.until <= :now OR turns.owner = excluded.owner
 
+-- A holder that stops gives its turn back, so that the next process need not wait it out.
+-- name: release_turn
+UPDATE turns SET until = 0 WHERE name = :name AND owner = :owner
+
 -- name: insert_audit
 INSERT INTO audit (at, actor, action, target, detail)
 VALUES (:at, :actor, :action, :target, :detail)
@@ -608,6 +612,14 @@ SELECT * FROM alert_messages WHERE done_at IS NULL ORDER BY id LIMIT :limit
 UPDATE alert_messages SET sent_to = :sent_to, attempts = attempts + 1, last_error = :error,
                           done_at = :done_at
 WHERE id = :id
+
+-- name: outbox_size
+SELECT COALESCE(SUM(CASE WHEN done_at IS NULL THEN 1 ELSE 0 END), 0) AS due,
+       COALESCE(SUM(CASE WHEN done_at IS NULL THEN 0 ELSE 1 END), 0) AS done
+FROM alert_messages
+
+-- name: prune_alert_messages
+DELETE FROM alert_messages WHERE done_at IS NOT NULL AND done_at < :before
 
 -- name: list_alerts
 SELECT * FROM alerts

@@ -209,6 +209,11 @@ class Watch:
                   "error": error, "done_at": done_at}
         await self.db.write(lambda tx: tx.run("alert_message_tried", params))
 
+    async def outbox_size(self) -> tuple[int, int]:
+        """Alert messages kept: still due, and done (sent or given up; retention takes them)."""
+        row = await self.db.read(lambda tx: tx.one("outbox_size"))
+        return (int(row["due"]), int(row["done"])) if row else (0, 0)
+
     async def alerts(
         self, *, active: bool = False, before: int | None = None, limit: int = 100
     ) -> list[Alert]:

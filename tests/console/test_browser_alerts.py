@@ -1,7 +1,8 @@
 """The receiver's alerts on the console's overview, in a real Chromium (issue 19): after
-deliveries signed with a wrong secret and a download that dies, the overview shows both alerts
-with what to do, live, and the dead-jobs alert links to the dead jobs; the same two went to the
-alert target (apprise's json:// to a peer on loopback)."""
+deliveries signed with a wrong secret, a download that dies and a delivery kept as quarantined
+(under an id no path could hold), the overview shows the three alerts with what to do, live;
+their links open the dead jobs and that delivery; the same three went to the alert target
+(apprise's json:// to a peer on loopback)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,10 @@ async def test_the_overview_shows_the_active_alerts_with_what_to_do(
             assert (await http.post(f"{url}/webhooks/sonic", content=done, headers=signed_headers(
                 done, delivery_id="ok-1"))).status_code == 200
 
+            odd = "../q 1?#"  # a verified id no path could hold: the alert's link must open it
+            assert (await http.post(f"{url}/webhooks/sonic", content=b"[1]", headers=signed_headers(
+                b"[1]", delivery_id=odd))).status_code == 422
+
             page = await (await browser.new_context(viewport={"width": 1280, "height": 900})
                           ).new_page()
             await page.goto(f"{url}/ui")
@@ -54,17 +59,24 @@ async def test_the_overview_shows_the_active_alerts_with_what_to_do(
             await page.get_by_role("button", name="Log in").click()
             alerts_card = page.locator("#alerts")
             items = alerts_card.locator("li.alert")
-            await expect(items).to_have_count(2, timeout=20_000)  # live: no reload
+            await expect(items).to_have_count(3, timeout=20_000)  # live: no reload
             await expect(alerts_card).to_contain_text("Webhook signatures failing")
             await expect(alerts_card).to_contain_text("30 deliveries refused")
             await expect(alerts_card).to_contain_text("Jobs dead (download_audio)")
-            await expect(alerts_card.get_by_text("What to do:")).to_have_count(2)
+            await expect(alerts_card).to_contain_text("Deliveries quarantined")
+            await expect(alerts_card.get_by_text("What to do:")).to_have_count(3)
             await page.screenshot(path=str(screenshots / "laptop-alerts.png"), full_page=True)
-            await alerts_card.get_by_role("link", name="See it").click()
+            dead = items.filter(has_text="Jobs dead")
+            await dead.get_by_role("link", name="See it").click()
             await expect(page).to_have_url(f"{url}/ui/jobs?state=dead&handler=download_audio")
+            await page.go_back()
+            kept = page.locator("#alerts li.alert").filter(has_text="Deliveries quarantined")
+            await kept.get_by_role("link", name="See it").click()
+            await expect(page.locator("main")).to_contain_text(odd)
 
-            await wait_until(lambda: len(sink.delivered("alerts")) == 2, within=10,
-                             what="both alerts at the target")
+            await wait_until(lambda: len(sink.delivered("alerts")) == 3, within=10,
+                             what="the three alerts at the target")
             assert sorted(m["title"] for m in sink.delivered("alerts")) == [
+                "[sonic-receiver] deliveries quarantined",
                 "[sonic-receiver] jobs dead (download_audio)",
                 "[sonic-receiver] webhook signatures failing"]
