@@ -41,7 +41,7 @@ class KieAdapter(SunoapiAdapter):
         keys = getattr(self.table, "hmac_key", None) or ()
         if not keys:
             return None
-        task_id = _task_id(inbound.body)
+        task_id = signed_task_id(inbound.body)
         if task_id is None:
             raise refuse("malformed_signature", Scheme.KIE,
                          "the body names no task_id for the signature to cover")
@@ -56,7 +56,7 @@ class KieAdapter(SunoapiAdapter):
         return KieClient
 
 
-def _task_id(body: bytes) -> str | None:
+def signed_task_id(body: bytes) -> str | None:
     """The task id the signature covers: the body's ``data.task_id`` (or ``taskId``)."""
     try:
         document: Any = load(body)
