@@ -6,8 +6,10 @@ contradicts runs no handler."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +19,17 @@ import httpx
 import pytest
 
 from receiver.app import create_app
+from receiver.clock import Clock
 from receiver.server import running
 from receiver.sonic.sandbox import SandboxConfig, Speed
-from tests.provider_bodies import AIMLAPI_SECRET, HMAC_KEY, PIAPI_SECRET, providers_table, suno
+from tests.provider_bodies import (
+    AIMLAPI_SECRET,
+    HMAC_KEY,
+    PIAPI_SECRET,
+    providers_table,
+    suno,
+    suno_clip,
+)
 from tests.sonic.support import KEY, SandboxHandle, serve_sandbox
 from tests.support import free_port, settings_for
 from tests.waiting import wait_until
@@ -80,12 +90,13 @@ async def deployment(tmp_path: Path, *, routes: list[dict[str, Any]] | None = No
                      config: SandboxConfig | None = None,
                      tables: dict[str, dict[str, Any]] | None = None,
                      extra: dict[str, Any] | None = None,
+                     clock: Clock | None = None,
                      ) -> AsyncIterator[Deployment]:
     """The sandbox, and a receiver on a real port whose providers are the sandbox's
     (``tables``: changes to their tables; ``extra``: more of the config file)."""
     config = config or SandboxConfig(api_keys={KEY: 10_000}, speed=Speed.INSTANT, seed=5,
                                      kie_hmac_key=HMAC_KEY, aimlapi_secret=AIMLAPI_SECRET)
-    async with serve_sandbox(config) as sandbox:
+    async with serve_sandbox(config, clock=clock) as sandbox:
         base = {"api_key": KEY}
         written = {
             "sunoapi": {**base, "base_url": sandbox.url + "/sunoapi",
@@ -148,9 +159,14 @@ async def test_a_task_created_through_each_provider_ends_with_its_files_kept(
         assert "webhook" in {t["source"] for t in view["transitions"]}
 
 
+# sunoapi.org's documented failure codes (kie.ai's and apibox's too) and their categories
+DOCUMENTED = [(400, "copyright"), (408, "timeout"), (413, "copyright"), (500, "upstream"),
+              (501, "upstream"), (531, "upstream")]
+
+
 @pytest.mark.parametrize(("provider", "code", "category"), [
-    ("sunoapi", 501, "upstream"), ("sunoapi", 531, "upstream"), ("apibox", 413, "copyright"),
-    ("kie", 400, "copyright"), ("sunoapi", 408, "timeout"), ("piapi", 501, "upstream"),
+    *[(p, code, category) for p in CONFIRMING for code, category in DOCUMENTED],
+    ("piapi", 501, "upstream"),
 ])
 async def test_a_failed_task_fails_with_the_category_of_its_code(
         tmp_path: Path, provider: str, code: int, category: str) -> None:
@@ -253,3 +269,79 @@ async def test_follow_ups_of_a_provider_task_are_created_through_that_provider(
     assert {v["task"]["state"] for v in views} == {"succeeded"}
     assert last["task"]["task_id"] == chain[-1]
     assert {d[2] for t in chain for d in deploy.deliveries(t)} == {"sunoapi"}
+
+
+class HeldClock:
+    """The sandbox's time, held still until :meth:`release` (then it runs, ``jump`` seconds
+    ahead): the provider's task stays pending for as long as a test needs, without a sleep.
+    Its ``sleep`` waits for the release, then in real time for what is left."""
+
+    def __init__(self, jump: float = 60.0) -> None:
+        self.start = time.time()
+        self.jump = jump
+        self.released_at: float | None = None
+        self.released = asyncio.Event()
+
+    def now(self) -> float:
+        if self.released_at is None:
+            return self.start
+        return self.start + self.jump + (time.time() - self.released_at)
+
+    def release(self) -> None:
+        self.released_at = time.time()
+        self.released.set()
+
+    async def sleep(self, seconds: float) -> None:
+        until = self.now() + max(0.0, seconds)
+        if until > self.now():
+            await self.released.wait()  # held time never reaches it
+        await asyncio.sleep(max(0.0, until - self.now()))  # then it runs in real time
+
+
+async def test_a_body_ahead_of_the_provider_acts_only_once_a_poll_agrees(tmp_path: Path) -> None:
+    """A camelCase ``complete`` with a placeholder URL comes, with the task's token, while
+    the provider's task is still pending (the sandbox's time held; its own callbacks
+    dropped): it is unconfirmed, and after a poll that fell short of it no transition, clip
+    or handler job exists. Once the provider's task has succeeded the next poll agrees: the
+    delivery is recorded (confirmed by that poll) and the download runs on the provider's
+    URLs, never the body's."""
+    clock = HeldClock()
+    config = SandboxConfig(api_keys={KEY: 10_000}, speed=Speed.DEMO, seed=5)
+    async with deployment(tmp_path, config=config, clock=clock) as deploy:
+        await deploy.sandbox.set_faults({"drop": 1.0})
+        task_id = await deploy.create("sunoapi")
+        plan = (await deploy.sandbox.http.get(f"/_sandbox/tasks/{task_id}")).json()
+        early = suno("complete", task_id, [suno_clip(
+            "early", camel=True, audio="http://127.0.0.1:9/None.mp3")], camel=True)
+        answer = await deploy.http.post(
+            plan["webhook_url"].removeprefix(str(deploy.http.base_url)), content=early)
+        assert answer.json()["status"] == "unconfirmed"
+
+        async def polled_short() -> bool:
+            jobs = (await deploy.view(task_id))["jobs"]
+            return bool(jobs) and jobs[0]["attempts"] >= 1 and jobs[0]["state"] != "running"
+
+        await wait_until(polled_short, within=30, what="a first poll short of the claim")
+        before = await deploy.view(task_id)
+        assert before["task"]["state"] == "pending"
+        assert [j["handler"] for j in before["jobs"]] == ["receiver.confirm"]
+        assert before["clips"] == []
+        assert before["transitions"] == []
+        assert [d[1] for d in deploy.deliveries(task_id) if d[0] == "webhook"] == [
+            "unconfirmed"]
+        clock.release()
+
+        async def confirmed() -> bool:
+            return [d[1] for d in deploy.deliveries(task_id) if d[0] == "webhook"] == [
+                "recorded"]
+
+        await wait_until(confirmed, within=60, what="the early body to be confirmed")
+        view = await deploy.settled(task_id, files=2)
+    assert view["task"]["state"] == "succeeded"
+    confirm = [j for j in view["jobs"] if j["handler"] == "receiver.confirm"]
+    assert len(confirm) == 1
+    assert confirm[0]["attempts"] >= 2  # polled short of the claim first, then agreed
+    assert {t["source"] for t in view["transitions"]} == {"confirm"}
+    assert "early" not in {c["clip_id"] for c in view["clips"]}
+    assert all("None.mp3" not in (c["audio_url"] or "") for c in view["clips"])
+    assert len([j for j in view["jobs"] if j["handler"] == "download_audio"]) == 1
