@@ -329,8 +329,13 @@ class ProviderEndpoint(WebhookEndpoint):
                                   at=self.clock.now())
             return 401, {"error": exc.reason}
         event = callback.event.value if callback is not None and callback.event else None
+        # A body nothing authenticates names itself by its digest, under its provider: an id
+        # header it carries is not authenticated either, and could otherwise claim the id of
+        # another provider's (or Sonic's) later delivery, which would then be a "duplicate".
+        named = (f"{name}:{delivery_id({}, body)}" if adapter.confirms
+                 else delivery_id(headers, verified.signed_content))
         delivery = Delivery(
-            delivery_id=delivery_id(headers, verified.signed_content), source=Source.WEBHOOK,
+            delivery_id=named, source=Source.WEBHOOK,
             scheme=verified.scheme.value, event=event, headers=kept_headers(headers),
             body=body, received_at=self.clock.now(), callback=callback, error=error,
             provider=name, unconfirmed=adapter.confirms and callback is not None,

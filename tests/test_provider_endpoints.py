@@ -33,7 +33,7 @@ from tests.provider_bodies import (
     suno,
     suno_clip,
 )
-from tests.support import EMPTY_COUNTS, app_client, settings_for
+from tests.support import COMPLETED, EMPTY_COUNTS, app_client, post_signed, settings_for
 
 pytestmark = pytest.mark.anyio
 
@@ -237,3 +237,17 @@ async def test_a_token_never_reaches_the_logs(tmp_path: Path,
     assert logs
     assert TOKEN not in repr(logs)
     assert {e.get("path") for e in logs if "path" in e} == {"/webhooks/sunoapi"}
+
+
+async def test_an_unauthenticated_body_cannot_claim_another_deliverys_id(
+        tmp_path: Path, client: httpx.AsyncClient, clock: FakeClock) -> None:
+    """A body let in by a token is named by its digest under its provider, whatever id
+    header it carries: it cannot make a later Sonic delivery of that id a duplicate."""
+    await add_token(tmp_path, "sunoapi", "t-1")
+    body = suno("complete", clips=[suno_clip("a")])
+    taken = await client.post("/webhooks/sunoapi/" + TOKEN, content=body,
+                              headers={"X-Webhook-Id": "sonic-1", "Idempotency-Key": "sonic-1"})
+    assert taken.json()["status"] == "unconfirmed"
+    assert taken.json()["delivery_id"].startswith("sunoapi:sha256:")
+    sonic = await post_signed(client, COMPLETED, clock=clock, delivery_id="sonic-1")
+    assert (sonic.json()["status"], sonic.json()["delivery_id"]) == ("recorded", "sonic-1")

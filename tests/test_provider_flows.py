@@ -295,7 +295,8 @@ class HeldClock:
         until = self.now() + max(0.0, seconds)
         if until > self.now():
             await self.released.wait()  # held time never reaches it
-        await asyncio.sleep(max(0.0, until - self.now()))  # then it runs in real time
+        # not a wait: this is the clock's own sleep, the sandbox's time running after release
+        await asyncio.sleep(max(0.0, until - self.now()))
 
 
 async def test_a_body_ahead_of_the_provider_acts_only_once_a_poll_agrees(tmp_path: Path) -> None:
