@@ -166,12 +166,12 @@ DOCUMENTED = [(400, "copyright"), (408, "timeout"), (413, "copyright"), (500, "u
 
 @pytest.mark.parametrize(("provider", "code", "category"), [
     *[(p, code, category) for p in CONFIRMING for code, category in DOCUMENTED],
-    ("piapi", 501, "upstream"),
+    ("piapi", 501, "upstream"), ("aimlapi", 501, "upstream"),
 ])
 async def test_a_failed_task_fails_with_the_category_of_its_code(
         tmp_path: Path, provider: str, code: int, category: str) -> None:
     config = SandboxConfig(api_keys={KEY: 10_000}, speed=Speed.INSTANT, failure_code=code,
-                           kie_hmac_key=HMAC_KEY)
+                           kie_hmac_key=HMAC_KEY, aimlapi_secret=AIMLAPI_SECRET)
     async with deployment(tmp_path, config=config) as deploy:
         await deploy.sandbox.set_faults({"fail_tasks": 1.0})
         task_id = await deploy.create(provider)
@@ -220,15 +220,22 @@ async def test_a_forged_body_for_a_task_the_provider_does_not_know_is_contradict
     assert [j["handler"] for j in view["jobs"]] == ["receiver.confirm"]
 
 
-async def test_repeated_stages_are_duplicates_and_run_nothing_twice(tmp_path: Path) -> None:
+# the stages each provider calls back, in the sandbox: the sunoapi.org shape's text, first,
+# complete; PiAPI's processing, completed; AIMLAPI's one callback
+STAGES = {"sunoapi": 3, "kie": 3, "apibox": 3, "piapi": 2, "aimlapi": 1}
+
+
+@pytest.mark.parametrize("provider", EVERY)
+async def test_repeated_stages_are_duplicates_and_run_nothing_twice(
+        tmp_path: Path, provider: str) -> None:
     async with deployment(tmp_path) as deploy:
         await deploy.sandbox.set_faults({"duplicate": 1.0})
-        task_id = await deploy.create("sunoapi")
-        view = await deploy.settled(task_id, files=2)
+        task_id = await deploy.create(provider)
+        view = await deploy.settled(task_id, files=1 if provider == "aimlapi" else 2)
         sent = await deploy.sandbox.deliveries(task_id=task_id)
-    assert len(sent) == 6  # text, first, complete: each twice
+    assert len(sent) == 2 * STAGES[provider]  # each stage twice
     stored = [d for d in deploy.deliveries(task_id) if d[0] == "webhook"]
-    assert len(stored) == 3  # the second copy of each is the same delivery
+    assert len(stored) == STAGES[provider]  # the second copy of each is the same delivery
     downloads = [j for j in view["jobs"] if j["handler"] == "download_audio"]
     assert len(downloads) == 1
 
