@@ -44,6 +44,8 @@ def _demo(argv: list[str]) -> int:
 
 
 FORWARDED: dict[str, Forwarded] = {"sandbox": _sandbox, "replay": _replay, "demo": _demo}
+# The settings' keys whose flag is not --the-key: an error names the flag the user typed.
+FLAG_NAMES = {"web_concurrency": "--workers", "worker_concurrency": "--concurrency"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,12 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve POST /webhooks/sonic and the read API")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument(
-        "--port",
-        type=int,
-        default=int(os.environ.get("PORT", "8000")),
-        help="port to bind (default $PORT or 8000)",
-    )
+    serve.add_argument("--port", help="port to bind (default $PORT, else 8000)")
     _add_common(serve)
     serve.add_argument(
         "--insecure-no-verify",
@@ -70,8 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--workers",
-        type=int,
-        default=_positive(os.environ.get("WEB_CONCURRENCY", "1")),
         metavar="N",
         help="web processes sharing the port (default $WEB_CONCURRENCY or 1); handler jobs "
         "run in `sonic-receiver worker` or in each web process (RECEIVER_WORKER)",
@@ -95,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(worker)
     worker.add_argument(
-        "--concurrency", type=int, help="jobs at once ($RECEIVER_WORKER_CONCURRENCY)"
+        "--concurrency", metavar="N", help="jobs at once ($RECEIVER_WORKER_CONCURRENCY)"
     )
     worker.set_defaults(run=_worker)
 
@@ -149,7 +144,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db", help="SQLite file or postgresql:// URL (default $RECEIVER_DB, $DATABASE_URL)")
     parser.add_argument("--config", type=Path, help="TOML config file (default $RECEIVER_CONFIG)")
-    parser.add_argument("--media-dir", type=Path, help="media folder ($RECEIVER_MEDIA_DIR)")
+    parser.add_argument(
+        "--media", metavar="PATH|URL",
+        help="where downloads are kept: a folder, file:///path, s3://bucket/prefix, gs://, "
+        "az:// ($RECEIVER_MEDIA)")
+    parser.add_argument("--media-dir", type=Path,
+                        help="a media folder: the older name of --media ($RECEIVER_MEDIA_DIR)")
     parser.add_argument(
         "--log-format", choices=("auto", "json", "console"), help="($RECEIVER_LOG_FORMAT)"
     )
@@ -157,20 +157,22 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     loaded = _load(args, insecure_no_verify=args.insecure_no_verify,
-                   insecure_open_admin=True if args.insecure_open_admin else None)
+                   insecure_open_admin=True if args.insecure_open_admin else None,
+                   port=args.port, web_concurrency=args.workers)
     # The app and the server load after the check: a bad file stops before they are imported.
     from receiver import server
     from receiver.app import create_app
 
-    _announce_admin(loaded, args.host, args.port)
-    if args.workers < 1:
-        raise SettingsError("--workers must be at least 1")
-    if args.workers > 1:
-        _check_database(loaded)
+    # A database that cannot be opened stops start-up here, with one line, before uvicorn
+    # starts (and says nothing) or any child process does.
+    _check_database(loaded)
+    _announce_admin(loaded, args.host, loaded.port)
+    if loaded.web_concurrency > 1:
         with _shared_metrics():
-            return server.serve_processes(loaded, create_app, host=args.host, port=args.port,
-                                          processes=args.workers, configure=configure_logs)
-    server.serve(create_app(loaded), host=args.host, port=args.port, settings=loaded)
+            return server.serve_processes(loaded, create_app, host=args.host, port=loaded.port,
+                                          processes=loaded.web_concurrency,
+                                          configure=configure_logs)
+    server.serve(create_app(loaded), host=args.host, port=loaded.port, settings=loaded)
     return 0
 
 
@@ -191,16 +193,9 @@ def _shared_metrics() -> Iterator[None]:
             del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
-def _positive(text: str) -> int:
-    try:
-        return max(1, int(text))
-    except ValueError:
-        return 1
-
-
 def _check_database(loaded: Settings) -> None:
-    """Open the database once (and migrate it) before starting several processes: one that
-    cannot be opened stops start-up with one line, not once per child."""
+    """Open the database once (and migrate it) before serving: one that cannot be opened stops
+    start-up with one line, not after uvicorn's own lines, nor once per child."""
     import asyncio
 
     from receiver.storage.roles import storage_for
@@ -233,37 +228,58 @@ def _announce_admin(loaded: Settings, host: str, port: int) -> None:
 def _load(args: argparse.Namespace, **extra: object) -> Settings:
     """The settings, once the whole config file is checked against the installed handlers."""
     from receiver import settings
-    from receiver.schema import load_checked
+    from receiver.schema import idle_tables, load_checked
 
     loaded = settings.load(
         config_file=args.config,
         overrides={
             "db": args.db,
+            "media": args.media,
             "media_dir": args.media_dir,
             "log_format": args.log_format,
             **extra,
         },
+        flag_names=FLAG_NAMES,
     )
-    load_checked(loaded.config)
+    registry = load_checked(loaded.config)
     configure_logs(loaded)
+    idle = idle_tables(loaded.config, registry)
+    if idle:
+        import structlog
+
+        structlog.get_logger("receiver.cli").warning(
+            "handler_table_unused", tables=idle, why=_idle_why(idle))
     return loaded
+
+
+def _idle_why(idle: list[str]) -> str:
+    names = ", ".join(f"[{name}]" for name in idle)
+    return (f"{names} {'is' if len(idle) == 1 else 'are'} set but no route lists "
+            f"{' or '.join(idle)}: list it in a route's handlers, or it does nothing")
 
 
 def _config_check(args: argparse.Namespace) -> int:
     from receiver import settings
-    from receiver.schema import load_checked
+    from receiver.schema import idle_tables, load_checked
 
     file = args.file or (Path(os.environ["RECEIVER_CONFIG"])
                          if os.environ.get("RECEIVER_CONFIG") else None)
     if file is None:
         raise SettingsError("no config file: give FILE or set RECEIVER_CONFIG")
     # Whether a webhook secret is set is the server's concern, not the file's.
-    loaded = settings.load(config_file=file, overrides={"insecure_no_verify": True})
+    loaded = settings.load(config_file=args.file, overrides={"insecure_no_verify": True})
     registry = load_checked(loaded.config)
+    if loaded.alert_targets:  # as serve checks them at start
+        from receiver.alerts import check_targets
+
+        check_targets(loaded.alert_targets)
     routes = loaded.config.get("routes")
     count = ("the default routes" if routes is None
              else f"{len(routes)} route{'' if len(routes) == 1 else 's'}")
     print(f"sonic-receiver: {file}: OK ({count}; handlers: {', '.join(registry.names)})")
+    idle = idle_tables(loaded.config, registry)
+    if idle:
+        print(f"sonic-receiver: {file}: note: {_idle_why(idle)}")
     return 0
 
 

@@ -32,6 +32,7 @@ from receiver.conversion import (
     Flag,
     Fraction,
     HttpUrl,
+    Port,
     PositiveFloat,
     PositiveInt,
     Seconds,
@@ -199,6 +200,26 @@ class Media(str, Domain):
         return Path(self.removeprefix("file://"))
 
 
+class Folder(str, Domain):
+    """A local folder: a path, never a URL (an object store is ``media``, ``RECEIVER_MEDIA``)."""
+
+    description = "a folder's path"
+    json_schema: ClassVar[dict[str, Any]] = {"description": description, "type": "string",
+                                             "minLength": 1}
+
+    @classmethod
+    def parse(cls, value: object) -> Self:
+        text = str(value).strip() if isinstance(value, str | Path) else ""
+        if not text:
+            raise ValueError(f"expected {cls.description}, got {shown(value)}")
+        if "://" in text:
+            raise ValueError(f"{shown(value)} is a URL, not a folder (an object store or a "
+                             "file:// URL is media, RECEIVER_MEDIA)")
+        return cls(text)
+
+
+# An API key goes into a header as it is: no spaces, no line breaks.
+ApiKey = Annotated[str, msgspec.Meta(pattern=r"^[^\s]+$", description="a key without spaces")]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -309,7 +330,7 @@ class ReceiverTable(Table, kw_only=True, frozen=True):
     db: Database | None = None
     db_synchronous: Synchronous | None = None
     db_lock_timeout_s: PositiveFloat | None = None
-    media_dir: Text | None = None
+    media_dir: Folder | None = None
     media: Media | None = None
     max_body_bytes: PositiveInt | None = None
     signature_tolerance_s: PositiveInt | None = None
@@ -331,7 +352,9 @@ class ReceiverTable(Table, kw_only=True, frozen=True):
     worker_concurrency: PositiveInt | None = None
     web_restart_limit_s: PositiveFloat | None = None
     sonic_api_base_url: HttpUrl | None = None
-    sonic_api_key: str | None = None
+    sonic_api_key: ApiKey | None = None
+    port: Port | None = None
+    web_concurrency: PositiveInt | None = None
 
 
 class WorkerTable(Table, kw_only=True, frozen=True):

@@ -12,9 +12,11 @@ location and the type found there.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
@@ -54,6 +56,8 @@ class Table(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
 
 _FINITE = sys.float_info.max
 PositiveInt = Annotated[int, msgspec.Meta(gt=0, description="a positive integer")]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535,
+                                   description="a port number from 0 to 65535 (0: any free one)")]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0, description="an integer >= 0")]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0, le=_FINITE, description="a positive number")]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=_FINITE,
@@ -153,6 +157,39 @@ class Duration(float, Domain):
         if not seconds > 0:
             raise ValueError(f"expected a positive duration, got {shown(value)}")
         return cls(seconds)
+
+
+TIME_FORMS = "2h or 2h ago (a duration ago), ISO 8601 (UTC unless it says), or unix seconds"
+_AGO = re.compile(r"^(?P<span>.+?)\s+ago$", re.IGNORECASE)
+
+
+def parse_time(text: str, *, now: float) -> float:
+    """A point in time as unix seconds, from any of the ways the CLI and the HTTP API take one
+    (:data:`TIME_FORMS`): a duration ago (``2h``, ``90m``, ``1.5d``, ``2h ago``; a bare number
+    is a duration only when followed by ``ago``), an ISO 8601 date or time (``2026-12-07``,
+    ``2026-12-07T13:00``, ``...Z``, ``...+01:00``; UTC when it names no offset), or unix
+    seconds (``1796650000``). Raises ``ValueError`` naming the forms."""
+    value = text.strip()
+    ago = _AGO.match(value)
+    span = ago["span"] if ago else value
+    match = _DURATION.match(span)
+    if match and (ago or match[2]):
+        return now - float(match[1]) * DURATION_UNITS[match[2].lower()]
+    if not ago:
+        try:
+            seconds = float(value)
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(seconds):
+                return seconds
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    raise ValueError(f"not a time: {shown(text)} (give {TIME_FORMS})")
 
 
 def decode_hook(type_: type, value: object) -> object:

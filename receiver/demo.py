@@ -9,7 +9,7 @@ local JSON sink) and follow-ups all run. It ends with a summary and exit status 
 loop did not close within the timeout.
 
 The same loop runs as a deployment would: ``--db postgresql://...`` (or ``RECEIVER_DB`` set to
-such a URL) on an empty PostgreSQL database, ``--web-processes N`` web processes
+such a URL) on a PostgreSQL database, ``--web-processes N`` web processes
 (``serve --workers N``) and ``--separate-worker`` (the jobs in ``sonic-receiver worker``).
 
 ``--provider sunoapi`` (or ``kie``, ``apibox``) closes the same loop through that provider
@@ -19,12 +19,16 @@ through its API with a per-task token in the callback URL, its staged callbacks 
 the body), and each takes effect only once the receiver's confirming poll of the provider
 agrees, shown as ``(confirm)``. Its dropped ``complete`` is made up for by those polls.
 
-``--sandbox-faults JSON|@FILE`` gives the sandbox more to do wrong (a fault config, as
-``PUT /_sandbox/faults`` takes it; the dropped ``song.completed`` is kept), e.g. links that
-expire before late webhooks arrive, and a CDN that first answers with an HTML page::
+``--sandbox-faults JSON|@FILE`` gives the sandbox more to do wrong (a fault setup, as
+``PUT /_sandbox/faults`` takes it; the dropped ``song.completed`` is added to its ``global``
+config), e.g. links that expire before late webhooks arrive, and a CDN that first answers with
+an HTML page::
 
-    scripts/demo --sandbox-faults \
-        '{"links": {"expire_s": 2}, "delay_s": 3, "media": {"kind": "html", "times": 1}}'
+    scripts/demo --sandbox-faults '{"global": {"links": {"expire_s": 2}, "delay_s": 3,
+                                               "media": {"kind": "html", "times": 1}}}'
+
+Each run's sandbox has a seed of its own, so its task and clip ids are new: a database that
+holds an earlier demo (``--db``) is used as it is.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from receiver.server import running
-from receiver.sonic.sandbox.faults import FaultConfig
+from receiver.sonic.sandbox.faults import SETUP, Faults
 
 API_KEY = "demo-key"
 CONTINUE_AT = -8  # the extension continues the song 8 s before its end
@@ -132,17 +136,22 @@ def provider_table(name: str, sandbox_url: str) -> str:
     return PROVIDER_TABLE.format(name=name, key=API_KEY, sandbox=sandbox_url, extra=extra)
 
 
-def sandbox_faults(text: str | None) -> str:
-    """The sandbox's ``--faults`` for the demo: ``text`` (a fault config as JSON, or
-    ``@file``) with the demo's dropped webhook added; raises ValueError when it is not one."""
+def sandbox_faults(text: str | None, seed: int) -> str:
+    """The sandbox's ``--faults`` for the demo: ``text`` (a fault setup as JSON, or ``@file``,
+    in the shape ``GET /_sandbox/faults`` answers) with the demo's dropped webhook added to its
+    global config; raises ValueError when it is not one."""
     if text and text.startswith("@"):
         text = Path(text[1:]).read_text(encoding="utf-8")
     given = json.loads(text) if text else {}
     if not isinstance(given, dict):
-        raise ValueError("--sandbox-faults must be a JSON object (a fault config)")
-    faults = {**given, "drop_events": [*(given.get("drop_events") or []), DROPPED]}
-    FaultConfig.from_json(faults)  # FaultConfigError (a ValueError) says which field
-    return json.dumps({"global": faults})
+        raise ValueError(f"--sandbox-faults must be a JSON object: {SETUP}")
+    base = given.get("global") or {}
+    if not isinstance(base, dict):
+        raise ValueError("--sandbox-faults: global must be a fault config (a JSON object)")
+    setup = {**given, "global": {**base, "drop_events": [*(base.get("drop_events") or []),
+                                                         DROPPED]}}
+    Faults(seed=seed).load(setup)  # FaultConfigError (a ValueError) says which field
+    return json.dumps(setup)
 
 
 def free_port() -> int:
@@ -264,11 +273,12 @@ async def serve_until_stopped() -> None:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
-async def run(workdir: Path, limit_s: float, sink_port: int, *, stay: bool = False,
+async def run(workdir: Path, limit_s: float, sink_port: int, *, seed: int, stay: bool = False,
               deployment: Deployment = Deployment(), faults: str | None = None,
               provider: str = "sonic") -> int:
-    """The loop, once; ``faults`` is the sandbox's ``--faults`` (:func:`sandbox_faults`),
-    None for the demo's own; ``provider`` the API it runs through (:data:`PROVIDERS`)."""
+    """The loop, once, with a sandbox seeded with ``seed`` (its ids depend on it); ``faults``
+    is the sandbox's ``--faults`` (:func:`sandbox_faults`), None for the demo's own;
+    ``provider`` the API it runs through (:data:`PROVIDERS`)."""
     start = time.monotonic()
     sandbox_port, receiver_port = free_port(), free_port()
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
@@ -301,8 +311,8 @@ async def run(workdir: Path, limit_s: float, sink_port: int, *, stay: bool = Fal
     print(f"sonic-receiver demo: everything lives in {workdir}/ (logs: *.log)", flush=True)
     sandbox = await spawn(
         ["sandbox", "--port", str(sandbox_port), "--api-key", API_KEY, "--credits",
-         str(CREDITS), "--speed", "demo", "--seed", "7", "--faults",
-         faults or sandbox_faults(None),
+         str(CREDITS), "--speed", "demo", "--seed", str(seed), "--faults",
+         faults or sandbox_faults(None, seed),
          "--log-format", "json", *played],
         base_env, workdir / "sandbox.log")
     receiver = await spawn(["serve", "--port", str(receiver_port),
@@ -338,8 +348,9 @@ async def run(workdir: Path, limit_s: float, sink_port: int, *, stay: bool = Fal
                                       params={"outcome": "dropped"})).json()["deliveries"]
             recovered = _recovered(progress, root, provider)
             heard = await measure(http, receiver_url, progress, admin)
+            parts = await charged(http, sandbox_url, progress)
             summarise(progress, workdir, CREDITS - int(keys[API_KEY]["credits"]), notes,
-                      dropped, recovered, heard, provider=provider)
+                      dropped, recovered, heard, parts, provider=provider)
             closed = bool(ok and recovered and dropped)
             say(start, "the loop closed: done" if closed
                 else "the loop did not close in time: see the logs")
@@ -442,9 +453,22 @@ async def measure(
     return heard
 
 
+async def charged(http: httpx.AsyncClient, sandbox_url: str,
+                  progress: Progress) -> list[tuple[str, int]]:
+    """What each task of the chain cost, as the sandbox charged it (a failed task's credits
+    are refunded): (task type, credits) in the chain's order."""
+    parts: list[tuple[str, int]] = []
+    for task_id in progress.views:
+        task = (await http.get(f"{sandbox_url}/_sandbox/tasks/{task_id}")).json()
+        parts.append((str(task.get("task_type", "?")),
+                      0 if task.get("state") == "failed" else int(task.get("credits", 0))))
+    return parts
+
+
 def summarise(progress: Progress, workdir: Path, spent: int, notes: list[dict[str, Any]],
               dropped: list[dict[str, Any]], recovered: bool,
-              heard: dict[str, float] | None = None, *, provider: str = "sonic") -> None:
+              heard: dict[str, float] | None = None,
+              parts: list[tuple[str, int]] | None = None, *, provider: str = "sonic") -> None:
     heard = heard or {}
     print("\nsummary", flush=True)
     print(f"  {'task':<10} {'type':<13} {'clip':<10} {'kind':<6} {'bytes':>9} {'seconds':>8} "
@@ -473,7 +497,7 @@ def summarise(progress: Progress, workdir: Path, spent: int, notes: list[dict[st
     states: dict[str, int] = {}
     for state in progress.jobs.values():
         states[state] = states.get(state, 0) + 1
-    print(f"  credits spent: {spent} (create 15 + extend 15 + concat 2)")
+    print(f"  {credits_line(spent, parts or [])}")
     by_state = ", ".join(f"{n} {s}" for s, n in states.items())
     print(f"  jobs run: {sum(states.values())} ({by_state})")
     print(f"  notifications received by the local sink: {len(notes)}")
@@ -484,6 +508,18 @@ def summarise(progress: Progress, workdir: Path, spent: int, notes: list[dict[st
     for d in dropped:
         print(f"  webhook dropped by the sandbox: {d['event']} of {_short(d['task_id'])}; "
               f"recovered by {by}: {'yes' if recovered else 'NO'}")
+
+
+def credits_line(spent: int, parts: list[tuple[str, int]]) -> str:
+    """The credits the key lost, and the tasks they went to; when those do not add up to it
+    (a task the demo did not see), it says so rather than print a sum that is wrong."""
+    line = f"credits spent: {spent}"
+    if parts:
+        line += " (" + " + ".join(f"{kind} {credits}" for kind, credits in parts) + ")"
+    accounted = sum(credits for _, credits in parts)
+    if accounted != spent:
+        line += f"; the chain's tasks account for {accounted} of them"
+    return line
 
 
 def _full_song(progress: Progress, durations: dict[str, float | None],
@@ -524,8 +560,9 @@ def main(argv: list[str]) -> int:
     from_env = os.environ.get("RECEIVER_DB", "")
     parser.add_argument("--db", default=from_env if from_env.startswith("postgres") else None,
                         metavar="URL",
-                        help="an empty PostgreSQL database (postgresql://...; default "
-                        "$RECEIVER_DB when it is one) instead of receiver.db in --dir")
+                        help="a PostgreSQL database (postgresql://...; default $RECEIVER_DB "
+                        "when it is one) instead of receiver.db in --dir; it may hold earlier "
+                        "demos (each run's ids are new)")
     parser.add_argument("--web-processes", type=int, default=1, metavar="N",
                         help="serve --workers N (default 1)")
     parser.add_argument("--separate-worker", action="store_true",
@@ -535,13 +572,15 @@ def main(argv: list[str]) -> int:
                              "console (/ui), until Ctrl-C")
     parser.add_argument("--sandbox-faults", metavar="JSON|@FILE",
                         help="more faults for the sandbox, as PUT /_sandbox/faults takes "
-                             "them (e.g. '{\"links\": {\"expire_s\": 2}, \"delay_s\": 3}')")
+                             "them (e.g. '{\"global\": {\"links\": {\"expire_s\": 2}, "
+                             "\"delay_s\": 3}}')")
     parser.add_argument("--provider", choices=PROVIDERS, default="sonic",
                         help="the API the loop runs through, as the sandbox plays it "
                         "(default sonic)")
     args = parser.parse_args(argv)
+    seed = secrets.randbelow(2**31)  # new ids each run, whatever the database already holds
     try:
-        faults = sandbox_faults(args.sandbox_faults)
+        faults = sandbox_faults(args.sandbox_faults, seed)
     except (ValueError, OSError) as exc:
         print(f"sonic-receiver demo: --sandbox-faults: {exc}", file=sys.stderr)
         return 2
@@ -550,9 +589,8 @@ def main(argv: list[str]) -> int:
     sink_port = free_port()
     prepare(args.dir, sink_port)
     try:
-        return asyncio.run(run(args.dir, args.timeout, sink_port, stay=args.stay,
-                               deployment=deployment, faults=faults,
-                               provider=args.provider))
+        return asyncio.run(run(args.dir, args.timeout, sink_port, seed=seed, stay=args.stay,
+                               deployment=deployment, faults=faults, provider=args.provider))
     except RuntimeError as exc:
         print(f"sonic-receiver demo: {exc}", file=sys.stderr)
         return 1

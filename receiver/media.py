@@ -544,8 +544,10 @@ def kept_file_headers(content_type: str | None, name: str) -> dict[str, str]:
 async def file_response(store: MediaStore, file: StoredFile, request: Request) -> Response:
     """``file`` for an admin: from a local folder, the bytes with HTTP Range (206, 416,
     ``Accept-Ranges``); from an object store, a redirect to a presigned GET valid for
-    :data:`PRESIGN_S` seconds (or, where the store cannot sign, the bytes streamed through).
-    The bytes come with :func:`kept_file_headers`."""
+    :data:`PRESIGN_S` seconds when its type is shown inline (the bucket answers with none of
+    our headers, so a type a browser could run is never handed out that way), otherwise (or
+    where the store cannot sign) the bytes streamed through. The bytes come with
+    :func:`kept_file_headers`."""
     key = store.key_of(file.path)
     if key is None:
         return Response(f"{file.path} is not in the configured media store\n", status_code=404,
@@ -558,7 +560,10 @@ async def file_response(store: MediaStore, file: StoredFile, request: Request) -
         response = FileResponse(path, media_type=file.content_type)
         response.headers.update(kept_file_headers(file.content_type, path.name))
         return response
-    url = await store.presigned_url(key)
+    headers = kept_file_headers(file.content_type, key)
+    url = None
+    if headers["Content-Disposition"].startswith("inline"):
+        url = await store.presigned_url(key)
     if url is not None:
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     found = await store.head(key, verify=False)
@@ -566,5 +571,4 @@ async def file_response(store: MediaStore, file: StoredFile, request: Request) -
         return Response("the object is gone from the media store\n", status_code=404,
                         media_type="text/plain")
     return StreamingResponse(store.read(key), media_type=file.content_type,
-                             headers={"Content-Length": str(found.size),
-                                      **kept_file_headers(file.content_type, key)})
+                             headers={"Content-Length": str(found.size), **headers})

@@ -23,13 +23,14 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime
 from pathlib import Path
 
 import httpx
 from tqdm import tqdm
 
+from receiver import conversion
 from receiver.clock import SystemClock
+from receiver.conversion import DURATION_UNITS, TIME_FORMS
 from receiver.errors import SettingsError
 from receiver.models import JobFilter, Outcome
 from receiver.recovery import (
@@ -46,30 +47,22 @@ from receiver.signatures import Scheme
 from receiver.sonic.client import SonicClient
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``10m``, ``2h``, ``1d`` → seconds."""
+    """``0``, ``90``, ``90s``, ``10m``, ``2h``, ``1d`` → seconds."""
     match = _DURATION.match(text)
     if not match:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 10m, 2h, 1d)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    return float(match.group(1)) * DURATION_UNITS[match.group(2)]
 
 
 def parse_time(text: str, *, now: float | None = None) -> float:
-    """An ISO 8601 time, unix seconds, or a duration ago (``2h``) → unix seconds."""
+    """A time as the HTTP API takes it too (:func:`receiver.conversion.parse_time`)."""
     try:
-        return (now if now is not None else time.time()) - parse_duration(text)
-    except argparse.ArgumentTypeError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a time: {text!r} (ISO 8601, or a duration ago such as 2h)"
-        ) from None
-    return moment.timestamp()
+        return conversion.parse_time(text, now=time.time() if now is None else now)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def read_task_ids(args: Iterable[str], files: Iterable[Path]) -> list[str]:
@@ -89,12 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Recover missed events. Every command can be interrupted and run again.",
     )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", type=Path, help="SQLite file (default $RECEIVER_DB)")
+    common.add_argument("--db", help="SQLite file or postgresql:// URL (default $RECEIVER_DB, "
+                        "$DATABASE_URL)")
     common.add_argument("--config", type=Path, help="TOML config ($RECEIVER_CONFIG)")
     common.add_argument("--dry-run", action="store_true", help="change nothing; report")
     common.add_argument("--task", dest="task_id", help="only this task")
-    common.add_argument("--since", type=parse_time, help="from this time (ISO 8601 or 2h ago)")
-    common.add_argument("--until", type=parse_time, help="up to this time")
+    common.add_argument("--since", type=parse_time, metavar="TIME",
+                        help=f"from this time: {TIME_FORMS}")
+    common.add_argument("--until", type=parse_time, metavar="TIME",
+                        help="up to this time (the same forms)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     rec = sub.add_parser(

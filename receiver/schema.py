@@ -80,6 +80,17 @@ def check(raw: Mapping[str, Any], registry: Registry) -> CoreFile:
     return parsed
 
 
+def idle_tables(config: Mapping[str, Any], registry: Registry) -> list[str]:
+    """The handlers' own tables the file sets (``[follow_up]``, ``[notify]``) whose handler no
+    route runs: such a table does nothing on its own, which start-up and ``config check`` say
+    (a route must list the handler). ``config`` is already checked."""
+    from receiver.routing import routes_from_config
+
+    routed = {ref.name for route in routes_from_config(config) for ref in route.handlers}
+    return [name for name in registry.names
+            if name in config and registry.spec(name).table is not None and name not in routed]
+
+
 def schema(registry: Registry) -> dict[str, Any]:
     """The JSON Schema (2020-12) of the whole file for the handlers of ``registry``."""
     document = msgspec.json.schema(file_type(registry), schema_hook=schema_hook)

@@ -5,12 +5,10 @@ Several web processes (:func:`serve_processes`, ``sonic-receiver serve --workers
 parent binds the port once and starts N children with Python's ``spawn``; each receives the
 listening socket and the loaded :class:`Settings` (pickled: command-line options included, no
 environment to re-read) and runs the app in its own uvicorn server, accepting from the shared
-socket. A child that dies is started again; SIGTERM/SIGINT stop them all gracefully. This
-rather than ``uvicorn --workers``: uvicorn hands its workers a socket made with
-``socket.socket()``, whose accepted connections asyncio leaves with Nagle's algorithm on
-(uvicorn issue 3149), so every response on a kept-alive connection waits ~40 ms for the
-client's delayed ACK. Here the protocol sets ``TCP_NODELAY`` on every accepted connection
-(:class:`NoDelay`), whoever made the listening socket.
+socket. A child that dies is started again; SIGTERM/SIGINT stop them all gracefully. The
+protocol sets ``TCP_NODELAY`` on every accepted connection (:class:`NoDelay`), whoever made
+the listening socket: one made without ``IPPROTO_TCP`` (uvicorn's ``--workers`` before 0.55,
+uvicorn issue 3149; an inherited descriptor) leaves Nagle's algorithm on in asyncio.
 """
 
 from __future__ import annotations
@@ -53,6 +51,9 @@ def config(app: Any, *, host: str, port: int, settings: Settings | None = None,
     options.setdefault("access_log", False)
     options.setdefault("proxy_headers", False)
     options.setdefault("lifespan", "on")
+    # One process per uvicorn server, always (several are serve_processes'): left unset,
+    # uvicorn reads WEB_CONCURRENCY itself, which the settings have checked already.
+    options.setdefault("workers", 1)
     if settings is not None:
         options.setdefault("http", protocol_class(settings))
         options.setdefault("timeout_keep_alive", settings.keepalive_timeout_s)

@@ -72,16 +72,25 @@ ENV_KEYS: dict[str, str] = {
     "RECEIVER_WEB_RESTART_LIMIT_S": "web_restart_limit_s",
     "SONIC_API_BASE_URL": "sonic_api_base_url",
     "SONIC_API_KEY": "sonic_api_key",
+    "PORT": "port",
+    "WEB_CONCURRENCY": "web_concurrency",
 }
-# Other names the environment may give a key by (the first is the key's own variable, which
-# wins): uvicorn's and gunicorn's name for the trusted proxies.
-ENV_ALIASES: dict[str, str] = {"FORWARDED_ALLOW_IPS": "RECEIVER_TRUSTED_PROXIES"}
+# Other names the environment may give a key by (the key's own variable wins when both are
+# set): uvicorn's and gunicorn's name for the trusted proxies, the platforms' for the database.
+ENV_ALIASES: dict[str, str] = {"FORWARDED_ALLOW_IPS": "RECEIVER_TRUSTED_PROXIES",
+                               "DATABASE_URL": "RECEIVER_DB"}
+# The variables read besides those: the config file's path, and where alerts go ([alerts]
+# targets in the file).
+CONFIG_VARIABLE = "RECEIVER_CONFIG"
+ALERT_TARGETS_VARIABLE = "RECEIVER_ALERT_TARGETS"
+OTHER_VARIABLES = (CONFIG_VARIABLE, ALERT_TARGETS_VARIABLE)
 # [receiver] keys that are Settings fields of the same name, taken as they are.
 SAME_NAME = frozenset({
     "db_synchronous", "db_lock_timeout_s", "max_body_bytes", "signature_tolerance_s",
     "insecure_open_admin", "log_format", "log_level", "log_level_third_party",
     "header_timeout_s", "body_timeout_s", "keepalive_timeout_s", "max_connections",
-    "http_parser", "worker", "worker_concurrency", "web_restart_limit_s",
+    "http_parser", "worker", "worker_concurrency", "web_restart_limit_s", "port",
+    "web_concurrency",
 })
 _WORKER = WorkerTable()
 
@@ -140,6 +149,10 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     sonic_api_base_url: str | None = None
     sonic_api_key: str | None = field(default=None, repr=False)
+    # serve: the port (PORT, --port) and how many web processes share it (WEB_CONCURRENCY,
+    # --workers)
+    port: int = 8000
+    web_concurrency: int = 1
     # serve --workers N: how long a web process started again after the first start may keep
     # failing to start (the database away) before serve gives up
     web_restart_limit_s: float = 300.0
@@ -219,13 +232,18 @@ def load(
     *,
     config_file: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    flag_names: Mapping[str, str] | None = None,
 ) -> Settings:
     """Settings from ``env`` (default ``os.environ``), the TOML ``config_file`` (default
-    ``$RECEIVER_CONFIG``) and ``overrides`` (command-line values, keyed like the config file)."""
+    ``$RECEIVER_CONFIG``) and ``overrides`` (command-line values, keyed like the config file;
+    an error names the flag as ``flag_names`` spells it, else ``--the-key``). Each layer wins
+    over the one before, key by key; ``media`` and its older name ``media_dir`` are one
+    setting, so a layer that gives either wins over both of an earlier layer."""
     env = os.environ if env is None else env
-    if config_file is None and env.get("RECEIVER_CONFIG"):
-        config_file = Path(env["RECEIVER_CONFIG"])
-    config = read_config(config_file) if config_file else {}
+    named_by = None  # a file the caller gave (--config) is named by its path alone
+    if config_file is None and env.get(CONFIG_VARIABLE):
+        config_file, named_by = Path(env[CONFIG_VARIABLE]), CONFIG_VARIABLE
+    config = read_config(config_file, origin=named_by) if config_file else {}
     # The tables settings are made of; the whole file is checked at start-up, against the
     # handlers too (receiver.schema.load_checked).
     core: CoreFile = convert({k: v for k, v in config.items() if k in _CORE_KEYS}, CoreFile)
@@ -234,22 +252,19 @@ def load(
     insecure = bool(flags.pop("insecure_no_verify", False))
 
     # key → (where it came from, value): the file's table, then the environment, then flags
-    given: dict[str, tuple[str, Any]] = _given(core.receiver, lambda key: f"receiver.{key}")
+    given: dict[str, tuple[str, Any]] = {}
+    _layer(given, _given(core.receiver, lambda key: f"receiver.{key}"))
     from_env = {key: env[name] for name, key in ENV_KEYS.items() if env.get(name, "") != ""}
     env_names = dict(_ENV_NAMES)
     for alias, name in ENV_ALIASES.items():
         if env.get(name, "") == "" and env.get(alias, "") != "":
             from_env[ENV_KEYS[name]] = env[alias]
             env_names[ENV_KEYS[name]] = alias
-    given.update(_given(
+    _layer(given, _given(
         convert(from_env, ReceiverTable, strict=False, names=env_names), env_names.get))
-    if "db" not in given and env.get("DATABASE_URL", "") != "":  # the platforms' convention
-        names = {"db": "DATABASE_URL"}
-        given.update(_given(convert({"db": env["DATABASE_URL"]}, ReceiverTable, strict=False,
-                                    names=names), names.get))
-    flag_names = {key: f"--{key.replace('_', '-')}" for key in flags}
-    given.update(_given(convert({k: v for k, v in flags.items() if v is not None},
-                                ReceiverTable, strict=False, names=flag_names), flag_names.get))
+    named = {key: (flag_names or {}).get(key, f"--{key.replace('_', '-')}") for key in flags}
+    _layer(given, _given(convert({k: v for k, v in flags.items() if v is not None},
+                                 ReceiverTable, strict=False, names=named), named.get))
     if "admin_token" in given and "admin_token_file" in given:
         raise SettingsError(
             f"{given['admin_token'][0]} and {given['admin_token_file'][0]} are both set: "
@@ -257,7 +272,7 @@ def load(
         )
     changes = _tables(core)
     changes["alert_targets"] = split_targets(
-        env.get("RECEIVER_ALERT_TARGETS", "") or core.alerts.targets)
+        env.get(ALERT_TARGETS_VARIABLE, "") or core.alerts.targets)
     changes.update(_resolve(given))
     changes.update(_admin(core.admin))
     if insecure:
@@ -282,15 +297,17 @@ def split_targets(value: str | list[str]) -> tuple[str, ...]:
 _ENV_NAMES = {key: name for name, key in ENV_KEYS.items()}
 
 
-def read_config(path: Path) -> dict[str, Any]:
-    """The parsed TOML file at ``path``; raises :class:`SettingsError` saying why not."""
+def read_config(path: Path, *, origin: str | None = None) -> dict[str, Any]:
+    """The parsed TOML file at ``path``; raises :class:`SettingsError` saying why not (after
+    ``origin``, the variable that named the file, when there is one)."""
+    where = f"{origin}: " if origin else ""
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError:
-        raise SettingsError(f"config file {path} does not exist") from None
+        raise SettingsError(f"{where}config file {path} does not exist") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise SettingsError(f"config file {path} cannot be read: {exc}") from exc
+        raise SettingsError(f"{where}config file {path} cannot be read: {exc}") from exc
 
 
 def _given(table: ReceiverTable, origin: Callable[[str], str | None],
@@ -298,6 +315,20 @@ def _given(table: ReceiverTable, origin: Callable[[str], str | None],
     """The keys ``table`` sets, each with its ``origin(key)``."""
     return {f.name: (str(origin(f.name)), getattr(table, f.name))
             for f in msgspec.structs.fields(table) if getattr(table, f.name) is not None}
+
+
+# Keys that are one setting under two names: a layer that gives any of them replaces them all.
+_ONE_SETTING = (frozenset({"media", "media_dir"}),)
+
+
+def _layer(given: dict[str, tuple[str, Any]], layer: Mapping[str, tuple[str, Any]]) -> None:
+    """``layer`` over ``given``: each key it sets wins, and so does each setting it names by
+    another of its names (``--media-dir`` over ``RECEIVER_MEDIA``)."""
+    for names in _ONE_SETTING:
+        if names & layer.keys():
+            for key in names - layer.keys():
+                given.pop(key, None)
+    given.update(layer)
 
 
 def _tables(core: CoreFile) -> dict[str, Any]:
@@ -331,7 +362,7 @@ def _resolve(given: Mapping[str, tuple[str, Any]]) -> dict[str, Any]:
         changes.update(db_url=db.url, **({"db_path": db.path} if db.path else {}))
     if "media_dir" in given:
         changes["media_dir"] = Path(given["media_dir"][1])
-    if "media" in given:  # wins over its older name media_dir, wherever each came from
+    if "media" in given:  # wins over its older name media_dir given in the same layer
         media: Media = given["media"][1]
         changes.update(media_url=media.url, **({"media_dir": media.folder} if media.folder
                                                  else {}))
@@ -343,7 +374,7 @@ def _resolve(given: Mapping[str, tuple[str, Any]]) -> dict[str, Any]:
         if key in given:
             changes[key] = given[key][1].rstrip("/")
     if "sonic_api_key" in given:
-        changes["sonic_api_key"] = given["sonic_api_key"][1] or None
+        changes["sonic_api_key"] = given["sonic_api_key"][1]
     if "admin_token" in given:
         changes["admin_token"] = str(given["admin_token"][1])
     if changes.get("admin_token"):

@@ -1,12 +1,12 @@
 """The config file checked whole before anything starts: every command stops at once with one
 line naming the bad key's path; ``config check`` says the same for a deploy pipeline; ``config
-schema`` is a JSON Schema that the README's examples fit and misspelt files do not."""
+schema`` is a JSON Schema that misspelt files do not fit (the README's examples, which fit it, are
+checked in ``tests/test_readme_examples.py``)."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -19,7 +19,6 @@ import pytest
 
 from tests.processes import ROOT
 
-README = ROOT / "README.md"
 GOOD = """\
 [receiver]
 webhook_secret = "s3cret"
@@ -200,34 +199,23 @@ def test_the_schema_checks_each_handlers_options_by_its_name(
     assert errors(file_schema, '[retention]\nolder_than = "3 weeks"\n')
 
 
-def readme_configs() -> list[str]:
-    """Every ```toml block of the README but the one of a package's pyproject.toml."""
-    blocks = re.findall(r"^( *)```toml\n(.*?)^\1```$", README.read_text(), re.M | re.S)
-    texts = ["\n".join(line.removeprefix(indent) for line in body.splitlines())
-             for indent, body in blocks]
-    return [text for text in texts if not text.startswith("# pyproject.toml")]
+def test_a_handler_table_no_route_runs_is_noted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``[follow_up]`` alone does nothing (no route lists ``follow_up``): ``config check``
+    passes it and says so; once a route lists the handler, nothing is said."""
+    from receiver import cli
 
-
-def test_the_readme_has_config_examples() -> None:
-    assert len(readme_configs()) >= 4
-
-
-@pytest.mark.slow
-def test_every_readme_example_fits_the_schema(file_schema: dict[str, Any]) -> None:
-    for text in readme_configs():
-        assert errors(file_schema, text) == [], text
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("index", range(len(readme_configs())))
-def test_every_readme_example_passes_config_check(tmp_path: Path, index: int) -> None:
-    """The README's `[handlers.archive]` path is made to exist, as a package would be."""
-    package = tmp_path / "my_package"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "archive.py").write_text("async def handle(event, ctx):\n    return None\n")
-    (tmp_path / "receiver.toml").write_text(readme_configs()[index])
-    done = run("config", "check", "receiver.toml", cwd=tmp_path,
-               env={"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"})
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("sonic-receiver: receiver.toml: OK")
+    for name in [n for n in os.environ if n.startswith(("RECEIVER_", "SONIC_"))]:
+        monkeypatch.delenv(name)
+    table = '[follow_up]\nmax_depth = 2\n\n[[follow_up.rules]]\nname = "extend"\n' \
+            'task_type = "create_music"\naction = "extend"\n'
+    alone, routed = tmp_path / "alone.toml", tmp_path / "routed.toml"
+    alone.write_text(table)
+    routed.write_text('[[routes]]\non = ["task.succeeded"]\nhandlers = ["follow_up"]\n\n' + table)
+    assert cli.main(["config", "check", str(alone)]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[1] == (f"sonic-receiver: {alone}: note: [follow_up] is set but no route lists "
+                       "follow_up: list it in a route's handlers, or it does nothing")
+    assert cli.main(["config", "check", str(routed)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1

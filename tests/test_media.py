@@ -36,8 +36,10 @@ from receiver.media import (
     ObjectMedia,
     open_media,
 )
+from receiver.models import StoredFile
 from receiver.runtime import Runtime
 from receiver.settings import load
+from receiver.storage.roles import sqlite_storage
 from receiver.testing import deliver, handler_runtime
 from tests.handlers import (
     LOOPBACK_ONLY,
@@ -50,7 +52,7 @@ from tests.handlers import (
     wav_bytes,
 )
 from tests.services import S3Server
-from tests.support import SECRET, app_client, callback, clip, settings_for
+from tests.support import SECRET, app_client, callback, clip, post_signed, settings_for
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -383,6 +385,31 @@ async def test_an_object_is_handed_out_as_a_short_lived_presigned_redirect(
         fetched = await http.get(location, headers={"Range": "bytes=0-3"})
     assert fetched.status_code == 206
     assert fetched.content == b"RIFF"
+
+
+@pytest.mark.s3
+async def test_an_object_a_browser_could_run_is_streamed_through_with_our_headers_not_redirected(
+    aws_env: S3Server, s3_bucket: str, tmp_path: Path,
+) -> None:
+    # The bucket answers a presigned GET with the object's own type and none of the kept
+    # files' headers: an SVG there would be a page on the bucket's origin.
+    media = f"s3://{s3_bucket}/demo"
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>'
+    settings = settings_for(tmp_path, media_url=media, config={"routes": []})
+    store = ObjectMedia(media, staging=tmp_path / "staging")
+    kept = await store.put_bytes("t-s/c/cover.svg", svg, content_type="image/svg+xml")
+    async with app_client(create_app(settings, clock=FakeClock())) as c:
+        await post_signed(c, callback("t-s", [clip("c", "succeeded")]), clock=FakeClock())
+        async with sqlite_storage(tmp_path / "receiver.db") as storage:
+            await storage.outputs.record_file(StoredFile(
+                task_id="t-s", clip_id="c", kind="image", path=store.recorded("t-s/c/cover.svg"),
+                size=kept.size, sha256=hashlib.sha256(svg).hexdigest(), url=None,
+                content_type="image/svg+xml", job_key=None, created_at=FakeClock().now()))
+        answer = await c.get("/files/t-s/c/image")
+    assert answer.status_code == 200
+    assert answer.content == svg
+    assert answer.headers["content-disposition"].startswith("attachment")
+    assert "sandbox" in answer.headers["content-security-policy"]
 
 
 @pytest.mark.s3

@@ -3,8 +3,10 @@ changes nothing, a second run changes nothing), redispatch requeues, resend move
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -462,3 +464,45 @@ def test_a_poll_answer_json_cannot_write_is_kept_aside_with_the_reason() -> None
     assert json.loads(delivery.body) == {"task_id": "t-1",
                                          "unserialisable_answer": "RecursionError"}
     assert delivery.delivery_id.startswith("poll:")
+
+
+# ---- times: one reader for the command line and the HTTP API (issue 23, item 8) ------------
+
+NOW = 1_796_650_000.0
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2h", NOW - 7200), ("2h ago", NOW - 7200), ("2H AGO", NOW - 7200), ("90 ago", NOW - 90),
+    ("1.5d", NOW - 1.5 * 86400), (" 10m ", NOW - 600),
+    ("1796640000", 1796640000.0), ("1796640000.5", 1796640000.5),
+    ("2026-12-07", 1796601600.0), ("2026-12-07T13:00", 1796648400.0),
+    ("2026-12-07T13:00:00Z", 1796648400.0), ("2026-12-07T14:00+01:00", 1796648400.0),
+])
+def test_a_time_is_read_one_way(text: str, expected: float) -> None:
+    """A duration ago (its unit, or ``ago``), ISO 8601 (UTC unless it says), or unix seconds,
+    on the command line as over HTTP."""
+    from receiver.conversion import parse_time
+    from receiver.replay import parse_time as on_the_command_line
+
+    assert parse_time(text, now=NOW) == expected
+    assert on_the_command_line(text, now=NOW) == expected
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2 hours", "ago", "nan", "inf", "", "2h later"])
+def test_other_times_are_refused_naming_the_forms(text: str) -> None:
+    from receiver.conversion import TIME_FORMS
+    from receiver.replay import parse_time
+
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape(TIME_FORMS)):
+        parse_time(text, now=NOW)
+
+
+def test_replay_help_names_the_forms_of_a_time_it_takes() -> None:
+    from receiver.conversion import TIME_FORMS
+    from receiver.replay import build_parser
+
+    [commands] = [a for a in build_parser()._actions if a.dest == "command"]
+    assert commands.choices is not None
+    for parser in dict(commands.choices).values():
+        assert isinstance(parser, argparse.ArgumentParser)
+        assert " ".join(TIME_FORMS.split()) in " ".join(parser.format_help().split())

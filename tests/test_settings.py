@@ -211,3 +211,74 @@ def test_debug_logging_never_shows_aiosqlite_parameters() -> None:
         root.setLevel(saved[1])
         structlog.reset_defaults()  # other tests expect structlog as it comes
         logging.getLogger("aiosqlite").setLevel(logging.NOTSET)
+
+
+def test_a_flag_wins_over_the_environment_for_media_under_either_name(tmp_path: Path) -> None:
+    """``media`` and its older name ``media_dir`` are one setting: whichever the later layer
+    (file, environment, flags) gives wins, and within one layer ``media`` does."""
+    secret = {"SONIC_WEBHOOK_SECRET": "x"}
+    s = load({**secret, "RECEIVER_MEDIA": "s3://songs/demo"}, overrides={"media_dir": "/srv/m"})
+    assert (s.media_url, s.media_dir) == (None, Path("/srv/m"))
+    s = load({**secret, "RECEIVER_MEDIA_DIR": "/srv/m"}, overrides={"media": "s3://songs/x"})
+    assert s.media_url == "s3://songs/x"
+    config = tmp_path / "c.toml"
+    config.write_text('[receiver]\nmedia = "s3://songs/file"\n')
+    s = load({**secret, "RECEIVER_MEDIA_DIR": "/srv/env"}, config_file=config)
+    assert (s.media_url, s.media_dir) == (None, Path("/srv/env"))
+    s = load({**secret, "RECEIVER_MEDIA_DIR": "/srv/env", "RECEIVER_MEDIA": "s3://songs/env"})
+    assert s.media_url == "s3://songs/env"
+
+
+def test_database_url_is_the_environment_over_the_file(tmp_path: Path) -> None:
+    """The platforms' ``DATABASE_URL`` is another name of ``RECEIVER_DB``: it wins over the
+    file's ``db``, and ``RECEIVER_DB`` over it."""
+    config = tmp_path / "c.toml"
+    config.write_text('[receiver]\ndb = "file.db"\n')
+    pg = "postgresql://u:pw@db.example/r"
+    s = load({"SONIC_WEBHOOK_SECRET": "x", "DATABASE_URL": pg}, config_file=config)
+    assert s.db_url == pg
+    s = load({"SONIC_WEBHOOK_SECRET": "x", "DATABASE_URL": pg, "RECEIVER_DB": "env.db"},
+             config_file=config)
+    assert (s.db_url, s.db_path) == (None, Path("env.db"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("env", "args", "line"),
+    [
+        ({"PORT": "abc"}, ["serve"], "PORT: expected a port number from 0 to 65535 (0: any "
+                                     "free one), got 'abc'"),
+        ({"PORT": "70000"}, ["migrate"], "PORT: expected a port number"),
+        ({"WEB_CONCURRENCY": "abc"}, ["serve"], "WEB_CONCURRENCY: expected a positive integer, "
+                                                "got 'abc'"),
+        ({"WEB_CONCURRENCY": "0"}, ["serve"], "WEB_CONCURRENCY: expected a positive integer, "
+                                              "got '0'"),
+        ({}, ["serve", "--workers", "0"], "--workers: expected a positive integer, got '0'"),
+        ({}, ["serve", "--port", "x"], "--port: expected a port number"),
+        ({}, ["worker", "--concurrency", "0"], "--concurrency: expected a positive integer, "
+                                               "got '0'"),
+    ],
+)
+def test_port_workers_and_concurrency_stop_start_up_in_one_line(
+    tmp_path: Path, env: dict[str, str], args: list[str], line: str,
+) -> None:
+    """Like any setting, whoever gives them (the platform's ``PORT`` and ``WEB_CONCURRENCY``,
+    or the flag, named as typed), and before anything is opened."""
+    done = subprocess.run(
+        [sys.executable, "-m", "receiver", *args, "--db", str(tmp_path / "r.db")],
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SONIC_WEBHOOK_SECRET": "x",
+             **env}, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    [shown] = done.stderr.strip().splitlines()
+    assert shown.startswith(f"sonic-receiver: error: {line}")
+    assert not (tmp_path / "r.db").exists()
+
+
+def test_help_works_whatever_port_says(tmp_path: Path) -> None:
+    """``--help`` reads no setting: a bad ``PORT`` is serve's error, not the parser's."""
+    done = subprocess.run(
+        [sys.executable, "-m", "receiver", "serve", "--help"],
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PORT": "abc",
+             "WEB_CONCURRENCY": "abc"}, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "$PORT" in done.stdout

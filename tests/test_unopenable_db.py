@@ -31,6 +31,11 @@ def not_a_database(tmp_path: Path) -> Path:
     return tmp_path / "receiver.db"
 
 
+def unreachable_postgresql(tmp_path: Path) -> str:
+    """A PostgreSQL URL on a port where nothing listens (no server needed)."""
+    return f"postgresql://127.0.0.1:{free_port()}/receiver"
+
+
 def read_only_folder(tmp_path: Path) -> Path:
     if os.geteuid() == 0:
         pytest.skip("root writes into read-only folders")
@@ -41,10 +46,13 @@ def read_only_folder(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("command", [["serve", "--port", "0"], ["worker"]])
-@pytest.mark.parametrize("make", [a_directory, under_a_file, not_a_database, read_only_folder])
+@pytest.mark.parametrize("make", [a_directory, under_a_file, not_a_database, read_only_folder,
+                                  unreachable_postgresql])
 def test_an_unopenable_database_stops_start_up_with_one_line_and_status_2(
-    tmp_path: Path, command: list[str], make: Callable[[Path], Path]
+    tmp_path: Path, command: list[str], make: Callable[[Path], Path | str]
 ) -> None:
+    """The one line is all: serve opens the database before uvicorn starts, so no server
+    line comes before it."""
     db = make(tmp_path)
     if command[0] == "serve":
         command = ["serve", "--port", str(free_port())]
@@ -57,6 +65,7 @@ def test_an_unopenable_database_stops_start_up_with_one_line_and_status_2(
                           env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
+    assert "uvicorn" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("sonic-receiver: error: cannot ")
     assert str(db) in last

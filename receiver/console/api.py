@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -38,6 +37,7 @@ import receiver.console.shapes as shapes
 from receiver.auth import client_address
 from receiver.console.session import visitor_of
 from receiver.console.shapes import ShapeResponse, builtins
+from receiver.conversion import TIME_FORMS, parse_time
 from receiver.errors import ReceiverError
 from receiver.jobs import JobState
 from receiver.media import file_response
@@ -86,18 +86,14 @@ def delivery_detail(detail: DeliveryDetail) -> shapes.DeliveryDetail:
 # ---- query parameters ----------------------------------------------------------------------
 
 
-def _time(value: str | None, name: str) -> float | None:
-    """Unix seconds or an ISO 8601 time."""
+def _time(value: str | None, name: str, now: float) -> float | None:
+    """A time as the command line takes it too (:func:`receiver.conversion.parse_time`)."""
     if value is None or value == "":
         return None
     try:
-        return float(value)
+        return parse_time(value, now=now)
     except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        raise BadQuery(f"{name} must be unix seconds or an ISO 8601 time") from None
+        raise BadQuery(f"{name} must be a time: {TIME_FORMS}") from None
 
 
 def _choice(value: str | None, enum: Any, name: str) -> Any:
@@ -123,31 +119,38 @@ def _text(params: Mapping[str, str], name: str) -> str | None:
     return params.get(name) or None
 
 
-def task_filter(params: Mapping[str, str]) -> TaskFilter:
+def task_filter(params: Mapping[str, str], *, now: float) -> TaskFilter:
+    """The tasks ``params`` ask for; a relative time (``2h``) counts back from ``now``."""
     return TaskFilter(
         state=_choice(params.get("state"), State, "state"),
         task_type=_text(params, "task_type"), tag=_text(params, "tag"),
-        parent=_text(params, "parent"), since=_time(params.get("since"), "since"),
-        until=_time(params.get("until"), "until"), text=_text(params, "q"),
+        parent=_text(params, "parent"), since=_time(params.get("since"), "since", now),
+        until=_time(params.get("until"), "until", now), text=_text(params, "q"),
     )
 
 
-def delivery_filter(params: Mapping[str, str]) -> DeliveryFilter:
+def delivery_filter(params: Mapping[str, str], *, now: float) -> DeliveryFilter:
     return DeliveryFilter(
         outcome=_choice(params.get("outcome"), Outcome, "outcome"),
         event=_text(params, "event"), source=_choice(params.get("source"), Source, "source"),
-        since=_time(params.get("since"), "since"), task_id=_text(params, "task_id"),
+        since=_time(params.get("since"), "since", now), task_id=_text(params, "task_id"),
     )
 
 
-def job_filter(params: Mapping[str, Any], *, default_state: JobState | None = None) -> JobFilter:
+def job_filter(params: Mapping[str, Any], *, now: float,
+               default_state: JobState | None = None) -> JobFilter:
     state = params.get("state")
     return JobFilter(
         state=_choice(state, JobState, "state") if state else default_state,
         handler=params.get("handler") or None, task_id=params.get("task_id") or None,
-        since=_time(_str(params.get("since")), "since"),
-        until=_time(_str(params.get("until")), "until"),
+        since=_time(_str(params.get("since")), "since", now),
+        until=_time(_str(params.get("until")), "until", now),
     )
+
+
+def _now(request: Request) -> float:
+    """The app's clock: what a relative time in a query (``since=2h``) counts back from."""
+    return runtime_of(request).clock.now()
 
 
 def _str(value: Any) -> str | None:
@@ -293,7 +296,8 @@ def _guard(endpoint: Endpoint) -> Endpoint:
 async def list_tasks(request: Request) -> Response:
     params = request.query_params
     reads = reads_of(request)
-    page = await reads.list_tasks(task_filter(params), limit=_limit(params),
+    page = await reads.list_tasks(task_filter(params, now=_now(request)),
+                                  limit=_limit(params),
                                   cursor=params.get("cursor"))
     return ShapeResponse(await task_page(reads, page))
 
@@ -381,8 +385,9 @@ async def get_task(request: Request) -> Response:
 
 async def list_jobs(request: Request) -> Response:
     params = request.query_params
-    page = await reads_of(request).list_jobs_page(job_filter(params), limit=_limit(params),
-                                                  cursor=params.get("cursor"))
+    page = await reads_of(request).list_jobs_page(
+        job_filter(params, now=_now(request)), limit=_limit(params),
+        cursor=params.get("cursor"))
     return ShapeResponse(shapes.JobPage.of(page))
 
 
@@ -404,7 +409,8 @@ async def get_job(request: Request) -> Response:
 async def list_deliveries(request: Request) -> Response:
     params = request.query_params
     page = await reads_of(request).list_deliveries(
-        delivery_filter(params), limit=_limit(params), cursor=params.get("cursor"))
+        delivery_filter(params, now=_now(request)), limit=_limit(params),
+        cursor=params.get("cursor"))
     return ShapeResponse(shapes.DeliveryPage.of(page))
 
 
@@ -486,11 +492,11 @@ async def retry_jobs(request: Request) -> Response:
         if body.get(name) is not None and (
             isinstance(body[name], bool) or not isinstance(body[name], str | int | float)
         ):
-            raise BadQuery(f"{name} must be unix seconds or an ISO 8601 time")
+            raise BadQuery(f"{name} must be a time: {TIME_FORMS}")
     dry_run = body.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise BadQuery("dry_run must be true or false")
-    where = job_filter(body, default_state=JobState.DEAD)
+    where = job_filter(body, now=_now(request), default_state=JobState.DEAD)
     if where.state not in (JobState.DEAD, JobState.DONE):
         raise BadQuery("state must be dead or done: only finished jobs are retried")
     return JSONResponse(await actions_of(request).retry_matching(

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from receiver.console.shapes import REF_TEMPLATE, components
+from receiver.conversion import TIME_FORMS
 from receiver.jobs import JobState
 from receiver.models import Outcome, Source
 from receiver.states import State
@@ -71,7 +72,7 @@ PAGING = [
        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
     _q("cursor", "next_cursor of the previous page"),
 ]
-TIME = "unix seconds or ISO 8601"
+TIME = TIME_FORMS
 
 
 TOO_MANY = {"description": "Too many wrong tokens from this address: wait Retry-After seconds",

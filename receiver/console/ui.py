@@ -237,7 +237,7 @@ async def tasks_view(request: Request) -> View:
     context: dict[str, Any] = {"params": params, "states": list(State), "page": None,
                                "error": None}
     try:
-        where = api.task_filter(params)
+        where = api.task_filter(params, now=runtime_of(request).clock.now())
         page = await reads.list_tasks(where, limit=PAGE, cursor=params.get("cursor"))
     except (api.BadQuery, BadCursor) as exc:
         return View("tasks.html", {**context, "error": exc.message}, 400)
@@ -280,7 +280,8 @@ async def deliveries_view(request: Request) -> View:
                                "sources": list(Source), "page": None, "error": None}
     try:
         page = await api.reads_of(request).list_deliveries(
-            api.delivery_filter(params), limit=PAGE, cursor=params.get("cursor"))
+            api.delivery_filter(params, now=runtime_of(request).clock.now()), limit=PAGE,
+            cursor=params.get("cursor"))
     except (api.BadQuery, BadCursor) as exc:
         return View("deliveries.html", {**context, "error": exc.message}, 400)
     return View("deliveries.html", {
@@ -311,7 +312,7 @@ async def jobs_view(request: Request) -> View:
     context: dict[str, Any] = {"params": params, "states": list(JobState), "page": None,
                                "error": None}
     try:
-        where = api.job_filter(params)
+        where = api.job_filter(params, now=runtime_of(request).clock.now())
         page = await reads.list_jobs_page(where, limit=PAGE, cursor=params.get("cursor"))
     except (api.BadQuery, BadCursor) as exc:
         return View("jobs.html", {**context, "error": exc.message}, 400)
@@ -410,7 +411,7 @@ async def act_retry_jobs(request: Request) -> Response:
     fields = {k: str(form.get(k, "")) for k in ("state", "handler", "task_id", "since", "until")}
     fields["state"] = fields["state"] or "dead"
     try:
-        where = api.job_filter(fields)
+        where = api.job_filter(fields, now=runtime_of(request).clock.now())
         if where.state not in (JobState.DEAD, JobState.DONE):
             raise api.BadQuery("only dead or done jobs can be retried")
     except api.BadQuery as exc:

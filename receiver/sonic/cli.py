@@ -135,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument(
         "--faults",
         metavar="JSON|@FILE",
-        help='the whole fault setup, {"global": {...}, "keys": {"KEY": {...}}}; '
-        "overrides the flags above",
+        help='the whole fault setup, {"global": {...}, "keys": {"KEY": {...}}}, as GET '
+        "/_sandbox/faults answers and PUT /_sandbox/faults takes; overrides the flags above",
     )
     return parser
 

@@ -3,6 +3,7 @@ deliveries with their raw body, jobs, and the audited actions."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from receiver.clock import FakeClock
+from receiver.conversion import TIME_FORMS
 from receiver.jobs import JobState
 from receiver.models import JobFilter
 from receiver.storage.roles import sqlite_storage
@@ -69,6 +71,15 @@ async def test_task_filters(api: httpx.AsyncClient, clock: FakeClock) -> None:
     assert await ids(tag="jazz") == ["t-b"]
     assert await ids(since=str(clock.now() - 50)) == ["t-b"]
     assert await ids(until=str(clock.now() - 50)) == ["t-a"]
+    # the times the command line takes, counted back from the app's clock (issue 23, item 8)
+    assert await ids(since="50s") == ["t-b"]
+    assert await ids(until="50 ago") == ["t-a"]
+    assert await ids(since="1h ago") == ["t-b", "t-a"]
+    iso = datetime.fromtimestamp(clock.now() - 50, UTC).replace(tzinfo=None).isoformat()
+    assert await ids(since=iso) == ["t-b"]  # UTC when it names no offset
+    refused = await api.get("/tasks", params={"since": "yesterday"})
+    assert refused.status_code == 400
+    assert TIME_FORMS in refused.json()["error"]
     listed = (await api.get("/tasks")).json()["items"][0]
     assert listed["title"] == "Rainy Day"
     assert listed["clips"] == 1

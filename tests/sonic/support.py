@@ -74,8 +74,14 @@ class SandboxHandle:
         return rows
 
     async def set_faults(self, faults: Mapping[str, Any], key: str | None = None) -> None:
-        params = {"key": key} if key else {}
-        response = await self.http.put("/_sandbox/faults", json=dict(faults), params=params)
+        """Set the global fault config, or ``key``'s: the setup GET answers, changed in that
+        one place and PUT back whole (the shape both take)."""
+        setup = (await self.http.get("/_sandbox/faults")).json()
+        if key:
+            setup["keys"][key] = dict(faults)
+        else:
+            setup["global"] = dict(faults)
+        response = await self.http.put("/_sandbox/faults", json=setup)
         assert response.status_code == 200, response.text
 
 

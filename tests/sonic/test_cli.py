@@ -130,15 +130,21 @@ def test_link_fault_options_make_the_link_faults() -> None:
 def test_the_demos_sandbox_faults_keep_its_dropped_webhook_and_are_checked(
     tmp_path: Path,
 ) -> None:
-    """``scripts/demo --sandbox-faults``: the sandbox gets them with the demo's own drop."""
+    """``scripts/demo --sandbox-faults``: a setup in the sandbox's one shape; the sandbox gets
+    it with the demo's own drop added to the global config, and a bad one is refused."""
     from receiver.demo import sandbox_faults
 
     path = tmp_path / "faults.json"
-    path.write_text(json.dumps({"links": {"expire_s": 2}, "media": {"kind": "html"}}))
-    config = build_config(build_parser().parse_args(["--faults", sandbox_faults(f"@{path}")]))
+    path.write_text(json.dumps({"global": {"links": {"expire_s": 2}, "media": {"kind": "html"}},
+                                "keys": {"other": {"drop": 1.0}}}))
+    config = build_config(build_parser().parse_args(
+        ["--seed", "3", "--faults", sandbox_faults(f"@{path}", 3)]))
     assert config.faults.links.expire_s == 2.0
     assert config.faults.drop_events == (EventDrop(task=1, event=WebhookEvent.COMPLETED),)
     assert config.faults.media is not None
     assert config.faults.media.kind is MediaFaultKind.HTML
-    with pytest.raises(ValueError, match=r"links\.expire_s"):
-        sandbox_faults('{"links": {"expire_s": -1}}')
+    assert config.key_faults["other"].drop == 1.0
+    with pytest.raises(ValueError, match=r"global: links\.expire_s"):
+        sandbox_faults('{"global": {"links": {"expire_s": -1}}}', 3)
+    with pytest.raises(ValueError, match=r"unknown field\(s\) links: the fault setup is"):
+        sandbox_faults('{"links": {"expire_s": 2}}', 3)

@@ -169,7 +169,8 @@ async def test_media_faults_can_be_set_at_runtime() -> None:
         assert (await sb.http.get(url)).status_code == 500
         assert (await sb.http.delete("/_sandbox/faults")).status_code == 200
         assert (await sb.http.get(url)).status_code == 200
-        bad = await sb.http.put("/_sandbox/faults", json={"media": {"kind": "redirect"}})
+        bad = await sb.http.put("/_sandbox/faults",
+                                json={"global": {"media": {"kind": "redirect"}}})
         assert bad.status_code == 400
         assert "url" in bad.json()["message"]
 
@@ -265,6 +266,6 @@ async def test_link_faults_are_checked_when_set() -> None:
     async with serve_sandbox() as sb:
         for links, word in (({"expire_s": 0}, "expire_s"), ({"placeholder_s": -1}, "placeholder_s"),
                             ({"expires": 3}, "expires"), ({"placeholder_failed": 1}, "true")):
-            answer = await sb.http.put("/_sandbox/faults", json={"links": links})
+            answer = await sb.http.put("/_sandbox/faults", json={"global": {"links": links}})
             assert answer.status_code == 400
             assert word in answer.json()["message"]

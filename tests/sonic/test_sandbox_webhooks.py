@@ -255,12 +255,42 @@ async def test_spellings_of_states_reach_webhooks_and_get_music_for_one_key_only
     assert faults["keys"]["other"]["spellings"] == spelled
 
 
+async def test_put_faults_takes_what_get_answers_and_the_command_line_takes() -> None:
+    """One shape for the whole fault setup: GET's answer PUT back is accepted unchanged, a
+    ``{"global": ...}`` as ``--faults`` takes it is the new setup, and a bare fault config, a
+    ``?key=`` or another seed is refused saying what the shape is."""
+    async with serve_sandbox(_config(drop=0.5)) as sb:
+        before = (await sb.http.get("/_sandbox/faults")).json()
+        again = await sb.http.put("/_sandbox/faults", json=before)
+        setup = {"global": {"duplicate": 1.0}, "keys": {KEY: {"drop": 1.0}}}
+        put = await sb.http.put("/_sandbox/faults", json=setup)
+        after = (await sb.http.get("/_sandbox/faults")).json()
+        bare = await sb.http.put("/_sandbox/faults", json={"drop": 1.0})
+        keyed = await sb.http.put("/_sandbox/faults", params={"key": KEY}, json={"drop": 1.0})
+        seeded = await sb.http.put("/_sandbox/faults", json={**setup, "seed": 99})
+        unchanged = (await sb.http.get("/_sandbox/faults")).json()
+    assert (again.status_code, again.json()) == (200, before)
+    assert before["global"]["drop"] == 0.5
+    assert put.status_code == 200
+    assert put.json() == after
+    assert (after["global"]["duplicate"], after["global"]["drop"]) == (1.0, 0.0)
+    assert after["keys"][KEY]["drop"] == 1.0
+    for refused in (bare, keyed, seeded):
+        assert refused.status_code == 400, refused.text
+    assert '{"global": {...}, "keys": {"KEY": {...}}}' in bare.json()["message"]
+    assert "drop" in bare.json()["message"]
+    assert "?key" in keyed.json()["message"]
+    assert "--seed" in seeded.json()["message"]
+    assert unchanged == after
+
+
 @pytest.mark.parametrize(
     "spellings", [{"done": "completed"}, {"succeeded": ""}, {"failed": 1}, ["succeeded"]]
 )
 async def test_a_spelling_of_no_state_or_of_nothing_is_refused(spellings: object) -> None:
     async with serve_sandbox(_config()) as sb:
-        response = await sb.http.put("/_sandbox/faults", json={"spellings": spellings})
+        response = await sb.http.put("/_sandbox/faults",
+                                     json={"keys": {KEY: {"spellings": spellings}}})
     assert response.status_code == 400, response.text
     assert "spellings" in response.json()["message"]
 

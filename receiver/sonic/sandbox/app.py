@@ -25,7 +25,7 @@ Controls (no auth: the sandbox is a local tool)::
 
     GET  /_sandbox/health
     GET  /_sandbox/keys                      PUT /_sandbox/keys/{key} {credits?, legacy_signature?}
-    GET  /_sandbox/faults                    PUT /_sandbox/faults[?key=K] {fault config}
+    GET  /_sandbox/faults                    PUT /_sandbox/faults {the setup GET answers}
     DELETE /_sandbox/faults[?key=K]          (a key's override, or the global config)
     GET  /_sandbox/deliveries[?task_id=&event=&outcome=]
     GET  /_sandbox/tasks/{task_id}           (the plan: timeline, fate, clips, tempo)
@@ -81,7 +81,12 @@ from receiver.sonic.contract import (
 )
 from receiver.sonic.errors import SonicValidationError
 from receiver.sonic.sandbox.config import SandboxConfig
-from receiver.sonic.sandbox.faults import FaultConfig, FaultConfigError, MediaFault
+from receiver.sonic.sandbox.faults import (
+    SETUP,
+    FaultConfig,
+    FaultConfigError,
+    MediaFault,
+)
 from receiver.sonic.sandbox.providers import ProviderApis
 from receiver.sonic.sandbox.state import ClipPlan, SandboxState, Source, Upload
 from receiver.sonic.sandbox.webhooks import Webhooks
@@ -593,18 +598,17 @@ class Sandbox:
         return JSONResponse(self.state.faults.to_json())
 
     async def put_faults(self, request: Request) -> Response:
+        """The whole setup, in the shape GET answers and ``--faults`` takes."""
+        if "key" in request.query_params:
+            raise _Refused(400, f"PUT takes the whole setup, {SETUP}; no ?key")
         body = await self._body(request)
         try:
-            config = FaultConfig.from_json(body)
+            self.state.faults.load(body)
         except FaultConfigError as exc:
             raise _Refused(400, str(exc)) from None
-        key = request.query_params.get("key")
-        if key:
-            self.state.faults.by_key[key] = config
-        else:
-            self.state.faults.global_config = config
-        log.info("faults_updated", scope="key" if key else "global", faults=config.to_json())
-        return JSONResponse(self.state.faults.to_json())
+        answer = self.state.faults.to_json()
+        log.info("faults_updated", scope="all", faults=answer)
+        return JSONResponse(answer)
 
     async def delete_faults(self, request: Request) -> Response:
         key = request.query_params.get("key")

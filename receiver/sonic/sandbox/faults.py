@@ -4,7 +4,16 @@ Decisions are deterministic: a fault with rate ``p`` strikes the thing it is abo
 delivery, a task, a clip) when ``chance(seed, kind, id) < p``, a hash of the seed and the
 thing's id, so a run with the same seed and the same requests strikes the same things.
 
-The JSON form (``PUT /_sandbox/faults``, ``--faults``), every field optional::
+The whole setup has one JSON form: what ``GET /_sandbox/faults`` answers, ``PUT
+/_sandbox/faults`` takes (and replaces everything with) and ``--faults`` takes at start::
+
+    {
+      "seed": 7,               # read only: the sandbox's --seed (any other value is refused)
+      "global": {...},         # the fault config of every key without one of its own
+      "keys": {"KEY": {...}}   # a key's own config, used instead of the global one
+    }
+
+A fault config, every field optional::
 
     {
       "duplicate": 0.0,        # a delivery is sent twice (same X-Webhook-Id)
@@ -312,12 +321,31 @@ class Faults:
         }
 
     def load(self, data: object) -> None:
-        """Replace everything with ``{"global": {...}, "keys": {"KEY": {...}}}``."""
+        """Replace everything with a setup as :meth:`to_json` writes it: ``{"global": {...},
+        "keys": {"KEY": {...}}}``, each part optional (left out: no faults), ``seed`` too."""
         if not isinstance(data, Mapping):
-            raise FaultConfigError("faults must be a JSON object")
+            raise FaultConfigError(f"faults must be a JSON object: {SETUP}")
+        unknown = set(data) - {"seed", "global", "keys"}
+        if unknown:
+            raise FaultConfigError(
+                f"unknown field(s) {', '.join(sorted(map(str, unknown)))}: the fault setup is "
+                f"{SETUP}")
+        if "seed" in data and data["seed"] != self.seed:
+            raise FaultConfigError(f"seed is {self.seed}, fixed when the sandbox starts (--seed)")
         keys = data.get("keys") or {}
         if not isinstance(keys, Mapping):
             raise FaultConfigError("keys must map API keys to fault configs")
-        global_config = FaultConfig.from_json(data.get("global") or {})
-        by_key = {str(k): FaultConfig.from_json(v) for k, v in keys.items()}
+        global_config = _part("global", data.get("global") or {})
+        by_key = {str(k): _part(f"keys.{k}", v) for k, v in keys.items()}
         self.global_config, self.by_key = global_config, by_key
+
+
+SETUP = '{"global": {...}, "keys": {"KEY": {...}}}, as GET /_sandbox/faults answers'
+
+
+def _part(where: str, data: object) -> FaultConfig:
+    """One fault config of a setup; an error says which one."""
+    try:
+        return FaultConfig.from_json(data)
+    except FaultConfigError as exc:
+        raise FaultConfigError(f"{where}: {exc}") from None
