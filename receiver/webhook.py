@@ -62,7 +62,8 @@ async def receive_body(receive: Receive, declared: str | None, limit: int) -> by
     """The body from ASGI ``receive``, or :class:`BodyTooLarge` as soon as it is known to pass
     ``limit`` bytes: from ``declared`` (``Content-Length``) before reading anything, else
     while streaming. A client that goes away raises Starlette's ``ClientDisconnect``."""
-    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+    length = (declared or "").strip()
+    if length.isascii() and length.isdigit() and int(length) > limit:  # "³".isdigit() too
         raise BodyTooLarge(limit)
     chunks: list[bytes] = []
     size = 0

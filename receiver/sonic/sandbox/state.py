@@ -435,7 +435,8 @@ class SandboxState:
                                and provider not in PROVIDER_LINK_S):
             return None
         expires_text = query.get("expires", "")
-        if not expires_text.isdigit() or query.get("signature") != link_signature(
+        numeric = expires_text.isascii() and expires_text.isdigit()
+        if not numeric or query.get("signature") != link_signature(
             self.config.seed, clip_id, int(expires_text)
         ):
             return "not signed"
