@@ -52,11 +52,11 @@ from receiver.plugin import (
     Options,
     PermanentError,
     PositiveInt,
-    SonicClient,
     SonicRequestError,
     SonicUnavailable,
     SonicValidationError,
     State,
+    TaskApi,
     TaskType,
     Text,
     handler,
@@ -294,7 +294,7 @@ async def _analyse(ctx: Context, rule: Rule, clips: Sequence[Clip]) -> None:
         ctx.log.info("follow_up_result", rule=rule.name, clip_id=clip.clip_id, kind=rule.action)
 
 
-def _client(ctx: Context) -> SonicClient:
+def _client(ctx: Context) -> TaskApi:
     if ctx.sonic is None:
         raise PermanentError("no Sonic client: set SONIC_API_BASE_URL and SONIC_API_KEY")
     return ctx.sonic

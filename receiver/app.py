@@ -6,7 +6,9 @@ app's lifespan, what is passed belongs to the caller; the lifespan puts the open
 :class:`receiver.runtime.Runtime` at ``app.state.runtime``, where the endpoints read it. Nothing
 happens at import.
 
-The route table: ``POST /webhooks/sonic`` (:mod:`receiver.webhook`), the probes ``GET /healthz``
+The route table: ``POST /webhooks/sonic`` (:mod:`receiver.webhook`), ``POST
+/webhooks/<provider>[/<token>]`` for each provider a ``[providers.<name>]`` table enables
+(:mod:`receiver.providers`), the probes ``GET /healthz``
 and ``GET /readyz`` (:mod:`receiver.probes`), and the admin surface: ``POST /tasks``
 (:mod:`receiver.creation`) and the operator's console (:mod:`receiver.console`: the read API,
 kept files, its actions, ``/metrics``, ``/openapi.json`` and the dashboard at ``/ui``). The
@@ -15,7 +17,8 @@ admin surface is one ``Mount`` behind :class:`receiver.console.session.ConsoleAu
 session cookie, or an explicit opt-out); the probes stay open so that orchestrators can call
 them. Request bodies are read under :class:`receiver.connections.BodyTimeout`. Deliveries skip
 Starlette's middleware and router (:class:`ReceiverApp`): the webhook is the route that takes
-load. Every response carries :mod:`receiver.headers`' headers, deliveries' too; the client,
+load (the other providers' too, after Sonic's path). Every response carries
+:mod:`receiver.headers`' headers, deliveries' too; the client,
 scheme and host a trusted proxy forwarded are applied before anything else reads them
 (:mod:`receiver.proxies`).
 
@@ -53,6 +56,7 @@ from receiver.console.ui import not_found_page
 from receiver.creation import creation_routes
 from receiver.headers import SecurityHeaders
 from receiver.probes import probe_routes
+from receiver.providers.registry import adapters as provider_adapters
 from receiver.proxies import ForwardedHeaders
 from receiver.registry import Registry, load_registry
 from receiver.routing import router_for
@@ -63,7 +67,7 @@ from receiver.signatures import Verifier
 from receiver.sonic.client import SonicClient
 from receiver.storage.roles import Storage
 from receiver.tallies import Tally
-from receiver.webhook import WebhookEndpoint
+from receiver.webhook import ProviderEndpoint, WebhookEndpoint
 
 log = structlog.get_logger("receiver.app")
 
@@ -99,12 +103,16 @@ def create_app(
     endpoint = WebhookEndpoint(verifier=verifier, clock=clock,
                                max_body_bytes=settings.max_body_bytes, router=router,
                                refusals=refusals)
+    adapters = provider_adapters(settings, clock=clock)
+    providers = ProviderEndpoint(adapters=adapters, clock=clock,
+                                 max_body_bytes=settings.max_body_bytes, router=router,
+                                 refusals=refusals) if adapters else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_runtime(
             settings, storage=storage, clock=clock, http=http, router=router, registry=registry,
-            sonic=sonic,
+            sonic=sonic, adapters=adapters,
         ) as opened:
             # what the endpoints read (request.app.state.runtime); None again once closed
             app.state.runtime = opened
@@ -115,18 +123,19 @@ def create_app(
                 # written by others (replay, a second process) and due retries.
                 worker = opened.make_worker(poll_s=max(1.0, settings.worker_poll_s))
                 worker_task = asyncio.create_task(worker.run(), name="worker")
-            if settings.reconcile_every_s is not None and opened.sonic is None:
+            poller = opened.poller
+            if settings.reconcile_every_s is not None and poller is None:
                 log.warning("reconcile_disabled", reason="no Sonic client configured")
-            if settings.reconcile_every_s is not None and opened.sonic is not None:
+            if settings.reconcile_every_s is not None and poller is not None:
                 background.append(asyncio.create_task(reconcile_every(
                     settings.reconcile_every_s, settings.reconcile_stale_s,
                     admin=opened.storage.admin, ingest=opened.storage.ingest,
-                    sonic=opened.sonic, router=router, clock=clock,
+                    sonic=poller, router=router, clock=clock,
                 ), name="reconcile"))
             if settings.deadlines.enabled:
                 background.append(asyncio.create_task(deadlines_every(
                     settings.deadlines, admin=opened.storage.admin, watch=opened.storage.watch,
-                    ingest=opened.storage.ingest, sonic=opened.sonic, router=router,
+                    ingest=opened.storage.ingest, sonic=poller, router=router,
                     clock=clock,
                 ), name="deadlines"))
             alerting = Alerting(
@@ -147,9 +156,12 @@ def create_app(
                     keep_ids_s=settings.retention_keep_ids_s,
                 ), name="retention"))
             endpoint.open(opened.storage.ingest)
+            if providers is not None:
+                providers.open(opened.storage.ingest)
             log.info(
                 "receiver_started",
                 db=opened.storage.describe(),
+                providers=["sonic", *adapters],
                 schemes=[s.value for s in settings.schemes],
                 verify=verifier is not None,
                 worker=settings.worker,
@@ -160,6 +172,8 @@ def create_app(
             finally:
                 log.info("receiver_stopping")
                 endpoint.close()
+                if providers is not None:
+                    providers.close()
                 for task in background:
                     task.cancel()
                 await asyncio.gather(*background, return_exceptions=True)
@@ -175,13 +189,20 @@ def create_app(
     ]
     sessions = Sessions(settings, throttle=Throttle(clock),
                         open_key=next(iter(settings.webhook_secrets), None))
+    every_method = ["POST", "GET", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    provider_routes = [] if providers is None else [
+        Route("/webhooks/{provider}", providers, name="provider_webhook", methods=every_method),
+        Route("/webhooks/{provider}/{secret}", providers, methods=every_method),
+    ]
     app = ReceiverApp(
         webhook=SecurityHeaders(BodyTimeout(endpoint, timeout_s=settings.body_timeout_s)),
+        providers=None if providers is None else SecurityHeaders(
+            BodyTimeout(providers, timeout_s=settings.body_timeout_s)),
         routes=[
             # Every method, so that a GET is told 405 here rather than taken by the admin Mount.
             # (Served by ReceiverApp's shortcut; the route names it and serves a root_path.)
-            Route(WEBHOOK_PATH, endpoint, name="webhook",
-                  methods=["POST", "GET", "PUT", "PATCH", "DELETE", "OPTIONS"]),
+            Route(WEBHOOK_PATH, endpoint, name="webhook", methods=every_method),
+            *provider_routes,
             *probe_routes(),
             # Everything else, unknown paths included, is the admin surface.
             Mount("", routes=admin, middleware=[
@@ -198,25 +219,34 @@ def create_app(
 
 
 WEBHOOK_PATH = "/webhooks/sonic"
+PROVIDER_PATHS = "/webhooks/"
 
 
 class ReceiverApp(Starlette):
     """Starlette with one shortcut: a request for :data:`WEBHOOK_PATH` (the route that takes
     load) goes straight to ``webhook`` (its endpoint under :class:`BodyTimeout`), not through
     Starlette's error and exception middleware and router, which cost about as much again as
-    BodyTimeout and the endpoint's own HTTP work. The endpoint answers every outcome itself;
-    an error escaping it is answered 500 and logged by the server, as Starlette's
-    ``ServerErrorMiddleware`` would. Middleware given to the app does not see deliveries."""
+    BodyTimeout and the endpoint's own HTTP work; so does one under ``/webhooks/`` to
+    ``providers``, when other providers are enabled (checked after Sonic's path, which pays
+    nothing for it). The endpoints answer every outcome themselves; an error escaping one is
+    answered 500 and logged by the server, as Starlette's ``ServerErrorMiddleware`` would.
+    Middleware given to the app does not see deliveries."""
 
-    def __init__(self, *, webhook: ASGIApp, **options: Any) -> None:
+    def __init__(self, *, webhook: ASGIApp, providers: ASGIApp | None = None,
+                 **options: Any) -> None:
         super().__init__(**options)
         self.webhook = webhook
+        self.providers = providers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == WEBHOOK_PATH and not scope.get(
                 "root_path"):
             scope["app"] = self
             await self.webhook(scope, receive, send)
+        elif (self.providers is not None and scope["type"] == "http"
+              and scope["path"].startswith(PROVIDER_PATHS) and not scope.get("root_path")):
+            scope["app"] = self
+            await self.providers(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 

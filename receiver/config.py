@@ -1,7 +1,8 @@
 """The config file's shape, written once as typed msgspec Structs.
 
 ``receiver.toml`` is one document: the receiver's own tables (``[receiver]``, ``[worker]``,
-``[reconcile]``, ``[retention]``, ``[network]``, ``[admin]``, ``[alerts]``, ``[deadlines]``),
+``[reconcile]``, ``[retention]``, ``[network]``, ``[admin]``, ``[alerts]``, ``[deadlines]``,
+``[providers.<name>]``),
 ``[[routes]]``, ``[handlers.<name>]`` paths, and the table of each handler that declares one
 (``[notify]``, ``[follow_up]``). Every table is a :class:`receiver.conversion.Table`; the
 receiver's values that need parsing (database and media locations, networks, secrets, tokens,
@@ -39,7 +40,7 @@ from receiver.conversion import (
     Text,
     shown,
 )
-from receiver.signatures import Scheme, parse_schemes
+from receiver.signatures import PRECEDENCE, Scheme, parse_schemes
 
 if TYPE_CHECKING:
     from typing import Self
@@ -91,7 +92,7 @@ class Secrets(tuple[str, ...], Domain):
 class Schemes(tuple[Scheme, ...], Domain):
     """Signature schemes: a list, or names separated by commas."""
 
-    choices = tuple(s.value for s in Scheme if s is not Scheme.NONE)
+    choices = tuple(s.value for s in PRECEDENCE)
     description = f"signature schemes, from {', '.join(choices)}"
     json_schema: ClassVar[dict[str, Any]] = {
         "description": description,
@@ -573,6 +574,98 @@ class DeadlinesTable(Table, kw_only=True, frozen=True):
         return min(self.deadline_s(t) for t in (*DEFAULT_DEADLINES, None))
 
 
+# ---- providers ---------------------------------------------------------------------------------
+
+
+class ProviderTable(Table, kw_only=True, frozen=True):
+    """What every ``[providers.<name>]`` table has (:mod:`receiver.providers`): the provider
+    takes callbacks at ``/webhooks/<name>`` while ``enabled``; ``api_key`` lets the receiver
+    create its tasks (``POST /tasks``) and poll them (reconcile, confirmation); ``base_url``
+    is its API (left out: the documented one); ``path_secret`` is a static secret path
+    segment (``/webhooks/<name>/<secret>``) for tasks created elsewhere, where the provider
+    authenticates nothing itself; ``confirm``: record a callback whose body nothing
+    authenticates as unconfirmed, effective once a poll agrees (left out: the provider's
+    default, yes wherever the body is not authenticated)."""
+
+    enabled: Flag = ON
+    api_key: Text | None = None
+    base_url: HttpUrl | None = None
+    path_secret: Secrets | None = None
+    confirm: Flag | None = None
+
+
+class SunoapiTable(ProviderTable, kw_only=True, frozen=True):
+    """``[providers.sunoapi]`` (and the tables of the providers of its shape): ``concat_path``
+    is the path of a concat endpoint, which the provider's docs do not name (left out:
+    concat is refused)."""
+
+    concat_path: Annotated[str, msgspec.Meta(pattern=r"^/[^\s?#]*$",
+                                             description="a path starting with /")] | None = None
+
+
+class KieTable(SunoapiTable, kw_only=True, frozen=True):
+    """``[providers.kie]``: ``hmac_key`` is the account's webhookHmacKey; with it, every
+    callback must carry its ``X-Webhook-Signature`` (over the task id and the time, not the
+    body)."""
+
+    hmac_key: Secrets | None = None
+
+
+class ApiboxTable(SunoapiTable, kw_only=True, frozen=True):
+    """``[providers.apibox]``: sunoapi.org's shape, failures called ``failed``."""
+
+
+class PiapiTable(ProviderTable, kw_only=True, frozen=True):
+    """``[providers.piapi]``: ``webhook_secret`` is sent with every task created here and
+    must come back, in plain text, in each callback's ``x-webhook-secret`` (any of several:
+    a rotation). ``model`` is the model tasks are created with."""
+
+    webhook_secret: Secrets | None = None
+    model: Text = "music-s"
+
+    def __post_init__(self) -> None:
+        if self.enabled and self.webhook_secret is None:
+            raise FieldError("webhook_secret", "is required: PiAPI callbacks are checked by it")
+
+
+class AimlapiTable(ProviderTable, kw_only=True, frozen=True):
+    """``[providers.aimlapi]``: ``webhook_secret`` is the workspace's ``whsec_`` signing
+    secret (Standard Webhooks; several: a rotation); ``model`` the model tasks are created
+    with."""
+
+    webhook_secret: Secrets | None = None
+    model: Text = "suno/v4.5"
+
+    def __post_init__(self) -> None:
+        if self.enabled and self.webhook_secret is None:
+            raise FieldError("webhook_secret", "is required: AIMLAPI callbacks are signed with it")
+
+
+class ProvidersTable(Table, kw_only=True, frozen=True):
+    """``[providers]``: the hosted APIs besides Sonic whose callbacks this receiver takes,
+    each enabled by its table. Sonic is always served (``[receiver]`` configures it)."""
+
+    sunoapi: SunoapiTable | None = None
+    kie: KieTable | None = None
+    apibox: ApiboxTable | None = None
+    piapi: PiapiTable | None = None
+    aimlapi: AimlapiTable | None = None
+
+    def tables(self) -> dict[str, ProviderTable]:
+        """The providers' tables that are written and enabled, by name."""
+        return {f.encode_name: table for f in msgspec.structs.fields(self)
+                if (table := getattr(self, f.name)) is not None and table.enabled}
+
+    def secrets(self) -> list[str]:
+        """Every secret value the tables hold (keys, path secrets, signing secrets)."""
+        found: list[str] = []
+        for table in self.tables().values():
+            found += [table.api_key or "", *(table.path_secret or ())]
+            found += [*(getattr(table, "hmac_key", None) or ()),
+                      *(getattr(table, "webhook_secret", None) or ())]
+        return [value for value in found if value]
+
+
 class HandlerPath(Table, kw_only=True, frozen=True):
     """``[handlers.<name>]``: a handler registered from a ``module:function`` path."""
 
@@ -663,6 +756,7 @@ class CoreFile(RoutesFile, kw_only=True, frozen=True):
     admin: AdminTable = msgspec.field(default_factory=AdminTable)
     alerts: AlertsTable = msgspec.field(default_factory=AlertsTable)
     deadlines: DeadlinesTable = msgspec.field(default_factory=DeadlinesTable)
+    providers: ProvidersTable = msgspec.field(default_factory=ProvidersTable)
     handlers: dict[str, HandlerPath] = msgspec.field(default_factory=dict)
 
 

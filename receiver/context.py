@@ -22,11 +22,11 @@ from receiver.clock import Clock
 from receiver.fetching import NetPolicy
 from receiver.jobs import Job, PermanentError
 from receiver.media import MediaStore
-from receiver.models import ChildState, ChildTask, Result, StoredFile, TaskView
+from receiver.models import ChildState, ChildTask, Result, Source, StoredFile, TaskView
+from receiver.providers import TaskApi
 from receiver.recovery import poll_delivery
 from receiver.routing import Router
 from receiver.settings import Settings
-from receiver.sonic.client import SonicClient
 from receiver.storage.ingest import Ingest
 from receiver.storage.tasks import HandlerOutput
 
@@ -54,13 +54,14 @@ class HandlerContext:
     (``[notify]``), as its declared Struct, or None. ``media`` is where files are kept (the
     local folder or the object store of ``RECEIVER_MEDIA``); ``network`` the policy every URL a
     callback named is fetched under (``[network]``); ``http`` the shared HTTP client; ``sonic``
-    the Sonic API client, when configured (then :meth:`refresh_task` asks it for the task
-    again); ``settings`` the receiver's, read only.
+    the API client of the task's provider (Sonic's, or another's through
+    :class:`receiver.providers.calls.ProviderCalls`), when configured (then
+    :meth:`refresh_task` asks it for the task again); ``settings`` the receiver's, read only.
     """
 
     options: Any
     http: httpx.AsyncClient
-    sonic: SonicClient | None
+    sonic: TaskApi | None
     settings: Settings
     clock: Clock
     log: structlog.stdlib.BoundLogger
@@ -93,16 +94,27 @@ class HandlerContext:
         Returns the task as stored afterwards. Raises :class:`receiver.sonic.errors.SonicError`
         when get-music fails, and RuntimeError when no Sonic client is configured (check
         ``sonic`` first)."""
+        return (await self.poll_task())[1]
+
+    async def poll_task(self, *, source: Source = Source.POLL) -> tuple[str, TaskView]:
+        """:meth:`refresh_task`, recorded as a delivery of ``source`` (``confirm`` for a
+        confirmation, :mod:`receiver.confirmation`): that delivery's id, and the task as
+        stored afterwards. The task's provider answers (``sonic`` routes the call)."""
         if self.sonic is None:
             raise RuntimeError("no Sonic client is configured: the task cannot be refreshed")
         music = await self.sonic.get_music(self.job.task_id)
-        delivery = poll_delivery(self.job.task_id, music, received_at=self.clock.now())
-        ingest = self.ingest if self.ingest is not None else Ingest(self.store.db)
-        result = await ingest.record_delivery(delivery, router=self.router)
+        delivery = poll_delivery(self.job.task_id, music, received_at=self.clock.now(),
+                                 source=source)
+        result = await self.ingest_role().record_delivery(delivery, router=self.router)
         self.log.info("task_refreshed", task_id=self.job.task_id,
                       delivery_id=delivery.delivery_id, outcome=result.outcome.value,
-                      transitions=len(result.transitions))
-        return await self.task()
+                      transitions=len(result.transitions), source=source.value)
+        return delivery.delivery_id, await self.task()
+
+    def ingest_role(self) -> Ingest:
+        """Where a poll's answer is recorded: ``ingest``, else the ingest role over the
+        handler output's database (the same database, the same recording rules)."""
+        return self.ingest if self.ingest is not None else Ingest(self.store.db)
 
     async def files(self) -> list[StoredFile]:
         return await self.store.list_files(self.job.task_id)

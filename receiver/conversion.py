@@ -254,7 +254,8 @@ def _explain(exc: msgspec.ValidationError, raw: object, type_: Any, prefix: str,
 
 
 def _segments(where: str) -> list[Segment]:
-    return [key if key else (int(index) if index.isdigit() else "...")
+    return [key if key else (int(index) if index.isascii() and index.isdigit()
+                                         else "...")
             for key, index in _SEGMENT.findall(where)]
 
 

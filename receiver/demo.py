@@ -12,6 +12,13 @@ The same loop runs as a deployment would: ``--db postgresql://...`` (or ``RECEIV
 such a URL) on a PostgreSQL database, ``--web-processes N`` web processes
 (``serve --workers N``) and ``--separate-worker`` (the jobs in ``sonic-receiver worker``).
 
+``--provider sunoapi`` (or ``kie``, ``apibox``) closes the same loop through that provider
+(:mod:`receiver.providers`), as the sandbox plays it: the song and its follow-ups are created
+through its API with a per-task token in the callback URL, its staged callbacks (``text``,
+``first``, ``complete``) come unauthenticated (kie.ai's signed over the task and the time, not
+the body), and each takes effect only once the receiver's confirming poll of the provider
+agrees, shown as ``(confirm)``. Its dropped ``complete`` is made up for by those polls.
+
 ``--sandbox-faults JSON|@FILE`` gives the sandbox more to do wrong (a fault setup, as
 ``PUT /_sandbox/faults`` takes it; the dropped ``song.completed`` is added to its ``global``
 config), e.g. links that expire before late webhooks arrive, and a CDN that first answers with
@@ -111,6 +118,22 @@ action = "concat"
 
 
 DROPPED = {"task": 1, "event": "song.completed"}  # the song's: reconciliation recovers it
+# The providers the demo's loop runs through: Sonic's API, or one of sunoapi.org's shape
+# (the ones with extend and concat calls in the sandbox and the receiver's clients).
+PROVIDERS = ("sonic", "sunoapi", "kie", "apibox")
+KIE_HMAC_KEY = "demo-kie-hmac-key"
+PROVIDER_TABLE = """
+[providers.{name}]
+api_key = "{key}"
+base_url = "{sandbox}/{name}"
+concat_path = "/api/v1/generate/concat"   # the sandbox's: the provider documents none
+{extra}"""
+
+
+def provider_table(name: str, sandbox_url: str) -> str:
+    """The receiver's ``[providers.<name>]`` table for the sandbox playing ``name``."""
+    extra = f'hmac_key = "{KIE_HMAC_KEY}"\n' if name == "kie" else ""
+    return PROVIDER_TABLE.format(name=name, key=API_KEY, sandbox=sandbox_url, extra=extra)
 
 
 def sandbox_faults(text: str | None, seed: int) -> str:
@@ -251,9 +274,11 @@ async def serve_until_stopped() -> None:
 
 
 async def run(workdir: Path, limit_s: float, sink_port: int, *, seed: int, stay: bool = False,
-              deployment: Deployment = Deployment(), faults: str | None = None) -> int:
+              deployment: Deployment = Deployment(), faults: str | None = None,
+              provider: str = "sonic") -> int:
     """The loop, once, with a sandbox seeded with ``seed`` (its ids depend on it); ``faults``
-    is the sandbox's ``--faults`` (:func:`sandbox_faults`), None for the demo's own."""
+    is the sandbox's ``--faults`` (:func:`sandbox_faults`), None for the demo's own;
+    ``provider`` the API it runs through (:data:`PROVIDERS`)."""
     start = time.monotonic()
     sandbox_port, receiver_port = free_port(), free_port()
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
@@ -278,13 +303,17 @@ async def run(workdir: Path, limit_s: float, sink_port: int, *, seed: int, stay:
     }
     if deployment.separate_worker:
         receiver_env["RECEIVER_WORKER"] = "off"
+    if provider != "sonic":
+        with (workdir / "receiver.toml").open("a", encoding="utf-8") as config:
+            config.write(provider_table(provider, sandbox_url))
+    played = ["--kie-hmac-key", KIE_HMAC_KEY] if provider == "kie" else []
     notes: list[dict[str, Any]] = []
     print(f"sonic-receiver demo: everything lives in {workdir}/ (logs: *.log)", flush=True)
     sandbox = await spawn(
         ["sandbox", "--port", str(sandbox_port), "--api-key", API_KEY, "--credits",
          str(CREDITS), "--speed", "demo", "--seed", str(seed), "--faults",
          faults or sandbox_faults(None, seed),
-         "--log-format", "json"],
+         "--log-format", "json", *played],
         base_env, workdir / "sandbox.log")
     receiver = await spawn(["serve", "--port", str(receiver_port),
                             "--workers", str(deployment.web_processes)],
@@ -297,28 +326,31 @@ async def run(workdir: Path, limit_s: float, sink_port: int, *, seed: int, stay:
                                workdir / "sandbox.log")
             await wait_healthy(http, f"{receiver_url}/healthz", receiver,
                                workdir / "receiver.log")
-            say(start, f"sandbox on {sandbox_url} (it will drop the song's song.completed), "
+            dropping = "song.completed" if provider == "sonic" else "complete callback"
+            say(start, f"sandbox on {sandbox_url} (it will drop the song's {dropping}), "
                        f"receiver on {receiver_url}")
             if deployment != Deployment():
                 say(start, f"receiver: {deployment.web_processes} web process(es)"
                            f"{', a separate worker' if worker else ''}"
                            f"{', on PostgreSQL' if deployment.db else ''}")
-            created = await http.post(f"{receiver_url}/tasks", json=SONG, headers=admin)
+            song = SONG if provider == "sonic" else {**SONG, "provider": provider}
+            created = await http.post(f"{receiver_url}/tasks", json=song, headers=admin)
             if created.status_code != 201:
                 say(start, f"create failed: {created.status_code} {created.text}")
                 return 1
             root = created.json()["task_id"]
-            say(start, f"created {_short(root)} (create_music) through POST /tasks")
+            through = "" if provider == "sonic" else f" through {provider}"
+            say(start, f"created {_short(root)} (create_music) through POST /tasks{through}")
             progress = Progress()
             ok = await watch(http, receiver_url, root, progress, start, limit_s, admin)
             keys = (await http.get(f"{sandbox_url}/_sandbox/keys")).json()["keys"]
             dropped = (await http.get(f"{sandbox_url}/_sandbox/deliveries",
                                       params={"outcome": "dropped"})).json()["deliveries"]
-            recovered = _recovered(progress, root)
+            recovered = _recovered(progress, root, provider)
             heard = await measure(http, receiver_url, progress, admin)
             parts = await charged(http, sandbox_url, progress)
             summarise(progress, workdir, CREDITS - int(keys[API_KEY]["credits"]), notes,
-                      dropped, recovered, heard, parts)
+                      dropped, recovered, heard, parts, provider=provider)
             closed = bool(ok and recovered and dropped)
             say(start, "the loop closed: done" if closed
                 else "the loop did not close in time: see the logs")
@@ -377,7 +409,9 @@ def show(view: dict[str, Any], progress: Progress, start: float) -> None:
         if key in progress.seen:
             continue
         progress.seen.add(key)
-        note = "  <- recovered by reconciliation" if t["source"] == "poll" else ""
+        note = {"poll": "  <- recovered by reconciliation",
+                "confirm": "  <- a callback confirmed by polling the provider"}.get(
+                    t["source"], "")
         say(start, f"task {_short(task['task_id'])} {kind:<13} -> {t['to']:<9} "
                    f"({t['source']}){note}")
     for job in view["jobs"]:
@@ -388,9 +422,12 @@ def show(view: dict[str, Any], progress: Progress, start: float) -> None:
                        f"{job['state']}{error}")
 
 
-def _recovered(progress: Progress, root: str) -> bool:
+def _recovered(progress: Progress, root: str, provider: str = "sonic") -> bool:
+    """Whether the song succeeded by a poll of the provider (its completion was dropped):
+    reconciliation's, or for a provider whose bodies are confirmed, a confirming poll."""
     view = progress.views.get(root, {})
-    return any(t["source"] == "poll" and t["to"] == "succeeded"
+    sources = ("poll",) if provider == "sonic" else ("poll", "confirm")
+    return any(t["source"] in sources and t["to"] == "succeeded"
                for t in view.get("transitions", []) if t["entity"] == "task")
 
 
@@ -431,7 +468,7 @@ async def charged(http: httpx.AsyncClient, sandbox_url: str,
 def summarise(progress: Progress, workdir: Path, spent: int, notes: list[dict[str, Any]],
               dropped: list[dict[str, Any]], recovered: bool,
               heard: dict[str, float] | None = None,
-              parts: list[tuple[str, int]] | None = None) -> None:
+              parts: list[tuple[str, int]] | None = None, *, provider: str = "sonic") -> None:
     heard = heard or {}
     print("\nsummary", flush=True)
     print(f"  {'task':<10} {'type':<13} {'clip':<10} {'kind':<6} {'bytes':>9} {'seconds':>8} "
@@ -464,9 +501,13 @@ def summarise(progress: Progress, workdir: Path, spent: int, notes: list[dict[st
     by_state = ", ".join(f"{n} {s}" for s, n in states.items())
     print(f"  jobs run: {sum(states.values())} ({by_state})")
     print(f"  notifications received by the local sink: {len(notes)}")
+    if provider != "sonic":
+        print(f"  provider: {provider}; every task's state came from polling it, each "
+              "callback confirmed (or contradicted) by a poll")
+    by = "reconciliation" if provider == "sonic" else "polling the provider"
     for d in dropped:
         print(f"  webhook dropped by the sandbox: {d['event']} of {_short(d['task_id'])}; "
-              f"recovered by reconciliation: {'yes' if recovered else 'NO'}")
+              f"recovered by {by}: {'yes' if recovered else 'NO'}")
 
 
 def credits_line(spent: int, parts: list[tuple[str, int]]) -> str:
@@ -533,6 +574,9 @@ def main(argv: list[str]) -> int:
                         help="more faults for the sandbox, as PUT /_sandbox/faults takes "
                              "them (e.g. '{\"global\": {\"links\": {\"expire_s\": 2}, "
                              "\"delay_s\": 3}}')")
+    parser.add_argument("--provider", choices=PROVIDERS, default="sonic",
+                        help="the API the loop runs through, as the sandbox plays it "
+                        "(default sonic)")
     args = parser.parse_args(argv)
     seed = secrets.randbelow(2**31)  # new ids each run, whatever the database already holds
     try:
@@ -546,7 +590,7 @@ def main(argv: list[str]) -> int:
     prepare(args.dir, sink_port)
     try:
         return asyncio.run(run(args.dir, args.timeout, sink_port, seed=seed, stay=args.stay,
-                               deployment=deployment, faults=faults))
+                               deployment=deployment, faults=faults, provider=args.provider))
     except RuntimeError as exc:
         print(f"sonic-receiver demo: {exc}", file=sys.stderr)
         return 1

@@ -7,11 +7,17 @@ refusal, credits, a timeout, one of the seed's request errors), then the code al
 credits, 408/504 a timeout, another 4xx a refused request, 5xx the upstream's own failure).
 The message comes from a callback: it is only matched, never evaluated, and read up to a
 bounded length.
+
+A provider that documents what its failure codes mean (:mod:`receiver.providers`) has them
+read by :func:`classify_documented`: its table wins over the words (sunoapi.org's 531 says
+"your credits have been refunded": the provider failed, the credits are fine), but for words
+that name a refusal of the content itself (moderation, copyright), which say the most.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from enum import StrEnum
 
 
@@ -81,3 +87,18 @@ def classify(code: int | None, message: str | None) -> FailureCategory:
     if 500 <= code < 600:
         return FailureCategory.UPSTREAM
     return FailureCategory.UNKNOWN
+
+
+_REFUSALS = frozenset({FailureCategory.MODERATION, FailureCategory.COPYRIGHT})
+
+
+def classify_documented(code: int | None, message: str | None,
+                        codes: Mapping[int, FailureCategory]) -> FailureCategory:
+    """The category of a failure of a provider whose ``codes`` say what each means: words
+    naming a refusal of the content first, then the documented code, then :func:`classify`."""
+    words = classify(None, message)
+    if words in _REFUSALS:
+        return words
+    if code is not None and code in codes:
+        return codes[code]
+    return classify(code, message)

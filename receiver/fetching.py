@@ -574,7 +574,7 @@ def _expected_total(response: httpx.Response, offset: int) -> int | None:
         if match is not None:
             return int(match.group(3))
     length = response.headers.get("content-length")
-    if length is None or not length.strip().isdigit():
+    if length is None or not (length.strip().isascii() and length.strip().isdigit()):
         return None
     return offset + int(length)
 

@@ -27,8 +27,9 @@ from prometheus_client import Counter, Histogram
 
 INGEST_SECONDS = Histogram(
     "receiver_ingest_seconds",
-    "Time from reading a webhook to answering it, store commit included.",
-    ["outcome"],
+    "Time from reading a webhook to answering it, store commit included, by outcome and "
+    "provider.",
+    ["outcome", "provider"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 JOB_SECONDS = Histogram(
@@ -53,16 +54,25 @@ STORE_RECONNECTS = Counter(
 
 
 _OUTCOMES = {200: "recorded", 422: "quarantined", 401: "refused", 413: "too_large",
-             503: "store_unavailable"}
-_ingest_by_status: dict[int, Any] = {}  # labels() takes a lock and builds a key: once a status
+             503: "store_unavailable", 404: "not_found"}
+# labels() takes a lock and builds a key: once a status (and provider)
+_ingest_by_status: dict[int, Any] = {}
+_ingest_by_provider: dict[tuple[int, str], Any] = {}
 
 
-def observe_ingest(seconds: float, status: int) -> None:
-    """A webhook was answered with ``status`` after ``seconds``."""
-    histogram = _ingest_by_status.get(status)
+def observe_ingest(seconds: float, status: int, provider: str = "sonic") -> None:
+    """A webhook of ``provider`` was answered with ``status`` after ``seconds``."""
+    if provider == "sonic":
+        histogram = _ingest_by_status.get(status)
+    else:
+        histogram = _ingest_by_provider.get((status, provider))
     if histogram is None:
-        histogram = INGEST_SECONDS.labels(outcome=_OUTCOMES.get(status, str(status)))
-        _ingest_by_status[status] = histogram
+        histogram = INGEST_SECONDS.labels(outcome=_OUTCOMES.get(status, str(status)),
+                                          provider=provider)
+        if provider == "sonic":
+            _ingest_by_status[status] = histogram
+        else:
+            _ingest_by_provider[(status, provider)] = histogram
     histogram.observe(seconds)
     if status == 503:
         STORE_ERRORS.labels(where="ingest").inc()

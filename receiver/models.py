@@ -15,23 +15,35 @@ from receiver.states import Entity, State
 
 
 class Source(StrEnum):
-    """What brought an event in: every source takes the same record path."""
+    """What brought an event in: every source takes the same record path. ``confirm``: a poll
+    made to confirm a callback whose body nothing authenticated (not a recovery)."""
 
     WEBHOOK = "webhook"
     POLL = "poll"
     REPLAY = "replay"
+    CONFIRM = "confirm"
 
 
 class Outcome(StrEnum):
+    """What became of a delivery. ``unconfirmed``: a callback whose body nothing
+    authenticated, kept with no effect until a poll of its provider agrees with it (it is
+    then ``recorded``, with the poll's delivery as ``confirmed_by``) or does not
+    (``contradicted``)."""
+
     RECORDED = "recorded"
     DUPLICATE = "duplicate"
     QUARANTINED = "quarantined"
+    UNCONFIRMED = "unconfirmed"
+    CONTRADICTED = "contradicted"
 
 
 @dataclass(frozen=True, kw_only=True)
 class Delivery:
     """One event as it arrived, verified. ``callback`` is the parsed body, or None with
-    ``error`` saying why the body cannot be used (it is then kept raw as quarantined)."""
+    ``error`` saying why the body cannot be used (it is then kept raw as quarantined).
+    ``provider`` is whose it is (:mod:`receiver.providers`); ``unconfirmed``: what
+    authenticated it does not cover its body, so it is kept with no effect until a poll
+    confirms it (:mod:`receiver.confirmation`)."""
 
     delivery_id: str
     source: Source
@@ -43,6 +55,8 @@ class Delivery:
     callback: Callback | None
     error: str | None = None
     task_id_hint: str | None = None
+    provider: str = "sonic"
+    unconfirmed: bool = False
 
     def __post_init__(self) -> None:
         if (self.callback is None) == (self.error is None):
@@ -91,6 +105,7 @@ class Task:
     parent_task_id: str | None = None
     failure_category: str | None = None  # receiver.failures.FailureCategory, when failed
     overdue_at: float | None = None  # when it went past its deadline ([deadlines])
+    provider: str = "sonic"  # whose task it is (receiver.providers)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,6 +138,8 @@ class StoredDelivery:
     outcome: Outcome
     reason: str | None
     received_at: float
+    provider: str = "sonic"
+    confirmed_by: str | None = None  # the poll delivery that confirmed an unconfirmed one
 
 
 @dataclass(frozen=True, kw_only=True)

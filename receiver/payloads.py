@@ -30,6 +30,7 @@ from receiver.clips import (
     read_clips,
 )
 from receiver.errors import PayloadError
+from receiver.failures import FailureCategory
 from receiver.states import EVENT_STATE, State, WebhookEvent
 
 log = structlog.get_logger("receiver.payloads")
@@ -43,7 +44,9 @@ _EVENTS = {e.value: e for e in WebhookEvent}
 @dataclass(frozen=True, kw_only=True)
 class Callback:
     """A usable callback body. ``task_id`` is None when neither the body nor the webhook URL
-    named the task: the store then looks it up by clip."""
+    named the task: the store then looks it up by clip. ``failure_category``: what a
+    provider's adapter read from its documented codes (None: the store classifies the code
+    and message, :func:`receiver.failures.classify`)."""
 
     task_id: str | None
     event: WebhookEvent | None
@@ -51,6 +54,7 @@ class Callback:
     code: int | None
     message: str | None
     clips: tuple[ClipReport, ...]
+    failure_category: FailureCategory | None = None
 
     def reported_states(self) -> dict[str, State]:
         """Each reported clip's state; a clip without one takes the state its event implies,

@@ -71,6 +71,7 @@ from receiver.jobs import PermanentError, Retry
 from receiver.media import MediaError, MediaRefused, MediaStore
 from receiver.models import ChildState, ChildTask, Clip, Result, StoredFile, Task, TaskView
 from receiver.notifying import NotSent, Target, UnusableTarget, send, services, targets_of
+from receiver.providers import TaskApi
 from receiver.registry import handler
 from receiver.signatures import sign_standard
 from receiver.sonic.client import SonicClient
@@ -126,6 +127,7 @@ __all__ = [
     "StoredFile",
     "Target",
     "Task",
+    "TaskApi",
     "TaskType",
     "TaskView",
     "Text",

@@ -9,7 +9,11 @@ Inside one transaction:
    answers ``duplicate`` (or the earlier quarantine), and nothing changes;
 2. an unusable body, or a task that cannot be named, is kept raw as ``quarantined`` with the
    reason;
-3. else the task is locked, its state and its clips' states read (one statement), the task and
+3. a delivery whose body nothing authenticated (``unconfirmed``) is kept as ``unconfirmed``
+   with no effect at all: its task is registered (as pending, if new) and one job is planned,
+   the confirmation (:data:`CONFIRM_HANDLER`, :mod:`receiver.confirmation`), which polls the
+   provider and records what it answers through this same algorithm; no handler job;
+4. else the task is locked, its state and its clips' states read (one statement), the task and
    the clips it reports upserted, each state transition that :func:`receiver.states.plan`
    allows written, and with a router, one job per handler of every route the task
    transitions match (a job key seen before is skipped).
@@ -29,12 +33,18 @@ from receiver.clips import ClipReport
 from receiver.failures import classify
 from receiver.jobs import JobSpec
 from receiver.models import Delivery, Outcome, RecordResult, StoredDelivery, Transition
+from receiver.payloads import Callback
 from receiver.routing import Router, TaskFacts, split_tags
-from receiver.states import Entity, State, plan
+from receiver.states import Entity, State, plan, task_state
 from receiver.storage.connector import Tx
 from receiver.storage.records import record as read
 
 UNKNOWN_TASK = "no task_id in the body or ?task_id=, and none of its clips is known"
+# The job that confirms an unconfirmed delivery (receiver.confirmation): a core handler, not a
+# plugin's, and how many polls it makes before it calls the delivery contradicted.
+CONFIRM_HANDLER = "receiver.confirm"
+CONFIRM_ROUTE = "confirmation"
+CONFIRM_ATTEMPTS = 6
 
 
 async def record(tx: Tx, delivery: Delivery, *, router: Router | None = None) -> RecordResult:
@@ -53,6 +63,8 @@ async def record(tx: Tx, delivery: Delivery, *, router: Router | None = None) ->
         return RecordResult(outcome=Outcome.QUARANTINED, delivery_id=delivery.delivery_id,
                             task_id=delivery.task_id_hint, state=None, reason=reason)
 
+    if delivery.unconfirmed:
+        return await _unconfirmed(tx, delivery, callback, task_id)
     if not await _insert_delivery(tx, delivery, outcome=Outcome.RECORDED, task_id=task_id,
                                   reason=None):
         return await _seen_before(tx, delivery)
@@ -79,7 +91,9 @@ async def record(tx: Tx, delivery: Delivery, *, router: Router | None = None) ->
     await tx.send("upsert_task", {
         "task_id": task_id, "state": change.task_state.value, "platform": callback.platform,
         "error": failure, "at": at, "delivery_id": delivery.delivery_id,
-        "failure_category": None if failure is None else classify(callback.code, failure).value,
+        "provider": delivery.provider,
+        "failure_category": None if failure is None else (
+            callback.failure_category or classify(callback.code, failure)).value,
     })
     refreshed = [(c, reported[c.clip_id]) for c in callback.clips if c.clip_id in change.refresh]
     if refreshed:
@@ -93,16 +107,41 @@ async def record(tx: Tx, delivery: Delivery, *, router: Router | None = None) ->
                         jobs=jobs)
 
 
+async def _unconfirmed(tx: Tx, delivery: Delivery, callback: Callback,
+                       task_id: str) -> RecordResult:
+    """Keep a delivery whose body nothing authenticated, with no effect: its task is known
+    from now on (pending, if new), and the one job it owes is its confirmation, told what
+    the body claims the task reached (the state rules' aggregate of the body alone)."""
+    if not await _insert_delivery(tx, delivery, outcome=Outcome.UNCONFIRMED, task_id=task_id,
+                                  reason=None):
+        return await _seen_before(tx, delivery)
+    at = delivery.received_at
+    await tx.run("register_task", {"task_id": task_id, "at": at, "task_type": None,
+                                   "parent": None, "provider": delivery.provider})
+    claims = task_state(callback.reported_states().values(), callback.event)
+    jobs = await insert_jobs(tx, [JobSpec(
+        key=f"{task_id}/confirm/{delivery.delivery_id}", handler=CONFIRM_HANDLER,
+        route=CONFIRM_ROUTE, options={"delivery_id": delivery.delivery_id,
+                                      "claims": claims.value},
+        task_id=task_id, trigger="delivery.unconfirmed", delivery_id=delivery.delivery_id,
+        max_attempts=CONFIRM_ATTEMPTS)], at=at)
+    found = await tx.one("task_state", {"task_id": task_id})
+    return RecordResult(outcome=Outcome.UNCONFIRMED, delivery_id=delivery.delivery_id,
+                        task_id=task_id, state=State(found["state"]) if found else None,
+                        jobs=jobs)
+
+
 async def register(
     tx: Tx, task_id: str, *, task_type: str, parent: str | None, at: float,
-    router: Router | None,
+    router: Router | None, provider: str | None = None,
 ) -> None:
-    """Upsert a task this receiver created (type, parent) and catch up on the jobs its recorded
-    transitions owe: its webhook may have come before the create call returned. (When it is
-    being recorded right now in another process, the two upserts of the task row make one
-    transaction wait for the other's commit, so one of them sees the other's writes.)"""
+    """Upsert a task this receiver created (type, parent; ``provider``: whose, else its
+    parent's, else Sonic's) and catch up on the jobs its recorded transitions owe: its
+    webhook may have come before the create call returned. (When it is being recorded right
+    now in another process, the two upserts of the task row make one transaction wait for
+    the other's commit, so one of them sees the other's writes.)"""
     await tx.run("register_task", {"task_id": task_id, "at": at, "task_type": task_type,
-                                   "parent": parent})
+                                   "parent": parent, "provider": provider})
     earlier = await tx.rows("task_transitions", {"task_id": task_id})
     await plan_jobs(tx, router, task_id, [read(Transition, r) for r in earlier], at=at)
 
@@ -139,7 +178,7 @@ async def _seen_before(tx: Tx, delivery: Delivery) -> RecordResult:
     if earlier.task_id:
         found = await tx.one("task_state", {"task_id": earlier.task_id})
         state = State(found["state"]) if found is not None else None
-    if earlier.outcome is Outcome.RECORDED:
+    if earlier.outcome in (Outcome.RECORDED, Outcome.UNCONFIRMED):
         await tx.run("count_duplicate", {"delivery_id": delivery.delivery_id,
                                          "at": delivery.received_at})
     outcome = Outcome.DUPLICATE if earlier.outcome is Outcome.RECORDED else earlier.outcome
@@ -157,7 +196,7 @@ async def _insert_delivery(
         "scheme": delivery.scheme, "event": delivery.event, "task_id": task_id,
         "outcome": outcome.value, "reason": reason,
         "headers": dumps(dict(delivery.headers), sort=True), "body": delivery.body,
-        "received_at": delivery.received_at,
+        "received_at": delivery.received_at, "provider": delivery.provider,
     })
     return inserted == 1
 

@@ -26,14 +26,16 @@ import httpx
 import structlog
 from aiolimiter import AsyncLimiter
 
+from receiver.clips import load, parse_identifier
 from receiver.clock import Clock
 from receiver.errors import PayloadError, ReceiverError
 from receiver.jobs import JobState
 from receiver.models import Delivery, JobFilter, Outcome, RawDelivery, RecordResult, Source
 from receiver.payloads import Callback, envelope, try_parse
+from receiver.providers import SONIC, Adapter, Poller
+from receiver.providers.registry import reader_for
 from receiver.routing import Router
 from receiver.signatures import Scheme, header_bytes, header_text, sign
-from receiver.sonic.client import SonicClient
 from receiver.sonic.errors import SonicError, TaskNotFound
 from receiver.sonic.responses import Music
 from receiver.storage.admin import Admin
@@ -76,9 +78,12 @@ class Summary:
 # ---- reconcile ---------------------------------------------------------------------------------
 
 
-def poll_delivery(task_id: str, music: Music, *, received_at: float) -> Delivery:
-    """A get-music answer, as the client read it, as a delivery of source ``poll``: its clips
-    are not read again. The body is the answer's JSON with ``task_id`` added, read again by
+def poll_delivery(task_id: str, music: Music, *, received_at: float,
+                  source: Source = Source.POLL) -> Delivery:
+    """A poll's answer (Sonic's get-music, or another provider's, ``music.provider``), as the
+    client read it, as a delivery of ``source`` (``poll``, or ``confirm`` for a
+    confirmation): its clips are not read again (another provider's answer comes read as
+    ``music.callback``). The body is the answer's JSON with ``task_id`` added, read again by
     :func:`replayed` as this same callback; its id is a digest of the body, so polling a task
     whose state has not changed is a duplicate, not a new delivery."""
     callback: Callback | None
@@ -89,17 +94,19 @@ def poll_delivery(task_id: str, music: Music, *, received_at: float) -> Delivery
     except (ValueError, TypeError, RecursionError) as exc:  # nested past the recursion limit
         body = json.dumps({"task_id": task_id, "unserialisable_answer": type(exc).__name__},
                           sort_keys=True).encode()
-        callback, error = None, f"get-music answer cannot be kept: {type(exc).__name__}"
+        what = "get-music" if music.provider == SONIC else f"{music.provider} poll"
+        callback, error = None, f"{what} answer cannot be kept: {type(exc).__name__}"
     else:
         try:
-            callback, error = envelope(document, music.clips, task_id_hint=task_id), None
+            callback, error = music.callback or envelope(document, music.clips,
+                                                         task_id_hint=task_id), None
         except PayloadError as exc:
             callback, error = None, exc.message
-    delivery_id = "poll:" + hashlib.sha256(body).hexdigest()[:32]
+    delivery_id = f"{source.value}:" + hashlib.sha256(body).hexdigest()[:32]
     return Delivery(
-        delivery_id=delivery_id, source=Source.POLL, scheme="poll", event=None, headers={},
+        delivery_id=delivery_id, source=source, scheme="poll", event=None, headers={},
         body=body, received_at=received_at, callback=callback, error=error,
-        task_id_hint=task_id,
+        task_id_hint=task_id, provider=music.provider,
     )
 
 
@@ -107,7 +114,7 @@ async def reconcile(
     task_ids: Sequence[str],
     *,
     store: Ingest,
-    sonic: SonicClient,
+    sonic: Poller,
     router: Router | None,
     clock: Clock,
     concurrency: int = 8,
@@ -115,8 +122,9 @@ async def reconcile(
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> Summary:
-    """Poll each task and record what it says, as :mod:`receiver.recording` does for a
-    webhook. With ``dry_run``, nothing is written: the summary says what would be."""
+    """Poll each task (at its provider: ``sonic`` routes the call) and record what it says,
+    as :mod:`receiver.recording` does for a webhook. With ``dry_run``, nothing is written:
+    the summary says what would be."""
     summary = Summary(command="reconcile", dry_run=dry_run, selected=len(task_ids))
     limiter = AsyncLimiter(max_rate=max(rate_per_s, 0.001), time_period=1.0)
     queue: asyncio.Queue[str] = asyncio.Queue()
@@ -206,14 +214,42 @@ async def redispatch(
 
 
 def replayed(raw: RawDelivery) -> Delivery:
-    """A stored delivery, parsed again (with today's parser), as source ``replay``."""
-    event = raw.headers.get("x-webhook-event") or raw.stored.event
-    callback, error = try_parse(raw.body, event_header=event, task_id_hint=raw.stored.task_id)
+    """A stored delivery, parsed again (with today's parser: its provider's, for a callback
+    or a poll answer of its), as source ``replay``. A callback whose body its provider does
+    not authenticate is replayed unconfirmed: a poll must agree again."""
+    stored = raw.stored
+    event = raw.headers.get("x-webhook-event") or stored.event
+    reader = None if stored.provider == SONIC else reader_for(stored.provider)
+    if reader is None:
+        callback, error = try_parse(raw.body, event_header=event, task_id_hint=stored.task_id)
+    elif stored.source in (Source.POLL, Source.CONFIRM):
+        callback, error = _reparsed_poll(reader, raw.body, stored.task_id)
+    else:
+        callback, error = reader.parse(raw.body, raw.headers)
+    if reader is not None:
+        event = callback.event.value if callback is not None and callback.event else None
+    unconfirmed = (reader is not None and reader.confirms and callback is not None
+                   and stored.source is Source.WEBHOOK)
     return Delivery(
-        delivery_id=raw.stored.delivery_id, source=Source.REPLAY, scheme=raw.stored.scheme,
-        event=event, headers=raw.headers, body=raw.body, received_at=raw.stored.received_at,
-        callback=callback, error=error, task_id_hint=raw.stored.task_id,
+        delivery_id=stored.delivery_id, source=Source.REPLAY, scheme=stored.scheme,
+        event=event, headers=raw.headers, body=raw.body, received_at=stored.received_at,
+        callback=callback, error=error, task_id_hint=stored.task_id,
+        provider=stored.provider, unconfirmed=unconfirmed,
     )
+
+
+def _reparsed_poll(reader: Adapter, body: bytes, task_id: str | None
+                   ) -> tuple[Callback | None, str | None]:
+    try:
+        document = load(body)
+        if not isinstance(document, dict):
+            raise PayloadError("body is not a JSON object")
+        name = task_id or parse_identifier(document.get("task_id"))
+        if name is None:
+            raise PayloadError("no task_id")
+        return reader.poll_callback(document, name), None
+    except PayloadError as exc:
+        return None, exc.message
 
 
 # ---- resend ------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 import msgspec
 
 from receiver.config import HandlerPath
+from receiver.confirmation import CORE_HANDLERS
 from receiver.conversion import ConfigError, convert
 from receiver.errors import SettingsError
 from receiver.jobs import PermanentError
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from receiver.context import Event, HandlerContext
 
 ENTRY_POINT_GROUP = "sonic_receiver.handlers"
+CORE = "receiver."  # the prefix of the receiver's own jobs' handlers (receiver.confirm)
 
 Handler: TypeAlias = "Callable[[Event, HandlerContext], Awaitable[None]]"
 F = TypeVar("F", bound=Callable[..., Awaitable[None]])
@@ -130,6 +132,9 @@ class Registry:
         self._origins: dict[str, str] = {}
 
     def register(self, name: str, handler: Any, *, origin: str) -> None:
+        if name.startswith(CORE):
+            raise SettingsError(f"handler {name!r} from {origin}: names starting with "
+                                f"{CORE!r} are the receiver's own jobs'")
         if not inspect.iscoroutinefunction(handler):
             raise SettingsError(f"handler {name!r} from {origin} is not an async function")
         if name in self._handlers:
@@ -142,7 +147,12 @@ class Registry:
         self._origins[name] = origin
 
     def get(self, name: str) -> Handler | None:
-        return self._handlers.get(name)
+        """The handler ``name``: a registered one, or one of the receiver's own jobs
+        (:data:`receiver.confirmation.CORE_HANDLERS`), which no route names."""
+        found = self._handlers.get(name)
+        if found is None and name.startswith(CORE):
+            return CORE_HANDLERS.get(name)
+        return found
 
     def spec(self, name: str) -> HandlerSpec:
         """What the handler ``name`` declared (:data:`UNDECLARED` for an unknown name)."""

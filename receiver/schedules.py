@@ -16,9 +16,9 @@ import structlog
 from receiver.clock import Clock
 from receiver.config import DeadlinesTable
 from receiver.errors import ReceiverError, StoreError
+from receiver.providers import Poller
 from receiver.recovery import reconcile
 from receiver.routing import Router
-from receiver.sonic.client import SonicClient
 from receiver.storage.admin import Admin
 from receiver.storage.ingest import Ingest
 from receiver.storage.watch import Watch
@@ -32,7 +32,7 @@ async def reconcile_every(
     *,
     admin: Admin,
     ingest: Ingest,
-    sonic: SonicClient,
+    sonic: Poller,
     router: Router | None,
     clock: Clock,
 ) -> None:
@@ -61,7 +61,7 @@ async def deadlines_every(
     admin: Admin,
     watch: Watch,
     ingest: Ingest,
-    sonic: SonicClient | None,
+    sonic: Poller | None,
     router: Router | None,
     clock: Clock,
 ) -> None:
@@ -80,7 +80,7 @@ async def deadlines_every(
 
 
 async def check_deadlines(
-    table: DeadlinesTable, *, watch: Watch, ingest: Ingest, sonic: SonicClient | None,
+    table: DeadlinesTable, *, watch: Watch, ingest: Ingest, sonic: Poller | None,
     router: Router | None, now: float, clock: Clock,
 ) -> list[str]:
     """One round of :func:`deadlines_every`: the tasks found past their deadline (those of

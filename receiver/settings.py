@@ -30,6 +30,7 @@ from receiver.config import (
     Database,
     DeadlinesTable,
     Media,
+    ProvidersTable,
     ReceiverTable,
     WorkerTable,
     token_weakness,
@@ -170,6 +171,8 @@ class Settings:
     alert_targets: tuple[str, ...] = field(default=(), repr=False)
     # Each task type's deadline ([deadlines]).
     deadlines: DeadlinesTable = field(default_factory=DeadlinesTable)
+    # The providers besides Sonic whose callbacks are taken ([providers.<name>]).
+    providers: ProvidersTable = field(default_factory=ProvidersTable, repr=False)
     config_file: Path | None = None
     # The parsed config file: routes, handlers and their settings live here.
     config: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -200,6 +203,7 @@ class Settings:
         """Every secret value of the configuration, to be blanked in logs and errors."""
         values = [*self.webhook_secrets, self.admin_token, self.sonic_api_key,
                   _password_of(self.db_url), *(token for _, token in self.operator_tokens)]
+        values += self.providers.secrets()
         values += [piece for url in self.alert_targets for piece in url_secrets(url)]
         # Notification targets and any other URL in the config file (handler options).
         values += [piece for url in _config_urls(self.config) for piece in url_secrets(url)]
@@ -213,7 +217,14 @@ class Settings:
     @property
     def webhook_url(self) -> str | None:
         """The URL follow-up tasks are created with: this receiver's public webhook."""
-        return f"{self.public_url}/webhooks/sonic" if self.public_url else None
+        return self.callback_url("sonic")
+
+    def callback_url(self, provider: str, secret: str | None = None) -> str | None:
+        """This receiver's public webhook for ``provider`` (with ``secret``, a per-task token
+        or a path secret, as its last segment); None without ``public_url``."""
+        if not self.public_url:
+            return None
+        return f"{self.public_url}/webhooks/{provider}" + (f"/{secret}" if secret else "")
 
 
 def load(
@@ -270,7 +281,7 @@ def load(
 
 
 _CORE_KEYS = frozenset({"receiver", "worker", "reconcile", "retention", "admin", "alerts",
-                        "deadlines"})
+                        "deadlines", "providers"})
 ADMIN_OPERATOR = "admin"  # the operator the admin token (RECEIVER_ADMIN_TOKEN) names
 # Where one apprise URL ends in a list written as one string: a comma before the next scheme
 # (a comma inside a URL, as in mailto's ?to=a,b, is kept).
@@ -333,7 +344,7 @@ def _tables(core: CoreFile) -> dict[str, Any]:
         "retention_s": None if retention.older_than is None else float(retention.older_than),
         "retention_keep_ids_s": float(retention.keep_ids or RETENTION_KEEP_IDS_S),
         "retention_every_s": float(retention.every or RETENTION_EVERY_S),
-        "alerts": core.alerts, "deadlines": core.deadlines,
+        "alerts": core.alerts, "deadlines": core.deadlines, "providers": core.providers,
     }
     if worker.concurrency is not None:
         changes["worker_concurrency"] = worker.concurrency

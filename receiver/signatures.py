@@ -43,6 +43,12 @@ class Scheme(StrEnum):
     STANDARD = "standard"
     LEGACY = "legacy"
     NONE = "none"  # verification switched off with --insecure-no-verify
+    # How the other providers' callbacks are authenticated (receiver.providers): never
+    # choices for Sonic's schemes.
+    KIE = "kie"  # kie.ai's signature over {task_id}.{timestamp}: not the body
+    HEADER_SECRET = "header_secret"  # noqa: S105 -- PiAPI: the secret, in x-webhook-secret
+    TOKEN = "token"  # noqa: S105 -- a per-task token the receiver put in the callback URL
+    PATH_SECRET = "path_secret"  # noqa: S105 -- a static secret path segment
 
 
 # The order in which schemes are tried: the strongest first.
@@ -55,8 +61,13 @@ STANDARD_ID = "webhook-id"
 STANDARD_TIMESTAMP = "webhook-timestamp"
 STANDARD_SIGNATURE = "webhook-signature"
 
-# Headers whose value proves knowledge of a secret: never stored, never logged.
-SIGNATURE_HEADERS = frozenset({MUSICAPI_SIGNATURE, LEGACY_SIGNATURE, STANDARD_SIGNATURE})
+KIE_SIGNATURE = MUSICAPI_SIGNATURE  # the same header names, another scheme (its own path)
+KIE_TIMESTAMP = MUSICAPI_TIMESTAMP
+HEADER_SECRET = "x-webhook-secret"  # noqa: S105 -- a header's name
+
+# Headers whose value proves knowledge of a secret (or is one): never stored, never logged.
+SIGNATURE_HEADERS = frozenset({MUSICAPI_SIGNATURE, LEGACY_SIGNATURE, STANDARD_SIGNATURE,
+                               HEADER_SECRET})
 
 _SIGNATURE_HEADER = {
     Scheme.MUSICAPI: MUSICAPI_SIGNATURE,
@@ -133,12 +144,11 @@ def parse_schemes(text: str) -> tuple[Scheme, ...]:
         raise ValueError("no signature scheme given")
     schemes: list[Scheme] = []
     for name in names:
-        try:
-            scheme = Scheme(name)
-        except ValueError:
-            raise ValueError(f"unknown signature scheme {name!r}") from None
-        if scheme is Scheme.NONE:
+        if name == Scheme.NONE:
             raise ValueError("'none' is not a scheme: use --insecure-no-verify")
+        scheme = next((s for s in PRECEDENCE if s.value == name), None)
+        if scheme is None:
+            raise ValueError(f"unknown signature scheme {name!r}")
         if scheme not in schemes:
             schemes.append(scheme)
     return tuple(schemes)
@@ -209,20 +219,77 @@ class Verifier:
         raise VerificationError("signature_mismatch")
 
     def _timestamp(self, value: str | None) -> int:
-        if value is None:
-            raise VerificationError("missing_timestamp")
-        if not isinstance(value, str):
-            raise VerificationError("malformed_timestamp", "timestamp is not integer seconds")
-        text = value.strip()
-        if not text.isascii() or not text.isdigit() or len(text) > 12:
-            raise VerificationError("malformed_timestamp", "timestamp is not integer seconds")
-        timestamp = int(text)
-        age = self._clock.now() - timestamp
-        if age > self._tolerance_s:
-            raise VerificationError("timestamp_expired")
-        if -age > self._tolerance_s:
-            raise VerificationError("timestamp_in_future")
+        return check_timestamp(value, tolerance_s=self._tolerance_s, now=self._clock.now())
+
+
+def check_timestamp(value: object, *, tolerance_s: int, now: float) -> int:
+    """A signature's timestamp header: integer unix seconds within ``tolerance_s`` of ``now``,
+    in both directions; any other value is a :class:`VerificationError`."""
+    if value is None:
+        raise VerificationError("missing_timestamp")
+    if not isinstance(value, str):
+        raise VerificationError("malformed_timestamp", "timestamp is not integer seconds")
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 12:
+        raise VerificationError("malformed_timestamp", "timestamp is not integer seconds")
+    timestamp = int(text)
+    age = now - timestamp
+    if age > tolerance_s:
+        raise VerificationError("timestamp_expired")
+    if -age > tolerance_s:
+        raise VerificationError("timestamp_in_future")
+    return timestamp
+
+
+# ---- the other providers' ways (receiver.providers) -------------------------------------------
+
+
+def sign_kie(key: str, task_id: str, timestamp: int) -> dict[str, str]:
+    """kie.ai's headers for a callback of ``task_id``: base64 of HMAC-SHA256(key,
+    ``{task_id}.{timestamp}``). The body is not covered."""
+    mac = _mac(key.encode(), f"{task_id}.{timestamp}".encode())
+    return {"X-Webhook-Timestamp": str(timestamp),
+            "X-Webhook-Signature": base64.b64encode(mac).decode()}
+
+
+def verify_kie(keys: Sequence[str], headers: Mapping[str, str], task_id: str, *,
+               tolerance_s: int, now: float) -> int:
+    """Check kie.ai's signature of ``task_id`` (the task the body names) against every key
+    (a rotation); the timestamp it signed, or a :class:`VerificationError`."""
+    signature = headers.get(KIE_SIGNATURE)
+    if signature is None:
+        raise _kie_error("missing_signature", "no X-Webhook-Signature")
+    if not isinstance(signature, str) or len(signature) > _MAX_HEADER:
+        raise _kie_error("malformed_signature")
+    try:
+        timestamp = check_timestamp(headers.get(KIE_TIMESTAMP), tolerance_s=tolerance_s, now=now)
+    except VerificationError as exc:
+        exc.scheme = Scheme.KIE.value
+        raise
+    try:
+        given = base64.b64decode(signature.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise _kie_error("malformed_signature", "not base64") from None
+    content = f"{task_id}.{timestamp}".encode("utf-8", "surrogatepass")
+    # every key is checked, no early exit on the first byte that differs
+    if any([hmac.compare_digest(_mac(key.encode(), content), given) for key in keys]):
         return timestamp
+    raise _kie_error("signature_mismatch")
+
+
+def _kie_error(reason: str, message: str | None = None) -> VerificationError:
+    error = VerificationError(reason, message)
+    error.scheme = Scheme.KIE.value
+    return error
+
+
+def secret_matches(given: str | None, secrets: Sequence[str]) -> bool:
+    """Whether ``given`` (a header's or a path's secret) is one of ``secrets``: each compared
+    in constant time, all of them every time."""
+    if not given or not secrets:
+        return False
+    raw = given.encode("utf-8", "surrogatepass")
+    return any([hmac.compare_digest(raw, secret.encode()) for secret in secrets])
 
 
 def header_text(value: str) -> str:

@@ -1,4 +1,4 @@
-"""``POST /webhooks/sonic``: the path of a delivery, in order.
+"""``POST /webhooks/sonic`` (and ``/webhooks/<provider>``): the path of a delivery, in order.
 
 read (bounded) → verify (raw bytes) → name it (delivery id) → parse → record (one
 transaction) → answer. Nothing is answered 2xx before the store has committed, and nothing
@@ -14,6 +14,12 @@ one route that takes load, and per delivery it reads the raw header list once in
 answers with orjson and pre-encoded header lists, and writes one log line carrying every id
 (``delivery_<outcome>``, with ``path``, ``client``, ``delivery_id`` and ``task_id``) instead of
 binding them as context variables.
+
+The other providers' deliveries (:mod:`receiver.providers`) take the same path at
+``/webhooks/<provider>[/<token>]`` (:class:`ProviderEndpoint`): the provider's adapter
+authenticates them (a per-task token in the URL, looked up in the store, where the provider
+authenticates no body), its parser reads the body, and a body that nothing authenticated is
+recorded ``unconfirmed``. Sonic's endpoint does none of that extra work.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from receiver.clock import Clock
 from receiver.errors import BodyTooLarge, StoreError, VerificationError
 from receiver.models import Delivery, Outcome, RecordResult, Source
 from receiver.payloads import try_parse
+from receiver.providers import Adapter, Inbound, refuse
+from receiver.providers.calls import token_hash
 from receiver.routing import Router
 from receiver.signatures import SIGNATURE_HEADERS, Scheme, Verified, Verifier
 from receiver.storage.ingest import Ingest
@@ -54,7 +62,8 @@ async def receive_body(receive: Receive, declared: str | None, limit: int) -> by
     """The body from ASGI ``receive``, or :class:`BodyTooLarge` as soon as it is known to pass
     ``limit`` bytes: from ``declared`` (``Content-Length``) before reading anything, else
     while streaming. A client that goes away raises Starlette's ``ClientDisconnect``."""
-    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+    length = (declared or "").strip()
+    if length.isascii() and length.isdigit() and int(length) > limit:  # "³".isdigit() too
         raise BodyTooLarge(limit)
     chunks: list[bytes] = []
     size = 0
@@ -244,6 +253,125 @@ class WebhookEndpoint:
         if self.verifier is None:
             return Verified(scheme=Scheme.NONE, timestamp=None, signed_content=body)
         return self.verifier.verify(headers, body)
+
+
+class ProviderEndpoint(WebhookEndpoint):
+    """The ASGI app of ``POST /webhooks/<provider>[/<secret>]`` for the providers
+    ``adapters`` enable (any other name under ``/webhooks/`` is 404). The secret segment is a
+    per-task token (or the provider's static path secret); it is never logged."""
+
+    def __init__(self, *, adapters: Mapping[str, Adapter], clock: Clock, max_body_bytes: int,
+                 router: Router | None = None, store: Ingest | None = None,
+                 refusals: Tally | None = None) -> None:
+        super().__init__(verifier=None, clock=clock, max_body_bytes=max_body_bytes,
+                         router=router, store=store, refusals=refusals)
+        self.adapters = adapters
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            await send_json(send, 405, {"error": "method_not_allowed"},
+                            headers=((b"allow", b"POST"),))
+            return
+        store = self.store
+        if store is None:
+            await send_json(send, 503, {"error": "store_unavailable"})
+            return
+        started = time.perf_counter()
+        try:
+            status, content = await self.ingest(store, scope, receive)
+        except ClientDisconnect:  # gone (or cut off by BodyTimeout, which answers 408)
+            return
+        await send_json(send, status, content)
+        name = self.name_of(scope)
+        metrics.observe_ingest(time.perf_counter() - started, status,
+                               name if name in self.adapters else "unknown")
+
+    @staticmethod
+    def name_of(scope: Scope) -> str:
+        """The provider a request's path names."""
+        params = scope.get("path_params") or {}
+        if "provider" in params:  # routed by Starlette (an app mounted under a root_path)
+            return str(params["provider"])
+        return str(scope["path"]).removeprefix("/webhooks/").partition("/")[0]
+
+    async def ingest(self, store: Ingest, scope: Scope, receive: Receive
+                     ) -> tuple[int, dict[str, Any]]:
+        params = scope.get("path_params") or {}
+        name = self.name_of(scope)
+        if "provider" in params:
+            secret = str(params.get("secret", ""))
+        else:
+            secret = str(scope["path"]).removeprefix("/webhooks/").partition("/")[2]
+        adapter = self.adapters.get(name)
+        if adapter is None or "/" in secret:
+            return 404, {"error": "not_found"}
+        headers = header_map(scope)
+        where: dict[str, Any] = {"path": f"/webhooks/{name}", "provider": name,
+                                 "client": (scope.get("client") or (None,))[0]}
+        try:
+            body = await receive_body(receive, headers.get("content-length"),
+                                      self.max_body_bytes)
+        except BodyTooLarge as exc:
+            log.warning("delivery_too_large", limit=exc.limit, **where)
+            return 413, {"error": "body_too_large", "limit": exc.limit}
+        inbound = Inbound(headers=headers, body=body, secret=secret or None)
+        try:
+            verified, bound = await self._authenticate(store, adapter, inbound)
+            callback, error = adapter.parse(body, headers)
+            if bound is not None and callback is not None and callback.task_id not in (
+                    None, bound):
+                raise refuse("token_task_mismatch", Scheme.TOKEN,
+                             "the token was made for another task")
+        except VerificationError as exc:
+            log.warning("signature_rejected", reason=exc.reason, scheme=exc.scheme,
+                        headers=sorted(h for h in headers if h in SIGNATURE_HEADERS), **where)
+            if self.refusals is not None:
+                self.refusals.add("refused", f"{exc.scheme or 'none'}:{exc.reason}",
+                                  at=self.clock.now())
+            return 401, {"error": exc.reason}
+        event = callback.event.value if callback is not None and callback.event else None
+        # A body nothing authenticates names itself by its digest, under its provider: an id
+        # header it carries is not authenticated either, and could otherwise claim the id of
+        # another provider's (or Sonic's) later delivery, which would then be a "duplicate".
+        named = (f"{name}:{delivery_id({}, body)}" if adapter.confirms
+                 else delivery_id(headers, verified.signed_content))
+        delivery = Delivery(
+            delivery_id=named, source=Source.WEBHOOK,
+            scheme=verified.scheme.value, event=event, headers=kept_headers(headers),
+            body=body, received_at=self.clock.now(), callback=callback, error=error,
+            provider=name, unconfirmed=adapter.confirms and callback is not None,
+        )
+        where["delivery_id"] = delivery.delivery_id
+        try:
+            result = await store.record_delivery(delivery, router=self.router)
+        except StoreError as exc:
+            log.error("delivery_not_recorded", error=exc.message, **where)
+            return 503, {"error": "store_unavailable"}
+        except Exception as exc:  # a bug must cost a retry, never the delivery
+            return 503, await self._keep_aside(store, delivery, exc, where)
+        return answer(result, event=delivery.event, scheme=delivery.scheme, where=where)
+
+    @staticmethod
+    async def _authenticate(store: Ingest, adapter: Adapter, inbound: Inbound,
+                            ) -> tuple[Verified, str | None]:
+        """What authenticates ``inbound``, and the task its token was made for (None: any);
+        a :class:`VerificationError` when nothing does. A provider with tokens needs its
+        token (or path secret) whatever else the request carries."""
+        verified = adapter.authenticate(inbound)
+        if not adapter.tokens:
+            if verified is None:
+                raise refuse("missing_signature", Scheme.NONE)
+            return verified, None
+        by_path = adapter.path_secret(inbound)
+        if by_path is not None:
+            return verified or by_path, None
+        if not inbound.secret:
+            raise refuse("missing_token", Scheme.TOKEN, "no token in the callback URL")
+        found = await store.find_token(token_hash(inbound.secret))
+        if found is None or found[0] != adapter.name:
+            raise refuse("unknown_token", Scheme.TOKEN)
+        return verified or Verified(scheme=Scheme.TOKEN, timestamp=None,
+                                    signed_content=inbound.body), found[1]
 
 
 def answer(result: RecordResult, *, event: str | None, scheme: str,

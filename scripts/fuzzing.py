@@ -9,7 +9,8 @@ shallow to far past the recursion limit; signed in a random enabled scheme (a no
 the database, recorded or quarantined, and every recorded task must read back.
 
 ``scripts/fuzz -n 100000`` runs the long mode and prints the counts; ``tests/test_fuzz.py``
-runs a few thousand cases of the same generator in CI.
+runs a few thousand cases of the same generator in CI. ``--providers`` fuzzes the other
+providers' endpoints instead (:mod:`scripts.provider_fuzzing`).
 """
 
 from __future__ import annotations
@@ -521,15 +522,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="keep the database in this folder")
     parser.add_argument("--generator", choices=["random", "hypothesis"], default="random",
                         help="random: fast (default); hypothesis: the suite's strategies")
+    parser.add_argument("--providers", action="store_true",
+                        help="fuzz the other providers' endpoints (scripts/provider_fuzzing.py)")
     args = parser.parse_args(argv)
     # A quarantine is a warning: tens of thousands of them are noise. Errors still show.
     logs.configure(fmt="json", level="error")
     with tempfile.TemporaryDirectory(prefix="fuzz-") as scratch:
         directory = args.keep or Path(scratch)
         directory.mkdir(parents=True, exist_ok=True)
-        report = run(args.n, directory=directory, seed_value=args.seed,
-                     generator=args.generator)
-    command = f"scripts/fuzz -n {args.n} --seed {args.seed} --generator {args.generator}"
+        if args.providers:
+            from scripts.provider_fuzzing import run_providers
+
+            report = run_providers(args.n, directory=directory, seed_value=args.seed)
+        else:
+            report = run(args.n, directory=directory, seed_value=args.seed,
+                         generator=args.generator)
+    command = (f"scripts/fuzz -n {args.n} --seed {args.seed} --providers" if args.providers
+               else f"scripts/fuzz -n {args.n} --seed {args.seed} --generator {args.generator}")
     print(json.dumps({"command": command,
                       **report.summary()}, indent=2))
     return 0 if report.ok else 1

@@ -13,6 +13,7 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from scripts.fuzzing import run
+from scripts.provider_fuzzing import CONFIRMING, PROVIDERS, run_providers
 
 CASES = 2000  # hypothesis: about 20-40 s here; the long mode is scripts/fuzz
 
@@ -37,3 +38,23 @@ def test_the_long_modes_random_generator_finds_nothing_in_5000_cases(tmp_path: P
     assert report.ok, json.dumps(report.summary(), indent=2)
     assert report.cases == 5000
     assert {"recorded", "duplicate", "quarantined"} <= set(report.outcomes)
+
+
+def test_every_providers_endpoint_keeps_what_it_authenticates_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """Each provider's path, its shapes and garbage, authenticated its way or not (issue 21):
+    no 5xx, every authenticated body kept (unconfirmed where nothing covers the body), every
+    other one refused and not stored."""
+    with capture_logs() as logs:
+        report = run_providers(4000, directory=tmp_path, seed_value=20_261_207, reads=300)
+    summary = report.summary()
+    assert report.ok, json.dumps(summary, indent=2)
+    assert report.cases == 4000
+    assert report.statuses[401] > 0, summary
+    assert report.statuses[404] > 0, summary
+    for provider in PROVIDERS:  # each provider's endpoint was reached, usably and not
+        kept = "unconfirmed" if provider in CONFIRMING else "recorded"
+        assert report.outcomes[f"{provider}:{kept}"] > 0, summary
+        assert report.outcomes[f"{provider}:quarantined"] > 0, summary
+    assert not [e for e in logs if e["log_level"] == "error"], "an error was logged"

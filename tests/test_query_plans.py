@@ -56,6 +56,9 @@ SEARCHES = {
     "past_deadline": "tasks_state",
     "failed_by_category": "tasks_state",
     "recoveries": "transitions_polled",
+    # a provider's callback: its token, its task's provider (receiver/providers)
+    "find_token": "sqlite_autoindex_callback_tokens_1",
+    "task_provider": "sqlite_autoindex_tasks_1",
 }
 
 

@@ -246,8 +246,9 @@ def test_a_metrics_scrape_of_serve_workers_sums_every_web_process(tmp_path: Path
         counts = set()
         for _ in range(6):
             text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-            found = re.search(r'^receiver_ingest_seconds_count\{outcome="recorded"\} (\S+)$',
-                              text, re.M)
+            found = re.search(
+                r'^receiver_ingest_seconds_count\{outcome="recorded",provider="sonic"\} (\S+)$',
+                text, re.M)
             assert found, text[:2000]
             counts.add(float(found.group(1)))
     assert counts == {30.0}

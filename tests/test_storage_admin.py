@@ -157,8 +157,9 @@ async def test_overview_and_totals(store: Storage) -> None:
                                           download_handler="download_audio")
     assert later.oldest_queued_at == now - 5  # due since the requeue, not since made
     totals = await store.admin.totals(now=now)
-    assert totals.deliveries == {("recorded", "musicapi"): 2, ("quarantined", "musicapi"): 1}
-    assert totals.duplicates == {"musicapi": 1}
+    assert totals.deliveries == {("recorded", "musicapi", "sonic"): 2,
+                                 ("quarantined", "musicapi", "sonic"): 1}
+    assert totals.duplicates == {("musicapi", "sonic"): 1}
     assert totals.jobs == {("queued", "download_audio"): 2}
     assert totals.oldest_queued_at == now - 5
     assert totals.transitions[("task", "succeeded")] == 1

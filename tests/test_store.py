@@ -296,3 +296,29 @@ async def test_the_wal_stays_bounded_under_continuous_writes(tmp_path: Path) -> 
     one = sizes[2] - sizes[1]  # what a delivery writes to the WAL, long before its limit
     assert max(sizes) <= limit + 2 * one  # the limit, and what a delivery adds past it
     assert 1500 * one > 10 * limit  # what was written would have grown it far past
+
+
+async def test_a_read_cancelled_mid_way_leaves_the_reader_usable(tmp_path: Path) -> None:
+    """A request gone while its read is under way (a live page closed) cancels the read, at
+    its BEGIN or in its work: the next read must not find the reader still in that
+    transaction ("cannot start a transaction within a transaction")."""
+    import anyio
+
+    async with sqlite_storage(tmp_path / "r.db") as store:
+        await store.ingest.record_delivery(delivery("d-1", COMPLETED))
+        begun = anyio.Event()
+
+        async def stuck(tx: Tx) -> None:
+            await tx.one("task_state", {"task_id": "t-1"})
+            begun.set()
+            await anyio.sleep_forever()
+
+        async with anyio.create_task_group() as group:  # cancelled in its work
+            group.start_soon(store.admin.db.read, stuck)
+            await begun.wait()
+            group.cancel_scope.cancel()
+        assert (await store.admin.counts())["deliveries"] == 1
+        with anyio.CancelScope() as scope:  # cancelled as it begins
+            scope.cancel()
+            await store.admin.db.read(stuck)
+        assert (await store.admin.counts())["deliveries"] == 1

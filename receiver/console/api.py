@@ -110,7 +110,7 @@ def _limit(params: Mapping[str, str]) -> int:
     raw = params.get("limit")
     if raw is None or raw == "":
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise BadQuery(f"limit must be an integer from 1 to {MAX_LIMIT}")
     return int(raw)
 
@@ -393,7 +393,8 @@ async def list_jobs(request: Request) -> Response:
 
 def _int_param(request: Request, name: str) -> int | None:
     raw = request.path_params[name]
-    return int(raw) if str(raw).isdigit() and len(str(raw)) < 19 else None
+    text = str(raw)  # ASCII digits only: "³".isdigit() is true, int("³") fails
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else None
 
 
 async def get_job(request: Request) -> Response:

@@ -39,12 +39,13 @@ class TotalsCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         t = self.totals
         deliveries = CounterMetricFamily(
-            "receiver_deliveries", "Deliveries stored, by outcome and signature scheme.",
-            labels=["outcome", "scheme"])
-        for (outcome, scheme), n in sorted(t.deliveries.items()):
-            deliveries.add_metric([outcome, scheme], n)
-        for scheme, n in sorted(t.duplicates.items()):
-            deliveries.add_metric(["duplicate", scheme], n)
+            "receiver_deliveries",
+            "Deliveries stored, by outcome, signature scheme and provider.",
+            labels=["outcome", "scheme", "provider"])
+        for (outcome, scheme, provider), n in sorted(t.deliveries.items()):
+            deliveries.add_metric([outcome, scheme, provider], n)
+        for (scheme, provider), n in sorted(t.duplicates.items()):
+            deliveries.add_metric(["duplicate", scheme, provider], n)
         yield deliveries
         transitions = CounterMetricFamily(
             "receiver_transitions", "State transitions recorded, by entity and state entered.",
@@ -72,10 +73,14 @@ class TotalsCollector(Collector):
                                   "Task transitions recorded from a poll (reconciliation).",
                                   value=t.recoveries)
         failed = CounterMetricFamily(
-            "receiver_tasks_failed", "Tasks that failed, by why (receiver.failures).",
-            labels=["category"])
+            "receiver_tasks_failed",
+            "Tasks that failed, by why (receiver.failures) and provider.",
+            labels=["category", "provider"])
+        providers = sorted({"sonic", *(p for _, p in t.failed_by_category)})
         for category in FailureCategory:
-            failed.add_metric([category.value], t.failed_by_category.get(category.value, 0))
+            for provider in providers:
+                failed.add_metric([category.value, provider],
+                                  t.failed_by_category.get((category.value, provider), 0))
         yield failed
         yield GaugeMetricFamily("receiver_tasks_overdue",
                                 "Open tasks past their type's deadline ([deadlines]).",

@@ -72,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--webhook-attempts", type=int, default=5, help="attempts per delivery")
     parser.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    others = parser.add_argument_group(
+        "the other providers it plays under /<provider>/ (receiver.sonic.sandbox.providers)")
+    others.add_argument("--kie-hmac-key", metavar="KEY",
+                        help="kie.ai's webhookHmacKey: sign kie's callbacks (default: unsigned)")
+    others.add_argument("--aimlapi-secret", metavar="WHSEC",
+                        help="AIMLAPI's Standard Webhooks secret (whsec_...; default: the "
+                        "sandbox's own)")
+    others.add_argument("--failure-code", type=int, default=501, metavar="CODE",
+                        help="the code a failed task's sunoapi.org-shaped callback carries "
+                        "(400, 408, 413, 501, 531; default 501)")
 
     faults = parser.add_argument_group("faults (global; per key with --faults or PUT /_sandbox)")
     faults.add_argument("--fail-tasks", type=float, default=0.0, metavar="P")
@@ -184,6 +194,9 @@ def build_config(args: argparse.Namespace) -> SandboxConfig:
         key_faults=key_faults,
         legacy_signature=args.legacy_signature,
         webhook_attempts=args.webhook_attempts,
+        failure_code=args.failure_code,
+        kie_hmac_key=args.kie_hmac_key,
+        **({"aimlapi_secret": args.aimlapi_secret} if args.aimlapi_secret else {}),
     )
 
 

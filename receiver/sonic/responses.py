@@ -18,6 +18,7 @@ from typing import Any
 
 from receiver.clips import ClipReport, clean, parse_code, parse_text, read_clips
 from receiver.errors import PayloadError
+from receiver.payloads import Callback
 from receiver.sonic.contract import ClipState
 from receiver.sonic.errors import SonicProtocolError
 
@@ -83,12 +84,19 @@ def _code(data: Json) -> int | None:
 class Music:
     """A get-music answer: ``{code, message, data: [clip, ...]}``, its clips read by the one
     clip reader (:mod:`receiver.clips`), as a webhook's are. ``raw`` is the answer as that
-    reader cleaned it (what JSON cannot carry read as null)."""
+    reader cleaned it (what JSON cannot carry read as null).
+
+    Another provider's poll answer (:mod:`receiver.providers`) is a Music too: ``provider``
+    names it and ``callback`` is the answer as its adapter read it (stage, failure and its
+    category included), which is what gets recorded; None for Sonic's, whose answer is read
+    as a webhook body is (:func:`receiver.payloads.envelope`)."""
 
     code: int | None
     message: str | None
     clips: tuple[ClipReport, ...]
     raw: Json = field(default_factory=_empty, repr=False, compare=False)
+    provider: str = "sonic"
+    callback: Callback | None = field(default=None, repr=False, compare=False)
 
     @property
     def state(self) -> ClipState:

@@ -184,14 +184,15 @@ class Totals:
     """Cumulative counts for /metrics, computed from the database at scrape time (so they are
     right however many processes write)."""
 
-    deliveries: Mapping[tuple[str, str], int]  # (outcome, scheme) -> n
-    duplicates: Mapping[str, int]  # scheme -> repeats received
+    deliveries: Mapping[tuple[str, str, str], int]  # (outcome, scheme, provider) -> n
+    duplicates: Mapping[tuple[str, str], int]  # (scheme, provider) -> repeats received
     transitions: Mapping[tuple[str, str], int]  # (entity, to_state) -> n
     jobs: Mapping[tuple[str, str], int]  # (state, handler) -> n
     oldest_queued_at: float | None
     bytes_downloaded: int
     recoveries: int  # task transitions recorded from a poll (reconciliation)
-    failed_by_category: Mapping[str, int] = field(default_factory=dict)
+    # (category, provider) -> n
+    failed_by_category: Mapping[tuple[str, str], int] = field(default_factory=dict)
     overdue: int = 0  # open tasks past their deadline
     alerts: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # rule -> fired, open
 
@@ -478,11 +479,12 @@ class Admin(TaskReads):
         """Cumulative counts for ``/metrics``, from the database at scrape time ``now``."""
 
         async def work(tx: Tx) -> Totals:
-            deliveries: dict[tuple[str, str], int] = {}
-            duplicates: dict[str, int] = {}
+            deliveries: dict[tuple[str, str, str], int] = {}
+            duplicates: dict[tuple[str, str], int] = {}
             for r in await tx.rows("deliveries_by_outcome"):
-                deliveries[(r["outcome"], r["scheme"])] = int(r["n"])
-                duplicates[r["scheme"]] = duplicates.get(r["scheme"], 0) + int(r["repeats"])
+                deliveries[(r["outcome"], r["scheme"], r["provider"])] = int(r["n"])
+                key = (r["scheme"], r["provider"])
+                duplicates[key] = duplicates.get(key, 0) + int(r["repeats"])
             oldest = await tx.one("oldest_queued", {"now": now})
             kept = await tx.one("bytes_kept")
             recoveries = await tx.one("recoveries")
@@ -496,7 +498,7 @@ class Admin(TaskReads):
                 oldest_queued_at=oldest["due"] if oldest else None,
                 bytes_downloaded=int(kept["n"]) if kept else 0,
                 recoveries=int(recoveries["n"]) if recoveries else 0,
-                failed_by_category={r["category"]: int(r["n"])
+                failed_by_category={(r["category"], r["provider"]): int(r["n"])
                                     for r in await tx.rows("failed_by_category")},
                 overdue=int(overdue["n"]) if overdue else 0,
                 alerts={r["rule"]: (int(r["fired"]), int(r["active"] or 0))

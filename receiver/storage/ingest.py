@@ -45,12 +45,59 @@ class Ingest:
         return await self.db.write(work, keep=not preview, locks=_task_locks(delivery))
 
     async def register_task(
-        self, task_id: str, *, task_type: str, now: float, router: Router | None = None
+        self, task_id: str, *, task_type: str, now: float, router: Router | None = None,
+        provider: str = "sonic",
     ) -> None:
-        """Record a task this receiver created itself (a root), with its type, and write the
-        jobs its already-recorded transitions owe."""
+        """Record a task this receiver created itself (a root) through ``provider``, with its
+        type, and write the jobs its already-recorded transitions owe."""
         await self.db.write(lambda tx: register(tx, task_id, task_type=task_type, parent=None,
-                                                at=now, router=router))
+                                                at=now, router=router, provider=provider))
+
+    # ---- providers: callback tokens, confirmations ----
+
+    async def add_token(self, token_hash: str, *, provider: str, now: float) -> None:
+        """Keep a callback token (its hash) before the create call that carries it."""
+        await self.db.write(lambda tx: tx.run("insert_token", {
+            "token_hash": token_hash, "provider": provider, "at": now}))
+
+    async def bind_token(self, token_hash: str, task_id: str) -> None:
+        """The provider named the task the token was made for."""
+        await self.db.write(lambda tx: tx.run("bind_token", {"token_hash": token_hash,
+                                                             "task_id": task_id}))
+
+    async def drop_token(self, token_hash: str) -> None:
+        """The create call was refused: the token will never be called back."""
+        await self.db.write(lambda tx: tx.run("delete_token", {"token_hash": token_hash}))
+
+    async def find_token(self, token_hash: str) -> tuple[str, str | None] | None:
+        """``(provider, task id or None while the create is in flight)`` of a token."""
+
+        async def work(tx: Tx) -> tuple[str, str | None] | None:
+            row = await tx.one("find_token", {"token_hash": token_hash})
+            return None if row is None else (str(row["provider"]), row["task_id"])
+
+        return await self.db.read(work)
+
+    async def provider_of(self, task_id: str) -> str | None:
+        """Whose the task is, or None for a task the store does not know."""
+
+        async def work(tx: Tx) -> str | None:
+            row = await tx.one("task_provider", {"task_id": task_id})
+            return None if row is None else str(row["provider"])
+
+        return await self.db.read(work)
+
+    async def settle_unconfirmed(self, delivery_id: str, *, confirmed_by: str | None,
+                                 reason: str | None = None) -> bool:
+        """An unconfirmed delivery becomes ``recorded`` (``confirmed_by`` the poll that
+        agreed) or ``contradicted`` (with ``reason``); False when it was settled already."""
+        if confirmed_by is not None:
+            done = await self.db.write(lambda tx: tx.run("confirm_delivery", {
+                "delivery_id": delivery_id, "by": confirmed_by}))
+        else:
+            done = await self.db.write(lambda tx: tx.run("contradict_delivery", {
+                "delivery_id": delivery_id, "reason": reason}))
+        return bool(done)
 
     async def check_writable(self) -> None:
         """Raise :class:`receiver.errors.StoreError` unless a delivery can be committed now."""

@@ -23,7 +23,8 @@
 -- ---- recording ---------------------------------------------------------------------------
 
 -- name: find_delivery
-SELECT delivery_id, source, scheme, event, task_id, outcome, reason, received_at
+SELECT delivery_id, source, scheme, event, task_id, outcome, reason, received_at, provider,
+       confirmed_by
 FROM deliveries WHERE delivery_id = :delivery_id
 
 -- name: count_duplicate
@@ -32,19 +33,19 @@ WHERE delivery_id = :delivery_id
 
 -- name: insert_delivery
 INSERT INTO deliveries (delivery_id, source, scheme, event, task_id, outcome, reason, headers,
-                        body, received_at)
+                        body, received_at, provider)
 VALUES (:delivery_id, :source, :scheme, :event, :task_id, :outcome, :reason, :headers, :body,
-        :received_at)
+        :received_at, :provider)
 ON CONFLICT (delivery_id) DO NOTHING
 
 -- name: insert_delivery [postgresql_batch]
 INSERT INTO deliveries (delivery_id, source, scheme, event, task_id, outcome, reason, headers,
-                        body, received_at)
+                        body, received_at, provider)
 SELECT delivery_id, source, scheme, event, task_id, outcome, reason, headers,
-       decode(body, 'base64'), received_at
+       decode(body, 'base64'), received_at, provider
 FROM json_to_recordset(CAST(:rows AS JSON))
      AS b (delivery_id TEXT, source TEXT, scheme TEXT, event TEXT, task_id TEXT, outcome TEXT,
-           reason TEXT, headers TEXT, body TEXT, received_at DOUBLE PRECISION)
+           reason TEXT, headers TEXT, body TEXT, received_at DOUBLE PRECISION, provider TEXT)
 ON CONFLICT (delivery_id) DO NOTHING
 RETURNING delivery_id AS unit_key
 
@@ -89,8 +90,9 @@ WHERE t.task_id IN (SELECT task_id FROM json_to_recordset(CAST(:rows AS JSON)) A
 
 -- name: upsert_task
 INSERT INTO tasks (task_id, state, platform, error, failure_category, first_seen_at,
-                   updated_at, last_event_at, last_delivery_id)
-VALUES (:task_id, :state, :platform, :error, :failure_category, :at, :at, :at, :delivery_id)
+                   updated_at, last_event_at, last_delivery_id, provider)
+VALUES (:task_id, :state, :platform, :error, :failure_category, :at, :at, :at, :delivery_id,
+        :provider)
 ON CONFLICT (task_id) DO UPDATE SET
     updated_at = CASE WHEN tasks.state = excluded.state THEN tasks.updated_at
                       ELSE excluded.updated_at END,
@@ -104,11 +106,11 @@ ON CONFLICT (task_id) DO UPDATE SET
 
 -- name: upsert_task [postgresql_batch]
 INSERT INTO tasks (task_id, state, platform, error, failure_category, first_seen_at,
-                   updated_at, last_event_at, last_delivery_id)
-SELECT task_id, state, platform, error, failure_category, at, at, at, delivery_id
+                   updated_at, last_event_at, last_delivery_id, provider)
+SELECT task_id, state, platform, error, failure_category, at, at, at, delivery_id, provider
 FROM json_to_recordset(CAST(:rows AS JSON))
      AS b (task_id TEXT, state TEXT, platform TEXT, error TEXT, failure_category TEXT,
-           at DOUBLE PRECISION, delivery_id TEXT)
+           at DOUBLE PRECISION, delivery_id TEXT, provider TEXT)
 ON CONFLICT (task_id) DO UPDATE SET
     updated_at = CASE WHEN tasks.state = excluded.state THEN tasks.updated_at
                       ELSE excluded.updated_at END,
@@ -214,10 +216,13 @@ FROM json_to_recordset(CAST(:rows AS JSON))
 ON CONFLICT (task_seq, key) DO NOTHING
 RETURNING task_id AS unit_key
 
+-- A task created here: its provider is the one named, else its parent's (a follow-up).
 -- name: register_task
 INSERT INTO tasks (task_id, state, first_seen_at, updated_at, last_event_at, task_type,
-                   parent_task_id)
-VALUES (:task_id, :State.PENDING, :at, :at, :at, :task_type, :parent)
+                   parent_task_id, provider)
+VALUES (:task_id, :State.PENDING, :at, :at, :at, :task_type, :parent,
+        COALESCE(CAST(:provider AS TEXT), (SELECT p.provider FROM tasks p WHERE p.task_id = :parent),
+                 'sonic'))
 ON CONFLICT (task_id) DO UPDATE SET
     task_type = COALESCE(tasks.task_type, excluded.task_type),
     parent_task_id = COALESCE(tasks.parent_task_id, excluded.parent_task_id)
@@ -447,7 +452,8 @@ ORDER BY last_event_at LIMIT :limit
 SELECT task_id FROM tasks WHERE first_seen_at >= :since ORDER BY first_seen_at LIMIT :limit
 
 -- name: raw_deliveries
-SELECT delivery_id, source, scheme, event, task_id, outcome, reason, received_at, headers, body
+SELECT delivery_id, source, scheme, event, task_id, outcome, reason, received_at, headers, body,
+       provider, confirmed_by
 FROM deliveries
 WHERE (CAST(:since AS DOUBLE PRECISION) IS NULL OR received_at >= :since)
   AND (CAST(:until AS DOUBLE PRECISION) IS NULL OR received_at < :until)
@@ -541,7 +547,7 @@ ORDER BY t.first_seen_at DESC, t.task_id DESC LIMIT :limit
 
 -- name: list_deliveries
 SELECT id, delivery_id, source, scheme, event, task_id, outcome, reason, received_at,
-       duplicates, last_duplicate_at
+       duplicates, last_duplicate_at, provider, confirmed_by
 FROM deliveries
 WHERE (CAST(:outcome AS TEXT) IS NULL OR outcome = :outcome)
   AND (:only_duplicates = 0 OR duplicates > 0)
@@ -576,8 +582,8 @@ SELECT CAST(FLOOR(received_at / 60) AS BIGINT) AS minute, COUNT(*) AS n FROM del
 WHERE received_at >= :since GROUP BY minute ORDER BY minute
 
 -- name: deliveries_by_outcome
-SELECT outcome, scheme, COUNT(*) AS n, COALESCE(SUM(duplicates), 0) AS repeats
-FROM deliveries GROUP BY outcome, scheme
+SELECT outcome, scheme, provider, COUNT(*) AS n, COALESCE(SUM(duplicates), 0) AS repeats
+FROM deliveries GROUP BY outcome, scheme, provider
 
 -- name: tasks_by_state
 SELECT state, COUNT(*) AS n FROM tasks GROUP BY state
@@ -725,8 +731,8 @@ SELECT rule, COUNT(*) AS fired, SUM(CASE WHEN resolved_at IS NULL THEN 1 ELSE 0 
 FROM alerts GROUP BY rule
 
 -- name: failed_by_category
-SELECT COALESCE(failure_category, 'unknown') AS category, COUNT(*) AS n FROM tasks
-WHERE state = :State.FAILED GROUP BY COALESCE(failure_category, 'unknown')
+SELECT COALESCE(failure_category, 'unknown') AS category, provider, COUNT(*) AS n FROM tasks
+WHERE state = :State.FAILED GROUP BY COALESCE(failure_category, 'unknown'), provider
 
 -- Open tasks first seen before :before and not yet found overdue (the deadlines' candidates)
 -- name: past_deadline
@@ -793,3 +799,33 @@ ORDER BY t.task_id, c.created_at, c.clip_id
 
 -- name: states_of_tasks
 SELECT task_id, state FROM tasks WHERE task_id IN (JSON_TEXTS(:task_ids))
+
+
+-- ---- providers (receiver.providers, receiver.confirmation) ------------------------------
+-- A per-task callback token, kept as its SHA-256: written before the create call (its task
+-- is not known yet), bound to the task once the provider named it.
+
+-- name: insert_token
+INSERT INTO callback_tokens (token_hash, provider, task_id, created_at)
+VALUES (:token_hash, :provider, NULL, :at)
+
+-- name: bind_token
+UPDATE callback_tokens SET task_id = :task_id WHERE token_hash = :token_hash
+
+-- name: delete_token
+DELETE FROM callback_tokens WHERE token_hash = :token_hash
+
+-- name: find_token
+SELECT provider, task_id FROM callback_tokens WHERE token_hash = :token_hash
+
+-- name: task_provider
+SELECT provider FROM tasks WHERE task_id = :task_id
+
+-- An unconfirmed delivery takes effect (a poll agreed: :by is the poll's delivery) or not.
+-- name: confirm_delivery
+UPDATE deliveries SET outcome = :Outcome.RECORDED, confirmed_by = :by
+WHERE delivery_id = :delivery_id AND outcome = :Outcome.UNCONFIRMED
+
+-- name: contradict_delivery
+UPDATE deliveries SET outcome = :Outcome.CONTRADICTED, reason = :reason
+WHERE delivery_id = :delivery_id AND outcome = :Outcome.UNCONFIRMED

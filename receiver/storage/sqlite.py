@@ -307,11 +307,20 @@ class SQLiteConnector:
             raise StoreError("the store is not open")
         async with self._read_lock:  # one snapshot at a time on the one reader
             try:
-                await reader.execute("BEGIN")
+                try:
+                    await reader.execute("BEGIN")
+                except BaseException:
+                    # Cancelled (a client gone) or failed as it began: aiosqlite queues a
+                    # statement on the reader's thread before it first waits, so the BEGIN
+                    # runs all the same; end it there, in order, before the next read's
+                    # BEGIN ("cannot start a transaction within a transaction" otherwise).
+                    with contextlib.suppress(sqlite3.Error):
+                        await reader.execute("ROLLBACK")
+                    raise
                 try:
                     return await work(_ReaderTx(reader, self._sql))
                 finally:
-                    await reader.execute("COMMIT")
+                    await reader.execute("COMMIT")  # queued even when cancelled: see above
             except sqlite3.Error as exc:
                 raise StoreError(f"read failed: {exc}") from exc
 

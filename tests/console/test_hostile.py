@@ -278,3 +278,18 @@ async def test_a_kept_file_of_a_task_whose_id_holds_a_slash_is_served(
                                   headers={"Authorization": f"Bearer {TOKEN}"})
     assert answer.status_code == 200
     assert answer.content == b"RIFF"
+
+
+async def test_digits_that_are_not_ascii_are_no_number(tmp_path: Path, clock: FakeClock) -> None:
+    """``"³".isdigit()`` is true and ``int("³")`` fails: an id, a limit or a Content-Length
+    of such digits is no number (here: 404, 400), never a 500."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    settings = settings_for(tmp_path, admin_token=TOKEN, worker="off",
+                            insecure_open_admin=False)
+    async with app_client(create_app(settings, clock=clock)) as client:
+        ended = await client.post("/sessions/%C2%B3/end", headers=auth)
+        assert ended.status_code == 404
+        job = await client.get("/jobs/%C2%B3", headers=auth)
+        assert job.status_code == 404
+        listed = await client.get("/tasks", params={"limit": "\u00b3"}, headers=auth)
+        assert listed.status_code == 400

@@ -50,22 +50,23 @@ async def test_counters_match_the_database(tmp_path: Path) -> None:
         assert answer.headers["content-type"].startswith("text/plain")
         got = samples(answer.text)
         assert (await client.get("/metrics")).status_code == 401
-    assert got[("receiver_deliveries_total", (("outcome", "recorded"),
+    assert got[("receiver_deliveries_total", (("outcome", "recorded"), ("provider", "sonic"),
                                               ("scheme", "musicapi")))] == 5
-    assert got[("receiver_deliveries_total", (("outcome", "quarantined"),
+    assert got[("receiver_deliveries_total", (("outcome", "quarantined"), ("provider", "sonic"),
                                               ("scheme", "musicapi")))] == 2
     assert got[("receiver_transitions_total", (("entity", "task"),
                                                ("state", "succeeded")))] == 5
     assert got[("receiver_jobs", (("handler", "download_audio"), ("state", "dead")))] == 2
     assert got[("receiver_dead_jobs", ())] == 2
-    ingest = got[("receiver_ingest_seconds_count", (("outcome", "recorded"),))]
+    ingest = got[("receiver_ingest_seconds_count", (("outcome", "recorded"),
+                                                    ("provider", "sonic")))]
     assert ingest >= 6  # process-wide: other tests in this process add to it
     async with sqlite_storage(tmp_path / "receiver.db") as store:
         counts = await store.admin.counts()
         repeated = await store.admin.get_delivery("d-0")
         succeeded = await store.admin.list_tasks(TaskFilter(state=State.SUCCEEDED), limit=100)
     assert repeated is not None
-    assert got[("receiver_deliveries_total", (("outcome", "duplicate"),
+    assert got[("receiver_deliveries_total", (("outcome", "duplicate"), ("provider", "sonic"),
                                               ("scheme", "musicapi")))] == repeated.row.duplicates
     assert repeated.row.duplicates == 1
     assert got[("receiver_transitions_total", (("entity", "task"),
@@ -115,5 +116,6 @@ def test_process_metrics_are_summed_across_processes(tmp_path: Path) -> None:
     text = subprocess.run([sys.executable, "-c", scrape], env=env, check=True, timeout=60,
                           capture_output=True, text=True).stdout
     got = samples(text)
-    assert got[("receiver_ingest_seconds_count", (("outcome", "recorded"),))] == 2
+    assert got[("receiver_ingest_seconds_count", (("outcome", "recorded"),
+                                                  ("provider", "sonic")))] == 2
     assert got[("receiver_store_errors_total", (("where", "ingest"),))] == 2

@@ -31,6 +31,10 @@ Controls (no auth: the sandbox is a local tool)::
     GET  /_sandbox/tasks/{task_id}           (the plan: timeline, fate, clips, tempo)
     POST /_sandbox/seed {count, api_key?, state?: succeeded|failed, mv?} → {task_ids}
 
+The other providers' APIs (sunoapi.org, kie.ai, apibox, PiAPI, AIMLAPI) are played under
+``/<provider>/`` over the same tasks, media and controls: see
+:mod:`receiver.sonic.sandbox.providers`.
+
 Upload-music fetches only loopback URLs (the sandbox must not become a way out), refuses what
 is not audio, and keeps the bytes to serve them back.
 """
@@ -83,6 +87,7 @@ from receiver.sonic.sandbox.faults import (
     FaultConfigError,
     MediaFault,
 )
+from receiver.sonic.sandbox.providers import ProviderApis
 from receiver.sonic.sandbox.state import ClipPlan, SandboxState, Source, Upload
 from receiver.sonic.sandbox.webhooks import Webhooks
 
@@ -124,6 +129,7 @@ class Sandbox:
         self._given_http = http
         self._http: httpx.AsyncClient | None = None
         self._webhooks: Webhooks | None = None
+        self.providers = ProviderApis(self)
 
     @property
     def webhooks(self) -> Webhooks:
@@ -141,7 +147,8 @@ class Sandbox:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         owned = self._given_http is None
         self._http = self._given_http or httpx.AsyncClient(timeout=self.config.webhook_timeout_s)
-        self._webhooks = Webhooks(self.state, http=self._http, clock=self.clock)
+        self._webhooks = Webhooks(self.state, http=self._http, clock=self.clock,
+                                  flavours=self.providers.flavours)
         log.info(
             "sandbox_started",
             speed=self.config.speed,
@@ -182,6 +189,7 @@ class Sandbox:
             Route(path, self._guarded(handler), methods=[method])
             for path, handler, method in [*api, *controls]
         ]
+        routes += self.providers.routes()
         routes += [
             Route("/media/audio/{name}", self.audio, methods=["GET", "HEAD"]),
             Route("/media/stream/{name}", self.stream, methods=["GET", "HEAD"]),
@@ -220,6 +228,10 @@ class Sandbox:
 
     def _base_url(self, request: Request) -> str:
         return (self.config.public_base_url or str(request.base_url)).rstrip("/")
+
+    def base_url_of(self, request: Request) -> str:
+        """The base of the media URLs of a task ``request`` creates."""
+        return self._base_url(request)
 
     def _accept(
         self,
@@ -630,6 +642,7 @@ class Sandbox:
                 "task_id": task.task_id,
                 "ordinal": task.ordinal,
                 "task_type": str(task.request.task_type),
+                "provider": task.provider,
                 "state": str(task.state_at(now)),
                 "fails": task.fails,
                 "credits": task.credits,

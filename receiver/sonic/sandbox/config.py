@@ -40,6 +40,9 @@ SCHEDULES: Mapping[Speed, Schedule] = MappingProxyType(
     }
 )
 
+# How long a provider's media links last, where its docs say (kie.ai's download links).
+PROVIDER_LINK_S: Mapping[str, float] = MappingProxyType({"kie": 20 * 60.0})
+
 DEFAULT_API_KEY = "sandbox-key"
 DEFAULT_CREDITS = 1_000
 
@@ -71,6 +74,12 @@ class SandboxConfig:
     sample_rate: int = 8_000
     upload_max_bytes: int = 20_000_000
     delivery_log_limit: int = 20_000
+    # The other providers it plays (receiver.sonic.sandbox.providers): the code a failed
+    # task's callback carries (sunoapi.org's), kie.ai's webhookHmacKey (None: unsigned),
+    # AIMLAPI's workspace signing secret.
+    failure_code: int = 501
+    kie_hmac_key: str | None = field(default=None, repr=False)
+    aimlapi_secret: str = field(default="whsec_c2FuZGJveC1haW1sYXBpLXNlY3JldA", repr=False)
 
     @property
     def timing(self) -> Schedule:

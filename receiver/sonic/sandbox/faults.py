@@ -230,7 +230,8 @@ def parse_event_drop(text: str) -> EventDrop:
     task, sep, event = text.rpartition(":")
     if not sep or not task:
         raise FaultConfigError("expected TASK:EVENT, e.g. 1:song.completed")
-    return _event_drop({"task": int(task) if task.isdigit() else task, "event": event})
+    number = task.isascii() and task.isdigit()
+    return _event_drop({"task": int(task) if number else task, "event": event})
 
 
 def _media(value: object) -> MediaFault | None:

@@ -200,9 +200,8 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not header or not header.startswith("bytes=") or "," in header:
         return None
     first_text, sep, last_text = header.removeprefix("bytes=").strip().partition("-")
-    if not sep or not (first_text.isdigit() or first_text == "") or not (
-        last_text.isdigit() or last_text == ""
-    ):
+    if not sep or not all(t == "" or (t.isascii() and t.isdigit())
+                          for t in (first_text, last_text)):
         return None
     if first_text == "":
         if last_text == "":

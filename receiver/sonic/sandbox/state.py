@@ -43,7 +43,7 @@ from receiver.sonic.contract import (
     Model,
     TaskType,
 )
-from receiver.sonic.sandbox.config import SandboxConfig
+from receiver.sonic.sandbox.config import PROVIDER_LINK_S, SandboxConfig
 from receiver.sonic.sandbox.faults import Faults, chance, link_signature
 
 log = structlog.get_logger("receiver.sonic.sandbox")
@@ -106,6 +106,7 @@ class Task:
     base_url: str
     credits: int
     seeded: bool = False
+    provider: str = "sonic"  # whose API created it (receiver.sonic.sandbox.providers)
 
     def state_at(self, now: float) -> ClipState:
         if now >= self.timeline.settled_at:
@@ -418,6 +419,8 @@ class SandboxState:
         the key's links expire."""
         expire_s = self.faults.for_key(task.api_key).links.expire_s
         if expire_s is None:
+            expire_s = PROVIDER_LINK_S.get(task.provider)
+        if expire_s is None:
             return url
         expires = math.ceil(issued_at + expire_s)
         signature = link_signature(self.config.seed, clip_id, expires)
@@ -426,10 +429,14 @@ class SandboxState:
     def link_refusal(self, clip_id: str, query: Mapping[str, str]) -> str | None:
         """Why a media link of ``clip_id`` with ``query`` answers 403 now, or None."""
         api_key = self.key_of_clip(clip_id)
-        if api_key is None or self.faults.for_key(api_key).links.expire_s is None:
+        plan = self.clips.get(clip_id)
+        provider = self.tasks[plan.task_id].provider if plan is not None else "sonic"
+        if api_key is None or (self.faults.for_key(api_key).links.expire_s is None
+                               and provider not in PROVIDER_LINK_S):
             return None
         expires_text = query.get("expires", "")
-        if not expires_text.isdigit() or query.get("signature") != link_signature(
+        numeric = expires_text.isascii() and expires_text.isdigit()
+        if not numeric or query.get("signature") != link_signature(
             self.config.seed, clip_id, int(expires_text)
         ):
             return "not signed"

@@ -16,6 +16,11 @@ time, up to ``webhook_attempts`` attempts. The body::
 (``song.failed`` says ``{"code": 500, "message": "generation failed"}``: the sandbox's own
 words, the service's are not documented.)
 
+A task another provider's API created (:mod:`receiver.sonic.sandbox.providers`) is called back
+in that provider's way instead: its stages in order, each at its time, each body and its
+headers made by the provider's :class:`~receiver.sonic.sandbox.providers.Flavour`, with the
+same attempts, backoff and faults.
+
 Every attempt, and every delivery a fault dropped, goes into the delivery log that
 ``GET /_sandbox/deliveries`` shows. Runners are asyncio tasks owned by :class:`Webhooks`,
 which the app's lifespan closes (cancelling whatever is still waiting) on shutdown.
@@ -27,9 +32,9 @@ import asyncio
 import hashlib
 import json
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
@@ -38,6 +43,9 @@ from receiver.clock import Clock
 from receiver.signatures import sign_legacy, sign_musicapi
 from receiver.sonic.contract import EVENT_STATE, WebhookEvent
 from receiver.sonic.sandbox.state import SandboxState, Task
+
+if TYPE_CHECKING:
+    from receiver.sonic.sandbox.providers import Flavour
 
 log = structlog.get_logger("receiver.sonic.sandbox")
 
@@ -85,10 +93,12 @@ def delivery_id(seed: int, task_id: str, event: WebhookEvent) -> str:
 class Webhooks:
     """Sends the webhooks of tasks, with the faults their key asks for."""
 
-    def __init__(self, state: SandboxState, *, http: httpx.AsyncClient, clock: Clock) -> None:
+    def __init__(self, state: SandboxState, *, http: httpx.AsyncClient, clock: Clock,
+                 flavours: Mapping[str, Flavour] | None = None) -> None:
         self._state = state
         self._http = http
         self._clock = clock
+        self._flavours = flavours or {}
         self._config = state.config
         self.log: deque[DeliveryRecord] = deque(maxlen=state.config.delivery_log_limit)
         self._seq = 0
@@ -125,6 +135,10 @@ class Webhooks:
         await self._clock.sleep(max(0.0, when - self._clock.now()))
 
     async def _run(self, task: Task) -> None:
+        flavour = self._flavours.get(task.provider)
+        if flavour is not None:
+            await self._run_stages(task, flavour)
+            return
         state = self._state
         terminal = WebhookEvent.FAILED if task.fails else WebhookEvent.COMPLETED
         await self._sleep_until(task.timeline.running_at)
@@ -148,24 +162,39 @@ class Webhooks:
         await sent.wait()
         self._deliver_soon(task, second)
 
-    def _deliver_soon(self, task: Task, event: WebhookEvent) -> asyncio.Event:
+    async def _run_stages(self, task: Task, flavour: Flavour) -> None:
+        """Another provider's callbacks: each stage at its time, the next once the one
+        before had its first attempt."""
+        for when, event, stage in flavour.stages(task):
+            await self._sleep_until(when)
+            self._state.settle_due()
+            sent = self._deliver_soon(task, event, stage=(stage, when, flavour))
+            await sent.wait()
+
+    def _deliver_soon(self, task: Task, event: WebhookEvent,
+                      stage: tuple[str, float, Flavour] | None = None) -> asyncio.Event:
         first_attempt = asyncio.Event()
-        self._spawn(self._deliver(task, event, first_attempt), f"{event}:{task.task_id}")
+        self._spawn(self._deliver(task, event, first_attempt, stage), f"{event}:{task.task_id}")
         return first_attempt
 
-    async def _deliver(self, task: Task, event: WebhookEvent, first_attempt: asyncio.Event) -> None:
+    async def _deliver(self, task: Task, event: WebhookEvent, first_attempt: asyncio.Event,
+                       stage: tuple[str, float, Flavour] | None = None) -> None:
         try:
-            await self._deliver_copies(task, event, first_attempt)
+            await self._deliver_copies(task, event, first_attempt, stage)
         finally:
             first_attempt.set()
 
     async def _deliver_copies(
-        self, task: Task, event: WebhookEvent, first_attempt: asyncio.Event
+        self, task: Task, event: WebhookEvent, first_attempt: asyncio.Event,
+        stage: tuple[str, float, Flavour] | None = None,
     ) -> None:
+        """One delivery: Sonic's, or (``stage``: its name, when it happened, its provider's
+        flavour) another provider's."""
         state = self._state
         faults = state.faults
         config = faults.for_key(task.api_key)
-        wid = delivery_id(self._config.seed, task.task_id, event)
+        named = task.task_id if stage is None else f"{task.task_id}:{stage[0]}"
+        wid = delivery_id(self._config.seed, named, event)
         url = task.request.webhook_url or ""
         chosen = any(
             d.matches(ordinal=task.ordinal, task_id=task.task_id, event=event)
@@ -177,7 +206,22 @@ class Webhooks:
             return
         if config.delay_s > 0:
             await self._clock.sleep(config.delay_s)
-        body = json.dumps(
+        if stage is not None:
+            name, when, flavour = stage
+            body = flavour.body(task, event, name, when)
+        else:
+            body = self._sonic_body(task, event)
+        bad = faults.strikes(config.bad_signature, "bad_signature", wid)
+        copies = 2 if faults.strikes(config.duplicate, "duplicate", wid) else 1
+        for copy in range(1, copies + 1):
+            await self._attempts(
+                task, event, wid, url, body, bad=bad, copy=copy, first_attempt=first_attempt,
+                flavour=None if stage is None else stage[2],
+            )
+
+    def _sonic_body(self, task: Task, event: WebhookEvent) -> bytes:
+        state = self._state
+        return json.dumps(
             {
                 "code": 500 if event is WebhookEvent.FAILED else 200,
                 "message": "generation failed" if event is WebhookEvent.FAILED else "success",
@@ -191,12 +235,6 @@ class Webhooks:
             },
             separators=(",", ":"),
         ).encode()
-        bad = faults.strikes(config.bad_signature, "bad_signature", wid)
-        copies = 2 if faults.strikes(config.duplicate, "duplicate", wid) else 1
-        for copy in range(1, copies + 1):
-            await self._attempts(
-                task, event, wid, url, body, bad=bad, copy=copy, first_attempt=first_attempt
-            )
 
     async def _attempts(
         self,
@@ -209,6 +247,7 @@ class Webhooks:
         bad: bool,
         copy: int,
         first_attempt: asyncio.Event,
+        flavour: Flavour | None = None,
     ) -> None:
         secret = task.request.webhook_secret or self._config.default_webhook_secret
         if bad:
@@ -218,15 +257,19 @@ class Webhooks:
         backoff = self._config.timing.webhook_backoff_s
         for attempt in range(1, attempts + 1):
             timestamp = int(self._clock.now())
-            headers = {
-                "Content-Type": "application/json",
-                "User-Agent": "sonic-sandbox",
-                "X-Webhook-Id": wid,
-                "Idempotency-Key": wid,
-                "X-Webhook-Event": str(event),
-                **sign_musicapi(secret, body, timestamp),
-                **(sign_legacy(secret, body) if legacy else {}),
-            }
+            if flavour is not None:
+                headers = {"Content-Type": "application/json", "User-Agent": "sonic-sandbox",
+                           **flavour.headers(task, body, wid, timestamp, bad=bad)}
+            else:
+                headers = {
+                    "Content-Type": "application/json",
+                    "User-Agent": "sonic-sandbox",
+                    "X-Webhook-Id": wid,
+                    "Idempotency-Key": wid,
+                    "X-Webhook-Event": str(event),
+                    **sign_musicapi(secret, body, timestamp),
+                    **(sign_legacy(secret, body) if legacy else {}),
+                }
             status: int | None = None
             error: str | None = None
             try:
