@@ -81,16 +81,17 @@ async def live(request: Request) -> Response:
 async def _events(request: Request, page: Request, view_of: ViewOf) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
     end = loop.time() + STREAM_S
-    last = None
+    last: dict[str, str] | None = None
     yield f"retry: {RECONNECT_MS}\n\n"
     while True:
         if not await _still_open(request):
             yield "event: ended\ndata: {}\n\n"
             return
-        data = json.dumps(blocks(page, await view_of(page)), separators=(",", ":"))
-        shown = TICKING.sub("", data)  # time passing alone is no change: the page ticks
+        found = blocks(page, await view_of(page))
+        # time passing alone is no change: the page ticks (compared before JSON escapes them)
+        shown = {name: TICKING.sub("", html) for name, html in found.items()}
         if shown != last:
-            yield f"event: blocks\ndata: {data}\n\n"
+            yield f"event: blocks\ndata: {json.dumps(found, separators=(',', ':'))}\n\n"
             last = shown
         else:
             yield ": unchanged\n\n"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from receiver.app import create_app
+from receiver.clock import FakeClock
 from receiver.console.live import STREAM_S
 from receiver.server import running
 from tests.console.support import TOKEN
@@ -106,3 +108,38 @@ async def test_only_the_consoles_live_pages_can_be_followed(tmp_path: Path, page
         answer = await http.get("/ui/live", params={"page": page, "once": "1"},
                                 headers={"Authorization": f"Bearer {TOKEN}"})
     assert answer.status_code == 404
+
+
+async def test_time_passing_alone_sends_nothing_new(tmp_path: Path) -> None:
+    """The blocks are sent again when what they show changed, not because a "2 min ago"
+    became "4 min ago": the stream says ``: unchanged`` instead."""
+    clock = FakeClock(time.time())  # the signed deliveries carry the real time
+    settings = settings_for(tmp_path, admin_token=TOKEN, worker="off",
+                            insecure_open_admin=False)
+    async with running(create_app(settings, clock=clock)) as url, httpx.AsyncClient(
+            base_url=url, timeout=30) as http:
+        await deliver(http, "t-tick", "running", "d-1")
+        await http.post("/ui/login", data={"token": TOKEN}, headers={"Origin": url})
+        clock.advance(120)
+        async with http.stream("GET", "/ui/live", params={"page": "/ui/tasks/t-tick"}) as live:
+            lines = live.aiter_lines()
+            first = [line async for line in _until_blank(lines, skip_retry=True)]
+            assert first[0] == "event: blocks"
+            assert "2 min ago" in first[1], "the block shows a time that ticks"
+            for _ in range(2):  # two more rounds, each with the clock 2 min further
+                clock.advance(120)
+                assert [line async for line in _until_blank(lines)] == [": unchanged"]
+
+
+async def _until_blank(lines: AsyncIterator[str], *, skip_retry: bool = False
+                       ) -> AsyncIterator[str]:
+    """The next message's lines (after the stream's ``retry:`` message, when asked to skip
+    it)."""
+    first = await anext(lines)
+    while first == "" or (skip_retry and first.startswith("retry:")):
+        first = await anext(lines)
+    yield first
+    async for line in lines:
+        if line == "":
+            return
+        yield line
