@@ -36,14 +36,16 @@ from typing import Any, ClassVar, Protocol
 import httpx
 import structlog
 
-from receiver.clips import load
+from receiver.clips import load, parse_code
 from receiver.clock import Clock
 from receiver.config import ProviderTable
 from receiver.errors import PayloadError, VerificationError
 from receiver.payloads import Callback
 from receiver.signatures import Scheme, Verified, secret_matches
 from receiver.sonic.contract import CreateRequest
+from receiver.sonic.errors import SonicProtocolError
 from receiver.sonic.responses import Bpm, Created, Music, Vox
+from receiver.states import State, WebhookEvent
 
 log = structlog.get_logger("receiver.providers")
 
@@ -171,6 +173,22 @@ class Adapter(ABC):
     @abstractmethod
     def client(self, http: httpx.AsyncClient) -> ProviderClient | None:
         """Its client over ``http``, or None without an API key."""
+
+    def music(self, answer: Mapping[str, Any], task_id: str, what: str) -> Music:
+        """A poll's answer for ``task_id`` as its client returns it: read by
+        :meth:`poll_callback` (a :class:`SonicProtocolError` naming ``what`` when it cannot
+        be)."""
+        try:
+            callback = self.poll_callback(answer, task_id)
+        except PayloadError as exc:
+            raise SonicProtocolError(f"{what}: {exc.message}") from exc
+        return Music(code=parse_code(answer.get("code")), message=callback.message,
+                     clips=callback.clips, raw=answer, provider=self.name, callback=callback)
+
+
+# The clips' state a provider's stage (as a webhook event) stands for.
+EVENT_STATE = {WebhookEvent.STREAMING: State.RUNNING, WebhookEvent.COMPLETED: State.SUCCEEDED,
+               WebhookEvent.FAILED: State.FAILED}
 
 
 def refuse(reason: str, scheme: Scheme, message: str | None = None) -> VerificationError:

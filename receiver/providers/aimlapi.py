@@ -32,7 +32,7 @@ from receiver.clips import (
 from receiver.errors import PayloadError
 from receiver.failures import classify_documented
 from receiver.payloads import Callback
-from receiver.providers import Adapter, Inbound, ProviderClient
+from receiver.providers import EVENT_STATE, Adapter, Inbound, ProviderClient
 from receiver.providers.sunoapi import first, first_url
 from receiver.providers.wire import ApiWire, RetryPolicy
 from receiver.signatures import Scheme, Verified, Verifier
@@ -51,8 +51,6 @@ STATUSES: dict[str, WebhookEvent | None] = {
     "error": WebhookEvent.FAILED,
     "failed": WebhookEvent.FAILED,
 }
-_EVENT_STATE = {WebhookEvent.STREAMING: State.RUNNING, WebhookEvent.COMPLETED: State.SUCCEEDED,
-                WebhookEvent.FAILED: State.FAILED}
 
 
 class AimlapiAdapter(Adapter):
@@ -87,7 +85,7 @@ class AimlapiAdapter(Adapter):
         if name not in STATUSES:
             raise PayloadError(f"unknown status {name[:40]!r}" if status else "no status")
         event = STATUSES[name]
-        state = _EVENT_STATE[event] if event else State.PENDING
+        state = EVENT_STATE[event] if event else State.PENDING
         clips = _clips(data, task_id, state)
         error = data.get("error")
         problem: Mapping[str, Any] = error if isinstance(error, dict) else {}
@@ -165,10 +163,4 @@ class AimlapiClient(ApiWire, ProviderClient):
             raise SonicValidationError("task_id is required")
         answer = await self._call("GET", "/v2/generate/audio", None,
                                   params={"generation_id": task_id})
-        try:
-            callback = self.adapter.poll_callback(answer, task_id)
-        except PayloadError as exc:
-            raise SonicProtocolError(f"generation answer: {exc.message}") from exc
-        return Music(code=parse_code(answer.get("code")), message=callback.message,
-                     clips=callback.clips, raw=answer, provider=self.adapter.name,
-                     callback=callback)
+        return self.adapter.music(answer, task_id, "generation answer")

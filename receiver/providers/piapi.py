@@ -44,7 +44,7 @@ from receiver.clips import (
 from receiver.errors import PayloadError
 from receiver.failures import classify_documented
 from receiver.payloads import Callback
-from receiver.providers import Adapter, Inbound, ProviderClient, refuse
+from receiver.providers import EVENT_STATE, Adapter, Inbound, ProviderClient, refuse
 from receiver.providers.sunoapi import first, first_url
 from receiver.providers.wire import ApiWire, RetryPolicy
 from receiver.signatures import HEADER_SECRET, Scheme, Verified, secret_matches
@@ -60,8 +60,6 @@ STATUSES: dict[str, WebhookEvent | None] = {
     "completed": WebhookEvent.COMPLETED,
     "failed": WebhookEvent.FAILED,
 }
-_EVENT_STATE = {WebhookEvent.STREAMING: State.RUNNING, WebhookEvent.COMPLETED: State.SUCCEEDED,
-                WebhookEvent.FAILED: State.FAILED}
 
 
 class PiapiAdapter(Adapter):
@@ -105,7 +103,7 @@ class PiapiAdapter(Adapter):
         event = STATUSES[name]
         output = data.get("output")
         clips = self.clips(output if isinstance(output, dict) else {},
-                           _EVENT_STATE[event] if event else None)
+                           EVENT_STATE[event] if event else None)
         error = data.get("error")
         problem: Mapping[str, Any] = error if isinstance(error, dict) else {}
         code = parse_code(problem.get("code"))
@@ -216,10 +214,4 @@ class PiapiClient(ApiWire, ProviderClient):
         if not task_id:
             raise SonicValidationError("task_id is required")
         answer = await self._call("GET", "/api/v1/task/" + quote(task_id, safe=""), None)
-        try:
-            callback = self.adapter.poll_callback(answer, task_id)
-        except PayloadError as exc:
-            raise SonicProtocolError(f"task answer: {exc.message}") from exc
-        return Music(code=parse_code(answer.get("code")), message=callback.message,
-                     clips=callback.clips, raw=answer, provider=self.adapter.name,
-                     callback=callback)
+        return self.adapter.music(answer, task_id, "task answer")

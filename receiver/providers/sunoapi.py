@@ -49,7 +49,7 @@ from receiver.clips import (
 from receiver.errors import PayloadError
 from receiver.failures import FailureCategory, classify_documented
 from receiver.payloads import Callback
-from receiver.providers import Adapter, Inbound, ProviderClient
+from receiver.providers import EVENT_STATE, Adapter, Inbound, ProviderClient
 from receiver.providers.wire import ApiWire, RetryPolicy
 from receiver.signatures import Verified
 from receiver.sonic.contract import CreateRequest, TaskType, normalise_model
@@ -88,8 +88,6 @@ CODES: dict[int, FailureCategory] = {
     501: FailureCategory.UPSTREAM,  # "Audio generation failed"
     531: FailureCategory.UPSTREAM,  # "generation failed ... your credits have been refunded"
 }
-_EVENT_STATE = {WebhookEvent.STREAMING: State.RUNNING, WebhookEvent.COMPLETED: State.SUCCEEDED,
-                WebhookEvent.FAILED: State.FAILED}
 # Sonic's model names → the provider's
 MODELS: dict[str, str] = {
     "sonic-v3-5": "V3_5", "sonic-v4": "V4", "sonic-v4-5": "V4_5",
@@ -144,7 +142,7 @@ class SunoapiAdapter(Adapter):
         elif event is None:
             raise PayloadError(f"unknown callbackType {stage[:40]!r}" if stage
                                else "no callbackType")
-        clips = self.clips(envelope.get("data"), _EVENT_STATE[event])
+        clips = self.clips(envelope.get("data"), EVENT_STATE[event])
         message = parse_text(first(document, "msg", "message"))
         return self.made(task_id, event, code, message, clips, envelope)
 
@@ -199,7 +197,7 @@ class SunoapiAdapter(Adapter):
         items = first(answer, "sunoData", "suno_data", "data")
         status = status.strip().upper()
         event = _poll_event(status, items)
-        clips = self.clips(items, _EVENT_STATE[event] if event else None)
+        clips = self.clips(items, EVENT_STATE[event] if event else None)
         code = parse_code(first(data, "errorCode", "error_code"))
         message = parse_text(first(data, "errorMessage", "error_message")) or parse_text(
             document.get("msg"))
@@ -318,13 +316,7 @@ class SunoapiClient(ApiWire, ProviderClient):
             raise SonicValidationError("task_id is required")
         answer = await self._call("GET", "/api/v1/generate/record-info", None,
                                   params={"taskId": task_id})
-        try:
-            callback = self.adapter.poll_callback(answer, task_id)
-        except PayloadError as exc:
-            raise SonicProtocolError(f"record-info answer: {exc.message}") from exc
-        return Music(code=parse_code(answer.get("code")), message=callback.message,
-                     clips=callback.clips, raw=answer, provider=self.adapter.name,
-                     callback=callback)
+        return self.adapter.music(answer, task_id, "record-info answer")
 
 
 def _model(mv: object) -> str:
