@@ -2,13 +2,18 @@
 on one port), and running one on loopback in the current event loop (tests, demo, benchmarks).
 
 Several web processes (:func:`serve_processes`, ``sonic-receiver serve --workers N``): the
-parent binds the port once and starts N children with Python's ``spawn``; each receives the
-listening socket and the loaded :class:`Settings` (pickled: command-line options included, no
-environment to re-read) and runs the app in its own uvicorn server, accepting from the shared
-socket. A child that dies is started again; SIGTERM/SIGINT stop them all gracefully. The
-protocol sets ``TCP_NODELAY`` on every accepted connection (:class:`NoDelay`), whoever made
-the listening socket: one made without ``IPPROTO_TCP`` (uvicorn's ``--workers`` before 0.55,
-uvicorn issue 3149; an inherited descriptor) leaves Nagle's algorithm on in asyncio.
+parent reserves the port and starts N children with Python's ``spawn``; each receives the
+loaded :class:`Settings` (pickled: command-line options included, no environment to re-read)
+and runs the app in its own uvicorn server. On Linux each child listens on a socket of its
+own bound with ``SO_REUSEPORT``, once its app has started, and the kernel spreads new
+connections over the children that listen (one shared socket let whichever process woke
+first accept every connection of a burst: kept-alive connections then all stayed with one
+process while the other idled). A child that dies takes only the connections still queued
+on its socket (never answered), and is started again; SIGTERM/SIGINT stop them all
+gracefully. Elsewhere the children accept from one socket the parent made. The protocol sets
+``TCP_NODELAY`` on every accepted connection (:class:`NoDelay`), whoever made the listening
+socket: one made without ``IPPROTO_TCP`` (uvicorn's ``--workers`` before 0.55, uvicorn issue
+3149; an inherited descriptor) leaves Nagle's algorithm on in asyncio.
 """
 
 from __future__ import annotations
@@ -201,15 +206,26 @@ RESTART_PAUSE_S = 1.0  # a child that dies this soon after starting is started a
 RESTART_BACKOFF_MAX_S = 10.0  # the longest wait between two starts of a failing child
 
 
-def bind(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
-    """A listening TCP socket on ``host:port``, for children to share: made with
-    ``IPPROTO_TCP`` so that asyncio, too, sets ``TCP_NODELAY`` on what it accepts."""
+# Linux spreads connections over the listening sockets of one SO_REUSEPORT group; BSD and
+# macOS accept the option but send every connection to one of them.
+SPREAD_BY_KERNEL = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def bind(host: str, port: int, *, backlog: int = 2048, reuse_port: bool = False,
+         listen: bool = True) -> socket.socket:
+    """A TCP socket bound to ``host:port``, listening unless not ``listen`` (asyncio's
+    ``create_server`` then listens when it starts serving): made with ``IPPROTO_TCP`` so that
+    asyncio, too, sets ``TCP_NODELAY`` on what it accepts; ``reuse_port``: one of the group
+    of sockets on that port the kernel spreads connections over."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-        sock.listen(backlog)
+        if listen:
+            sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
@@ -231,8 +247,8 @@ class _Slot:
 
 def serve_processes(settings: Settings, factory: AppFactory, *, host: str, port: int,
                     processes: int, configure: Callable[[Settings], None] | None = None) -> int:
-    """Serve ``factory(settings)`` in ``processes`` child processes sharing one listening socket,
-    until SIGTERM/SIGINT; returns the exit status.
+    """Serve ``factory(settings)`` in ``processes`` child processes on one port (see the module
+    docstring for how they share it), until SIGTERM/SIGINT; returns the exit status.
 
     A child that dies is started again. A child whose app cannot start (the database away)
     stops everything only at the first start, before any child has served
@@ -241,12 +257,15 @@ def serve_processes(settings: Settings, factory: AppFactory, *, host: str, port:
     only when one keeps failing for longer than ``settings.web_restart_limit_s``.
 
     ``factory`` and ``configure`` (logging, run first in each child) must be importable
-    functions: children are started with ``spawn`` and receive them, the settings and the
-    socket pickled. The parent builds the app once too, so that a bad route or an unknown
-    handler stops start-up before anything is bound.
+    functions: children are started with ``spawn`` and receive them and the settings pickled
+    (and the shared socket, where the kernel does not spread connections). The parent builds
+    the app once too, so that a bad route or an unknown handler stops start-up before anything
+    is bound. Its own socket on the port (bound, never listening, so never handed a
+    connection) holds the port for the children and says at once when it is taken.
     """
     factory(settings)
-    sock = bind(host, port)
+    sock = bind(host, port, reuse_port=SPREAD_BY_KERNEL, listen=not SPREAD_BY_KERNEL)
+    shared = None if SPREAD_BY_KERNEL else sock
     context = multiprocessing.get_context("spawn")
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
@@ -256,7 +275,8 @@ def serve_processes(settings: Settings, factory: AppFactory, *, host: str, port:
         slot.ready = context.Event()
         slot.child = context.Process(
             target=_child, name="sonic-receiver-web", daemon=False,
-            args=(settings, factory, configure, sock, host, os.getpid(), slot.ready))
+            args=(settings, factory, configure, shared, host, sock.getsockname()[1],
+                  os.getpid(), slot.ready))
         slot.child.start()
         slot.started_at, slot.restart_at = time.monotonic(), None
 
@@ -346,14 +366,17 @@ def _stop_all(children: list[multiprocessing.process.BaseProcess]) -> None:
 
 
 def _child(settings: Settings, factory: AppFactory, configure: Callable[[Settings], None] | None,
-           sock: socket.socket, host: str, parent: int, ready: Any) -> None:
-    """One web process: the app on the inherited socket, until SIGTERM/SIGINT or until the
-    parent is gone (a parent killed with SIGKILL leaves no one to stop us). ``ready`` is set
-    once the app has started."""
+           shared: socket.socket | None, host: str, port: int, parent: int, ready: Any) -> None:
+    """One web process: the app on the ``shared`` socket, or else on a socket of its own in
+    the port's ``SO_REUSEPORT`` group, which listens once the app has started (until then,
+    connections go to the siblings); until SIGTERM/SIGINT or until the parent is gone (a
+    parent killed with SIGKILL leaves no one to stop us). ``ready`` is set once the app has
+    started."""
     if configure is not None:
         configure(settings)
+    sock = shared if shared is not None else bind(host, port, reuse_port=True, listen=False)
     guard = StartupGuard(factory(settings), on_started=ready.set)
-    server = uvicorn.Server(config(guard, host=host, port=sock.getsockname()[1],
+    server = uvicorn.Server(config(guard, host=host, port=port,
                                    settings=settings, timeout_graceful_shutdown=GRACEFUL_S))
 
     def watch_parent() -> None:
