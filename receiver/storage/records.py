@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -20,6 +21,8 @@ import orjson
 T = TypeVar("T")
 Convert = Callable[[Any], Any]
 Plan = tuple[tuple[str, Convert | None, bool], ...]
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
+_LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
 
 
 class Row(Protocol):
@@ -29,8 +32,13 @@ class Row(Protocol):
 
 
 def loads(text: str | bytes) -> Any:
-    """JSON text the store wrote (orjson, or ``json`` for what orjson refuses to read: an
-    integer past 64 bits)."""
+    """JSON text the store wrote (orjson, or ``json`` where orjson would not give it back as
+    written: it reads an integer past 64 bits as a float, so text with a run of 19 digits or
+    more goes to ``json``)."""
+    long = (_LONG_DIGITS.search(text) if isinstance(text, str)
+            else _LONG_DIGITS_BYTES.search(text))
+    if long:
+        return json.loads(text)
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
