@@ -669,3 +669,31 @@ async def test_a_postgresql_batch_records_what_sqlite_records_one_at_a_time(
     expected, found = _dump(reference), _dump(pg_dsn)
     for table, rows in expected.items():
         assert found[table] == rows, table
+
+
+@pytest.mark.postgres
+async def test_a_postgresql_batch_reads_its_tasks_in_one_statement_a_name(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reads a wave waits on (the tasks' states, the facts routes narrow on) run once for
+    all the wave's units, in their ``[postgresql_batch]`` form, not once a unit."""
+    router = Router([Route(name="pop", on=frozenset({"task.succeeded"}),
+                           handlers=(HandlerRef(name="p"),), tags=frozenset({"pop"}))])
+    single, batched = postgres.DIALECT.statements(), postgres.DIALECT.variants(postgres.BATCH)
+    ran: list[str] = []
+    real_execute = psycopg.Connection.execute
+
+    def spy(self: psycopg.Connection[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        ran.append(str(query))  # a spy: the real statement runs
+        return real_execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "execute", spy)
+    async with storage_at(pg_dsn) as store:
+        ran.clear()
+        results = await asyncio.gather(*(store.ingest.record_delivery(delivery(f"d{n}", callback(
+            f"t{n}", [clip(f"t{n}-a", "succeeded", tags="pop")])), router=router)
+            for n in range(6)))
+    assert [r.jobs for r in results] == [1] * 6
+    for name in ("task_before", "task_facts"):
+        assert ran.count(batched[name]) == 1, name
+        assert ran.count(single[name]) == 0, name
