@@ -1,18 +1,20 @@
-"""psycopg 3 against asyncpg on the PostgreSQL write path: ``.venv/bin/python -m
-scripts.benchmarks.drivers`` (not one of ``scripts/bench``'s timed suites; needs asyncpg).
+"""psycopg 3 against asyncpg on the PostgreSQL write path (issue 20): ``.venv/bin/python -m
+scripts.benchmarks.drivers`` (not one of ``scripts/bench``'s timed suites; needs asyncpg,
+which the project does not depend on).
 
-On a throwaway cluster as deployed (fsync, full-page writes, synchronous_commit on), two fresh
-databases migrated by the real store record the same deliveries of the load generator's shape
-(a new task, two clips, three transitions, one job each):
+On a throwaway cluster as deployed (fsync, full-page writes, synchronous_commit on), a fresh
+database for each variant, migrated by the real store, records the same deliveries of the
+load generator's shape (a new task, two clips, three transitions, one job each) through the
+real store, C callers at once (its group commit makes the batches), with the writer:
 
-- ``psycopg``: through the real store, C callers at once (its group commit makes the batches);
-- ``asyncpg``: the same recording algorithm (:func:`receiver.recording.record`) driven in the
-  same waves as the store's writer, one statement per name a wave (the ``[postgresql_batch]``
-  forms: over JSON as the store sends them, or over arrays, ``--form``), on one connection, a
-  transaction each batch, in batches of the sizes the store's group commit made.
+- ``psycopg json``: the store as it is (pipeline mode; ``[postgresql_batch]`` statements over
+  one JSON text);
+- ``psycopg arrays``: the same statements reading one array a column (psycopg adapts lists);
+- ``asyncpg json``, ``asyncpg arrays``: :class:`AsyncpgConnector`, the same waves and
+  statements on one asyncpg connection.
 
-Both databases must hold the same rows afterwards (every table's rows compared, less the
-numbers the database assigns). The two alternate, round after round; medians are printed.
+Every database must hold the same rows afterwards (less the numbers the database assigns).
+The variants take turns, in a rotated order each round; medians are printed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import re
 import statistics
 import time
@@ -30,13 +31,14 @@ from typing import Any
 
 import asyncpg
 
-from receiver.models import Delivery, RecordResult, Source
+from receiver.models import Delivery, Source
 from receiver.payloads import try_parse
-from receiver.recording import record
 from receiver.routing import HandlerRef, Route, Router
 from receiver.signatures import sign_musicapi
 from receiver.storage import postgres
+from receiver.storage.connector import Unit
 from receiver.storage.postgres import BATCHED, _Ask, _columns, _distinct, _split, _StepTx
+from receiver.storage.roles import Storage
 from receiver.storage.sql import _PARAM, Dialect
 from receiver.webhook import kept_headers
 from scripts.benchmarks.ingest import Postgres, postgres_or_none
@@ -70,17 +72,20 @@ def deliveries(count: int) -> list[Delivery]:
     return out
 
 
-# ---- psycopg: the real store ----------------------------------------------------------------
+# ---- the store, on either writer ------------------------------------------------------------
 
-async def through_store(dsn: str, batches: Sequence[Sequence[Delivery]], callers: int,
-                        counter: _Counted, timer: Timer, form: str) -> tuple[list[int], int]:
-    """Record every delivery of ``batches`` through the store, ``callers`` at once; the sizes
-    of the batches its group commit made, and the round trips (pipeline sync points)."""
+async def through_store(dsn: str, items: Sequence[Delivery], callers: int, variant: str,
+                        counter: _Counted, timer: Timer) -> tuple[list[int], int]:
+    """Record ``items`` through the store, ``callers`` at once, on the psycopg writer or an
+    :class:`AsyncpgConnector` (``variant``: driver and form); the sizes of the batches its
+    group commit made, and the round trips."""
     from tests.backends import storage_at
 
-    items = iter([d for batch in batches for d in batch])
+    driver, form = variant.split()
+    store = storage_at(dsn) if driver == "psycopg" else Storage.over(AsyncpgConnector(dsn, form))
+    queue = iter(items)
     sizes: list[int] = []
-    async with storage_at(dsn) as store:
+    async with store:
         connector = store.ingest.db.connector
         write = connector.write
 
@@ -91,15 +96,16 @@ async def through_store(dsn: str, batches: Sequence[Sequence[Delivery]], callers
         connector.write = counted
 
         async def caller() -> None:
-            for item in items:
+            for item in queue:
                 await store.ingest.record_delivery(item, router=ROUTER)
 
         counter.syncs = 0
-        with store_over_arrays(store) if form == "arrays" else contextlib.nullcontext():
+        with store_over_arrays(store) if variant == "psycopg arrays" else \
+                contextlib.nullcontext():
             timer.start()
             await asyncio.gather(*(caller() for _ in range(callers)))
             timer.stop()
-    return sizes, counter.syncs
+    return sizes, counter.syncs if driver == "psycopg" else connector.trips
 
 
 # ---- asyncpg: the same statements in the same waves ------------------------------------------
@@ -163,43 +169,73 @@ def store_over_arrays(store: Any) -> Iterator[None]:
         connector._batch_sql, postgres._columns = kept
 
 
-class AsyncpgWriter:
-    """Batches recorded on one asyncpg connection as the store's writer records them: the
-    batch's task locks, a savepoint, the units run together in waves (one statement per name
-    a wave, its ``[postgresql_batch]`` form), the savepoint released, a notify, the commit.
-    ``trips`` counts the round trips (every call on the connection waits for its answer)."""
+class AsyncpgConnector:
+    """The store's writer over one asyncpg connection (writes only: no reads, no listening):
+    a batch of units is recorded as the psycopg writer records it: the batch's task locks, a
+    savepoint, the units run together in waves (one statement per name a wave, its
+    ``[postgresql_batch]`` form), the savepoint released, a notify, the commit. Without
+    pipelining, every statement is a round trip (``trips``); statements without parameters
+    go together in one simple query. On the event loop: no thread."""
 
-    def __init__(self, conn: asyncpg.Connection, form: str) -> None:
+    dialect = postgres.DIALECT
+
+    def __init__(self, url: str, form: str) -> None:
         dialect = _named()
-        self.conn, self.form, self.trips = conn, form, 0
+        self.url, self.form, self.trips = url, form, 0
         self.sql = {name: _numbered(text) for name, text in dialect.statements().items()}
         self.batch: dict[str, tuple[str, list[Any]]] = {}
         for name, text in dialect.variants(postgres.BATCH).items():
             self.batch[name] = (_numbered(text)[0], []) if form == "json" else \
                 _over_arrays(text)  # type: ignore[assignment]
+        self.conn: asyncpg.Connection | None = None
 
-    async def record(self, batch: Sequence[Delivery]) -> list[RecordResult]:
-        tasks = sorted({d.callback.task_id for d in batch if d.callback and d.callback.task_id})
+    def describe(self) -> str:
+        return f"asyncpg {self.url}"
+
+    async def open(self) -> None:  # migrated already, by the psycopg store
+        self.conn = await asyncpg.connect(self.url, server_settings={
+            "application_name": postgres.WRITER_NAME, "lock_timeout": "5000ms"})
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await self.conn.close()
+
+    async def write(self, units: Sequence[Unit]) -> None:
+        tasks = sorted({task for unit in units for task in unit.locks})
         await self._call("execute", "BEGIN", [])
-        if len(batch) > 1:  # as the store: the batch's task locks, outside its savepoint
+        if len(units) > 1 and tasks:  # as the store: the batch's task locks, outside its savepoint
             await self._call("execute", self.batch["lock_task"][0], self._batch_args(
                 "lock_task", [{"task_id": t} for t in tasks]))
-        await self._call("execute", "SAVEPOINT batch", [])
+        if len(units) > 1:
+            await self._call("execute", "SAVEPOINT batch", [])
         try:
-            txs = [_StepTx() for _ in batch]
-            results = await self._together(txs, [record(tx, d, router=ROUTER)
-                                                 for tx, d in zip(txs, batch, strict=True)])
-            jobs = any(tx.jobs for tx in txs)
-            await self._call("execute", "RELEASE SAVEPOINT batch; " + (
-                f"SELECT pg_notify('{postgres.CHANNEL}', ''); " if jobs else "") + "COMMIT", [])
-        except BaseException:
+            for wave in postgres._waves(units):
+                txs = [_StepTx() for _ in wave]
+                results = await self._together(txs, [unit.work(tx) for unit, tx in zip(
+                    wave, txs, strict=True)])
+                for unit, tx, result in zip(wave, txs, results, strict=True):
+                    unit.result, unit.wrote_jobs = result, tx.jobs
+            end = ["RELEASE SAVEPOINT batch"] if len(units) > 1 else []
+            if any(unit.wrote_jobs for unit in units):
+                end.append(f"SELECT pg_notify('{postgres.CHANNEL}', '')")
+            await self._call("execute", "; ".join([*end, "COMMIT"]), [])
+        except BaseException:  # the benchmark's batches do not fail: no unit-by-unit retry
+            assert self.conn is not None
             await self.conn.execute("ROLLBACK")
             raise
-        return results
+
+    async def read(self, work: Any) -> Any:
+        raise NotImplementedError("the benchmark only writes")
+
+    async def wait_for_jobs(self, wait_s: float) -> None:
+        raise NotImplementedError("the benchmark only writes")
+
+    async def check_space(self) -> None:
+        pass
 
     async def _call(self, how: str, sql: str, args: Sequence[Any]) -> Any:
         self.trips += 1
-        return await getattr(self.conn, how)(sql, *args)
+        return await getattr(self.conn, how)(sql, *args)  # one round trip
 
     def _batch_args(self, name: str, rows: list[Mapping[str, Any]]) -> list[Any]:
         if self.form == "json":
@@ -297,33 +333,7 @@ class AsyncpgWriter:
         return answers
 
 
-async def through_asyncpg(dsn: str, batches: Sequence[Sequence[Delivery]], form: str,
-                          timer: Timer) -> tuple[list[int], int]:
-    conn = await asyncpg.connect(dsn, server_settings={
-        "application_name": postgres.WRITER_NAME, "lock_timeout": "5000ms"})
-    try:
-        writer = AsyncpgWriter(conn, form)
-        timer.start()
-        for batch in batches:
-            await writer.record(batch)
-        timer.stop()
-        return [len(b) for b in batches], writer.trips
-    finally:
-        await conn.close()
-
-
 # ---- the runs ---------------------------------------------------------------------------------
-
-def chunks(items: list[Delivery], sizes: Sequence[int]) -> list[list[Delivery]]:
-    """``items`` cut in batches of ``sizes`` (cycled)."""
-    out, start = [], 0
-    for size in itertools.cycle(sizes):
-        if start >= len(items):
-            return out
-        out.append(items[start:start + size])
-        start += size
-    return out
-
 
 class Timer:
     """Between :meth:`start` and :meth:`stop` (connections made, the store open before): this
@@ -426,17 +436,10 @@ def main() -> None:
         dsn = {v: pg.create(name) for v, name in names.items()}
         for url in dsn.values():
             asyncio.run(migrate(url))
-        made: dict[int, list[int]] = {size: [size] for size in sizes}
 
         def one(variant: str, size: int, items: list[Delivery]) -> dict[str, Any]:
-            driver, form = variant.split()
-            if driver == "psycopg":
-                got = measure(pg, names[variant], lambda timer: through_store(
-                    dsn[variant], [items], size, counter, timer, form))
-                made[size] = got["sizes"]  # the next asyncpg runs follow these batch sizes
-                return got
-            return measure(pg, names[variant], lambda timer: through_asyncpg(
-                dsn[variant], chunks(items, made[size]), form, timer))
+            return measure(pg, names[variant], lambda timer: through_store(
+                dsn[variant], items, size, variant, counter, timer))
 
         for size in sizes:  # a warm-up (not counted)
             items = deliveries(args.count // 4)
