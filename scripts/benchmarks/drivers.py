@@ -9,7 +9,8 @@ real store, C callers at once (its group commit makes the batches), with the wri
 
 - ``psycopg json``: the store as it is (pipeline mode; ``[postgresql_batch]`` statements over
   one JSON text);
-- ``psycopg arrays``: the same statements reading one array a column (psycopg adapts lists);
+- ``psycopg arrays``, ``psycopg binary``: the same statements reading one array a column
+  (psycopg adapts the lists, sent as text or in binary);
 - ``asyncpg json``, ``asyncpg arrays``: :class:`AsyncpgConnector`, the same waves and
   statements on one asyncpg connection.
 
@@ -100,7 +101,7 @@ async def through_store(dsn: str, items: Sequence[Delivery], callers: int, varia
                 await store.ingest.record_delivery(item, router=ROUTER)
 
         counter.syncs = 0
-        with store_over_arrays(store) if variant == "psycopg arrays" else \
+        with store_over_arrays(store, form) if driver == "psycopg" and form != "json" else \
                 contextlib.nullcontext():
             timer.start()
             await asyncio.gather(*(caller() for _ in range(callers)))
@@ -125,7 +126,8 @@ def _numbered(text: str) -> tuple[str, list[str]]:
 def _over_arrays(text: str, *, style: str = "numbered") -> tuple[str, list[tuple[str, str]]]:
     """A ``[postgresql_batch]`` statement (``:name`` style) reading ``unnest`` of one array a
     column instead of one JSON text (bytes as ``bytea``, not base64); its ``(column, type)``
-    in ``$n`` order. ``style``: ``$n`` (asyncpg) or ``%(column)s`` (psycopg)."""
+    in ``$n`` order. ``style``: ``$n`` (asyncpg), ``%(column)s`` or ``%(column)b`` (psycopg,
+    text or binary)."""
     columns: list[tuple[str, str]] = []
     text = text.replace("decode(body, 'base64')", "body")
     if style != "numbered":
@@ -141,7 +143,7 @@ def _over_arrays(text: str, *, style: str = "numbered") -> tuple[str, list[tuple
                 columns.append((name, kind))
             names.append(name)
             mark = (f"${columns.index((name, kind)) + 1}" if style == "numbered"
-                    else f"%({name})s")
+                    else f"%({name}){'b' if style == 'binary' else 's'}")
             arrays.append(f"CAST({mark} AS {kind}[])")
         return f"unnest({', '.join(arrays)}) AS b ({', '.join(names)})"
 
@@ -155,12 +157,12 @@ def _named() -> Dialect:
 
 
 @contextlib.contextmanager
-def store_over_arrays(store: Any) -> Iterator[None]:
+def store_over_arrays(store: Any, style: str) -> Iterator[None]:
     """The store's writer sending each batch statement's rows as one array a column (psycopg
     adapting the lists), instead of one JSON text, for the length of the block."""
     connector = store.ingest.db.connector
     kept = connector._batch_sql, postgres._columns
-    connector._batch_sql = {name: _over_arrays(text, style="named")[0]
+    connector._batch_sql = {name: _over_arrays(text, style=style)[0]
                             for name, text in _named().variants(postgres.BATCH).items()}
     postgres._columns = lambda rows: {k: [row.get(k) for row in rows] for k in rows[0]}
     try:
@@ -405,7 +407,7 @@ def compare(dsn_a: str, dsn_b: str) -> list[str]:
     return found
 
 
-VARIANTS = ("psycopg json", "psycopg arrays", "asyncpg json", "asyncpg arrays")
+VARIANTS = ("psycopg json", "psycopg arrays", "psycopg binary", "asyncpg json", "asyncpg arrays")
 
 
 def main() -> None:
