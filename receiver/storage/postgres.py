@@ -507,9 +507,7 @@ def _distinct(indexes: list[int], asks: Mapping[int, _Ask], batched: _Batched
     for index in sorted(indexes):
         params = asks[index].params
         route = params[0][batched.route] if batched.route else None
-        # (a statement with no unique parameters, such as task_before, has no keys to clash)
-        mine = ({tuple(row[name] for name in batched.unique) for row in params}
-                if batched.unique else set())
+        mine = {tuple(row[name] for name in batched.unique) for row in params}
         if route in routes or not keys.isdisjoint(mine) or (
                 batched.unique and len(mine) < len(params)):
             alone.append(index)

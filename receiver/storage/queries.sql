@@ -81,20 +81,12 @@ SELECT NULL AS clip_id, state FROM tasks WHERE task_id = :task_id
 UNION ALL
 SELECT clip_id, state FROM clips WHERE task_seq = (SELECT seq FROM tasks WHERE task_id = :task_id)
 
--- Each task, and its clips, found by an index lookup a row (LATERAL, kept a subquery by
--- OFFSET 0): joined as `IN (SELECT ... json_to_recordset)`, the planner guesses 100 rows and,
--- below some 30,000 tasks, hashes them against a scan of the whole tasks table, twice a
--- batch (scripts/benchmarks/README.md, issue 20). A batch's task ids are distinct.
 -- name: task_before [postgresql_batch]
-SELECT b.task_id AS unit_key, NULL AS clip_id, t.state
-FROM json_to_recordset(CAST(:rows AS JSON)) AS b (task_id TEXT),
-     LATERAL (SELECT state FROM tasks WHERE tasks.task_id = b.task_id OFFSET 0) AS t
+SELECT t.task_id AS unit_key, NULL AS clip_id, t.state FROM tasks t
+WHERE t.task_id IN (SELECT task_id FROM json_to_recordset(CAST(:rows AS JSON)) AS b (task_id TEXT))
 UNION ALL
-SELECT b.task_id, c.clip_id, c.state
-FROM json_to_recordset(CAST(:rows AS JSON)) AS b (task_id TEXT),
-     LATERAL (SELECT clip_id, state FROM clips
-              WHERE task_seq = (SELECT seq FROM tasks WHERE tasks.task_id = b.task_id)
-              OFFSET 0) AS c
+SELECT t.task_id, c.clip_id, c.state FROM tasks t JOIN clips c ON c.task_seq = t.seq
+WHERE t.task_id IN (SELECT task_id FROM json_to_recordset(CAST(:rows AS JSON)) AS b (task_id TEXT))
 
 -- name: upsert_task
 INSERT INTO tasks (task_id, state, platform, error, failure_category, first_seen_at,
@@ -195,18 +187,12 @@ UNION ALL
 SELECT 'clip', tags, NULL FROM clips
 WHERE task_seq = (SELECT seq FROM tasks WHERE task_id = :task_id)
 
--- (an index lookup a row, as task_before's)
 -- name: task_facts [postgresql_batch]
-SELECT b.task_id AS unit_key, 'task' AS kind, t.task_type AS value, t.platform
-FROM json_to_recordset(CAST(:rows AS JSON)) AS b (task_id TEXT),
-     LATERAL (SELECT task_type, platform FROM tasks WHERE tasks.task_id = b.task_id
-              OFFSET 0) AS t
+SELECT t.task_id AS unit_key, 'task' AS kind, t.task_type AS value, t.platform FROM tasks t
+WHERE t.task_id IN (SELECT task_id FROM json_to_recordset(CAST(:rows AS JSON)) AS b (task_id TEXT))
 UNION ALL
-SELECT b.task_id, 'clip', c.tags, NULL
-FROM json_to_recordset(CAST(:rows AS JSON)) AS b (task_id TEXT),
-     LATERAL (SELECT tags FROM clips
-              WHERE task_seq = (SELECT seq FROM tasks WHERE tasks.task_id = b.task_id)
-              OFFSET 0) AS c
+SELECT t.task_id, 'clip', c.tags, NULL FROM tasks t JOIN clips c ON c.task_seq = t.seq
+WHERE t.task_id IN (SELECT task_id FROM json_to_recordset(CAST(:rows AS JSON)) AS b (task_id TEXT))
 
 -- :waits_for is a JSON array of handler names, or NULL
 -- name: insert_job
