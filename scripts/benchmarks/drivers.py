@@ -38,7 +38,7 @@ from receiver.routing import HandlerRef, Route, Router
 from receiver.signatures import sign_musicapi
 from receiver.storage import postgres
 from receiver.storage.connector import Unit
-from receiver.storage.postgres import BATCHED, _Ask, _columns, _distinct, _split, _StepTx
+from receiver.storage.postgres import BATCHED, _Ask, _Batched, _columns, _split, _StepTx
 from receiver.storage.roles import Storage
 from receiver.storage.sql import _PARAM, Dialect
 from receiver.webhook import kept_headers
@@ -169,6 +169,29 @@ def store_over_arrays(store: Any, style: str) -> Iterator[None]:
         yield
     finally:
         connector._batch_sql, postgres._columns = kept
+
+
+def _distinct(indexes: list[int], asks: Mapping[int, _Ask], batched: _Batched
+              ) -> tuple[list[int], list[int]]:
+    """The store's ``_distinct``, but a statement with no unique parameters (``task_before``)
+    is shared by all: the store runs that one once a unit, pipelined in one round trip, which
+    asyncpg, with no pipeline, would pay a round trip each."""
+    routes: set[Any] = set()
+    keys: set[tuple[Any, ...]] = set()
+    together, alone = [], []
+    for index in sorted(indexes):
+        params = asks[index].params
+        route = params[0][batched.route] if batched.route else None
+        mine = ({tuple(row[name] for name in batched.unique) for row in params}
+                if batched.unique else set())
+        if route in routes or not keys.isdisjoint(mine) or (
+                batched.unique and len(mine) < len(params)):
+            alone.append(index)
+            continue
+        routes.add(route)
+        keys |= mine
+        together.append(index)
+    return together, alone
 
 
 class AsyncpgConnector:
