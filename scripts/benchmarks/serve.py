@@ -3,12 +3,14 @@
 It prints one JSON line on stdout, ``{"url": ..., "pids": [...]}``, once it listens on
 127.0.0.1 (a port the OS picked), and serves until SIGTERM.
 
-``--procs N`` (N > 1) serves the ASGI apps from N processes on one listening socket, as a
-multi-process deployment does (gunicorn, ``uvicorn --workers``): this process binds the socket
-and starts N children that inherit it and accept from it; ``pids`` lists the children, whose
-CPU time and disk writes are what the benchmarks count. The socket is made with
-``IPPROTO_TCP`` explicitly, so every accepted connection gets ``TCP_NODELAY`` from asyncio
-(uvicorn's own multi-process path loses it, and each answer then waits for a delayed ACK).
+``--procs N`` (N > 1) serves the ASGI apps from N processes on one port, as
+``sonic-receiver serve --workers N`` does (:func:`receiver.server.serve_processes`): this
+process reserves the port and starts N children, each listening on a socket of its own in the
+port's ``SO_REUSEPORT`` group (on Linux; elsewhere they inherit one socket and accept from it);
+``pids`` lists the children, whose CPU time and disk writes are what the benchmarks count.
+Sockets are made with ``IPPROTO_TCP`` explicitly, so every accepted connection gets
+``TCP_NODELAY`` from asyncio (uvicorn's own multi-process path loses it, and each answer then
+waits for a delayed ACK).
 
 ``bare``
     A Starlette endpoint that reads the body and answers 200: the floor of what uvicorn and
@@ -74,6 +76,20 @@ def listening_socket() -> socket.socket:
     return sock
 
 
+# as receiver.server has it (not imported: --before serves older checkouts' receivers)
+SPREAD_BY_KERNEL = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def port_socket(port: int) -> socket.socket:
+    """A loopback socket bound to ``port`` (0: one the OS picks) in its ``SO_REUSEPORT`` group,
+    not listening: uvicorn's server listens on it once the app has started."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((HOST, port))
+    return sock
+
+
 def bare_app() -> Starlette:
     async def webhook(request: Request) -> JSONResponse:
         body = await request.body()
@@ -111,14 +127,20 @@ async def receiver_app(stamps: Path | None) -> AsyncIterator[Any]:
             ingest.close()
 
 
-async def serve_asgi(kind: str, stamps: Path | None, fd: int | None = None) -> None:
+async def serve_asgi(kind: str, stamps: Path | None, fd: int | None = None,
+                     port: int | None = None) -> None:
     from receiver import settings
     from receiver.server import StartupGuard, config
 
     async with contextlib.AsyncExitStack() as stack:
         app = bare_app() if kind == "bare" else await stack.enter_async_context(
             receiver_app(stamps))
-        sock = socket.socket(fileno=fd) if fd is not None else listening_socket()
+        if fd is not None:  # a child of --procs, sharing its parent's socket
+            sock = socket.socket(fileno=fd)
+        elif port is not None:  # a child of --procs with a socket of its own on the port
+            sock = port_socket(port)
+        else:
+            sock = listening_socket()
         # uvicorn's own Server: SIGTERM makes it shut down (and run the app's lifespan end).
         # loop "auto" (uvloop when installed) as serve has it; BENCH_UVICORN_LOOP=asyncio to compare
         # StartupGuard as `sonic-receiver serve` has it (it settles the heap once started)
@@ -138,12 +160,17 @@ async def serve_asgi(kind: str, stamps: Path | None, fd: int | None = None) -> N
 
 
 def serve_processes(argv: list[str], procs: int) -> None:
-    """Bind the socket, start ``procs`` children serving on it, announce once every one of
-    them serves, and stop them all on SIGTERM."""
-    sock = listening_socket()
+    """Reserve a port, start ``procs`` children serving on it (as ``serve --workers`` does),
+    announce once every one of them serves, and stop them all on SIGTERM."""
+    if SPREAD_BY_KERNEL:
+        sock = port_socket(0)  # never listens, so never handed a connection
+        where = ["--port", str(sock.getsockname()[1])]
+        shared: list[int] = []
+    else:
+        sock = listening_socket()
+        where, shared = ["--fd", str(sock.fileno())], [sock.fileno()]
     children = [subprocess.Popen([sys.executable, "-m", "scripts.benchmarks.serve", *argv,
-                                  "--fd", str(sock.fileno())], pass_fds=[sock.fileno()],
-                                 stdout=subprocess.PIPE)
+                                  *where], pass_fds=shared, stdout=subprocess.PIPE)
                 for _ in range(procs)]
     stop = False
 
@@ -208,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procs", type=int, default=1,
                         help="serve from this many processes on one socket")
     parser.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a child of --procs
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)  # a child of --procs
     args = parser.parse_args(argv)
     if args.kind == "media":
         serve_media()
@@ -220,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     if profiler is not None:
         profiler.enable()
     try:
-        asyncio.run(serve_asgi(args.kind, args.stamps, args.fd))
+        asyncio.run(serve_asgi(args.kind, args.stamps, args.fd, args.port))
     finally:
         if profiler is not None:
             profiler.disable()
