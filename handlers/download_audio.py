@@ -67,7 +67,7 @@ Options (all optional; :class:`DownloadOptions`, checked at start-up)::
     max_bytes = 209715200               # per file
     timeout_s = 600                     # per file, the whole download
     allowed_types = { audio = ["audio/mpeg", "audio/wav"] }   # per kind, or "audio/*"
-    link_lifetime_s = { sonic = 1200 }  # per provider (the task's platform)
+    link_lifetime_s = { sonic = 1200 }  # per provider (the task's; others: as documented)
     wait_for_url_s = 900                # how long a placeholder audio URL is waited for
     duration_tolerance_s = 2.0          # how far the audio may play from the declared
     duration_tolerance = 0.05           #   duration: seconds, or a share of it (the larger)
@@ -131,6 +131,7 @@ from receiver.plugin import (
     State,
     StoredFile,
     TaskView,
+    documented_link_lifetime,
     download,
     handler,
     locked,
@@ -201,16 +202,25 @@ class AllowedTypes(Options, kw_only=True, frozen=True):
 
 
 class LinkLifetimes(Options, kw_only=True, frozen=True):
-    """How long each provider's media links stay valid, in seconds, by the task's
-    ``platform`` (a task that names none, or an unknown one, is Sonic's). Sonic does not
-    document it; signed CDN links elsewhere live from minutes to days: twenty minutes is a
-    guess on the safe side (a refresh costs one get-music call)."""
+    """How long each provider's media links stay valid, in seconds, by the task's provider
+    (``Task.provider``). A provider left out takes what its documentation says
+    (:func:`receiver.plugin.documented_link_lifetime`: kie.ai 20 minutes, sunoapi.org 15 days),
+    else Sonic's value. Sonic does not document it; signed CDN links elsewhere live from
+    minutes to days: twenty minutes is a guess on the safe side (a refresh costs one poll)."""
 
     sonic: PositiveFloat = 1200.0
+    sunoapi: PositiveFloat | None = None
+    kie: PositiveFloat | None = None
+    apibox: PositiveFloat | None = None
+    piapi: PositiveFloat | None = None
+    aimlapi: PositiveFloat | None = None
 
-    def of(self, platform: str | None) -> float:
-        value: float = getattr(self, (platform or "").lower(), self.sonic)
-        return value
+    def of(self, provider: str) -> float:
+        given: float | None = (getattr(self, provider) if provider in self.__struct_fields__
+                               else None)
+        if given is None:
+            given = documented_link_lifetime(provider)
+        return self.sonic if given is None else given
 
 
 class DownloadOptions(Options, kw_only=True, frozen=True):
@@ -302,7 +312,7 @@ class _Run:
         if not self.may_refresh:
             return {}
         kept = {(f.clip_id, f.kind) for f in await self.ctx.files()}
-        lifetime = self.options.link_lifetime_s.of(view.task.platform)
+        lifetime = self.options.link_lifetime_s.of(view.task.provider)
         now = self.ctx.clock.now()
         stale: dict[str, str] = {}
         for clip in _succeeded(view):

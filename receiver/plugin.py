@@ -72,6 +72,7 @@ from receiver.media import MediaError, MediaRefused, MediaStore
 from receiver.models import ChildState, ChildTask, Clip, Result, StoredFile, Task, TaskView
 from receiver.notifying import NotSent, Target, UnusableTarget, send, services, targets_of
 from receiver.providers import TaskApi
+from receiver.providers.registry import documented_link_lifetime
 from receiver.registry import handler
 from receiver.signatures import sign_standard
 from receiver.sonic.client import SonicClient
@@ -132,6 +133,7 @@ __all__ = [
     "TaskView",
     "Text",
     "UnusableTarget",
+    "documented_link_lifetime",
     "download",
     "handler",
     "locked",

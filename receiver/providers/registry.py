@@ -30,6 +30,13 @@ def adapters(settings: Settings, *, clock: Clock) -> dict[str, Adapter]:
             for name, table in settings.providers.tables().items()}
 
 
+def documented_link_lifetime(provider: str) -> float | None:
+    """How long ``provider``'s media links last (seconds), as its documentation says; None
+    for Sonic (undocumented), a provider that does not say, or a name that is no provider's."""
+    kind = ADAPTERS.get(provider)
+    return None if kind is None else kind.link_lifetime_s
+
+
 @cache
 def reader_for(name: str) -> Adapter | None:
     """An adapter of ``name`` that reads bodies only (a stored delivery's, for replay: reading

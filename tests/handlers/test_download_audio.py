@@ -16,11 +16,17 @@ import mutagen.wave
 import pytest
 from structlog.testing import capture_logs
 
-from handlers.download_audio import SIDECAR, contained, handle, safe_component
+from handlers.download_audio import (
+    SIDECAR,
+    LinkLifetimes,
+    contained,
+    handle,
+    safe_component,
+)
 from receiver.app import create_app
 from receiver.clock import FakeClock
 from receiver.context import Event, HandlerContext
-from receiver.conversion import ConfigError
+from receiver.conversion import ConfigError, convert
 from receiver.jobs import FINISHED, Job, JobState, PermanentError
 from receiver.models import Source
 from receiver.registry import load_registry
@@ -553,6 +559,28 @@ async def test_links_older_than_their_lifetime_are_refreshed_before_any_fetch(
     assert {f.url for f in files if f.kind == "audio"}.isdisjoint(c["audio_url"] for c in clips)
     assert [r["reason"] for r in results] == ["expired", "expired"]
     assert not any("refused" in r.get("audio", {}) for r in results)  # no 403 was met
+
+
+@pytest.mark.parametrize(("options", "provider", "lifetime"), [
+    ({}, "sonic", 1200.0),
+    ({}, "kie", 20 * 60.0),  # documented: kie.ai's download links last 20 minutes
+    ({}, "sunoapi", 15 * 86400.0),  # said to be kept 15 days
+    ({}, "apibox", 1200.0),  # not documented: Sonic's value
+    ({"sonic": 600}, "piapi", 600.0),
+    ({"kie": 60}, "kie", 60.0),  # the operator's word first
+    ({"kie": 60}, "of", 1200.0),  # a name that is no provider's (not a method of the table)
+])
+def test_a_tasks_link_lifetime_is_its_providers(
+    options: dict[str, float], provider: str, lifetime: float,
+) -> None:
+    table = convert(options, LinkLifetimes, path="link_lifetime_s")
+    assert table.of(provider) == lifetime
+
+
+def test_a_link_lifetime_for_no_provider_is_refused_with_its_path() -> None:
+    with pytest.raises(ConfigError) as caught:
+        convert({"suno": 60}, LinkLifetimes, path="link_lifetime_s")
+    assert caught.value.message == "link_lifetime_s.suno: unknown key"
 
 
 async def test_without_a_sonic_client_an_expired_link_is_retried_as_it_is(
