@@ -228,6 +228,11 @@ class WebhookEndpoint:
             task_id_hint=QueryParams(query.decode("latin-1")).get("task_id") if query else None,
             received_at=self.clock.now(),
         )
+        return await self._record(store, delivery, where)
+
+    async def _record(self, store: Ingest, delivery: Delivery,
+                      where: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Record ``delivery`` and say what to answer: 503 when it could not be committed."""
         where["delivery_id"] = delivery.delivery_id
         try:
             result = await store.record_delivery(delivery, router=self.router)
@@ -330,15 +335,7 @@ class ProviderEndpoint(WebhookEndpoint):
             body=body, received_at=self.clock.now(), callback=callback, error=error,
             provider=name, unconfirmed=adapter.confirms and callback is not None,
         )
-        where["delivery_id"] = delivery.delivery_id
-        try:
-            result = await store.record_delivery(delivery, router=self.router)
-        except StoreError as exc:
-            log.error("delivery_not_recorded", error=exc.message, **where)
-            return 503, {"error": "store_unavailable"}
-        except Exception as exc:  # a bug must cost a retry, never the delivery
-            return 503, await self._keep_aside(store, delivery, exc, where)
-        return answer(result, event=delivery.event, scheme=delivery.scheme, where=where)
+        return await self._record(store, delivery, where)
 
     @staticmethod
     async def _authenticate(store: Ingest, adapter: Adapter, inbound: Inbound,
