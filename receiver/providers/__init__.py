@@ -36,10 +36,11 @@ from typing import Any, ClassVar, Protocol
 import httpx
 import structlog
 
-from receiver.clips import load, parse_code
+from receiver.clips import load, parse_code, parse_text
 from receiver.clock import Clock
 from receiver.config import ProviderTable
 from receiver.errors import PayloadError, VerificationError
+from receiver.failures import FailureCategory, classify_documented
 from receiver.payloads import Callback
 from receiver.signatures import Scheme, Verified, secret_matches
 from receiver.sonic.contract import CreateRequest
@@ -189,6 +190,27 @@ class Adapter(ABC):
 # The clips' state a provider's stage (as a webhook event) stands for.
 EVENT_STATE = {WebhookEvent.STREAMING: State.RUNNING, WebhookEvent.COMPLETED: State.SUCCEEDED,
                WebhookEvent.FAILED: State.FAILED}
+
+
+def status_event(data: Mapping[str, Any],
+                 statuses: Mapping[str, WebhookEvent | None]) -> WebhookEvent | None:
+    """The event that a task object's ``status`` names in ``statuses`` (None: a stage that
+    says nothing yet); :class:`PayloadError` for no status, or one ``statuses`` lacks."""
+    status = parse_text(data.get("status"))
+    name = status.strip().lower() if status else ""
+    if name not in statuses:
+        raise PayloadError(f"unknown status {name[:40]!r}" if status else "no status")
+    return statuses[name]
+
+
+def failure(event: WebhookEvent | None, code: int | None, message: str | None
+            ) -> tuple[str | None, FailureCategory | None]:
+    """A task object's message and failure category: a failed task's message is never empty,
+    and its category comes from the code and message (the shared documented codes)."""
+    if event is not WebhookEvent.FAILED:
+        return message, None
+    message = message or "failed"
+    return message, classify_documented(code, message, {})
 
 
 def refuse(reason: str, scheme: Scheme, message: str | None = None) -> VerificationError:

@@ -30,9 +30,8 @@ from receiver.clips import (
     read_clip,
 )
 from receiver.errors import PayloadError
-from receiver.failures import classify_documented
 from receiver.payloads import Callback
-from receiver.providers import EVENT_STATE, Adapter, Inbound, ProviderClient
+from receiver.providers import EVENT_STATE, Adapter, Inbound, ProviderClient, failure, status_event
 from receiver.providers.sunoapi import first, first_url
 from receiver.providers.wire import ApiWire, RetryPolicy
 from receiver.signatures import Scheme, Verified, Verifier
@@ -80,21 +79,14 @@ class AimlapiAdapter(Adapter):
         task_id = parse_identifier(first(data, "id", "generation_id", "task_id")) or task_id
         if task_id is None:
             raise PayloadError("no generation id")
-        status = parse_text(data.get("status"))
-        name = status.strip().lower() if status else ""
-        if name not in STATUSES:
-            raise PayloadError(f"unknown status {name[:40]!r}" if status else "no status")
-        event = STATUSES[name]
+        event = status_event(data, STATUSES)
         state = EVENT_STATE[event] if event else State.PENDING
         clips = _clips(data, task_id, state)
         error = data.get("error")
         problem: Mapping[str, Any] = error if isinstance(error, dict) else {}
         code = parse_code(problem.get("code"))
-        message = parse_text(problem.get("message")) or parse_text(error)
-        category = None
-        if event is WebhookEvent.FAILED:
-            message = message or "failed"
-            category = classify_documented(code, message, {})
+        message, category = failure(
+            event, code, parse_text(problem.get("message")) or parse_text(error))
         return Callback(task_id=task_id, event=event, platform=self.name, code=code,
                         message=message, clips=clips, failure_category=category)
 

@@ -42,9 +42,16 @@ from receiver.clips import (
     read_clip,
 )
 from receiver.errors import PayloadError
-from receiver.failures import classify_documented
 from receiver.payloads import Callback
-from receiver.providers import EVENT_STATE, Adapter, Inbound, ProviderClient, refuse
+from receiver.providers import (
+    EVENT_STATE,
+    Adapter,
+    Inbound,
+    ProviderClient,
+    failure,
+    refuse,
+    status_event,
+)
 from receiver.providers.sunoapi import first, first_url
 from receiver.providers.wire import ApiWire, RetryPolicy
 from receiver.signatures import HEADER_SECRET, Scheme, Verified, secret_matches
@@ -96,22 +103,15 @@ class PiapiAdapter(Adapter):
         task_id = parse_identifier(first(data, "task_id", "taskId")) or task_id
         if task_id is None:
             raise PayloadError("no data.task_id")
-        status = parse_text(data.get("status"))
-        name = status.strip().lower() if status else ""
-        if name not in STATUSES:
-            raise PayloadError(f"unknown status {name[:40]!r}" if status else "no status")
-        event = STATUSES[name]
+        event = status_event(data, STATUSES)
         output = data.get("output")
         clips = self.clips(output if isinstance(output, dict) else {},
                            EVENT_STATE[event] if event else None)
         error = data.get("error")
         problem: Mapping[str, Any] = error if isinstance(error, dict) else {}
         code = parse_code(problem.get("code"))
-        message = parse_text(first(problem, "message", "raw_message"))
-        category = None
-        if event is WebhookEvent.FAILED:
-            message = message or "failed"
-            category = classify_documented(code, message, {})
+        message, category = failure(
+            event, code, parse_text(first(problem, "message", "raw_message")))
         return Callback(task_id=task_id, event=event, platform=self.name, code=code,
                         message=message, clips=clips, failure_category=category)
 
