@@ -19,7 +19,7 @@ import psycopg
 
 from receiver.context import Event, HandlerContext
 from tests.plugins import effect_once
-from tests.support import callback, clip, signed_headers
+from tests.support import callback, clip, http_client, signed_headers
 from tests.waiting import wait_until
 
 PLANTED = "FAIL-NOW"  # while a file of this name is in the effects folder, handlers fail
@@ -109,7 +109,7 @@ class Senders:
     async def run(self) -> None:
         deadline = time.monotonic() + self.deadline_s
         try:
-            async with httpx.AsyncClient(timeout=5) as client:
+            async with http_client(timeout=5) as client:
                 await asyncio.gather(
                     *(self._sender(client, s, deadline) for s in range(self.count)))
         finally:

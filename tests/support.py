@@ -24,6 +24,19 @@ from receiver.signatures import sign_musicapi
 
 SECRET = "test-secret-1"
 
+# A test's client lets an idle kept-alive connection go well before any server of the tests
+# closes it. uvicorn closes one after 5 s idle and httpx keeps one 5 s: a request sent on the
+# client's last millisecond meets the server's close and fails with httpx.ReadError (neither
+# side is wrong; a POST is never retried on its own). Letting go first removes that race.
+CLIENT_IDLE_S = 2.0
+
+
+def http_client(**options: Any) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient`` for a real socket, whose kept-alive connections never outlive
+    the server's (:data:`CLIENT_IDLE_S`)."""
+    options.setdefault("limits", httpx.Limits(keepalive_expiry=CLIENT_IDLE_S))
+    return httpx.AsyncClient(**options)
+
 
 def settings_for(tmp_path: Path, **changes: Any) -> Settings:
     base: dict[str, Any] = {

@@ -35,6 +35,7 @@ from tests.support import (
     app_client,
     callback,
     clip,
+    http_client,
     post_signed,
     settings_for,
     signed_headers,
@@ -549,7 +550,7 @@ async def test_a_client_gone_mid_body_is_not_answered_nor_logged_as_an_error(
             await writer.drain()
             writer.close()
             await writer.wait_closed()
-            async with httpx.AsyncClient(base_url=url) as http:  # the server carries on
+            async with http_client(base_url=url) as http:  # the server carries on
                 response = await post_signed(http, COMPLETED)
                 assert response.status_code == 200
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import structlog
 from structlog.testing import capture_logs
@@ -18,7 +17,7 @@ from receiver.server import running
 from receiver.sonic.sandbox import SandboxConfig, Speed
 from tests.peers import json_sink, smtp_server
 from tests.sonic.support import KEY, serve_sandbox
-from tests.support import free_port, settings_for
+from tests.support import free_port, http_client, settings_for
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -61,7 +60,7 @@ async def test_every_effect_happens_once_under_duplicated_reordered_webhooks(
                                 config=config(sink.url("songs"), mail))
         app = create_app(settings, sonic=sandbox.client())  # handlers from the entry points
         with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-            async with running(app, port=port) as url, httpx.AsyncClient(base_url=url) as http:
+            async with running(app, port=port) as url, http_client(base_url=url) as http:
                 created = await http.post("/tasks", json={
                     "task_type": "create_music", "mv": "sonic-v4-5", "custom_mode": True,
                     "title": "Once", "tags": "pop", "prompt": "[Verse] once"})

@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from receiver.app import create_app
 from receiver.server import running
 from receiver.sonic.sandbox import SandboxConfig, Speed
 from tests.sonic.support import KEY, serve_sandbox
-from tests.support import free_port, settings_for
+from tests.support import free_port, http_client, settings_for
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -29,7 +28,7 @@ async def test_post_tasks_creates_registers_and_refuses_with_the_seed_messages(
     async with serve_sandbox(config) as sandbox:
         app = create_app(settings_for(tmp_path, public_url=f"http://127.0.0.1:{port}",
                                       config={"routes": []}), sonic=sandbox.client())
-        async with running(app, port=port) as url, httpx.AsyncClient(base_url=url) as http:
+        async with running(app, port=port) as url, http_client(base_url=url) as http:
             bad = await http.post("/tasks", json={**SONG, "mv": "sonic-v9"})
             ok = await http.post("/tasks", json=SONG)
             short = await http.post("/tasks", json=SONG)  # 20 - 15 < 15
@@ -53,7 +52,7 @@ async def test_post_tasks_creates_registers_and_refuses_with_the_seed_messages(
 async def test_post_tasks_needs_a_public_url(tmp_path: Path) -> None:
     async with serve_sandbox() as sandbox:
         app = create_app(settings_for(tmp_path), sonic=sandbox.client())
-        async with running(app) as url, httpx.AsyncClient(base_url=url) as http:
+        async with running(app) as url, http_client(base_url=url) as http:
             answer = await http.post("/tasks", json=SONG)
     assert (answer.status_code, answer.json()["error"]) == (503, "public_url_not_set")
 
@@ -67,7 +66,7 @@ async def test_the_server_reconciles_stale_tasks_on_its_own(tmp_path: Path) -> N
                                     "reconcile_every_s": 0.2, "reconcile_stale_s": 0.1,
                                     "config": {"routes": []}}
         app = create_app(settings_for(tmp_path, **settings), sonic=sandbox.client())
-        async with running(app, port=port) as url, httpx.AsyncClient(base_url=url) as http:
+        async with running(app, port=port) as url, http_client(base_url=url) as http:
             task_id = (await http.post("/tasks", json=SONG)).json()["task_id"]
 
             async def healed() -> bool:

@@ -8,14 +8,13 @@ import wave
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from receiver.app import create_app
 from receiver.server import running
 from receiver.sonic.sandbox import SandboxConfig, Speed
 from tests.sonic.support import KEY, serve_sandbox
-from tests.support import SECRET, settings_for
+from tests.support import SECRET, http_client, settings_for
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -37,7 +36,7 @@ async def test_a_sandbox_task_is_verified_and_recorded_by_the_receiver(
             prompt="[Verse]\nStars they shine above me",
             webhook_url=f"{receiver_url}/webhooks/sonic", webhook_secret=SECRET,
         )
-        async with httpx.AsyncClient(base_url=receiver_url, timeout=10) as http:
+        async with http_client(base_url=receiver_url, timeout=10) as http:
 
             async def settled() -> bool:
                 response = await http.get(f"/tasks/{created.task_id}")

@@ -30,6 +30,7 @@ from receiver.fetching import (
     type_allowed,
 )
 from tests.handlers import LOOPBACK_ONLY, Media, MediaServer, media_server, watched_client
+from tests.support import http_client
 
 pytestmark = pytest.mark.anyio
 
@@ -252,7 +253,7 @@ async def test_https_goes_to_the_checked_address_with_sni_and_the_name_verified(
 
     trust = ssl.create_default_context(cafile=str(cert))
     try:
-        async with httpx.AsyncClient(verify=trust, timeout=5.0,
+        async with http_client(verify=trust, timeout=5.0,
                                      event_hooks={"request": [note]}) as client:
             got = await download(client, f"https://media.test:{port}/a.mp3", tmp_path / "a.mp3",
                                  policy=LOCAL, max_bytes=len(BODY), allowed_types=AUDIO,

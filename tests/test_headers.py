@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, NoReturn
 
-import httpx
 import pytest
 
 from receiver.app import create_app
@@ -17,7 +16,7 @@ from receiver.server import running
 from receiver.storage.admin import Admin
 from receiver.webhook import WebhookEndpoint
 from tests.console.support import TOKEN
-from tests.support import callback, clip, post_signed, settings_for
+from tests.support import callback, clip, http_client, post_signed, settings_for
 
 pytestmark = pytest.mark.anyio
 
@@ -34,7 +33,7 @@ async def test_a_bug_behind_an_admin_route_is_a_500_with_the_headers_over_real_u
     monkeypatch.setattr(Admin, "list_tasks", broken)
     settings = settings_for(tmp_path, admin_token=TOKEN, worker="off",
                             insecure_open_admin=False)
-    async with running(create_app(settings, clock=clock)) as base, httpx.AsyncClient(
+    async with running(create_app(settings, clock=clock)) as base, http_client(
             base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         answer = await client.get("/tasks")
         after = await client.get("/healthz")  # the server is still up
@@ -62,7 +61,7 @@ async def test_a_bug_on_the_delivery_path_is_a_500_with_the_headers_and_nothing_
     monkeypatch.setattr(WebhookEndpoint, "_verify", broken)
     settings = settings_for(tmp_path, admin_token=TOKEN, worker="off",
                             insecure_open_admin=False)
-    async with running(create_app(settings, clock=clock)) as base, httpx.AsyncClient(
+    async with running(create_app(settings, clock=clock)) as base, http_client(
             base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         answer = await post_signed(client, callback("t-bug", [clip("c", "succeeded")]),
                                    clock=clock, delivery_id="d-bug")

@@ -52,7 +52,7 @@ from tests.handlers import (
     wav_bytes,
 )
 from tests.services import S3Server
-from tests.support import SECRET, app_client, callback, clip, post_signed, settings_for
+from tests.support import SECRET, app_client, callback, clip, http_client, post_signed, settings_for
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -151,7 +151,7 @@ async def test_an_object_is_uploaded_in_parts_and_read_signed_and_deleted(
     url = await store.presigned_url("t/c.wav", expires_s=60)
     assert url is not None
     assert "X-Amz-Signature=" in url
-    async with httpx.AsyncClient() as http:
+    async with http_client() as http:
         assert (await http.get(url)).content == data
     await store.delete("t/c.wav")
     assert await store.head("t/c.wav") is None
@@ -381,7 +381,7 @@ async def test_an_object_is_handed_out_as_a_short_lived_presigned_redirect(
     assert answer.headers["cache-control"] == "no-store"
     location = answer.headers["location"]
     assert "X-Amz-Expires=300" in location
-    async with httpx.AsyncClient() as http:
+    async with http_client() as http:
         fetched = await http.get(location, headers={"Range": "bytes=0-3"})
     assert fetched.status_code == 206
     assert fetched.content == b"RIFF"

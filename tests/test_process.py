@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.processes import serve, start_worker
-from tests.support import callback, clip, free_port, signed_headers
+from tests.support import callback, clip, free_port, http_client, signed_headers
 from tests.waiting import wait_until_blocking
 
 pytestmark = pytest.mark.slow
@@ -79,7 +79,7 @@ def test_kill_9_mid_stream_loses_no_acknowledged_delivery(tmp_path: Path) -> Non
 
     async def load_then_kill(proc: subprocess.Popen[bytes]) -> None:
         stop = asyncio.Event()
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with http_client(timeout=10) as client:
             tasks = [asyncio.create_task(sender(client, w, stop)) for w in range(8)]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(enough.wait(), timeout=20)

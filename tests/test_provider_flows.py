@@ -31,7 +31,7 @@ from tests.provider_bodies import (
     suno_clip,
 )
 from tests.sonic.support import KEY, SandboxHandle, serve_sandbox
-from tests.support import free_port, settings_for
+from tests.support import free_port, http_client, settings_for
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -118,7 +118,7 @@ async def deployment(tmp_path: Path, *, routes: list[dict[str, Any]] | None = No
                     "routes": routes if routes is not None else [
                         {"on": "task.succeeded", "handlers": ["download_audio"]}],
                     **(extra or {})})
-        async with running(create_app(settings), port=port) as url, httpx.AsyncClient(
+        async with running(create_app(settings), port=port) as url, http_client(
                 base_url=url, timeout=10) as http:
             yield Deployment(sandbox=sandbox, http=http, db=tmp_path / "receiver.db")
 

@@ -21,7 +21,7 @@ from receiver.errors import SettingsError
 from receiver.proxies import TrustedProxies, forwarded_client
 from receiver.server import running
 from receiver.settings import load
-from tests.support import settings_for
+from tests.support import http_client, settings_for
 
 pytestmark = pytest.mark.anyio
 TOKEN = "proxy-test-token-3e8a1f6b2c9d4e70"
@@ -86,7 +86,7 @@ async def test_a_login_through_an_https_proxy_on_another_host_works_when_it_is_t
                             insecure_open_admin=False, trusted_proxies=(f"{PROXY_HOST}/32",))
     async with running(create_app(settings)) as receiver, https_proxy(receiver) as proxy:
         page, cookie = await login_through(proxy)
-        async with httpx.AsyncClient(base_url=receiver) as direct:
+        async with http_client(base_url=receiver) as direct:
             audit = (await direct.get("/audit", headers={
                 "Authorization": f"Bearer {TOKEN}"})).json()["items"]
     assert page.status_code == 200
@@ -103,7 +103,7 @@ async def test_without_the_setting_forwarded_headers_are_ignored(tmp_path: Path)
     async with running(create_app(settings)) as receiver, https_proxy(receiver) as proxy:
         refused, cookie = await login_through(proxy)
         # a client on this very host forging its address is not believed either
-        async with httpx.AsyncClient(base_url=receiver) as local:
+        async with http_client(base_url=receiver) as local:
             forged = {"Authorization": "Bearer wrong-but-long-enough-0123456789",
                       "X-Forwarded-For": "198.51.100.7", "X-Forwarded-Proto": "https"}
             assert (await local.get("/jobs", headers=forged)).status_code == 401
@@ -125,7 +125,7 @@ async def test_a_peer_that_is_not_a_trusted_proxy_cannot_forge_its_address(
             await stranger.get("/jobs", headers={
                 "Authorization": "Bearer wrong-but-long-enough-0123456789",
                 "X-Forwarded-For": "198.51.100.7"})
-        async with httpx.AsyncClient(base_url=receiver) as local:
+        async with http_client(base_url=receiver) as local:
             audit = (await local.get("/audit", headers={
                 "Authorization": f"Bearer {TOKEN}"})).json()["items"]
     assert [a["actor"] for a in audit] == [f"unknown via token from {OPERATOR}"]

@@ -27,7 +27,7 @@ from receiver.demo import SONG
 from receiver.logs import FloodFilter, _dumps, redact_processor, redact_value, render_redacted
 from receiver.server import running
 from receiver.settings import Settings
-from tests.support import callback, clip, free_port, signed_headers
+from tests.support import callback, clip, free_port, http_client, signed_headers
 from tests.waiting import wait_until
 
 
@@ -229,7 +229,7 @@ async def test_a_real_run_leaks_no_planted_secret(tmp_path: Path, level: str) ->
                 sys.executable, "-m", "receiver", "serve", "--port", str(port),
                 env=env, stdout=out, stderr=out)
         try:
-            async with httpx.AsyncClient(timeout=10) as http:
+            async with http_client(timeout=10) as http:
                 await _wait_up(http, f"{base}/healthz", proc, log)
                 await _exercise(http, base, peer_url)
                 await _wait_jobs_finished(tmp_path / "r.db")

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 
 from receiver.app import create_app
@@ -39,6 +38,7 @@ from tests.support import (
     app_client,
     callback,
     clip,
+    http_client,
     post_signed,
     settings_for,
     signed_headers,
@@ -272,7 +272,7 @@ async def test_resend_moves_stored_deliveries_to_another_receiver_once(tmp_path:
             await post_signed(client, body, delivery_id=f"d-{n}", event="song.completed")
         await post_signed(client, b"[]", delivery_id="q-1")  # quarantined: resent too
         store = source.state.runtime.storage
-        async with running(target) as url, httpx.AsyncClient() as http:
+        async with running(target) as url, http_client() as http:
             raws = await store.admin.raw_deliveries()
             kwargs: dict[str, Any] = dict(http=http, url=f"{url}/webhooks/sonic",
                                           secret="new-secret", scheme=Scheme.MUSICAPI,
@@ -360,7 +360,7 @@ async def test_reconcile_records_or_fails_each_odd_answer_and_never_crashes(
     upstream = Starlette(routes=[Route("/{path:path}", answer)])
     async with (
         running(upstream) as url,
-        httpx.AsyncClient() as http,
+        http_client() as http,
         sqlite_storage(tmp_path / "receiver.db") as store,
     ):
         sonic = SonicClient(url, "key", http=http)
@@ -440,7 +440,7 @@ async def test_resend_keeps_an_id_of_any_bytes_and_signs_it_as_the_target_checks
             sent = await client.post("/webhooks/sonic", content=body, headers=headers)
             assert sent.status_code == 200, name
         raws = await source.state.runtime.storage.admin.raw_deliveries()
-        async with running(target) as url, httpx.AsyncClient() as http:
+        async with running(target) as url, http_client() as http:
             summary = await resend(raws, http=http, url=f"{url}/webhooks/sonic",
                                    secret="new-secret", scheme=Scheme.STANDARD,
                                    clock=SystemClock())

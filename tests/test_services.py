@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
 from botocore.auth import S3SigV4Auth
@@ -18,6 +17,7 @@ from starlette.routing import Route
 
 from receiver.server import running
 from tests.services import PostgresServer, S3Server, fresh_database, unavailable
+from tests.support import http_client
 
 pytestmark = pytest.mark.anyio
 
@@ -77,7 +77,7 @@ async def test_s3_stores_and_returns_an_object(s3_server: S3Server, s3_bucket: s
     """A signed PUT then GET gives the same bytes back; an anonymous GET is refused."""
     url = f"{s3_server.endpoint_url}/{s3_bucket}/songs/a.txt"
     body = b"a song's bytes\x00\xff"
-    async with httpx.AsyncClient() as client:
+    async with http_client() as client:
         put = await client.put(url, content=body, headers=_signed(s3_server, "PUT", url, body))
         assert put.status_code == 200
         got = await client.get(url, headers=_signed(s3_server, "GET", url))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pytest
 
 from receiver.app import create_app
@@ -15,7 +14,15 @@ from receiver.sonic.sandbox import SandboxConfig, Speed
 from receiver.sonic.sandbox.faults import EventDrop, FaultConfig
 from receiver.states import WebhookEvent
 from tests.sonic.support import KEY, serve_sandbox
-from tests.support import SECRET, callback, clip, free_port, settings_for, signed_headers
+from tests.support import (
+    SECRET,
+    callback,
+    clip,
+    free_port,
+    http_client,
+    settings_for,
+    signed_headers,
+)
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -27,7 +34,7 @@ async def test_resend_is_recognised_as_a_duplicate_and_audited(tmp_path: Path) -
     port = free_port()
     settings = settings_for(tmp_path, admin_token=TOKEN, worker="off",
                             public_url=f"http://127.0.0.1:{port}")
-    async with running(create_app(settings), port=port) as url, httpx.AsyncClient(
+    async with running(create_app(settings), port=port) as url, http_client(
         base_url=url, timeout=10, headers=AUTH
     ) as http:
         body = callback("t-1", [clip("c-1", "succeeded")])
@@ -54,7 +61,7 @@ async def test_reconcile_now_recovers_a_dropped_completion(tmp_path: Path) -> No
     async with serve_sandbox(config) as sandbox:
         settings = settings_for(tmp_path, admin_token=TOKEN, worker="off",
                                 sonic_api_base_url=sandbox.url, sonic_api_key=KEY)
-        async with running(create_app(settings)) as url, httpx.AsyncClient(
+        async with running(create_app(settings)) as url, http_client(
             base_url=url, timeout=10, headers=AUTH
         ) as http:
             created = await sandbox.client().create_music(
@@ -78,7 +85,7 @@ async def test_reconcile_now_recovers_a_dropped_completion(tmp_path: Path) -> No
 
 async def test_reconcile_without_a_sonic_client_is_refused(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, admin_token=TOKEN, worker="off")
-    async with running(create_app(settings)) as url, httpx.AsyncClient(
+    async with running(create_app(settings)) as url, http_client(
         base_url=url, timeout=10, headers=AUTH
     ) as http:
         body = callback("t-1", [clip("c-1", "running")])

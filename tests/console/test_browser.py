@@ -24,7 +24,7 @@ from receiver.app import create_app
 from receiver.server import running
 from receiver.sonic.sandbox import SandboxConfig, Speed
 from tests.sonic.support import KEY, SandboxHandle, serve_sandbox
-from tests.support import SECRET, callback, clip, settings_for, signed_headers
+from tests.support import SECRET, callback, clip, http_client, settings_for, signed_headers
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -80,7 +80,7 @@ class Console:
 
 
 async def signed_post(url: str, body: bytes, delivery_id: str) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with http_client(timeout=10) as http:
         return await http.post(f"{url}/webhooks/sonic", content=body, headers={
             **signed_headers(body, delivery_id=delivery_id), "Content-Type": "application/json"})
 
@@ -208,7 +208,7 @@ async def _wait_for_download(page: Page, audio: Any) -> None:
 
 
 async def _dead_count(url: str, handler: str, n: int) -> bool:
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with http_client(timeout=10) as http:
         page = (await http.get(f"{url}/jobs", params={"state": "dead", "handler": handler},
                                headers={"Authorization": f"Bearer {TOKEN}"})).json()
     return len(page["items"]) == n
@@ -404,7 +404,7 @@ async def test_an_ended_session_goes_to_the_login_form_and_back(
         await expect(page).to_have_url(f"{url}/ui/jobs?state=dead")
         # an operator ends this session from elsewhere (the API, another browser)
         bearer = {"Authorization": f"Bearer {TOKEN}"}
-        async with httpx.AsyncClient(base_url=url, headers=bearer) as api:
+        async with http_client(base_url=url, headers=bearer) as api:
             (session,) = (await api.get("/sessions")).json()["items"]
             assert (await api.post(f"/sessions/{session['id']}/end")).json()["ended"] is True
         await expect(page).to_have_url(

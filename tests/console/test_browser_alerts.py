@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.async_api import Browser, expect
 
@@ -17,7 +16,7 @@ from receiver.config import AlertsTable
 from receiver.conversion import convert
 from receiver.server import running
 from tests.peers import json_sink
-from tests.support import callback, clip, settings_for, signed_headers
+from tests.support import callback, clip, http_client, settings_for, signed_headers
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -35,7 +34,7 @@ async def test_the_overview_shows_the_active_alerts_with_what_to_do(
             config={"network": {"allow_networks": ["127.0.0.0/8"]},
                     "routes": [{"on": "task.succeeded", "handlers": [
                         {"name": "download_audio", "max_attempts": 1}]}]})
-        async with running(create_app(settings)) as url, httpx.AsyncClient(timeout=10) as http:
+        async with running(create_app(settings)) as url, http_client(timeout=10) as http:
             for n in range(30):
                 body = callback(f"t-{n}", [clip(f"c-{n}", "running")], event="song.streaming")
                 answer = await http.post(f"{url}/webhooks/sonic", content=body,

@@ -19,7 +19,7 @@ from receiver.clock import FakeClock
 from receiver.console.live import STREAM_S
 from receiver.server import running
 from tests.console.support import TOKEN
-from tests.support import callback, clip, settings_for, signed_headers
+from tests.support import callback, clip, http_client, settings_for, signed_headers
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -48,7 +48,7 @@ async def events(answer: httpx.Response) -> AsyncIterator[tuple[str, str]]:
 async def test_a_tasks_new_state_reaches_its_open_page_within_seconds(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, admin_token=TOKEN, worker="off",
                             insecure_open_admin=False)
-    async with running(create_app(settings)) as url, httpx.AsyncClient(
+    async with running(create_app(settings)) as url, http_client(
             base_url=url, timeout=30) as http:
         await deliver(http, "t-live", "running", "d-1")
         login = await http.post("/ui/login", data={"token": TOKEN}, headers={"Origin": url})
@@ -80,7 +80,7 @@ async def test_a_tasks_new_state_reaches_its_open_page_within_seconds(tmp_path: 
 async def test_the_stream_says_when_the_session_ended(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, admin_token=TOKEN, worker="off",
                             insecure_open_admin=False)
-    async with running(create_app(settings)) as url, httpx.AsyncClient(
+    async with running(create_app(settings)) as url, http_client(
             base_url=url, timeout=30) as http:
         await http.post("/ui/login", data={"token": TOKEN}, headers={"Origin": url})
         page = await http.get("/ui/jobs")
@@ -89,7 +89,7 @@ async def test_the_stream_says_when_the_session_ended(tmp_path: Path) -> None:
         async with http.stream("GET", "/ui/live", params={"page": "/ui/jobs"}) as live:
             stream = events(live)
             assert (await anext(stream))[0] == "blocks"
-            async with httpx.AsyncClient(base_url=url, cookies=http.cookies) as other_tab:
+            async with http_client(base_url=url, cookies=http.cookies) as other_tab:
                 await other_tab.post("/ui/logout", data={"csrf": csrf.group(1)},
                                      headers={"Origin": url})
 
@@ -104,7 +104,7 @@ async def test_the_stream_says_when_the_session_ended(tmp_path: Path) -> None:
                                   "//evil/ui", "/ui/nope", ""])
 async def test_only_the_consoles_live_pages_can_be_followed(tmp_path: Path, page: str) -> None:
     settings = settings_for(tmp_path, admin_token=TOKEN, worker="off")
-    async with running(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as http:
+    async with running(create_app(settings)) as url, http_client(base_url=url) as http:
         answer = await http.get("/ui/live", params={"page": page, "once": "1"},
                                 headers={"Authorization": f"Bearer {TOKEN}"})
     assert answer.status_code == 404
@@ -116,7 +116,7 @@ async def test_time_passing_alone_sends_nothing_new(tmp_path: Path) -> None:
     clock = FakeClock(time.time())  # the signed deliveries carry the real time
     settings = settings_for(tmp_path, admin_token=TOKEN, worker="off",
                             insecure_open_admin=False)
-    async with running(create_app(settings, clock=clock)) as url, httpx.AsyncClient(
+    async with running(create_app(settings, clock=clock)) as url, http_client(
             base_url=url, timeout=30) as http:
         await deliver(http, "t-tick", "running", "d-1")
         await http.post("/ui/login", data={"token": TOKEN}, headers={"Origin": url})

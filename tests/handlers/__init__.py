@@ -18,6 +18,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from receiver.server import running
+from tests.support import http_client
 
 LOOPBACK_ONLY = {"network": {"allow_networks": ["127.0.0.0/8"]}}
 
@@ -148,7 +149,7 @@ async def watched_client() -> AsyncIterator[tuple[httpx.AsyncClient, list[httpx.
     async def note(request: httpx.Request) -> None:
         sent.append(request.url)
 
-    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0),
+    async with http_client(timeout=httpx.Timeout(5.0),
                                  event_hooks={"request": [note]}) as client:
         yield client, sent
 

@@ -46,7 +46,7 @@ from tests.handlers import (
     wav_bytes,
 )
 from tests.sonic.support import KEY, OK_CUSTOM, SandboxHandle, serve_sandbox, wait_for
-from tests.support import SECRET, callback, clip, settings_for
+from tests.support import SECRET, callback, clip, http_client, settings_for
 
 pytestmark = pytest.mark.anyio
 
@@ -422,7 +422,7 @@ async def test_a_sandbox_task_is_downloaded_by_the_default_route(tmp_path: Path)
             prompt="[Verse]\nStars they shine above me",
             webhook_url=f"{receiver_url}/webhooks/sonic", webhook_secret=SECRET,
         )
-        async with httpx.AsyncClient(base_url=receiver_url, timeout=10) as http:
+        async with http_client(base_url=receiver_url, timeout=10) as http:
 
             async def kept() -> bool:
                 view = (await http.get(f"/tasks/{created.task_id}")).json()

@@ -26,7 +26,7 @@ from receiver.sonic.sandbox import SandboxConfig, Speed
 from receiver.sonic.sandbox.config import Schedule
 from receiver.storage.roles import Storage
 from tests.sonic.support import KEY, SandboxHandle, serve_sandbox, wait_for
-from tests.support import SECRET, free_port, settings_for
+from tests.support import SECRET, free_port, http_client, settings_for
 
 pytestmark = pytest.mark.anyio
 
@@ -110,7 +110,7 @@ async def chain(
         settings = settings_for(tmp_path, public_url=f"http://127.0.0.1:{port}",
                                 config={"routes": ROUTES, "follow_up": follow})
         app = create_app(settings, registry=registry, sonic=sandbox.client())
-        async with running(app, port=port) as url, httpx.AsyncClient(base_url=url) as http:
+        async with running(app, port=port) as url, http_client(base_url=url) as http:
             yield Chain(sandbox=sandbox, app=app, http=http)
 
 

@@ -27,6 +27,7 @@ from receiver.sonic.client import RetryPolicy, SonicClient
 from receiver.sonic.contract import Message, OwnMessage
 from receiver.sonic.sandbox import SandboxConfig, Speed, create_sandbox_app
 from receiver.sonic.sandbox.app import Sandbox
+from tests.support import http_client
 from tests.waiting import wait_until
 
 KEY = "test-key"
@@ -92,7 +93,7 @@ async def serve_sandbox(
     """A sandbox on loopback (instant speed, one key with plenty of credits by default)."""
     config = config or SandboxConfig(api_keys={KEY: 10_000}, speed=Speed.INSTANT)
     app = create_sandbox_app(config, clock=clock)
-    async with running(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
+    async with running(app) as url, http_client(base_url=url, timeout=10) as http:
         yield SandboxHandle(url=url, http=http, sandbox=app.state.sandbox)
 
 

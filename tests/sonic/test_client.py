@@ -43,6 +43,7 @@ from receiver.sonic.errors import (
 )
 from receiver.sonic.sandbox import SandboxConfig, Speed
 from tests.sonic.support import KEY, RULES, Rule, serve_sandbox
+from tests.support import http_client
 
 pytestmark = pytest.mark.anyio
 
@@ -161,7 +162,7 @@ async def peer_client(
     async with running(app) as url:
         peer.url = url
         try:
-            async with httpx.AsyncClient(timeout=http_timeout) as http:
+            async with http_client(timeout=http_timeout) as http:
                 retry = RetryPolicy.without_waits(attempts)
                 yield SonicClient(url, "k", http=http, retry=retry), peer
         finally:
@@ -257,7 +258,7 @@ async def test_a_create_that_could_not_connect_is_retried() -> None:
 
 
 async def test_nothing_listening_is_sonic_unavailable() -> None:
-    async with httpx.AsyncClient() as http:
+    async with http_client() as http:
         client = SonicClient(_closed_port_url(), "k", http=http, retry=RetryPolicy.without_waits(2))
         with pytest.raises(SonicUnavailable):
             await client.get_music("t-1")
@@ -277,7 +278,7 @@ async def test_stamina_testing_mode_removes_the_default_waits() -> None:
     """With the default policy (real backoff), stamina's testing mode keeps tests fast."""
     script = [(500, {"message": "x"})] * 3
     with stamina.set_testing(True, attempts=3):
-        async with peer_client(*script) as (_client, peer), httpx.AsyncClient() as http:
+        async with peer_client(*script) as (_client, peer), http_client() as http:
             default = SonicClient(peer.url, "k", http=http)  # default RetryPolicy
             with pytest.raises(SonicUnavailable):
                 await default.get_music("t-1")
@@ -367,7 +368,7 @@ async def test_the_sandboxs_spellings_of_states_read_as_the_documented_states() 
 
 
 def test_from_env_reads_the_two_variables() -> None:
-    http = httpx.AsyncClient()
+    http = http_client()
     client = SonicClient.from_env(
         http, environ={"SONIC_API_BASE_URL": "http://127.0.0.1:1/", "SONIC_API_KEY": "k"}
     )
