@@ -6,9 +6,11 @@ body that trickles in a byte at a time, and for a fresh connection that sends no
 accepts connections until the process runs out of file descriptors. Here:
 
 - :func:`protocol_class`: uvicorn's HTTP protocol with a **header timeout** (the request head
-  must be complete within ``header_timeout_s`` of the connection being made or of the previous
-  response; else the connection is closed) and a **connection cap** (past ``max_connections``
-  open connections, a new one gets a bare 503 and is closed before anything is read);
+  must be complete within ``header_timeout_s`` of the connection being made or of the first
+  byte of a later request; else the connection is closed: an idle kept-alive connection is
+  uvicorn's ``timeout_keep_alive``'s) and a **connection cap** (past ``max_connections``
+  open connections an idle kept-alive one is closed to make room; with none idle, the new one
+  gets a bare 503 and is closed before anything is read);
 - :class:`BodyTimeout`: ASGI middleware that gives a request ``timeout_s`` to deliver its whole
   body and otherwise answers 408 and closes the connection;
 - :func:`raise_open_files_limit`: the soft file-descriptor limit raised to the hard one.
@@ -65,6 +67,9 @@ class Deadlines:
     def forget(self, item: Any) -> None:
         self._due.pop(item, None)
 
+    def __contains__(self, item: Any) -> bool:
+        return item in self._due
+
     def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
         due = [item for item, deadline in self._due.items() if deadline <= now]
@@ -85,7 +90,7 @@ class _Guarded(_Base):  # type: ignore[misc]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(_Coalescing(transport, self.loop))
-        if len(self.connections) > self.max_connections:
+        if len(self.connections) > self.max_connections and not self._evict_an_idle_one():
             log.warning("connection cap of %d reached: refusing new connections",
                         self.max_connections)
             self.transport.write(FULL)
@@ -97,13 +102,30 @@ class _Guarded(_Base):  # type: ignore[misc]
         super().data_received(data)
         if not self._awaiting_head():
             self.heads.forget(self)
+        elif self not in self.heads:  # the first byte of the next request starts its clock
+            self.heads.watch(self, self.loop)
 
     def on_response_complete(self) -> None:
+        # Idle from here on: uvicorn's keep-alive timer closes the connection, not the header
+        # timeout, so that a keep-alive timeout longer than the header timeout holds.
         super().on_response_complete()
-        if self._awaiting_head():
-            self.heads.watch(self, self.loop)
-        else:  # a pipelined request's head was already in the buffer
-            self.heads.forget(self)
+        self.heads.forget(self)
+
+    def _idle(self) -> bool:
+        """Kept alive after a response, with nothing received since (uvicorn's keep-alive
+        timer is armed from the response until the next byte)."""
+        return getattr(self, "timeout_keep_alive_task", None) is not None
+
+    def _evict_an_idle_one(self) -> bool:
+        """Close one idle kept-alive connection to make room for this new one, as a proxy
+        would: a client that held its connection open for later loses nothing it sent."""
+        idle = next((c for c in self.connections
+                     if c is not self and isinstance(c, _Guarded) and c._idle()
+                     and not c.transport.is_closing()), None)
+        if idle is None:
+            return False
+        idle.transport.close()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.heads.forget(self)

@@ -134,11 +134,14 @@ class Settings:
     log_level_third_party: str = "warning"  # httpx, apprise, ...: see receiver.logs
     # Slow and abusive clients (receiver.connections): the request head must be complete
     # within header_timeout_s of the connection or the previous response, the body within
-    # body_timeout_s; an idle keep-alive connection is closed after keepalive_timeout_s; more
-    # than max_connections open connections and new ones are closed at once.
+    # body_timeout_s; an idle keep-alive connection is closed after keepalive_timeout_s, longer
+    # than the pools of common senders and proxies keep one (httpx 5 s, nginx and load balancers
+    # 60 s, Go 90 s): the side that closes first must be the client, or a request it sends as
+    # the server closes is lost to a reset. More than max_connections open connections: an idle
+    # one is closed to make room, else new ones are closed at once.
     header_timeout_s: float = 10.0
     body_timeout_s: float = 20.0
-    keepalive_timeout_s: float = 5.0
+    keepalive_timeout_s: float = 120.0
     max_connections: int = 1000
     # httptools (C, a dependency) or h11 (pure Python, uvicorn's own): the same guards run on
     # either (receiver.connections); "h11" is the fallback if httptools misbehaves somewhere.

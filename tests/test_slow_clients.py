@@ -176,6 +176,67 @@ async def test_past_the_connection_cap_new_connections_get_503_and_are_closed(
             await wait_until(answered, within=10, what="the server to take a request again")
 
 
+async def answered_on(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """One ``GET /healthz`` on a raw connection, kept alive; the head of its answer."""
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: receiver\r\n\r\n")
+    async with asyncio.timeout(GIVE_UP_S):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        await reader.readexactly(length)
+    return head
+
+
+async def test_a_kept_alive_connection_is_held_past_the_header_timeout_until_its_next_byte(
+    tmp_path: Path, http_parser: str,
+) -> None:
+    """The header timeout counts from a kept-alive connection's next byte, not from the
+    previous response: an idle connection is the keep-alive timeout's (held, and used again),
+    while a next head begun and left unfinished is cut off by the header timeout."""
+    async with receiver(tmp_path, header_timeout_s=0.3, keepalive_timeout_s=60,
+                        http_parser=http_parser) as (_, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            assert (await answered_on(reader, writer)).startswith(b"HTTP/1.1 200 ")
+            # not a wait: the client idles three header timeouts, which is what is tested
+            await asyncio.sleep(1.0)
+            assert (await answered_on(reader, writer)).startswith(b"HTTP/1.1 200 ")
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: rec")
+            data, closed = await until_closed(reader)
+        finally:
+            writer.close()
+    assert closed  # by the header timeout: the keep-alive timeout (60 s) is past GIVE_UP_S
+    assert data == b""
+
+
+async def test_at_the_connection_cap_an_idle_kept_alive_connection_makes_room(
+    tmp_path: Path, http_parser: str,
+) -> None:
+    """Past the cap a new connection is served and one idle kept-alive connection is closed
+    in its place (a pool's spare connection costs its client nothing); only with none idle
+    is the new one refused."""
+    async with receiver(tmp_path, max_connections=3, header_timeout_s=60,
+                        keepalive_timeout_s=60, http_parser=http_parser) as (_, port):
+        kept = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        try:
+            for reader, writer in kept:
+                assert (await answered_on(reader, writer)).startswith(b"HTTP/1.1 200 ")
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                assert (await answered_on(reader, writer)).startswith(b"HTTP/1.1 200 ")
+            finally:
+                writer.close()
+            ends = [asyncio.create_task(r.read()) for r, _ in kept]
+            done, pending = await asyncio.wait(ends, timeout=GIVE_UP_S,
+                                               return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            assert [task.result() for task in done] == [b""]  # closed, nothing sent
+        finally:
+            for _, w in kept:
+                w.close()
+
+
 def test_the_open_files_limit_is_raised_to_the_hard_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
@@ -190,7 +251,7 @@ def test_the_limits_are_settings_with_defaults() -> None:
     base = {"SONIC_WEBHOOK_SECRET": "s3cret-1"}
     defaults = load(base)
     assert (defaults.header_timeout_s, defaults.body_timeout_s, defaults.keepalive_timeout_s,
-            defaults.max_connections, defaults.http_parser) == (10.0, 20.0, 5.0, 1000,
+            defaults.max_connections, defaults.http_parser) == (10.0, 20.0, 120.0, 1000,
                                                                  "httptools")
     tuned = load({**base, "RECEIVER_HEADER_TIMEOUT_S": "2.5", "RECEIVER_BODY_TIMEOUT_S": "7",
                   "RECEIVER_KEEPALIVE_TIMEOUT_S": "1", "RECEIVER_MAX_CONNECTIONS": "50",
