@@ -114,7 +114,8 @@ class _Guarded(_Base):  # type: ignore[misc]
     def _idle(self) -> bool:
         """Kept alive after a response, with nothing received since (uvicorn's keep-alive
         timer is armed from the response until the next byte)."""
-        return getattr(self, "timeout_keep_alive_task", None) is not None
+        return (getattr(self, "timeout_keep_alive_task", None) is not None
+                and self._awaiting_head())
 
     def _evict_an_idle_one(self) -> bool:
         """Close one idle kept-alive connection to make room for this new one, as a proxy
