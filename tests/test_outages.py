@@ -471,7 +471,8 @@ def _check_stored(rig: Rig, load: Senders, final: Stored) -> None:
 
 def _check_attempts(rig: Rig, out: Outage) -> None:
     """Every attempt closed with its true outcome: one ``done`` per job, its last, made by the
-    worker that logged ``job_done`` for it; the killed worker's unfinished ones LOST."""
+    worker that logged ``job_done`` for it; the killed worker's unfinished ones LOST (or the
+    outcome it was writing when the database went away, if that write reached the server)."""
     rows = attempts(rig.db)
     rig.note(f"attempts: {len(rows)}, by outcome: {Counter(a.outcome for a in rows)}")
     unclosed = [a for a in rows if a.finished_at is None]
@@ -503,12 +504,21 @@ def _check_attempts(rig: Rig, out: Outage) -> None:
              for e in log_events([killed_log], event)}
     cut = {e["job_id"] for e in log_events([killed_log], "job_started")} - ended
     cut_off = [a for a in rows if a.pid == out.killed_worker and a.job_id in cut]
+    # A write the worker saw fail as the database went away may still have committed (the
+    # server had it; its answer was lost with the connection): such an attempt is closed with
+    # the outcome the worker was writing, which is as true as LOST.
+    unanswered = {(e["job_id"], e["outcome"])
+                  for e in log_events([killed_log], "job_outcome_not_written")}
     rig.note(f"the killed worker's jobs cut off: {len(cut)}, their attempts' outcomes: "
-             f"{Counter(a.outcome for a in cut_off)}")
+             f"{Counter(a.outcome for a in cut_off)}; outcomes it could not write: "
+             f"{sorted(unanswered)}")
     if not cut:
         rig.broken.append("the killed worker had no job running: its attempts show nothing")
-    if {a.outcome for a in cut_off} - {LOST}:
-        rig.broken.append(f"the killed worker's cut-off attempts are not closed as {LOST!r}: "
+    wrong = [a for a in cut_off
+             if a.outcome != LOST and (a.job_id, a.outcome) not in unanswered]
+    if wrong:
+        rig.broken.append(f"the killed worker's cut-off attempts are not closed as {LOST!r} "
+                          f"(nor as an outcome it was writing when the database went away): "
                           f"{Counter(a.outcome for a in cut_off)}")
 
 
