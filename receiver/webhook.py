@@ -37,6 +37,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive, Scope, Send
 
 from receiver import metrics
+from receiver.clips import parse_identifier
 from receiver.clock import Clock
 from receiver.errors import BodyTooLarge, StoreError, VerificationError
 from receiver.models import Delivery, Outcome, RecordResult, Source
@@ -119,7 +120,10 @@ def make_delivery(
     received_at: float,
     source: Source = Source.WEBHOOK,
 ) -> Delivery:
-    """A verified request as a :class:`Delivery`, parsed when it can be."""
+    """A verified request as a :class:`Delivery`, parsed when it can be. ``task_id_hint``
+    (the URL's ``?task_id=``) is kept only when it reads as a task id
+    (:func:`receiver.clips.parse_identifier`): a quarantined delivery stores it as it is."""
+    task_id_hint = parse_identifier(task_id_hint)
     event_header = headers.get(EVENT_HEADER)
     callback, error = try_parse(body, event_header=event_header, task_id_hint=task_id_hint)
     return Delivery(

@@ -1,0 +1,80 @@
+"""A NUL character (``\\u0000``, valid JSON) in a signed callback, or in the webhook URL's
+``?task_id=``: PostgreSQL's text and jsonb cannot hold one, so it is read as what JSON
+cannot carry (absent), on both backends alike, and the delivery is recorded or quarantined
+(never answered 503, which its sender would retry for ever)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from receiver.app import create_app
+from receiver.clips import is_text
+from receiver.clock import FakeClock
+from receiver.payloads import parse_callback
+from tests.support import app_client, post_signed, settings_for
+
+pytestmark = pytest.mark.anyio
+
+
+def _settings(tmp_path: Path, database: Path | str) -> Any:
+    url = database if isinstance(database, str) else None
+    path = database if isinstance(database, Path) else tmp_path / "r.db"
+    return settings_for(tmp_path, db_path=path, db_url=url, worker="off")
+
+
+def test_text_with_a_nul_is_not_text() -> None:
+    assert not is_text("a\x00b")
+    assert is_text("ab")
+    assert is_text("é\U0001f3b5")
+
+
+def test_a_nul_in_a_field_reads_as_absent_and_the_rest_is_used() -> None:
+    body = (b'{"task_id": "t", "message": "m\\u0000", "event": "song.completed", "data": '
+            b'[{"clip_id": "c", "state": "succeeded", "title": "a\\u0000b", '
+            b'"k\\u0000": 1, "nested": ["x\\u0000", "ok"]}]}')
+    cb = parse_callback(body)
+    assert (cb.task_id, cb.message) == ("t", None)
+    clip = cb.clips[0]
+    assert clip.title is None
+    assert clip.raw["title"] is None
+    assert "k\x00" not in clip.raw
+    assert clip.raw["nested"] == [None, "ok"]
+    assert parse_callback(b'{"task_id": "t\\u0000", "data": [{"clip_id": "c"}]}').task_id is None
+    assert parse_callback(b'{"data": [{"clip_id": "c"}]}', task_id_hint="a\x00b").task_id is None
+
+
+CASES = {
+    # body, query, expected (status, answer's status, answer's task_id)
+    "nul_in_task_id": (b'{"task_id": "t-1\\u0000x", "event": "song.completed", "data": []}',
+                       "", (422, "quarantined", None)),
+    "nul_in_fields": (b'{"task_id": "t-2", "event": "song.failed", "message": "x\\u0000y", '
+                      b'"data": [{"clip_id": "c-2", "state": "failed", "title": "a\\u0000", '
+                      b'"error_message": "e\\u0000", "audio_url": "https://cdn/a\\u0000.mp3"}]}',
+                      "", (200, "recorded", "t-2")),
+    "nul_in_query_hint": (b'{"event": "song.completed", "data": []}', "?task_id=a%00b",
+                          (422, "quarantined", None)),
+    "nul_in_query_hint_unusable_body": (b"not json", "?task_id=a%00b",
+                                        (422, "quarantined", None)),
+}
+
+
+async def test_a_nul_is_recorded_or_quarantined_alike_on_both_backends(
+        tmp_path: Path, clock: FakeClock, backend_database: Path | str) -> None:
+    answers: dict[str, tuple[int, str, Any]] = {}
+    async with app_client(create_app(_settings(tmp_path, backend_database),
+                                     clock=clock)) as client:
+        for name, (body, query, _) in CASES.items():
+            got = await post_signed(client, body, clock=clock, delivery_id=name,
+                                    path="/webhooks/sonic" + query)
+            answers[name] = (got.status_code, got.json().get("status"),
+                             got.json().get("task_id"))
+        again = await post_signed(client, CASES["nul_in_fields"][0], clock=clock,
+                                  delivery_id="nul_in_fields")
+        listed = await client.get("/deliveries", params={"limit": 50})
+    assert answers == {name: expected for name, (_, _, expected) in CASES.items()}
+    assert again.json()["status"] == "duplicate"
+    assert listed.status_code == 200
+    assert {d["delivery_id"] for d in listed.json()["items"]} == set(CASES)
