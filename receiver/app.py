@@ -206,7 +206,8 @@ def create_app(
             *probe_routes(),
             # Everything else, unknown paths included, is the admin surface.
             Mount("", routes=admin, middleware=[
-                Middleware(ConsoleAuth, settings=settings, sessions=sessions)]),
+                Middleware(ConsoleAuth, settings=settings, sessions=sessions),
+                Middleware(NoNulInURL)]),
         ],
         middleware=[Middleware(ForwardedHeaders, trusted=settings.trusted_proxies),
                     Middleware(SecurityHeaders),
@@ -249,6 +250,21 @@ class ReceiverApp(Starlette):
             await self.providers(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
+
+
+class NoNulInURL:
+    """An admin URL whose path or query holds a NUL (``%00``) is not found: nothing stored
+    holds one (:func:`receiver.clips.is_text`), and PostgreSQL refuses one even as a query's
+    parameter (a 500, and a read failure taken for the database going away)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+                "\x00" in scope["path"] or b"%00" in scope.get("query_string", b"")):
+            raise HTTPException(404)
+        await self.app(scope, receive, send)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from receiver.app import create_app
@@ -78,3 +79,14 @@ async def test_a_nul_is_recorded_or_quarantined_alike_on_both_backends(
     assert again.json()["status"] == "duplicate"
     assert listed.status_code == 200
     assert {d["delivery_id"] for d in listed.json()["items"]} == set(CASES)
+@pytest.mark.parametrize("path", ["/tasks/a%00b", "/deliveries/a%00b", "/ui/tasks/a%00b",
+                                  "/ui/deliveries/a%00b", "/jobs?task_id=a%00b",
+                                  "/ui/tasks?q=a%00b"])
+async def test_an_admin_url_with_a_nul_is_not_found_on_both_backends(
+        tmp_path: Path, clock: FakeClock, backend_database: Path | str, path: str) -> None:
+    """Nothing stored holds a NUL, so a URL with one names nothing: 404, not a 500 from
+    PostgreSQL refusing the parameter."""
+    async with app_client(create_app(_settings(tmp_path, backend_database),
+                                     clock=clock)) as client:
+        got: httpx.Response = await client.get(path)
+    assert got.status_code == 404, (got.status_code, got.text[:300])
