@@ -342,8 +342,10 @@ def _load(text: str) -> Any:
         document = json.loads(
             text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int
         )
-    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+    except ValueError:  # JSONDecodeError is a ValueError
         raise PayloadError("body is not JSON") from None
+    except RecursionError:  # (orjson stops at 1,024 levels, Python's parser near 1,000)
+        raise PayloadError(f"body nests deeper than {MAX_DEPTH} levels") from None
     return _clean(document, 0, _UNTEXT_ESCAPE.search(text) is not None)
 
 
