@@ -108,7 +108,15 @@ def delivery_id(headers: Mapping[str, str], signed_content: bytes) -> str:
 
 
 def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items() if k.lower() not in PRIVATE_HEADERS}
+    """The headers kept with a delivery: not the private ones, and a NUL read as a space (as
+    RFC 9110, 5.5, lets a recipient; uvicorn's parsers refuse one, but another ASGI server
+    may pass it on, and PostgreSQL cannot store it). Verification saw them as they came."""
+    return {_no_nul(k.lower()): _no_nul(v) for k, v in headers.items()
+            if k.lower() not in PRIVATE_HEADERS}
+
+
+def _no_nul(text: str) -> str:
+    return text.replace("\x00", " ") if "\x00" in text else text
 
 
 def make_delivery(
@@ -130,7 +138,8 @@ def make_delivery(
         delivery_id=delivery_id(headers, verified.signed_content),
         source=source,
         scheme=verified.scheme.value,
-        event=callback.event.value if callback and callback.event else event_header,
+        event=callback.event.value if callback and callback.event
+        else None if event_header is None else _no_nul(event_header),
         headers=kept_headers(headers),
         body=body,
         received_at=received_at,

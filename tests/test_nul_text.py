@@ -15,7 +15,7 @@ from receiver.app import create_app
 from receiver.clips import is_text
 from receiver.clock import FakeClock
 from receiver.payloads import parse_callback
-from tests.support import app_client, post_signed, settings_for
+from tests.support import app_client, post_signed, settings_for, signed_headers
 
 pytestmark = pytest.mark.anyio
 
@@ -90,3 +90,23 @@ async def test_an_admin_url_with_a_nul_is_not_found_on_both_backends(
                                      clock=clock)) as client:
         got: httpx.Response = await client.get(path)
     assert got.status_code == 404, (got.status_code, got.text[:300])
+
+
+async def test_a_nul_in_a_header_is_a_space_on_both_backends(
+        tmp_path: Path, clock: FakeClock, backend_database: Path | str) -> None:
+    """uvicorn refuses a NUL in a header; an ASGI server that passes one on (or a test's
+    transport) must not make the delivery unstorable on PostgreSQL: RFC 9110 lets a recipient
+    read it as a space."""
+    body = b'{"task_id": "t-h", "data": []}'
+    async with app_client(create_app(_settings(tmp_path, backend_database),
+                                     clock=clock)) as client:
+        recorded = await client.post("/webhooks/sonic", content=body, headers={
+            **signed_headers(body, timestamp=int(clock.now()), delivery_id="h-1"),
+            "X-Webhook-Event": "a\x00b", "X-Trace": "t\x00"})
+        quarantined = await client.post("/webhooks/sonic", content=b"[]", headers={
+            **signed_headers(b"[]", timestamp=int(clock.now()), delivery_id="h-2"),
+            "X-Webhook-Event": "a\x00b"})
+        kept = await client.get("/deliveries/h-1")
+    assert (recorded.status_code, recorded.json()["status"]) == (200, "recorded")
+    assert (quarantined.status_code, quarantined.json()["status"]) == (422, "quarantined")
+    assert kept.json()["headers"]["x-trace"] == "t "
