@@ -10,7 +10,9 @@ accepts connections until the process runs out of file descriptors. Here:
   byte of a later request; else the connection is closed: an idle kept-alive connection is
   uvicorn's ``timeout_keep_alive``'s), a **head size limit** (a head past
   :data:`MAX_HEAD_BYTES` gets 431 and the connection is closed: httptools holds a head
-  whole, however large, until it ends, and a verified delivery keeps its headers) and a
+  whole, however large, until it ends, and a verified delivery keeps its headers; so are a
+  chunked body's trailers, which no one reads: a request sending more than twice the body
+  limit after its head is cut off) and a
   **connection cap** (past ``max_connections``
   open connections an idle kept-alive one is closed to make room; with none idle, the new one
   gets a bare 503 and is closed before anything is read);
@@ -97,6 +99,8 @@ class _Guarded(_Base):  # type: ignore[misc]
     max_connections: int = 1000
     heads: Deadlines = Deadlines(header_timeout_s)  # protocol_class() gives each class its own
     head_bytes = 0  # received since the current request's body ended (a next head's bytes)
+    request_bytes = 0  # received since the current request's head ended (body, trailers)
+    max_request_bytes: int = MAX_HEAD_BYTES + 2 * 1048576  # protocol_class() sets it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(_Coalescing(transport, self.loop))
@@ -113,11 +117,20 @@ class _Guarded(_Base):  # type: ignore[misc]
         between = self._between_requests()
         super().data_received(data)
         if self.cycle is not cycle:  # a head ended in this data
-            self.head_bytes = 0
-        elif between and not self.transport.is_closing():
+            self.head_bytes = self.request_bytes = 0
+        elif self.transport.is_closing():
+            pass
+        elif between:
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD_BYTES:
                 self._refuse_head()
+                return
+        else:  # a body (the app reads it under its limit) or a chunked body's trailers (no one)
+            self.request_bytes += len(data)
+            if self.request_bytes > self.max_request_bytes:
+                log.warning("request past %d bytes after its head: connection closed",
+                            self.max_request_bytes)
+                self.transport.close()
                 return
         if not self._awaiting_head():
             self.heads.forget(self)
@@ -230,16 +243,20 @@ class GuardedHttpToolsProtocol(_Guarded, HttpToolsProtocol):
 
 
 def protocol_class(*, header_timeout_s: float, max_connections: int,
-                   implementation: str = "httptools") -> type[asyncio.Protocol]:
+                   implementation: str = "httptools",
+                   max_body_bytes: int = 1048576) -> type[asyncio.Protocol]:
     """The HTTP protocol class to give ``uvicorn.Config(http=...)``: ``httptools`` (a C parser,
-    cheaper per request than h11's pure Python: ``scripts/bench ingest``) or ``h11``."""
+    cheaper per request than h11's pure Python: ``scripts/bench ingest``) or ``h11``.
+    ``max_body_bytes``: the largest body any route takes; a request that sends more than
+    twice that after its head (chunk framing, trailers) is cut off."""
     bases: dict[str, type[asyncio.Protocol]] = {
         "httptools": GuardedHttpToolsProtocol, "h11": GuardedH11Protocol}
     if implementation not in bases:
         raise ValueError(f"unknown HTTP implementation {implementation!r}")
     base = bases[implementation]
     settings = {"header_timeout_s": header_timeout_s, "max_connections": max_connections,
-                "heads": Deadlines(header_timeout_s)}
+                "heads": Deadlines(header_timeout_s),
+                "max_request_bytes": MAX_HEAD_BYTES + 2 * max_body_bytes}
     return type(base.__name__, (base,), settings)
 
 

@@ -89,7 +89,7 @@ def protocol_class(settings: Settings) -> type[asyncio.Protocol]:
     limits, with :class:`NoDelay`."""
     guarded = connections.protocol_class(
         header_timeout_s=settings.header_timeout_s, max_connections=settings.max_connections,
-        implementation=settings.http_parser)
+        implementation=settings.http_parser, max_body_bytes=settings.max_body_bytes)
     return type(guarded.__name__, (NoDelay, guarded), {})
 
 

@@ -297,6 +297,21 @@ async def test_a_request_head_past_the_limit_gets_431_and_is_not_read_on(
     assert served.startswith(b"HTTP/1.1 200 "), served[:300]
 
 
+async def test_a_chunked_body_whose_trailers_never_end_is_cut_off(
+    tmp_path: Path, http_parser: str,
+) -> None:
+    """A chunked body's trailers are headers after the body: the app never sees them, and
+    httptools holds them whole until they end. What a request sends after its head (body and
+    trailers) is bounded too: past MAX_HEAD_BYTES plus twice RECEIVER_MAX_BODY_BYTES the
+    connection is closed, long before the body timeout."""
+    endless = (b"POST /webhooks/sonic HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"2\r\n{}\r\n0\r\nX-Trailer: " + b"t" * (8 << 20))
+    async with receiver(tmp_path, header_timeout_s=60, body_timeout_s=60,
+                        max_body_bytes=65536, http_parser=http_parser) as (_, port):
+        _, closed = await sent_at_once(port, endless)
+    assert closed
+
+
 def test_the_open_files_limit_is_raised_to_the_hard_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
