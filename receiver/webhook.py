@@ -56,6 +56,9 @@ EVENT_HEADER = "x-webhook-event"
 # Never kept with a delivery: they prove knowledge of a secret, or are credentials.
 PRIVATE_HEADERS = SIGNATURE_HEADERS | {"authorization", "cookie", "proxy-authorization"}
 _MAX_ID = 200
+# An event header naming no known event is kept with the delivery cut to this many characters:
+# the column is indexed, and PostgreSQL refuses an index entry past 2,704 bytes.
+_MAX_EVENT = 200
 _JSON = (b"content-type", b"application/json")
 
 
@@ -139,7 +142,7 @@ def make_delivery(
         source=source,
         scheme=verified.scheme.value,
         event=callback.event.value if callback and callback.event
-        else None if event_header is None else _no_nul(event_header),
+        else None if event_header is None else _no_nul(event_header)[:_MAX_EVENT],
         headers=kept_headers(headers),
         body=body,
         received_at=received_at,

@@ -1,10 +1,12 @@
-"""A NUL character (``\\u0000``, valid JSON) in a signed callback, or in the webhook URL's
-``?task_id=``: PostgreSQL's text and jsonb cannot hold one, so it is read as what JSON
-cannot carry (absent), on both backends alike, and the delivery is recorded or quarantined
-(never answered 503, which its sender would retry for ever)."""
+"""Text in a signed delivery that PostgreSQL cannot store as SQLite does, on both backends
+alike: a NUL character (``\\u0000``, valid JSON) in the callback or in the webhook URL's
+``?task_id=`` (PostgreSQL's text and jsonb cannot hold one: it is read as what JSON cannot
+carry, absent), in a header, or an index entry past PostgreSQL's limit. The delivery is
+recorded or quarantined, never answered 503 (which its sender would retry for ever)."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +113,21 @@ async def test_a_nul_in_a_header_is_a_space_on_both_backends(
     assert (recorded.status_code, recorded.json()["status"]) == (200, "recorded")
     assert (quarantined.status_code, quarantined.json()["status"]) == (422, "quarantined")
     assert kept.json()["headers"]["x-trace"] == "t "
+
+
+async def test_a_long_unknown_event_header_is_kept_cut_short_on_both_backends(
+        tmp_path: Path, clock: FakeClock, backend_database: Path | str) -> None:
+    """An X-Webhook-Event naming no known event is kept with the delivery as it came, in an
+    indexed column: PostgreSQL refuses an index entry past 2,704 bytes (SQLite has no such
+    limit), so it is kept cut to 200 characters; the delivery is recorded on both."""
+    # 6,400 characters that do not compress (PostgreSQL compresses a long index entry)
+    event = "".join(hashlib.sha256(str(n).encode()).hexdigest() for n in range(100))
+    body = b'{"task_id": "t-e", "data": []}'
+    async with app_client(create_app(_settings(tmp_path, backend_database),
+                                     clock=clock)) as client:
+        got = await client.post("/webhooks/sonic", content=body, headers={
+            **signed_headers(body, timestamp=int(clock.now()), delivery_id="e-1"),
+            "X-Webhook-Event": event})
+        kept = await client.get("/deliveries/e-1")
+    assert (got.status_code, got.json()["status"]) == (200, "recorded")
+    assert kept.json()["event"] == event[:200]
