@@ -24,7 +24,8 @@ anything else is refused as a typo at start-up):
 ``failed_body_template``    body of a failed task's message
 ``clip_template``           one clip's block in ``${clips}``
 ``format``                  ``text`` (default), ``markdown`` or ``html``: how apprise reads
-                            the body
+                            the templates (each field is escaped for it: a callback's
+                            title never becomes markup, a link or a mention)
 ``wait_for_files_s``        wait up to this long (default 0) for every clip's audio file
                             to be recorded (by ``download_audio``) before sending
 ==========================  ============================================================
@@ -62,7 +63,9 @@ and scheme (``#1 json``), never by its URL.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+import html
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from string import Template
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -261,11 +264,13 @@ def settings_from(options: NotifyOptions, table: NotifyTable) -> NotifySettings:
 def compose(
     event: Event, view: TaskView, files: Sequence[StoredFile], settings: NotifySettings
 ) -> Message:
-    """The title and body for ``event``, from the templates and a flat mapping of strings."""
-    fields = task_fields(event, view, files)
+    """The title and body for ``event``, from the templates and a flat mapping of strings,
+    each escaped for the templates' format (:func:`escaped`)."""
+    escape = ESCAPES.get(settings.body_format)
+    fields = escaped(task_fields(event, view, files), escape)
     clip_template = settings.templates["clip_template"]
     blocks = [
-        clip_template.substitute({**fields, **clip_fields(clip, number, files)})
+        clip_template.substitute({**fields, **escaped(clip_fields(clip, number, files), escape)})
         for number, clip in enumerate(view.clips, start=1)
     ]
     fields["clips"] = "\n".join(blocks)
@@ -276,6 +281,23 @@ def compose(
         body=settings.templates[f"{prefix}body_template"].substitute(fields),
         notify_type=apprise.NotifyType.FAILURE if failed else apprise.NotifyType.SUCCESS,
     )
+
+
+# Any ASCII punctuation may be backslash-escaped in CommonMark, and then reads as itself:
+# brackets and parentheses (links), "<" (inline HTML), "@" (a chat's mentions), "*", "_"...
+_MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
+ESCAPES: Mapping[apprise.NotifyFormat, Callable[[str], str]] = {
+    apprise.NotifyFormat.HTML: html.escape,
+    apprise.NotifyFormat.MARKDOWN: lambda text: _MARKDOWN_SPECIAL.sub(r"\\\1", text),
+}
+
+
+def escaped(fields: Mapping[str, str], escape: Callable[[str], str] | None) -> dict[str, str]:
+    """``fields`` as text inside a template of another format: the templates are the
+    operator's markup, but a title, tags, a URL or a reason came from a callback, and must
+    show as what they say instead of becoming markup, a link or a mention. apprise escapes a
+    ``text`` message for each service itself."""
+    return dict(fields) if escape is None else {k: escape(v) for k, v in fields.items()}
 
 
 def task_fields(event: Event, view: TaskView, files: Sequence[StoredFile]) -> dict[str, str]:

@@ -26,7 +26,8 @@ it returns cannot fail later when stored or served as JSON:
 - values JSON cannot carry faithfully are read as ``null``: ``NaN`` and ``Infinity``, a
   number too large for a float (``1e400``), an integer of more than :data:`MAX_INT_DIGITS`
   digits (Python's own limit would raise while parsing), a string holding a lone surrogate
-  (``"\\ud800"``: refused by SQLite and by UTF-8); an object key holding one drops its entry;
+  (``"\\ud800"``: refused by SQLite and by UTF-8) or a NUL (``"\\u0000"``: refused by
+  PostgreSQL's text and jsonb); an object key holding one drops its entry;
 - a document nested deeper than :data:`MAX_DEPTH` levels is not usable.
 """
 
@@ -54,7 +55,11 @@ MAX_DEPTH = 64
 _INT_LIMIT = 10**MAX_INT_DIGITS
 _MAX_ID = 256
 _MAX_CODE = 10**9
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+# The escapes that put what is not text (is_text) in a string decoded from strict UTF-8: a
+# surrogate (\uD8xx-\uDFxx, lone or not: the walk tells) or a NUL (JSON text cannot hold a raw
+# one, only its escape).
+_UNTEXT_ESCAPE = re.compile(r"\\u(?:[dD][89abcdefABCDEF]|0000)")
+_NUL_ESCAPE = b"\\u0000"
 # _fast_load's check for long integers: every digit mapped to "0", every other byte to " ".
 _DIGIT_MAP = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
 _LONG_DIGITS = b"0" * 19
@@ -298,7 +303,10 @@ def clean(value: object) -> Any:
 
 
 def is_text(value: str) -> bool:
-    """Whether ``value`` is Unicode text (no lone surrogate), so that it can be encoded."""
+    """Whether ``value`` is text every store keeps: Unicode (no lone surrogate, which UTF-8
+    cannot encode) without a NUL (which PostgreSQL's text and jsonb refuse)."""
+    if "\x00" in value:
+        return False
     if value.isascii():
         return True
     try:
@@ -312,11 +320,12 @@ def _fast_load(body: bytes) -> Any:
     """``body`` read by orjson when that gives what :func:`_load` would, else :data:`_SLOW`.
 
     orjson refuses (so the careful path decides) everything :func:`_load` must clean: invalid
-    UTF-8, lone surrogates, ``NaN``/``Infinity``, floats beyond the range. Two differences
-    remain, checked on the bytes: an integer of 20 or more digits becomes a float in orjson
-    (any run of 19 digits takes the careful path), and orjson nests far deeper than
-    :data:`MAX_DEPTH` (a body with more brackets than that is walked)."""
-    if _LONG_DIGITS in body.translate(_DIGIT_MAP):
+    UTF-8, lone surrogates, ``NaN``/``Infinity``, floats beyond the range. Three differences
+    remain, checked on the bytes: orjson reads ``\\u0000`` as a NUL (such a body takes the
+    careful path), an integer of 20 or more digits becomes a float in orjson (any run of 19
+    digits takes the careful path), and orjson nests far deeper than :data:`MAX_DEPTH` (a body
+    with more brackets than that is walked)."""
+    if _NUL_ESCAPE in body or _LONG_DIGITS in body.translate(_DIGIT_MAP):
         return _SLOW
     try:
         document = orjson.loads(body)
@@ -333,11 +342,11 @@ def _load(text: str) -> Any:
         document = json.loads(
             text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int
         )
-    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+    except ValueError:  # JSONDecodeError is a ValueError
         raise PayloadError("body is not JSON") from None
-    # Only a \uD8xx-\uDFxx escape can put a surrogate in a string decoded from strict UTF-8.
-    surrogates = _SURROGATE_ESCAPE.search(text) is not None
-    return _clean(document, 0, surrogates)
+    except RecursionError:  # (orjson stops at 1,024 levels, Python's parser near 1,000)
+        raise PayloadError(f"body nests deeper than {MAX_DEPTH} levels") from None
+    return _clean(document, 0, _UNTEXT_ESCAPE.search(text) is not None)
 
 
 def _no_constant(name: str) -> None:
@@ -359,8 +368,8 @@ def _bounded_int(text: str) -> int | None:
 
 
 def _clean(value: Any, depth: int, surrogates: bool) -> Any:
-    """``surrogates``: whether a string may hold one (what a JSON parser made cannot hold
-    anything else to clean; a Python caller's value can)."""
+    """``surrogates``: whether a string may hold what is not text (a surrogate or a NUL: what
+    a JSON parser made cannot hold anything else to clean; a Python caller's value can)."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):

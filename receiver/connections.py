@@ -8,7 +8,12 @@ accepts connections until the process runs out of file descriptors. Here:
 - :func:`protocol_class`: uvicorn's HTTP protocol with a **header timeout** (the request head
   must be complete within ``header_timeout_s`` of the connection being made or of the first
   byte of a later request; else the connection is closed: an idle kept-alive connection is
-  uvicorn's ``timeout_keep_alive``'s) and a **connection cap** (past ``max_connections``
+  uvicorn's ``timeout_keep_alive``'s), a **head size limit** (a head past
+  :data:`MAX_HEAD_BYTES` gets 431 and the connection is closed: httptools holds a head
+  whole, however large, until it ends, and a verified delivery keeps its headers; so are a
+  chunked body's trailers, which no one reads: a request sending more than twice the body
+  limit after its head is cut off) and a
+  **connection cap** (past ``max_connections``
   open connections an idle kept-alive one is closed to make room; with none idle, the new one
   gets a bare 503 and is closed before anything is read);
 - :class:`BodyTimeout`: ASGI middleware that gives a request ``timeout_s`` to deliver its whole
@@ -39,6 +44,12 @@ log = logging.getLogger("receiver.connections")
 
 FULL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
         b"content-length: 20\r\nconnection: close\r\n\r\ntoo many connections")
+HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                  b"content-type: text/plain\r\ncontent-length: 22\r\n"
+                  b"connection: close\r\n\r\nrequest head too large")
+
+# A request head (its line and headers) larger than this is refused: see _Guarded.
+MAX_HEAD_BYTES = 64 * 1024
 
 _Base: Any = H11Protocol if TYPE_CHECKING else object
 
@@ -87,6 +98,9 @@ class _Guarded(_Base):  # type: ignore[misc]
     header_timeout_s: float = 10.0
     max_connections: int = 1000
     heads: Deadlines = Deadlines(header_timeout_s)  # protocol_class() gives each class its own
+    head_bytes = 0  # received since the current request's body ended (a next head's bytes)
+    request_bytes = 0  # received since the current request's head ended (body, trailers)
+    max_request_bytes: int = MAX_HEAD_BYTES + 2 * 1048576  # protocol_class() sets it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(_Coalescing(transport, self.loop))
@@ -99,7 +113,25 @@ class _Guarded(_Base):  # type: ignore[misc]
         self.heads.watch(self, self.loop)
 
     def data_received(self, data: bytes) -> None:
+        cycle = self.cycle
+        between = self._between_requests()
         super().data_received(data)
+        if self.cycle is not cycle:  # a head ended in this data
+            self.head_bytes = self.request_bytes = 0
+        elif self.transport.is_closing():
+            pass
+        elif between:
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self._refuse_head()
+                return
+        else:  # a body (the app reads it under its limit) or a chunked body's trailers (no one)
+            self.request_bytes += len(data)
+            if self.request_bytes > self.max_request_bytes:
+                log.warning("request past %d bytes after its head: connection closed",
+                            self.max_request_bytes)
+                self.transport.close()
+                return
         if not self._awaiting_head():
             self.heads.forget(self)
         elif self not in self.heads:  # the first byte of the next request starts its clock
@@ -134,6 +166,21 @@ class _Guarded(_Base):  # type: ignore[misc]
 
     def _awaiting_head(self) -> bool:
         return self.cycle is None or bool(self.cycle.response_complete)
+
+    def _between_requests(self) -> bool:
+        """Whether what arrives now is a next request's head: the current request's body has
+        ended (its response may still be under way: a pipelined head is counted too)."""
+        return self.cycle is None or bool(self.cycle.response_complete) or not \
+            self.cycle.more_body
+
+    def _refuse_head(self) -> None:
+        """A head past :data:`MAX_HEAD_BYTES`: 431, unless a response is under way on this
+        connection (then it is only closed), and nothing more is read."""
+        log.warning("request head past %d bytes: connection closed", MAX_HEAD_BYTES)
+        self.heads.forget(self)
+        if self._awaiting_head():
+            self.transport.write(HEAD_TOO_LARGE)
+        self.transport.close()
 
     def expire(self) -> None:
         """The header timeout: no complete request head in time."""
@@ -196,16 +243,20 @@ class GuardedHttpToolsProtocol(_Guarded, HttpToolsProtocol):
 
 
 def protocol_class(*, header_timeout_s: float, max_connections: int,
-                   implementation: str = "httptools") -> type[asyncio.Protocol]:
+                   implementation: str = "httptools",
+                   max_body_bytes: int = 1048576) -> type[asyncio.Protocol]:
     """The HTTP protocol class to give ``uvicorn.Config(http=...)``: ``httptools`` (a C parser,
-    cheaper per request than h11's pure Python: ``scripts/bench ingest``) or ``h11``."""
+    cheaper per request than h11's pure Python: ``scripts/bench ingest``) or ``h11``.
+    ``max_body_bytes``: the largest body any route takes; a request that sends more than
+    twice that after its head (chunk framing, trailers) is cut off."""
     bases: dict[str, type[asyncio.Protocol]] = {
         "httptools": GuardedHttpToolsProtocol, "h11": GuardedH11Protocol}
     if implementation not in bases:
         raise ValueError(f"unknown HTTP implementation {implementation!r}")
     base = bases[implementation]
     settings = {"header_timeout_s": header_timeout_s, "max_connections": max_connections,
-                "heads": Deadlines(header_timeout_s)}
+                "heads": Deadlines(header_timeout_s),
+                "max_request_bytes": MAX_HEAD_BYTES + 2 * max_body_bytes}
     return type(base.__name__, (base,), settings)
 
 

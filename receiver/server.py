@@ -62,6 +62,9 @@ def config(app: Any, *, host: str, port: int, settings: Settings | None = None,
     if settings is not None:
         options.setdefault("http", protocol_class(settings))
         options.setdefault("timeout_keep_alive", settings.keepalive_timeout_s)
+        # h11 refuses a head past its own limit (16 KiB by default) with a bare 400: past
+        # ours, so that both implementations answer a large head alike (431).
+        options.setdefault("h11_max_incomplete_event_size", 2 * connections.MAX_HEAD_BYTES)
     return uvicorn.Config(app, host=host, port=port, log_config=None, **options)
 
 
@@ -86,7 +89,7 @@ def protocol_class(settings: Settings) -> type[asyncio.Protocol]:
     limits, with :class:`NoDelay`."""
     guarded = connections.protocol_class(
         header_timeout_s=settings.header_timeout_s, max_connections=settings.max_connections,
-        implementation=settings.http_parser)
+        implementation=settings.http_parser, max_body_bytes=settings.max_body_bytes)
     return type(guarded.__name__, (NoDelay, guarded), {})
 
 

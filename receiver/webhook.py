@@ -37,6 +37,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive, Scope, Send
 
 from receiver import metrics
+from receiver.clips import parse_identifier
 from receiver.clock import Clock
 from receiver.errors import BodyTooLarge, StoreError, VerificationError
 from receiver.models import Delivery, Outcome, RecordResult, Source
@@ -55,6 +56,9 @@ EVENT_HEADER = "x-webhook-event"
 # Never kept with a delivery: they prove knowledge of a secret, or are credentials.
 PRIVATE_HEADERS = SIGNATURE_HEADERS | {"authorization", "cookie", "proxy-authorization"}
 _MAX_ID = 200
+# An event header naming no known event is kept with the delivery cut to this many characters:
+# the column is indexed, and PostgreSQL refuses an index entry past 2,704 bytes.
+_MAX_EVENT = 200
 _JSON = (b"content-type", b"application/json")
 
 
@@ -107,7 +111,15 @@ def delivery_id(headers: Mapping[str, str], signed_content: bytes) -> str:
 
 
 def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items() if k.lower() not in PRIVATE_HEADERS}
+    """The headers kept with a delivery: not the private ones, and a NUL read as a space (as
+    RFC 9110, 5.5, lets a recipient; uvicorn's parsers refuse one, but another ASGI server
+    may pass it on, and PostgreSQL cannot store it). Verification saw them as they came."""
+    return {_no_nul(k.lower()): _no_nul(v) for k, v in headers.items()
+            if k.lower() not in PRIVATE_HEADERS}
+
+
+def _no_nul(text: str) -> str:
+    return text.replace("\x00", " ") if "\x00" in text else text
 
 
 def make_delivery(
@@ -119,14 +131,18 @@ def make_delivery(
     received_at: float,
     source: Source = Source.WEBHOOK,
 ) -> Delivery:
-    """A verified request as a :class:`Delivery`, parsed when it can be."""
+    """A verified request as a :class:`Delivery`, parsed when it can be. ``task_id_hint``
+    (the URL's ``?task_id=``) is kept only when it reads as a task id
+    (:func:`receiver.clips.parse_identifier`): a quarantined delivery stores it as it is."""
+    task_id_hint = parse_identifier(task_id_hint)
     event_header = headers.get(EVENT_HEADER)
     callback, error = try_parse(body, event_header=event_header, task_id_hint=task_id_hint)
     return Delivery(
         delivery_id=delivery_id(headers, verified.signed_content),
         source=source,
         scheme=verified.scheme.value,
-        event=callback.event.value if callback and callback.event else event_header,
+        event=callback.event.value if callback and callback.event
+        else None if event_header is None else _no_nul(event_header)[:_MAX_EVENT],
         headers=kept_headers(headers),
         body=body,
         received_at=received_at,

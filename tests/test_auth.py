@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -298,3 +299,34 @@ def test_a_short_admin_token_stops_serve_with_exit_2(tmp_path: Path) -> None:
     assert "RECEIVER_ADMIN_TOKEN: is too short (7 characters; at least 24)" in done.stderr
     assert "secrets.token_urlsafe(32)" in done.stderr
     assert "hunter2" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("path", ["/tasks", "/ui/actions/retry-job", "/no/such/route",
+                                  "/ui/login"])
+async def test_a_body_past_the_limit_is_refused_413_before_anyone_is_let_in(
+    tmp_path: Path, clock: FakeClock, path: str
+) -> None:
+    """The admin surface reads a changing request's body before it decides who may send it
+    (the console's form token is in the form): that read stops at RECEIVER_MAX_BODY_BYTES,
+    as the webhook's does, so that no one can make the server hold an unbounded body."""
+    limit = 65536
+    pulled = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        for _ in range(1000):  # 64 MB, if it were all read
+            pulled += 1
+            yield b"x" * 65536
+
+    settings = secure(tmp_path, admin_token=TOKEN, max_body_bytes=limit)
+    async with app_client(create_app(settings, clock=clock)) as client:
+        answer = await client.post(path, content=endless(),
+                                   headers={"content-type": "application/x-www-form-urlencoded"})
+        told = await client.post(path, content=b"x" * (limit + 1))
+        small = await client.post("/tasks", json={"task_type": "create_music"},
+                                  headers={"Authorization": f"Bearer {TOKEN}"})
+    assert (answer.status_code, answer.json()) == (413, {"error": "body_too_large",
+                                                          "limit": limit})
+    assert pulled <= 3
+    assert told.status_code == 413
+    assert small.status_code != 413

@@ -100,7 +100,13 @@ def test_failure_reason_comes_from_the_clip_then_the_message() -> None:
         (b'{"data": [{"clip_id": "a"}, {"clip_id": "a"}]}', "data lists the same clip_id twice"),
         (b"{}", "no task_id (in the body or ?task_id=) and no clips"),
         (b'{"task_id": "", "data": []}', "no task_id (in the body or ?task_id=) and no clips"),
-        (b"[" * 100_000, "body is not JSON"),
+        # deeper than Python's parser can walk: what is wrong first is the depth, balanced
+        # (valid JSON) or not
+        (b"[" * 100_000, "body nests deeper than 64 levels"),
+        (b'{"task_id": "t", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+         "body nests deeper than 64 levels"),
+        (b'{"task_id": "t", "x": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5000 + b"}",
+         "body nests deeper than 64 levels"),
     ],
 )
 def test_unusable_bodies_say_what_is_wrong(body: bytes, reason: str) -> None:

@@ -45,9 +45,11 @@ from receiver.auth import (
     operator_of,
     retry_after,
 )
+from receiver.errors import BodyTooLarge
 from receiver.runtime import runtime_of
 from receiver.settings import Settings
 from receiver.storage.admin import Admin, ConsoleSession
+from receiver.webhook import read_body
 
 log = structlog.get_logger("receiver.console")
 
@@ -233,7 +235,15 @@ class ConsoleAuth(AdminAuth):
         body = b""
         replay = receive
         if request.method not in SAFE_METHODS:
-            body = await request.body()  # read once here, replayed to the endpoint
+            # read once here (the form token is in it), replayed to the endpoint; no more
+            # than a delivery may be, whoever sends it
+            try:
+                body = await read_body(request, self.settings.max_body_bytes)
+            except BodyTooLarge as exc:
+                too_large = JSONResponse({"error": "body_too_large", "limit": exc.limit}, 413,
+                                         headers={"connection": "close"})
+                await too_large(scope, receive, send)
+                return
             replay = _replay(body, receive)
         verdict = await self.verdict(request, body)
         if verdict == "deny":

@@ -402,3 +402,38 @@ def test_scheme_of_never_returns_more_than_the_scheme() -> None:
     assert scheme_of("tgram://123456:SECRET/chat") == "tgram"
     assert scheme_of("mailtos://user:pw@host") == "mailtos"
     assert scheme_of("user:pw@host") == "?"
+
+
+@pytest.mark.parametrize(("body_format", "hostile", "shown"), [
+    ("html", '<img src=x onerror="alert(1)">', "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;"),
+    ("markdown", "[win a prize](https://evil.example) @everyone",
+     "\\[win a prize\\]\\(https\\:\\/\\/evil\\.example\\) \\@everyone"),
+])
+async def test_callback_fields_are_escaped_for_an_html_or_markdown_template(
+    tmp_path: Path, body_format: str, hostile: str, shown: str,
+) -> None:
+    """With ``format = "html"`` (or markdown) the operator's templates are HTML (markdown), but
+    a clip's title, tags, URL and a failure's reason come from the callback: each field is
+    escaped for that format, so that it shows as text and never becomes markup, a link or a
+    mention; the template's own markup stays."""
+    async with json_sink() as sink:
+        config = {"notify": {
+            "targets": [sink.url("hook") + f"?format={body_format}"],
+            "format": body_format,
+            "title_template": "${title}",
+            "body_template": "<b>${tags}</b>\n${clips}",
+            "clip_template": "${title} ${location}",
+        }}
+        body = callback(TASK, [clip("c1", "succeeded", title=hostile, tags=hostile,
+                                    audio_url="https://cdn.example/a.mp3?x=<b>")],
+                        event="song.completed")
+        async with runtime_with(tmp_path, [route()], config) as (runtime, worker, _):
+            await deliver(runtime, body)
+            await worker.run_once()
+            job = await only_job(runtime)
+    assert job.state is JobState.DONE, job.last_error
+    [message] = sink.delivered()
+    assert hostile not in message["message"]
+    assert message["message"].startswith(f"<b>{shown}</b>")
+    assert message["message"].count(shown) == 2
+    assert "?x=<b>" not in message["message"]
