@@ -9,6 +9,7 @@ default message. Third-party errors are translated at the boundary with ``raise 
     ├── BodyTooLarge            a request body is over the configured limit (413)
     ├── PayloadError            a verified body cannot be used (kept raw, 422)
     ├── StoreError              the store cannot be read or written
+    │   └── ValueRefused        ... because of a value the work carried (the store is there)
     └── ServeError              the port cannot be served (taken, not allowed)
 """
 
@@ -55,6 +56,12 @@ class PayloadError(ReceiverError):
 
 class StoreError(ReceiverError):
     """The store could not be read or written."""
+
+
+class ValueRefused(StoreError):
+    """The database refused a value the work carried (PostgreSQL: a NUL in text, a number out
+    of range, an index entry past its limit): the database is there, and the same work will be
+    refused again, so this is no outage."""
 
 
 class ServeError(ReceiverError):

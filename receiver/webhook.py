@@ -39,7 +39,7 @@ from starlette.types import Receive, Scope, Send
 from receiver import metrics
 from receiver.clips import parse_identifier
 from receiver.clock import Clock
-from receiver.errors import BodyTooLarge, StoreError, VerificationError
+from receiver.errors import BodyTooLarge, StoreError, ValueRefused, VerificationError
 from receiver.models import Delivery, Outcome, RecordResult, Source
 from receiver.payloads import try_parse
 from receiver.providers import Adapter, Inbound, refuse
@@ -252,6 +252,8 @@ class WebhookEndpoint:
         where["delivery_id"] = delivery.delivery_id
         try:
             result = await store.record_delivery(delivery, router=self.router)
+        except ValueRefused as exc:  # the store is there, and will refuse this again
+            return 503, await self._keep_aside(store, delivery, exc, where)
         except StoreError as exc:
             log.error("delivery_not_recorded", error=exc.message, **where)
             return 503, {"error": "store_unavailable"}

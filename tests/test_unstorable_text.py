@@ -16,7 +16,9 @@ import pytest
 from receiver.app import create_app
 from receiver.clips import is_text
 from receiver.clock import FakeClock
+from receiver.errors import ValueRefused
 from receiver.payloads import parse_callback
+from receiver.storage.roles import Storage
 from tests.support import app_client, post_signed, settings_for, signed_headers
 
 pytestmark = pytest.mark.anyio
@@ -81,6 +83,8 @@ async def test_a_nul_is_recorded_or_quarantined_alike_on_both_backends(
     assert again.json()["status"] == "duplicate"
     assert listed.status_code == 200
     assert {d["delivery_id"] for d in listed.json()["items"]} == set(CASES)
+
+
 @pytest.mark.parametrize("path", ["/tasks/a%00b", "/deliveries/a%00b", "/ui/tasks/a%00b",
                                   "/ui/deliveries/a%00b", "/jobs?task_id=a%00b",
                                   "/ui/tasks?q=a%00b"])
@@ -131,3 +135,35 @@ async def test_a_long_unknown_event_header_is_kept_cut_short_on_both_backends(
         kept = await client.get("/deliveries/e-1")
     assert (got.status_code, got.json()["status"]) == (200, "recorded")
     assert kept.json()["event"] == event[:200]
+
+
+@pytest.mark.parametrize(("content_type", "body"), [
+    ("application/json", b'{"task_id": "a\\u0000b"}'),
+    ("application/x-www-form-urlencoded", b"task_id=a%00b"),
+    ("application/json", b'{"task_id": "a\x00b"}'),
+])
+async def test_an_admin_body_with_a_nul_is_a_bad_request_on_both_backends(
+        tmp_path: Path, clock: FakeClock, backend_database: Path | str, content_type: str,
+        body: bytes) -> None:
+    """A NUL in a changing admin request's body (an action's filter, a form) is refused as a
+    bad request before any route reads it: nothing stored holds one."""
+    async with app_client(create_app(_settings(tmp_path, backend_database),
+                                     clock=clock)) as client:
+        got = await client.post("/jobs/retry", content=body,
+                                headers={"content-type": content_type})
+        ready = await client.get("/readyz")
+    assert (got.status_code, got.json()) == (400, {"error": "a value holds a NUL character"})
+    assert ready.status_code == 200
+
+
+async def test_a_value_the_database_refuses_is_no_outage(store: Storage) -> None:
+    """PostgreSQL refuses a NUL even as a parameter: that is the work's fault, not the
+    database's, so the store stays available (no store_unavailable, /readyz unchanged) and
+    says so with ValueRefused; SQLite takes the same read and finds nothing."""
+    if store.db.describe().startswith("postgresql"):
+        with pytest.raises(ValueRefused):
+            await store.admin.get_delivery("a\x00b")
+    else:
+        assert await store.admin.get_delivery("a\x00b") is None
+    assert store.db.available
+    assert await store.admin.get_delivery("absent") is None

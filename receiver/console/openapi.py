@@ -93,8 +93,10 @@ def _action(summary: str, params: list[S], *, body: S | None = None,
             extra: dict[str, S] | None = None) -> S:
     op: S = {"summary": summary, "parameters": params, "security": [{"admin": []}],
              "responses": {"200": _json(ANY_OBJECT, "What the action did (also audited)"),
-                           "401": UNAUTHORIZED, "403": ERROR, "404": ERROR, "429": TOO_MANY,
-                           **(extra or {})}}
+                           # 400 and 413: a body holding a NUL, or past the limit, is refused
+                           # before the action reads it (receiver.console.session)
+                           "400": ERROR, "401": UNAUTHORIZED, "403": ERROR, "404": ERROR,
+                           "413": ERROR, "429": TOO_MANY, **(extra or {})}}
     if body is not None:
         op["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
     return {"post": op}

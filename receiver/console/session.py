@@ -45,6 +45,7 @@ from receiver.auth import (
     operator_of,
     retry_after,
 )
+from receiver.console.shapes import Error, ShapeResponse
 from receiver.errors import BodyTooLarge
 from receiver.runtime import runtime_of
 from receiver.settings import Settings
@@ -209,6 +210,13 @@ async def refused(request: Request, *, how: str, failures: int) -> None:
         target=request.url.path, detail={"failures": failures})
 
 
+def holds_nul(body: bytes, content_type: str) -> bool:
+    """Whether a request body carries a NUL character in a value: raw, or escaped as its
+    format escapes one (``%00`` in a form, ``\\u0000`` in JSON)."""
+    escaped = b"%00" if "form-urlencoded" in content_type else b"\\u0000"
+    return b"\x00" in body or escaped in body
+
+
 class ConsoleAuth(AdminAuth):
     """:class:`receiver.auth.AdminAuth` extended with the dashboard's session: the one
     middleware on the admin ``Mount``.
@@ -243,6 +251,12 @@ class ConsoleAuth(AdminAuth):
                 too_large = JSONResponse({"error": "body_too_large", "limit": exc.limit}, 413,
                                          headers={"connection": "close"})
                 await too_large(scope, receive, send)
+                return
+            if holds_nul(body, request.headers.get("content-type", "")):
+                # nothing stored holds one (receiver.clips.is_text), and PostgreSQL refuses
+                # one even as a parameter: a bad request, whoever sends it
+                await ShapeResponse(Error(error="a value holds a NUL character"), 400)(
+                    scope, receive, send)
                 return
             replay = _replay(body, receive)
         verdict = await self.verdict(request, body)

@@ -27,7 +27,7 @@ import structlog
 
 from receiver import metrics
 from receiver.clock import Clock, SystemClock
-from receiver.errors import StoreError
+from receiver.errors import StoreError, ValueRefused
 from receiver.storage.connector import Connector, Unit, Work
 
 log = structlog.get_logger("receiver.storage")
@@ -74,6 +74,8 @@ class Database:
     async def read(self, work: Work[T]) -> T:
         try:
             result = await self.connector.read(work)
+        except ValueRefused:
+            raise  # the database answered: it is not away
         except StoreError as exc:
             self._went_away(exc)
             raise
@@ -119,7 +121,7 @@ class Database:
             except BaseException as exc:
                 failure = exc if isinstance(exc, StoreError) else StoreError(
                     f"transaction failed: {type(exc).__name__}: {exc}")
-                if isinstance(exc, Exception):
+                if isinstance(exc, Exception) and not isinstance(exc, ValueRefused):
                     self._went_away(failure)
                 # Whoever queued meanwhile would wait on the same lock or the same full disk:
                 # answer them now too, instead of making each wait its turn for a timeout.

@@ -36,7 +36,7 @@ import psycopg
 from psycopg import conninfo
 from psycopg.rows import dict_row
 
-from receiver.errors import StoreError
+from receiver.errors import StoreError, ValueRefused
 from receiver.storage.connector import Params, ReadOnlyTx, Unit, Work, drive
 from receiver.storage.records import Row
 from receiver.storage.sql import Dialect
@@ -153,7 +153,7 @@ class PostgresConnector:
         try:
             await self._on_writer(self._write_batch, units)
         except (psycopg.Error, OSError) as exc:
-            raise StoreError(f"transaction failed: {_one_line(exc)}") from exc
+            raise _store_error("transaction failed", exc) from exc
 
     def _write_batch(self, units: Sequence[Unit]) -> None:
         conn = self._connect_writer()
@@ -183,7 +183,7 @@ class PostgresConnector:
             async with readers.connection() as conn, conn.transaction():
                 return await work(_ReaderTx(conn, self._sql))
         except (psycopg.Error, OSError) as exc:
-            raise StoreError(f"read failed: {_one_line(exc)}") from exc
+            raise _store_error("read failed", exc) from exc
 
     async def wait_for_jobs(self, wait_s: float) -> None:
         async with self._listen_lock:
@@ -518,6 +518,16 @@ def _distinct(indexes: list[int], asks: Mapping[int, _Ask], batched: _Batched
     return together, alone
 
 
+# What PostgreSQL refuses for a value's sake, not for its own (SQLSTATE classes 22 and 54).
+_VALUE_REFUSED = (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded)
+
+
+def _store_error(what: str, exc: BaseException) -> StoreError:
+    """``exc`` as the store's error: :class:`ValueRefused` when PostgreSQL refused a value."""
+    kind = ValueRefused if isinstance(exc, _VALUE_REFUSED) else StoreError
+    return kind(f"{what}: {_one_line(exc)}")
+
+
 def _run_unit(conn: psycopg.Connection[Any], tx: _WriterTx, unit: Unit, *,
               savepoint: bool) -> None:
     """One unit; in its own savepoint when it shares the transaction. A unit alone that fails
@@ -531,7 +541,7 @@ def _run_unit(conn: psycopg.Connection[Any], tx: _WriterTx, unit: Unit, *,
             unit.result = drive(unit.work(tx))
         unit.wrote_jobs = tx.jobs and unit.keep
     except psycopg.Error as exc:
-        unit.error = StoreError(f"transaction failed: {_one_line(exc)}")
+        unit.error = _store_error("transaction failed", exc)
     except Exception as exc:
         unit.error = exc
     if not savepoint and (unit.error is not None or not unit.keep):

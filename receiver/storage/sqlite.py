@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from receiver.errors import StoreError
+from receiver.errors import StoreError, ValueRefused
 from receiver.storage.connector import Params, ReadOnlyTx, Unit, Work, drive
 from receiver.storage.records import Row
 from receiver.storage.sql import Dialect
@@ -216,7 +216,7 @@ class SQLiteConnector:
                 return
             await self._on_writer(self._write_batch_bounded, units)
         except sqlite3.Error as exc:
-            raise StoreError(f"transaction failed: {exc}") from exc
+            raise _store_error("transaction failed", exc) from exc
 
     def _write_batch_bounded(self, units: Sequence[Unit]) -> None:
         self._write_batch(units)
@@ -322,7 +322,7 @@ class SQLiteConnector:
                 finally:
                     await reader.execute("COMMIT")  # queued even when cancelled: see above
             except sqlite3.Error as exc:
-                raise StoreError(f"read failed: {exc}") from exc
+                raise _store_error("read failed", exc) from exc
 
     async def wait_for_jobs(self, wait_s: float) -> None:
         """SQLite has no notifications: watch ``PRAGMA data_version``, which changes when any
@@ -479,8 +479,15 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 def _translate(exc: Exception) -> Exception:
     if isinstance(exc, sqlite3.Error):
-        return StoreError(f"transaction failed: {exc}")
+        return _store_error("transaction failed", exc)
     return exc
+
+
+def _store_error(what: str, exc: sqlite3.Error) -> StoreError:
+    """``exc`` as the store's error: :class:`ValueRefused` when SQLite refused a value (a
+    string or blob past its length limit, SQLITE_TOOBIG), not the file."""
+    kind = ValueRefused if isinstance(exc, sqlite3.DataError) else StoreError
+    return kind(f"{what}: {exc}")
 
 
 _MIGRATION_LOCK = threading.Lock()
