@@ -5,17 +5,18 @@ uvicorn closes a keep-alive connection that stays idle after a response
 body that trickles in a byte at a time, and for a fresh connection that sends nothing; and it
 accepts connections until the process runs out of file descriptors. Here:
 
-- :func:`protocol_class`: uvicorn's HTTP protocol with a **header timeout** (the request head
-  must be complete within ``header_timeout_s`` of the connection being made or of the first
-  byte of a later request; else the connection is closed: an idle kept-alive connection is
-  uvicorn's ``timeout_keep_alive``'s), a **head size limit** (a head past
-  :data:`MAX_HEAD_BYTES` gets 431 and the connection is closed: httptools holds a head
-  whole, however large, until it ends, and a verified delivery keeps its headers; so are a
-  chunked body's trailers, which no one reads: a request sending more than twice the body
-  limit after its head is cut off) and a
-  **connection cap** (past ``max_connections``
-  open connections an idle kept-alive one is closed to make room; with none idle, the new one
-  gets a bare 503 and is closed before anything is read);
+- :func:`protocol_class`: uvicorn's HTTP protocol with
+  - a **header timeout**: a request head must be complete within ``header_timeout_s`` of the
+    connection being made, or of the first byte of a later request (an idle kept-alive
+    connection is uvicorn's ``timeout_keep_alive``'s);
+  - a **head size limit**: a head past :data:`MAX_HEAD_BYTES` gets 431 and the connection is
+    closed (httptools holds a head whole, however large, until it ends); a request sending
+    more than twice the body limit after its head (a chunked body's endless trailers, which
+    no one reads) is cut off;
+  - a **connection cap**: past ``max_connections`` open connections an idle kept-alive one is
+    closed to make room; with none idle, the new one gets a bare 503 and a lingering close
+    (what it sent is read and dropped, never parsed: closing with unread bytes would make the
+    kernel reset the connection and drop the 503);
 - :class:`BodyTimeout`: ASGI middleware that gives a request ``timeout_s`` to deliver its whole
   body and otherwise answers 408 and closes the connection;
 - :func:`raise_open_files_limit`: the soft file-descriptor limit raised to the hard one.
@@ -47,6 +48,9 @@ FULL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
 HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
                   b"content-type: text/plain\r\ncontent-length: 22\r\n"
                   b"connection: close\r\n\r\nrequest head too large")
+
+# A connection refused at the cap reads and drops what its client sends this long at most.
+LINGER_S = 2.0
 
 # A request head (its line and headers) larger than this is refused: see _Guarded.
 MAX_HEAD_BYTES = 64 * 1024
@@ -98,6 +102,7 @@ class _Guarded(_Base):  # type: ignore[misc]
     header_timeout_s: float = 10.0
     max_connections: int = 1000
     heads: Deadlines = Deadlines(header_timeout_s)  # protocol_class() gives each class its own
+    refused = False  # past the cap: answered 503, lingering until closed (see _refuse)
     head_bytes = 0  # received since the current request's body ended (a next head's bytes)
     request_bytes = 0  # received since the current request's head ended (body, trailers)
     max_request_bytes: int = MAX_HEAD_BYTES + 2 * 1048576  # protocol_class() sets it
@@ -107,12 +112,27 @@ class _Guarded(_Base):  # type: ignore[misc]
         if len(self.connections) > self.max_connections and not self._evict_an_idle_one():
             log.warning("connection cap of %d reached: refusing new connections",
                         self.max_connections)
-            self.transport.write(FULL)
-            self.transport.close()
+            self._refuse()
             return
         self.heads.watch(self, self.loop)
 
+    def _refuse(self) -> None:
+        """503, then a lingering close: a refused client has usually sent its request already,
+        and closing a socket with unread bytes makes the kernel reset the connection and drop
+        the 503 unsent. So the 503 is sent and this side shut for writing; what the client
+        still sends is read and dropped until it closes (asyncio then closes this side) or
+        :data:`LINGER_S` has passed."""
+        self.refused = True
+        self.transport.write(FULL)
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
+
     def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return  # read and dropped: see _refuse
         cycle = self.cycle
         between = self._between_requests()
         super().data_received(data)

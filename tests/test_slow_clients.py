@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from asyncio.constants import ACCEPT_RETRY_DELAY
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ from receiver.connections import MAX_HEAD_BYTES, BodyTimeout, raise_open_files_l
 from receiver.errors import SettingsError
 from receiver.server import running
 from receiver.settings import load
+from tests.processes import serve
 from tests.support import callback, clip, free_port, settings_for, signed_headers
 from tests.waiting import wait_until, wait_until_blocking
 
@@ -310,6 +312,45 @@ async def test_a_chunked_body_whose_trailers_never_end_is_cut_off(
                         max_body_bytes=65536, http_parser=http_parser) as (_, port):
         _, closed = await sent_at_once(port, endless)
     assert closed
+
+
+async def first_line_or_reset(port: int) -> str:
+    """One connection that sends its request at once: the first line of what it reads to the
+    end, or ``reset``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: receiver\r\nConnection: close\r\n\r\n")
+        data = b""
+        async with asyncio.timeout(GIVE_UP_S):
+            while chunk := await reader.read(65536):
+                data += chunk
+        return data.split(b"\r\n", 1)[0].decode()
+    except ConnectionResetError:
+        return "reset"
+    finally:
+        writer.close()
+
+
+def test_past_the_cap_each_client_of_a_burst_reads_its_503_not_a_reset(
+    tmp_path: Path, http_parser: str,
+) -> None:
+    """A refused client has sent its request by the time it is refused; closing a socket
+    with unread bytes makes the kernel reset the connection, dropping the 503 unsent. A burst
+    of 300 connections on a cap of 20 (``serve``, as deployed: the load from another
+    process): every one reads 200 or 503, none a reset."""
+    port = free_port()
+
+    async def bursts() -> Counter[str]:
+        got: Counter[str] = Counter()
+        for _ in range(3):
+            got.update(await asyncio.gather(*(first_line_or_reset(port) for _ in range(300))))
+        return got
+
+    with serve(tmp_path / "r.db", port, tmp_path / "serve.log", extra_env={
+            "RECEIVER_MAX_CONNECTIONS": "20", "RECEIVER_HTTP_PARSER": http_parser}):
+        got = asyncio.run(bursts())
+    assert set(got) <= {"HTTP/1.1 200 OK", "HTTP/1.1 503 Service Unavailable"}, got
+    assert got["HTTP/1.1 503 Service Unavailable"] > 0
 
 
 def test_the_open_files_limit_is_raised_to_the_hard_limit() -> None:
