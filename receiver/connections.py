@@ -170,14 +170,16 @@ class _Guarded(_Base):  # type: ignore[misc]
                 and self._awaiting_head())
 
     def _evict_an_idle_one(self) -> bool:
-        """Close one idle kept-alive connection to make room for this new one, as a proxy
-        would: a client that held its connection open for later loses nothing it sent."""
-        idle = next((c for c in self.connections
-                     if c is not self and isinstance(c, _Guarded) and c._idle()
-                     and not c.transport.is_closing()), None)
-        if idle is None:
+        """Close the longest idle kept-alive connection to make room for this new one, as a
+        proxy would: a client that held its connection open for later loses nothing it sent,
+        and the one idle longest is the least likely to be about to send."""
+        idle = [c for c in self.connections
+                if c is not self and isinstance(c, _Guarded) and c._idle()
+                and not c.transport.is_closing()]
+        if not idle:
             return False
-        idle.transport.close()
+        # the keep-alive timer armed earliest: the connection idle since longest
+        min(idle, key=lambda c: c.timeout_keep_alive_task.when()).transport.close()
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
