@@ -1,12 +1,13 @@
 """Signed fuzzing of the webhook endpoint: validly signed garbage must be kept, never a 5xx.
 
 Each case is one request to the real app (in-process over ``httpx.ASGITransport``, on a real
-SQLite file): a body that is random bytes, truncated JSON, or a callback-shaped JSON object
-whose every field may hold any JSON value, with lone surrogates (escaped, or as invalid
-UTF-8), integers past Python's digit limit, ``NaN``/``Infinity``/``1e400``, and nesting from
-shallow to far past the recursion limit; signed in a random enabled scheme (a non-ASCII
-``webhook-id`` included), or not signed at all. Afterwards every verified delivery must be in
-the database, recorded or quarantined, and every recorded task must read back.
+SQLite file, or with ``--db URL`` an empty PostgreSQL database): a body that is random bytes,
+truncated JSON, or a callback-shaped JSON object whose every field may hold any JSON value,
+with lone surrogates (escaped, or as invalid UTF-8), integers past Python's digit limit,
+``NaN``/``Infinity``/``1e400``, and nesting from shallow to far past the recursion limit;
+signed in a random enabled scheme (a non-ASCII ``webhook-id`` included), or not signed at all.
+Afterwards every verified delivery must be in the database, recorded or quarantined, and every
+recorded task must read back.
 
 ``scripts/fuzz -n 100000`` runs the long mode and prints the counts; ``tests/test_fuzz.py``
 runs a few thousand cases of the same generator in CI. ``--providers`` fuzzes the other
@@ -386,24 +387,25 @@ class Report:
         }
 
 
-def fuzz_settings(directory: Path) -> Settings:
+def fuzz_settings(directory: Path, db_url: str | None = None) -> Settings:
     return Settings(
         webhook_secrets=(SECRET,), schemes=SCHEMES, db_path=directory / "fuzz.db",
-        media_dir=directory / "media", config={"routes": []}, worker="off",
+        db_url=db_url, media_dir=directory / "media", config={"routes": []}, worker="off",
     ).validated()
 
 
 def run(
     n: int, *, directory: Path, seed_value: int = 0, reads: int = 2000,
-    generator: str = "hypothesis",
+    generator: str = "hypothesis", db_url: str | None = None,
 ) -> Report:
-    """Send ``n`` cases to one app on a SQLite file in ``directory``, then check the file.
+    """Send ``n`` cases to one app on a SQLite file in ``directory`` (or on the empty
+    PostgreSQL database ``db_url``), then check the database.
     ``generator`` is ``hypothesis`` (the strategies) or ``random`` (:class:`RandomCases`)."""
     report = Report()
     answered: dict[str, str] = {}  # verified delivery id -> the status it was answered with
     tasks: set[str] = set()
     started = time.perf_counter()
-    app = create_app(fuzz_settings(directory))
+    app = create_app(fuzz_settings(directory, db_url))
     with start_blocking_portal(backend="asyncio") as portal:
         client = portal.wrap_async_context_manager(_client(app))
         with client as http:
@@ -419,7 +421,7 @@ def run(
                 if response.status_code >= 500:
                     report.read_5xx += 1
                     report.note(f"GET /tasks/{task_id!r} answered {response.status_code}")
-    _check_database(directory / "fuzz.db", answered, report)
+    _check_database(db_url or directory / "fuzz.db", answered, report)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -499,9 +501,30 @@ def _client(app: Any) -> Any:
     return running()
 
 
-def _check_database(db: Path, answered: dict[str, str], report: Report) -> None:
+def stored_outcomes(db: Path | str) -> dict[str, str]:
+    """Every delivery id in the database ``db`` (a SQLite file or a PostgreSQL URL), with its
+    outcome."""
+    query = "SELECT delivery_id, outcome FROM deliveries"
+    if isinstance(db, str):
+        import psycopg
+
+        with psycopg.connect(db) as pg:
+            return dict(pg.execute(query).fetchall())
     with sqlite3.connect(db) as conn:
-        stored = dict(conn.execute("SELECT delivery_id, outcome FROM deliveries").fetchall())
+        return dict(conn.execute(query).fetchall())
+
+
+def _holds_deliveries(url: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(url) as pg:
+        found = pg.execute("SELECT to_regclass('deliveries') IS NOT NULL").fetchone()
+        return bool(found and found[0]
+                    and pg.execute("SELECT EXISTS (SELECT 1 FROM deliveries)").fetchone()[0])
+
+
+def _check_database(db: Path | str, answered: dict[str, str], report: Report) -> None:
+    stored = stored_outcomes(db)
     for delivery_id, status in answered.items():
         # a duplicate answers for a delivery recorded before; a quarantined one stays so
         expected = "quarantined" if status == "quarantined" else "recorded"
@@ -522,9 +545,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="keep the database in this folder")
     parser.add_argument("--generator", choices=["random", "hypothesis"], default="random",
                         help="random: fast (default); hypothesis: the suite's strategies")
+    parser.add_argument("--db", metavar="URL",
+                        help="an empty PostgreSQL database to fuzz instead of a SQLite file")
     parser.add_argument("--providers", action="store_true",
                         help="fuzz the other providers' endpoints (scripts/provider_fuzzing.py)")
     args = parser.parse_args(argv)
+    if args.db and args.providers:
+        parser.error("--db fuzzes the Sonic endpoint: not with --providers")
     # A quarantine is a warning: tens of thousands of them are noise. Errors still show.
     logs.configure(fmt="json", level="error")
     with tempfile.TemporaryDirectory(prefix="fuzz-") as scratch:
@@ -535,10 +562,13 @@ def main(argv: list[str] | None = None) -> int:
 
             report = run_providers(args.n, directory=directory, seed_value=args.seed)
         else:
+            if args.db and _holds_deliveries(args.db):
+                parser.error("--db: the database already holds deliveries (give an empty one)")
             report = run(args.n, directory=directory, seed_value=args.seed,
-                         generator=args.generator)
+                         generator=args.generator, db_url=args.db)
     command = (f"scripts/fuzz -n {args.n} --seed {args.seed} --providers" if args.providers
-               else f"scripts/fuzz -n {args.n} --seed {args.seed} --generator {args.generator}")
+               else f"scripts/fuzz -n {args.n} --seed {args.seed} --generator {args.generator}"
+               + (" --db URL" if args.db else ""))
     print(json.dumps({"command": command,
                       **report.summary()}, indent=2))
     return 0 if report.ok else 1
