@@ -518,9 +518,11 @@ def _holds_deliveries(url: str) -> bool:
     import psycopg
 
     with psycopg.connect(url) as pg:
-        found = pg.execute("SELECT to_regclass('deliveries') IS NOT NULL").fetchone()
-        return bool(found and found[0]
-                    and pg.execute("SELECT EXISTS (SELECT 1 FROM deliveries)").fetchone()[0])
+        table = pg.execute("SELECT to_regclass('deliveries') IS NOT NULL").fetchone()
+        if not (table and table[0]):
+            return False
+        rows = pg.execute("SELECT EXISTS (SELECT 1 FROM deliveries)").fetchone()
+        return bool(rows and rows[0])
 
 
 def _check_database(db: Path | str, answered: dict[str, str], report: Report) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from scripts.fuzzing import run
+from scripts.fuzzing import main, run
 from scripts.provider_fuzzing import CONFIRMING, PROVIDERS, run_providers
 
 CASES = 2000  # hypothesis: about 20-40 s here; the long mode is scripts/fuzz
@@ -53,6 +53,9 @@ def test_the_random_generator_finds_nothing_on_postgresql(tmp_path: Path, pg_dsn
     assert report.cases == 3000
     assert {"recorded", "duplicate", "quarantined"} <= set(report.outcomes)
     assert not [e for e in logs if e["log_level"] == "error"], "an error was logged"
+    with pytest.raises(SystemExit) as refused:  # its counts need a database of its own
+        main(["-n", "10", "--db", pg_dsn])
+    assert refused.value.code == 2
 
 
 def test_every_providers_endpoint_keeps_what_it_authenticates_and_nothing_else(
