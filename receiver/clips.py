@@ -316,6 +316,16 @@ def is_text(value: str) -> bool:
     return True
 
 
+_UNTEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def as_text(value: str) -> str:
+    """``value`` with what no store keeps (see :func:`is_text`: a NUL, a lone surrogate; a
+    Python string holds no other surrogate) replaced by U+FFFD: for text from elsewhere that
+    is written whatever it holds, such as a handler's error."""
+    return value if is_text(value) else _UNTEXT.sub("\ufffd", value)
+
+
 def _fast_load(body: bytes) -> Any:
     """``body`` read by orjson when that gives what :func:`_load` would, else :data:`_SLOW`.
 

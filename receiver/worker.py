@@ -29,6 +29,7 @@ from typing import Any
 import structlog
 
 from receiver import metrics
+from receiver.clips import as_text
 from receiver.clock import Clock
 from receiver.context import Event, HandlerContext
 from receiver.errors import StoreError
@@ -41,6 +42,12 @@ log = structlog.get_logger("receiver.worker")
 
 ContextFactory = Callable[[Job], HandlerContext]
 _MAX_ERROR = 2000
+
+
+def error_text(text: str) -> str:
+    """A handler's error as a job keeps it: secrets and URLs scrubbed, what no store keeps
+    replaced (:func:`receiver.clips.as_text`; it may carry anything a peer sent), cut short."""
+    return as_text(scrub_text(text))[:_MAX_ERROR]
 WAIT_STEP_S = 2.0  # how often a job that runs after others looks whether they finished
 BACK_OFF_MAX_S = 1.0  # the longest wait between two tries while the database is away
 
@@ -278,7 +285,7 @@ class Worker:
             finally:
                 self._free_slot(job.id)  # the handler is done: the next job may start
         except Retry as exc:
-            reason = scrub_text(exc.message)[:_MAX_ERROR]
+            reason = error_text(exc.message)
             counted, after = exc.counted, exc.after
             if counted and job.attempts >= job.max_attempts:
                 await self._die(job, bound, f"gave up after {job.attempts} attempts: {reason}")
@@ -288,12 +295,12 @@ class Worker:
                 bound.info("job_retrying" if counted else "job_retry_later",
                            delay_s=after, reason=reason)
         except PermanentError as exc:
-            await self._die(job, bound, scrub_text(f"PermanentError: {exc.message}"))
+            await self._die(job, bound, error_text(f"PermanentError: {exc.message}"))
         except asyncio.CancelledError:
             bound.warning("job_cancelled")
             raise
         except Exception as exc:
-            error = scrub_text(f"{type(exc).__name__}: {exc}")[:_MAX_ERROR]
+            error = error_text(f"{type(exc).__name__}: {exc}")
             if job.attempts >= job.max_attempts:
                 await self._die(job, bound, error)
             else:

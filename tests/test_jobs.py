@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from structlog.testing import capture_logs
 
@@ -496,3 +497,28 @@ async def test_a_worker_waits_between_tries_while_the_database_is_away(
     # four claims are at least 0.25 + 0.5 + 1 s of backing off apart: a spinning worker
     # would have tried thousands of times meanwhile
     assert tries <= 12, tries
+
+
+async def test_a_handler_error_with_what_no_store_keeps_is_written_storable(
+    tmp_path: Path, backend_database: Path | str,
+) -> None:
+    """A handler's error may carry anything a peer sent (a service's non-JSON answer, a file
+    name): a NUL, which PostgreSQL refuses in text, or a lone surrogate, which UTF-8 cannot
+    encode. The retry is written all the same, each replaced by U+FFFD, on both backends:
+    never an outcome retried for ever against a database that will refuse it again."""
+    recorder = Recorder()
+    recorder.plan = [RuntimeError("bad\x00answer \ud800 from the peer")]
+    database = ({"db_url": backend_database} if isinstance(backend_database, str)
+                else {"db_path": backend_database})
+    async with handler_runtime(
+        tmp_path, handlers={"record": recorder_handler(recorder)}, routes=ROUTES,
+        clock=FakeClock(1_000_000.0),
+        retry=RetryPolicy(max_attempts=3, schedule=(10, 100), jitter=0.0), **database,
+    ) as rt:
+        await deliver(rt, DONE, event="song.completed")
+        with anyio.fail_after(30):
+            assert await worker_of(rt).run_once() == 1
+        [job] = await rt.storage.admin.list_jobs()
+        assert rt.storage.db.available
+    assert job.state == JobState.RETRYING
+    assert job.last_error == "RuntimeError: bad\ufffdanswer \ufffd from the peer"
