@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 
 from receiver.app import create_app
 from receiver.clock import FakeClock
+from receiver.errors import ValueRefused
 from receiver.models import Delivery, Outcome, RecordResult
 from receiver.recording import record
 from receiver.routing import Router
@@ -348,10 +349,20 @@ class BrokenInsideTheTransaction(Ingest):
         async def broken(tx: Tx) -> RecordResult:
             result = await record(tx, delivery, router=router)
             if result.outcome is Outcome.RECORDED:
-                raise LookupError("a bug")
+                raise self.fault
             return result
 
         return await self.db.write(broken)
+
+    fault: Exception = LookupError("a bug")
+
+
+class RefusedInsideTheTransaction(BrokenInsideTheTransaction):
+    """The same, the database refusing a value the delivery carried (no input reaches one any
+    more: PostgreSQL's refusals of NUL and of long index entries are read around): no
+    outage, and the same delivery would be refused again, so it is kept aside too."""
+
+    fault = ValueRefused("PostgreSQL refused a value")
 
 
 class BrokenEveryTime(Ingest):
@@ -367,15 +378,16 @@ def storage_with(ingest: type[Ingest], path: Path) -> Storage:
     return dataclasses.replace(storage, ingest=ingest(storage.db))
 
 
+@pytest.mark.parametrize("ingest", [BrokenInsideTheTransaction, RefusedInsideTheTransaction])
 async def test_a_bug_while_recording_is_rolled_back_kept_aside_and_answered_503(
-    tmp_path: Path, clock: FakeClock
+    tmp_path: Path, clock: FakeClock, ingest: type[BrokenInsideTheTransaction],
 ) -> None:
-    async with storage_with(BrokenInsideTheTransaction, tmp_path / "receiver.db") as store:
+    async with storage_with(ingest, tmp_path / "receiver.db") as store:
         app = create_app(settings_for(tmp_path), clock=clock, storage=store)
         async with app_client(app) as client:
             first = await post_signed(client, COMPLETED, clock=clock, delivery_id="d-1")
             assert first.status_code == 503
-            reason = "internal error while recording: LookupError"
+            reason = f"internal error while recording: {type(ingest.fault).__name__}"
             assert first.json() == {"error": "store_unavailable", "reason": reason,
                                     "kept": True, "delivery_id": "d-1"}
             # the sender's retry finds the body kept aside, and stops retrying
