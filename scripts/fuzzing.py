@@ -554,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.db and args.providers:
         parser.error("--db fuzzes the Sonic endpoint: not with --providers")
+    if args.db and _holds_deliveries(args.db):
+        parser.error("--db: the database already holds deliveries (give an empty one)")
     # A quarantine is a warning: tens of thousands of them are noise. Errors still show.
     logs.configure(fmt="json", level="error")
     with tempfile.TemporaryDirectory(prefix="fuzz-") as scratch:
@@ -564,8 +566,6 @@ def main(argv: list[str] | None = None) -> int:
 
             report = run_providers(args.n, directory=directory, seed_value=args.seed)
         else:
-            if args.db and _holds_deliveries(args.db):
-                parser.error("--db: the database already holds deliveries (give an empty one)")
             report = run(args.n, directory=directory, seed_value=args.seed,
                          generator=args.generator, db_url=args.db)
     command = (f"scripts/fuzz -n {args.n} --seed {args.seed} --providers" if args.providers
