@@ -53,7 +53,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
 from receiver.errors import ReceiverError
-from receiver.fetching import file_digest
+from receiver.fetching import file_digest, media_type
 from receiver.models import StoredFile
 
 if TYPE_CHECKING:
@@ -548,6 +548,9 @@ async def file_response(store: MediaStore, file: StoredFile, request: Request) -
     our headers, so a type a browser could run is never handed out that way), otherwise (or
     where the store cannot sign) the bytes streamed through. The bytes come with
     :func:`kept_file_headers`."""
+    # A recorded type is served only as a plain media type (a handler may record anything; a
+    # header holds Latin-1 at most): else as bytes, downloaded.
+    served = media_type(file.content_type) or "application/octet-stream"
     key = store.key_of(file.path)
     if key is None:
         return Response(f"{file.path} is not in the configured media store\n", status_code=404,
@@ -557,10 +560,10 @@ async def file_response(store: MediaStore, file: StoredFile, request: Request) -
         if not await asyncio.to_thread(path.is_file):
             return Response("the file is gone from the media folder\n", status_code=404,
                             media_type="text/plain")
-        response = FileResponse(path, media_type=file.content_type)
-        response.headers.update(kept_file_headers(file.content_type, path.name))
+        response = FileResponse(path, media_type=served)
+        response.headers.update(kept_file_headers(served, path.name))
         return response
-    headers = kept_file_headers(file.content_type, key)
+    headers = kept_file_headers(served, key)
     url = None
     if headers["Content-Disposition"].startswith("inline"):
         url = await store.presigned_url(key)
@@ -570,5 +573,5 @@ async def file_response(store: MediaStore, file: StoredFile, request: Request) -
     if found is None:
         return Response("the object is gone from the media store\n", status_code=404,
                         media_type="text/plain")
-    return StreamingResponse(store.read(key), media_type=file.content_type,
+    return StreamingResponse(store.read(key), media_type=served,
                              headers={"Content-Length": str(found.size), **headers})
