@@ -506,3 +506,50 @@ def test_replay_help_names_the_forms_of_a_time_it_takes() -> None:
     for parser in dict(commands.choices).values():
         assert isinstance(parser, argparse.ArgumentParser)
         assert " ".join(TIME_FORMS.split()) in " ".join(parser.format_help().split())
+
+
+# ---- odd command lines: a usage error (exit 2, one line), never a traceback or a silent no-op
+
+ODD_COMMAND_LINES: list[tuple[list[str], str]] = [
+    (["reconcile", "--rate", "0", "t"], "--rate: expected a positive number, got '0'"),
+    (["reconcile", "--rate", "nan", "t"], "--rate: expected a positive number, got 'nan'"),
+    (["reconcile", "--concurrency", "0", "t"], "--concurrency: expected a positive integer"),
+    (["resend", "--to", "http://x", "--secret", "s", "--concurrency", "-1"],
+     "--concurrency: expected a positive integer"),
+    (["reconcile", "--since", "1h", "--until", "2h"], "--until is before --since"),
+    (["redispatch", "--since", "2026-01-02", "--until", "2026-01-01"],
+     "--until is before --since"),
+    (["reconcile", "--file", "missing.txt"], "--file missing.txt: No such file or directory"),
+    (["reconcile", "--file", "latin1.txt"], "--file latin1.txt: not UTF-8 (byte 1)"),
+    (["reconcile", "--file", "nul.txt"],
+     "the task id of line 2 of nul.txt holds a control character or a NUL: 'a\\x00b'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), ODD_COMMAND_LINES,
+                         ids=[" ".join(a) for a, _ in ODD_COMMAND_LINES])
+def test_odd_command_lines_are_usage_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    argv: list[str], message: str,
+) -> None:
+    from receiver import cli, replay
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "latin1.txt").write_bytes(b"t\xe9\n")
+    (tmp_path / "nul.txt").write_bytes(b"t-1\na\x00b\n")
+    (tmp_path / "c.toml").write_text("routes = []\n")
+    for name, value in {"RECEIVER_DB": str(tmp_path / "r.db"),
+                        "RECEIVER_CONFIG": str(tmp_path / "c.toml"),
+                        "SONIC_WEBHOOK_SECRET": SECRET,
+                        "SONIC_API_BASE_URL": "http://127.0.0.1:9", "SONIC_API_KEY": "k"}.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["migrate"]) == 0
+    capsys.readouterr()
+    try:
+        code = replay.main(argv)
+    except SystemExit as exit_:  # argparse's own usage errors
+        code = int(exit_.code or 0)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err
+    assert "Traceback" not in err
