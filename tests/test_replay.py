@@ -18,6 +18,10 @@ from typing import Any
 
 import anyio
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
 
 from receiver.app import create_app
 from receiver.clock import SystemClock
@@ -288,6 +292,43 @@ async def test_resend_moves_stored_deliveries_to_another_receiver_once(tmp_path:
     assert view["transitions"][0]["delivery_id"] == "d-2"  # the original id travelled
 
 
+async def test_resend_fails_what_a_target_redirects_holds_or_refuses(tmp_path: Path) -> None:
+    """Only a 2xx (or a 422: kept aside) is a delivery resent; a redirect is not followed (the
+    signed body goes where --to says only) and a target that never answers is cut off."""
+    release = anyio.Event()
+    hits: list[str] = []
+
+    async def target(request: Request) -> Response:
+        hits.append(request.url.path)
+        if request.url.path == "/moved":
+            return RedirectResponse("https://elsewhere.example/hook?token=s3cret", 307)
+        if request.url.path == "/refused":
+            return Response("no", status_code=400)
+        await release.wait()  # /held: the status line never comes
+        return Response("late")
+
+    source = create_app(settings_for(tmp_path / "a"))
+    async with app_client(source) as client:
+        await post_signed(client, callback("t-1", [clip("c1", "succeeded")]), delivery_id="d-1")
+        raws = await source.state.runtime.storage.admin.raw_deliveries()
+    app = Starlette(routes=[Route("/{path:path}", target, methods=["POST"])])
+    async with running(app) as url, http_client() as http:
+        try:
+            sent = {path: await resend(raws, http=http, url=f"{url}/{path}", secret="s",
+                                       scheme=Scheme.MUSICAPI, clock=SystemClock(),
+                                       timeout_s=0.5)
+                    for path in ("moved", "refused", "held")}
+        finally:
+            release.set()
+    assert hits == ["/moved", "/refused", "/held"]  # each once: the redirect not followed
+    assert [s.exit_code for s in sent.values()] == [1, 1, 1]
+    reasons = {path: s.failures[0]["error"] for path, s in sent.items()}
+    assert reasons["moved"].startswith("HTTP 307 to 'https://elsewhere.example/hook?")
+    assert "s3cret" not in reasons["moved"]
+    assert reasons["refused"] == "HTTP 400"
+    assert reasons["held"] == "no answer within 0.5s"
+
+
 @pytest.mark.slow
 async def test_replay_command_line_reconciles_with_a_json_summary(tmp_path: Path) -> None:
     config = SandboxConfig(api_keys={KEY: 100}, speed=Speed.INSTANT, seed=2)
@@ -346,11 +387,6 @@ ODD_ANSWERS: dict[str, bytes] = {
 async def test_reconcile_records_or_fails_each_odd_answer_and_never_crashes(
     tmp_path: Path,
 ) -> None:
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import Response
-    from starlette.routing import Route
-
     from receiver.sonic.client import SonicClient
 
     async def answer(request: Request) -> Response:
