@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
 
 import obstore
 import obstore.exceptions as obx
@@ -536,9 +537,16 @@ def kept_file_headers(content_type: str | None, name: str) -> dict[str, str]:
     media = (content_type or "").split(";")[0].strip().lower()
     inline = media.startswith(INLINE_TYPES)
     disposition = "inline" if inline else "attachment"
-    safe_name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:100] or "file"
+    # A header holds Latin-1 at most, and a quote or a line break would end it: the plain
+    # name is ASCII letters, digits and "._-"; the whole name goes percent-encoded as UTF-8
+    # (RFC 6266's filename*) for the browsers that read it.
+    name = name[:100]
+    safe_name = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_"
+                        for c in name) or "file"
+    whole = quote(name.encode("utf-8", "replace"), safe="")
     return {"Content-Security-Policy": KEPT_FILE_CSP, "X-Frame-Options": "DENY",
-            "Content-Disposition": f'{disposition}; filename="{safe_name}"'}
+            "Content-Disposition": f"{disposition}; filename=\"{safe_name}\"; "
+                                   f"filename*=UTF-8''{whole or 'file'}"}
 
 
 async def file_response(store: MediaStore, file: StoredFile, request: Request) -> Response:

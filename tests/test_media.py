@@ -387,7 +387,31 @@ async def test_a_recorded_type_that_is_not_a_media_type_is_served_as_bytes(
             assert answer.status_code == 200, odd
             assert answer.content == b"ID3"
             assert answer.headers["content-type"] == "application/octet-stream"
-            assert answer.headers["content-disposition"] == f'attachment; filename="c{n}.bin"'
+            assert answer.headers["content-disposition"] == (
+                f"attachment; filename=\"c{n}.bin\"; filename*=UTF-8''c{n}.bin")
+
+
+async def test_a_kept_file_of_any_name_is_served_with_a_plain_ascii_file_name(
+    tmp_path: Path,
+) -> None:
+    # A handler may keep a file under any name (a title, say); a header holds Latin-1 at most.
+    settings = settings_for(tmp_path, admin_token="adm1n", config={"routes": []})
+    store = LocalMedia(settings.media_dir)
+    auth = {"Authorization": "Bearer adm1n"}
+    async with app_client(create_app(settings, clock=FakeClock())) as c:
+        await post_signed(c, callback("t-n", [clip("c", "succeeded")]), clock=FakeClock())
+        kept = await store.put_bytes("t-n/夜の歌 é\"x.mp3", b"ID3", content_type="audio/mpeg")
+        async with sqlite_storage(tmp_path / "receiver.db") as storage:
+            await storage.outputs.record_file(StoredFile(
+                task_id="t-n", clip_id="c", kind="audio", path=kept.recorded, size=kept.size,
+                sha256=hashlib.sha256(b"ID3").hexdigest(), url=None,
+                content_type="audio/mpeg", job_key=None, created_at=FakeClock().now()))
+        answer = await c.get("/files/t-n/c/audio", headers=auth)
+    assert answer.status_code == 200
+    assert answer.content == b"ID3"
+    assert answer.headers["content-disposition"] == (
+        "inline; filename=\"______x.mp3\"; "
+        "filename*=UTF-8''%E5%A4%9C%E3%81%AE%E6%AD%8C%20%C3%A9%22x.mp3")
 
 
 @pytest.mark.s3
