@@ -240,8 +240,29 @@ async def _create(
     except SonicRequestError as exc:
         await ctx.child_failed(child, exc.message)
         raise PermanentError(f"follow-up {rule.name} refused: {exc.message}") from exc
+    taken = await _known_as(ctx, child, created.task_id, root)
+    if taken is not None:
+        # The service may well have charged for a task, but not under this id: recording it
+        # would make a known task its own descendant (a chain that loops). Never resent.
+        reason = (f"the service answered task id {created.task_id!r}, which cannot be the new "
+                  f"task: it is {taken}")
+        await ctx.child_failed(child, reason, unknown=True)
+        raise PermanentError(f"follow-up {rule.name}: {reason} (reconcile by hand)")
     await ctx.child_created(child, created.task_id)
     log.info("follow_up_created", child_task_id=created.task_id, credits=cost)
+
+
+async def _known_as(ctx: Context, child: ChildTask, task_id: str, root: str) -> str | None:
+    """What ``task_id``, answered for a create, already is in the chain, if anything: this
+    task, the chain's root, or another follow-up."""
+    if task_id == ctx.job.task_id:
+        return "the task this follow-up is for"
+    if task_id == root:
+        return "the root of this chain"
+    other = await ctx.store.child_of(task_id)
+    if other is not None and other.trigger_key != child.trigger_key:
+        return f"the follow-up {other.trigger_key}"
+    return None
 
 
 def _with_webhook(ctx: Context, request: CreateRequest) -> CreateRequest:
@@ -261,7 +282,9 @@ async def _resubmit(ctx: Context, rule: Rule, limits: FollowUpTable) -> None:
         return
     count = 0
     cursor: ChildTask | None = own
-    while cursor is not None and cursor.rule == rule.name:
+    seen: set[str] = set()  # a chain recorded with a loop in it still ends
+    while cursor is not None and cursor.rule == rule.name and cursor.trigger_key not in seen:
+        seen.add(cursor.trigger_key)
         count += 1
         cursor = await ctx.store.child_of(cursor.parent_task_id)
     if count >= rule.times:

@@ -111,6 +111,18 @@ class Schemes(tuple[Scheme, ...], Domain):
 DB_SCHEMES = ("postgresql", "postgres")
 
 
+def _pathlike(value: object, description: str, *, strip: bool = True) -> str:
+    """``value`` as a non-empty path or URL's text; a NUL, which no file name or URL can
+    hold (the system refuses it), refused here with the rest."""
+    text = str(value) if isinstance(value, str | Path) else ""
+    text = text.strip() if strip else text
+    if not text:
+        raise ValueError(f"expected {description}, got {shown(value)}")
+    if "\x00" in text:
+        raise ValueError(f"expected {description}, got {shown(value)}: it holds a NUL")
+    return text
+
+
 class Database(str, Domain):
     """A SQLite file (a path, or ``sqlite:///path``) or a ``postgresql://`` URL."""
 
@@ -123,9 +135,7 @@ class Database(str, Domain):
 
     @classmethod
     def parse(cls, value: object) -> Self:
-        text = str(value) if isinstance(value, str | Path) else ""
-        if not text:
-            raise ValueError(f"expected {cls.description}, got {shown(value)}")
+        text = _pathlike(value, cls.description, strip=False)
         scheme, sep, rest = text.partition("://")
         if (
             sep
@@ -173,9 +183,7 @@ class Media(str, Domain):
 
     @classmethod
     def parse(cls, value: object) -> Self:
-        text = str(value).strip() if isinstance(value, str | Path) else ""
-        if not text:
-            raise ValueError(f"expected {cls.description}, got {shown(value)}")
+        text = _pathlike(value, cls.description)
         scheme, sep, rest = text.partition("://")
         if sep and scheme.lower() == "file" and not rest.startswith("/"):
             raise ValueError("a file:// URL needs an absolute path (file:///...)")
@@ -209,9 +217,7 @@ class Folder(str, Domain):
 
     @classmethod
     def parse(cls, value: object) -> Self:
-        text = str(value).strip() if isinstance(value, str | Path) else ""
-        if not text:
-            raise ValueError(f"expected {cls.description}, got {shown(value)}")
+        text = _pathlike(value, cls.description)
         if "://" in text:
             raise ValueError(f"{shown(value)} is a URL, not a folder (an object store or a "
                              "file:// URL is media, RECEIVER_MEDIA)")

@@ -77,6 +77,8 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRYABLE_STATUSES = frozenset({403, 404, 408, 425, 429})
 DENIED_STATUSES = frozenset({403, 404})
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+)\s*$", re.IGNORECASE)
+# RFC 9110 §8.3.1: type "/" subtype, each a token (ASCII letters, digits, !#$%&'*+-.^_`|~).
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+/[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 _log = structlog.get_logger("receiver.fetching")
 
@@ -304,8 +306,11 @@ safe_url = scrub_url
 
 
 def media_type(content_type: str | None) -> str:
-    """``"Audio/MPEG; charset=x"`` → ``"audio/mpeg"``; ``""`` when absent."""
-    return (content_type or "").split(";", 1)[0].strip().lower()
+    """``"Audio/MPEG; charset=x"`` → ``"audio/mpeg"``; ``""`` when absent or not a media type
+    (``type/subtype`` of RFC 9110 tokens): a type that is kept, sent as a header again or
+    named in an object store must be plain ASCII, whatever a ``"audio/*"`` lets in."""
+    kind = (content_type or "").split(";", 1)[0].strip().lower()
+    return kind if _MEDIA_TYPE.fullmatch(kind) else ""
 
 
 def type_allowed(content_type: str, allowed: Collection[str]) -> bool:

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
 
 import obstore
 import obstore.exceptions as obx
@@ -53,7 +54,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
 from receiver.errors import ReceiverError
-from receiver.fetching import file_digest
+from receiver.fetching import file_digest, media_type
 from receiver.models import StoredFile
 
 if TYPE_CHECKING:
@@ -536,9 +537,16 @@ def kept_file_headers(content_type: str | None, name: str) -> dict[str, str]:
     media = (content_type or "").split(";")[0].strip().lower()
     inline = media.startswith(INLINE_TYPES)
     disposition = "inline" if inline else "attachment"
-    safe_name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:100] or "file"
+    # A header holds Latin-1 at most, and a quote or a line break would end it: the plain
+    # name is ASCII letters, digits and "._-"; the whole name goes percent-encoded as UTF-8
+    # (RFC 6266's filename*) for the browsers that read it.
+    name = name[:100]
+    safe_name = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_"
+                        for c in name) or "file"
+    whole = quote(name.encode("utf-8", "replace"), safe="")
     return {"Content-Security-Policy": KEPT_FILE_CSP, "X-Frame-Options": "DENY",
-            "Content-Disposition": f'{disposition}; filename="{safe_name}"'}
+            "Content-Disposition": f"{disposition}; filename=\"{safe_name}\"; "
+                                   f"filename*=UTF-8''{whole or 'file'}"}
 
 
 async def file_response(store: MediaStore, file: StoredFile, request: Request) -> Response:
@@ -548,6 +556,9 @@ async def file_response(store: MediaStore, file: StoredFile, request: Request) -
     our headers, so a type a browser could run is never handed out that way), otherwise (or
     where the store cannot sign) the bytes streamed through. The bytes come with
     :func:`kept_file_headers`."""
+    # A recorded type is served only as a plain media type (a handler may record anything; a
+    # header holds Latin-1 at most): else as bytes, downloaded.
+    served = media_type(file.content_type) or "application/octet-stream"
     key = store.key_of(file.path)
     if key is None:
         return Response(f"{file.path} is not in the configured media store\n", status_code=404,
@@ -557,10 +568,10 @@ async def file_response(store: MediaStore, file: StoredFile, request: Request) -
         if not await asyncio.to_thread(path.is_file):
             return Response("the file is gone from the media folder\n", status_code=404,
                             media_type="text/plain")
-        response = FileResponse(path, media_type=file.content_type)
-        response.headers.update(kept_file_headers(file.content_type, path.name))
+        response = FileResponse(path, media_type=served)
+        response.headers.update(kept_file_headers(served, path.name))
         return response
-    headers = kept_file_headers(file.content_type, key)
+    headers = kept_file_headers(served, key)
     url = None
     if headers["Content-Disposition"].startswith("inline"):
         url = await store.presigned_url(key)
@@ -570,5 +581,5 @@ async def file_response(store: MediaStore, file: StoredFile, request: Request) -
     if found is None:
         return Response("the object is gone from the media store\n", status_code=404,
                         media_type="text/plain")
-    return StreamingResponse(store.read(key), media_type=file.content_type,
+    return StreamingResponse(store.read(key), media_type=served,
                              headers={"Content-Length": str(found.size), **headers})

@@ -34,12 +34,16 @@ from receiver.models import Delivery, JobFilter, Outcome, RawDelivery, RecordRes
 from receiver.payloads import Callback, envelope, try_parse
 from receiver.providers import SONIC, Adapter, Poller
 from receiver.providers.registry import reader_for
+from receiver.redact import scrub_url
 from receiver.routing import Router
 from receiver.signatures import Scheme, header_bytes, header_text, sign
 from receiver.sonic.errors import SonicError, TaskNotFound
 from receiver.sonic.responses import Music
 from receiver.storage.admin import Admin
 from receiver.storage.ingest import Ingest
+
+# How long resend waits for a target's answer to one delivery (its status line and headers).
+RESEND_TIMEOUT_S = 60.0
 
 log = structlog.get_logger("receiver.recovery")
 
@@ -266,9 +270,13 @@ async def resend(
     concurrency: int = 4,
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
+    timeout_s: float = RESEND_TIMEOUT_S,
 ) -> Summary:
     """POST each of ``raws`` (chosen with :meth:`~receiver.storage.admin.Admin.raw_deliveries`)
-    to ``url``."""
+    to ``url``. A delivery is sent when ``url`` answers 2xx, or 422 (a receiver that keeps
+    the body aside); any other answer fails it: a redirect (not followed: the signed body goes
+    only where ``url`` says), a refusal, no whole answer within ``timeout_s``. The answer's
+    body is not read."""
     summary = Summary(command="resend", dry_run=dry_run, selected=len(raws))
     if dry_run:
         summary.add("would_send", len(raws))
@@ -290,16 +298,25 @@ async def resend(
         raw = [(name.encode(), header_bytes(value)) for name, value in headers.items()]
         async with semaphore:
             try:
-                response = await http.post(url, content=body, headers=raw)
+                # httpx's timeouts are per read: a target that drips its answer is cut off.
+                async with asyncio.timeout(timeout_s), http.stream(
+                        "POST", url, content=body, headers=raw) as response:
+                    status, location = response.status_code, response.headers.get("location")
+            except TimeoutError:
+                summary.fail(delivery_id, f"no answer within {timeout_s:g}s")
+                return
             except httpx.HTTPError as exc:
                 summary.fail(delivery_id, f"{type(exc).__name__}: {exc}")
                 return
             finally:
                 if progress:
                     progress(1)
-        summary.add(f"status_{response.status_code}")
-        if response.status_code >= 500 or response.status_code in (401, 403, 404):
-            summary.fail(delivery_id, f"HTTP {response.status_code}")
+        summary.add(f"status_{status}")
+        if 300 <= status < 400:
+            summary.fail(delivery_id, f"HTTP {status} to {scrub_url(location or '')!r}: not "
+                                      "followed (give --to the URL it names)")
+        elif not (200 <= status < 300 or status == 422):
+            summary.fail(delivery_id, f"HTTP {status}")
 
     await asyncio.gather(*(one(r.stored.delivery_id, r.body, r.stored.event) for r in raws))
     return summary

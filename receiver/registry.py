@@ -205,6 +205,9 @@ def import_path(path: str, *, where: str) -> Any:
         target: Any = importlib.import_module(module_name)
         for part in attribute.split("."):
             target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
-        raise SettingsError(f"{where}: {path!r} cannot be imported: {exc}") from exc
+    # Importing runs the module: any failure of it (a SyntaxError, its own RuntimeError) is
+    # the config's to name, as an entry point's is.
+    except Exception as exc:
+        raise SettingsError(f"{where}: {path!r} cannot be imported: "
+                            f"{type(exc).__name__}: {exc}") from exc
     return target

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import re
 import sys
 import time
@@ -29,6 +30,7 @@ import httpx
 from tqdm import tqdm
 
 from receiver import conversion
+from receiver.clips import is_text
 from receiver.clock import SystemClock
 from receiver.conversion import DURATION_UNITS, TIME_FORMS
 from receiver.errors import SettingsError
@@ -65,12 +67,56 @@ def parse_time(text: str, *, now: float | None = None) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not (0 < value < math.inf):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+# A file of task ids is read up to this much (a million ids fit); /dev/zero is a path too.
+MAX_IDS_BYTES = 64 * 1024 * 1024
+
+
 def read_task_ids(args: Iterable[str], files: Iterable[Path]) -> list[str]:
-    ids = [a.strip() for a in args if a.strip()]
+    """The task ids given, then those of each file (one a line, ``#`` starts a comment), each
+    once; :class:`SettingsError` for a file that cannot be read or an id no store keeps."""
+    ids = [(a.strip(), "an argument") for a in args if a.strip()]
     for path in files:
-        text = sys.stdin.read() if str(path) == "-" else path.read_text()
-        ids += [line.split("#")[0].strip() for line in text.splitlines()]
-    return list(dict.fromkeys(i for i in ids if i))
+        name = "stdin" if str(path) == "-" else str(path)
+        try:
+            if str(path) == "-":
+                data = sys.stdin.buffer.read(MAX_IDS_BYTES + 1)
+            else:
+                with path.open("rb") as handle:
+                    data = handle.read(MAX_IDS_BYTES + 1)
+            if len(data) > MAX_IDS_BYTES:
+                raise SettingsError(f"--file {name}: over {MAX_IDS_BYTES} bytes")
+            text = data.decode("utf-8")
+        except OSError as exc:
+            raise SettingsError(f"--file {name}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise SettingsError(f"--file {name}: not UTF-8 (byte {exc.start})") from None
+        ids += [(line.split("#")[0].strip(), f"line {number} of {name}")
+                for number, line in enumerate(text.splitlines(), 1)]
+    for task_id, where in ids:
+        if not is_text(task_id) or not task_id.isprintable():
+            raise SettingsError(f"the task id of {where} holds a control character or a NUL: "
+                                f"{task_id!r}")
+    return list(dict.fromkeys(i for i, _ in ids if i))
 
 
 # ---- the command line --------------------------------------------------------------------------
@@ -108,8 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a file of task ids, one a line ('-': stdin)")
     rec.add_argument("--stale", type=parse_duration, default=None,
                      help="age of the last event that makes a task stale (default 10m)")
-    rec.add_argument("--concurrency", type=int, default=8, help="polls at once (default 8)")
-    rec.add_argument("--rate", type=float, default=20.0, help="polls a second (default 20)")
+    rec.add_argument("--concurrency", type=positive_int, default=8,
+                     help="polls at once (default 8)")
+    rec.add_argument("--rate", type=positive_rate, default=20.0,
+                     help="polls a second (default 20)")
 
     red = sub.add_parser(
         "redispatch", parents=[common],
@@ -144,12 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
                      default="musicapi")
     res.add_argument("--outcome", choices=[o.value for o in Outcome if o is not Outcome.DUPLICATE],
                      help="only recorded or only quarantined deliveries")
-    res.add_argument("--concurrency", type=int, default=4)
+    res.add_argument("--concurrency", type=positive_int, default=4)
     return parser
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.since is not None and args.until is not None and args.until < args.since:
+        parser.error("--until is before --since: the range holds nothing")
     from receiver import logs, settings
     from receiver.schema import load_checked
 

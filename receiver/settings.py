@@ -298,6 +298,8 @@ def split_targets(value: str | list[str]) -> tuple[str, ...]:
 
 
 _ENV_NAMES = {key: name for name, key in ENV_KEYS.items()}
+# A config file is a few kilobytes; one past this is not read further.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
 def read_config(path: Path, *, origin: str | None = None) -> dict[str, Any]:
@@ -306,10 +308,23 @@ def read_config(path: Path, *, origin: str | None = None) -> dict[str, Any]:
     where = f"{origin}: " if origin else ""
     try:
         with path.open("rb") as handle:
-            return tomllib.load(handle)
+            data = handle.read(MAX_CONFIG_BYTES + 1)  # bounded: /dev/zero is a path too
     except FileNotFoundError:
         raise SettingsError(f"{where}config file {path} does not exist") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
+        raise SettingsError(f"{where}config file {path} cannot be read: {exc}") from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise SettingsError(f"{where}config file {path} cannot be read: it is over "
+                            f"{MAX_CONFIG_BYTES} bytes")
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"{where}config file {path} cannot be read: it is not UTF-8 "
+                            f"(byte {exc.start})") from None
+    except RecursionError:  # tomllib parses nested arrays and tables by recursion
+        raise SettingsError(f"{where}config file {path} cannot be read: it nests too "
+                            "deeply") from None
+    except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{where}config file {path} cannot be read: {exc}") from exc
 
 
@@ -432,6 +447,8 @@ def _token_file(origin: str, value: Any) -> dict[str, Any]:
         token = path.read_text().strip()
     except OSError as exc:
         raise SettingsError(f"{origin}: cannot read {path}: {exc.strerror or exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # a NUL in the name; bytes not UTF-8
+        raise SettingsError(f"{origin}: cannot read {str(path)!r}: {exc}") from None
     if not token:
         raise SettingsError(f"{origin}: {path} is empty")
     weakness = token_weakness(token)

@@ -142,6 +142,48 @@ def test_every_command_checks_the_file_first(tmp_path: Path, command: list[str])
     assert not (tmp_path / "r.db").exists()
 
 
+# (what is odd, the file's bytes, other files beside it, the one line): never a traceback
+HOSTILE: list[tuple[str, bytes, dict[str, bytes], str]] = [
+    ("not UTF-8", b"\xff\xfe[receiver]\n", {}, "config file bad.toml cannot be read: it is not "
+     "UTF-8 (byte 0)"),
+    ("nested past the parser's recursion", b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n", {},
+     "config file bad.toml cannot be read: it nests too deeply"),
+    ("a NUL in the database's path", b'[receiver]\ndb = "a\\u0000b"\n', {},
+     "receiver.db: expected a path or a postgresql:// URL, got 'a\\x00b': it holds a NUL"),
+    ("a NUL in the media's path", b'[receiver]\nmedia = "m\\u0000"\n', {},
+     "receiver.media: expected a path, file:///path, or s3://..., gs://..., az://..., got "
+     "'m\\x00': it holds a NUL"),
+    ("a NUL in a token file's name", b'[receiver]\nadmin_token_file = "t\\u0000"\n', {},
+     "receiver.admin_token_file: cannot read 't\\x00': embedded null byte"),
+    ("a token file not UTF-8", b'[receiver]\nadmin_token_file = "token"\n', {"token": b"\xff"},
+     "receiver.admin_token_file: cannot read 'token': 'utf-8' codec can't decode byte 0xff in "
+     "position 0: invalid start byte"),
+    ("a handler module that fails on import", b'[handlers.x]\npath = "boom:handle"\n',
+     {"boom.py": b"raise RuntimeError('boom')\n"},
+     "handlers.x.path: 'boom:handle' cannot be imported: RuntimeError: boom"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("what", "data", "beside", "line"), HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_an_odd_file_is_refused_with_one_line(
+    tmp_path: Path, what: str, data: bytes, beside: dict[str, bytes], line: str,
+) -> None:
+    (tmp_path / "bad.toml").write_bytes(data)
+    for name, content in beside.items():
+        (tmp_path / name).write_bytes(content)
+    done = run("config", "check", "bad.toml", cwd=tmp_path,
+               env={"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"})
+    assert one_error_line(done) == f"sonic-receiver: error: {line}"
+
+
+@pytest.mark.slow
+def test_a_config_file_that_never_ends_is_not_read_to_its_end(tmp_path: Path) -> None:
+    done = run("config", "check", "/dev/zero", cwd=tmp_path)
+    assert one_error_line(done) == ("sonic-receiver: error: config file /dev/zero cannot be "
+                                    "read: it is over 4194304 bytes")
+
+
 @pytest.mark.slow
 def test_prune_reads_its_durations_like_the_retention_table(tmp_path: Path) -> None:
     (tmp_path / "receiver.toml").write_text("")

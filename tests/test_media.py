@@ -366,6 +366,54 @@ async def test_a_local_file_is_served_with_ranges(tmp_path: Path) -> None:
     assert anonymous.status_code == 401
 
 
+async def test_a_recorded_type_that_is_not_a_media_type_is_served_as_bytes(
+    tmp_path: Path,
+) -> None:
+    # A handler may record any content type; a response header holds Latin-1 at most.
+    settings = settings_for(tmp_path, admin_token="adm1n", config={"routes": []})
+    store = LocalMedia(settings.media_dir)
+    auth = {"Authorization": "Bearer adm1n"}
+    async with app_client(create_app(settings, clock=FakeClock())) as c:
+        await post_signed(c, callback("t-s", [clip("c", "succeeded")]), clock=FakeClock())
+        for n, odd in enumerate(("audio/中", "text/html\r\nSet-Cookie: a=b", "audio")):
+            kept = await store.put_bytes(f"t-s/c{n}.bin", b"ID3", content_type=odd)
+            async with sqlite_storage(tmp_path / "receiver.db") as storage:
+                await storage.outputs.record_file(StoredFile(
+                    task_id="t-s", clip_id=f"c{n}", kind="audio",
+                    path=store.recorded(f"t-s/c{n}.bin"), size=kept.size,
+                    sha256=hashlib.sha256(b"ID3").hexdigest(), url=None, content_type=odd,
+                    job_key=None, created_at=FakeClock().now()))
+            answer = await c.get(f"/files/t-s/c{n}/audio", headers=auth)
+            assert answer.status_code == 200, odd
+            assert answer.content == b"ID3"
+            assert answer.headers["content-type"] == "application/octet-stream"
+            assert answer.headers["content-disposition"] == (
+                f"attachment; filename=\"c{n}.bin\"; filename*=UTF-8''c{n}.bin")
+
+
+async def test_a_kept_file_of_any_name_is_served_with_a_plain_ascii_file_name(
+    tmp_path: Path,
+) -> None:
+    # A handler may keep a file under any name (a title, say); a header holds Latin-1 at most.
+    settings = settings_for(tmp_path, admin_token="adm1n", config={"routes": []})
+    store = LocalMedia(settings.media_dir)
+    auth = {"Authorization": "Bearer adm1n"}
+    async with app_client(create_app(settings, clock=FakeClock())) as c:
+        await post_signed(c, callback("t-n", [clip("c", "succeeded")]), clock=FakeClock())
+        kept = await store.put_bytes("t-n/夜の歌 é\"x.mp3", b"ID3", content_type="audio/mpeg")
+        async with sqlite_storage(tmp_path / "receiver.db") as storage:
+            await storage.outputs.record_file(StoredFile(
+                task_id="t-n", clip_id="c", kind="audio", path=kept.recorded, size=kept.size,
+                sha256=hashlib.sha256(b"ID3").hexdigest(), url=None,
+                content_type="audio/mpeg", job_key=None, created_at=FakeClock().now()))
+        answer = await c.get("/files/t-n/c/audio", headers=auth)
+    assert answer.status_code == 200
+    assert answer.content == b"ID3"
+    assert answer.headers["content-disposition"] == (
+        "inline; filename=\"______x.mp3\"; "
+        "filename*=UTF-8''%E5%A4%9C%E3%81%AE%E6%AD%8C%20%C3%A9%22x.mp3")
+
+
 @pytest.mark.s3
 async def test_an_object_is_handed_out_as_a_short_lived_presigned_redirect(
     aws_env: S3Server, s3_bucket: str, tmp_path: Path,

@@ -18,6 +18,10 @@ from typing import Any
 
 import anyio
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
 
 from receiver.app import create_app
 from receiver.clock import SystemClock
@@ -32,6 +36,7 @@ from receiver.signatures import Scheme
 from receiver.sonic.sandbox import SandboxConfig, Speed
 from receiver.storage.roles import sqlite_storage
 from receiver.testing import deliver, handler_runtime
+from tests.processes import ROOT
 from tests.sonic.support import KEY, SandboxHandle, serve_sandbox
 from tests.support import (
     SECRET,
@@ -288,6 +293,43 @@ async def test_resend_moves_stored_deliveries_to_another_receiver_once(tmp_path:
     assert view["transitions"][0]["delivery_id"] == "d-2"  # the original id travelled
 
 
+async def test_resend_fails_what_a_target_redirects_holds_or_refuses(tmp_path: Path) -> None:
+    """Only a 2xx (or a 422: kept aside) is a delivery resent; a redirect is not followed (the
+    signed body goes where --to says only) and a target that never answers is cut off."""
+    release = anyio.Event()
+    hits: list[str] = []
+
+    async def target(request: Request) -> Response:
+        hits.append(request.url.path)
+        if request.url.path == "/moved":
+            return RedirectResponse("https://elsewhere.example/hook?token=s3cret", 307)
+        if request.url.path == "/refused":
+            return Response("no", status_code=400)
+        await release.wait()  # /held: the status line never comes
+        return Response("late")
+
+    source = create_app(settings_for(tmp_path / "a"))
+    async with app_client(source) as client:
+        await post_signed(client, callback("t-1", [clip("c1", "succeeded")]), delivery_id="d-1")
+        raws = await source.state.runtime.storage.admin.raw_deliveries()
+    app = Starlette(routes=[Route("/{path:path}", target, methods=["POST"])])
+    async with running(app) as url, http_client() as http:
+        try:
+            sent = {path: await resend(raws, http=http, url=f"{url}/{path}", secret="s",
+                                       scheme=Scheme.MUSICAPI, clock=SystemClock(),
+                                       timeout_s=0.5)
+                    for path in ("moved", "refused", "held")}
+        finally:
+            release.set()
+    assert hits == ["/moved", "/refused", "/held"]  # each once: the redirect not followed
+    assert [s.exit_code for s in sent.values()] == [1, 1, 1]
+    reasons = {path: s.failures[0]["error"] for path, s in sent.items()}
+    assert reasons["moved"].startswith("HTTP 307 to 'https://elsewhere.example/hook?")
+    assert "s3cret" not in reasons["moved"]
+    assert reasons["refused"] == "HTTP 400"
+    assert reasons["held"] == "no answer within 0.5s"
+
+
 @pytest.mark.slow
 async def test_replay_command_line_reconciles_with_a_json_summary(tmp_path: Path) -> None:
     config = SandboxConfig(api_keys={KEY: 100}, speed=Speed.INSTANT, seed=2)
@@ -346,11 +388,6 @@ ODD_ANSWERS: dict[str, bytes] = {
 async def test_reconcile_records_or_fails_each_odd_answer_and_never_crashes(
     tmp_path: Path,
 ) -> None:
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import Response
-    from starlette.routing import Route
-
     from receiver.sonic.client import SonicClient
 
     async def answer(request: Request) -> Response:
@@ -506,3 +543,53 @@ def test_replay_help_names_the_forms_of_a_time_it_takes() -> None:
     for parser in dict(commands.choices).values():
         assert isinstance(parser, argparse.ArgumentParser)
         assert " ".join(TIME_FORMS.split()) in " ".join(parser.format_help().split())
+
+
+# ---- odd command lines: a usage error (exit 2, one line), never a traceback or a silent no-op
+
+ODD_COMMAND_LINES: list[tuple[list[str], str]] = [
+    (["reconcile", "--rate", "0", "t"], "--rate: expected a positive number, got '0'"),
+    (["reconcile", "--rate", "nan", "t"], "--rate: expected a positive number, got 'nan'"),
+    (["reconcile", "--concurrency", "0", "t"], "--concurrency: expected a positive integer"),
+    (["resend", "--to", "http://x", "--secret", "s", "--concurrency", "-1"],
+     "--concurrency: expected a positive integer"),
+    (["reconcile", "--since", "1h", "--until", "2h"], "--until is before --since"),
+    (["redispatch", "--since", "2026-01-02", "--until", "2026-01-01"],
+     "--until is before --since"),
+    (["reconcile", "--file", "missing.txt"], "--file missing.txt: No such file or directory"),
+    (["reconcile", "--file", "latin1.txt"], "--file latin1.txt: not UTF-8 (byte 1)"),
+    (["reconcile", "--file", "nul.txt"],
+     "the task id of line 2 of nul.txt holds a control character or a NUL: 'a\\x00b'"),
+]
+
+
+@pytest.fixture(scope="module")
+def replay_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A folder with a migrated database, the files the odd command lines name, and the
+    environment ``sonic-receiver replay`` runs in there."""
+    folder = tmp_path_factory.mktemp("replay")
+    (folder / "latin1.txt").write_bytes(b"t\xe9\n")
+    (folder / "nul.txt").write_bytes(b"t-1\na\x00b\n")
+    (folder / "c.toml").write_text("routes = []\n")
+    env = {"PATH": os.environ["PATH"], "HOME": str(folder), "PYTHONPATH": str(ROOT),
+           "RECEIVER_DB": str(folder / "r.db"), "RECEIVER_CONFIG": str(folder / "c.toml"),
+           "SONIC_WEBHOOK_SECRET": SECRET, "SONIC_API_BASE_URL": "http://127.0.0.1:9",
+           "SONIC_API_KEY": "k"}
+    done = subprocess.run([sys.executable, "-m", "receiver", "migrate"], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return folder, env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("argv", "message"), ODD_COMMAND_LINES,
+                         ids=[" ".join(a) for a, _ in ODD_COMMAND_LINES])
+def test_odd_command_lines_are_usage_errors(
+    replay_folder: tuple[Path, dict[str, str]], argv: list[str], message: str,
+) -> None:
+    folder, env = replay_folder
+    done = subprocess.run([sys.executable, "-m", "receiver", "replay", *argv], cwd=folder,
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in done.stderr

@@ -24,7 +24,9 @@ timeout, a dropped connection or a 5xx after the request went out raises
 :class:`CreateOutcomeUnknown` carrying the request. Only failures where nothing was sent
 (connecting, waiting for a pooled connection) and refusals that accept nothing (a rate limit)
 are retried for it. Retries use stamina (exponential backoff with jitter), tuned by
-:class:`RetryPolicy`.
+:class:`RetryPolicy`, whose ``timeout_s`` bounds the whole call, an answer that drips in
+included (a create cut off so is an unknown outcome). An answer is read up to
+:data:`MAX_ANSWER_BYTES`; a longer one is a :class:`SonicProtocolError`.
 
 A provider says where its API differs with a few class attributes: the names its messages
 come under, the codes that mean "too few credits", "slow down" or "not now".
@@ -32,6 +34,7 @@ come under, the codes that mean "too few credits", "slow down" or "not now".
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn
@@ -60,6 +63,8 @@ Json = Mapping[str, Any]
 # Failures where the request cannot have left this process: safe to resend even a create.
 _NOTHING_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 TASK_NOT_FOUND = "task not found"
+# An answer is a few kilobytes of JSON; one past this is not read further (nor kept in memory).
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,6 +129,10 @@ class ApiWire:
         params: Mapping[str, str] | None = None,
     ) -> Json:
         policy = self._retry
+        # timeout_s bounds the whole call, an answer that drips in included: httpx's timeouts
+        # are per read, and stamina's ends the retries, not an attempt under way.
+        deadline = (None if policy.timeout_s is None
+                    else asyncio.get_running_loop().time() + policy.timeout_s)
         try:
             async for attempt in stamina.retry_context(
                 on=_Retry,
@@ -135,18 +144,27 @@ class ApiWire:
                 wait_exp_base=policy.wait_exp_base,
             ):
                 with attempt:
-                    return await self._once(method, path, body, creates, params)
+                    return await self._once(method, path, body, creates, params, deadline)
         except _Retry as exc:
             log.warning(f"{self.log_name}_unavailable", path=path, reason=exc.message)
             raise SonicUnavailable(exc.message) from exc.__cause__
         raise AssertionError("stamina ended without an outcome")  # pragma: no cover
 
     async def _once(self, method: str, path: str, body: dict[str, Any] | None,
-                    creates: object | None, params: Mapping[str, str] | None) -> Json:
+                    creates: object | None, params: Mapping[str, str] | None,
+                    deadline: float | None) -> Json:
+        if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+            raise _Retry(f"out of time before {method} {path}")  # nothing sent
         try:
-            response = await self._http.request(
+            async with asyncio.timeout_at(deadline), self._http.stream(
                 method, self._base_url + path, json=body, headers=self._headers, params=params
-            )
+            ) as response:
+                content = await _read(response, path)
+        except TimeoutError as exc:
+            reason = (f"no whole answer to {method} {path} within {self._retry.timeout_s:g}s")
+            if creates is not None:
+                self._outcome_unknown(creates, path, reason, exc)
+            raise _Retry(reason) from exc
         except httpx.UnsupportedProtocol as exc:
             raise SonicError(f"cannot call {self._base_url}: {exc}") from exc
         except httpx.TransportError as exc:  # timeouts, connection and protocol errors
@@ -154,14 +172,15 @@ class ApiWire:
             if creates is not None and not isinstance(exc, _NOTHING_SENT):
                 self._outcome_unknown(creates, path, reason, exc)
             raise _Retry(reason) from exc
-        return self._answer(response, path, creates)
+        return self._answer(response, content, path, creates)
 
-    def _answer(self, response: httpx.Response, path: str, creates: object | None) -> Json:
+    def _answer(self, response: httpx.Response, content: bytes, path: str,
+                creates: object | None) -> Json:
         status = response.status_code
         try:
             # Read by the clip reader's rules, so an answer reads as the same body would in a
             # webhook (an integer past Python's digit limit is null, not unreadable).
-            data: object = load(response.content)
+            data: object = load(content)
             unusable = f"a JSON {json_kind(data)}"
         except PayloadError as exc:
             data, unusable = None, exc.message
@@ -180,7 +199,8 @@ class ApiWire:
                     f"{path} answered {status} without a JSON object ({unusable})"
                 )
             return body
-        message = self._message(body) or response.text[:200] or response.reason_phrase
+        message = (self._message(body) or content[:200].decode("utf-8", "replace")
+                   or response.reason_phrase)
         if status in self.credits_codes:
             raise InsufficientCredits(message, status=status, code=code, body=body)
         if status in self.later_codes or status >= 500:
@@ -221,3 +241,16 @@ class ApiWire:
             if isinstance(value, str) and value:
                 return value
         return None
+
+
+async def _read(response: httpx.Response, path: str) -> bytes:
+    """The answer's bytes (decoded as its Content-Encoding says), at most
+    :data:`MAX_ANSWER_BYTES` of them."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise SonicProtocolError(f"{path} answered more than {MAX_ANSWER_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -264,6 +264,10 @@ async def test_a_refused_cover_leaves_the_audio_and_its_sidecar(tmp_path: Path) 
     (Media(body=b"<html/>", content_type="text/html"), None, {}, "is text/html, not one of"),
     (Media(body=MP3), None, {"max_bytes": 1000}, "over the limit of 1000"),
     (Media(body=MP3), None, {"allowed_types": {"audio": ["audio/wav"]}}, "is audio/mpeg"),
+    # "audio/中" on the wire (a str header goes out as Latin-1, so these are its UTF-8 bytes):
+    # "audio/*" lets in types, never what is not one (no header or object store could hold it).
+    (Media(body=MP3, content_type="audio/\xe4\xb8\xad"), None,
+     {"allowed_types": {"audio": ["audio/*"]}}, "is untyped, not one of"),
 ])
 async def test_refused_downloads_kill_the_job_with_the_reason(
     tmp_path: Path, media: Media | None, audio_url: str | None, options: dict[str, Any],

@@ -4,23 +4,26 @@ sandbox over loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import stamina
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from receiver.errors import PayloadError, SettingsError
+from receiver.providers.wire import MAX_ANSWER_BYTES
 from receiver.server import running
 from receiver.sonic.client import RetryPolicy, SonicClient
 from receiver.sonic.contract import (
@@ -122,7 +125,8 @@ async def test_typed_calls_refuse_before_sending() -> None:
 # --- answers from a peer that misbehaves on cue -----------------------------------------------
 
 
-# A scripted answer: (status, JSON body), or "ok", "text" (not JSON) or "hang".
+# A scripted answer: (status, JSON body), or "ok", "text" (not JSON), "hang", "drip" (a 200
+# whose body comes a byte at a time and never ends) or "huge" (a 200 past the answer bound).
 Step = str | tuple[int, dict[str, Any]]
 
 
@@ -148,14 +152,32 @@ class Peer:
             return JSONResponse({"message": "success", "task_id": "t-9"})
         if step == "text":
             return Response("<html>ok</html>", media_type="text/html")
+        if step == "drip":
+            return StreamingResponse(self._drip(), media_type="application/json")
+        if step == "huge":
+            return StreamingResponse(_huge(), media_type="application/json")
         assert isinstance(step, tuple)
         status, body = step
         return JSONResponse(body, status_code=status)
 
 
+    async def _drip(self) -> AsyncIterator[bytes]:
+        yield b'{"data": ['
+        while not self.release.is_set():  # each byte well within httpx's read timeout
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.release.wait(), 0.05)
+            yield b" "
+
+
+async def _huge() -> AsyncIterator[bytes]:
+    yield b'{"data": ['
+    for _ in range(MAX_ANSWER_BYTES // (1024 * 1024) + 4):
+        yield b" " * (1024 * 1024)
+
+
 @asynccontextmanager
 async def peer_client(
-    *script: Step, http_timeout: float = 5.0, attempts: int = 3
+    *script: Step, http_timeout: float = 5.0, attempts: int = 3, timeout_s: float = 30.0,
 ) -> AsyncIterator[tuple[SonicClient, Peer]]:
     peer = Peer(script=deque(script))
     app = Starlette(routes=[Route("/{path:path}", peer.answer, methods=["GET", "POST"])])
@@ -163,7 +185,7 @@ async def peer_client(
         peer.url = url
         try:
             async with http_client(timeout=http_timeout) as http:
-                retry = RetryPolicy.without_waits(attempts)
+                retry = replace(RetryPolicy.without_waits(attempts), timeout_s=timeout_s)
                 yield SonicClient(url, "k", http=http, retry=retry), peer
         finally:
             peer.release.set()
@@ -313,6 +335,28 @@ async def test_a_200_whose_body_says_500_is_data_not_an_outage() -> None:
     async with peer_client(answer) as (client, peer):
         music = await client.get_music("t-1")
     assert (music.code, music.message, peer.hits) == (500, "generation failed", 1)
+
+
+async def test_an_answer_that_drips_in_for_ever_ends_at_the_calls_timeout() -> None:
+    """httpx's timeouts are per read: a byte now and then never trips them."""
+    async with peer_client("drip", "drip", "drip", timeout_s=0.5) as (client, _):
+        with anyio.fail_after(10), pytest.raises(SonicUnavailable) as caught:
+            await client.get_music("t-1")
+    assert "within 0.5s" in caught.value.message
+
+
+async def test_a_create_whose_answer_drips_in_is_not_resent() -> None:
+    async with peer_client("drip", timeout_s=0.5) as (client, peer):
+        with anyio.fail_after(10), pytest.raises(CreateOutcomeUnknown):
+            await client.create(CREATE)
+    assert peer.hits == 1
+
+
+async def test_an_answer_past_the_bound_is_not_read_to_its_end() -> None:
+    async with peer_client("huge") as (client, _):
+        with pytest.raises(SonicProtocolError) as caught:
+            await client.get_music("t-1")
+    assert f"more than {MAX_ANSWER_BYTES} bytes" in caught.value.message
 
 
 async def test_an_answer_that_is_not_json_is_a_protocol_error() -> None:
