@@ -366,6 +366,18 @@ async def test_a_local_file_is_served_with_ranges(tmp_path: Path) -> None:
     assert anonymous.status_code == 401
 
 
+async def kept_as(tmp_path: Path, store: LocalMedia, task_id: str, clip_id: str, key: str,
+                  content_type: str) -> None:
+    """Three bytes kept at ``key`` and recorded as the clip's audio file, of ``content_type``
+    (as a handler may record any)."""
+    kept = await store.put_bytes(key, b"ID3", content_type=content_type)
+    async with sqlite_storage(tmp_path / "receiver.db") as storage:
+        await storage.outputs.record_file(StoredFile(
+            task_id=task_id, clip_id=clip_id, kind="audio", path=kept.recorded, size=kept.size,
+            sha256=hashlib.sha256(b"ID3").hexdigest(), url=None, content_type=content_type,
+            job_key=None, created_at=FakeClock().now()))
+
+
 async def test_a_recorded_type_that_is_not_a_media_type_is_served_as_bytes(
     tmp_path: Path,
 ) -> None:
@@ -376,13 +388,7 @@ async def test_a_recorded_type_that_is_not_a_media_type_is_served_as_bytes(
     async with app_client(create_app(settings, clock=FakeClock())) as c:
         await post_signed(c, callback("t-s", [clip("c", "succeeded")]), clock=FakeClock())
         for n, odd in enumerate(("audio/中", "text/html\r\nSet-Cookie: a=b", "audio")):
-            kept = await store.put_bytes(f"t-s/c{n}.bin", b"ID3", content_type=odd)
-            async with sqlite_storage(tmp_path / "receiver.db") as storage:
-                await storage.outputs.record_file(StoredFile(
-                    task_id="t-s", clip_id=f"c{n}", kind="audio",
-                    path=store.recorded(f"t-s/c{n}.bin"), size=kept.size,
-                    sha256=hashlib.sha256(b"ID3").hexdigest(), url=None, content_type=odd,
-                    job_key=None, created_at=FakeClock().now()))
+            await kept_as(tmp_path, store, "t-s", f"c{n}", f"t-s/c{n}.bin", odd)
             answer = await c.get(f"/files/t-s/c{n}/audio", headers=auth)
             assert answer.status_code == 200, odd
             assert answer.content == b"ID3"
@@ -400,12 +406,7 @@ async def test_a_kept_file_of_any_name_is_served_with_a_plain_ascii_file_name(
     auth = {"Authorization": "Bearer adm1n"}
     async with app_client(create_app(settings, clock=FakeClock())) as c:
         await post_signed(c, callback("t-n", [clip("c", "succeeded")]), clock=FakeClock())
-        kept = await store.put_bytes("t-n/夜の歌 é\"x.mp3", b"ID3", content_type="audio/mpeg")
-        async with sqlite_storage(tmp_path / "receiver.db") as storage:
-            await storage.outputs.record_file(StoredFile(
-                task_id="t-n", clip_id="c", kind="audio", path=kept.recorded, size=kept.size,
-                sha256=hashlib.sha256(b"ID3").hexdigest(), url=None,
-                content_type="audio/mpeg", job_key=None, created_at=FakeClock().now()))
+        await kept_as(tmp_path, store, "t-n", "c", "t-n/夜の歌 é\"x.mp3", "audio/mpeg")
         answer = await c.get("/files/t-n/c/audio", headers=auth)
     assert answer.status_code == 200
     assert answer.content == b"ID3"
